@@ -1,0 +1,253 @@
+//! Token extraction: where a request carries its token, in the reference hub's order.
+//!
+//! 1. An `Authorization` header, if there is one, is the only place looked at: it must be a single
+//!    header reading `Bearer <token>` (scheme case-insensitive, as RFC 9110 says) with a token of
+//!    plausible length, else the request is refused — a broken header never falls back to a cookie.
+//! 2. Else the `authorization` query parameter, with the same all-or-nothing rule.
+//! 3. Else the authorization cookie. A state-changing request (a publish) authenticated this way
+//!    must pass the CSRF check of [`PublishOrigins`]: its `Origin` header, or failing that the
+//!    origin of its `Referer`, must be allowed.
+//! 4. Else no token: `Ok(None)`, and the caller decides whether anonymity is allowed.
+//!
+//! [`extract_token`] is a pure function of the request parts; it does not verify the token.
+
+use std::fmt;
+
+use http::{header, HeaderMap, Method};
+
+use crate::error::AuthError;
+use crate::origin::{referer_origin, PublishOrigins};
+
+/// The default authorization cookie name, as on the reference hub before 1.0.
+pub const DEFAULT_COOKIE_NAME: &str = "mercureAuthorization";
+
+/// The shortest plausible compact JWS (a minimal header, two dots, and some claims and signature),
+/// as on the reference hub: shorter values are refused without trying to decode them.
+pub const MIN_TOKEN_LEN: usize = 41;
+
+const BEARER: &str = "Bearer ";
+
+/// Where the token was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TokenSource {
+    /// `Authorization: Bearer …`.
+    Header,
+    /// The `authorization` query parameter.
+    Query,
+    /// The authorization cookie.
+    Cookie,
+}
+
+impl TokenSource {
+    /// A short lowercase name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TokenSource::Header => "header",
+            TokenSource::Query => "query",
+            TokenSource::Cookie => "cookie",
+        }
+    }
+}
+
+/// How tokens are looked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExtractConfig {
+    /// The authorization cookie's name (default [`DEFAULT_COOKIE_NAME`]).
+    pub cookie_name: String,
+    /// Origins allowed to publish with the cookie.
+    pub publish_origins: PublishOrigins,
+}
+
+impl Default for ExtractConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: DEFAULT_COOKIE_NAME.to_string(),
+            publish_origins: PublishOrigins::default(),
+        }
+    }
+}
+
+/// A token found in a request, not yet verified. Its `Debug` output hides the token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct ExtractedToken<'a> {
+    /// The compact JWS.
+    pub token: &'a str,
+    /// Where it was found.
+    pub source: TokenSource,
+}
+
+impl fmt::Debug for ExtractedToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExtractedToken")
+            .field("token", &format_args!("<{} bytes>", self.token.len()))
+            .field("source", &self.source)
+            .finish()
+    }
+}
+
+/// Finds the request's token. `query_authorization` holds the values of the `authorization` query
+/// parameter (already decoded; empty when absent).
+pub fn extract_token<'a>(
+    headers: &'a HeaderMap,
+    method: &Method,
+    query_authorization: &'a [String],
+    config: &ExtractConfig,
+) -> Result<Option<ExtractedToken<'a>>, AuthError> {
+    let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
+    if let Some(value) = authorization.next() {
+        if authorization.next().is_some() {
+            return Err(AuthError::InvalidAuthorizationHeader);
+        }
+        let value = value
+            .to_str()
+            .map_err(|_| AuthError::InvalidAuthorizationHeader)?;
+        let token = bearer_token(value).ok_or(AuthError::InvalidAuthorizationHeader)?;
+        return Ok(Some(ExtractedToken {
+            token,
+            source: TokenSource::Header,
+        }));
+    }
+
+    if !query_authorization.is_empty() {
+        return match query_authorization {
+            [token] if token.len() >= MIN_TOKEN_LEN => Ok(Some(ExtractedToken {
+                token,
+                source: TokenSource::Query,
+            })),
+            _ => Err(AuthError::InvalidAuthorizationQuery),
+        };
+    }
+
+    let Some(token) = cookie(headers, &config.cookie_name) else {
+        return Ok(None);
+    };
+    if !is_safe(method) {
+        check_origin(headers, &config.publish_origins)?;
+    }
+    Ok(Some(ExtractedToken {
+        token,
+        source: TokenSource::Cookie,
+    }))
+}
+
+fn bearer_token(value: &str) -> Option<&str> {
+    if value.len() < BEARER.len() + MIN_TOKEN_LEN {
+        return None;
+    }
+    let (scheme, token) = value.split_at_checked(BEARER.len())?;
+    scheme.eq_ignore_ascii_case(BEARER).then_some(token)
+}
+
+/// Methods that cannot change state, so cannot be abused through a forged cross-site request.
+/// The reference hub checks POST only; every other state-changing method is held to the same rule
+/// here, so a route added later cannot forget it.
+fn is_safe(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+fn check_origin(headers: &HeaderMap, allowed: &PublishOrigins) -> Result<(), AuthError> {
+    let non_empty = |name| {
+        headers
+            .get(name)
+            .map(|v| v.to_str().unwrap_or("\u{fffd}"))
+            .filter(|v| !v.is_empty())
+    };
+    let origin = match non_empty(header::ORIGIN) {
+        Some(origin) => origin.to_string(),
+        None => {
+            let referer = non_empty(header::REFERER).ok_or(AuthError::MissingOrigin)?;
+            if allowed.allows_any() {
+                return Ok(());
+            }
+            referer_origin(referer).ok_or(AuthError::InvalidReferer)?
+        }
+    };
+    if allowed.allows(&origin) {
+        Ok(())
+    } else {
+        Err(AuthError::OriginNotAllowed)
+    }
+}
+
+/// The value of the first well-formed cookie named `name` over all `Cookie` headers, with one
+/// pair of surrounding double quotes removed. Malformed pairs are skipped, as browsers and the
+/// reference hub do.
+fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|line| line.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(|(n, _)| *n == name)
+        .find_map(|(_, value)| {
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            value
+                .bytes()
+                .all(|b| (0x21..0x7f).contains(&b) && !matches!(b, b'"' | b',' | b';' | b'\\'))
+                .then_some(value)
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    const TOKEN: &str = "eyJhbGciOiJIUzI1NiJ9.eyJtZXJjdXJlIjp7fX0.c2lnbmF0dXJlLXNpZ25hdHVyZQ";
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (name, value) in pairs {
+            h.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive_and_needs_a_plausible_token() {
+        assert_eq!(bearer_token(&format!("Bearer {TOKEN}")), Some(TOKEN));
+        assert_eq!(bearer_token(&format!("bearer {TOKEN}")), Some(TOKEN));
+        assert_eq!(bearer_token(&format!("Basic {TOKEN}")), None);
+        assert_eq!(bearer_token(&format!("Bearer{TOKEN}")), None);
+        assert_eq!(bearer_token("Bearer short"), None);
+        assert_eq!(
+            bearer_token("Bearér xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"),
+            None
+        );
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let h = headers(&[
+            ("cookie", "a=1; mercureAuthorization=\"tok\"; b=2"),
+            ("cookie", "mercureAuthorization=later"),
+        ]);
+        assert_eq!(cookie(&h, "mercureAuthorization"), Some("tok"));
+        assert_eq!(cookie(&h, "b"), Some("2"));
+        assert_eq!(cookie(&h, "missing"), None);
+        assert_eq!(cookie(&h, "MercureAuthorization"), None);
+
+        let h = headers(&[("cookie", "x=bad\\value; x=good")]);
+        assert_eq!(cookie(&h, "x"), Some("good"));
+        let h = headers(&[("cookie", "junk; x=")]);
+        assert_eq!(cookie(&h, "x"), Some(""));
+    }
+
+    #[test]
+    fn debug_hides_the_token() {
+        let t = ExtractedToken {
+            token: TOKEN,
+            source: TokenSource::Cookie,
+        };
+        let shown = format!("{t:?}");
+        assert!(!shown.contains("eyJ"), "{shown}");
+        assert!(shown.contains("Cookie"), "{shown}");
+    }
+}

@@ -1,0 +1,187 @@
+//! What a verified token allows: the publish and subscribe selectors and the subscriber payload.
+//!
+//! [`Grants`] is the same whatever claim generation the token used, so the rest of the hub never
+//! looks at claims. The two checks differ on purpose, as on the reference hub:
+//! - [`can_publish`]: *every* topic of the update must match some publish selector — a publisher
+//!   may not slip an alternate topic it has no right to next to one it has;
+//! - [`can_subscribe_to`]: a private update may be received when *any* of its topics matches
+//!   *any* subscribe selector.
+//!
+//! Matching goes through the node's [`SelectorStore`] (cached template results); `*` selectors are
+//! found once at verification time and short-circuit both checks.
+
+use std::time::SystemTime;
+
+use quicksilver_protocol::{Selector, SelectorStore};
+
+/// The rights a verified token carries. The default value allows nothing.
+#[derive(Clone, Debug, Default)]
+pub struct Grants {
+    publish: Vec<Selector>,
+    publish_all: bool,
+    subscribe: Vec<Selector>,
+    subscribe_all: bool,
+    payload: Option<serde_json::Value>,
+    expires_at: Option<SystemTime>,
+}
+
+impl Grants {
+    /// Grants from compiled selectors (the `*` fast paths are derived here).
+    pub fn new(
+        publish: Vec<Selector>,
+        subscribe: Vec<Selector>,
+        payload: Option<serde_json::Value>,
+    ) -> Self {
+        Self {
+            publish_all: publish.iter().any(Selector::is_wildcard),
+            subscribe_all: subscribe.iter().any(Selector::is_wildcard),
+            publish,
+            subscribe,
+            payload,
+            expires_at: None,
+        }
+    }
+
+    /// Sets when the token stops being valid (its `exp`).
+    pub fn with_expires_at(mut self, expires_at: Option<SystemTime>) -> Self {
+        self.expires_at = expires_at;
+        self
+    }
+
+    /// The publish selectors.
+    pub fn publish(&self) -> &[Selector] {
+        &self.publish
+    }
+
+    /// Whether a `*` publish selector allows every topic.
+    pub fn publish_all(&self) -> bool {
+        self.publish_all
+    }
+
+    /// The subscribe selectors (what private updates may be received).
+    pub fn subscribe(&self) -> &[Selector] {
+        &self.subscribe
+    }
+
+    /// Whether a `*` subscribe selector allows every private update.
+    pub fn subscribe_all(&self) -> bool {
+        self.subscribe_all
+    }
+
+    /// The subscriber payload (`mercure.payload`), shown in subscription events; `null` is `None`.
+    pub fn payload(&self) -> Option<&serde_json::Value> {
+        self.payload.as_ref()
+    }
+
+    /// When the token expires, if it has an `exp` claim. The reference hub closes a subscriber's
+    /// connection at that time (the client reconnects with a fresh token).
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+}
+
+/// Whether an update with these topics may be published: every topic must match a publish
+/// selector. An empty topic list is refused (there is nothing the grant could be checked against;
+/// a publish without topics is invalid anyway).
+pub fn can_publish(store: &SelectorStore, grants: &Grants, topics: &[String]) -> bool {
+    if topics.is_empty() {
+        return false;
+    }
+    if grants.publish_all {
+        return true;
+    }
+    topics
+        .iter()
+        .all(|topic| grants.publish.iter().any(|s| store.matches(s, topic)))
+}
+
+/// Whether a private update with these topics may be received: any topic must match any subscribe
+/// selector.
+pub fn can_subscribe_to(store: &SelectorStore, grants: &Grants, topics: &[String]) -> bool {
+    if grants.subscribe_all {
+        return !topics.is_empty();
+    }
+    topics
+        .iter()
+        .any(|topic| grants.subscribe.iter().any(|s| store.matches(s, topic)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sel(raw: &[&str]) -> Vec<Selector> {
+        raw.iter().map(|r| Selector::compile(r).unwrap()).collect()
+    }
+
+    fn topics(t: &[&str]) -> Vec<String> {
+        t.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn nothing_is_allowed_by_default() {
+        let store = SelectorStore::default();
+        let g = Grants::default();
+        assert!(!can_publish(&store, &g, &topics(&["a"])));
+        assert!(!can_subscribe_to(&store, &g, &topics(&["a"])));
+        assert!(g.payload().is_none());
+        assert!(g.expires_at().is_none());
+    }
+
+    #[test]
+    fn publish_needs_every_topic() {
+        let store = SelectorStore::default();
+        let g = Grants::new(sel(&["https://ex.com/books/{id}", "urn:a"]), vec![], None);
+        assert!(can_publish(
+            &store,
+            &g,
+            &topics(&["https://ex.com/books/1"])
+        ));
+        assert!(can_publish(
+            &store,
+            &g,
+            &topics(&["https://ex.com/books/1", "urn:a"])
+        ));
+        assert!(!can_publish(
+            &store,
+            &g,
+            &topics(&["https://ex.com/books/1", "urn:b"])
+        ));
+        assert!(!can_publish(&store, &g, &[]));
+    }
+
+    #[test]
+    fn star_allows_every_topic() {
+        let store = SelectorStore::default();
+        let g = Grants::new(sel(&["urn:x", "*"]), sel(&["*"]), None);
+        assert!(g.publish_all() && g.subscribe_all());
+        assert!(can_publish(&store, &g, &topics(&["urn:a", "urn:b"])));
+        assert!(can_subscribe_to(&store, &g, &topics(&["urn:a"])));
+        assert!(!can_subscribe_to(&store, &g, &[]));
+    }
+
+    #[test]
+    fn subscribe_needs_any_topic() {
+        let store = SelectorStore::default();
+        let g = Grants::new(vec![], sel(&["https://ex.com/users/{id}/inbox"]), None);
+        assert!(!g.subscribe_all());
+        assert!(can_subscribe_to(
+            &store,
+            &g,
+            &topics(&["urn:other", "https://ex.com/users/7/inbox"])
+        ));
+        assert!(!can_subscribe_to(&store, &g, &topics(&["urn:other"])));
+        // The template's literal text matches too, as on the reference hub.
+        assert!(can_subscribe_to(
+            &store,
+            &g,
+            &topics(&["https://ex.com/users/{id}/inbox"])
+        ));
+        // A subscribe grant is not a publish grant.
+        assert!(!can_publish(
+            &store,
+            &g,
+            &topics(&["https://ex.com/users/7/inbox"])
+        ));
+    }
+}

@@ -1,0 +1,245 @@
+//! Token verification: signature, algorithm, validity window, then the grant claims.
+//!
+//! A [`TokenVerifier`] is built once per role (publisher, subscriber) from a [`KeySpec`] and
+//! [`VerifierOptions`]. [`TokenVerifier::verify`] takes the compact JWS string and returns
+//! [`Grants`]; it does no I/O. In order:
+//! 1. tokens longer than [`VerifierOptions::max_token_bytes`] are refused before decoding;
+//! 2. the header's `alg` must be the configured algorithm — so `none`, and an RS256 token offered
+//!    to an HS256 hub keyed with the RSA public key, fail — and the signature must verify;
+//! 3. `exp` and `nbf` are checked *when present*: tokens without `exp` are valid (browser tokens
+//!    minted by Symfony often have none), as on the reference hub;
+//! 4. the claims become [`Grants`] ([`crate::claims`]).
+//!
+//! No audience or issuer checks in this generation.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::Validation;
+use quicksilver_protocol::SelectorStore;
+
+use crate::claims::MercureClaims;
+use crate::error::{AuthError, TokenRejection};
+use crate::grants::Grants;
+use crate::key::KeySpec;
+
+/// Default for [`VerifierOptions::max_token_bytes`]: 16 KiB, far above any real token (a token
+/// with a thousand short selectors stays under it) and small enough that a hostile one costs
+/// little to refuse.
+pub const DEFAULT_MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Default for [`VerifierOptions::max_selectors_per_claim`]: the reference hub's limit
+/// (`maxClaimMatchers`), so every token it accepts is accepted here.
+pub const DEFAULT_MAX_SELECTORS_PER_CLAIM: usize = 1000;
+
+/// Limits and tolerances of token verification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifierOptions {
+    /// Clock skew tolerated on `exp` and `nbf` (default 0).
+    pub leeway: Duration,
+    /// Longest token accepted, in bytes (default [`DEFAULT_MAX_TOKEN_BYTES`]).
+    pub max_token_bytes: usize,
+    /// Most selectors accepted in each of the publish and subscribe claims (default
+    /// [`DEFAULT_MAX_SELECTORS_PER_CLAIM`]).
+    pub max_selectors_per_claim: usize,
+}
+
+impl Default for VerifierOptions {
+    fn default() -> Self {
+        Self {
+            leeway: Duration::ZERO,
+            max_token_bytes: DEFAULT_MAX_TOKEN_BYTES,
+            max_selectors_per_claim: DEFAULT_MAX_SELECTORS_PER_CLAIM,
+        }
+    }
+}
+
+/// Verifies tokens for one role with one key and algorithm.
+#[derive(Clone)]
+pub struct TokenVerifier {
+    key: KeySpec,
+    options: VerifierOptions,
+    validation: Validation,
+}
+
+impl fmt::Debug for TokenVerifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenVerifier")
+            .field("key", &self.key)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenVerifier {
+    /// A verifier accepting tokens signed with `key`'s algorithm only.
+    pub fn new(key: KeySpec, options: VerifierOptions) -> Self {
+        let mut validation = Validation::new(key.algorithm());
+        // Time claims are checked here rather than by jsonwebtoken, which skips an `exp` it cannot
+        // read as an integer (a fractional `exp` would then never expire).
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        validation.leeway = 0;
+        Self {
+            key,
+            options,
+            validation,
+        }
+    }
+
+    /// The key in use.
+    pub fn key(&self) -> &KeySpec {
+        &self.key
+    }
+
+    /// The options in use.
+    pub fn options(&self) -> &VerifierOptions {
+        &self.options
+    }
+
+    /// Verifies `token` now and returns its grants, compiling selectors through `store`.
+    pub fn verify(&self, store: &SelectorStore, token: &str) -> Result<Grants, AuthError> {
+        self.verify_at(store, token, SystemTime::now())
+    }
+
+    /// Verifies `token` as of `now`.
+    pub fn verify_at(
+        &self,
+        store: &SelectorStore,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<Grants, AuthError> {
+        if token.len() > self.options.max_token_bytes {
+            return Err(AuthError::TokenTooLong {
+                max: self.options.max_token_bytes,
+            });
+        }
+        let data =
+            jsonwebtoken::decode::<MercureClaims>(token, self.key.decoding_key(), &self.validation)
+                .map_err(|e| rejection(e.kind()))?;
+        let claims = data.claims;
+        check_validity_window(claims.exp, claims.nbf, now, self.options.leeway)?;
+        let expires_at = claims.exp.and_then(to_system_time);
+        Ok(claims
+            .into_grants(store, self.options.max_selectors_per_claim)?
+            .with_expires_at(expires_at))
+    }
+}
+
+/// Checks `exp` and `nbf` (seconds since the epoch) against `now` with `leeway`, with the
+/// reference hub's boundaries: a token is expired from the `exp` instant on, and valid from the
+/// `nbf` instant on.
+fn check_validity_window(
+    exp: Option<f64>,
+    nbf: Option<f64>,
+    now: SystemTime,
+    leeway: Duration,
+) -> Result<(), TokenRejection> {
+    let now = match now.duration_since(UNIX_EPOCH) {
+        Ok(d) => d.as_secs_f64(),
+        Err(e) => -e.duration().as_secs_f64(),
+    };
+    let leeway = leeway.as_secs_f64();
+    if exp.is_some_and(|exp| now - leeway >= exp) {
+        return Err(TokenRejection::Expired);
+    }
+    if nbf.is_some_and(|nbf| now + leeway < nbf) {
+        return Err(TokenRejection::NotYetValid);
+    }
+    Ok(())
+}
+
+/// `exp` as a time; `None` when it is beyond what `SystemTime` holds (it then never expires in
+/// practice) or before the epoch (already refused as expired).
+fn to_system_time(secs: f64) -> Option<SystemTime> {
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+}
+
+fn rejection(kind: &ErrorKind) -> TokenRejection {
+    match kind {
+        ErrorKind::InvalidSignature
+        | ErrorKind::InvalidEcdsaKey
+        | ErrorKind::InvalidRsaKey(_)
+        | ErrorKind::InvalidKeyFormat
+        | ErrorKind::Crypto(_) => TokenRejection::Signature,
+        ErrorKind::InvalidAlgorithm
+        | ErrorKind::InvalidAlgorithmName
+        | ErrorKind::MissingAlgorithm => TokenRejection::Algorithm,
+        ErrorKind::ExpiredSignature => TokenRejection::Expired,
+        ErrorKind::ImmatureSignature => TokenRejection::NotYetValid,
+        _ => TokenRejection::Malformed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: f64 = 1_700_000_000.0;
+
+    fn at(secs: f64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs_f64(secs)
+    }
+
+    #[test]
+    fn expiry_boundaries_follow_the_reference_hub() {
+        let zero = Duration::ZERO;
+        assert_eq!(check_validity_window(None, None, at(T), zero), Ok(()));
+        assert_eq!(
+            check_validity_window(Some(T + 1.0), None, at(T), zero),
+            Ok(())
+        );
+        assert_eq!(
+            check_validity_window(Some(T), None, at(T), zero),
+            Err(TokenRejection::Expired)
+        );
+        assert_eq!(
+            check_validity_window(Some(T - 0.5), None, at(T), zero),
+            Err(TokenRejection::Expired)
+        );
+        assert_eq!(check_validity_window(None, Some(T), at(T), zero), Ok(()));
+        assert_eq!(
+            check_validity_window(None, Some(T + 1.0), at(T), zero),
+            Err(TokenRejection::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn leeway_widens_the_window() {
+        let five = Duration::from_secs(5);
+        assert_eq!(
+            check_validity_window(Some(T - 4.0), Some(T + 4.0), at(T), five),
+            Ok(())
+        );
+        assert_eq!(
+            check_validity_window(Some(T - 5.0), None, at(T), five),
+            Err(TokenRejection::Expired)
+        );
+        assert_eq!(
+            check_validity_window(None, Some(T + 6.0), at(T), five),
+            Err(TokenRejection::NotYetValid)
+        );
+    }
+
+    #[test]
+    fn odd_expiry_values_do_not_panic() {
+        assert_eq!(to_system_time(-1.0), None);
+        assert_eq!(to_system_time(1e300), None);
+        assert_eq!(to_system_time(T), Some(at(T)));
+    }
+
+    #[test]
+    fn debug_shows_no_key_material() {
+        let v = TokenVerifier::new(
+            KeySpec::new("hunter2-hunter2", "HS256").unwrap(),
+            VerifierOptions::default(),
+        );
+        let shown = format!("{v:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+}

@@ -1,0 +1,160 @@
+//! Local fan-out: hands every update a node's transport reader produces to the local subscribers
+//! that may receive it, without letting one slow subscriber hold up the others.
+//!
+//! # How an update passes through
+//! The transport reader calls [`Fanout::dispatch`] with an `Arc`'d [`Envelope`] (its SSE frame is
+//! already encoded). The envelope is sent to each of K shards over a bounded channel; each shard is
+//! a task that owns a [`registry::Registry`] of its subscribers and finds the matching ones (exact
+//! topics by hash lookup, then `*` subscribers, then each distinct template selector once), checks
+//! private access, and pushes the same `Arc` into each subscriber's bounded queue. A subscriber
+//! whose queue is full is cut off and counted: it reconnects with its last event id and catches up
+//! from history, so the hub never buffers without bound and others never wait.
+//!
+//! # Layout
+//! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.
+//! - [`registry`]: one shard's subscriber index.
+//! - [`subscriber`]: what a subscriber asked for ([`SubscriberSpec`]), its private access
+//!   ([`Access`]) and the [`Subscription`] handle whose drop unregisters it.
+//! - [`stats`]: counters and gauges read by the metrics endpoint.
+
+pub mod registry;
+pub mod stats;
+pub mod subscriber;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use quicksilver_protocol::{Envelope, SelectorStore};
+use tokio::sync::mpsc;
+
+pub use registry::Registry;
+pub use stats::FanoutStats;
+pub use subscriber::{Access, SubscriberSpec, Subscription};
+
+/// Fan-out settings.
+#[derive(Clone, Debug)]
+pub struct FanoutConfig {
+    /// Number of shards (independent dispatch tasks); the number of worker threads is a good value.
+    pub shards: usize,
+    /// Capacity of each shard's inbound channel; a full channel makes the reader wait.
+    pub shard_channel: usize,
+    /// Capacity of each subscriber's queue; a subscriber that falls this far behind is cut off.
+    pub subscriber_queue: usize,
+}
+
+impl Default for FanoutConfig {
+    fn default() -> Self {
+        Self {
+            shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            shard_channel: 1024,
+            subscriber_queue: 1024,
+        }
+    }
+}
+
+/// A shard: its registry (shared with the [`Subscription`] handles, which unregister on drop) and the
+/// channel feeding its dispatch task.
+struct Shard {
+    registry: Arc<Mutex<Registry>>,
+    inbox: mpsc::Sender<Arc<Envelope>>,
+}
+
+/// Handle to the node's fan-out. Cloning is cheap. The shard tasks end when the last handle is
+/// dropped (their channels close).
+#[derive(Clone)]
+pub struct Fanout {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<Shard>,
+    next_shard: AtomicUsize,
+    queue_capacity: usize,
+    stats: Arc<FanoutStats>,
+}
+
+impl std::fmt::Debug for Fanout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fanout")
+            .field("shards", &self.inner.shards.len())
+            .finish()
+    }
+}
+
+impl Fanout {
+    /// Starts the shard tasks on the current Tokio runtime.
+    pub fn start(config: &FanoutConfig, selectors: Arc<SelectorStore>) -> Self {
+        let stats = Arc::new(FanoutStats::default());
+        let shards = (0..config.shards.max(1))
+            .map(|_| {
+                let registry = Arc::new(Mutex::new(Registry::new(selectors.clone(), stats.clone())));
+                let (inbox, rx) = mpsc::channel(config.shard_channel.max(1));
+                tokio::spawn(run_shard(registry.clone(), rx));
+                Shard { registry, inbox }
+            })
+            .collect();
+        Self {
+            inner: Arc::new(Inner {
+                shards,
+                next_shard: AtomicUsize::new(0),
+                queue_capacity: config.subscriber_queue.max(1),
+                stats,
+            }),
+        }
+    }
+
+    /// Registers a subscriber; live updates are queued from this moment on. Shards are chosen round
+    /// robin so subscribers spread evenly over dispatch tasks.
+    pub fn subscribe(&self, spec: SubscriberSpec) -> Subscription {
+        let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
+        let shard = &self.inner.shards[i];
+        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
+        let key = shard.registry.lock().insert(spec, tx);
+        Subscription::new(rx, key, shard.registry.clone())
+    }
+
+    /// Hands one stored update to every shard, in order. Waits when a shard is backed up, which
+    /// slows the transport reader rather than dropping anything.
+    pub async fn dispatch(&self, envelope: Arc<Envelope>) {
+        for shard in &self.inner.shards {
+            // A send fails only if the shard task is gone, which happens only at shutdown.
+            let _ = shard.inbox.send(envelope.clone()).await;
+        }
+    }
+
+    /// Counters and gauges.
+    pub fn stats(&self) -> &FanoutStats {
+        &self.inner.stats
+    }
+
+    /// Closes every local subscription (used at shutdown and drain); their streams end after the
+    /// updates already queued.
+    pub fn close_all(&self) {
+        for shard in &self.inner.shards {
+            shard.registry.lock().clear();
+        }
+    }
+
+    /// Number of subscribers currently registered on this node.
+    pub fn subscriber_count(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.registry.lock().len())
+            .sum()
+    }
+}
+
+/// A shard's dispatch loop: takes updates in order and delivers each under the registry lock. The
+/// lock is a plain mutex held without `.await`: delivery is `try_send` only, so the critical section
+/// is short and never blocks on a subscriber.
+async fn run_shard(registry: Arc<Mutex<Registry>>, mut inbox: mpsc::Receiver<Arc<Envelope>>) {
+    let mut batch = Vec::with_capacity(64);
+    while inbox.recv_many(&mut batch, 64).await > 0 {
+        let mut reg = registry.lock();
+        for envelope in batch.drain(..) {
+            reg.deliver(&envelope);
+        }
+    }
+}

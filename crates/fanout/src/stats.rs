@@ -1,0 +1,28 @@
+//! Fan-out counters and gauges, updated with relaxed atomics on the hot path and read by the
+//! server's metrics endpoint.
+
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+
+/// Counters shared by all shards of a node.
+#[derive(Debug, Default)]
+pub struct FanoutStats {
+    /// Updates handed to subscriber queues (one per subscriber per update).
+    pub delivered: AtomicU64,
+    /// Subscribers cut off because their queue was full.
+    pub lagged_disconnects: AtomicU64,
+    /// Subscribers currently registered.
+    pub subscribers: AtomicI64,
+    /// Registered matchers by kind: exact, wildcard, template.
+    pub matchers_exact: AtomicI64,
+    /// See `matchers_exact`.
+    pub matchers_wildcard: AtomicI64,
+    /// See `matchers_exact`.
+    pub matchers_template: AtomicI64,
+}
+
+impl FanoutStats {
+    /// Reads a counter.
+    pub fn get(counter: &AtomicU64) -> u64 {
+        counter.load(Ordering::Relaxed)
+    }
+}

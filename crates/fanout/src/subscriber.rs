@@ -1,0 +1,129 @@
+//! One subscriber as the fan-out sees it: what it asked for, what private updates it may read, and
+//! the handle its SSE writer holds.
+//!
+//! The [`Subscription`] is the receiving end of the subscriber's bounded queue. Dropping it (the
+//! client went away, the response ended) unregisters the subscriber from its shard, so a closed
+//! connection costs nothing after its drop.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use parking_lot::Mutex;
+use quicksilver_protocol::{Envelope, Selector, SelectorStore};
+use tokio::sync::mpsc;
+
+use crate::registry::{Registry, SubscriberKey};
+
+/// Which private updates a subscriber may receive: those with at least one topic matching one of
+/// its grant selectors.
+#[derive(Clone, Debug)]
+pub enum Access {
+    /// Every private update (a `*` grant).
+    All,
+    /// No private update (anonymous subscribers, tokens without a subscribe grant).
+    None,
+    /// Private updates with a topic matching one of these selectors.
+    Selectors(Arc<[Selector]>),
+}
+
+impl Access {
+    /// Builds the access of a grant list, with a fast path for `*`.
+    pub fn from_selectors(selectors: Vec<Selector>) -> Self {
+        if selectors.iter().any(Selector::is_wildcard) {
+            Access::All
+        } else if selectors.is_empty() {
+            Access::None
+        } else {
+            Access::Selectors(selectors.into())
+        }
+    }
+
+    /// Whether an update with these topics may be read.
+    pub fn allows(&self, store: &SelectorStore, topics: &[String]) -> bool {
+        match self {
+            Access::All => true,
+            Access::None => false,
+            Access::Selectors(selectors) => topics
+                .iter()
+                .any(|t| selectors.iter().any(|s| store.matches(s, t))),
+        }
+    }
+}
+
+/// What a subscriber asked for.
+#[derive(Clone, Debug)]
+pub struct SubscriberSpec {
+    /// Its topic selectors; an update matching any of them (through any of its topics) is wanted.
+    pub selectors: Vec<Selector>,
+    /// Its access to private updates.
+    pub access: Access,
+}
+
+impl SubscriberSpec {
+    /// Whether this subscriber wants and may read `envelope` (the same test the shards apply; used
+    /// when replaying history).
+    pub fn accepts(&self, store: &SelectorStore, envelope: &Envelope) -> bool {
+        let topics = &envelope.update.topics;
+        let wanted = topics
+            .iter()
+            .any(|t| self.selectors.iter().any(|s| store.matches(s, t)));
+        wanted && (!envelope.update.private || self.access.allows(store, topics))
+    }
+}
+
+/// The receiving end of a registered subscriber's queue. Dropping it unregisters the subscriber.
+pub struct Subscription {
+    queue: mpsc::Receiver<Arc<Envelope>>,
+    key: SubscriberKey,
+    lagged: Arc<AtomicBool>,
+    registry: Arc<Mutex<Registry>>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription").field("key", &self.key).finish()
+    }
+}
+
+impl Subscription {
+    pub(crate) fn new(
+        queue: mpsc::Receiver<Arc<Envelope>>,
+        (key, lagged): (SubscriberKey, Arc<AtomicBool>),
+        registry: Arc<Mutex<Registry>>,
+    ) -> Self {
+        Self {
+            queue,
+            key,
+            lagged,
+            registry,
+        }
+    }
+
+    /// Waits for the next update; `None` once the subscriber was cut off (or closed by the hub) and
+    /// its queue is drained.
+    pub async fn recv(&mut self) -> Option<Arc<Envelope>> {
+        self.queue.recv().await
+    }
+
+    /// Polls for the next update (for hand-written streams).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Envelope>>> {
+        self.queue.poll_recv(cx)
+    }
+
+    /// Takes an already-queued update without waiting.
+    pub fn try_recv(&mut self) -> Option<Arc<Envelope>> {
+        self.queue.try_recv().ok()
+    }
+
+    /// Whether the fan-out cut this subscriber off because its queue was full.
+    pub fn was_cut_off(&self) -> bool {
+        self.lagged.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.registry.lock().remove(self.key);
+    }
+}

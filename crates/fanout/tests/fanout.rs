@@ -1,0 +1,166 @@
+//! Behaviour of the fan-out through its public API: who receives what, once, in order, and what
+//! happens to a subscriber that does not keep up.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicksilver_fanout::{Access, Fanout, FanoutConfig, SubscriberSpec, Subscription};
+use quicksilver_protocol::{Envelope, Position, SelectorStore, Update};
+
+fn fanout(shards: usize, queue: usize) -> (Fanout, Arc<SelectorStore>) {
+    let store = Arc::new(SelectorStore::default());
+    let f = Fanout::start(
+        &FanoutConfig {
+            shards,
+            shard_channel: 16,
+            subscriber_queue: queue,
+        },
+        store.clone(),
+    );
+    (f, store)
+}
+
+fn spec(store: &SelectorStore, selectors: &[&str], access: Access) -> SubscriberSpec {
+    SubscriberSpec {
+        selectors: selectors.iter().map(|s| store.compile(s).unwrap()).collect(),
+        access,
+    }
+}
+
+fn envelope(seq: u64, topics: &[&str], private: bool) -> Arc<Envelope> {
+    Arc::new(Envelope::new(
+        Position::new(0, 0, seq),
+        Update {
+            id: format!("id-{seq}"),
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            data: format!("data-{seq}"),
+            private,
+            event_type: None,
+            retry: None,
+        },
+        0,
+    ))
+}
+
+async fn next(sub: &mut Subscription) -> Option<u64> {
+    tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .ok()
+        .flatten()
+        .map(|e| e.position.seq)
+}
+
+async fn nothing_more(sub: &mut Subscription) -> bool {
+    tokio::time::timeout(Duration::from_millis(100), sub.recv()).await.is_err()
+}
+
+#[tokio::test]
+async fn exact_wildcard_and_template_subscribers_get_matching_updates_once() {
+    let (f, store) = fanout(2, 16);
+    let mut exact = f.subscribe(spec(&store, &["https://ex.com/books/1"], Access::None));
+    let mut all = f.subscribe(spec(&store, &["*"], Access::None));
+    let mut tpl = f.subscribe(spec(&store, &["https://ex.com/books/{id}"], Access::None));
+    // Matches through two selectors and two topics: still delivered once.
+    let mut both = f.subscribe(spec(
+        &store,
+        &["https://ex.com/books/1", "https://ex.com/alt"],
+        Access::None,
+    ));
+
+    f.dispatch(envelope(1, &["https://ex.com/books/1", "https://ex.com/alt"], false)).await;
+    f.dispatch(envelope(2, &["https://ex.com/other"], false)).await;
+
+    assert_eq!(next(&mut exact).await, Some(1));
+    assert_eq!(next(&mut all).await, Some(1));
+    assert_eq!(next(&mut all).await, Some(2));
+    assert_eq!(next(&mut both).await, Some(1));
+    assert!(nothing_more(&mut exact).await);
+    assert!(nothing_more(&mut both).await);
+    assert_eq!(next(&mut tpl).await, Some(1));
+    assert!(nothing_more(&mut tpl).await);
+}
+
+#[tokio::test]
+async fn private_updates_need_a_matching_grant() {
+    let (f, store) = fanout(1, 16);
+    let mut anonymous = f.subscribe(spec(&store, &["a"], Access::None));
+    let mut granted = f.subscribe(spec(
+        &store,
+        &["a"],
+        Access::from_selectors(vec![store.compile("b").unwrap()]),
+    ));
+    let mut other_grant = f.subscribe(spec(
+        &store,
+        &["a"],
+        Access::from_selectors(vec![store.compile("c").unwrap()]),
+    ));
+    let mut everything = f.subscribe(spec(&store, &["a"], Access::All));
+
+    // Private with topics a (canonical) and b (alternate): the grant on b is enough.
+    f.dispatch(envelope(1, &["a", "b"], true)).await;
+    f.dispatch(envelope(2, &["a"], false)).await;
+
+    assert_eq!(next(&mut anonymous).await, Some(2));
+    assert_eq!(next(&mut granted).await, Some(1));
+    assert_eq!(next(&mut other_grant).await, Some(2));
+    assert_eq!(next(&mut everything).await, Some(1));
+}
+
+#[tokio::test]
+async fn order_is_kept_across_shards() {
+    let (f, store) = fanout(4, 1024);
+    let mut subs: Vec<_> = (0..8).map(|_| f.subscribe(spec(&store, &["t"], Access::None))).collect();
+    for seq in 1..=200 {
+        f.dispatch(envelope(seq, &["t"], false)).await;
+    }
+    for sub in &mut subs {
+        for seq in 1..=200 {
+            assert_eq!(next(sub).await, Some(seq));
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_slow_subscriber_is_cut_off_and_others_keep_receiving() {
+    let (f, store) = fanout(1, 4);
+    let mut slow = f.subscribe(spec(&store, &["t"], Access::None));
+    let mut fast = f.subscribe(spec(&store, &["t"], Access::None));
+    for seq in 1..=20 {
+        f.dispatch(envelope(seq, &["t"], false)).await;
+        assert_eq!(next(&mut fast).await, Some(seq));
+    }
+    // The slow one got what fit in its queue, then its stream ends.
+    for seq in 1..=4 {
+        assert_eq!(next(&mut slow).await, Some(seq));
+    }
+    assert_eq!(next(&mut slow).await, None);
+    assert!(slow.was_cut_off());
+    assert!(!fast.was_cut_off());
+    assert_eq!(f.stats().lagged_disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(f.subscriber_count(), 1);
+}
+
+#[tokio::test]
+async fn dropping_a_subscription_unregisters_it() {
+    let (f, store) = fanout(2, 4);
+    let a = f.subscribe(spec(&store, &["t", "*"], Access::None));
+    let _b = f.subscribe(spec(&store, &["t"], Access::None));
+    assert_eq!(f.subscriber_count(), 2);
+    drop(a);
+    assert_eq!(f.subscriber_count(), 1);
+    let stats = f.stats();
+    assert_eq!(stats.matchers_wildcard.load(std::sync::atomic::Ordering::Relaxed), 0);
+    assert_eq!(stats.matchers_exact.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn close_all_ends_every_stream() {
+    let (f, store) = fanout(2, 4);
+    let mut a = f.subscribe(spec(&store, &["t"], Access::None));
+    f.dispatch(envelope(1, &["t"], false)).await;
+    // Let the shard deliver before closing.
+    assert_eq!(next(&mut a).await, Some(1));
+    f.close_all();
+    assert_eq!(next(&mut a).await, None);
+    assert!(!a.was_cut_off());
+}

@@ -1,0 +1,37 @@
+//! The Mercure protocol as data: what an update is, how a subscriber names the topics it wants, how
+//! publish and subscribe requests are parsed, and how an update becomes Server-Sent Events bytes.
+//!
+//! Nothing here performs I/O or needs a runtime, so every function can be unit-tested, property-tested
+//! and fuzzed on its own. The other crates build on these types:
+//!
+//! # Layout
+//! - [`update`]: [`Update`], the unit a publisher sends, and [`Envelope`], an update plus its position
+//!   in the transport's order and its SSE frame, encoded once and shared by every subscriber.
+//! - [`position`]: [`Position`], where an update sits in the transport's total order.
+//! - [`sse`]: turns an update into its `text/event-stream` frame; comments and heartbeats.
+//! - [`selector`]: topic selectors (exact, `*`, RFC 6570 URI templates), compiled once, and the
+//!   [`SelectorStore`] that caches compilations and match results within fixed bounds.
+//! - [`template`]: the RFC 6570 URI template to matcher compiler behind template selectors.
+//! - [`publish`]: parsing and validating a publish form body into an [`Update`].
+//! - [`subscribe`]: parsing a subscription query string (selectors, last event id, token).
+//! - [`form`]: form-urlencoded decoding that refuses invalid UTF-8.
+//! - [`validate`]: the character rules shared by topics, ids and types.
+
+pub mod form;
+pub mod position;
+pub mod publish;
+pub mod selector;
+pub mod sse;
+pub mod subscribe;
+pub mod template;
+pub mod update;
+pub mod validate;
+
+pub use position::Position;
+pub use publish::{parse_publish_form, PublishError, PublishLimits};
+pub use selector::{Selector, SelectorError, SelectorStore};
+pub use subscribe::{parse_subscribe_query, SubscribeError, SubscribeLimits, SubscribeQuery};
+pub use update::{Envelope, Update};
+
+/// The reserved last event id asking for the whole retained history.
+pub const EARLIEST: &str = "earliest";

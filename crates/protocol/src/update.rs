@@ -1,0 +1,63 @@
+//! The update a publisher sends, and the envelope every node hands to its subscribers.
+//!
+//! An [`Update`] is what the publish form describes. Once a transport has stored it, the update gets
+//! a [`Position`] and its SSE frame is encoded; the result is an [`Envelope`], shared behind an
+//! `Arc` by the history, the fan-out shards and every subscriber queue, so the bytes are built once
+//! per node however many subscribers receive them.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::{sse, Position};
+
+/// One update: a new version of one or more topics.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Update {
+    /// The event id (publisher-chosen, or `urn:uuid:<v4>` assigned by the hub).
+    pub id: String,
+    /// The topics; the first one is canonical, the others are alternates. Never empty.
+    pub topics: Vec<String>,
+    /// The payload, sent as one `data:` field per line.
+    pub data: String,
+    /// Private updates reach only subscribers whose grants match one of the topics.
+    pub private: bool,
+    /// The SSE `event:` field.
+    pub event_type: Option<String>,
+    /// The SSE `retry:` field, in milliseconds.
+    pub retry: Option<u64>,
+}
+
+impl Update {
+    /// The canonical topic (the first one).
+    pub fn canonical_topic(&self) -> &str {
+        self.topics.first().map(String::as_str).unwrap_or_default()
+    }
+}
+
+/// An update that a transport has stored, ready for delivery: its position in the transport's order
+/// and its encoded SSE frame.
+#[derive(Debug)]
+pub struct Envelope {
+    /// Where the update sits in the transport's order.
+    pub position: Position,
+    /// The update itself (topics and privacy are needed to decide who receives it).
+    pub update: Update,
+    /// The complete SSE event (`id:`, `event:`, `retry:`, `data:` lines and the blank line).
+    pub frame: Bytes,
+    /// When the publishing node accepted the update, in microseconds since the Unix epoch; used for
+    /// delivery latency metrics. `0` when unknown.
+    pub accepted_at_micros: u64,
+}
+
+impl Envelope {
+    /// Wraps a stored update, encoding its SSE frame.
+    pub fn new(position: Position, update: Update, accepted_at_micros: u64) -> Self {
+        let frame = sse::encode_update(&update);
+        Self {
+            position,
+            update,
+            frame,
+            accepted_at_micros,
+        }
+    }
+}

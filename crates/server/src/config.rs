@@ -1,0 +1,202 @@
+//! The hub's configuration: one struct, read from command-line flags and environment variables.
+//!
+//! Each field's doc comment is its `--help` text. Names follow the reference hub where it has one
+//! (`MERCURE_PUBLISHER_JWT_KEY`, …) so existing deployments keep their environment; settings of our
+//! own use the `QUICKSILVER_` prefix. A flag beats its environment variable, which beats the default.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// Quicksilver: a horizontally scalable Mercure hub.
+#[derive(Parser, Clone, Debug)]
+#[command(name = "quicksilver", version, about, max_term_width = 100)]
+pub struct Config {
+    /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
+    #[arg(long, env = "QUICKSILVER_LISTEN", default_value = "127.0.0.1:3000")]
+    pub listen: SocketAddr,
+
+    /// Key verifying publishers' JWTs (HMAC secret, or PEM public key for RS*/ES*/PS*/EdDSA).
+    #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
+    pub publisher_jwt_key: Option<String>,
+
+    /// Algorithm of publishers' JWTs.
+    #[arg(long, env = "MERCURE_PUBLISHER_JWT_ALG", default_value = "HS256")]
+    pub publisher_jwt_alg: String,
+
+    /// Key verifying subscribers' JWTs (HMAC secret, or PEM public key).
+    #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
+    pub subscriber_jwt_key: Option<String>,
+
+    /// Algorithm of subscribers' JWTs.
+    #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_ALG", default_value = "HS256")]
+    pub subscriber_jwt_alg: String,
+
+    /// Key used for both publishers and subscribers when their own key is not set.
+    #[arg(long, env = "MERCURE_JWT_KEY", hide_env_values = true)]
+    pub jwt_key: Option<String>,
+
+    /// Algorithm used with `--jwt-key`.
+    #[arg(long, env = "MERCURE_JWT_ALG", default_value = "HS256")]
+    pub jwt_alg: String,
+
+    /// Allow subscribers without a token (they receive public updates only).
+    #[arg(long, env = "QUICKSILVER_ANONYMOUS", default_value_t = false)]
+    pub anonymous: bool,
+
+    /// Origins allowed to use the hub from browsers (CORS), separated by spaces or commas; `*` for
+    /// any origin (then without credentials).
+    #[arg(long, env = "QUICKSILVER_CORS_ORIGINS", value_delimiter = ',', num_args = 0..)]
+    pub cors_origins: Vec<String>,
+
+    /// Origins allowed to publish with the authorization cookie (CSRF protection), separated by
+    /// spaces or commas; `*` for any; `https://*.example.com` wildcards accepted.
+    #[arg(long, env = "QUICKSILVER_PUBLISH_ORIGINS", value_delimiter = ',', num_args = 0..)]
+    pub publish_origins: Vec<String>,
+
+    /// Name of the cookie carrying the subscriber's or publisher's JWT.
+    #[arg(long, env = "QUICKSILVER_COOKIE_NAME", default_value = "mercureAuthorization")]
+    pub cookie_name: String,
+
+    /// Number of updates kept for reconnecting subscribers (0 disables history).
+    #[arg(long, env = "QUICKSILVER_HISTORY_SIZE", default_value_t = 1000)]
+    pub history_size: usize,
+
+    /// Interval of heartbeat comments on idle streams (`0` disables).
+    #[arg(long, env = "QUICKSILVER_HEARTBEAT", default_value = "40s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+
+    /// Maximum life of a subscriber connection, after which the client reconnects with its last
+    /// event id; up to 10% is taken off at random so reconnections spread (`0` disables).
+    #[arg(long, env = "QUICKSILVER_WRITE_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Updates a subscriber may have queued before it is cut off as too slow.
+    #[arg(long, env = "QUICKSILVER_SUBSCRIBER_QUEUE", default_value_t = 1024)]
+    pub subscriber_queue: usize,
+
+    /// Number of fan-out shards (default: the number of CPU cores).
+    #[arg(long, env = "QUICKSILVER_SHARDS")]
+    pub shards: Option<usize>,
+
+    /// Maximum size of a publish request body, in bytes.
+    #[arg(long, env = "QUICKSILVER_MAX_BODY_SIZE", default_value_t = 1024 * 1024)]
+    pub max_body_size: usize,
+
+    /// Maximum number of topics in one update.
+    #[arg(long, env = "QUICKSILVER_MAX_TOPICS_PER_UPDATE", default_value_t = 100)]
+    pub max_topics_per_update: usize,
+
+    /// Maximum number of topic selectors in one subscription.
+    #[arg(long, env = "QUICKSILVER_MAX_SELECTORS", default_value_t = 100)]
+    pub max_selectors: usize,
+
+    /// Maximum length of a topic, topic selector, id or type, in bytes.
+    #[arg(long, env = "QUICKSILVER_MAX_SELECTOR_LENGTH", default_value_t = 2048)]
+    pub max_selector_length: usize,
+
+    /// Log format.
+    #[arg(long, env = "QUICKSILVER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Log filter (`info`, `debug`, `quicksilver_server=debug,info`, …).
+    #[arg(long, env = "QUICKSILVER_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Log output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+impl Config {
+    /// Parses a configuration from arguments (the first one is the program name), reading
+    /// environment variables for flags not given.
+    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let mut config = Self::try_parse_from(args)?;
+        config.cors_origins = split_list(&config.cors_origins);
+        config.publish_origins = split_list(&config.publish_origins);
+        Ok(config)
+    }
+
+    /// The publisher key and algorithm, falling back to `--jwt-key`.
+    pub fn publisher_key(&self) -> Option<(&str, &str)> {
+        match &self.publisher_jwt_key {
+            Some(k) => Some((k.as_str(), self.publisher_jwt_alg.as_str())),
+            None => self.jwt_key.as_deref().map(|k| (k, self.jwt_alg.as_str())),
+        }
+    }
+
+    /// The subscriber key and algorithm, falling back to `--jwt-key`.
+    pub fn subscriber_key(&self) -> Option<(&str, &str)> {
+        match &self.subscriber_jwt_key {
+            Some(k) => Some((k.as_str(), self.subscriber_jwt_alg.as_str())),
+            None => self.jwt_key.as_deref().map(|k| (k, self.jwt_alg.as_str())),
+        }
+    }
+}
+
+/// Splits list values given as one space- or comma-separated string (as environment variables are).
+fn split_list(values: &[String]) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split([' ', ',']))
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Parses `40s`, `10m`, `1h 30m`, `250ms`, or a bare number of seconds; `0` is zero.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults() {
+        let c = Config::from_args(["quicksilver"]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(c.heartbeat, Duration::from_secs(40));
+        assert_eq!(c.write_timeout, Duration::from_secs(600));
+        assert_eq!(c.history_size, 1000);
+        assert_eq!(c.cookie_name, "mercureAuthorization");
+        assert!(!c.anonymous);
+    }
+
+    #[test]
+    fn lists_and_durations() {
+        let c = Config::from_args([
+            "quicksilver",
+            "--cors-origins",
+            "https://a.example https://b.example,https://c.example",
+            "--heartbeat",
+            "0",
+            "--write-timeout",
+            "1m",
+            "--jwt-key",
+            "k",
+        ])
+        .unwrap();
+        assert_eq!(c.cors_origins.len(), 3);
+        assert_eq!(c.heartbeat, Duration::ZERO);
+        assert_eq!(c.write_timeout, Duration::from_secs(60));
+        assert_eq!(c.publisher_key(), Some(("k", "HS256")));
+        assert!(Config::from_args(["quicksilver", "--heartbeat", "soon"]).is_err());
+    }
+}

@@ -1,0 +1,54 @@
+//! Every error a request can end with, and its HTTP answer, in one place.
+//!
+//! Handlers return [`HubError`]; its [`IntoResponse`] picks the status and writes a short reason as
+//! `text/plain`. Reasons never contain a token or key.
+
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use thiserror::Error;
+
+/// A request's failure.
+#[derive(Debug, Error)]
+pub enum HubError {
+    /// Malformed request (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Missing or invalid credentials (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Valid credentials that do not allow this (403).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a size limit (413).
+    #[error("{0}")]
+    TooLarge(String),
+    /// Wrong content type (415).
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// The transport cannot store or read now; retry later (503 with `Retry-After`).
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl IntoResponse for HubError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            HubError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HubError::Forbidden(_) => StatusCode::FORBIDDEN,
+            HubError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        let mut response = (status, format!("{self}\n")).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}

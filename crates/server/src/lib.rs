@@ -1,0 +1,144 @@
+//! Quicksilver's server: the HTTP face of the hub and the `quicksilver` binary's machinery.
+//!
+//! This is the only crate that knows all the others. Requests come in through axum routes,
+//! are authenticated with [`quicksilver_auth`], parsed with [`quicksilver_protocol`], stored through
+//! a [`quicksilver_transport`] and delivered by the [`quicksilver_fanout`] to subscriber streams.
+//!
+//! # Layout
+//! - [`config`]: every flag and environment variable, with defaults.
+//! - [`hub`]: the shared state and the wiring of transport reader → fan-out.
+//! - [`auth`]: the bridge from HTTP requests to token verification and grants.
+//! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
+//! - [`stream`]: a subscriber's SSE response body (replay, live, heartbeats, end).
+//! - [`cors`]: cross-origin rules for browser publishers and subscribers.
+//! - [`error`]: request failures and their HTTP answers.
+//! - [`serve`] (this file): the router, the listener and graceful shutdown.
+
+pub mod auth;
+pub mod config;
+pub mod cors;
+pub mod error;
+pub mod hub;
+pub mod publish;
+pub mod stream;
+pub mod subscribe;
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::extract::{DefaultBodyLimit, State};
+use axum::serve::ListenerExt;
+use axum::routing::get;
+use axum::Router;
+use http::StatusCode;
+use tokio::net::TcpListener;
+
+pub use config::Config;
+pub use hub::Hub;
+
+/// The path of the Mercure endpoint.
+pub const HUB_PATH: &str = "/.well-known/mercure";
+
+/// How long shutdown waits for connections to finish before giving up on them.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Builds the router for `hub`.
+pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
+    let mercure = get(subscribe::subscribe)
+        .post(publish::publish)
+        .layer(DefaultBodyLimit::max(hub.settings().max_body_size));
+    Ok(Router::new()
+        .route(HUB_PATH, mercure)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(cors::layer(&config.cors_origins)?)
+        .with_state(hub))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(hub): State<Hub>) -> (StatusCode, &'static str) {
+    if hub.is_ready() {
+        (StatusCode::OK, "ready\n")
+    } else if hub.is_shutting_down() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "transport unavailable\n")
+    }
+}
+
+/// A bound, not yet running hub server: [`Server::bind`] then [`Server::run`]. Tests bind to
+/// `127.0.0.1:0` and read [`Server::local_addr`].
+pub struct Server {
+    hub: Hub,
+    app: Router,
+    listener: TcpListener,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server").field("hub", &self.hub).finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Builds the hub (starting its background tasks) and binds the listener.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        let hub = Hub::start(config)?;
+        let app = router(hub.clone(), config)?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        Ok(Self { hub, app, listener })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The hub this server serves.
+    pub fn hub(&self) -> &Hub {
+        &self.hub
+    }
+
+    /// Serves until `shutdown` resolves, then stops taking subscribers, ends the open streams and
+    /// waits (bounded) for connections to close.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let Server { hub, app, listener } = self;
+        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let draining = hub.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: closing subscriber streams");
+            draining.begin_shutdown();
+            let _ = stopped_tx.send(());
+        };
+        // Updates are small and latency matters more than packet count: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
+        let server = tokio::spawn(async move { server.await });
+        // Resolves when the shutdown signal fired, or (with an error) if the server task ended first.
+        let _ = stopped_rx.await;
+        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
+            Ok(result) => result??,
+            Err(_) => tracing::warn!("connections still open after the shutdown grace period"),
+        }
+        tracing::info!("hub stopped");
+        Ok(())
+    }
+}
+
+/// Runs the hub of `config` until `shutdown` resolves. Prints `quicksilver listening on
+/// http://ADDR` on standard output once bound (scripts and tests wait for that line).
+pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    let server = Server::bind(&config).await?;
+    let addr = server.local_addr()?;
+    println!("quicksilver listening on http://{addr}");
+    tracing::info!(%addr, transport = server.hub().transport().name(), "hub started");
+    server.run(shutdown).await
+}

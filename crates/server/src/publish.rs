@@ -1,0 +1,72 @@
+//! `POST /.well-known/mercure`: accept an update from a publisher.
+//!
+//! Order of checks, as on the reference hub: the token first (401 without a valid one), then the
+//! content type and the form (400/413/415), then the publish grant for every topic (403). The
+//! update is acknowledged with its id only once the transport has stored it; a transport that
+//! cannot store answers 503, never 200.
+
+use axum::body::Bytes;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use quicksilver_protocol::{parse_publish_form, publish::PublishError};
+
+use crate::error::HubError;
+use crate::hub::Hub;
+
+/// Handles a publish request.
+pub async fn publish(
+    State(hub): State<Hub>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, HubError> {
+    let query_tokens = crate::auth::query_tokens(query.as_deref());
+    let grants = hub.auth().publisher(&method, &headers, &query_tokens)?;
+
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case("application/x-www-form-urlencoded") {
+        return Err(HubError::UnsupportedMediaType(
+            "the body must be application/x-www-form-urlencoded".into(),
+        ));
+    }
+
+    let settings = hub.settings();
+    let update = parse_publish_form(&body, &settings.publish_limits, || {
+        format!("urn:uuid:{}", uuid::Uuid::new_v4())
+    })
+    .map_err(|e: PublishError| {
+        if e.is_size_limit() {
+            HubError::TooLarge(e.to_string())
+        } else {
+            HubError::BadRequest(e.to_string())
+        }
+    })?;
+
+    if !crate::auth::may_publish(hub.selectors(), &grants, &update.topics) {
+        return Err(HubError::Forbidden(
+            "the token does not allow publishing to these topics".into(),
+        ));
+    }
+
+    let id = update.id.clone();
+    let private = update.private;
+    let topic = update.canonical_topic().to_string();
+    let position = hub.transport().publish(update).await.map_err(|e| {
+        tracing::warn!(error = %e, "publish refused: the transport could not store the update");
+        HubError::Unavailable("the update could not be stored, retry later".into())
+    })?;
+    tracing::debug!(id = %id, topic = %topic, private, position = %position, "update published");
+
+    let mut response = (StatusCode::OK, id).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    Ok(response)
+}

@@ -1,0 +1,204 @@
+//! The SSE response body of one subscriber: replay, then live updates, heartbeats, and an end.
+//!
+//! [`SubscriberStream`] is polled by hyper whenever the connection can take more bytes. It first
+//! yields the preamble comment (so headers and the stream's start reach the client at once), then the
+//! replayed history, then live updates from the subscriber's queue. A live update at or before the
+//! last replayed position was already sent as history and is skipped: the subscriber was registered
+//! before history was read, so the two overlap but never leave a gap. Updates already waiting are
+//! batched into one write. When the stream is idle a heartbeat comment is sent; when the connection
+//! reaches its maximum life, or the fan-out cut the subscriber off, the body ends and the client
+//! reconnects with its last event id.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use quicksilver_fanout::Subscription;
+use quicksilver_protocol::{sse, Envelope, Position};
+use tokio::time::{Instant, Sleep};
+
+/// At most this many bytes are gathered into one write.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+/// Why a stream ended, for the connection-closed log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EndReason {
+    /// Still open (the client went away if the body is dropped in this state).
+    ClientGone,
+    /// The subscriber fell too far behind and was cut off.
+    TooSlow,
+    /// The maximum connection life was reached.
+    WriteTimeout,
+    /// The hub closed the subscription (shutdown or drain).
+    Closed,
+}
+
+/// The body of a subscription response.
+pub struct SubscriberStream {
+    preamble: Option<Bytes>,
+    replay: VecDeque<Arc<Envelope>>,
+    /// Live updates at or before these positions were replayed already (one per partition).
+    replayed_up_to: Vec<Position>,
+    subscription: Subscription,
+    heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
+    deadline: Option<Pin<Box<Sleep>>>,
+    ended: Option<EndReason>,
+    on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
+}
+
+impl SubscriberStream {
+    /// A stream for `subscription` that first sends `replay` (already filtered for this subscriber).
+    /// `replayed_up_to` holds the last position the history read covered, per partition, including
+    /// entries this subscriber was not shown. `on_end` is called once when the stream ends or is
+    /// dropped.
+    pub fn new(
+        subscription: Subscription,
+        replay: Vec<Arc<Envelope>>,
+        replayed_up_to: Vec<Position>,
+        heartbeat: Option<Duration>,
+        max_life: Option<Duration>,
+        on_end: impl FnOnce(EndReason) + Send + 'static,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            preamble: Some(Bytes::from_static(sse::STREAM_PREAMBLE)),
+            replay: replay.into(),
+            replayed_up_to,
+            subscription,
+            heartbeat: heartbeat.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+            deadline: max_life.map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+            ended: None,
+            on_end: Some(Box::new(on_end)),
+        }
+    }
+
+    fn already_replayed(&self, envelope: &Envelope) -> bool {
+        let p = envelope.position;
+        self.replayed_up_to
+            .iter()
+            .any(|r| r.partition == p.partition && !p.is_after(r))
+    }
+
+    fn end(&mut self, reason: EndReason) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+        self.ended = Some(reason);
+        if let Some(on_end) = self.on_end.take() {
+            on_end(reason);
+        }
+        Poll::Ready(None)
+    }
+
+    fn reset_heartbeat(&mut self) {
+        if let Some((interval, sleep)) = &mut self.heartbeat {
+            sleep.as_mut().reset(Instant::now() + *interval);
+        }
+    }
+
+    /// Gathers `first` and whatever else is queued (up to the batch limit) into one chunk.
+    fn batch_live(&mut self, first: Arc<Envelope>) -> Option<Bytes> {
+        let mut chunk: Option<BytesMut> = None;
+        let mut single: Option<Bytes> = None;
+        let mut next = Some(first);
+        while let Some(envelope) = next.take() {
+            if !self.already_replayed(&envelope) {
+                match (&mut chunk, &single) {
+                    (Some(buf), _) => buf.extend_from_slice(&envelope.frame),
+                    (None, None) => single = Some(envelope.frame.clone()),
+                    (None, Some(first)) => {
+                        let mut buf = BytesMut::with_capacity(first.len() + envelope.frame.len() * 4);
+                        buf.extend_from_slice(first);
+                        buf.extend_from_slice(&envelope.frame);
+                        chunk = Some(buf);
+                    }
+                }
+            }
+            let size = chunk.as_ref().map_or(0, |b| b.len());
+            if size < MAX_BATCH_BYTES {
+                next = self.subscription.try_recv();
+            }
+        }
+        chunk.map(BytesMut::freeze).or(single)
+    }
+}
+
+impl Drop for SubscriberStream {
+    fn drop(&mut self) {
+        if let Some(on_end) = self.on_end.take() {
+            on_end(self.ended.unwrap_or(EndReason::ClientGone));
+        }
+    }
+}
+
+impl Body for SubscriberStream {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = &mut *self;
+        if this.ended.is_some() {
+            return Poll::Ready(None);
+        }
+        if let Some(preamble) = this.preamble.take() {
+            return Poll::Ready(Some(Ok(Frame::data(preamble))));
+        }
+        if let Some(first) = this.replay.pop_front() {
+            let mut buf = BytesMut::from(&first.frame[..]);
+            while buf.len() < MAX_BATCH_BYTES {
+                let Some(next) = this.replay.pop_front() else { break };
+                buf.extend_from_slice(&next.frame);
+            }
+            this.reset_heartbeat();
+            return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+        }
+        if let Some(deadline) = &mut this.deadline {
+            if deadline.as_mut().poll(cx).is_ready() {
+                return this.end(EndReason::WriteTimeout);
+            }
+        }
+        loop {
+            match this.subscription.poll_recv(cx) {
+                Poll::Ready(Some(envelope)) => {
+                    if let Some(chunk) = this.batch_live(envelope) {
+                        this.reset_heartbeat();
+                        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+                    }
+                    // Everything taken was already replayed: look again.
+                }
+                Poll::Ready(None) => {
+                    let reason = if this.subscription.was_cut_off() {
+                        EndReason::TooSlow
+                    } else {
+                        EndReason::Closed
+                    };
+                    return this.end(reason);
+                }
+                Poll::Pending => break,
+            }
+        }
+        if let Some((interval, sleep)) = &mut this.heartbeat {
+            if sleep.as_mut().poll(cx).is_ready() {
+                let next = Instant::now() + *interval;
+                sleep.as_mut().reset(next);
+                // Register the timer again so the next heartbeat wakes this task.
+                let _ = sleep.as_mut().poll(cx);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}

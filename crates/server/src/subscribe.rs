@@ -1,0 +1,146 @@
+//! `GET /.well-known/mercure`: open a subscriber's event stream.
+//!
+//! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
+//! subscriber is then registered in the fan-out *before* history is read, so every update stored
+//! after the history read arrives live; the stream skips live updates the history already covered
+//! (see [`crate::stream`]). Response headers go out with the preamble comment immediately.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{RawQuery, State};
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use quicksilver_fanout::{Access, SubscriberSpec};
+use quicksilver_protocol::{parse_subscribe_query, Envelope, Position, EARLIEST};
+
+use crate::error::HubError;
+use crate::hub::Hub;
+use crate::stream::{EndReason, SubscriberStream};
+
+/// Handles a subscription request.
+pub async fn subscribe(
+    State(hub): State<Hub>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, HubError> {
+    if hub.is_shutting_down() {
+        return Err(HubError::Unavailable("the hub is shutting down".into()));
+    }
+    let settings = hub.settings();
+    let query = parse_subscribe_query(query.as_deref().unwrap_or(""), &settings.subscribe_limits)
+        .map_err(|e| HubError::BadRequest(e.to_string()))?;
+
+    let access = match hub.auth().subscriber(&method, &headers, &query.authorization)? {
+        Some(grants) => crate::auth::access(&grants),
+        None if settings.anonymous => Access::None,
+        None => {
+            return Err(HubError::Unauthorized(
+                "a subscriber token is required".into(),
+            ))
+        }
+    };
+
+    let mut selectors = Vec::with_capacity(query.matchers.len());
+    for matcher in &query.matchers {
+        let selector = match matcher.kind {
+            quicksilver_protocol::subscribe::MatchType::TopicSelector => {
+                hub.selectors().compile(&matcher.pattern)
+            }
+            quicksilver_protocol::subscribe::MatchType::Exact => {
+                Ok(quicksilver_protocol::Selector::exact_topic(&matcher.pattern))
+            }
+        }
+        .map_err(|e| HubError::BadRequest(e.to_string()))?;
+        selectors.push(selector);
+    }
+    let spec = SubscriberSpec { selectors, access };
+
+    // The header wins over the query parameters, as the SSE and Mercure specifications say.
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(str::to_string)
+        .or(query.last_event_id);
+
+    let subscription = hub.fanout().subscribe(spec.clone());
+
+    let mut replay = Vec::new();
+    let mut replayed_up_to = Vec::new();
+    let mut anchor_header = None;
+    if let Some(last_event_id) = &last_event_id {
+        let history = hub
+            .transport()
+            .history(last_event_id)
+            .await
+            .map_err(|e| HubError::Unavailable(e.to_string()))?;
+        replayed_up_to = high_water(&history.entries);
+        replay = history
+            .entries
+            .into_iter()
+            .filter(|e| spec.accepts(hub.selectors(), e))
+            .collect();
+        anchor_header = Some(history.anchor.unwrap_or_else(|| EARLIEST.to_string()));
+    }
+
+    let replayed = replay.len();
+    let topics: Vec<String> = query.matchers.iter().map(|m| m.pattern.clone()).collect();
+    tracing::info!(
+        topics = ?topics,
+        last_event_id = last_event_id.as_deref(),
+        replayed,
+        "subscriber connected"
+    );
+    let stream = SubscriberStream::new(
+        subscription,
+        replay,
+        replayed_up_to,
+        settings.heartbeat,
+        settings.write_timeout.map(jitter),
+        move |reason: EndReason| {
+            tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
+        },
+    );
+
+    let mut response = (StatusCode::OK, Body::new(stream)).into_response();
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+    );
+    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    if let Some(anchor) = anchor_header {
+        // The anchor is an id validated at publish time or the client's own, echoed back; an id that
+        // cannot be a header value falls back to `earliest` rather than failing the stream.
+        let value = HeaderValue::from_str(&anchor).unwrap_or(HeaderValue::from_static(EARLIEST));
+        h.insert("last-event-id", value.clone());
+        h.insert("mercure-last-event-id", value);
+    }
+    Ok(response)
+}
+
+/// The last position of each partition covered by a history read, including entries the subscriber
+/// does not see: live updates at or before them were part of the read.
+fn high_water(entries: &[Arc<Envelope>]) -> Vec<Position> {
+    let mut out: Vec<Position> = Vec::new();
+    for e in entries {
+        match out.iter_mut().find(|p| p.partition == e.position.partition) {
+            Some(p) if e.position.is_after(p) => *p = e.position,
+            Some(_) => {}
+            None => out.push(e.position),
+        }
+    }
+    out
+}
+
+/// Takes up to 10% off a connection's maximum life so reconnections after a deploy or scale-up
+/// spread out instead of arriving in one wave.
+fn jitter(max_life: Duration) -> Duration {
+    max_life.mul_f64(1.0 - fastrand::f64() * 0.1)
+}

@@ -1,0 +1,251 @@
+//! Shared set-up for the server's integration tests: an in-process hub on a free port, a token
+//! minter, and a real SSE reader over a streaming HTTP response.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use quicksilver_server::{Config, Server};
+use tokio::sync::oneshot;
+
+pub const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+
+/// A hub running in this process; stopped when dropped.
+pub struct TestHub {
+    pub url: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestHub {
+    /// Starts a hub with `--jwt-key KEY --listen 127.0.0.1:0` plus `extra` flags.
+    pub async fn start(extra: &[&str]) -> Self {
+        let mut args = vec!["quicksilver", "--listen", "127.0.0.1:0", "--jwt-key", KEY];
+        args.extend_from_slice(extra);
+        let config = Config::from_args(args).expect("valid test config");
+        let server = Server::bind(&config).await.expect("bind");
+        let url = format!("http://{}", server.local_addr().expect("addr"));
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async move {
+            let _ = stopped.await;
+        }));
+        Self {
+            url,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    pub fn hub_url(&self) -> String {
+        format!("{}/.well-known/mercure", self.url)
+    }
+
+    /// Sends the shutdown signal and waits for the server to stop.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(15), task).await;
+        }
+    }
+}
+
+impl Drop for TestHub {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// An HS256 token with the pre-standardization `mercure` claim.
+pub fn token(publish: &[&str], subscribe: &[&str], exp: Option<i64>) -> String {
+    let mut claims = serde_json::json!({ "mercure": { "publish": publish, "subscribe": subscribe } });
+    if let Some(exp) = exp {
+        claims["exp"] = exp.into();
+    }
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+    )
+    .expect("encode token")
+}
+
+pub fn publisher_token() -> String {
+    token(&["*"], &[], None)
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// Publishes `fields` with a bearer token; returns the status and body.
+pub async fn publish(client: &reqwest::Client, hub: &TestHub, token: &str, fields: &[(&str, &str)]) -> (u16, String) {
+    let body = serde_urlencoded_pairs(fields);
+    let response = client
+        .post(hub.hub_url())
+        .header("Authorization", format!("Bearer {token}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .expect("publish request");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
+pub fn serde_urlencoded_pairs(fields: &[(&str, &str)]) -> String {
+    fields
+        .iter()
+        .map(|(k, v)| format!("{}={}", enc(k), enc(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+pub fn enc(s: &str) -> String {
+    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+}
+
+/// One SSE event.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Event {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<u64>,
+}
+
+/// What an SSE stream yields: events and comments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Item {
+    Event(Event),
+    Comment(String),
+}
+
+/// A streaming SSE response, parsed as the HTML specification interprets event streams.
+pub struct Sse {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    buf: String,
+    pending: Event,
+    has_data: bool,
+    ready: std::collections::VecDeque<Item>,
+}
+
+impl Sse {
+    pub async fn connect(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Sse {
+        let mut req = client.get(url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let response = tokio::time::timeout(Duration::from_secs(10), req.send())
+            .await
+            .expect("connect timeout")
+            .expect("connect");
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+            .collect();
+        Sse {
+            status,
+            headers,
+            body: response.bytes_stream().boxed(),
+            buf: String::new(),
+            pending: Event::default(),
+            has_data: false,
+            ready: Default::default(),
+        }
+    }
+
+    /// The next event or comment, or `None` on timeout or end of stream.
+    pub async fn next_item(&mut self, timeout: Duration) -> Option<Item> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if let Some(item) = self.ready.pop_front() {
+                return Some(item);
+            }
+            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??.ok()?;
+            self.buf.push_str(std::str::from_utf8(&chunk).expect("utf-8 stream"));
+            self.parse();
+        }
+    }
+
+    /// The next event (skipping comments), or `None` on timeout or end of stream.
+    pub async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.next_item(left).await? {
+                Item::Event(e) => return Some(e),
+                Item::Comment(_) => continue,
+            }
+        }
+    }
+
+    /// Whether the stream ended (rather than timing out) within `timeout`.
+    pub async fn ended_within(&mut self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match tokio::time::timeout_at(deadline, self.body.next()).await {
+                Err(_) => return false,
+                Ok(None) | Ok(Some(Err(_))) => return true,
+                Ok(Some(Ok(_))) => continue,
+            }
+        }
+    }
+
+    fn parse(&mut self) {
+        while let Some(pos) = self.buf.find('\n') {
+            let line: String = self.buf[..pos].trim_end_matches('\r').to_string();
+            self.buf.drain(..=pos);
+            if line.is_empty() {
+                if self.has_data || self.pending.id.is_some() {
+                    let mut e = std::mem::take(&mut self.pending);
+                    if e.data.ends_with('\n') {
+                        e.data.pop();
+                    }
+                    self.ready.push_back(Item::Event(e));
+                }
+                self.has_data = false;
+                continue;
+            }
+            if let Some(comment) = line.strip_prefix(':') {
+                self.ready.push_back(Item::Comment(comment.to_string()));
+                continue;
+            }
+            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match name {
+                "id" => self.pending.id = Some(value.to_string()),
+                "event" => self.pending.event = Some(value.to_string()),
+                "retry" => self.pending.retry = value.parse().ok(),
+                "data" => {
+                    self.pending.data.push_str(value);
+                    self.pending.data.push('\n');
+                    self.has_data = true;
+                }
+                _ => {}
+            }
+        }
+    }
+}
+
+pub const WAIT: Duration = Duration::from_secs(5);
+pub const SHORT: Duration = Duration::from_millis(300);
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .expect("client")
+}

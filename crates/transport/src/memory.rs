@@ -1,0 +1,264 @@
+//! The embedded transport: a bounded in-memory ring of the latest updates, for a single node.
+//!
+//! Publishing appends to the ring and then queues the update for the node's reader, both under one
+//! lock, so the reader sees updates in exactly the order they were numbered and the ring always
+//! holds an update before any subscriber can receive it live (what replay-then-live relies on). The
+//! reader queue is bounded: when the fan-out is backed up, publishers wait instead of memory
+//! growing. Event ids are indexed to their sequence number, so finding where a reconnecting
+//! subscriber left off is O(1).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use quicksilver_protocol::{Envelope, Position, Update, EARLIEST};
+use tokio::sync::{mpsc, Mutex};
+
+use crate::{now_micros, HistoryReply, Transport, TransportError, UpdateSink};
+
+/// Capacity of the queue between publishers and the reader.
+const READER_QUEUE: usize = 4096;
+
+/// The in-memory transport. History holds the last `history_size` updates.
+pub struct MemoryTransport {
+    ring: Mutex<Ring>,
+    reader_tx: mpsc::Sender<Arc<Envelope>>,
+    reader_rx: std::sync::Mutex<Option<mpsc::Receiver<Arc<Envelope>>>>,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for MemoryTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryTransport").finish_non_exhaustive()
+    }
+}
+
+struct Ring {
+    capacity: usize,
+    entries: VecDeque<Arc<Envelope>>,
+    /// Sequence number of `entries[0]`.
+    first_seq: u64,
+    next_seq: u64,
+    /// Event id → (sequence of its earliest retained occurrence, number of retained occurrences).
+    ids: HashMap<Arc<str>, (u64, u32)>,
+}
+
+impl MemoryTransport {
+    /// A transport retaining the last `history_size` updates (0 keeps none: no replay).
+    pub fn new(history_size: usize) -> Self {
+        let (reader_tx, reader_rx) = mpsc::channel(READER_QUEUE);
+        Self {
+            ring: Mutex::new(Ring {
+                capacity: history_size,
+                entries: VecDeque::with_capacity(history_size.min(65_536)),
+                first_seq: 1,
+                next_seq: 1,
+                ids: HashMap::new(),
+            }),
+            reader_tx,
+            reader_rx: std::sync::Mutex::new(Some(reader_rx)),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Stops accepting publishes (shutdown).
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Ring {
+    fn push(&mut self, envelope: Arc<Envelope>) {
+        let seq = envelope.position.seq;
+        if self.capacity == 0 {
+            self.first_seq = seq + 1;
+            return;
+        }
+        let id: Arc<str> = envelope.update.id.as_str().into();
+        self.ids
+            .entry(id)
+            .and_modify(|(_, count)| *count += 1)
+            .or_insert((seq, 1));
+        self.entries.push_back(envelope);
+        while self.entries.len() > self.capacity {
+            if let Some(old) = self.entries.pop_front() {
+                self.first_seq += 1;
+                self.forget(&old);
+            }
+        }
+    }
+
+    /// Drops an evicted update from the id index. If the id occurs again later in the ring (a reused
+    /// id), the index moves to that next occurrence: a cursor resolves to the earliest retained one.
+    fn forget(&mut self, old: &Envelope) {
+        let id = old.update.id.as_str();
+        let Some((seq, count)) = self.ids.get_mut(id) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.ids.remove(id);
+            return;
+        }
+        if *seq == old.position.seq {
+            if let Some(next) = self.entries.iter().find(|e| e.update.id == id) {
+                *seq = next.position.seq;
+            }
+        }
+    }
+
+    fn after(&self, seq: Option<u64>) -> Vec<Arc<Envelope>> {
+        let skip = seq.map_or(0, |s| (s + 1 - self.first_seq) as usize);
+        self.entries.iter().skip(skip).cloned().collect()
+    }
+}
+
+#[async_trait]
+impl Transport for MemoryTransport {
+    async fn publish(&self, update: Update) -> Result<Position, TransportError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(TransportError::Closed);
+        }
+        // Encode the frame before taking the lock; only numbering happens under it.
+        let mut envelope = Envelope::new(Position::default(), update, now_micros());
+        let mut ring = self.ring.lock().await;
+        let position = Position::new(0, 0, ring.next_seq);
+        ring.next_seq += 1;
+        envelope.position = position;
+        let envelope = Arc::new(envelope);
+        ring.push(envelope.clone());
+        // Still under the lock, so the reader receives updates in sequence order.
+        self.reader_tx
+            .send(envelope)
+            .await
+            .map_err(|_| TransportError::Closed)?;
+        Ok(position)
+    }
+
+    async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
+        let ring = self.ring.lock().await;
+        if last_event_id == EARLIEST {
+            return Ok(HistoryReply {
+                anchor: None,
+                entries: ring.after(None),
+            });
+        }
+        Ok(match ring.ids.get(last_event_id) {
+            Some((seq, _)) => HistoryReply {
+                anchor: Some(last_event_id.to_string()),
+                entries: ring.after(Some(*seq)),
+            },
+            None => HistoryReply::default(),
+        })
+    }
+
+    fn start_reader(&self, sink: Arc<dyn UpdateSink>) {
+        let rx = self
+            .reader_rx
+            .lock()
+            .ok()
+            .and_then(|mut slot| slot.take());
+        let Some(mut rx) = rx else {
+            tracing::warn!("memory transport reader already started");
+            return;
+        };
+        tokio::spawn(async move {
+            while let Some(envelope) = rx.recv().await {
+                sink.deliver(envelope).await;
+            }
+        });
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+    }
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(id: &str) -> Update {
+        Update {
+            id: id.into(),
+            topics: vec!["t".into()],
+            data: id.into(),
+            private: false,
+            event_type: None,
+            retry: None,
+        }
+    }
+
+    fn ids(reply: &HistoryReply) -> Vec<&str> {
+        reply.entries.iter().map(|e| e.update.id.as_str()).collect()
+    }
+
+    struct Collect(tokio::sync::mpsc::UnboundedSender<Arc<Envelope>>);
+
+    #[async_trait]
+    impl UpdateSink for Collect {
+        async fn deliver(&self, envelope: Arc<Envelope>) {
+            let _ = self.0.send(envelope);
+        }
+    }
+
+    #[tokio::test]
+    async fn replays_after_an_id_and_evicts_the_oldest() {
+        let t = MemoryTransport::new(3);
+        for id in ["a", "b", "c", "d"] {
+            t.publish(update(id)).await.unwrap();
+        }
+        assert_eq!(ids(&t.history("b").await.unwrap()), vec!["c", "d"]);
+        assert_eq!(t.history("b").await.unwrap().anchor.as_deref(), Some("b"));
+        assert_eq!(ids(&t.history("earliest").await.unwrap()), vec!["b", "c", "d"]);
+        let gone = t.history("a").await.unwrap();
+        assert!(gone.entries.is_empty() && gone.anchor.is_none());
+        assert!(t.history("d").await.unwrap().entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn reused_ids_resolve_to_the_earliest_retained() {
+        let t = MemoryTransport::new(4);
+        for id in ["x", "a", "x", "b"] {
+            t.publish(update(id)).await.unwrap();
+        }
+        assert_eq!(ids(&t.history("x").await.unwrap()), vec!["a", "x", "b"]);
+        t.publish(update("c")).await.unwrap(); // evicts the first "x"
+        assert_eq!(ids(&t.history("x").await.unwrap()), vec!["b", "c"]);
+    }
+
+    #[tokio::test]
+    async fn reader_sees_transport_order() {
+        let t = Arc::new(MemoryTransport::new(10));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        t.start_reader(Arc::new(Collect(tx)));
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move { t.publish(update(&i.to_string())).await }));
+        }
+        for task in tasks {
+            task.await.unwrap().unwrap();
+        }
+        let mut last = 0;
+        for _ in 0..50 {
+            let e = rx.recv().await.unwrap();
+            assert_eq!(e.position.seq, last + 1);
+            last = e.position.seq;
+        }
+    }
+
+    #[tokio::test]
+    async fn no_history_when_size_is_zero() {
+        let t = MemoryTransport::new(0);
+        t.publish(update("a")).await.unwrap();
+        t.publish(update("b")).await.unwrap();
+        assert!(t.history("a").await.unwrap().entries.is_empty());
+        assert!(t.history("earliest").await.unwrap().entries.is_empty());
+    }
+}
