@@ -88,7 +88,8 @@ impl Fanout {
         let stats = Arc::new(FanoutStats::default());
         let shards = (0..config.shards.max(1))
             .map(|_| {
-                let registry = Arc::new(Mutex::new(Registry::new(selectors.clone(), stats.clone())));
+                let registry =
+                    Arc::new(Mutex::new(Registry::new(selectors.clone(), stats.clone())));
                 let (inbox, rx) = mpsc::channel(config.shard_channel.max(1));
                 tokio::spawn(run_shard(registry.clone(), rx));
                 Shard { registry, inbox }

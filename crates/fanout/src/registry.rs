@@ -85,7 +85,10 @@ impl Registry {
         for selector in &spec.selectors {
             match selector.kind() {
                 SelectorKind::Exact => {
-                    self.exact.entry(selector.raw().into()).or_default().insert(slot);
+                    self.exact
+                        .entry(selector.raw().into())
+                        .or_default()
+                        .insert(slot);
                     self.stats.matchers_exact.fetch_add(1, Ordering::Relaxed);
                 }
                 SelectorKind::Wildcard => {
@@ -187,7 +190,9 @@ impl Registry {
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
         for (slot, lagged) in dropped {
             if lagged {
-                self.stats.lagged_disconnects.fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .lagged_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
                 self.entries[slot].lagged.store(true, Ordering::Relaxed);
                 tracing::debug!("subscriber queue full: cutting it off");
             }

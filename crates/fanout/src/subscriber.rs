@@ -82,7 +82,9 @@ pub struct Subscription {
 
 impl std::fmt::Debug for Subscription {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription").field("key", &self.key).finish()
+        f.debug_struct("Subscription")
+            .field("key", &self.key)
+            .finish()
     }
 }
 

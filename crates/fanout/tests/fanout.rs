@@ -22,7 +22,10 @@ fn fanout(shards: usize, queue: usize) -> (Fanout, Arc<SelectorStore>) {
 
 fn spec(store: &SelectorStore, selectors: &[&str], access: Access) -> SubscriberSpec {
     SubscriberSpec {
-        selectors: selectors.iter().map(|s| store.compile(s).unwrap()).collect(),
+        selectors: selectors
+            .iter()
+            .map(|s| store.compile(s).unwrap())
+            .collect(),
         access,
     }
 }
@@ -51,7 +54,9 @@ async fn next(sub: &mut Subscription) -> Option<u64> {
 }
 
 async fn nothing_more(sub: &mut Subscription) -> bool {
-    tokio::time::timeout(Duration::from_millis(100), sub.recv()).await.is_err()
+    tokio::time::timeout(Duration::from_millis(100), sub.recv())
+        .await
+        .is_err()
 }
 
 #[tokio::test]
@@ -67,8 +72,14 @@ async fn exact_wildcard_and_template_subscribers_get_matching_updates_once() {
         Access::None,
     ));
 
-    f.dispatch(envelope(1, &["https://ex.com/books/1", "https://ex.com/alt"], false)).await;
-    f.dispatch(envelope(2, &["https://ex.com/other"], false)).await;
+    f.dispatch(envelope(
+        1,
+        &["https://ex.com/books/1", "https://ex.com/alt"],
+        false,
+    ))
+    .await;
+    f.dispatch(envelope(2, &["https://ex.com/other"], false))
+        .await;
 
     assert_eq!(next(&mut exact).await, Some(1));
     assert_eq!(next(&mut all).await, Some(1));
@@ -109,7 +120,9 @@ async fn private_updates_need_a_matching_grant() {
 #[tokio::test]
 async fn order_is_kept_across_shards() {
     let (f, store) = fanout(4, 1024);
-    let mut subs: Vec<_> = (0..8).map(|_| f.subscribe(spec(&store, &["t"], Access::None))).collect();
+    let mut subs: Vec<_> = (0..8)
+        .map(|_| f.subscribe(spec(&store, &["t"], Access::None)))
+        .collect();
     for seq in 1..=200 {
         f.dispatch(envelope(seq, &["t"], false)).await;
     }
@@ -136,7 +149,12 @@ async fn a_slow_subscriber_is_cut_off_and_others_keep_receiving() {
     assert_eq!(next(&mut slow).await, None);
     assert!(slow.was_cut_off());
     assert!(!fast.was_cut_off());
-    assert_eq!(f.stats().lagged_disconnects.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        f.stats()
+            .lagged_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     assert_eq!(f.subscriber_count(), 1);
 }
 
@@ -149,8 +167,18 @@ async fn dropping_a_subscription_unregisters_it() {
     drop(a);
     assert_eq!(f.subscriber_count(), 1);
     let stats = f.stats();
-    assert_eq!(stats.matchers_wildcard.load(std::sync::atomic::Ordering::Relaxed), 0);
-    assert_eq!(stats.matchers_exact.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(
+        stats
+            .matchers_wildcard
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0
+    );
+    assert_eq!(
+        stats
+            .matchers_exact
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
 }
 
 #[tokio::test]

@@ -31,7 +31,11 @@ pub fn parse_pairs(input: &[u8]) -> Result<Vec<(String, String)>, InvalidUtf8> {
 
 fn decode(raw: &[u8]) -> Result<String, InvalidUtf8> {
     let plus_free: Cow<'_, [u8]> = if raw.contains(&b'+') {
-        Cow::Owned(raw.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect())
+        Cow::Owned(
+            raw.iter()
+                .map(|b| if *b == b'+' { b' ' } else { *b })
+                .collect(),
+        )
     } else {
         Cow::Borrowed(raw)
     };
@@ -66,6 +70,9 @@ mod tests {
 
     #[test]
     fn keeps_a_stray_percent() {
-        assert_eq!(parse_pairs(b"a=100%").unwrap(), vec![("a".into(), "100%".into())]);
+        assert_eq!(
+            parse_pairs(b"a=100%").unwrap(),
+            vec![("a".into(), "100%".into())]
+        );
     }
 }

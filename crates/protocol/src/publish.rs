@@ -66,7 +66,10 @@ pub enum PublishError {
 impl PublishError {
     /// Whether this is a size limit (answered with 413 rather than 400).
     pub fn is_size_limit(&self) -> bool {
-        matches!(self, PublishError::TooManyTopics(_) | PublishError::FieldTooLong(_))
+        matches!(
+            self,
+            PublishError::TooManyTopics(_) | PublishError::FieldTooLong(_)
+        )
     }
 }
 
@@ -159,7 +162,11 @@ pub fn parse_publish_form(
     })
 }
 
-fn check_field(name: &'static str, value: &str, limits: &PublishLimits) -> Result<(), PublishError> {
+fn check_field(
+    name: &'static str,
+    value: &str,
+    limits: &PublishLimits,
+) -> Result<(), PublishError> {
     if value.len() > limits.max_field_len {
         return Err(PublishError::FieldTooLong(name));
     }
@@ -224,7 +231,9 @@ mod tests {
     use super::*;
 
     fn parse(body: &str) -> Result<Update, PublishError> {
-        parse_publish_form(body.as_bytes(), &PublishLimits::default(), || "urn:uuid:gen".into())
+        parse_publish_form(body.as_bytes(), &PublishLimits::default(), || {
+            "urn:uuid:gen".into()
+        })
     }
 
     #[test]
@@ -251,17 +260,32 @@ mod tests {
     #[test]
     fn refuses_bad_fields() {
         assert_eq!(parse("data=x"), Err(PublishError::MissingTopic));
-        assert_eq!(parse("topic=a&id=a%0Ab"), Err(PublishError::ControlCharacter("id")));
-        assert_eq!(parse("topic=a&type=a%0Db"), Err(PublishError::ControlCharacter("type")));
-        assert_eq!(parse("topic=a%0Ab"), Err(PublishError::ControlCharacter("topic")));
+        assert_eq!(
+            parse("topic=a&id=a%0Ab"),
+            Err(PublishError::ControlCharacter("id"))
+        );
+        assert_eq!(
+            parse("topic=a&type=a%0Db"),
+            Err(PublishError::ControlCharacter("type"))
+        );
+        assert_eq!(
+            parse("topic=a%0Ab"),
+            Err(PublishError::ControlCharacter("topic"))
+        );
         assert_eq!(parse("topic=a&id=earliest"), Err(PublishError::ReservedId));
         assert_eq!(parse("topic=a&id=%23frag"), Err(PublishError::ReservedId));
-        assert_eq!(parse("topic=a&type=mercure"), Err(PublishError::ReservedType));
+        assert_eq!(
+            parse("topic=a&type=mercure"),
+            Err(PublishError::ReservedType)
+        );
         assert_eq!(parse("topic=a&retry=1.5"), Err(PublishError::InvalidRetry));
         assert_eq!(parse("topic=a&retry=-1"), Err(PublishError::InvalidRetry));
         assert_eq!(parse("topic=a&data=%FF"), Err(PublishError::InvalidUtf8));
         assert_eq!(parse("topic="), Err(PublishError::EmptyTopic));
-        let many = (0..101).map(|i| format!("topic={i}")).collect::<Vec<_>>().join("&");
+        let many = (0..101)
+            .map(|i| format!("topic={i}"))
+            .collect::<Vec<_>>()
+            .join("&");
         assert_eq!(parse(&many), Err(PublishError::TooManyTopics(100)));
         assert!(parse(&many).unwrap_err().is_size_limit());
     }

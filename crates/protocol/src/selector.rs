@@ -83,7 +83,8 @@ impl Selector {
             Matcher::Wildcard
         } else if raw.contains('{') {
             Matcher::Template(
-                UriTemplate::compile(raw).map_err(|e| SelectorError::InvalidTemplate(e.to_string()))?,
+                UriTemplate::compile(raw)
+                    .map_err(|e| SelectorError::InvalidTemplate(e.to_string()))?,
             )
         } else {
             Matcher::Exact
@@ -147,10 +148,44 @@ impl quick_cache::Equivalent<(Box<str>, Box<str>)> for MatchKeyRef<'_> {
     }
 }
 
+/// Memory one unit of compiled-cache capacity stands for: a typical template (a URL with an
+/// expression or two) compiles to about 20 KiB, so it weighs one unit, while the largest templates
+/// allowed weigh about five.
+const COMPILED_UNIT_BYTES: usize = 32 * 1024;
+
+/// Key bytes one unit of match-cache capacity stands for; a typical `(selector, topic)` pair fits.
+const MATCH_UNIT_BYTES: usize = 256;
+
+/// Weighs a compiled selector by the memory it holds, so the cache's bound is one of memory and not
+/// only of entries: a flood of large templates evicts more entries instead of growing the heap.
+#[derive(Clone, Copy, Debug)]
+struct CompiledWeighter;
+
+impl quick_cache::Weighter<Box<str>, Selector> for CompiledWeighter {
+    fn weight(&self, raw: &Box<str>, selector: &Selector) -> u64 {
+        let compiled = match &selector.0.matcher {
+            Matcher::Template(t) => t.approx_memory(),
+            Matcher::Wildcard | Matcher::Exact => 0,
+        };
+        // At least one, as a zero weight would pin the entry.
+        (1 + (2 * raw.len() + compiled) / COMPILED_UNIT_BYTES) as u64
+    }
+}
+
+/// Weighs a match result by the length of its key, for the same reason.
+#[derive(Clone, Copy, Debug)]
+struct MatchWeighter;
+
+impl quick_cache::Weighter<(Box<str>, Box<str>), bool> for MatchWeighter {
+    fn weight(&self, (selector, topic): &(Box<str>, Box<str>), _: &bool) -> u64 {
+        (1 + (selector.len() + topic.len()) / MATCH_UNIT_BYTES) as u64
+    }
+}
+
 /// Bounded caches of compiled selectors and of template match results, shared by a whole node.
 pub struct SelectorStore {
-    compiled: quick_cache::sync::Cache<Box<str>, Selector>,
-    matches: quick_cache::sync::Cache<(Box<str>, Box<str>), bool>,
+    compiled: quick_cache::sync::Cache<Box<str>, Selector, CompiledWeighter>,
+    matches: quick_cache::sync::Cache<(Box<str>, Box<str>), bool, MatchWeighter>,
 }
 
 impl std::fmt::Debug for SelectorStore {
@@ -171,10 +206,25 @@ impl Default for SelectorStore {
 impl SelectorStore {
     /// A store keeping at most `compiled_capacity` compiled selectors and `match_capacity` template
     /// match results.
+    ///
+    /// Entries are weighed by size, so these are also memory bounds: a compiled template counts
+    /// once per 32 KiB it holds (most count once; the largest allowed, about five times), and a
+    /// match result once per 256 bytes of selector and topic. The caches thus hold at most about
+    /// `compiled_capacity` × 32 KiB of compiled selectors and `match_capacity` × 256 bytes of keys.
     pub fn new(compiled_capacity: usize, match_capacity: usize) -> Self {
+        let compiled_capacity = compiled_capacity.max(1);
+        let match_capacity = match_capacity.max(1);
         Self {
-            compiled: quick_cache::sync::Cache::new(compiled_capacity.max(1)),
-            matches: quick_cache::sync::Cache::new(match_capacity.max(1)),
+            compiled: quick_cache::sync::Cache::with_weighter(
+                compiled_capacity,
+                compiled_capacity as u64,
+                CompiledWeighter,
+            ),
+            matches: quick_cache::sync::Cache::with_weighter(
+                match_capacity,
+                match_capacity as u64,
+                MatchWeighter,
+            ),
         }
     }
 
@@ -202,7 +252,8 @@ impl SelectorStore {
                 }
                 let hit = t.is_match(topic);
                 // Only a miss pays for owned copies of the key.
-                self.matches.insert((selector.raw().into(), topic.into()), hit);
+                self.matches
+                    .insert((selector.raw().into(), topic.into()), hit);
                 hit
             }
         }
@@ -217,5 +268,204 @@ impl Selector {
             raw: topic.into(),
             matcher: Matcher::Exact,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::hash::BuildHasher;
+
+    use super::*;
+
+    fn sel(raw: &str) -> Selector {
+        Selector::compile(raw).unwrap_or_else(|e| panic!("{raw:?}: {e}"))
+    }
+
+    #[test]
+    fn kinds() {
+        assert_eq!(sel("*").kind(), SelectorKind::Wildcard);
+        assert!(sel("*").is_wildcard());
+        assert_eq!(
+            sel("https://example.com/books/1").kind(),
+            SelectorKind::Exact
+        );
+        assert_eq!(
+            sel("https://example.com/books/1").exact(),
+            Some("https://example.com/books/1")
+        );
+        assert_eq!(
+            sel("https://example.com/books/{id}").kind(),
+            SelectorKind::Template
+        );
+        assert_eq!(sel("https://example.com/books/{id}").exact(), None);
+        assert_eq!(
+            sel("https://example.com/books/{id}").raw(),
+            "https://example.com/books/{id}"
+        );
+        assert_eq!(SelectorKind::Template.as_str(), "template");
+    }
+
+    #[test]
+    fn matching() {
+        let store = SelectorStore::default();
+        let cases = [
+            ("*", "https://example.com/anything", true),
+            (
+                "https://example.com/books/1",
+                "https://example.com/books/1",
+                true,
+            ),
+            (
+                "https://example.com/books/1",
+                "https://example.com/books/2",
+                false,
+            ),
+            (
+                "https://example.com/books/{id}",
+                "https://example.com/books/1",
+                true,
+            ),
+            (
+                "https://example.com/books/{id}",
+                "https://example.com/books/1/chapters",
+                false,
+            ),
+            // A template matches its own text too, as on the reference hub.
+            (
+                "https://example.com/books/{id}",
+                "https://example.com/books/{id}",
+                true,
+            ),
+            (
+                "https://example.com{/path*}",
+                "https://example.com/a/b/c",
+                true,
+            ),
+            (
+                "https://example.com/search{?q,lang}",
+                "https://example.com/search?q=a&lang=fr",
+                true,
+            ),
+            (
+                "https://example.com/search{?q,lang}",
+                "https://example.com/search",
+                true,
+            ),
+            (
+                "https://example.com/search{?q,lang}",
+                "https://example.com/search/x",
+                false,
+            ),
+        ];
+        for (raw, topic, want) in cases {
+            let s = sel(raw);
+            assert_eq!(s.matches(topic), want, "{raw:?} vs {topic:?}");
+            // Twice through the store: a miss, then a hit.
+            assert_eq!(store.matches(&s, topic), want, "{raw:?} vs {topic:?}");
+            assert_eq!(
+                store.matches(&s, topic),
+                want,
+                "{raw:?} vs {topic:?} (cached)"
+            );
+            let cached = store.compile(raw).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(store.matches(&cached, topic), want);
+        }
+    }
+
+    #[test]
+    fn invalid_templates_are_refused() {
+        for raw in ["https://example.com/{id", "{}", "{a b}", "a}{b}"] {
+            assert!(
+                matches!(
+                    Selector::compile(raw),
+                    Err(SelectorError::InvalidTemplate(_))
+                ),
+                "{raw:?}"
+            );
+            assert!(SelectorStore::default().compile(raw).is_err(), "{raw:?}");
+        }
+        // Without `{` a selector is an exact topic, whatever it holds.
+        assert_eq!(sel("a}b").kind(), SelectorKind::Exact);
+    }
+
+    #[test]
+    fn compile_reuses_cached_selectors() {
+        let store = SelectorStore::default();
+        let a = store
+            .compile("https://example.com/{x}")
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = store
+            .compile("https://example.com/{x}")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+    }
+
+    #[test]
+    fn borrowed_key_hashes_like_the_owned_key() {
+        let state = std::collections::hash_map::RandomState::new();
+        let owned: (Box<str>, Box<str>) = ("sel{x}".into(), "topic".into());
+        let borrowed = MatchKeyRef("sel{x}", "topic");
+        assert_eq!(state.hash_one(&owned), state.hash_one(&borrowed));
+        assert!(quick_cache::Equivalent::equivalent(&borrowed, &owned));
+        assert!(!quick_cache::Equivalent::equivalent(
+            &MatchKeyRef("sel{x}", "topiC"),
+            &owned
+        ));
+        // The field boundary is part of the key.
+        assert!(!quick_cache::Equivalent::equivalent(
+            &MatchKeyRef("sel{x}t", "opic"),
+            &owned
+        ));
+    }
+
+    #[test]
+    fn hits_are_found_with_the_borrowed_key() {
+        let store = SelectorStore::default();
+        let s = sel("https://example.com/books/{id}");
+        // Plant a wrong answer: if the lookup finds the owned entry, it is what comes back.
+        store.matches.insert(
+            (
+                "https://example.com/books/{id}".into(),
+                "https://example.com/books/1".into(),
+            ),
+            false,
+        );
+        assert!(!store.matches(&s, "https://example.com/books/1"));
+        assert!(store.matches(&s, "https://example.com/books/2"));
+    }
+
+    #[test]
+    fn caches_stay_bounded() {
+        let store = SelectorStore::new(4, 16);
+        let s = sel("https://example.com/books/{id}");
+        for i in 0..1_000 {
+            assert!(store.matches(&s, &format!("https://example.com/books/{i}")));
+            let raw = format!("https://example.com/{i}/{{id}}");
+            assert!(store.compile(&raw).is_ok());
+        }
+        assert!(store.matches.weight() <= 16, "{:?}", store);
+        assert!(store.compiled.weight() <= 4, "{:?}", store);
+        // Long keys weigh more, so fewer fit.
+        let long = "x".repeat(1_000);
+        for i in 0..100 {
+            assert!(store.matches(&s, &format!("https://example.com/books/{long}{i}")));
+        }
+        assert!(store.matches.weight() <= 16, "{:?}", store);
+        assert_eq!(
+            quick_cache::Weighter::weight(&MatchWeighter, &(s.raw().into(), long.into()), &true),
+            1 + (30 + 1_000) / 256
+        );
+    }
+
+    #[test]
+    fn large_templates_weigh_more() {
+        let small = sel("https://example.com/books/{id}");
+        let large = sel(&format!("{{/{}}}", vec!["a"; 64].join(",")));
+        let w = |s: &Selector| {
+            quick_cache::Weighter::weight(&CompiledWeighter, &Box::<str>::from(s.raw()), s)
+        };
+        assert_eq!(w(&small), 1);
+        assert!(w(&large) > 1);
+        assert_eq!(w(&sel("https://example.com/books/1")), 1);
     }
 }

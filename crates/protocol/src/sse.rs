@@ -110,7 +110,10 @@ mod tests {
                 continue;
             }
             let (name, value) = line.split_once(':').unwrap_or((line, ""));
-            fields.push((name.to_string(), value.strip_prefix(' ').unwrap_or(value).to_string()));
+            fields.push((
+                name.to_string(),
+                value.strip_prefix(' ').unwrap_or(value).to_string(),
+            ));
         }
         fields
     }

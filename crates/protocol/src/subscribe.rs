@@ -148,7 +148,10 @@ mod tests {
 
     #[test]
     fn reads_both_generations() {
-        let q = parse("topic=https%3A%2F%2Fex.com%2Fbooks%2F%7Bid%7D&match=a&lastEventID=x&authorization=tok").unwrap();
+        let q = parse(
+            "topic=https%3A%2F%2Fex.com%2Fbooks%2F%7Bid%7D&match=a&lastEventID=x&authorization=tok",
+        )
+        .unwrap();
         assert_eq!(q.matchers.len(), 2);
         assert_eq!(q.matchers[0].kind, MatchType::TopicSelector);
         assert_eq!(q.matchers[0].pattern, "https://ex.com/books/{id}");
@@ -172,9 +175,18 @@ mod tests {
         assert_eq!(parse("foo=bar"), Err(SubscribeError::MissingTopic));
         assert_eq!(parse("topic=%FF"), Err(SubscribeError::InvalidUtf8));
         assert_eq!(parse("topic=a%0Ab"), Err(SubscribeError::ControlCharacter));
-        assert!(matches!(parse("match_regex=a"), Err(SubscribeError::UnsupportedMatcher(_))));
-        assert!(matches!(parse("MATCHES=a"), Err(SubscribeError::UnsupportedMatcher(_))));
-        let many = (0..101).map(|i| format!("topic={i}")).collect::<Vec<_>>().join("&");
+        assert!(matches!(
+            parse("match_regex=a"),
+            Err(SubscribeError::UnsupportedMatcher(_))
+        ));
+        assert!(matches!(
+            parse("MATCHES=a"),
+            Err(SubscribeError::UnsupportedMatcher(_))
+        ));
+        let many = (0..101)
+            .map(|i| format!("topic={i}"))
+            .collect::<Vec<_>>()
+            .join("&");
         assert_eq!(parse(&many), Err(SubscribeError::TooManyMatchers(100)));
         let long = format!("topic={}", "a".repeat(2049));
         assert_eq!(parse(&long), Err(SubscribeError::PatternTooLong(2048)));

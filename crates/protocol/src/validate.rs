@@ -50,10 +50,24 @@ mod tests {
 
     #[test]
     fn rejects_controls_and_format_chars() {
-        for s in ["a\nb", "a\rb", "\u{0}", "\u{7f}", "\u{85}", "a\u{200B}b", "\u{FEFF}", "\u{202E}"] {
+        for s in [
+            "a\nb",
+            "a\rb",
+            "\u{0}",
+            "\u{7f}",
+            "\u{85}",
+            "a\u{200B}b",
+            "\u{FEFF}",
+            "\u{202E}",
+        ] {
             assert!(!is_clean(s), "{s:?} should be rejected");
         }
-        for s in ["https://example.com/books/1", "urn:uuid:1234", "é日本", "a b"] {
+        for s in [
+            "https://example.com/books/1",
+            "urn:uuid:1234",
+            "é日本",
+            "a b",
+        ] {
             assert!(is_clean(s), "{s:?} should be accepted");
         }
     }

@@ -32,15 +32,19 @@ impl std::fmt::Debug for Authenticator {
 
 /// Builds the authenticator; refuses bad keys (e.g. a PEM key with an HMAC algorithm) so a
 /// misconfigured hub does not start.
-pub fn authenticator(config: &Config, store: std::sync::Arc<SelectorStore>) -> anyhow::Result<Authenticator> {
-    let verifier = |role: &str, key: Option<(&str, &str)>| -> anyhow::Result<Option<TokenVerifier>> {
-        key.map(|(key, alg)| {
-            KeySpec::new(key, alg)
-                .map(|spec| TokenVerifier::new(spec, VerifierOptions::default()))
-                .map_err(|e| anyhow::anyhow!("invalid {role} JWT key: {e}"))
-        })
-        .transpose()
-    };
+pub fn authenticator(
+    config: &Config,
+    store: std::sync::Arc<SelectorStore>,
+) -> anyhow::Result<Authenticator> {
+    let verifier =
+        |role: &str, key: Option<(&str, &str)>| -> anyhow::Result<Option<TokenVerifier>> {
+            key.map(|(key, alg)| {
+                KeySpec::new(key, alg)
+                    .map(|spec| TokenVerifier::new(spec, VerifierOptions::default()))
+                    .map_err(|e| anyhow::anyhow!("invalid {role} JWT key: {e}"))
+            })
+            .transpose()
+        };
     let publisher = verifier("publisher", config.publisher_key())?;
     let subscriber = verifier("subscriber", config.subscriber_key())?;
     if publisher.is_none() {
@@ -68,11 +72,22 @@ impl Authenticator {
         query_tokens: &[String],
     ) -> Result<Grants, HubError> {
         let Some(verifier) = &self.publisher else {
-            return Err(HubError::Unauthorized("publishing is not configured on this hub".into()));
+            return Err(HubError::Unauthorized(
+                "publishing is not configured on this hub".into(),
+            ));
         };
-        match authenticate(verifier, &self.store, headers, method, query_tokens, &self.extract) {
+        match authenticate(
+            verifier,
+            &self.store,
+            headers,
+            method,
+            query_tokens,
+            &self.extract,
+        ) {
             Ok(Some(found)) => Ok(found.grants),
-            Ok(None) => Err(HubError::Unauthorized("a publisher token is required".into())),
+            Ok(None) => Err(HubError::Unauthorized(
+                "a publisher token is required".into(),
+            )),
             Err(e) => Err(unauthorized(e)),
         }
     }
@@ -85,9 +100,14 @@ impl Authenticator {
         query_tokens: &[String],
     ) -> Result<Option<Grants>, HubError> {
         let found = match &self.subscriber {
-            Some(verifier) => {
-                authenticate(verifier, &self.store, headers, method, query_tokens, &self.extract)
-            }
+            Some(verifier) => authenticate(
+                verifier,
+                &self.store,
+                headers,
+                method,
+                query_tokens,
+                &self.extract,
+            ),
             // Without a subscriber key no token can be valid; a request without one is anonymous.
             None => quicksilver_auth::extract_token(headers, method, query_tokens, &self.extract)
                 .and_then(|t| match t {
@@ -122,7 +142,9 @@ pub fn may_publish(store: &SelectorStore, grants: &Grants, topics: &[String]) ->
 
 /// The values of the `authorization` query parameter (a token in the URL).
 pub fn query_tokens(query: Option<&str>) -> Vec<String> {
-    let Some(query) = query else { return Vec::new() };
+    let Some(query) = query else {
+        return Vec::new();
+    };
     quicksilver_protocol::form::parse_pairs(query.as_bytes())
         .map(|pairs| {
             pairs

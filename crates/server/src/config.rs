@@ -56,7 +56,11 @@ pub struct Config {
     pub publish_origins: Vec<String>,
 
     /// Name of the cookie carrying the subscriber's or publisher's JWT.
-    #[arg(long, env = "QUICKSILVER_COOKIE_NAME", default_value = "mercureAuthorization")]
+    #[arg(
+        long,
+        env = "QUICKSILVER_COOKIE_NAME",
+        default_value = "mercureAuthorization"
+    )]
     pub cookie_name: String,
 
     /// Number of updates kept for reconnecting subscribers (0 disables history).

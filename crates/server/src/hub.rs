@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use crate::auth::Authenticator;
+use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
 use quicksilver_transport::{MemoryTransport, Transport, UpdateSink};

@@ -27,8 +27,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
-use axum::serve::ListenerExt;
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use axum::Router;
 use http::StatusCode;
 use tokio::net::TcpListener;
@@ -79,7 +79,9 @@ pub struct Server {
 
 impl std::fmt::Debug for Server {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Server").field("hub", &self.hub).finish_non_exhaustive()
+        f.debug_struct("Server")
+            .field("hub", &self.hub)
+            .finish_non_exhaustive()
     }
 }
 
@@ -106,7 +108,10 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then stops taking subscribers, ends the open streams and
     /// waits (bounded) for connections to close.
-    pub async fn run(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let Server { hub, app, listener } = self;
         let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
         let draining = hub.clone();
@@ -135,7 +140,10 @@ impl Server {
 
 /// Runs the hub of `config` until `shutdown` resolves. Prints `quicksilver listening on
 /// http://ADDR` on standard output once bound (scripts and tests wait for that line).
-pub async fn serve(config: Config, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     let server = Server::bind(&config).await?;
     let addr = server.local_addr()?;
     println!("quicksilver listening on http://{addr}");

@@ -84,7 +84,10 @@ impl SubscriberStream {
             .any(|r| r.partition == p.partition && !p.is_after(r))
     }
 
-    fn end(&mut self, reason: EndReason) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
+    fn end(
+        &mut self,
+        reason: EndReason,
+    ) -> Poll<Option<Result<Frame<Bytes>, std::convert::Infallible>>> {
         self.ended = Some(reason);
         if let Some(on_end) = self.on_end.take() {
             on_end(reason);
@@ -109,7 +112,8 @@ impl SubscriberStream {
                     (Some(buf), _) => buf.extend_from_slice(&envelope.frame),
                     (None, None) => single = Some(envelope.frame.clone()),
                     (None, Some(first)) => {
-                        let mut buf = BytesMut::with_capacity(first.len() + envelope.frame.len() * 4);
+                        let mut buf =
+                            BytesMut::with_capacity(first.len() + envelope.frame.len() * 4);
                         buf.extend_from_slice(first);
                         buf.extend_from_slice(&envelope.frame);
                         chunk = Some(buf);
@@ -151,7 +155,9 @@ impl Body for SubscriberStream {
         if let Some(first) = this.replay.pop_front() {
             let mut buf = BytesMut::from(&first.frame[..]);
             while buf.len() < MAX_BATCH_BYTES {
-                let Some(next) = this.replay.pop_front() else { break };
+                let Some(next) = this.replay.pop_front() else {
+                    break;
+                };
                 buf.extend_from_slice(&next.frame);
             }
             this.reset_heartbeat();

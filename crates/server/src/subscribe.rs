@@ -33,7 +33,16 @@ pub async fn subscribe(
     let query = parse_subscribe_query(query.as_deref().unwrap_or(""), &settings.subscribe_limits)
         .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
-    let access = match hub.auth().subscriber(&method, &headers, &query.authorization)? {
+    let grants = hub
+        .auth()
+        .subscriber(&method, &headers, &query.authorization)?;
+    // A token's expiry ends the connection, as on the reference hub: the client reconnects with a
+    // fresh token (or is refused), so an expired token never keeps reading private updates.
+    let token_life = grants.as_ref().and_then(|g| g.expires_at()).map(|at| {
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or_default()
+    });
+    let access = match grants {
         Some(grants) => crate::auth::access(&grants),
         None if settings.anonymous => Access::None,
         None => {
@@ -49,9 +58,9 @@ pub async fn subscribe(
             quicksilver_protocol::subscribe::MatchType::TopicSelector => {
                 hub.selectors().compile(&matcher.pattern)
             }
-            quicksilver_protocol::subscribe::MatchType::Exact => {
-                Ok(quicksilver_protocol::Selector::exact_topic(&matcher.pattern))
-            }
+            quicksilver_protocol::subscribe::MatchType::Exact => Ok(
+                quicksilver_protocol::Selector::exact_topic(&matcher.pattern),
+            ),
         }
         .map_err(|e| HubError::BadRequest(e.to_string()))?;
         selectors.push(selector);
@@ -99,7 +108,10 @@ pub async fn subscribe(
         replay,
         replayed_up_to,
         settings.heartbeat,
-        settings.write_timeout.map(jitter),
+        match (settings.write_timeout.map(jitter), token_life) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
         },
@@ -107,7 +119,10 @@ pub async fn subscribe(
 
     let mut response = (StatusCode::OK, Body::new(stream)).into_response();
     let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),

@@ -4,7 +4,12 @@ mod common;
 
 use common::*;
 
-async fn post(c: &reqwest::Client, hub: &TestHub, headers: &[(&str, &str)], body: &str) -> (u16, String) {
+async fn post(
+    c: &reqwest::Client,
+    hub: &TestHub,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, String) {
     let mut req = c.post(hub.hub_url()).body(body.to_string());
     for (k, v) in headers {
         req = req.header(*k, *v);
@@ -31,7 +36,10 @@ async fn publish_answers_the_event_id_as_plain_text() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
-    assert_eq!(r.text().await.unwrap(), "urn:uuid:0b6d5a41-6a0c-4d5e-a5ab-3d1f3f7f5c11");
+    assert_eq!(
+        r.text().await.unwrap(),
+        "urn:uuid:0b6d5a41-6a0c-4d5e-a5ab-3d1f3f7f5c11"
+    );
 }
 
 #[tokio::test]
@@ -43,16 +51,64 @@ async fn publish_errors() {
 
     // 401: no token, bad token, expired token, token for another key.
     assert_eq!(post(&c, &hub, &[FORM], "topic=a").await.0, 401);
-    assert_eq!(post(&c, &hub, &[("Authorization", "Bearer nope"), FORM], "topic=a").await.0, 401);
+    assert_eq!(
+        post(
+            &c,
+            &hub,
+            &[("Authorization", "Bearer nope"), FORM],
+            "topic=a"
+        )
+        .await
+        .0,
+        401
+    );
     let expired = format!("Bearer {}", token(&["*"], &[], Some(now() - 10)));
-    assert_eq!(post(&c, &hub, &[("Authorization", expired.as_str()), FORM], "topic=a").await.0, 401);
+    assert_eq!(
+        post(
+            &c,
+            &hub,
+            &[("Authorization", expired.as_str()), FORM],
+            "topic=a"
+        )
+        .await
+        .0,
+        401
+    );
     // 403: the token does not cover every topic.
-    let limited = format!("Bearer {}", token(&["https://ex.com/books/{id}"], &[], None));
+    let limited = format!(
+        "Bearer {}",
+        token(&["https://ex.com/books/{id}"], &[], None)
+    );
     let lim = [("Authorization", limited.as_str()), FORM];
-    assert_eq!(post(&c, &hub, &lim, "topic=https%3A%2F%2Fex.com%2Fbooks%2F1").await.0, 200);
-    assert_eq!(post(&c, &hub, &lim, "topic=https%3A%2F%2Fex.com%2Fbooks%2F1&topic=other").await.0, 403);
+    assert_eq!(
+        post(&c, &hub, &lim, "topic=https%3A%2F%2Fex.com%2Fbooks%2F1")
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        post(
+            &c,
+            &hub,
+            &lim,
+            "topic=https%3A%2F%2Fex.com%2Fbooks%2F1&topic=other"
+        )
+        .await
+        .0,
+        403
+    );
     let none = format!("Bearer {}", token(&[], &["*"], None));
-    assert_eq!(post(&c, &hub, &[("Authorization", none.as_str()), FORM], "topic=a").await.0, 403);
+    assert_eq!(
+        post(
+            &c,
+            &hub,
+            &[("Authorization", none.as_str()), FORM],
+            "topic=a"
+        )
+        .await
+        .0,
+        403
+    );
 
     // 400 with a reason.
     for (body, reason) in [
@@ -66,17 +122,43 @@ async fn publish_errors() {
         ("topic=a&data=%FF", "UTF-8"),
         ("topic=a&type=mercure", "type"),
         ("topic=*", "reserved"),
-        ("topic=%2F.well-known%2Fmercure%2Fsubscriptions%2Fx", "reserved"),
+        (
+            "topic=%2F.well-known%2Fmercure%2Fsubscriptions%2Fx",
+            "reserved",
+        ),
     ] {
         let (status, text) = post(&c, &hub, &ok, body).await;
         assert_eq!(status, 400, "{body}");
         assert!(text.contains(reason), "{body}: {text}");
     }
     // 413: body, topic count.
-    assert_eq!(post(&c, &hub, &ok, &format!("topic=a&data={}", "x".repeat(4096))).await.0, 413);
-    assert_eq!(post(&c, &hub, &ok, "topic=a&topic=b&topic=c&topic=d").await.0, 413);
+    assert_eq!(
+        post(&c, &hub, &ok, &format!("topic=a&data={}", "x".repeat(4096)))
+            .await
+            .0,
+        413
+    );
+    assert_eq!(
+        post(&c, &hub, &ok, "topic=a&topic=b&topic=c&topic=d")
+            .await
+            .0,
+        413
+    );
     // 415: not a form.
-    assert_eq!(post(&c, &hub, &[("Authorization", auth.as_str()), ("Content-Type", "application/json")], "{}").await.0, 415);
+    assert_eq!(
+        post(
+            &c,
+            &hub,
+            &[
+                ("Authorization", auth.as_str()),
+                ("Content-Type", "application/json")
+            ],
+            "{}"
+        )
+        .await
+        .0,
+        415
+    );
 }
 
 #[tokio::test]
@@ -102,9 +184,18 @@ async fn cookie_publishing_checks_the_origin() {
             req.send().await.unwrap().status().as_u16()
         }
     };
-    assert_eq!(send(with(Some(("Origin", "https://app.example.com")))).await, 200);
-    assert_eq!(send(with(Some(("Referer", "https://app.example.com/page?x=1")))).await, 200);
-    assert_eq!(send(with(Some(("Origin", "https://evil.example")))).await, 401);
+    assert_eq!(
+        send(with(Some(("Origin", "https://app.example.com")))).await,
+        200
+    );
+    assert_eq!(
+        send(with(Some(("Referer", "https://app.example.com/page?x=1")))).await,
+        200
+    );
+    assert_eq!(
+        send(with(Some(("Origin", "https://evil.example")))).await,
+        401
+    );
     assert_eq!(send(with(None)).await, 401);
 }
 
@@ -116,7 +207,10 @@ async fn cors_preflight_and_headers_for_configured_origins_only() {
         .request(reqwest::Method::OPTIONS, hub.hub_url())
         .header("Origin", "https://app.example.com")
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "authorization,content-type")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization,content-type",
+        )
         .send()
         .await
         .unwrap();
@@ -124,8 +218,15 @@ async fn cors_preflight_and_headers_for_configured_origins_only() {
     let h = r.headers();
     assert_eq!(h["access-control-allow-origin"], "https://app.example.com");
     assert_eq!(h["access-control-allow-credentials"], "true");
-    assert!(h["access-control-allow-methods"].to_str().unwrap().contains("POST"));
-    assert!(h["access-control-allow-headers"].to_str().unwrap().to_lowercase().contains("authorization"));
+    assert!(h["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+    assert!(h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("authorization"));
 
     let r = c
         .request(reqwest::Method::OPTIONS, hub.hub_url())
@@ -147,7 +248,10 @@ async fn cors_preflight_and_headers_for_configured_origins_only() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(r.headers()["access-control-allow-origin"], "https://app.example.com");
+    assert_eq!(
+        r.headers()["access-control-allow-origin"],
+        "https://app.example.com"
+    );
 }
 
 #[tokio::test]
@@ -164,30 +268,66 @@ async fn exelearning_flow_works_unchanged() {
         .header("Origin", "https://exe.example.com")
         .bearer_auth(&jwt)
         .header(FORM.0, FORM.1)
-        .body(format!("topic={session}&id={first}&data=%7B%22action%22%3A%22edit%22%7D"))
+        .body(format!(
+            "topic={session}&id={first}&data=%7B%22action%22%3A%22edit%22%7D"
+        ))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), first);
     let second = "9d8c7b6a-5f4e-4d3c-8b2a-1f0e9d8c7b6a";
-    let (status, _) = publish(&c, &hub, &jwt, &[("topic", session), ("id", second), ("data", "{\"n\":2}"), ("private", "on")]).await;
+    let (status, _) = publish(
+        &c,
+        &hub,
+        &jwt,
+        &[
+            ("topic", session),
+            ("id", second),
+            ("data", "{\"n\":2}"),
+            ("private", "on"),
+        ],
+    )
+    .await;
     assert_eq!(status, 200);
 
-    let url = format!("{}?topic={session}&authorization={jwt}&lastEventID={first}", hub.hub_url());
+    let url = format!(
+        "{}?topic={session}&authorization={jwt}&lastEventID={first}",
+        hub.hub_url()
+    );
     let mut es = Sse::connect(&c, &url, &[("Origin", "https://exe.example.com")]).await;
     assert_eq!(es.status, 200);
-    assert_eq!(es.headers["access-control-allow-origin"], "https://exe.example.com");
+    assert_eq!(
+        es.headers["access-control-allow-origin"],
+        "https://exe.example.com"
+    );
     let e = es.next_event(WAIT).await.unwrap();
-    assert_eq!((e.id.as_deref(), e.data.as_str()), (Some(second), "{\"n\":2}"));
+    assert_eq!(
+        (e.id.as_deref(), e.data.as_str()),
+        (Some(second), "{\"n\":2}")
+    );
 }
 
 #[tokio::test]
 async fn health_and_readiness() {
     let hub = TestHub::start(&[]).await;
     let c = client();
-    assert_eq!(c.get(format!("{}/healthz", hub.url)).send().await.unwrap().status(), 200);
-    assert_eq!(c.get(format!("{}/readyz", hub.url)).send().await.unwrap().status(), 200);
+    assert_eq!(
+        c.get(format!("{}/healthz", hub.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        c.get(format!("{}/readyz", hub.url))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]

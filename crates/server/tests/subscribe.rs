@@ -18,7 +18,10 @@ async fn stream_opens_at_once_with_the_right_headers() {
     assert_eq!(sse.headers["x-accel-buffering"], "no");
     assert!(!sse.headers.contains_key("last-event-id"));
     // The preamble comment arrives before any update exists.
-    assert_eq!(sse.next_item(WAIT).await, Some(Item::Comment(String::new())));
+    assert_eq!(
+        sse.next_item(WAIT).await,
+        Some(Item::Comment(String::new()))
+    );
 }
 
 #[tokio::test]
@@ -28,22 +31,54 @@ async fn exact_wildcard_and_template_selectors() {
     let url = |q: &str| format!("{}?{q}", hub.hub_url());
     let mut exact = Sse::connect(&c, &url("topic=https%3A%2F%2Fex.com%2Fbooks%2F1"), &[]).await;
     let mut all = Sse::connect(&c, &url("topic=*"), &[]).await;
-    let mut tpl = Sse::connect(&c, &url("topic=https%3A%2F%2Fex.com%2Fbooks%2F%7Bid%7D"), &[]).await;
-    let mut other = Sse::connect(&c, &url("topic=https%3A%2F%2Fex.com%2Fauthors%2F%7Bid%7D&topic=nope"), &[]).await;
+    let mut tpl = Sse::connect(
+        &c,
+        &url("topic=https%3A%2F%2Fex.com%2Fbooks%2F%7Bid%7D"),
+        &[],
+    )
+    .await;
+    let mut other = Sse::connect(
+        &c,
+        &url("topic=https%3A%2F%2Fex.com%2Fauthors%2F%7Bid%7D&topic=nope"),
+        &[],
+    )
+    .await;
 
     let token = publisher_token();
-    let (status, id) = publish(&c, &hub, &token, &[("topic", "https://ex.com/books/1"), ("data", "one")]).await;
+    let (status, id) = publish(
+        &c,
+        &hub,
+        &token,
+        &[("topic", "https://ex.com/books/1"), ("data", "one")],
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(id.starts_with("urn:uuid:"), "{id}");
-    let (status, _) = publish(&c, &hub, &token, &[("topic", "https://ex.com/books/2/chapters"), ("data", "two")]).await;
+    let (status, _) = publish(
+        &c,
+        &hub,
+        &token,
+        &[
+            ("topic", "https://ex.com/books/2/chapters"),
+            ("data", "two"),
+        ],
+    )
+    .await;
     assert_eq!(status, 200);
 
     let e = exact.next_event(WAIT).await.unwrap();
-    assert_eq!((e.id.as_deref(), e.data.as_str()), (Some(id.as_str()), "one"));
+    assert_eq!(
+        (e.id.as_deref(), e.data.as_str()),
+        (Some(id.as_str()), "one")
+    );
     assert_eq!(all.next_event(WAIT).await.unwrap().data, "one");
     assert_eq!(all.next_event(WAIT).await.unwrap().data, "two");
     assert_eq!(tpl.next_event(WAIT).await.unwrap().data, "one");
-    assert_eq!(tpl.next_event(SHORT).await, None, "{{id}} does not match across a slash");
+    assert_eq!(
+        tpl.next_event(SHORT).await,
+        None,
+        "{{id}} does not match across a slash"
+    );
     assert_eq!(other.next_event(SHORT).await, None);
     assert_eq!(exact.next_event(SHORT).await, None);
 }
@@ -57,7 +92,14 @@ async fn alternate_topics_multiline_data_type_and_retry() {
         &c,
         &hub,
         &publisher_token(),
-        &[("topic", "canonical"), ("topic", "alt"), ("data", "l1\nl2\r\nl3"), ("id", "my-id"), ("type", "edit"), ("retry", "1500")],
+        &[
+            ("topic", "canonical"),
+            ("topic", "alt"),
+            ("data", "l1\nl2\r\nl3"),
+            ("id", "my-id"),
+            ("type", "edit"),
+            ("retry", "1500"),
+        ],
     )
     .await;
     assert_eq!(status, 200);
@@ -72,22 +114,67 @@ async fn alternate_topics_multiline_data_type_and_retry() {
 async fn private_updates_follow_the_subscribe_grants_for_every_token_location() {
     let hub = TestHub::start(&["--anonymous"]).await;
     let c = client();
-    let topic_q = format!("{}?topic=https%3A%2F%2Fex.com%2Fdocs%2F%7Bid%7D", hub.hub_url());
+    let topic_q = format!(
+        "{}?topic=https%3A%2F%2Fex.com%2Fdocs%2F%7Bid%7D",
+        hub.hub_url()
+    );
     let granted = token(&[], &["https://ex.com/docs/{id}"], None);
     let wrong = token(&[], &["https://ex.com/other/{id}"], None);
 
     let mut anonymous = Sse::connect(&c, &topic_q, &[]).await;
-    let mut by_header = Sse::connect(&c, &topic_q, &[("Authorization", &format!("Bearer {granted}"))]).await;
+    let mut by_header = Sse::connect(
+        &c,
+        &topic_q,
+        &[("Authorization", &format!("Bearer {granted}"))],
+    )
+    .await;
     let mut by_query = Sse::connect(&c, &format!("{topic_q}&authorization={granted}"), &[]).await;
-    let mut by_cookie = Sse::connect(&c, &topic_q, &[("Cookie", &format!("other=1; mercureAuthorization={granted}"))]).await;
-    let mut wrong_grant = Sse::connect(&c, &topic_q, &[("Authorization", &format!("Bearer {wrong}"))]).await;
+    let mut by_cookie = Sse::connect(
+        &c,
+        &topic_q,
+        &[(
+            "Cookie",
+            &format!("other=1; mercureAuthorization={granted}"),
+        )],
+    )
+    .await;
+    let mut wrong_grant = Sse::connect(
+        &c,
+        &topic_q,
+        &[("Authorization", &format!("Bearer {wrong}"))],
+    )
+    .await;
     for s in [&anonymous, &by_header, &by_query, &by_cookie, &wrong_grant] {
         assert_eq!(s.status, 200);
     }
 
     let p = publisher_token();
-    assert_eq!(publish(&c, &hub, &p, &[("topic", "https://ex.com/docs/1"), ("data", "secret"), ("private", "on")]).await.0, 200);
-    assert_eq!(publish(&c, &hub, &p, &[("topic", "https://ex.com/docs/1"), ("data", "public")]).await.0, 200);
+    assert_eq!(
+        publish(
+            &c,
+            &hub,
+            &p,
+            &[
+                ("topic", "https://ex.com/docs/1"),
+                ("data", "secret"),
+                ("private", "on")
+            ]
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        publish(
+            &c,
+            &hub,
+            &p,
+            &[("topic", "https://ex.com/docs/1"), ("data", "public")]
+        )
+        .await
+        .0,
+        200
+    );
 
     for s in [&mut by_header, &mut by_query, &mut by_cookie] {
         assert_eq!(s.next_event(WAIT).await.unwrap().data, "secret");
@@ -106,27 +193,88 @@ async fn subscriber_authentication_errors() {
     // No token and anonymous off.
     assert_eq!(c.get(&url).send().await.unwrap().status(), 401);
     // An invalid token is 401 wherever it is.
-    assert_eq!(c.get(format!("{url}&authorization=not.a.valid-token-at-all-but-long-enough-to-pass")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(format!(
+            "{url}&authorization=not.a.valid-token-at-all-but-long-enough-to-pass"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .status(),
+        401
+    );
     let expired = token(&[], &["*"], Some(now() - 60));
-    assert_eq!(c.get(&url).bearer_auth(&expired).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth(&expired)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     let other_key = jsonwebtoken::encode(
         &jsonwebtoken::Header::default(),
         &serde_json::json!({"mercure": {"subscribe": ["*"]}}),
         &jsonwebtoken::EncodingKey::from_secret(b"another key entirely"),
     )
     .unwrap();
-    assert_eq!(c.get(&url).bearer_auth(&other_key).send().await.unwrap().status(), 401);
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth(&other_key)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     // A token without exp is valid.
-    let resp = c.get(&url).bearer_auth(token(&[], &["*"], None)).send().await.unwrap();
+    let resp = c
+        .get(&url)
+        .bearer_auth(token(&[], &["*"], None))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 200);
     // Missing topic.
-    assert_eq!(c.get(hub.hub_url()).bearer_auth(token(&[], &["*"], None)).send().await.unwrap().status(), 400);
+    assert_eq!(
+        c.get(hub.hub_url())
+            .bearer_auth(token(&[], &["*"], None))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 
     let anon = TestHub::start(&["--anonymous"]).await;
     let url = format!("{}?topic=a", anon.hub_url());
-    assert_eq!(c.get(&url).bearer_auth(&expired).send().await.unwrap().status(), 401, "invalid token even in anonymous mode");
-    assert_eq!(c.get(format!("{}?topic=a%0Ab", anon.hub_url())).send().await.unwrap().status(), 400);
-    assert_eq!(c.get(format!("{}?topic=%7Bunclosed", anon.hub_url())).send().await.unwrap().status(), 400);
+    assert_eq!(
+        c.get(&url)
+            .bearer_auth(&expired)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401,
+        "invalid token even in anonymous mode"
+    );
+    assert_eq!(
+        c.get(format!("{}?topic=a%0Ab", anon.hub_url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        c.get(format!("{}?topic=%7Bunclosed", anon.hub_url()))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
 }
 
 #[tokio::test]
@@ -137,7 +285,17 @@ async fn history_replays_after_the_last_event_id_by_header_query_and_earliest() 
     for i in 1..=7 {
         let id = format!("id-{i}");
         let topic = if i == 4 { "other" } else { "t" };
-        assert_eq!(publish(&c, &hub, &p, &[("topic", topic), ("id", &id), ("data", &id)]).await.0, 200);
+        assert_eq!(
+            publish(
+                &c,
+                &hub,
+                &p,
+                &[("topic", topic), ("id", &id), ("data", &id)]
+            )
+            .await
+            .0,
+            200
+        );
     }
     // History holds id-3..id-7.
     let url = format!("{}?topic=t", hub.hub_url());
@@ -145,21 +303,38 @@ async fn history_replays_after_the_last_event_id_by_header_query_and_earliest() 
     assert_eq!(by_header.headers["last-event-id"], "id-3");
     assert_eq!(by_header.headers["mercure-last-event-id"], "id-3");
     for want in ["id-5", "id-6", "id-7"] {
-        assert_eq!(by_header.next_event(WAIT).await.unwrap().id.as_deref(), Some(want));
+        assert_eq!(
+            by_header.next_event(WAIT).await.unwrap().id.as_deref(),
+            Some(want)
+        );
     }
     let mut by_query = Sse::connect(&c, &format!("{url}&lastEventID=id-5"), &[]).await;
     assert_eq!(by_query.headers["last-event-id"], "id-5");
     for want in ["id-6", "id-7"] {
-        assert_eq!(by_query.next_event(WAIT).await.unwrap().id.as_deref(), Some(want));
+        assert_eq!(
+            by_query.next_event(WAIT).await.unwrap().id.as_deref(),
+            Some(want)
+        );
     }
     // The header wins over the query parameter.
-    let mut both = Sse::connect(&c, &format!("{url}&lastEventID=id-3"), &[("Last-Event-ID", "id-6")]).await;
-    assert_eq!(both.next_event(WAIT).await.unwrap().id.as_deref(), Some("id-7"));
+    let mut both = Sse::connect(
+        &c,
+        &format!("{url}&lastEventID=id-3"),
+        &[("Last-Event-ID", "id-6")],
+    )
+    .await;
+    assert_eq!(
+        both.next_event(WAIT).await.unwrap().id.as_deref(),
+        Some("id-7")
+    );
 
     let mut earliest = Sse::connect(&c, &format!("{url}&lastEventID=earliest"), &[]).await;
     assert_eq!(earliest.headers["last-event-id"], "earliest");
     for want in ["id-3", "id-5", "id-6", "id-7"] {
-        assert_eq!(earliest.next_event(WAIT).await.unwrap().id.as_deref(), Some(want));
+        assert_eq!(
+            earliest.next_event(WAIT).await.unwrap().id.as_deref(),
+            Some(want)
+        );
     }
     // Evicted (id-1) or unknown: nothing replayed, answered `earliest`.
     for gone in ["id-1", "never-published"] {
@@ -168,9 +343,17 @@ async fn history_replays_after_the_last_event_id_by_header_query_and_earliest() 
         assert_eq!(s.next_event(SHORT).await, None);
     }
     // Then live updates continue after the replay.
-    assert_eq!(publish(&c, &hub, &p, &[("topic", "t"), ("id", "id-8")]).await.0, 200);
+    assert_eq!(
+        publish(&c, &hub, &p, &[("topic", "t"), ("id", "id-8")])
+            .await
+            .0,
+        200
+    );
     for s in [&mut by_header, &mut by_query, &mut both, &mut earliest] {
-        assert_eq!(s.next_event(WAIT).await.unwrap().id.as_deref(), Some("id-8"));
+        assert_eq!(
+            s.next_event(WAIT).await.unwrap().id.as_deref(),
+            Some("id-8")
+        );
     }
 }
 
@@ -180,15 +363,30 @@ async fn private_updates_are_filtered_on_replay_too() {
     let c = client();
     let p = publisher_token();
     publish(&c, &hub, &p, &[("topic", "t"), ("id", "a")]).await;
-    publish(&c, &hub, &p, &[("topic", "t"), ("id", "secret"), ("private", "")]).await;
+    publish(
+        &c,
+        &hub,
+        &p,
+        &[("topic", "t"), ("id", "secret"), ("private", "")],
+    )
+    .await;
     publish(&c, &hub, &p, &[("topic", "t"), ("id", "b")]).await;
     let url = format!("{}?topic=t&lastEventID=a", hub.hub_url());
     let mut anon = Sse::connect(&c, &url, &[]).await;
-    assert_eq!(anon.next_event(WAIT).await.unwrap().id.as_deref(), Some("b"));
+    assert_eq!(
+        anon.next_event(WAIT).await.unwrap().id.as_deref(),
+        Some("b")
+    );
     let t = token(&[], &["t"], None);
     let mut granted = Sse::connect(&c, &url, &[("Authorization", &format!("Bearer {t}"))]).await;
-    assert_eq!(granted.next_event(WAIT).await.unwrap().id.as_deref(), Some("secret"));
-    assert_eq!(granted.next_event(WAIT).await.unwrap().id.as_deref(), Some("b"));
+    assert_eq!(
+        granted.next_event(WAIT).await.unwrap().id.as_deref(),
+        Some("secret")
+    );
+    assert_eq!(
+        granted.next_event(WAIT).await.unwrap().id.as_deref(),
+        Some("b")
+    );
 }
 
 #[tokio::test]
@@ -218,7 +416,14 @@ async fn no_gap_and_no_duplicate_between_replay_and_live_under_concurrent_publis
     let mut subs = Vec::new();
     for _ in 0..8 {
         tokio::time::sleep(std::time::Duration::from_millis(15)).await;
-        subs.push(Sse::connect(&c, &format!("{}?topic=t", hub.hub_url()), &[("Last-Event-ID", "0")]).await);
+        subs.push(
+            Sse::connect(
+                &c,
+                &format!("{}?topic=t", hub.hub_url()),
+                &[("Last-Event-ID", "0")],
+            )
+            .await,
+        );
     }
     publisher.await.unwrap();
     for s in &mut subs {
@@ -226,7 +431,11 @@ async fn no_gap_and_no_duplicate_between_replay_and_live_under_concurrent_publis
             let e = s.next_event(WAIT).await.expect("an update is missing");
             assert_eq!(e.id, Some(want.to_string()));
         }
-        assert_eq!(s.next_event(SHORT).await, None, "duplicate after the last update");
+        assert_eq!(
+            s.next_event(SHORT).await,
+            None,
+            "duplicate after the last update"
+        );
     }
 }
 
@@ -254,7 +463,14 @@ async fn connections_end_after_the_write_timeout() {
 
 #[tokio::test]
 async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving() {
-    let hub = TestHub::start(&["--anonymous", "--subscriber-queue", "8", "--history-size", "10"]).await;
+    let hub = TestHub::start(&[
+        "--anonymous",
+        "--subscriber-queue",
+        "8",
+        "--history-size",
+        "10",
+    ])
+    .await;
     let c = client();
     let url = format!("{}?topic=t", hub.hub_url());
     let mut slow = Sse::connect(&c, &url, &[]).await;
@@ -264,19 +480,35 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving() {
     let total = 300; // ~19 MiB: far more than socket buffers hold
     let reader = tokio::spawn(async move {
         for i in 1..=total {
-            let e = fast.next_event(WAIT).await.expect("fast subscriber missed an update");
+            let e = fast
+                .next_event(WAIT)
+                .await
+                .expect("fast subscriber missed an update");
             assert_eq!(e.id, Some(i.to_string()));
         }
     });
     for i in 1..=total {
-        let (status, _) = publish(&c, &hub, &p, &[("topic", "t"), ("id", &i.to_string()), ("data", &data)]).await;
+        let (status, _) = publish(
+            &c,
+            &hub,
+            &p,
+            &[("topic", "t"), ("id", &i.to_string()), ("data", &data)],
+        )
+        .await;
         assert_eq!(status, 200);
     }
     reader.await.unwrap();
     // The slow one gets what was buffered, then its stream ends: it was cut off, not waited for.
     let mut got = 0;
-    while slow.next_event(std::time::Duration::from_secs(2)).await.is_some() {
+    while slow
+        .next_event(std::time::Duration::from_secs(2))
+        .await
+        .is_some()
+    {
         got += 1;
     }
-    assert!(got < total, "the slow subscriber should have been cut off (got {got})");
+    assert!(
+        got < total,
+        "the slow subscriber should have been cut off (got {got})"
+    );
 }

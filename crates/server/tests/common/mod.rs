@@ -63,7 +63,8 @@ impl Drop for TestHub {
 
 /// An HS256 token with the pre-standardization `mercure` claim.
 pub fn token(publish: &[&str], subscribe: &[&str], exp: Option<i64>) -> String {
-    let mut claims = serde_json::json!({ "mercure": { "publish": publish, "subscribe": subscribe } });
+    let mut claims =
+        serde_json::json!({ "mercure": { "publish": publish, "subscribe": subscribe } });
     if let Some(exp) = exp {
         claims["exp"] = exp.into();
     }
@@ -87,7 +88,12 @@ pub fn now() -> i64 {
 }
 
 /// Publishes `fields` with a bearer token; returns the status and body.
-pub async fn publish(client: &reqwest::Client, hub: &TestHub, token: &str, fields: &[(&str, &str)]) -> (u16, String) {
+pub async fn publish(
+    client: &reqwest::Client,
+    hub: &TestHub,
+    token: &str,
+    fields: &[(&str, &str)],
+) -> (u16, String) {
     let body = serde_urlencoded_pairs(fields);
     let response = client
         .post(hub.hub_url())
@@ -174,8 +180,12 @@ impl Sse {
             if let Some(item) = self.ready.pop_front() {
                 return Some(item);
             }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next()).await.ok()??.ok()?;
-            self.buf.push_str(std::str::from_utf8(&chunk).expect("utf-8 stream"));
+            let chunk = tokio::time::timeout_at(deadline, self.body.next())
+                .await
+                .ok()??
+                .ok()?;
+            self.buf
+                .push_str(std::str::from_utf8(&chunk).expect("utf-8 stream"));
             self.parse();
         }
     }

@@ -1,0 +1,138 @@
+#!/usr/bin/env bash
+# Runs a Quicksilver cluster on this machine with processes only: one Redis (or a 3-master Redis
+# Cluster with --redis-cluster), three hub nodes, and nginx load-balancing them with the location
+# block operators use for Mercure.
+#
+#   scripts/cluster.sh up [--redis-cluster]   # build, start everything, print the URLs
+#   scripts/cluster.sh status                 # what runs, and each node's /readyz
+#   scripts/cluster.sh down                   # stop everything started by `up`
+#
+# Ports (override with environment variables): nginx NGINX_PORT=8080, nodes NODE_PORTS="3001 3002
+# 3003", Redis REDIS_PORT=6391 (cluster: REDIS_PORT, +1, +2). State, logs and pid files live in
+# CLUSTER_DIR (default .tmp/cluster). The JWT key is MERCURE_JWT_KEY (default: the demo key).
+set -euo pipefail
+
+repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+dir="${CLUSTER_DIR:-$repo_root/.tmp/cluster}"
+nginx_port="${NGINX_PORT:-8080}"
+read -r -a node_ports <<<"${NODE_PORTS:-3001 3002 3003}"
+redis_port="${REDIS_PORT:-6391}"
+jwt_key="${MERCURE_JWT_KEY:-!ChangeThisMercureHubJWTSecretKey!}"
+bin="${QUICKSILVER_BIN:-$repo_root/target/release/quicksilver}"
+
+wait_for() { # wait_for <description> <command...>: retry for 10 s
+    local what="$1"; shift
+    for _ in $(seq 1 100); do
+        if "$@" >/dev/null 2>&1; then return 0; fi
+        sleep 0.1
+    done
+    echo "cluster: $what did not come up (logs in $dir)" >&2
+    return 1
+}
+
+start_redis() { # start_redis <port> [extra args]: a redis-server daemon with its files in $dir
+    local port="$1"; shift
+    mkdir -p "$dir/redis-$port"
+    redis-server --port "$port" --bind 127.0.0.1 --dir "$dir/redis-$port" --daemonize yes \
+        --pidfile "$dir/redis-$port.pid" --logfile "$dir/redis-$port.log" \
+        --appendonly yes --save '' "$@"
+    wait_for "redis on $port" redis-cli -p "$port" ping
+}
+
+up() {
+    local cluster=false
+    [[ "${1:-}" == "--redis-cluster" ]] && cluster=true
+    mkdir -p "$dir"
+    if [[ ! -x "$bin" || -z "${QUICKSILVER_BIN:-}" ]]; then
+        (cd "$repo_root" && cargo build --release --bin quicksilver)
+    fi
+
+    local redis_args=(--transport redis)
+    if $cluster; then
+        local ports=("$redis_port" $((redis_port + 1)) $((redis_port + 2)))
+        for p in "${ports[@]}"; do
+            start_redis "$p" --cluster-enabled yes --cluster-config-file "$dir/redis-$p/nodes.conf"
+        done
+        redis-cli --cluster create "${ports[@]/#/127.0.0.1:}" --cluster-replicas 0 --cluster-yes >"$dir/redis-cluster-create.log"
+        wait_for "redis cluster" bash -c "redis-cli -p $redis_port cluster info | grep -q cluster_state:ok"
+        local urls
+        urls=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
+        redis_args+=(--redis-cluster --redis-url "${urls%,}" --redis-partitions 6)
+    else
+        start_redis "$redis_port"
+        redis_args+=(--redis-url "redis://127.0.0.1:$redis_port")
+    fi
+
+    local upstream=""
+    for port in "${node_ports[@]}"; do
+        MERCURE_JWT_KEY="$jwt_key" "$bin" --listen "127.0.0.1:$port" "${redis_args[@]}" \
+            ${QUICKSILVER_EXTRA_ARGS:-} >"$dir/node-$port.log" 2>&1 &
+        echo $! >"$dir/node-$port.pid"
+        upstream+="    server 127.0.0.1:$port max_fails=1 fail_timeout=5s;"$'\n'
+    done
+    for port in "${node_ports[@]}"; do
+        wait_for "node on $port" curl -sf "http://127.0.0.1:$port/readyz"
+    done
+
+    cat >"$dir/nginx.conf" <<CONF
+worker_processes 1;
+pid $dir/nginx.pid;
+error_log $dir/nginx-error.log;
+events { worker_connections 16384; }
+http {
+    access_log off;
+    client_body_temp_path $dir/nginx-tmp;
+    proxy_temp_path $dir/nginx-tmp;
+    upstream quicksilver {
+$upstream        keepalive 64;
+    }
+    server {
+        listen 127.0.0.1:$nginx_port;
+        include $repo_root/deploy/nginx/mercure.conf;
+    }
+}
+CONF
+    mkdir -p "$dir/nginx-tmp"
+    nginx -c "$dir/nginx.conf" -p "$dir"
+    wait_for "nginx on $nginx_port" curl -sf "http://127.0.0.1:$nginx_port/healthz"
+    echo "cluster up: hub http://127.0.0.1:$nginx_port/.well-known/mercure (nodes ${node_ports[*]}, logs in $dir)"
+}
+
+stop_pidfile() {
+    local file="$1"
+    [[ -f "$file" ]] || return 0
+    local pid; pid=$(cat "$file")
+    if kill -0 "$pid" 2>/dev/null; then
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    rm -f "$file"
+}
+
+down() {
+    [[ -d "$dir" ]] || { echo "cluster: nothing to stop"; return 0; }
+    stop_pidfile "$dir/nginx.pid"
+    for f in "$dir"/node-*.pid "$dir"/redis-*.pid; do
+        [[ -e "$f" ]] && stop_pidfile "$f"
+    done
+    echo "cluster down"
+}
+
+status() {
+    for f in "$dir"/*.pid; do
+        [[ -e "$f" ]] || continue
+        local name; name=$(basename "$f" .pid)
+        if kill -0 "$(cat "$f")" 2>/dev/null; then echo "$name: running"; else echo "$name: dead"; fi
+    done
+    for port in "${node_ports[@]}"; do
+        printf 'node %s readyz: %s\n' "$port" "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port/readyz" || true)"
+    done
+}
+
+case "${1:-}" in
+    up) shift; up "$@" ;;
+    down) down ;;
+    status) status ;;
+    *) echo "usage: $0 up [--redis-cluster] | status | down" >&2; exit 2 ;;
+esac
