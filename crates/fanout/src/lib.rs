@@ -137,6 +137,27 @@ impl Fanout {
         }
     }
 
+    /// Closes up to `n` local subscriptions, taking them from each shard in turn, and returns how many
+    /// were closed. Draining calls this on a timer so clients reconnect elsewhere gradually rather
+    /// than all at once.
+    pub fn close_some(&self, n: usize) -> usize {
+        let shards = self.inner.shards.len();
+        let mut closed = 0;
+        let mut idle_rounds = 0;
+        let mut i = 0;
+        while closed < n && idle_rounds < shards {
+            let got = self.inner.shards[i % shards].registry.lock().close_one();
+            if got {
+                closed += 1;
+                idle_rounds = 0;
+            } else {
+                idle_rounds += 1;
+            }
+            i += 1;
+        }
+        closed
+    }
+
     /// Number of subscribers currently registered on this node.
     pub fn subscriber_count(&self) -> usize {
         self.inner

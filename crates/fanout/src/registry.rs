@@ -162,6 +162,18 @@ impl Registry {
         }
     }
 
+    /// Closes one subscriber (any), returning whether there was one.
+    pub(crate) fn close_one(&mut self) -> bool {
+        let slot = self.entries.iter().next().map(|(slot, _)| slot);
+        match slot {
+            Some(slot) => {
+                self.remove_slot(slot);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Offers one update to every matching subscriber of this shard; cuts off those whose queue is
     /// full and forgets those whose handle is gone.
     pub(crate) fn deliver(&mut self, envelope: &Arc<Envelope>) {

@@ -192,3 +192,18 @@ async fn close_all_ends_every_stream() {
     assert_eq!(next(&mut a).await, None);
     assert!(!a.was_cut_off());
 }
+
+#[tokio::test]
+async fn close_some_closes_gradually_across_shards() {
+    let (f, store) = fanout(3, 4);
+    let mut subs: Vec<_> = (0..10)
+        .map(|_| f.subscribe(spec(&store, &["t"], Access::None)))
+        .collect();
+    assert_eq!(f.close_some(4), 4);
+    assert_eq!(f.subscriber_count(), 6);
+    assert_eq!(f.close_some(100), 6);
+    assert_eq!(f.subscriber_count(), 0);
+    for s in &mut subs {
+        assert_eq!(next(s).await, None);
+    }
+}

@@ -17,6 +17,61 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_LISTEN", default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
 
+    /// Where updates are stored and shared: `memory` (a single node) or `redis` (any number of nodes
+    /// sharing Redis Streams).
+    #[arg(long, env = "QUICKSILVER_TRANSPORT", value_enum, default_value_t = TransportKind::Memory)]
+    pub transport: TransportKind,
+
+    /// Redis URL (`redis://[user:password@]host:port[/db]`, `rediss://` for TLS); for Redis Cluster,
+    /// one or more masters separated by commas.
+    #[arg(
+        long,
+        env = "QUICKSILVER_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub redis_url: Vec<String>,
+
+    /// Speak the Redis Cluster protocol (implied by several `--redis-url`s).
+    #[arg(long, env = "QUICKSILVER_REDIS_CLUSTER", default_value_t = false)]
+    pub redis_cluster: bool,
+
+    /// Number of streams updates are spread over by topic (Redis Cluster: spreads load over
+    /// masters; order is kept per topic).
+    #[arg(long, env = "QUICKSILVER_REDIS_PARTITIONS", default_value_t = 1)]
+    pub redis_partitions: u16,
+
+    /// Prefix of every Redis key the hub writes.
+    #[arg(
+        long,
+        env = "QUICKSILVER_REDIS_KEY_PREFIX",
+        default_value = "quicksilver"
+    )]
+    pub redis_key_prefix: String,
+
+    /// Redis connections for publishing and history reads (each multiplexed); readers have their own.
+    #[arg(long, env = "QUICKSILVER_REDIS_POOL_SIZE", default_value_t = 4)]
+    pub redis_pool_size: usize,
+
+    /// Upper bound on one Redis command; a hung Redis gives an error (503) after this, not a hang.
+    #[arg(long, env = "QUICKSILVER_REDIS_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
+
+    /// Partitioned mode: how far before a resume point the other partitions are replayed from;
+    /// must exceed the clock difference between Redis masters.
+    #[arg(long, env = "QUICKSILVER_REDIS_RESUME_MARGIN", default_value = "5s", value_parser = parse_duration)]
+    pub redis_resume_margin: Duration,
+
+    /// Also drop history older than this (`0`: keep by count only).
+    #[arg(long, env = "QUICKSILVER_HISTORY_MAX_AGE", default_value = "0", value_parser = parse_duration)]
+    pub history_max_age: Duration,
+
+    /// Updates each node keeps in memory per stream to answer reconnections without asking Redis
+    /// (default: the history size, at most 100000).
+    #[arg(long, env = "QUICKSILVER_HISTORY_CACHE_SIZE")]
+    pub history_cache_size: Option<usize>,
+
     /// Key verifying publishers' JWTs (HMAC secret, or PEM public key for RS*/ES*/PS*/EdDSA).
     #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
     pub publisher_jwt_key: Option<String>,
@@ -76,6 +131,15 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_WRITE_TIMEOUT", default_value = "600s", value_parser = parse_duration)]
     pub write_timeout: Duration,
 
+    /// On SIGTERM: how long the node takes to close its subscriber streams, spread evenly so the
+    /// clients' reconnections do not hit the other nodes all at once.
+    #[arg(long, env = "QUICKSILVER_DRAIN_WINDOW", default_value = "20s", value_parser = parse_duration)]
+    pub drain_window: Duration,
+
+    /// Reconnection delay sent to clients (`retry:`) when the node closes their stream to drain.
+    #[arg(long, env = "QUICKSILVER_DRAIN_RETRY", default_value = "1s", value_parser = parse_duration)]
+    pub drain_retry: Duration,
+
     /// Updates a subscriber may have queued before it is cut off as too slow.
     #[arg(long, env = "QUICKSILVER_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
@@ -109,6 +173,15 @@ pub struct Config {
     pub log: String,
 }
 
+/// Which transport stores and shares updates.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TransportKind {
+    /// In-memory, single node (the embedded default).
+    Memory,
+    /// Redis Streams, shared by every node.
+    Redis,
+}
+
 /// Log output format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -129,6 +202,7 @@ impl Config {
         let mut config = Self::try_parse_from(args)?;
         config.cors_origins = split_list(&config.cors_origins);
         config.publish_origins = split_list(&config.publish_origins);
+        config.redis_url = split_list(&config.redis_url);
         Ok(config)
     }
 

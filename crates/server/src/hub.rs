@@ -14,9 +14,9 @@ use crate::auth::Authenticator;
 use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
-use quicksilver_transport::{MemoryTransport, Transport, UpdateSink};
+use quicksilver_transport::{MemoryTransport, RedisConfig, RedisTransport, Transport, UpdateSink};
 
-use crate::config::Config;
+use crate::config::{Config, TransportKind};
 
 /// Settings the handlers read on every request, resolved once from the [`Config`].
 #[derive(Debug, Clone)]
@@ -33,6 +33,10 @@ pub struct HubSettings {
     pub subscribe_limits: SubscribeLimits,
     /// Maximum publish body size in bytes.
     pub max_body_size: usize,
+    /// Time over which streams are closed when draining.
+    pub drain_window: Duration,
+    /// `retry:` sent to clients whose stream is closed by a drain.
+    pub drain_retry: Duration,
 }
 
 /// Handle to the hub's shared state.
@@ -84,7 +88,26 @@ impl Hub {
             },
             selectors.clone(),
         );
-        let transport: Arc<dyn Transport> = Arc::new(MemoryTransport::new(config.history_size));
+        let transport: Arc<dyn Transport> = match config.transport {
+            TransportKind::Memory => Arc::new(MemoryTransport::new(config.history_size)),
+            TransportKind::Redis => Arc::new(
+                RedisTransport::new(RedisConfig {
+                    urls: config.redis_url.clone(),
+                    cluster: config.redis_cluster,
+                    stream_key_prefix: config.redis_key_prefix.clone(),
+                    partitions: config.redis_partitions,
+                    history_size: config.history_size,
+                    history_max_age: (!config.history_max_age.is_zero())
+                        .then_some(config.history_max_age),
+                    tail_cache_size: config.history_cache_size,
+                    pool_size: config.redis_pool_size,
+                    command_timeout: config.redis_timeout,
+                    resume_margin: config.redis_resume_margin,
+                    ..RedisConfig::default()
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
+        };
         transport.start_reader(Arc::new(FanoutSink(fanout.clone())));
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = HubSettings {
@@ -100,6 +123,8 @@ impl Hub {
                 max_pattern_len: config.max_selector_length,
             },
             max_body_size: config.max_body_size,
+            drain_window: config.drain_window,
+            drain_retry: config.drain_retry,
         };
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -148,9 +173,26 @@ impl Hub {
         !self.is_shutting_down() && self.inner.transport.is_ready()
     }
 
-    /// Stops accepting subscribers and ends the local streams (after what they already queued).
-    pub fn begin_shutdown(&self) {
+    /// Starts draining: `/readyz` turns 503 and new subscribers are refused at once; the open
+    /// streams are then closed a few at a time over the drain window (each is told to reconnect
+    /// promptly with `retry:`). Resolves when every local stream is closed.
+    pub async fn drain(&self) {
         self.inner.shutting_down.store(true, Ordering::Relaxed);
-        self.inner.fanout.close_all();
+        let fanout = &self.inner.fanout;
+        let total = fanout.subscriber_count();
+        let window = self.inner.settings.drain_window;
+        tracing::info!(subscribers = total, window = ?window, "draining: closing subscriber streams");
+        const TICK: Duration = Duration::from_millis(100);
+        let ticks = (window.as_millis() / TICK.as_millis()).max(1) as usize;
+        let per_tick = total.div_ceil(ticks).max(1);
+        let mut interval = tokio::time::interval(TICK);
+        for _ in 0..ticks {
+            interval.tick().await;
+            if fanout.close_some(per_tick) == 0 && fanout.subscriber_count() == 0 {
+                break;
+            }
+        }
+        // Whatever connected in between (none should) is closed now.
+        fanout.close_all();
     }
 }

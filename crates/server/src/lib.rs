@@ -39,7 +39,7 @@ pub use hub::Hub;
 /// The path of the Mercure endpoint.
 pub const HUB_PATH: &str = "/.well-known/mercure";
 
-/// How long shutdown waits for connections to finish before giving up on them.
+/// How long shutdown waits, after the drain, for connections to finish before giving up on them.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Builds the router for `hub`.
@@ -117,8 +117,7 @@ impl Server {
         let draining = hub.clone();
         let signal = async move {
             shutdown.await;
-            tracing::info!("shutting down: closing subscriber streams");
-            draining.begin_shutdown();
+            draining.drain().await;
             let _ = stopped_tx.send(());
         };
         // Updates are small and latency matters more than packet count: no Nagle delay.

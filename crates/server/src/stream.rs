@@ -48,6 +48,8 @@ pub struct SubscriberStream {
     heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
     deadline: Option<Pin<Box<Sleep>>>,
     ended: Option<EndReason>,
+    /// Sent as `retry:` just before the stream ends because the hub closed it (draining).
+    closing_retry: Option<Bytes>,
     on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
 }
 
@@ -73,8 +75,15 @@ impl SubscriberStream {
             heartbeat: heartbeat.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
             deadline: max_life.map(|d| Box::pin(tokio::time::sleep_until(now + d))),
             ended: None,
+            closing_retry: None,
             on_end: Some(Box::new(on_end)),
         }
+    }
+
+    /// Tells the client, when the hub closes the stream, to reconnect after `retry`.
+    pub fn with_closing_retry(mut self, retry: Duration) -> Self {
+        self.closing_retry = Some(sse::encode_retry(retry.as_millis() as u64));
+        self
     }
 
     fn already_replayed(&self, envelope: &Envelope) -> bool {
@@ -178,12 +187,14 @@ impl Body for SubscriberStream {
                     // Everything taken was already replayed: look again.
                 }
                 Poll::Ready(None) => {
-                    let reason = if this.subscription.was_cut_off() {
-                        EndReason::TooSlow
-                    } else {
-                        EndReason::Closed
-                    };
-                    return this.end(reason);
+                    if this.subscription.was_cut_off() {
+                        return this.end(EndReason::TooSlow);
+                    }
+                    if let Some(retry) = this.closing_retry.take() {
+                        // Polled again after this frame: the queue is still closed, so it ends then.
+                        return Poll::Ready(Some(Ok(Frame::data(retry))));
+                    }
+                    return this.end(EndReason::Closed);
                 }
                 Poll::Pending => break,
             }

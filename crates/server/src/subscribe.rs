@@ -86,7 +86,7 @@ pub async fn subscribe(
             .history(last_event_id)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
-        replayed_up_to = high_water(&history.entries);
+        replayed_up_to = high_water(&history.entries, &history.high_water);
         replay = history
             .entries
             .into_iter()
@@ -115,7 +115,8 @@ pub async fn subscribe(
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
         },
-    );
+    )
+    .with_closing_retry(settings.drain_retry);
 
     let mut response = (StatusCode::OK, Body::new(stream)).into_response();
     let h = response.headers_mut();
@@ -140,15 +141,16 @@ pub async fn subscribe(
     Ok(response)
 }
 
-/// The last position of each partition covered by a history read, including entries the subscriber
-/// does not see: live updates at or before them were part of the read.
-fn high_water(entries: &[Arc<Envelope>]) -> Vec<Position> {
+/// The last position of each partition covered by a history read (the later of the transport's
+/// high-water mark and the last entry), including entries the subscriber does not see: live updates
+/// at or before them were part of the read.
+fn high_water(entries: &[Arc<Envelope>], reported: &[Position]) -> Vec<Position> {
     let mut out: Vec<Position> = Vec::new();
-    for e in entries {
-        match out.iter_mut().find(|p| p.partition == e.position.partition) {
-            Some(p) if e.position.is_after(p) => *p = e.position,
+    for position in entries.iter().map(|e| &e.position).chain(reported) {
+        match out.iter_mut().find(|p| p.partition == position.partition) {
+            Some(p) if position.is_after(p) => *p = *position,
             Some(_) => {}
-            None => out.push(e.position),
+            None => out.push(*position),
         }
     }
     out
