@@ -43,7 +43,8 @@ up() {
     local cluster=false
     [[ "${1:-}" == "--redis-cluster" ]] && cluster=true
     mkdir -p "$dir"
-    if [[ ! -x "$bin" || -z "${QUICKSILVER_BIN:-}" ]]; then
+    # QUICKSILVER_BIN names a binary to use as it is; otherwise build (a no-op when up to date).
+    if [[ -z "${QUICKSILVER_BIN:-}" ]]; then
         (cd "$repo_root" && cargo build --release --bin quicksilver)
     fi
 

@@ -1,0 +1,461 @@
+//! Cluster behaviour with real processes: several `quicksilver` nodes sharing a real `redis-server`,
+//! nodes killed with SIGKILL, Redis restarted, a node cut off from Redis by a proxy that is stopped.
+//!
+//! Every test checks the same promise from the subscriber's side: each subscriber receives every
+//! update acknowledged with 200 that it may see, exactly once, in publish order — following the
+//! browser's behaviour of reconnecting (to any node) with its last event id when a stream ends.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use quicksilver_testkit::hub::HubProcess;
+use quicksilver_testkit::redis::{RedisOptions, RedisServer};
+use quicksilver_testkit::sse::{SseClient, SseError};
+use quicksilver_testkit::token::mercure_token;
+
+const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
+
+fn node(redis_url: &str, extra: &[&str]) -> HubProcess {
+    let mut args = vec![
+        "--jwt-key",
+        KEY,
+        "--anonymous",
+        "--transport",
+        "redis",
+        "--redis-url",
+        redis_url,
+        "--history-size",
+        "100000",
+        "--redis-timeout",
+        "500ms",
+    ];
+    args.extend_from_slice(extra);
+    HubProcess::spawn(BIN, &args)
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}
+
+/// Publishes `topic=t&id=<seq>`; `Some(status)` if an HTTP answer came, `None` if the node is gone.
+async fn try_publish(c: &reqwest::Client, node: &str, token: &str, seq: u64) -> Option<u16> {
+    c.post(format!("{node}/.well-known/mercure"))
+        .bearer_auth(token)
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body(format!("topic=t&id={seq}&data=update-{seq}"))
+        .send()
+        .await
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+async fn ready(c: &reqwest::Client, node: &str) -> bool {
+    matches!(c.get(format!("{node}/readyz")).send().await, Ok(r) if r.status() == 200)
+}
+
+async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// A subscriber behaving like a browser's EventSource: it reads its stream and, when the stream
+/// ends or breaks, reconnects with `Last-Event-ID` to the next node of `nodes` that answers.
+struct Follower {
+    received: Arc<Mutex<Vec<u64>>>,
+    reconnections: Arc<Mutex<u32>>,
+    stop: Arc<AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    /// Starts following, connected to `nodes[first]`; returns once the first stream is open.
+    async fn start(nodes: Vec<String>, first: usize) -> Follower {
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let reconnections = Arc::new(Mutex::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let task = {
+            let (received, reconnections, stop) =
+                (received.clone(), reconnections.clone(), stop.clone());
+            tokio::spawn(async move {
+                let sse = SseClient::new();
+                let mut opened_tx = Some(opened_tx);
+                let mut last_id: Option<String> = None;
+                let mut i = first;
+                let deadline = Instant::now() + Duration::from_secs(120);
+                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                    let url = format!("{}/.well-known/mercure?topic=t", nodes[i % nodes.len()]);
+                    let headers: Vec<(&str, &str)> = match &last_id {
+                        Some(id) => vec![("Last-Event-ID", id.as_str())],
+                        None => vec![],
+                    };
+                    let mut stream = match sse.open(&url, &headers).await {
+                        Ok(s) if s.status() == 200 => s,
+                        _ => {
+                            i += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    if let Some(tx) = opened_tx.take() {
+                        let _ = tx.send(());
+                    } else {
+                        *reconnections.lock() += 1;
+                    }
+                    loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match stream.next_event(Duration::from_millis(200)).await {
+                            Ok(event) => {
+                                if let Some(id) = event.id {
+                                    received.lock().push(id.parse().expect("numeric id"));
+                                    last_id = Some(id);
+                                }
+                            }
+                            Err(SseError::Timeout(_)) => continue,
+                            Err(_) => break,
+                        }
+                    }
+                    // The stream ended (node killed or draining): like a browser, try the next node.
+                    i += 1;
+                }
+            })
+        };
+        tokio::time::timeout(Duration::from_secs(10), opened_rx)
+            .await
+            .expect("subscriber connected")
+            .expect("subscriber task alive");
+        Follower {
+            received,
+            reconnections,
+            stop,
+            task,
+        }
+    }
+
+    fn received(&self) -> Vec<u64> {
+        self.received.lock().clone()
+    }
+
+    async fn stop(self) -> (Vec<u64>, u32) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.task.await;
+        let r = self.received.lock().clone();
+        let n = *self.reconnections.lock();
+        (r, n)
+    }
+}
+
+/// Asserts `received` is strictly increasing (in order, no duplicate) and holds every acked update.
+fn assert_complete(name: &str, received: &[u64], acked: &[u64]) {
+    for w in received.windows(2) {
+        assert!(
+            w[0] < w[1],
+            "{name}: out of order or duplicate: {} then {}",
+            w[0],
+            w[1]
+        );
+    }
+    let missing: Vec<u64> = acked
+        .iter()
+        .filter(|a| received.binary_search(a).is_err())
+        .copied()
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{name}: lost acknowledged updates {missing:?}"
+    );
+}
+
+async fn wait_all_received(followers: &[Follower], acked: &[u64], timeout: Duration) {
+    let last = *acked.last().expect("something was acked");
+    wait_until("every subscriber to catch up", timeout, async || {
+        followers
+            .iter()
+            .all(|f| f.received().last().is_some_and(|l| *l >= last))
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_node_delivers_every_update_in_the_same_order() {
+    let redis = RedisServer::start();
+    let nodes: Vec<HubProcess> = (0..3).map(|_| node(&redis.url(), &[])).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
+    let mut followers = Vec::new();
+    for i in 0..9 {
+        followers.push(Follower::start(urls.clone(), i % 3).await);
+    }
+    let c = client();
+    let token = mercure_token(KEY, &["*"], &[], None);
+    // Concurrent publishers on every node: the stream decides one order for everybody.
+    let mut tasks = Vec::new();
+    for (n, url) in urls.iter().enumerate() {
+        let (c, url, token) = (c.clone(), url.clone(), token.clone());
+        tasks.push(tokio::spawn(async move {
+            for k in 0..100u64 {
+                assert_eq!(
+                    try_publish(&c, &url, &token, 1 + n as u64 * 1000 + k).await,
+                    Some(200)
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    wait_until(
+        "all 300 updates everywhere",
+        Duration::from_secs(20),
+        async || followers.iter().all(|f| f.received().len() >= 300),
+    )
+    .await;
+    let reference = followers[0].received();
+    assert_eq!(reference.len(), 300);
+    for f in followers {
+        let (got, _) = f.stop().await;
+        assert_eq!(got, reference, "two subscribers saw different orders");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_of_a_killed_node_resume_on_others_without_loss() {
+    let redis = RedisServer::start();
+    let mut nodes: Vec<HubProcess> = (0..3).map(|_| node(&redis.url(), &[])).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
+    let mut followers = Vec::new();
+    for i in 0..30 {
+        followers.push(Follower::start(urls.clone(), i % 3).await);
+    }
+    let c = client();
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let publisher = {
+        let (c, urls, token) = (c.clone(), urls.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for seq in 1..=400u64 {
+                // Through every node in turn, the victim included: refused or failed publishes are
+                // simply not acknowledged.
+                if try_publish(&c, &urls[seq as usize % 3], &token, seq).await == Some(200) {
+                    acked.push(seq);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    nodes[2].kill();
+    let acked = publisher.await.unwrap();
+    assert!(
+        acked.len() > 250,
+        "publishing through the live nodes kept working ({} acked)",
+        acked.len()
+    );
+    wait_all_received(&followers, &acked, Duration::from_secs(30)).await;
+    let mut resumed = 0;
+    for (i, f) in followers.into_iter().enumerate() {
+        let (got, reconnections) = f.stop().await;
+        assert_complete(&format!("subscriber {i}"), &got, &acked);
+        if i % 3 == 2 {
+            assert!(
+                reconnections >= 1,
+                "subscriber {i} of the killed node reconnected"
+            );
+            resumed += 1;
+        }
+    }
+    assert_eq!(resumed, 10);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_loses_no_acknowledged_update() {
+    let mut redis = RedisServer::start_with(RedisOptions {
+        appendonly: true,
+        ..RedisOptions::default()
+    });
+    let nodes: Vec<HubProcess> = (0..2).map(|_| node(&redis.url(), &[])).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
+    let mut followers = Vec::new();
+    for i in 0..6 {
+        followers.push(Follower::start(urls.clone(), i % 2).await);
+    }
+    let c = client();
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let stop = Arc::new(AtomicBool::new(false));
+    let publisher = {
+        let (c, urls, token, stop) = (c.clone(), urls.clone(), token.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut acked, mut refused) = (Vec::new(), 0);
+            let mut seq = 0u64;
+            while !stop.load(Ordering::Relaxed) && seq < 5000 {
+                seq += 1;
+                match try_publish(&c, &urls[seq as usize % 2], &token, seq).await {
+                    Some(200) => acked.push(seq),
+                    Some(503) => refused += 1,
+                    other => panic!("unexpected publish answer {other:?}"),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (acked, refused)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.kill();
+    // While Redis is down the nodes stay up but are not ready.
+    for url in &urls {
+        wait_until("readyz to turn 503", Duration::from_secs(10), async || {
+            !ready(&c, url).await
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.restart();
+    for url in &urls {
+        wait_until("readyz to recover", Duration::from_secs(20), async || {
+            ready(&c, url).await
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (acked, refused) = publisher.await.unwrap();
+    assert!(
+        refused > 0,
+        "publishes during the outage were refused with 503"
+    );
+    wait_all_received(&followers, &acked, Duration::from_secs(30)).await;
+    for (i, f) in followers.into_iter().enumerate() {
+        let (got, _) = f.stop().await;
+        assert_complete(&format!("subscriber {i}"), &got, &acked);
+    }
+    drop(nodes);
+}
+
+/// A TCP proxy that can be cut (every connection dropped, new ones refused) and restored on the
+/// same port.
+struct CuttableProxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl CuttableProxy {
+    async fn start(target: std::net::SocketAddr) -> CuttableProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let proxy = CuttableProxy {
+            port,
+            cut: Arc::new(AtomicBool::new(false)),
+            generation: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+        };
+        let (cut, generation) = (proxy.cut.clone(), proxy.generation.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if cut.load(Ordering::Relaxed) {
+                    drop(inbound);
+                    continue;
+                }
+                let (cut, generation) = (cut.clone(), generation.clone());
+                let born = generation.load(Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut inbound, &mut outbound);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            () = tokio::time::sleep(Duration::from_millis(50)) => {
+                                if cut.load(Ordering::Relaxed) || generation.load(Ordering::Relaxed) != born {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.generation.fetch_add(1, Ordering::Relaxed);
+        self.cut.store(true, Ordering::Relaxed);
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::Relaxed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_off_from_redis_catches_up_when_the_link_returns() {
+    let redis = RedisServer::start();
+    let proxy = CuttableProxy::start(redis.addr()).await;
+    let healthy = node(&redis.url(), &[]);
+    let isolated = node(&proxy.url(), &[]);
+    let urls = vec![isolated.url().to_string()];
+    // Subscribers of the isolated node only (they must not move: they stay connected through the cut).
+    let mut followers = Vec::new();
+    for _ in 0..5 {
+        followers.push(Follower::start(urls.clone(), 0).await);
+    }
+    let c = client();
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let mut acked = Vec::new();
+    for seq in 1..=50u64 {
+        assert_eq!(try_publish(&c, healthy.url(), &token, seq).await, Some(200));
+        acked.push(seq);
+    }
+    wait_all_received(&followers, &acked, Duration::from_secs(10)).await;
+
+    proxy.cut();
+    wait_until(
+        "the isolated node to report not ready",
+        Duration::from_secs(10),
+        async || !ready(&c, isolated.url()).await,
+    )
+    .await;
+    for seq in 51..=150u64 {
+        assert_eq!(try_publish(&c, healthy.url(), &token, seq).await, Some(200));
+        acked.push(seq);
+    }
+    proxy.restore();
+    wait_until(
+        "the isolated node to be ready again",
+        Duration::from_secs(20),
+        async || ready(&c, isolated.url()).await,
+    )
+    .await;
+    wait_all_received(&followers, &acked, Duration::from_secs(20)).await;
+    for (i, f) in followers.into_iter().enumerate() {
+        let (got, reconnections) = f.stop().await;
+        assert_complete(&format!("subscriber {i}"), &got, &acked);
+        assert_eq!(
+            reconnections, 0,
+            "subscriber {i} stayed connected through the cut"
+        );
+    }
+}

@@ -1,0 +1,144 @@
+//! The runnable topologies: `scripts/cluster.sh` (Redis, three nodes and nginx as processes) is
+//! started for real and used through nginx, and `docker-compose.cluster.yml` is validated by
+//! docker-compose's own parser (no Docker engine exists on these machines).
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use quicksilver_testkit::free_port;
+use quicksilver_testkit::sse::SseClient;
+use quicksilver_testkit::token::mercure_token;
+
+const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Stops the cluster when the test ends, passed or not.
+struct ClusterGuard {
+    env: Vec<(String, String)>,
+}
+
+impl ClusterGuard {
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new("bash")
+            .arg(repo_root().join("scripts/cluster.sh"))
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .output()
+            .expect("run scripts/cluster.sh")
+    }
+}
+
+impl Drop for ClusterGuard {
+    fn drop(&mut self) {
+        let _ = self.run(&["down"]);
+    }
+}
+
+#[tokio::test]
+async fn cluster_script_runs_three_nodes_behind_nginx() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = free_port();
+    let nodes = [free_port(), free_port(), free_port()];
+    let guard = ClusterGuard {
+        env: vec![
+            ("CLUSTER_DIR".into(), dir.path().display().to_string()),
+            ("NGINX_PORT".into(), nginx.to_string()),
+            (
+                "NODE_PORTS".into(),
+                format!("{} {} {}", nodes[0], nodes[1], nodes[2]),
+            ),
+            ("REDIS_PORT".into(), free_port().to_string()),
+            (
+                "QUICKSILVER_BIN".into(),
+                env!("CARGO_BIN_EXE_quicksilver").into(),
+            ),
+            ("QUICKSILVER_EXTRA_ARGS".into(), "--anonymous".into()),
+            ("MERCURE_JWT_KEY".into(), KEY.into()),
+        ],
+    };
+    let up = guard.run(&["up"]);
+    assert!(
+        up.status.success(),
+        "cluster.sh up failed:\n{}\n{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let hub = format!("http://127.0.0.1:{nginx}");
+    let c = reqwest::Client::new();
+    assert_eq!(
+        c.get(format!("{hub}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Subscribers through nginx land on different nodes; each gets every update published through
+    // nginx (which also lands on different nodes), in one order.
+    let sse = SseClient::new();
+    let mut subs = Vec::new();
+    for _ in 0..6 {
+        let s = sse
+            .open(&format!("{hub}/.well-known/mercure?topic=t"), &[])
+            .await
+            .unwrap();
+        assert_eq!(s.status(), 200);
+        subs.push(s);
+    }
+    let token = mercure_token(KEY, &["*"], &[], None);
+    for i in 1..=20 {
+        let (status, _) = quicksilver_testkit::hub::publish(
+            &c,
+            &hub,
+            &token,
+            &[("topic", "t"), ("id", &i.to_string())],
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    for s in &mut subs {
+        let events = s.events(20, Duration::from_secs(10)).await.unwrap();
+        let ids: Vec<String> = events.into_iter().filter_map(|e| e.id).collect();
+        assert_eq!(ids, (1..=20).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+    let status = guard.run(&["status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert_eq!(text.matches("readyz: 200").count(), 3, "{text}");
+}
+
+#[test]
+fn compose_file_is_valid_and_a_broken_one_is_not() {
+    let check = |file: &std::path::Path| {
+        Command::new("docker-compose")
+            .arg("-f")
+            .arg(file)
+            .args(["config", "-q"])
+            .output()
+            .expect("docker-compose is installed by scripts/install-test-deps.sh")
+    };
+    let compose = repo_root().join("docker-compose.cluster.yml");
+    let out = check(&compose);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let text = std::fs::read_to_string(&compose).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let broken = dir.path().join("docker-compose.yml");
+    std::fs::write(
+        &broken,
+        text.replace("  redis:\n    image:", "  redis:\n    imagee:"),
+    )
+    .unwrap();
+    assert!(
+        !check(&broken).status.success(),
+        "a misspelt key must be rejected"
+    );
+}
