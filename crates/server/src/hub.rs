@@ -17,6 +17,7 @@ use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimi
 use quicksilver_transport::{MemoryTransport, RedisConfig, RedisTransport, Transport, UpdateSink};
 
 use crate::config::{Config, TransportKind};
+use crate::metrics::Metrics;
 
 /// Settings the handlers read on every request, resolved once from the [`Config`].
 #[derive(Debug, Clone)]
@@ -51,6 +52,7 @@ struct HubInner {
     selectors: Arc<SelectorStore>,
     auth: Authenticator,
     settings: HubSettings,
+    metrics: Metrics,
     shutting_down: AtomicBool,
 }
 
@@ -126,8 +128,10 @@ impl Hub {
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
         };
+        let metrics = Metrics::new(fanout.clone(), transport.clone());
         Ok(Self {
             inner: Arc::new(HubInner {
+                metrics,
                 transport,
                 fanout,
                 selectors,
@@ -156,6 +160,11 @@ impl Hub {
     /// The token verifiers.
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The resolved settings.

@@ -11,6 +11,7 @@
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
 //! - [`stream`]: a subscriber's SSE response body (replay, live, heartbeats, end).
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
+//! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`error`]: request failures and their HTTP answers.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod cors;
 pub mod error;
 pub mod hub;
+pub mod metrics;
 pub mod publish;
 pub mod stream;
 pub mod subscribe;
@@ -51,6 +53,11 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
         .route(HUB_PATH, mercure)
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::metrics))
+        .layer(axum::middleware::from_fn_with_state(
+            hub.clone(),
+            metrics::count_responses,
+        ))
         .layer(cors::layer(&config.cors_origins)?)
         .with_state(hub))
 }

@@ -57,10 +57,15 @@ pub async fn publish(
     let id = update.id.clone();
     let private = update.private;
     let topic = update.canonical_topic().to_string();
+    let started = std::time::Instant::now();
     let position = hub.transport().publish(update).await.map_err(|e| {
         tracing::warn!(error = %e, "publish refused: the transport could not store the update");
         HubError::Unavailable("the update could not be stored, retry later".into())
     })?;
+    hub.metrics()
+        .publish_duration
+        .observe(started.elapsed().as_secs_f64());
+    hub.metrics().published.inc();
     tracing::debug!(id = %id, topic = %topic, private, position = %position, "update published");
 
     let mut response = (StatusCode::OK, id).into_response();

@@ -18,6 +18,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
+use prometheus_client::metrics::histogram::Histogram;
 use quicksilver_fanout::Subscription;
 use quicksilver_protocol::{sse, Envelope, Position};
 use tokio::time::{Instant, Sleep};
@@ -50,6 +51,8 @@ pub struct SubscriberStream {
     ended: Option<EndReason>,
     /// Sent as `retry:` just before the stream ends because the hub closed it (draining).
     closing_retry: Option<Bytes>,
+    /// Accept-to-write latency of live updates, when measured.
+    latency: Option<Histogram>,
     on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
 }
 
@@ -76,6 +79,7 @@ impl SubscriberStream {
             deadline: max_life.map(|d| Box::pin(tokio::time::sleep_until(now + d))),
             ended: None,
             closing_retry: None,
+            latency: None,
             on_end: Some(Box::new(on_end)),
         }
     }
@@ -84,6 +88,21 @@ impl SubscriberStream {
     pub fn with_closing_retry(mut self, retry: Duration) -> Self {
         self.closing_retry = Some(sse::encode_retry(retry.as_millis() as u64));
         self
+    }
+
+    /// Records, for every live update written, the time since its publishing node accepted it.
+    pub fn with_latency(mut self, histogram: Histogram) -> Self {
+        self.latency = Some(histogram);
+        self
+    }
+
+    fn observe(&self, envelope: &Envelope, now_micros: u64) {
+        if let Some(h) = &self.latency {
+            if envelope.accepted_at_micros > 0 {
+                let micros = now_micros.saturating_sub(envelope.accepted_at_micros);
+                h.observe(micros as f64 / 1e6);
+            }
+        }
     }
 
     fn already_replayed(&self, envelope: &Envelope) -> bool {
@@ -115,8 +134,14 @@ impl SubscriberStream {
         let mut chunk: Option<BytesMut> = None;
         let mut single: Option<Bytes> = None;
         let mut next = Some(first);
+        let now = if self.latency.is_some() {
+            quicksilver_transport::now_micros()
+        } else {
+            0
+        };
         while let Some(envelope) = next.take() {
             if !self.already_replayed(&envelope) {
+                self.observe(&envelope, now);
                 match (&mut chunk, &single) {
                     (Some(buf), _) => buf.extend_from_slice(&envelope.frame),
                     (None, None) => single = Some(envelope.frame.clone()),

@@ -96,6 +96,7 @@ pub async fn subscribe(
     }
 
     let replayed = replay.len();
+    hub.metrics().replayed.inc_by(replayed as u64);
     let topics: Vec<String> = query.matchers.iter().map(|m| m.pattern.clone()).collect();
     tracing::info!(
         topics = ?topics,
@@ -116,7 +117,8 @@ pub async fn subscribe(
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
         },
     )
-    .with_closing_retry(settings.drain_retry);
+    .with_closing_retry(settings.drain_retry)
+    .with_latency(hub.metrics().delivery_latency.clone());
 
     let mut response = (StatusCode::OK, Body::new(stream)).into_response();
     let h = response.headers_mut();

@@ -340,3 +340,78 @@ async fn shutdown_ends_open_streams() {
     assert!(sse.ended_within(WAIT).await);
     stopping.await.unwrap();
 }
+
+#[tokio::test]
+async fn metrics_count_what_happened() {
+    let hub = TestHub::start(&["--anonymous"]).await;
+    let c = client();
+    let mut a = Sse::connect(
+        &c,
+        &format!(
+            "{}?topic=t&topic=https%3A%2F%2Fex.com%2F%7Bx%7D",
+            hub.hub_url()
+        ),
+        &[],
+    )
+    .await;
+    let mut b = Sse::connect(&c, &format!("{}?topic=*", hub.hub_url()), &[]).await;
+    for i in 0..3 {
+        assert_eq!(
+            publish(
+                &c,
+                &hub,
+                &publisher_token(),
+                &[("topic", "t"), ("id", &i.to_string())]
+            )
+            .await
+            .0,
+            200
+        );
+    }
+    for s in [&mut a, &mut b] {
+        for _ in 0..3 {
+            s.next_event(WAIT).await.unwrap();
+        }
+    }
+    let mut replay = Sse::connect(
+        &c,
+        &format!("{}?topic=t", hub.hub_url()),
+        &[("Last-Event-ID", "0")],
+    )
+    .await;
+    replay.next_event(WAIT).await.unwrap();
+    assert_eq!(
+        c.post(hub.hub_url())
+            .body("topic=t")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    let text = c
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "quicksilver_subscribers 3",
+        "quicksilver_subscriptions{kind=\"exact\"} 2",
+        "quicksilver_subscriptions{kind=\"wildcard\"} 1",
+        "quicksilver_subscriptions{kind=\"template\"} 1",
+        "quicksilver_updates_published_total 3",
+        "quicksilver_updates_delivered_total 6",
+        "quicksilver_updates_replayed_total 2",
+        "quicksilver_slow_subscriber_disconnections_total 0",
+        "quicksilver_transport_ready 1",
+        "quicksilver_publish_duration_seconds_count 3",
+        "quicksilver_delivery_latency_seconds_count 6",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
+    assert!(text.contains("quicksilver_http_responses_total{route=\"/.well-known/mercure\",method=\"POST\",status=\"401\"} 1"), "{text}");
+}

@@ -9,8 +9,11 @@
 //! # Layout
 //! - [`Transport`], [`UpdateSink`], [`HistoryReply`] and [`TransportError`] (this file).
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
+//! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
+//!   per-node tail cache answering history.
 
 pub mod memory;
+pub mod redis;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -20,6 +23,7 @@ use quicksilver_protocol::{Envelope, Position, Update};
 use thiserror::Error;
 
 pub use memory::MemoryTransport;
+pub use redis::{RedisConfig, RedisTransport};
 
 /// Why a transport could not do what was asked.
 #[derive(Debug, Error)]
@@ -51,6 +55,29 @@ pub struct HistoryReply {
     /// Every retained update after the anchor, in transport order (not yet filtered by topic or
     /// access: the caller knows the subscriber).
     pub entries: Vec<Arc<Envelope>>,
+    /// Per partition the read covered, the newest position it covered, which may be later than the
+    /// last entry returned for that partition (or cover a partition none was returned for). Live
+    /// updates at or before it were covered by this read: replay-then-live drops them, taking per
+    /// partition the later of this and the last entry's position. May be empty (then the entries'
+    /// positions are all there is).
+    pub high_water: Vec<Position>,
+}
+
+/// Counters a transport exposes to the metrics endpoint; zeros where a transport has no such thing.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    /// Times a reader had to reconnect to its backing store.
+    pub reader_reconnects: u64,
+    /// Errors talking to the backing store (reads, writes, pings).
+    pub errors: u64,
+    /// Stream entries stored but not yet read by this node's readers (summed over partitions).
+    pub reader_lag: u64,
+    /// History requests answered from the node's memory.
+    pub history_cache_hits: u64,
+    /// History requests that had to scan the backing store.
+    pub history_cache_misses: u64,
+    /// Times a stream was found recreated (its history lost).
+    pub epoch_changes: u64,
 }
 
 /// A place updates are stored, ordered and read back.
@@ -70,6 +97,11 @@ pub trait Transport: Send + Sync + 'static {
 
     /// Whether the transport can currently store and read updates (readiness probe).
     fn is_ready(&self) -> bool;
+
+    /// Counters for the metrics endpoint.
+    fn stats(&self) -> TransportStats {
+        TransportStats::default()
+    }
 
     /// A short name for logs and metrics (`memory`, `redis`).
     fn name(&self) -> &'static str;

@@ -1,0 +1,267 @@
+//! Prometheus metrics: what operators watch on every node, served at `GET /metrics`.
+//!
+//! Request-path measurements (publishes, replays, delivery latency, HTTP responses) are recorded
+//! into `prometheus-client` metrics as they happen. Values other crates already count with atomics
+//! (the fan-out's subscribers and deliveries, the transport's reader and cache counters) are read at
+//! scrape time by [`HubCollector`], so the hot paths never pay twice. Every name starts with
+//! `quicksilver_`; the README's metrics reference lists them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, StatusCode};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use quicksilver_fanout::Fanout;
+use quicksilver_transport::Transport;
+
+use crate::hub::Hub;
+
+/// Labels of the HTTP responses counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResponseLabels {
+    /// The matched route (`/.well-known/mercure`, `/healthz`, …; `unmatched` otherwise).
+    pub route: String,
+    /// The request method.
+    pub method: String,
+    /// The response status code.
+    pub status: u16,
+}
+
+/// The metrics recorded on request paths.
+pub struct Metrics {
+    registry: Registry,
+    /// Updates acknowledged to publishers.
+    pub published: Counter,
+    /// Updates sent from history to reconnecting subscribers.
+    pub replayed: Counter,
+    /// Time to store an update (the transport's publish), in seconds.
+    pub publish_duration: Histogram,
+    /// From acceptance by the publishing node to the write to a subscriber's connection, in seconds.
+    pub delivery_latency: Histogram,
+    /// HTTP responses by route, method and status.
+    pub responses: Family<ResponseLabels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Histogram buckets from 100 µs to about 6.5 s, doubling.
+fn latency_buckets() -> impl Iterator<Item = f64> {
+    prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 17)
+}
+
+impl Metrics {
+    /// Creates the metrics and registers them, with a collector reading `fanout` and `transport`.
+    pub fn new(fanout: Fanout, transport: Arc<dyn Transport>) -> Self {
+        let mut registry = Registry::with_prefix("quicksilver");
+        let published = Counter::default();
+        let replayed = Counter::default();
+        let publish_duration = Histogram::new(latency_buckets());
+        let delivery_latency = Histogram::new(latency_buckets());
+        let responses = Family::<ResponseLabels, Counter>::default();
+        registry.register(
+            "updates_published",
+            "Updates acknowledged to publishers",
+            published.clone(),
+        );
+        registry.register(
+            "updates_replayed",
+            "Updates sent from history to reconnecting subscribers",
+            replayed.clone(),
+        );
+        registry.register(
+            "publish_duration_seconds",
+            "Time for the transport to store an update",
+            publish_duration.clone(),
+        );
+        registry.register(
+            "delivery_latency_seconds",
+            "From acceptance by the publishing node to the write to a subscriber connection",
+            delivery_latency.clone(),
+        );
+        registry.register(
+            "http_responses",
+            "HTTP responses by route, method and status",
+            responses.clone(),
+        );
+        registry.register_collector(Box::new(HubCollector { fanout, transport }));
+        Self {
+            registry,
+            published,
+            replayed,
+            publish_duration,
+            delivery_latency,
+            responses,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        let mut out = String::with_capacity(8 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        Ok(out)
+    }
+}
+
+/// Reads the fan-out's and the transport's own counters at scrape time.
+struct HubCollector {
+    fanout: Fanout,
+    transport: Arc<dyn Transport>,
+}
+
+impl std::fmt::Debug for HubCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HubCollector")
+            .field("transport", &self.transport.name())
+            .finish_non_exhaustive()
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: u64,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+impl Collector for HubCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let s = self.fanout.stats();
+        let load = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
+        gauge(
+            &mut encoder,
+            "subscribers",
+            "Subscribers connected to this node",
+            load(&s.subscribers),
+        )?;
+        {
+            let metric_name = "subscriptions";
+            let mut family = encoder.encode_descriptor(
+                metric_name,
+                "Registered topic selectors by matcher kind",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (kind, value) in [
+                ("exact", load(&s.matchers_exact)),
+                ("wildcard", load(&s.matchers_wildcard)),
+                ("template", load(&s.matchers_template)),
+            ] {
+                let labels = [("kind", kind)];
+                ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        counter(
+            &mut encoder,
+            "updates_delivered",
+            "Updates handed to subscriber queues (one per subscriber per update)",
+            s.delivered.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "slow_subscriber_disconnections",
+            "Subscribers cut off because their queue was full",
+            s.lagged_disconnects.load(Ordering::Relaxed),
+        )?;
+        let t = self.transport.stats();
+        gauge(
+            &mut encoder,
+            "transport_ready",
+            "1 when the transport can store and read updates",
+            i64::from(self.transport.is_ready()),
+        )?;
+        gauge(
+            &mut encoder,
+            "transport_reader_lag_entries",
+            "Stream entries stored but not yet read by this node",
+            t.reader_lag as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "transport_reader_reconnects",
+            "Reader reconnections to the transport",
+            t.reader_reconnects,
+        )?;
+        counter(
+            &mut encoder,
+            "transport_errors",
+            "Errors talking to the transport's store (Redis)",
+            t.errors,
+        )?;
+        counter(
+            &mut encoder,
+            "history_cache_hits",
+            "History requests answered from memory",
+            t.history_cache_hits,
+        )?;
+        counter(
+            &mut encoder,
+            "history_cache_misses",
+            "History requests that scanned the store",
+            t.history_cache_misses,
+        )?;
+        counter(
+            &mut encoder,
+            "transport_epoch_changes",
+            "Streams found recreated (history lost)",
+            t.epoch_changes,
+        )?;
+        Ok(())
+    }
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(hub): State<Hub>) -> Response {
+    match hub.metrics().encode() {
+        Ok(text) => {
+            let mut response = text.into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+            );
+            response
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+    }
+}
+
+/// Middleware counting responses by route, method and status.
+pub async fn count_responses(State(hub): State<Hub>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
+    let method = request.method().as_str().to_string();
+    let response = next.run(request).await;
+    hub.metrics()
+        .responses
+        .get_or_create(&ResponseLabels {
+            route,
+            method,
+            status: response.status().as_u16(),
+        })
+        .inc();
+    response
+}
