@@ -142,23 +142,21 @@ impl Transport for MemoryTransport {
             return Ok(HistoryReply {
                 anchor: None,
                 entries: ring.after(None),
+                ..HistoryReply::default()
             });
         }
         Ok(match ring.ids.get(last_event_id) {
             Some((seq, _)) => HistoryReply {
                 anchor: Some(last_event_id.to_string()),
                 entries: ring.after(Some(*seq)),
+                ..HistoryReply::default()
             },
             None => HistoryReply::default(),
         })
     }
 
     fn start_reader(&self, sink: Arc<dyn UpdateSink>) {
-        let rx = self
-            .reader_rx
-            .lock()
-            .ok()
-            .and_then(|mut slot| slot.take());
+        let rx = self.reader_rx.lock().ok().and_then(|mut slot| slot.take());
         let Some(mut rx) = rx else {
             tracing::warn!("memory transport reader already started");
             return;
@@ -215,7 +213,10 @@ mod tests {
         }
         assert_eq!(ids(&t.history("b").await.unwrap()), vec!["c", "d"]);
         assert_eq!(t.history("b").await.unwrap().anchor.as_deref(), Some("b"));
-        assert_eq!(ids(&t.history("earliest").await.unwrap()), vec!["b", "c", "d"]);
+        assert_eq!(
+            ids(&t.history("earliest").await.unwrap()),
+            vec!["b", "c", "d"]
+        );
         let gone = t.history("a").await.unwrap();
         assert!(gone.entries.is_empty() && gone.anchor.is_none());
         assert!(t.history("d").await.unwrap().entries.is_empty());
@@ -240,7 +241,9 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..50 {
             let t = t.clone();
-            tasks.push(tokio::spawn(async move { t.publish(update(&i.to_string())).await }));
+            tasks.push(tokio::spawn(async move {
+                t.publish(update(&i.to_string())).await
+            }));
         }
         for task in tasks {
             task.await.unwrap().unwrap();

@@ -1,0 +1,292 @@
+//! The Redis Streams transport: updates are stored in Redis streams shared by every node, which is
+//! what lets the hub scale out horizontally.
+//!
+//! # How an update travels
+//! A publish encodes the update once (see `entry`) and appends it with
+//! `XADD <stream> MAXLEN ~ <history_size> * v 1 u <bytes>` through a small set of shared multiplexed
+//! connections; the position (partition and stream entry id) is returned only after Redis replied,
+//! so `Ok` means stored. Any failure, including no answer within `command_timeout`, is
+//! [`TransportError::Unavailable`] (the server answers 503 with `Retry-After`). A publish that timed out
+//! may still have been stored: a publisher retrying it can produce a duplicate.
+//!
+//! Every node runs one reader task per stream, each on its own connection (`XREAD BLOCK`), that
+//! appends what it reads to the node's tail cache and then hands it to the fan-out, in stream order.
+//! The publishing node receives its own updates the same way, so every node delivers the same order.
+//!
+//! # Partitions
+//! With `partitions = 1` there is one stream, `<prefix>:updates`, and one total order; this works
+//! with a plain Redis and with Redis Cluster. With `P > 1` (for Redis Cluster, to spread the write
+//! load over masters) an update goes to stream `hash(canonical topic) mod P`, named
+//! `<prefix>:{<tag>}` with tags chosen so the streams spread evenly over the cluster's hash slots.
+//! Order then holds per partition: updates of one topic keep their order, updates of different
+//! topics in different partitions may be seen in different relative orders by different nodes.
+//!
+//! **Resuming in partitioned mode.** A last event id names an update stored in one partition `p`.
+//! The replay holds every retained update of `p` after it (exactly as with one partition) and, for
+//! every other partition `q`, every retained update of `q` whose stream-id time is at or after the
+//! resume point's stream-id time minus `resume_margin`, merged in one deterministic order (stream-id
+//! time, then partition index, then sequence). Nothing is lost as long as the Redis masters' clocks,
+//! plus how far one partition's reader ran behind another's on the node the subscriber was connected
+//! to, differ by less than `resume_margin` (default 5 s; reader lag is milliseconds on a healthy node,
+//! up to the reconnect back-off while a reader reconnects). Updates of other partitions stored within
+//! the margin before the resume point may be replayed although the subscriber already had them:
+//! duplicates are possible, but never for updates of the resume point's own partition, and never
+//! beyond the margin.
+//!
+//! # History
+//! `history` answers from the node's tail cache when it can (an id → position index, O(1), and no
+//! Redis round trip: what keeps the resume storm after a node's death cheap), and otherwise scans
+//! the streams' retained entries in batches (`XREVRANGE`, at most `history_size` per partition),
+//! merging identical concurrent scans into one. A reused event id resolves to its earliest retained
+//! occurrence. An unknown id yields no anchor and no entries (the client is told `earliest`).
+//! [`HistoryReply::high_water`] lists, per partition read, the newest position the read covered, so
+//! the server's replay-then-live filter also drops live updates the read covered but did not return.
+//!
+//! # Stream epochs: knowing when history was lost
+//! Beside each stream lives a marker, `<stream>:epoch` (in the stream's hash slot), holding a random
+//! value set with `SET NX` when the stream is first used. If Redis restarts without persistence, or
+//! the stream and its marker are deleted, the next reader to connect sets a new value. A reader that
+//! sees the value change (on reconnection, or within 5 s while connected) knows the old positions
+//! mean nothing: unless the stream still holds the last entry it read (then only the marker was lost),
+//! it empties its tail cache, logs a warning, counts it ([`RedisStats::epoch_changes`]) and reads
+//! the new stream from its start. Subscribers resuming with an id from before are then not found in
+//! the cache nor in Redis, so they get no anchor and are told `earliest` rather than a silently
+//! partial replay. (Event ids are chosen by publishers and not tied to an epoch: an id reused in the
+//! new stream is resolved there.) A reader that finds the stream trimmed past what it had read (it
+//! fell further behind than the stream retains) logs and counts that too ([`RedisStats::trimmed_gaps`]).
+//!
+//! # Readiness
+//! [`Transport::is_ready`] is true once the readers are started, every reader is connected, and the
+//! shared connections reach Redis (checked by publishes and a `PING` every second).
+//!
+//! # Layout
+//! - `config`: [`RedisConfig`] and its validation.
+//! - `keys`: stream names, CRC16 hash slots, the partition tag table and the topic → partition hash.
+//! - `entry`: the versioned stream entry format.
+//! - `connection` and `pool`: plain or cluster connections, timeouts, the shared connections.
+//! - `commands`: the Redis commands sent and their replies.
+//! - `reader`: one partition's reader task. `cache`: the tail cache it fills.
+//! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
+//! - `status`: readiness flags and [`RedisStats`].
+
+mod cache;
+mod commands;
+mod config;
+mod connection;
+mod entry;
+mod history;
+mod keys;
+mod pool;
+mod reader;
+mod singleflight;
+mod status;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use parking_lot::RwLock;
+use quicksilver_protocol::{Position, Update};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{RedisConfig, RedisConfigError, DEFAULT_TAIL_CACHE_CAP};
+pub use keys::{crc16, hash_slot};
+pub use status::RedisStats;
+
+use cache::TailCache;
+use config::Settings;
+use connection::{CallError, Connector};
+use keys::StreamKeys;
+use pool::ConnectionPool;
+use reader::StreamReader;
+use singleflight::SingleFlight;
+use status::{Counters, Health};
+
+use crate::{now_micros, HistoryReply, Transport, TransportError, TransportStats, UpdateSink};
+
+/// How often the shared connections are checked with `PING` for readiness.
+const PING_EVERY: Duration = Duration::from_secs(1);
+
+/// The Redis Streams transport (see the module docs). Dropping it (or [`close`](Self::close))
+/// stops its reader and health tasks.
+pub struct RedisTransport {
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+    closed: AtomicBool,
+}
+
+impl std::fmt::Debug for RedisTransport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisTransport")
+            .field("streams", &self.stream_keys())
+            .finish_non_exhaustive()
+    }
+}
+
+/// State shared by the transport handle, its readers and its history scans.
+struct Shared {
+    settings: Settings,
+    /// Index = partition.
+    keys: Vec<StreamKeys>,
+    pool: ConnectionPool,
+    /// Opens readers' own connections, whose response timeout covers a blocking read.
+    reader_connector: Connector,
+    /// Index = partition. A blocking lock: only the reader writes, history reads copy a slice; no
+    /// `.await` happens while it is held.
+    caches: Vec<RwLock<TailCache>>,
+    health: Health,
+    counters: Counters,
+    flights: SingleFlight<history::Flight>,
+}
+
+impl RedisTransport {
+    /// A transport for `config`. Nothing is sent to Redis yet: connections open on first use, so a
+    /// node can start while Redis is down (it is simply not ready).
+    pub fn new(config: RedisConfig) -> Result<Self, RedisConfigError> {
+        let settings = Settings::resolve(&config)?;
+        let pool_connector = Connector::new(&settings, settings.command_timeout)?;
+        let reader_connector =
+            Connector::new(&settings, settings.block + settings.command_timeout)?;
+        let shared = Shared {
+            keys: keys::stream_keys(&settings.prefix, settings.partitions),
+            pool: ConnectionPool::new(pool_connector, settings.pool_size, settings.command_timeout),
+            reader_connector,
+            caches: (0..settings.partitions)
+                .map(|_| RwLock::new(TailCache::new(settings.cache_capacity)))
+                .collect(),
+            health: Health::new(settings.partitions),
+            counters: Counters::default(),
+            flights: SingleFlight::new(),
+            settings,
+        };
+        Ok(Self {
+            shared: Arc::new(shared),
+            shutdown: CancellationToken::new(),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    /// Stops the readers; later publishes fail with [`TransportError::Closed`].
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        self.shutdown.cancel();
+    }
+
+    /// Counters since creation (for metrics).
+    pub fn stats(&self) -> RedisStats {
+        self.shared.counters.snapshot()
+    }
+
+    /// The stream keys, index = partition.
+    pub fn stream_keys(&self) -> Vec<String> {
+        self.shared.keys.iter().map(|k| k.stream.clone()).collect()
+    }
+
+    /// The partition updates whose canonical topic is `topic` are stored in.
+    pub fn partition_of(&self, topic: &str) -> u16 {
+        keys::partition_of(topic, self.shared.settings.partitions)
+    }
+
+    fn spawn_health_check(&self) {
+        let shared = self.shared.clone();
+        let shutdown = self.shutdown.child_token();
+        tokio::spawn(async move {
+            loop {
+                let ping = shared.pool.query::<String>(&redis::cmd("PING")).await;
+                shared.health.set_pool(ping.is_ok());
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = tokio::time::sleep(PING_EVERY) => {}
+                }
+            }
+        });
+    }
+}
+
+impl Drop for RedisTransport {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+#[async_trait]
+impl Transport for RedisTransport {
+    async fn publish(&self, update: Update) -> Result<Position, TransportError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(TransportError::Closed);
+        }
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let partition = keys::partition_of(update.canonical_topic(), settings.partitions);
+        let key = &shared.keys[usize::from(partition)].stream;
+        let payload = entry::encode(&update, now_micros())
+            .map_err(|e| TransportError::Corrupt(e.to_string()))?;
+        let xadd = commands::xadd(key, settings.stream_len, &payload);
+        let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
+            None => shared.pool.query(&xadd).await,
+            Some(min_ms) => {
+                // XADD takes one trim strategy; the age limit is a second command in the same
+                // round trip.
+                let mut pipe = redis::pipe();
+                pipe.add_command(xadd)
+                    .add_command(commands::xtrim_minid(key, min_ms))
+                    .ignore();
+                shared
+                    .pool
+                    .query_pipeline::<(String,)>(&pipe)
+                    .await
+                    .map(|(id,)| id)
+            }
+        };
+        match stored {
+            Ok(id) => {
+                shared.health.set_pool(true);
+                Position::parse_stream_id(partition, &id)
+                    .ok_or_else(|| TransportError::Corrupt(format!("stream id {id:?}")))
+            }
+            Err(e) => {
+                if e.breaks_connection() {
+                    shared.health.set_pool(false);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
+        history::history(&self.shared, last_event_id).await
+    }
+
+    fn start_reader(&self, sink: Arc<dyn UpdateSink>) {
+        if !self.shared.health.start() {
+            tracing::warn!("redis transport readers already started");
+            return;
+        }
+        for partition in 0..self.shared.settings.partitions {
+            let reader = StreamReader::new(self.shared.clone(), partition, sink.clone());
+            tokio::spawn(reader.run(self.shutdown.child_token()));
+        }
+        self.spawn_health_check();
+    }
+
+    fn is_ready(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed) && self.shared.health.is_ready()
+    }
+
+    fn stats(&self) -> TransportStats {
+        let s = RedisTransport::stats(self);
+        TransportStats {
+            reader_reconnects: s.reader_errors,
+            errors: s.reader_errors + s.skipped_entries,
+            reader_lag: 0,
+            history_cache_hits: s.history_cache_hits,
+            history_cache_misses: s.history_redis_scans,
+            epoch_changes: s.epoch_changes,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+}

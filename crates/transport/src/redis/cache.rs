@@ -1,0 +1,231 @@
+//! The history tail cache: the newest entries of one partition's stream, kept in memory by this
+//! node's reader so most history requests (above all the resume storm after a node dies) are answered
+//! without a Redis round trip.
+//!
+//! The reader fills it (warm-up from the stream's tail, then every entry it reads, before handing the
+//! entry to the fan-out) and is its only writer; history reads take snapshots under a read lock. The
+//! cache always holds a contiguous run of the stream ending where the reader is, so "everything after
+//! X" is a slice of it as soon as X is in it. Event ids are indexed to a running ordinal, so finding
+//! where a subscriber left off is O(1) (a reused id resolves to its earliest retained occurrence, as in
+//! the in-memory transport).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use quicksilver_protocol::{Envelope, Position};
+
+/// The newest entries of one partition (see the module docs).
+#[derive(Debug)]
+pub(crate) struct TailCache {
+    capacity: usize,
+    entries: VecDeque<Arc<Envelope>>,
+    /// Ordinal of `entries[0]`; every entry pushed gets the next ordinal.
+    first_ordinal: u64,
+    /// Event id → (ordinal of its earliest cached occurrence, number of cached occurrences).
+    ids: HashMap<Arc<str>, (u64, u32)>,
+    /// Whether the cache holds every entry the stream retained when it was last filled, and has
+    /// evicted nothing since: then nothing older exists in Redis either.
+    complete: bool,
+}
+
+/// A copy of part of the cache, taken under the lock.
+#[derive(Debug, Default)]
+pub(crate) struct CacheSlice {
+    pub(crate) entries: Vec<Arc<Envelope>>,
+    /// The newest cached position when the copy was taken (the reader had reached it).
+    pub(crate) last: Option<Position>,
+}
+
+impl TailCache {
+    /// An empty cache of `capacity` entries. It is complete until the reader says otherwise: an
+    /// empty cache before the first warm-up only answers once the reader has filled it.
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: VecDeque::new(),
+            first_ordinal: 0,
+            ids: HashMap::new(),
+            complete: false,
+        }
+    }
+
+    /// Replaces the contents with `entries` (oldest first). `complete`: they are everything the
+    /// stream holds.
+    pub(crate) fn reset(&mut self, entries: Vec<Arc<Envelope>>, complete: bool) {
+        self.entries.clear();
+        self.ids.clear();
+        self.first_ordinal = 0;
+        self.complete = complete;
+        for entry in entries {
+            self.push(entry);
+        }
+    }
+
+    /// Appends the next entry of the stream, evicting the oldest beyond capacity.
+    pub(crate) fn push(&mut self, entry: Arc<Envelope>) {
+        if self.capacity == 0 {
+            self.complete = false;
+            return;
+        }
+        let ordinal = self.first_ordinal + self.entries.len() as u64;
+        let id: Arc<str> = entry.update.id.as_str().into();
+        self.ids
+            .entry(id)
+            .and_modify(|(_, count)| *count += 1)
+            .or_insert((ordinal, 1));
+        self.entries.push_back(entry);
+        while self.entries.len() > self.capacity {
+            self.evict_oldest();
+            self.complete = false;
+        }
+    }
+
+    /// Drops entries older than `min_ms` (history past its maximum age). Redis drops them too, so
+    /// the cache stays as complete as it was.
+    pub(crate) fn prune_older_than(&mut self, min_ms: u64) {
+        while self.entries.front().is_some_and(|e| e.position.ms < min_ms) {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        let Some(old) = self.entries.pop_front() else {
+            return;
+        };
+        let evicted = self.first_ordinal;
+        self.first_ordinal += 1;
+        let id = old.update.id.as_str();
+        let Some((ordinal, count)) = self.ids.get_mut(id) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            self.ids.remove(id);
+        } else if *ordinal == evicted {
+            // A reused id: move the index to its next occurrence.
+            if let Some(offset) = self.entries.iter().position(|e| e.update.id == id) {
+                *ordinal = self.first_ordinal + offset as u64;
+            }
+        }
+    }
+
+    /// Whether the cache holds all of the partition's retained history (the newest `history_size`
+    /// entries, or everything the stream holds).
+    pub(crate) fn covers_history(&self, history_size: usize) -> bool {
+        self.complete || self.entries.len() >= history_size
+    }
+
+    /// Whether every retained entry at or after time `min_ms` that the reader has reached is cached.
+    pub(crate) fn covers_from_ms(&self, min_ms: u64, history_size: usize) -> bool {
+        self.covers_history(history_size)
+            || self.entries.front().is_some_and(|e| e.position.ms < min_ms)
+    }
+
+    /// The position of the earliest cached occurrence of `event_id`.
+    pub(crate) fn find(&self, event_id: &str) -> Option<Position> {
+        let (ordinal, _) = self.ids.get(event_id)?;
+        let index = usize::try_from(ordinal - self.first_ordinal).ok()?;
+        self.entries.get(index).map(|e| e.position)
+    }
+
+    /// The cached entries strictly after `position` (of this partition).
+    pub(crate) fn after(&self, position: Position) -> CacheSlice {
+        let start = self
+            .entries
+            .partition_point(|e| !e.position.is_after(&position));
+        self.slice_from(start)
+    }
+
+    /// The cached entries whose stream-id time is at least `min_ms`.
+    pub(crate) fn since_ms(&self, min_ms: u64) -> CacheSlice {
+        let start = self.entries.partition_point(|e| e.position.ms < min_ms);
+        self.slice_from(start)
+    }
+
+    /// Every cached entry.
+    pub(crate) fn all(&self) -> CacheSlice {
+        self.slice_from(0)
+    }
+
+    fn slice_from(&self, start: usize) -> CacheSlice {
+        CacheSlice {
+            entries: self.entries.range(start..).cloned().collect(),
+            last: self.last(),
+        }
+    }
+
+    /// The newest cached position.
+    pub(crate) fn last(&self) -> Option<Position> {
+        self.entries.back().map(|e| e.position)
+    }
+
+    /// The oldest cached position.
+    pub(crate) fn first(&self) -> Option<Position> {
+        self.entries.front().map(|e| e.position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quicksilver_protocol::Update;
+
+    fn env(id: &str, ms: u64) -> Arc<Envelope> {
+        let update = Update {
+            id: id.into(),
+            topics: vec!["t".into()],
+            data: String::new(),
+            private: false,
+            event_type: None,
+            retry: None,
+        };
+        Arc::new(Envelope::new(Position::new(0, ms, 0), update, 0))
+    }
+
+    fn ids(slice: &CacheSlice) -> Vec<&str> {
+        slice.entries.iter().map(|e| e.update.id.as_str()).collect()
+    }
+
+    #[test]
+    fn finds_and_slices_after_an_id() {
+        let mut c = TailCache::new(3);
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            c.push(env(id, i as u64 + 1));
+        }
+        assert!(c.find("a").is_none());
+        let b = c.find("b").unwrap();
+        assert_eq!(ids(&c.after(b)), vec!["c", "d"]);
+        assert_eq!(c.after(b).last, Some(Position::new(0, 4, 0)));
+        assert_eq!(ids(&c.since_ms(3)), vec!["c", "d"]);
+        assert!(
+            !c.covers_history(10),
+            "evicted, so older entries may exist in Redis"
+        );
+        assert!(c.covers_history(3));
+        assert!(c.covers_from_ms(3, 10) && !c.covers_from_ms(2, 10));
+    }
+
+    #[test]
+    fn reused_ids_resolve_to_the_earliest_retained() {
+        let mut c = TailCache::new(4);
+        for (i, id) in ["x", "a", "x", "b"].iter().enumerate() {
+            c.push(env(id, i as u64 + 1));
+        }
+        assert_eq!(ids(&c.after(c.find("x").unwrap())), vec!["a", "x", "b"]);
+        c.push(env("c", 5));
+        assert_eq!(ids(&c.after(c.find("x").unwrap())), vec!["b", "c"]);
+    }
+
+    #[test]
+    fn reset_and_age_pruning() {
+        let mut c = TailCache::new(10);
+        c.reset(vec![env("a", 1), env("b", 2), env("c", 3)], true);
+        assert!(c.covers_history(100));
+        c.prune_older_than(3);
+        assert_eq!(ids(&c.all()), vec!["c"]);
+        assert!(c.find("a").is_none() && c.find("c").is_some());
+        assert!(c.covers_history(100), "age pruning mirrors Redis trimming");
+        c.reset(Vec::new(), false);
+        assert!(c.last().is_none() && !c.covers_history(1));
+    }
+}

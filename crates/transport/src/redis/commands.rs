@@ -1,0 +1,234 @@
+//! The Redis commands the transport sends, and the parsing of their replies.
+//!
+//! Readers send them on their own connection, publishes and history reads through the shared pool;
+//! [`Via`] names which. Every command is bounded by a timeout (see `connection`). Entries come back as
+//! raw [`StreamId`]s and are decoded by [`decode_all`], which skips (and reports) entries it cannot
+//! read rather than failing the whole batch.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use quicksilver_protocol::{Envelope, Position};
+use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
+use redis::{Cmd, FromRedisValue, Value};
+
+use super::connection::{timed, CallError, Conn};
+use super::entry::{self, EntryError, FIELD_UPDATE, FIELD_VERSION, FORMAT_V1};
+use super::pool::ConnectionPool;
+
+/// Entries per `XRANGE`/`XREVRANGE` batch: large enough to amortize round trips, small enough that
+/// one reply stays well under the command timeout.
+pub(crate) const SCAN_BATCH: usize = 1_000;
+
+/// Where a command is sent.
+pub(crate) enum Via<'a> {
+    /// Through the shared pool, counting each command sent in `sent`.
+    Pool {
+        pool: &'a ConnectionPool,
+        sent: &'a AtomicU64,
+    },
+    /// On a reader's own connection, bounded by `timeout`.
+    Conn {
+        conn: &'a mut Conn,
+        timeout: Duration,
+    },
+}
+
+impl Via<'_> {
+    pub(crate) async fn query<T: FromRedisValue>(&mut self, cmd: &Cmd) -> Result<T, CallError> {
+        match self {
+            Via::Pool { pool, sent } => {
+                sent.fetch_add(1, Ordering::Relaxed);
+                pool.query(cmd).await
+            }
+            Via::Conn { conn, timeout } => timed(*timeout, cmd.query_async(&mut **conn)).await,
+        }
+    }
+}
+
+/// `XADD <key> MAXLEN ~ <len> * v 1 u <payload>`: the stream id Redis assigned.
+pub(crate) fn xadd(key: &str, max_len: usize, payload: &[u8]) -> Cmd {
+    let mut cmd = redis::cmd("XADD");
+    cmd.arg(key)
+        .arg("MAXLEN")
+        .arg("~")
+        .arg(max_len)
+        .arg("*")
+        .arg(FIELD_VERSION)
+        .arg(FORMAT_V1)
+        .arg(FIELD_UPDATE)
+        .arg(payload);
+    cmd
+}
+
+/// `XTRIM <key> MINID ~ <ms>`: drops entries older than `min_ms`.
+pub(crate) fn xtrim_minid(key: &str, min_ms: u64) -> Cmd {
+    let mut cmd = redis::cmd("XTRIM");
+    cmd.arg(key).arg("MINID").arg("~").arg(min_ms);
+    cmd
+}
+
+/// Entries read backwards from the end of a stream.
+pub(crate) struct Tail {
+    /// Oldest first.
+    pub(crate) entries: Vec<StreamId>,
+    /// The stream holds nothing older than `entries[0]` (it ran out before the limit).
+    pub(crate) exhausted: bool,
+}
+
+/// Where reading a stream's tail backwards starts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum TailEnd {
+    /// At the newest entry.
+    Newest,
+    /// At this entry (included).
+    At(Position),
+    /// Just before this entry.
+    Before(Position),
+}
+
+/// Up to `limit` entries of `key` from `end` backwards, in batches.
+pub(crate) async fn read_tail(
+    via: &mut Via<'_>,
+    key: &str,
+    end: TailEnd,
+    limit: usize,
+) -> Result<Tail, CallError> {
+    let mut newest_first: Vec<StreamId> = Vec::new();
+    let mut end = match end {
+        TailEnd::Newest => "+".to_string(),
+        TailEnd::At(p) => p.stream_id(),
+        TailEnd::Before(p) => format!("({}", p.stream_id()),
+    };
+    let mut exhausted = false;
+    while newest_first.len() < limit {
+        let count = SCAN_BATCH.min(limit - newest_first.len());
+        let mut cmd = redis::cmd("XREVRANGE");
+        cmd.arg(key).arg(&end).arg("-").arg("COUNT").arg(count);
+        let reply: StreamRangeReply = via.query(&cmd).await?;
+        let got = reply.ids.len();
+        if let Some(oldest) = reply.ids.last() {
+            end = format!("({}", oldest.id);
+        }
+        newest_first.extend(reply.ids);
+        if got < count {
+            exhausted = true;
+            break;
+        }
+    }
+    newest_first.reverse();
+    Ok(Tail {
+        entries: newest_first,
+        exhausted,
+    })
+}
+
+/// `XREAD COUNT <count> BLOCK <block> STREAMS <key> <after>` on a reader's connection: the entries
+/// after `after`, waiting up to `block` for some to arrive (an empty list when none did).
+pub(crate) async fn read_after(
+    conn: &mut Conn,
+    key: &str,
+    after: Position,
+    count: usize,
+    block: Duration,
+    timeout: Duration,
+) -> Result<Vec<StreamId>, CallError> {
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(count)
+        .arg("BLOCK")
+        .arg(block.as_millis() as u64)
+        .arg("STREAMS")
+        .arg(key)
+        .arg(after.stream_id());
+    let reply: Option<StreamReadReply> = timed(block + timeout, cmd.query_async(conn)).await?;
+    Ok(reply
+        .into_iter()
+        .flat_map(|r| r.keys)
+        .flat_map(|k| k.ids)
+        .collect())
+}
+
+/// The stream's epoch: creates it (a random value, `SET NX`) if absent, then reads it.
+pub(crate) async fn epoch(via: &mut Via<'_>, epoch_key: &str) -> Result<String, CallError> {
+    let fresh = format!("{:016x}{:016x}", fastrand::u64(..), fastrand::u64(..));
+    let mut set = redis::cmd("SET");
+    set.arg(epoch_key).arg(&fresh).arg("NX");
+    let _: Value = via.query(&set).await?;
+    let mut get = redis::cmd("GET");
+    get.arg(epoch_key);
+    let current: Option<String> = via.query(&get).await?;
+    // Deleted between the two commands: ours was the value set, or will be on the next check.
+    Ok(current.unwrap_or(fresh))
+}
+
+/// Whether the stream still holds the entry at `position`.
+pub(crate) async fn contains(
+    via: &mut Via<'_>,
+    key: &str,
+    position: Position,
+) -> Result<bool, CallError> {
+    let id = position.stream_id();
+    let mut cmd = redis::cmd("XRANGE");
+    cmd.arg(key).arg(&id).arg(&id);
+    let reply: StreamRangeReply = via.query(&cmd).await?;
+    Ok(!reply.ids.is_empty())
+}
+
+/// A consistent snapshot of a stream's counters (`XINFO STREAM`, read inside a script so the fields
+/// belong together).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StreamInfo {
+    /// Entries ever added (Redis 7+; `None` on older servers).
+    pub(crate) entries_added: Option<u64>,
+    /// Entries held now.
+    pub(crate) length: u64,
+    /// The id of the newest entry ever added (`0-0` for no stream).
+    pub(crate) last_generated: Position,
+    /// The newest id removed by `XDEL` (Redis 7+; `0-0` when none or unknown).
+    pub(crate) max_deleted: Position,
+}
+
+/// Reads the `XINFO STREAM` fields in one atomic step; a missing stream reads as empty.
+const STREAM_INFO_SCRIPT: &str = "\
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', '0-0'} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+return {f['entries-added'] or -1, f['length'], f['last-generated-id'], f['max-deleted-entry-id'] or '0-0'}";
+
+/// The stream's counters (see [`StreamInfo`]).
+pub(crate) async fn stream_info(
+    via: &mut Via<'_>,
+    key: &str,
+    partition: u16,
+) -> Result<StreamInfo, CallError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(STREAM_INFO_SCRIPT).arg(1).arg(key);
+    let (added, length, last, deleted): (i64, i64, String, String) = via.query(&cmd).await?;
+    let zero = Position::new(partition, 0, 0);
+    Ok(StreamInfo {
+        entries_added: u64::try_from(added).ok(),
+        length: u64::try_from(length).unwrap_or(0),
+        last_generated: Position::parse_stream_id(partition, &last).unwrap_or(zero),
+        max_deleted: Position::parse_stream_id(partition, &deleted).unwrap_or(zero),
+    })
+}
+
+/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`.
+pub(crate) fn decode_all(
+    partition: u16,
+    raw: Vec<StreamId>,
+    mut on_skip: impl FnMut(&StreamId, EntryError),
+) -> Vec<Arc<Envelope>> {
+    raw.into_iter()
+        .filter_map(|id| match entry::decode(partition, &id) {
+            Ok(envelope) => Some(Arc::new(envelope)),
+            Err(e) => {
+                on_skip(&id, e);
+                None
+            }
+        })
+        .collect()
+}

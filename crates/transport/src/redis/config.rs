@@ -1,0 +1,232 @@
+//! How the Redis transport is configured: [`RedisConfig`], its defaults and its validation.
+//!
+//! The server builds one from its own configuration (flags, environment, file); tests build it with
+//! [`RedisConfig::new`] and struct update syntax. Validation happens once, in
+//! [`RedisTransport::new`](super::RedisTransport::new), and resolves the derived values (cache size,
+//! stream length) into [`Settings`], which the rest of the module reads.
+
+use std::time::Duration;
+
+use thiserror::Error;
+
+use super::keys::MAX_PARTITIONS;
+
+/// Default cap on the per-partition tail cache when it is derived from `history_size`.
+pub const DEFAULT_TAIL_CACHE_CAP: usize = 100_000;
+
+/// Streams keep at least this many entries whatever `history_size` says, so a reader that was
+/// disconnected for a moment still finds what it missed (history replies still hold at most
+/// `history_size` entries per partition).
+pub(crate) const MIN_STREAM_LEN: usize = 1_000;
+
+/// Settings of the Redis transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisConfig {
+    /// Redis URLs: `redis://[user:password@]host:port[/db]`, or `rediss://…` for TLS. One URL for a
+    /// plain server; several (any subset of the masters) for Redis Cluster.
+    pub urls: Vec<String>,
+    /// Use the Redis Cluster protocol even with a single URL. Implied by several URLs.
+    pub cluster: bool,
+    /// Prefix of every key this hub writes (`<prefix>:updates`, `<prefix>:{tag}`, …). Must not contain
+    /// `{` or `}`.
+    pub stream_key_prefix: String,
+    /// Number of streams updates are spread over by topic (1..=1024). More than one only makes sense
+    /// on Redis Cluster, where each stream can live on another master. Order is kept per partition.
+    /// Changing it reshuffles topics over streams: do it with an empty history.
+    pub partitions: u16,
+    /// Updates retained per partition for reconnecting subscribers (`XADD MAXLEN ~`); 0 disables
+    /// history.
+    pub history_size: usize,
+    /// Also drop updates older than this (`XTRIM MINID ~ now-age`, measured by this node's clock
+    /// against Redis stream ids, so keep clocks synchronized).
+    pub history_max_age: Option<Duration>,
+    /// Updates each node keeps in memory per partition to answer history without asking Redis.
+    /// `None`: `history_size` capped at 100 000. Never more than `history_size`.
+    pub tail_cache_size: Option<usize>,
+    /// Connections used for publishing and history reads. Each is multiplexed (pipelines concurrent
+    /// commands), so a handful is plenty; readers have their own connections besides these.
+    pub pool_size: usize,
+    /// How long a reader's `XREAD BLOCK` waits for new entries before asking again, in milliseconds.
+    pub block_ms: u64,
+    /// Upper bound on one Redis command (connecting included): a hung Redis yields an error after
+    /// this, never a hang.
+    pub command_timeout: Duration,
+    /// Partitioned mode: how far before the resume point other partitions are replayed from. Must
+    /// exceed the clock difference between the masters plus how far one partition's reader may run
+    /// ahead of another's on a node (see the module docs of `redis`).
+    pub resume_margin: Duration,
+}
+
+impl RedisConfig {
+    /// Defaults for the Redis server (or cluster node) at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            urls: vec![url.into()],
+            ..Self::default()
+        }
+    }
+
+    /// Whether to speak the Redis Cluster protocol.
+    pub fn is_cluster(&self) -> bool {
+        self.cluster || self.urls.len() > 1
+    }
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            stream_key_prefix: "quicksilver".into(),
+            partitions: 1,
+            history_size: 1_000,
+            history_max_age: None,
+            tail_cache_size: None,
+            pool_size: 4,
+            block_ms: 2_000,
+            command_timeout: Duration::from_secs(2),
+            resume_margin: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Why a [`RedisConfig`] was refused.
+#[derive(Debug, Error)]
+pub enum RedisConfigError {
+    /// A setting is out of range.
+    #[error("invalid redis setting: {0}")]
+    Invalid(String),
+    /// A URL could not be turned into a Redis client.
+    #[error("invalid redis url: {0}")]
+    Url(#[source] redis::RedisError),
+}
+
+/// A validated configuration with derived values resolved.
+#[derive(Clone, Debug)]
+pub(crate) struct Settings {
+    pub(crate) urls: Vec<String>,
+    pub(crate) cluster: bool,
+    pub(crate) prefix: String,
+    pub(crate) partitions: u16,
+    pub(crate) history_size: usize,
+    pub(crate) max_age: Option<Duration>,
+    pub(crate) cache_capacity: usize,
+    /// `MAXLEN ~` of every stream.
+    pub(crate) stream_len: usize,
+    pub(crate) pool_size: usize,
+    pub(crate) block: Duration,
+    pub(crate) command_timeout: Duration,
+    pub(crate) resume_margin: Duration,
+}
+
+impl Settings {
+    pub(crate) fn resolve(config: &RedisConfig) -> Result<Self, RedisConfigError> {
+        let invalid = |s: &str| Err(RedisConfigError::Invalid(s.to_string()));
+        if config.urls.is_empty() {
+            return invalid("at least one url is required");
+        }
+        if config.stream_key_prefix.contains(['{', '}']) {
+            return invalid("stream_key_prefix must not contain '{' or '}'");
+        }
+        if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
+            return invalid("partitions must be between 1 and 1024");
+        }
+        if config.pool_size == 0 {
+            return invalid("pool_size must be at least 1");
+        }
+        if config.block_ms == 0 {
+            return invalid("block_ms must be at least 1");
+        }
+        if config.command_timeout.is_zero() {
+            return invalid("command_timeout must be positive");
+        }
+        let cache_capacity = config
+            .tail_cache_size
+            .unwrap_or(config.history_size.min(DEFAULT_TAIL_CACHE_CAP))
+            .min(config.history_size);
+        Ok(Self {
+            urls: config.urls.clone(),
+            cluster: config.is_cluster(),
+            prefix: config.stream_key_prefix.clone(),
+            partitions: config.partitions,
+            history_size: config.history_size,
+            max_age: config.history_max_age,
+            cache_capacity,
+            stream_len: config.history_size.max(MIN_STREAM_LEN),
+            pool_size: config.pool_size,
+            block: Duration::from_millis(config.block_ms),
+            command_timeout: config.command_timeout,
+            resume_margin: config.resume_margin,
+        })
+    }
+
+    /// Entries with a stream-id time below this are past `history_max_age` (`None`: no age limit).
+    pub(crate) fn age_cutoff_ms(&self) -> Option<u64> {
+        let age = self.max_age?;
+        let now = crate::now_micros() / 1_000;
+        Some(now.saturating_sub(age.as_millis() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derives_cache_and_stream_sizes() {
+        let s = Settings::resolve(&RedisConfig {
+            history_size: 10,
+            ..RedisConfig::new("redis://x")
+        })
+        .unwrap();
+        assert_eq!(s.cache_capacity, 10);
+        assert_eq!(s.stream_len, MIN_STREAM_LEN);
+        let s = Settings::resolve(&RedisConfig {
+            history_size: 1_000_000,
+            ..RedisConfig::new("redis://x")
+        })
+        .unwrap();
+        assert_eq!(s.cache_capacity, DEFAULT_TAIL_CACHE_CAP);
+        let s = Settings::resolve(&RedisConfig {
+            history_size: 50,
+            tail_cache_size: Some(500),
+            ..RedisConfig::new("redis://x")
+        })
+        .unwrap();
+        assert_eq!(s.cache_capacity, 50, "never more than history_size");
+    }
+
+    #[test]
+    fn refuses_bad_settings() {
+        let base = RedisConfig::new("redis://x");
+        for bad in [
+            RedisConfig {
+                urls: vec![],
+                ..base.clone()
+            },
+            RedisConfig {
+                partitions: 0,
+                ..base.clone()
+            },
+            RedisConfig {
+                partitions: 2000,
+                ..base.clone()
+            },
+            RedisConfig {
+                pool_size: 0,
+                ..base.clone()
+            },
+            RedisConfig {
+                stream_key_prefix: "a{b}".into(),
+                ..base.clone()
+            },
+        ] {
+            assert!(Settings::resolve(&bad).is_err(), "{bad:?}");
+        }
+        assert!(RedisConfig {
+            urls: vec!["redis://a".into(), "redis://b".into()],
+            ..base
+        }
+        .is_cluster());
+    }
+}

@@ -1,0 +1,185 @@
+//! The stored form of an update: one Redis stream entry, versioned so nodes of different versions
+//! can share a stream during a rolling upgrade.
+//!
+//! An entry has two fields: `v`, the format version (`"1"`), and `u`, the MessagePack encoding (with
+//! field names, via `rmp-serde`) of [`EntryV1`]: the update and the time the publishing node accepted
+//! it. Publishing encodes once; every node's reader decodes each entry once into an [`Envelope`],
+//! whose SSE frame is then shared by all of that node's subscribers.
+//!
+//! Compatibility rules, for whoever writes version 2:
+//! - Readers ignore fields of the entry they do not know, and MessagePack maps are decoded by field
+//!   name, so adding a field to the stored struct (with `#[serde(default)]`) keeps `v = "1"` readable
+//!   by old nodes. Fields added to `quicksilver_protocol::Update` must likewise be `#[serde(default)]`,
+//!   or entries written before them stop decoding.
+//! - An entry whose `v` is unknown is skipped by the reader with a warning (and counted), never a
+//!   crash. A node of the next version must therefore keep reading `v = "1"` and keep writing it until
+//!   every node understands the new version, or old nodes will skip the new entries.
+
+use quicksilver_protocol::{Envelope, Position, Update};
+use redis::streams::StreamId;
+use redis::Value;
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Field holding the format version.
+pub(crate) const FIELD_VERSION: &str = "v";
+/// Field holding the encoded update.
+pub(crate) const FIELD_UPDATE: &str = "u";
+/// The format this version writes.
+pub(crate) const FORMAT_V1: &str = "1";
+
+/// Why an entry could not be read.
+#[derive(Debug, Error)]
+pub(crate) enum EntryError {
+    /// The entry id is not `<ms>-<seq>`.
+    #[error("invalid stream entry id {0:?}")]
+    BadId(String),
+    /// Written by a newer (or foreign) format.
+    #[error("unknown entry format version {0:?}")]
+    UnknownVersion(String),
+    /// A required field is absent or not a byte string.
+    #[error("entry field {0:?} missing or not a string")]
+    MissingField(&'static str),
+    /// The MessagePack payload does not decode.
+    #[error("entry payload does not decode: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+    /// The update could not be encoded (not expected for valid updates).
+    #[error("update does not encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+}
+
+/// What a version-1 entry's `u` field holds, as written.
+#[derive(Serialize)]
+struct EntryV1Ref<'a> {
+    update: &'a Update,
+    accepted_at_micros: u64,
+}
+
+/// What a version-1 entry's `u` field holds, as read.
+#[derive(Deserialize)]
+struct EntryV1 {
+    update: Update,
+    #[serde(default)]
+    accepted_at_micros: u64,
+}
+
+/// The `u` field of a new entry for `update`.
+pub(crate) fn encode(update: &Update, accepted_at_micros: u64) -> Result<Vec<u8>, EntryError> {
+    Ok(rmp_serde::to_vec_named(&EntryV1Ref {
+        update,
+        accepted_at_micros,
+    })?)
+}
+
+/// Decodes one stream entry of `partition` into an envelope (encoding its SSE frame).
+pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Envelope, EntryError> {
+    let position = Position::parse_stream_id(partition, &entry.id)
+        .ok_or_else(|| EntryError::BadId(entry.id.clone()))?;
+    let version = entry
+        .map
+        .get(FIELD_VERSION)
+        .and_then(bytes_of)
+        .ok_or(EntryError::MissingField(FIELD_VERSION))?;
+    if version != FORMAT_V1.as_bytes() {
+        return Err(EntryError::UnknownVersion(
+            String::from_utf8_lossy(version).into_owned(),
+        ));
+    }
+    let payload = entry
+        .map
+        .get(FIELD_UPDATE)
+        .and_then(bytes_of)
+        .ok_or(EntryError::MissingField(FIELD_UPDATE))?;
+    let stored: EntryV1 = rmp_serde::from_slice(payload)?;
+    Ok(Envelope::new(
+        position,
+        stored.update,
+        stored.accepted_at_micros,
+    ))
+}
+
+fn bytes_of(value: &Value) -> Option<&[u8]> {
+    match value {
+        Value::BulkString(bytes) => Some(bytes),
+        Value::SimpleString(text) => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn update() -> Update {
+        Update {
+            id: "urn:uuid:1".into(),
+            topics: vec!["https://example.com/a".into(), "alt".into()],
+            data: "line1\nline2".into(),
+            private: true,
+            event_type: Some("evt".into()),
+            retry: Some(5),
+        }
+    }
+
+    fn entry(id: &str, fields: &[(&str, Vec<u8>)]) -> StreamId {
+        StreamId {
+            id: id.into(),
+            map: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::BulkString(v.clone())))
+                .collect::<HashMap<_, _>>(),
+            ..StreamId::default()
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let bytes = encode(&update(), 42).unwrap();
+        let e = entry(
+            "17-3",
+            &[("v", b"1".to_vec()), ("u", bytes), ("future", vec![1])],
+        );
+        let env = decode(2, &e).unwrap();
+        assert_eq!(env.update, update());
+        assert_eq!(env.accepted_at_micros, 42);
+        assert_eq!(env.position, Position::new(2, 17, 3));
+        assert!(!env.frame.is_empty());
+    }
+
+    #[test]
+    fn unknown_versions_and_garbage_are_errors_not_panics() {
+        let bytes = encode(&update(), 1).unwrap();
+        let v2 = entry("1-0", &[("v", b"2".to_vec()), ("u", bytes.clone())]);
+        assert!(matches!(decode(0, &v2), Err(EntryError::UnknownVersion(v)) if v == "2"));
+        let junk = entry("1-0", &[("v", b"1".to_vec()), ("u", vec![0xc1, 0x00])]);
+        assert!(matches!(decode(0, &junk), Err(EntryError::Decode(_))));
+        let missing = entry("1-0", &[("u", bytes.clone())]);
+        assert!(matches!(
+            decode(0, &missing),
+            Err(EntryError::MissingField("v"))
+        ));
+        let bad_id = entry("x", &[("v", b"1".to_vec()), ("u", bytes)]);
+        assert!(matches!(decode(0, &bad_id), Err(EntryError::BadId(_))));
+    }
+
+    #[test]
+    fn newer_payload_fields_are_ignored() {
+        #[derive(Serialize)]
+        struct EntryV1Plus<'a> {
+            update: &'a Update,
+            accepted_at_micros: u64,
+            trace_id: &'a str,
+        }
+        let u = update();
+        let bytes = rmp_serde::to_vec_named(&EntryV1Plus {
+            update: &u,
+            accepted_at_micros: 7,
+            trace_id: "abc",
+        })
+        .unwrap();
+        let env = decode(0, &entry("5-0", &[("v", b"1".to_vec()), ("u", bytes)])).unwrap();
+        assert_eq!(env.update, u);
+        assert_eq!(env.accepted_at_micros, 7);
+    }
+}

@@ -1,0 +1,286 @@
+//! Answering reconnecting subscribers: the updates after their last event id.
+//!
+//! The fast path reads only the tail caches, under their read locks, with no Redis round trip; it
+//! answers whenever the caches hold everything the reply needs (the anchor and all that follows it,
+//! or proof that an id is unknown). Otherwise the slow path loads each partition's retained history
+//! (its newest `history_size` entries: the cached tail plus older entries read from Redis with
+//! `XREVRANGE` in batches, so the scan is bounded) and answers from that. Identical concurrent slow
+//! paths are merged into one by last event id (single-flight).
+//!
+//! Replies are assembled the same way on both paths. With one partition the reply is the entries
+//! after the earliest retained occurrence of the id. With several, the id's partition `p` gives the
+//! entries after it, every other partition `q` its entries at or after the anchor's stream time minus
+//! the resume margin, merged by `(stream time, partition, sequence)`; see the `redis` module docs for
+//! what that guarantees. Each partition read contributes its high-water mark: the newest position the
+//! read covered, whether or not an entry of it was returned.
+
+use std::sync::Arc;
+
+use quicksilver_protocol::{Envelope, Position, EARLIEST};
+
+use super::cache::CacheSlice;
+use super::commands::{self, TailEnd, Via};
+use super::connection::CallError;
+use super::status::Counters;
+use super::Shared;
+use crate::{HistoryReply, TransportError};
+
+/// A history answer, shared by the callers of one single-flight.
+#[derive(Debug, Default)]
+pub(crate) struct Resolution {
+    anchor: Option<String>,
+    entries: Vec<Arc<Envelope>>,
+    high_water: Vec<Position>,
+}
+
+/// What single-flight hands every caller of one slow path.
+pub(crate) type Flight = Result<Arc<Resolution>, String>;
+
+impl Resolution {
+    fn into_reply(self) -> HistoryReply {
+        HistoryReply {
+            anchor: self.anchor,
+            entries: self.entries,
+            high_water: self.high_water,
+        }
+    }
+
+    fn to_reply(&self) -> HistoryReply {
+        HistoryReply {
+            anchor: self.anchor.clone(),
+            entries: self.entries.clone(),
+            high_water: self.high_water.clone(),
+        }
+    }
+}
+
+/// The retained updates after `last_event_id` (see the module docs).
+pub(crate) async fn history(
+    shared: &Arc<Shared>,
+    last_event_id: &str,
+) -> Result<HistoryReply, TransportError> {
+    if shared.settings.history_size == 0 {
+        return Ok(HistoryReply::default());
+    }
+    if let Some(resolution) = from_cache(shared, last_event_id) {
+        Counters::bump(&shared.counters.history_cache_hits);
+        return Ok(resolution.into_reply());
+    }
+    let slow = shared.clone();
+    let id = last_event_id.to_string();
+    let flight = shared
+        .flights
+        .run(last_event_id, move || async move {
+            from_redis(&slow, &id)
+                .await
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .await;
+    match flight {
+        Some(Ok(resolution)) => Ok(resolution.to_reply()),
+        Some(Err(reason)) => Err(TransportError::Unavailable(reason)),
+        None => Err(TransportError::Unavailable("history scan failed".into())),
+    }
+}
+
+/// The fast path: `None` when the caches cannot answer alone.
+fn from_cache(shared: &Shared, last_event_id: &str) -> Option<Resolution> {
+    let history_size = shared.settings.history_size;
+    let cutoff = shared.settings.age_cutoff_ms();
+    if last_event_id == EARLIEST {
+        let mut parts = Vec::with_capacity(shared.caches.len());
+        for cache in &shared.caches {
+            let cache = cache.read();
+            if !cache.covers_history(history_size) {
+                return None;
+            }
+            parts.push(cache.all());
+        }
+        return Some(assemble(None, parts, cutoff));
+    }
+
+    let mut anchor: Option<Position> = None;
+    let mut all_covered = true;
+    for cache in &shared.caches {
+        let cache = cache.read();
+        if let Some(found) = cache.find(last_event_id) {
+            if anchor.is_none_or(|a| order(&found) < order(&a)) {
+                anchor = Some(found);
+            }
+        }
+        all_covered &= cache.covers_history(history_size);
+    }
+    let Some(anchor) = anchor else {
+        // Unknown here; known unknown only if the caches hold all the retained history.
+        return all_covered.then(Resolution::default);
+    };
+    if cutoff.is_some_and(|c| anchor.ms < c) {
+        // Past the maximum age: as good as trimmed.
+        return Some(Resolution::default());
+    }
+    let from_ms = from_ms(shared, &anchor);
+    let mut parts = Vec::with_capacity(shared.caches.len());
+    for (q, cache) in shared.caches.iter().enumerate() {
+        let cache = cache.read();
+        if usize::from(anchor.partition) == q {
+            // The anchor may have been evicted since it was found; then the slice would miss
+            // entries, so let the slow path answer.
+            if cache.first().is_none_or(|first| first.is_after(&anchor)) {
+                return None;
+            }
+            parts.push(cache.after(anchor));
+        } else {
+            if !cache.covers_from_ms(from_ms, history_size) {
+                return None;
+            }
+            parts.push(cache.since_ms(from_ms));
+        }
+    }
+    Some(assemble(Some(last_event_id.to_string()), parts, cutoff))
+}
+
+/// The slow path: each partition's retained history, from its cache and Redis.
+async fn from_redis(shared: &Shared, last_event_id: &str) -> Result<Resolution, CallError> {
+    Counters::bump(&shared.counters.history_redis_scans);
+    let cutoff = shared.settings.age_cutoff_ms();
+    let mut windows = Vec::with_capacity(shared.caches.len());
+    for partition in 0..shared.settings.partitions {
+        let mut window = load_window(shared, partition).await?;
+        if let Some(cutoff) = cutoff {
+            window.entries.retain(|e| e.position.ms >= cutoff);
+        }
+        windows.push(window);
+    }
+    if last_event_id == EARLIEST {
+        return Ok(assemble(None, windows, None));
+    }
+    let anchor = windows
+        .iter()
+        .filter_map(|w| {
+            w.entries
+                .iter()
+                .find(|e| e.update.id == last_event_id)
+                .map(|e| e.position)
+        })
+        .min_by_key(order);
+    let Some(anchor) = anchor else {
+        return Ok(Resolution::default());
+    };
+    let from_ms = from_ms(shared, &anchor);
+    let parts = windows
+        .into_iter()
+        .enumerate()
+        .map(|(q, mut window)| {
+            let start = if usize::from(anchor.partition) == q {
+                window
+                    .entries
+                    .partition_point(|e| !e.position.is_after(&anchor))
+            } else {
+                window.entries.partition_point(|e| e.position.ms < from_ms)
+            };
+            window.entries.drain(..start);
+            window
+        })
+        .collect();
+    Ok(assemble(Some(last_event_id.to_string()), parts, None))
+}
+
+/// A partition's retained history: its newest `history_size` entries, oldest first.
+async fn load_window(shared: &Shared, partition: u16) -> Result<CacheSlice, CallError> {
+    let history_size = shared.settings.history_size;
+    let (cached, covered, first) = {
+        let cache = shared.caches[usize::from(partition)].read();
+        (
+            cache.all(),
+            cache.covers_history(history_size),
+            cache.first(),
+        )
+    };
+    if covered {
+        return Ok(cached);
+    }
+    let key = &shared.keys[usize::from(partition)].stream;
+    let mut via = Via::Pool {
+        pool: &shared.pool,
+        sent: &shared.counters.history_redis_commands,
+    };
+    let need = history_size.saturating_sub(cached.entries.len());
+    let end = first.map_or(TailEnd::Newest, TailEnd::Before);
+    let older = commands::read_tail(&mut via, key, end, need).await?;
+    let mut entries = commands::decode_all(partition, older.entries, |id, e| {
+        // Counted by the readers; history scans see the same entries again and again.
+        tracing::debug!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
+    });
+    let last = cached.last.or(entries.last().map(|e| e.position));
+    entries.extend(cached.entries);
+    Ok(CacheSlice { entries, last })
+}
+
+/// The earliest time other partitions are replayed from, for a resume at `anchor`.
+fn from_ms(shared: &Shared, anchor: &Position) -> u64 {
+    let margin = shared.settings.resume_margin.as_millis() as u64;
+    anchor.ms.saturating_sub(margin)
+}
+
+/// The order of the merged replay, the same on every node.
+fn order(p: &Position) -> (u64, u16, u64) {
+    (p.ms, p.partition, p.seq)
+}
+
+/// Builds a reply from one slice per partition read.
+fn assemble(anchor: Option<String>, parts: Vec<CacheSlice>, cutoff: Option<u64>) -> Resolution {
+    let high_water = parts.iter().filter_map(|part| part.last).collect();
+    let several = parts.len() > 1;
+    let mut entries: Vec<Arc<Envelope>> = parts.into_iter().flat_map(|p| p.entries).collect();
+    if let Some(cutoff) = cutoff {
+        entries.retain(|e| e.position.ms >= cutoff);
+    }
+    if several {
+        // Stable, and each partition's entries are already in stream order.
+        entries.sort_by_key(|e| order(&e.position));
+    }
+    Resolution {
+        anchor,
+        entries,
+        high_water,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use quicksilver_protocol::Update;
+
+    fn env(id: &str, partition: u16, ms: u64) -> Arc<Envelope> {
+        let update = Update {
+            id: id.into(),
+            topics: vec!["t".into()],
+            data: String::new(),
+            private: false,
+            event_type: None,
+            retry: None,
+        };
+        Arc::new(Envelope::new(Position::new(partition, ms, 0), update, 0))
+    }
+
+    #[test]
+    fn merges_partitions_deterministically_with_high_water() {
+        let p0 = CacheSlice {
+            entries: vec![env("a", 0, 10), env("c", 0, 30)],
+            last: Some(Position::new(0, 30, 0)),
+        };
+        let p1 = CacheSlice {
+            entries: vec![env("b", 1, 20), env("d", 1, 30)],
+            last: Some(Position::new(1, 40, 0)),
+        };
+        let empty = CacheSlice::default();
+        let r = assemble(Some("x".into()), vec![p0, p1, empty], Some(15));
+        let ids: Vec<&str> = r.entries.iter().map(|e| e.update.id.as_str()).collect();
+        assert_eq!(ids, vec!["b", "c", "d"]);
+        assert_eq!(
+            r.high_water,
+            vec![Position::new(0, 30, 0), Position::new(1, 40, 0)]
+        );
+    }
+}

@@ -1,0 +1,96 @@
+//! What the transport knows about its own health: readiness flags and event counters.
+//!
+//! Readers flip their flag when they connect and when they fail; publishes and a periodic `PING`
+//! flip the pool's. Counters are plain atomics read as a [`RedisStats`] snapshot (for metrics and for
+//! tests that assert, say, that a history request cost no Redis round trip).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+/// Readiness: the pool reaches Redis and every reader is connected.
+pub(crate) struct Health {
+    pool_ok: AtomicBool,
+    readers: Vec<AtomicBool>,
+    started: AtomicBool,
+}
+
+impl Health {
+    pub(crate) fn new(partitions: u16) -> Self {
+        Self {
+            pool_ok: AtomicBool::new(false),
+            readers: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            started: AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) fn set_pool(&self, ok: bool) {
+        self.pool_ok.store(ok, Ordering::Relaxed);
+    }
+
+    pub(crate) fn set_reader(&self, partition: u16, connected: bool) {
+        if let Some(flag) = self.readers.get(usize::from(partition)) {
+            flag.store(connected, Ordering::Relaxed);
+        }
+    }
+
+    /// Marks the readers started; `false` if they already were.
+    pub(crate) fn start(&self) -> bool {
+        !self.started.swap(true, Ordering::AcqRel)
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+            && self.pool_ok.load(Ordering::Relaxed)
+            && self.readers.iter().all(|r| r.load(Ordering::Relaxed))
+    }
+}
+
+/// Counters of notable events, since the transport was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedisStats {
+    /// History requests answered from the tail cache alone (no Redis round trip).
+    pub history_cache_hits: u64,
+    /// History scans sent to Redis (identical concurrent requests share one).
+    pub history_redis_scans: u64,
+    /// `XRANGE`/`XREVRANGE` commands sent for history requests.
+    pub history_redis_commands: u64,
+    /// Times a reader found the stream trimmed past what it had read: updates were lost for this
+    /// node (the reader fell further behind than the stream retains).
+    pub trimmed_gaps: u64,
+    /// Times a stream's epoch changed (stream recreated, e.g. Redis restarted without persistence).
+    pub epoch_changes: u64,
+    /// Entries that could not be decoded (unknown format version, corrupt) and were skipped.
+    pub skipped_entries: u64,
+    /// Reader failures (each followed by a back-off and a reconnect).
+    pub reader_errors: u64,
+}
+
+/// The live counters behind [`RedisStats`].
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) history_cache_hits: AtomicU64,
+    pub(crate) history_redis_scans: AtomicU64,
+    pub(crate) history_redis_commands: AtomicU64,
+    pub(crate) trimmed_gaps: AtomicU64,
+    pub(crate) epoch_changes: AtomicU64,
+    pub(crate) skipped_entries: AtomicU64,
+    pub(crate) reader_errors: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> RedisStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RedisStats {
+            history_cache_hits: get(&self.history_cache_hits),
+            history_redis_scans: get(&self.history_redis_scans),
+            history_redis_commands: get(&self.history_redis_commands),
+            trimmed_gaps: get(&self.trimmed_gaps),
+            epoch_changes: get(&self.epoch_changes),
+            skipped_entries: get(&self.skipped_entries),
+            reader_errors: get(&self.reader_errors),
+        }
+    }
+}

@@ -1,0 +1,728 @@
+//! The Redis transport against real `redis-server` processes (each test its own, on a free port):
+//! ordering across nodes, history from the tail cache and from Redis, single-flight, failures and
+//! restarts, epochs, and partitions on a 3-master Redis Cluster.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use quicksilver_protocol::{Envelope, Position, Update};
+use quicksilver_testkit::redis::RedisOptions;
+use quicksilver_testkit::{RedisCluster, RedisServer};
+use quicksilver_transport::redis::{hash_slot, RedisConfig, RedisTransport};
+use quicksilver_transport::{HistoryReply, Transport, TransportError, UpdateSink};
+use tokio::sync::mpsc;
+
+/// Upper bound on any single test.
+const TEST_LIMIT: Duration = Duration::from_secs(60);
+/// Upper bound on waiting for something that should happen promptly.
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Collect(mpsc::UnboundedSender<Arc<Envelope>>);
+
+/// A sink that holds the reader until permits are added: a node whose fan-out is stuck.
+struct Gated {
+    tx: mpsc::UnboundedSender<Arc<Envelope>>,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait]
+impl UpdateSink for Gated {
+    async fn deliver(&self, envelope: Arc<Envelope>) {
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+        }
+        let _ = self.tx.send(envelope);
+    }
+}
+
+#[async_trait]
+impl UpdateSink for Collect {
+    async fn deliver(&self, envelope: Arc<Envelope>) {
+        let _ = self.0.send(envelope);
+    }
+}
+
+fn update(id: &str, topic: &str) -> Update {
+    Update {
+        id: id.into(),
+        topics: vec![topic.into()],
+        data: format!("data of {id}"),
+        private: false,
+        event_type: None,
+        retry: None,
+    }
+}
+
+/// Quick timeouts so failures show within the test's bounds.
+fn config(url: String) -> RedisConfig {
+    RedisConfig {
+        block_ms: 200,
+        command_timeout: Duration::from_millis(500),
+        ..RedisConfig::new(url)
+    }
+}
+
+/// A transport whose reader delivers into the returned channel, once it is ready.
+async fn node(config: RedisConfig) -> (RedisTransport, mpsc::UnboundedReceiver<Arc<Envelope>>) {
+    let transport = RedisTransport::new(config).expect("valid config");
+    let (tx, rx) = mpsc::unbounded_channel();
+    transport.start_reader(Arc::new(Collect(tx)));
+    wait_until("transport ready", || transport.is_ready()).await;
+    (transport, rx)
+}
+
+async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + WAIT;
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn receive(rx: &mut mpsc::UnboundedReceiver<Arc<Envelope>>, n: usize) -> Vec<Arc<Envelope>> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, rx.recv()).await {
+            Ok(Some(e)) => out.push(e),
+            _ => panic!("received {} of {n} updates", out.len()),
+        }
+    }
+    out
+}
+
+async fn publish_all(t: &RedisTransport, ids: &[String], topic: &str) -> Vec<Position> {
+    let mut positions = Vec::new();
+    for id in ids {
+        positions.push(t.publish(update(id, topic)).await.expect("publish"));
+    }
+    positions
+}
+
+/// Publishes, retrying while Redis comes back.
+async fn publish_retrying(t: &RedisTransport, u: Update) -> Position {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match t.publish(u.clone()).await {
+            Ok(p) => return p,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("publish kept failing: {e}"),
+        }
+    }
+}
+
+fn names(prefix: &str, n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("{prefix}{i}")).collect()
+}
+
+fn ids(envelopes: &[Arc<Envelope>]) -> Vec<&str> {
+    envelopes.iter().map(|e| e.update.id.as_str()).collect()
+}
+
+fn reply_ids(reply: &HistoryReply) -> Vec<&str> {
+    ids(&reply.entries)
+}
+
+async fn bounded<F: Future<Output = ()>>(test: F) {
+    tokio::time::timeout(TEST_LIMIT, test)
+        .await
+        .expect("test exceeded its time limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_delivers_published_updates_in_order() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        let sent = names("u", 100);
+        let positions = publish_all(&t, &sent, "/books/1").await;
+        assert!(positions.windows(2).all(|w| w[1].is_after(&w[0])));
+        let got = receive(&mut rx, 100).await;
+        assert_eq!(
+            ids(&got),
+            sent.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert_eq!(
+            got.iter().map(|e| e.position).collect::<Vec<_>>(),
+            positions
+        );
+        assert!(got[0].accepted_at_micros > 0);
+        assert!(std::str::from_utf8(&got[0].frame)
+            .unwrap()
+            .contains("id: u0"));
+        assert_eq!(t.name(), "redis");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_read_every_update_in_the_same_order() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (a, mut rx_a) = node(config(redis.url())).await;
+        let (b, mut rx_b) = node(config(redis.url())).await;
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        let mut tasks = Vec::new();
+        for i in 0..60 {
+            let t = if i % 2 == 0 { a.clone() } else { b.clone() };
+            tasks.push(tokio::spawn(async move {
+                t.publish(update(&format!("c{i}"), "/t")).await.unwrap()
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let got_a = receive(&mut rx_a, 60).await;
+        let got_b = receive(&mut rx_b, 60).await;
+        assert_eq!(ids(&got_a), ids(&got_b));
+        assert!(got_a
+            .windows(2)
+            .all(|w| w[1].position.is_after(&w[0].position)));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_served_from_the_tail_cache_without_redis() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        let sent = names("h", 5);
+        publish_all(&t, &sent, "/t").await;
+        let got = receive(&mut rx, 5).await;
+        let before = t.stats();
+
+        let reply = t.history("h1").await.unwrap();
+        assert_eq!(reply.anchor.as_deref(), Some("h1"));
+        assert_eq!(reply_ids(&reply), vec!["h2", "h3", "h4"]);
+        assert_eq!(reply.high_water, vec![got[4].position]);
+
+        let newest = t.history("h4").await.unwrap();
+        assert!(newest.entries.is_empty());
+        assert_eq!(
+            newest.high_water,
+            vec![got[4].position],
+            "covers the anchor"
+        );
+
+        let all = t.history("earliest").await.unwrap();
+        assert!(all.anchor.is_none());
+        assert_eq!(reply_ids(&all), vec!["h0", "h1", "h2", "h3", "h4"]);
+
+        let unknown = t.history("nope").await.unwrap();
+        assert!(unknown.anchor.is_none() && unknown.entries.is_empty());
+
+        let after = t.stats();
+        assert_eq!(after.history_redis_commands, before.history_redis_commands);
+        assert_eq!(after.history_redis_scans, before.history_redis_scans);
+        assert_eq!(after.history_cache_hits, before.history_cache_hits + 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_falls_back_to_redis_beyond_the_cache() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let small_cache = RedisConfig {
+            history_size: 100,
+            tail_cache_size: Some(10),
+            ..config(redis.url())
+        };
+        let (a, mut rx_a) = node(small_cache.clone()).await;
+        let sent = names("f", 50);
+        publish_all(&a, &sent, "/t").await;
+        receive(&mut rx_a, 50).await;
+
+        // A node started after the updates: its cache holds the newest 10.
+        let (b, _rx_b) = node(small_cache).await;
+        let cached = b.history("f45").await.unwrap();
+        assert_eq!(reply_ids(&cached), vec!["f46", "f47", "f48", "f49"]);
+        assert_eq!(b.stats().history_redis_scans, 0);
+
+        let reply = b.history("f5").await.unwrap();
+        assert_eq!(reply.anchor.as_deref(), Some("f5"));
+        let expected: Vec<&str> = sent[6..].iter().map(String::as_str).collect();
+        assert_eq!(reply_ids(&reply), expected);
+        assert_eq!(b.stats().history_redis_scans, 1);
+        assert!(b.stats().history_redis_commands >= 1);
+
+        let all = b.history("earliest").await.unwrap();
+        assert_eq!(all.entries.len(), 50);
+        assert_eq!(reply_ids(&all)[0], "f0");
+
+        let unknown = b.history("missing").await.unwrap();
+        assert!(unknown.anchor.is_none() && unknown.entries.is_empty());
+        assert_eq!(b.stats().history_redis_scans, 3);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_is_bounded_by_history_size() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let cfg = RedisConfig {
+            history_size: 20,
+            ..config(redis.url())
+        };
+        let (t, mut rx) = node(cfg.clone()).await;
+        publish_all(&t, &names("b", 30), "/t").await;
+        receive(&mut rx, 30).await;
+        let all = t.history("earliest").await.unwrap();
+        assert_eq!(reply_ids(&all).first(), Some(&"b10"));
+        assert_eq!(all.entries.len(), 20);
+        assert!(
+            t.history("b5").await.unwrap().anchor.is_none(),
+            "past history_size"
+        );
+        // The same answers from a node that must ask Redis.
+        let (fresh, _rx) = node(RedisConfig {
+            tail_cache_size: Some(2),
+            ..cfg
+        })
+        .await;
+        assert_eq!(fresh.history("earliest").await.unwrap().entries.len(), 20);
+        assert!(fresh.history("b5").await.unwrap().anchor.is_none());
+        assert_eq!(reply_ids(&fresh.history("b25").await.unwrap()).len(), 4);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_fallbacks_for_one_id_cost_one_scan() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let cfg = RedisConfig {
+            history_size: 5_000,
+            tail_cache_size: Some(5),
+            ..config(redis.url())
+        };
+        let (t, mut rx) = node(cfg).await;
+        let t = Arc::new(t);
+        // Enough entries that the scan outlasts the burst of callers.
+        let mut tasks = Vec::new();
+        for chunk in 0..10 {
+            let t = t.clone();
+            tasks.push(tokio::spawn(async move {
+                for i in 0..300 {
+                    t.publish(update(&format!("s{chunk}-{i}"), "/t"))
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        receive(&mut rx, 3_000).await;
+        assert_eq!(
+            t.stats().trimmed_gaps,
+            0,
+            "full batches checked, nothing lost"
+        );
+        let barrier = Arc::new(tokio::sync::Barrier::new(500));
+        let mut tasks = Vec::new();
+        for _ in 0..500 {
+            let t = t.clone();
+            let barrier = barrier.clone();
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                t.history("not-there").await.unwrap()
+            }));
+        }
+        for task in tasks {
+            let reply = task.await.unwrap();
+            assert!(reply.anchor.is_none() && reply.entries.is_empty());
+        }
+        assert_eq!(t.stats().history_redis_scans, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_publishes_fast_and_clears_readiness() {
+    let mut redis = RedisServer::start();
+    let url = redis.url();
+    let (t, _rx) = node(config(url)).await;
+    t.publish(update("ok", "/t")).await.unwrap();
+    redis.kill();
+    bounded(async {
+        let started = Instant::now();
+        let err = t.publish(update("lost", "/t")).await.unwrap_err();
+        assert!(matches!(err, TransportError::Unavailable(_)), "{err:?}");
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        wait_until("not ready", || !t.is_ready()).await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hung_redis_gives_an_error_not_a_hang() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, _rx) = node(config(redis.url())).await;
+        // Makes the server stop answering other clients for 3 s.
+        let pause = redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]);
+        assert!(pause.is_ok());
+        let started = Instant::now();
+        let err = t.publish(update("slow", "/t")).await.unwrap_err();
+        assert!(matches!(err, TransportError::Unavailable(_)), "{err:?}");
+        assert!(started.elapsed() < Duration::from_millis(1_500));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_resumes_after_a_restart_with_persistence() {
+    let mut redis = RedisServer::start_with(RedisOptions {
+        appendonly: true,
+        ..RedisOptions::default()
+    });
+    let (t, mut rx) = node(config(redis.url())).await;
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        t.publish(update(&format!("r{i}"), "/t")).await.unwrap();
+        acked.push(format!("r{i}"));
+    }
+    receive(&mut rx, 10).await;
+    redis.restart();
+    bounded(async {
+        for i in 10..20 {
+            publish_retrying(&t, update(&format!("r{i}"), "/t")).await;
+            acked.push(format!("r{i}"));
+        }
+        let got = receive(&mut rx, 10).await;
+        assert_eq!(
+            ids(&got),
+            acked[10..].iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        wait_until("ready again", || t.is_ready()).await;
+        assert_eq!(
+            t.stats().epoch_changes,
+            0,
+            "AOF kept the stream and its epoch"
+        );
+        assert!(t.stats().reader_errors >= 1);
+        // History still spans the restart.
+        assert_eq!(reply_ids(&t.history("r8").await.unwrap()).len(), 11);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reader_resumes_after_its_connection_is_cut() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        t.publish(update("k0", "/t")).await.unwrap();
+        receive(&mut rx, 1).await;
+        // Cuts every client connection (the reader's included), then publishes before the reader is
+        // back: it must resume after the last entry it read, skipping nothing.
+        redis
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .unwrap();
+        let mut sent = Vec::new();
+        for i in 1..=10 {
+            publish_retrying(&t, update(&format!("k{i}"), "/t")).await;
+            sent.push(format!("k{i}"));
+        }
+        let got = receive(&mut rx, 10).await;
+        assert_eq!(
+            ids(&got),
+            sent.iter().map(String::as_str).collect::<Vec<_>>()
+        );
+        assert!(
+            tokio::time::timeout(Duration::from_millis(300), rx.recv())
+                .await
+                .is_err(),
+            "no duplicates"
+        );
+        assert_eq!(t.stats().reader_errors, 1);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_without_persistence_changes_the_epoch() {
+    let mut redis = RedisServer::start();
+    let (t, mut rx) = node(config(redis.url())).await;
+    publish_all(&t, &names("e", 3), "/t").await;
+    receive(&mut rx, 3).await;
+    assert_eq!(t.history("e1").await.unwrap().anchor.as_deref(), Some("e1"));
+    redis.restart();
+    bounded(async {
+        publish_retrying(&t, update("after", "/t")).await;
+        let got = receive(&mut rx, 1).await;
+        assert_eq!(ids(&got), vec!["after"]);
+        wait_until("epoch change seen", || t.stats().epoch_changes >= 1).await;
+        let old = t.history("e1").await.unwrap();
+        assert!(
+            old.anchor.is_none() && old.entries.is_empty(),
+            "old ids are gone"
+        );
+        assert_eq!(
+            reply_ids(&t.history("earliest").await.unwrap()),
+            vec!["after"]
+        );
+        t.publish(update("next", "/t")).await.unwrap();
+        receive(&mut rx, 1).await;
+        assert_eq!(reply_ids(&t.history("after").await.unwrap()), vec!["next"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_trimmed_past_the_reader_is_detected() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        t.publish(update("g0", "/t")).await.unwrap();
+        receive(&mut rx, 1).await;
+        let key = t.stream_keys()[0].clone();
+        // Atomically: two entries arrive and are trimmed away before any reader can see them.
+        let script = "redis.call('XADD', KEYS[1], '*', 'v', '1', 'u', 'x') \
+                      redis.call('XADD', KEYS[1], '*', 'v', '1', 'u', 'x') \
+                      redis.call('XTRIM', KEYS[1], 'MAXLEN', 0) return 1";
+        redis.command(&["EVAL", script, "1", &key]).unwrap();
+        redis
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .unwrap();
+        wait_until("gap counted", || t.stats().trimmed_gaps == 1).await;
+        publish_retrying(&t, update("g1", "/t")).await;
+        assert_eq!(ids(&receive(&mut rx, 1).await), vec!["g1"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_of_unknown_versions_are_skipped() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        let key = t.stream_keys()[0].clone();
+        redis
+            .command(&["XADD", &key, "*", "v", "2", "u2", "future"])
+            .unwrap();
+        redis
+            .command(&["XADD", &key, "*", "v", "1", "u", "garbage"])
+            .unwrap();
+        t.publish(update("fine", "/t")).await.unwrap();
+        assert_eq!(ids(&receive(&mut rx, 1).await), vec!["fine"]);
+        assert_eq!(t.stats().skipped_entries, 2);
+        assert!(t.is_ready());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_max_age_hides_old_updates() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(RedisConfig {
+            history_max_age: Some(Duration::from_millis(500)),
+            ..config(redis.url())
+        })
+        .await;
+        t.publish(update("old", "/t")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        t.publish(update("new", "/t")).await.unwrap();
+        receive(&mut rx, 2).await;
+        assert_eq!(
+            reply_ids(&t.history("earliest").await.unwrap()),
+            vec!["new"]
+        );
+        assert!(t.history("old").await.unwrap().anchor.is_none());
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_spread_over_a_three_master_cluster() {
+    let cluster = RedisCluster::start(3);
+    bounded(async {
+        let cfg = RedisConfig {
+            urls: cluster.urls(),
+            partitions: 3,
+            resume_margin: Duration::from_secs(3_600),
+            ..config(cluster.url())
+        };
+        let (a, mut rx_a) = node(cfg.clone()).await;
+        let (_b, mut rx_b) = node(cfg.clone()).await;
+
+        // Each stream sits on its own master, at the slot we computed.
+        let keys = a.stream_keys();
+        for key in &keys {
+            let slot = cluster.nodes()[0]
+                .command(&["CLUSTER", "KEYSLOT", key])
+                .unwrap()
+                .as_integer()
+                .unwrap();
+            assert_eq!(slot, i64::from(hash_slot(key)));
+        }
+
+        // Topics over every partition.
+        let topics: Vec<String> = (0..30).map(|i| format!("/topic/{i}")).collect();
+        let mut covered = [false; 3];
+        for topic in &topics {
+            covered[usize::from(a.partition_of(topic))] = true;
+        }
+        assert_eq!(covered, [true; 3]);
+        let mut sent = Vec::new();
+        for i in 0..90 {
+            let topic = &topics[i % topics.len()];
+            let p = a.publish(update(&format!("p{i}"), topic)).await.unwrap();
+            assert_eq!(p.partition, a.partition_of(topic));
+            sent.push((format!("p{i}"), p));
+        }
+        for node in cluster.nodes() {
+            let size = node.command(&["DBSIZE"]).unwrap().as_integer().unwrap();
+            assert_eq!(size, 2, "one stream and its epoch per master");
+        }
+
+        // Both nodes deliver every update, in the same order within each partition.
+        let got_a = receive(&mut rx_a, 90).await;
+        let got_b = receive(&mut rx_b, 90).await;
+        for partition in 0..3 {
+            let of = |got: &[Arc<Envelope>]| -> Vec<String> {
+                got.iter()
+                    .filter(|e| e.position.partition == partition)
+                    .map(|e| e.update.id.clone())
+                    .collect()
+            };
+            assert_eq!(of(&got_a), of(&got_b));
+            let published: Vec<String> = sent
+                .iter()
+                .filter(|(_, p)| p.partition == partition)
+                .map(|(id, _)| id.clone())
+                .collect();
+            assert_eq!(of(&got_a), published);
+        }
+
+        // Resume: everything of the anchor's partition after it; other partitions within the margin
+        // (an hour here, so all of them); high-water marks for every partition.
+        let (anchor_id, anchor) = sent[40].clone();
+        let reply = a.history(&anchor_id).await.unwrap();
+        assert_eq!(reply.anchor.as_deref(), Some(anchor_id.as_str()));
+        let replayed: Vec<&str> = reply_ids(&reply);
+        for (id, p) in &sent {
+            let expected = p.partition != anchor.partition || p.is_after(&anchor);
+            assert_eq!(replayed.contains(&id.as_str()), expected, "{id} at {p}");
+        }
+        let order: Vec<(u64, u16, u64)> = reply
+            .entries
+            .iter()
+            .map(|e| (e.position.ms, e.position.partition, e.position.seq))
+            .collect();
+        assert!(
+            order.windows(2).all(|w| w[0] < w[1]),
+            "deterministic merge order"
+        );
+        assert_eq!(reply.high_water.len(), 3);
+
+        // The same answer from Redis, on a node with a tiny cache.
+        let (c, _rx_c) = node(RedisConfig {
+            tail_cache_size: Some(2),
+            ..cfg.clone()
+        })
+        .await;
+        let from_redis = c.history(&anchor_id).await.unwrap();
+        assert_eq!(reply_ids(&from_redis), replayed);
+        assert_eq!(from_redis.high_water, reply.high_water);
+        assert_eq!(c.stats().history_redis_scans, 1);
+
+        // With no margin, other partitions replay only from the anchor's time on: nothing published
+        // after the anchor is lost.
+        let (d, _rx_d) = node(RedisConfig {
+            resume_margin: Duration::ZERO,
+            ..cfg
+        })
+        .await;
+        let tight = d.history(&anchor_id).await.unwrap();
+        let tight_ids = reply_ids(&tight);
+        for (id, p) in &sent[41..] {
+            assert!(tight_ids.contains(&id.as_str()), "{id} at {p} lost");
+        }
+        assert!(tight.entries.iter().all(|e| e.position.ms >= anchor.ms));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_left_behind_by_trimming_reports_the_loss() {
+    let redis = RedisServer::start();
+    bounded(async {
+        // history_size 10 still keeps ~1000 entries in the stream (the floor for readers).
+        let t = RedisTransport::new(RedisConfig {
+            history_size: 10,
+            ..config(redis.url())
+        })
+        .unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        t.start_reader(Arc::new(Gated {
+            tx,
+            gate: gate.clone(),
+        }));
+        wait_until("ready", || t.is_ready()).await;
+        t.publish(update("first", "/t")).await.unwrap();
+        for i in 0..3_000 {
+            t.publish(update(&format!("x{i}"), "/t")).await.unwrap();
+        }
+        gate.add_permits(1_000_000);
+        loop {
+            let e = receive(&mut rx, 1).await;
+            if e[0].update.id == "x2999" {
+                break;
+            }
+        }
+        assert_eq!(t.stats().trimmed_gaps, 1);
+        let all = t.history("earliest").await.unwrap();
+        assert_eq!(reply_ids(&all).last(), Some(&"x2999"));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_stops_publishing_and_reading() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        t.close();
+        assert!(matches!(
+            t.publish(update("late", "/t")).await,
+            Err(TransportError::Closed)
+        ));
+        assert!(!t.is_ready());
+        // The reader task ended and dropped its sink.
+        assert!(tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .unwrap()
+            .is_none());
+    })
+    .await;
+}
+
+#[test]
+fn urls_with_tls_and_credentials_are_accepted() {
+    for url in [
+        "rediss://user:secret@redis.example:6380/0",
+        "redis://:secret@127.0.0.1:1/2",
+    ] {
+        assert!(RedisTransport::new(RedisConfig::new(url)).is_ok(), "{url}");
+    }
+    let cluster = RedisConfig {
+        urls: vec!["rediss://a:1".into(), "rediss://b:2".into()],
+        ..RedisConfig::default()
+    };
+    assert!(RedisTransport::new(cluster).is_ok());
+    assert!(RedisTransport::new(RedisConfig::new("http://nope")).is_err());
+}
