@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 
 /// Quicksilver: a horizontally scalable Mercure hub.
 #[derive(Parser, Clone, Debug)]
@@ -16,6 +16,10 @@ pub struct Config {
     /// Address to listen on (`127.0.0.1:0` picks a free port and prints it).
     #[arg(long, env = "QUICKSILVER_LISTEN", default_value = "127.0.0.1:3000")]
     pub listen: SocketAddr,
+
+    /// A TOML file of settings (keys are the flag names); flags and environment variables win over it.
+    #[arg(long, env = "QUICKSILVER_CONFIG")]
+    pub config: Option<std::path::PathBuf>,
 
     /// Where updates are stored and shared: `memory` (a single node) or `redis` (any number of nodes
     /// sharing Redis Streams).
@@ -148,6 +152,15 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_SHARDS")]
     pub shards: Option<usize>,
 
+    /// Maximum number of subscribers on this node; more are refused with 503 so the load balancer
+    /// sends them elsewhere (`0`: 95% of the process's open-file limit).
+    #[arg(long, env = "QUICKSILVER_MAX_CONNECTIONS", default_value_t = 0)]
+    pub max_connections: usize,
+
+    /// Also serve `/metrics` on this separate address (e.g. `0.0.0.0:9090`), besides the main one.
+    #[arg(long, env = "QUICKSILVER_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+
     /// Maximum size of a publish request body, in bytes.
     #[arg(long, env = "QUICKSILVER_MAX_BODY_SIZE", default_value_t = 1024 * 1024)]
     pub max_body_size: usize,
@@ -194,12 +207,32 @@ pub enum LogFormat {
 impl Config {
     /// Parses a configuration from arguments (the first one is the program name), reading
     /// environment variables for flags not given.
-    pub fn from_args<I, T>(args: I) -> Result<Self, clap::Error>
+    ///
+    /// With `--config FILE` (or `QUICKSILVER_CONFIG`), settings are also read from that TOML file,
+    /// whose keys are the flag names (`history_size = 5000` or `history-size = 5000`). Precedence:
+    /// a flag beats its environment variable, which beats the file, which beats the default. An
+    /// unknown key or a bad value in the file refuses the whole configuration, naming the key.
+    pub fn from_args<I, T>(args: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
-        let mut config = Self::try_parse_from(args)?;
+        let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
+        let matches = Self::command().try_get_matches_from(&args)?;
+        let mut config = match matches.get_one::<std::path::PathBuf>("config") {
+            Some(path) => {
+                let from_file = file_args(path, &matches)?;
+                let mut merged = Vec::with_capacity(args.len() + from_file.len());
+                merged.extend(args.first().cloned());
+                merged.extend(from_file.into_iter().map(Into::into));
+                merged.extend(args.iter().skip(1).cloned());
+                Self::try_parse_from(merged).map_err(|e| ConfigError::File {
+                    path: path.display().to_string(),
+                    reason: e.to_string(),
+                })?
+            }
+            None => Self::from_arg_matches(&matches)?,
+        };
         config.cors_origins = split_list(&config.cors_origins);
         config.publish_origins = split_list(&config.publish_origins);
         config.redis_url = split_list(&config.redis_url);
@@ -220,6 +253,97 @@ impl Config {
             Some(k) => Some((k.as_str(), self.subscriber_jwt_alg.as_str())),
             None => self.jwt_key.as_deref().map(|k| (k, self.jwt_alg.as_str())),
         }
+    }
+}
+
+/// Why the configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A bad flag or environment variable (clap's message, with usage).
+    #[error(transparent)]
+    Cli(#[from] clap::Error),
+    /// A bad configuration file.
+    #[error("configuration file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong, naming the key.
+        reason: String,
+    },
+}
+
+impl ConfigError {
+    /// Prints the error and exits (clap's exit codes and formatting for flag errors).
+    pub fn exit(self) -> ! {
+        match self {
+            ConfigError::Cli(e) => e.exit(),
+            ConfigError::File { .. } => {
+                eprintln!("error: {self}");
+                std::process::exit(2)
+            }
+        }
+    }
+}
+
+/// Turns the settings of a TOML file into command-line arguments, for the keys that were given
+/// neither as a flag nor as an environment variable.
+fn file_args(
+    path: &std::path::Path,
+    matches: &clap::ArgMatches,
+) -> Result<Vec<String>, ConfigError> {
+    let file_error = |reason: String| ConfigError::File {
+        path: path.display().to_string(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
+    let table: toml::Table = text
+        .parse()
+        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
+    let command = Config::command();
+    let mut out = Vec::new();
+    for (key, value) in table {
+        let id = key.replace('-', "_");
+        let arg = command
+            .get_arguments()
+            .find(|a| a.get_id().as_str() == id && a.get_long().is_some() && id != "config")
+            .ok_or_else(|| file_error(format!("unknown key `{key}`")))?;
+        let explicit = matches!(
+            matches.value_source(&id),
+            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
+        );
+        if explicit {
+            continue;
+        }
+        let flag = format!("--{}", arg.get_long().unwrap_or(&id));
+        let takes_value = arg.get_action().takes_values();
+        match value {
+            toml::Value::Boolean(b) if !takes_value => {
+                if b {
+                    out.push(flag);
+                }
+            }
+            toml::Value::Array(items) => {
+                for item in items {
+                    out.push(flag.clone());
+                    out.push(scalar(&key, item).map_err(file_error)?);
+                }
+            }
+            other => {
+                out.push(flag);
+                out.push(scalar(&key, other).map_err(file_error)?);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn scalar(key: &str, value: toml::Value) -> Result<String, String> {
+    match value {
+        toml::Value::String(s) => Ok(s),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        toml::Value::Boolean(b) => Ok(b.to_string()),
+        _ => Err(format!("key `{key}`: expected a string, number or boolean")),
     }
 }
 
@@ -276,5 +400,50 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_secs(60));
         assert_eq!(c.publisher_key(), Some(("k", "HS256")));
         assert!(Config::from_args(["quicksilver", "--heartbeat", "soon"]).is_err());
+    }
+
+    #[test]
+    fn config_file_with_precedence_and_unknown_keys_refused() {
+        let dir = std::env::temp_dir().join(format!("qs-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("quicksilver.toml");
+        std::fs::write(
+            &file,
+            "history-size = 42\nanonymous = true\ncors_origins = [\"https://a.example\", \"https://b.example\"]\nheartbeat = \"5s\"\nlisten = \"127.0.0.1:4000\"\n",
+        )
+        .unwrap();
+        let path = file.to_str().unwrap();
+        let c = Config::from_args([
+            "quicksilver",
+            "--config",
+            path,
+            "--listen",
+            "127.0.0.1:5000",
+        ])
+        .unwrap();
+        assert_eq!(c.history_size, 42);
+        assert!(c.anonymous);
+        assert_eq!(
+            c.cors_origins,
+            vec!["https://a.example", "https://b.example"]
+        );
+        assert_eq!(c.heartbeat, Duration::from_secs(5));
+        assert_eq!(
+            c.listen.to_string(),
+            "127.0.0.1:5000",
+            "a flag beats the file"
+        );
+
+        std::fs::write(&file, "history_size = 1\nhistroy_size = 2\n").unwrap();
+        let err = Config::from_args(["quicksilver", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("histroy_size"), "{err}");
+        std::fs::write(&file, "history_size = \"many\"\n").unwrap();
+        let err = Config::from_args(["quicksilver", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("history-size"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

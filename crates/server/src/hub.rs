@@ -34,6 +34,8 @@ pub struct HubSettings {
     pub subscribe_limits: SubscribeLimits,
     /// Maximum publish body size in bytes.
     pub max_body_size: usize,
+    /// Maximum number of subscribers on this node.
+    pub max_subscribers: usize,
     /// Time over which streams are closed when draining.
     pub drain_window: Duration,
     /// `retry:` sent to clients whose stream is closed by a drain.
@@ -125,6 +127,10 @@ impl Hub {
                 max_pattern_len: config.max_selector_length,
             },
             max_body_size: config.max_body_size,
+            max_subscribers: match config.max_connections {
+                0 => default_max_subscribers(),
+                n => n,
+            },
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
         };
@@ -204,4 +210,22 @@ impl Hub {
         // Whatever connected in between (none should) is closed now.
         fanout.close_all();
     }
+}
+
+/// 95% of the open-file limit (`Max open files` in `/proc/self/limits`): each subscriber holds one
+/// socket, and the rest is kept for publishers, Redis connections and the listener.
+fn default_max_subscribers() -> usize {
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("Max open files"))
+                .and_then(|l| {
+                    l.split_whitespace()
+                        .nth(3)
+                        .and_then(|v| v.parse::<usize>().ok())
+                })
+        })
+        .unwrap_or(20_000);
+    limit - limit / 20
 }

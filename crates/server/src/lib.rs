@@ -93,9 +93,25 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Builds the hub (starting its background tasks) and binds the listener.
+    /// Builds the hub (starting its background tasks) and binds the listener (and the separate
+    /// metrics listener, when configured).
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
         let hub = Hub::start(config)?;
+        if let Some(addr) = config.metrics_addr {
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr} for metrics: {e}"))?;
+            let metrics_app = Router::new()
+                .route("/metrics", get(metrics::metrics))
+                .route("/healthz", get(healthz))
+                .route("/readyz", get(readyz))
+                .with_state(hub.clone());
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, metrics_app).await {
+                    tracing::error!(error = %e, "metrics listener stopped");
+                }
+            });
+        }
         let app = router(hub.clone(), config)?;
         let listener = TcpListener::bind(config.listen)
             .await

@@ -30,6 +30,16 @@ pub async fn subscribe(
         return Err(HubError::Unavailable("the hub is shutting down".into()));
     }
     let settings = hub.settings();
+    let connected = hub
+        .fanout()
+        .stats()
+        .subscribers
+        .load(std::sync::atomic::Ordering::Relaxed);
+    if connected >= 0 && connected as usize >= settings.max_subscribers {
+        return Err(HubError::Unavailable(
+            "this node holds its maximum number of subscribers, retry on another".into(),
+        ));
+    }
     let query = parse_subscribe_query(query.as_deref().unwrap_or(""), &settings.subscribe_limits)
         .map_err(|e| HubError::BadRequest(e.to_string()))?;
 

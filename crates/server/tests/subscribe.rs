@@ -512,3 +512,58 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving() {
         "the slow subscriber should have been cut off (got {got})"
     );
 }
+
+#[tokio::test]
+async fn subscribers_beyond_the_node_limit_are_refused_with_503() {
+    let hub = TestHub::start(&["--anonymous", "--max-connections", "2"]).await;
+    let c = client();
+    let url = format!("{}?topic=t", hub.hub_url());
+    let _a = Sse::connect(&c, &url, &[]).await;
+    let b = Sse::connect(&c, &url, &[]).await;
+    assert_eq!(b.status, 200);
+    let third = c.get(&url).send().await.unwrap();
+    assert_eq!(third.status(), 503);
+    assert!(third.headers().contains_key("retry-after"));
+    drop(b);
+    // A place frees up once a subscriber leaves.
+    let mut ok = false;
+    for _ in 0..50 {
+        if c.get(&url).send().await.unwrap().status() == 200 {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(ok);
+}
+
+#[tokio::test]
+async fn a_token_expiry_ends_the_connection() {
+    let hub = TestHub::start(&[]).await;
+    let c = client();
+    let soon = token(&[], &["*"], Some(now() + 2));
+    let mut sse = Sse::connect(
+        &c,
+        &format!("{}?topic=t", hub.hub_url()),
+        &[("Authorization", &format!("Bearer {soon}"))],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    assert!(sse.ended_within(std::time::Duration::from_secs(6)).await);
+}
+
+#[tokio::test]
+async fn metrics_on_a_separate_listener() {
+    let port = quicksilver_testkit::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let _hub = TestHub::start(&["--metrics-addr", &addr]).await;
+    let text = client()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("quicksilver_subscribers 0"), "{text}");
+}
