@@ -547,3 +547,48 @@ async fn partitioned_over_a_redis_cluster_a_killed_node_loses_nothing() {
     }
     eprintln!("partitioned resume: {duplicates} duplicate deliveries across all subscribers");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_node_hands_its_subscribers_to_the_others_without_loss() {
+    let redis = RedisServer::start();
+    let mut draining = node(
+        &redis.url(),
+        &["--drain-window", "1s", "--drain-retry", "100ms"],
+    );
+    let others: Vec<HubProcess> = (0..2).map(|_| node(&redis.url(), &[])).collect();
+    let mut urls = vec![draining.url().to_string()];
+    urls.extend(others.iter().map(|n| n.url().to_string()));
+    let mut followers = Vec::new();
+    for _ in 0..20 {
+        followers.push(Follower::start(urls.clone(), 0).await);
+    }
+    let c = client();
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let publisher = {
+        let (c, urls, token) = (c.clone(), urls.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for seq in 1..=300u64 {
+                if try_publish(&c, &urls[1 + seq as usize % 2], &token, seq).await == Some(200) {
+                    acked.push(seq);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    draining.sigterm();
+    let acked = publisher.await.unwrap();
+    assert_eq!(acked.len(), 300);
+    wait_all_received(&followers, &acked, Duration::from_secs(30)).await;
+    for (i, f) in followers.into_iter().enumerate() {
+        let (got, reconnections) = f.stop().await;
+        assert_complete(&format!("subscriber {i}"), &got, &acked);
+        assert!(reconnections >= 1, "subscriber {i} moved to another node");
+    }
+    let status = draining
+        .wait_exit(Duration::from_secs(15))
+        .expect("the drained node exits");
+    assert!(status.success());
+}
