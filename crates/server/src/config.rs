@@ -137,7 +137,7 @@ pub struct Config {
 
     /// On SIGTERM: how long the node takes to close its subscriber streams, spread evenly so the
     /// clients' reconnections do not hit the other nodes all at once.
-    #[arg(long, env = "QUICKSILVER_DRAIN_WINDOW", default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, env = "QUICKSILVER_DRAIN_WINDOW", default_value = "30s", value_parser = parse_duration)]
     pub drain_window: Duration,
 
     /// Reconnection delay sent to clients (`retry:`) when the node closes their stream to drain.

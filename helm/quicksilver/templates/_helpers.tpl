@@ -32,10 +32,9 @@ holds what, how long a pod may take to stop). Templates include these instead of
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{/* Labels shared by every resource of the release. */}}
+{{/* Labels shared by every resource of the release (with the selector labels, which add the instance). */}}
 {{- define "quicksilver.commonLabels" -}}
 helm.sh/chart: {{ include "quicksilver.chart" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if .Chart.AppVersion }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 {{- end }}

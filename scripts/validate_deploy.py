@@ -1,0 +1,854 @@
+#!/usr/bin/env python3
+"""Offline checks of the deployment files: the Helm chart (helm/quicksilver) and the plain
+manifests (k8s/). No cluster, no `helm` binary, no network.
+
+What runs, in order (each line of the summary is one check):
+  1. values.yaml: every key documented by a `# --` comment (on itself or an ancestor), and every
+     documented key listed in the chart README's values table.
+  2. `helm lint` of the chart (Helm's own engine, from the helm-python-sdk wheel), strict.
+  3. Renders with the default values and with the value sets below; each rendered document must
+     parse (duplicate YAML keys refused), pass kubernetes-validate's strict schemas for the oldest
+     Kubernetes the chart supports and the newest known, and hang together (selectors match pod
+     labels, references point at rendered objects, the grace period covers preStop + drain, SSE
+     annotations on the Ingress, several pods only with the Redis transport).
+     Kinds from CRDs (ServiceMonitor) have no bundled schema: they are parsed and checked by hand.
+  4. Invalid value sets: the render must fail (schema or the chart's own `fail` checks).
+  5. k8s/base files one by one, and k8s/overlays/example built as kustomize would: with `kustomize`
+     or `kubectl kustomize` when one is installed, and always with the small builder below (which
+     handles resources, namespace, replicas, images and strategic-merge patches, the features the
+     overlay uses); when both ran their outputs must agree.
+  6. When a quicksilver binary is at hand (target/release or target/debug, or $QUICKSILVER_BIN),
+     every QUICKSILVER_*/MERCURE_* variable the files set must be one it knows (`--help`), apart from
+     the settings announced but not yet in the binary (COMING_SOON).
+
+Exit status 0 when every check passed; the last line reads "N passed, N failed".
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+import helm_python as helm
+import kubernetes_validate as kv
+from kubernetes_validate.utils import SchemaNotFoundError
+
+ROOT = Path(__file__).resolve().parent.parent
+CHART = ROOT / "helm" / "quicksilver"
+K8S = ROOT / "k8s"
+RELEASE = "qs"
+NAMESPACE = "mercure"
+
+# Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas.
+KUBE_VERSIONS = ["1.25", kv.utils.major_minor(kv.utils.latest_version())]
+
+# Settings the chart writes that the hub will have but may not have yet (checked softly in step 6).
+COMING_SOON = {
+    "QUICKSILVER_METRICS_ADDR",
+    "QUICKSILVER_MAX_CONNECTIONS",
+    "QUICKSILVER_CONFIG",
+    "QUICKSILVER_DRAIN_WINDOW",
+    "QUICKSILVER_DRAIN_RETRY",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+}
+
+SSE_ANNOTATIONS = {
+    "nginx.ingress.kubernetes.io/proxy-buffering": "off",
+    "nginx.ingress.kubernetes.io/proxy-read-timeout": "86400",
+    "nginx.ingress.kubernetes.io/proxy-http-version": "1.1",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Value sets
+# --------------------------------------------------------------------------------------------
+
+# Valid sets: name -> (values, kube versions to validate against, expectations on the output).
+VALUE_SETS: dict[str, dict[str, Any]] = {
+    "default": {"values": {}},
+    # A: an external Redis whose URL lives in an existing Secret, three pods, keys given.
+    "A-external-redis": {
+        "values": {
+            "replicaCount": 3,
+            "redis": {"enabled": False},
+            "externalRedis": {"existingSecret": "my-redis", "existingSecretUrlKey": "url"},
+            "auth": {"existingSecret": "my-jwt"},
+            "hub": {"redisTransport": {"partitions": 4}, "corsOrigins": ["https://app.example.com"]},
+            "podAntiAffinity": "hard",
+        },
+    },
+    # B: Ingress, HPA and ServiceMonitor on, bundled Redis with a password and no PVC, metrics port,
+    # OTLP, a TOML file, the built-in preStop sleep action (Kubernetes 1.30+).
+    "B-ingress-hpa-monitor": {
+        "values": {
+            "ingress": {
+                "enabled": True,
+                "className": "nginx",
+                "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
+                "hosts": [{"host": "mercure.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                "tls": [{"secretName": "mercure-tls", "hosts": ["mercure.example.com"]}],
+            },
+            "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12,
+                            "targetMemoryUtilizationPercentage": 80},
+            "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
+            "redis": {"enabled": True, "auth": {"enabled": True}, "persistence": {"enabled": False},
+                      "maxmemory": "256mb"},
+            "hub": {"metrics": {"port": 9090}, "otel": {"endpoint": "http://otel-collector:4317"},
+                    "maxConnections": 50000, "configFile": "# quicksilver.toml\n"},
+            "auth": {"publisherJwtKey": "publisher-secret", "subscriberJwtKey": "subscriber-secret"},
+            "lifecycle": {"useSleepAction": True},
+        },
+        "kube_versions": ["1.30", kv.utils.major_minor(kv.utils.latest_version())],
+    },
+    # C: a single node, in-memory transport, no Redis at all.
+    "C-single-memory": {
+        "values": {"replicaCount": 1, "hub": {"transport": "memory"}, "redis": {"enabled": False},
+                   "podDisruptionBudget": {"enabled": False}},
+    },
+}
+
+# Invalid sets: name -> (values, exception class the render must raise, text its message contains).
+INVALID_SETS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
+    ("schema: replicaCount 0, unknown transport",
+     {"replicaCount": 0, "hub": {"transport": "kafka"}}, helm.HelmValuesError, "/replicaCount"),
+    ("schema: replicaCount as a string", {"replicaCount": "3"}, helm.HelmValuesError, "/replicaCount"),
+    ("schema: unknown key (typo)", {"hub": {"heartbeats": "10s"}}, helm.HelmValuesError, "heartbeats"),
+    ("schema: bundled and external Redis together",
+     {"externalRedis": {"url": "redis://redis.example.com:6379"}}, helm.HelmValuesError, "externalRedis"),
+    ("schema: redis transport without any Redis", {"redis": {"enabled": False}},
+     helm.HelmValuesError, "anyOf"),
+    ("fail: 3 pods on the memory transport",
+     {"replicaCount": 3, "hub": {"transport": "memory"}, "redis": {"enabled": False}},
+     helm.HelmRenderError, "hub.transport"),
+    ("fail: autoscaling on the memory transport",
+     {"replicaCount": 1, "hub": {"transport": "memory"}, "redis": {"enabled": False},
+      "autoscaling": {"enabled": True}}, helm.HelmRenderError, "hub.transport=redis"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Results
+# --------------------------------------------------------------------------------------------
+
+class Results:
+    """Collects one line per check and the notes worth printing."""
+
+    def __init__(self, verbose: bool) -> None:
+        self.passed = 0
+        self.failed = 0
+        self.verbose = verbose
+
+    def check(self, name: str, fn: Callable[[], str | None]) -> Any:
+        try:
+            detail = fn()
+        except CheckFailed as e:
+            self.failed += 1
+            print(f"FAIL  {name}")
+            for line in e.problems:
+                print(f"        - {line}")
+            return None
+        except Exception as e:  # an unexpected crash is a failure too, with its traceback
+            self.failed += 1
+            print(f"FAIL  {name}: {type(e).__name__}: {e}")
+            if self.verbose:
+                traceback.print_exc()
+            return None
+        self.passed += 1
+        print(f"PASS  {name}" + (f": {detail}" if detail else ""))
+        return True
+
+
+class CheckFailed(Exception):
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def require(problems: list[str]) -> None:
+    if problems:
+        raise CheckFailed(problems)
+
+
+# --------------------------------------------------------------------------------------------
+# YAML
+# --------------------------------------------------------------------------------------------
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys (which Kubernetes' parser rejects)."""
+
+
+def _construct_mapping(loader: StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark)
+        seen.add(key)
+    return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_docs(text: str, source: str) -> list[tuple[str, dict]]:
+    """Every non-empty document of a YAML stream, tagged with where it came from."""
+    docs = []
+    try:
+        parsed = list(yaml.load_all(text, Loader=StrictLoader))
+    except yaml.YAMLError as e:
+        raise CheckFailed([f"{source}: invalid YAML: {' '.join(str(e).split())}"])
+    for i, doc in enumerate(parsed):
+        if doc is None:
+            continue
+        if not isinstance(doc, dict):
+            raise CheckFailed([f"{source} document {i}: not a mapping"])
+        docs.append((source, doc))
+    return docs
+
+
+def ident(doc: dict) -> str:
+    meta = doc.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{doc.get('kind')}/{meta.get('name')}" + (f" (ns {ns})" if ns else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Schema validation and consistency of a set of objects
+# --------------------------------------------------------------------------------------------
+
+K8S_GROUP = re.compile(r"^([a-z0-9.]*\.k8s\.io/|v1$|apps/|batch/|autoscaling/|policy/)")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def validate_objects(docs: list[tuple[str, dict]], versions: list[str], notes: list[str]) -> list[str]:
+    """kubernetes-validate (strict) on each document; returns problems, appends notes."""
+    problems = []
+    seen: dict[tuple, str] = {}
+    for source, doc in docs:
+        for field in ("apiVersion", "kind", "metadata"):
+            if field not in doc:
+                problems.append(f"{source}: {field} missing")
+        if problems:
+            continue
+        name = doc["metadata"].get("name", "")
+        pattern = DNS_LABEL if doc["kind"] in ("Service", "Namespace") else DNS_SUBDOMAIN
+        if not pattern.match(name) or len(name) > (63 if pattern is DNS_LABEL else 253):
+            problems.append(f"{source}: {ident(doc)}: invalid name {name!r}")
+        key = (doc["apiVersion"].split("/")[0], doc["kind"], doc["metadata"].get("namespace"), name)
+        if key in seen:
+            problems.append(f"{source}: {ident(doc)} also defined in {seen[key]}")
+        seen[key] = source
+        for version in versions:
+            try:
+                kv.validate(doc, version, strict=True)
+            except SchemaNotFoundError:
+                if K8S_GROUP.match(doc["apiVersion"]):
+                    problems.append(f"{source}: {ident(doc)}: no schema for {doc['apiVersion']} "
+                                    f"in Kubernetes {version}")
+                else:
+                    note = f"{doc['kind']} ({doc['apiVersion']}) is a CRD kind: parsed and checked " \
+                           f"by hand, no schema validation"
+                    if note not in notes:
+                        notes.append(note)
+                    problems.extend(check_crd(source, doc))
+                break
+            except kv.utils.ValidationError as e:
+                path = "/".join(str(p) for p in e.absolute_path)
+                problems.append(f"{source}: {ident(doc)} (Kubernetes {e.version}) at /{path}: {e.message}")
+    return problems
+
+
+def check_crd(source: str, doc: dict) -> list[str]:
+    """The few things a ServiceMonitor must have."""
+    problems = []
+    if doc["kind"] == "ServiceMonitor":
+        spec = doc.get("spec") or {}
+        if not (spec.get("selector") or {}).get("matchLabels"):
+            problems.append(f"{source}: {ident(doc)}: spec.selector.matchLabels missing")
+        endpoints = spec.get("endpoints") or []
+        if not endpoints or not all(ep.get("port") for ep in endpoints):
+            problems.append(f"{source}: {ident(doc)}: every endpoint needs a port name")
+    return problems
+
+
+def by_kind(docs: list[tuple[str, dict]], kind: str) -> list[dict]:
+    return [d for _, d in docs if d.get("kind") == kind]
+
+
+def selects(selector: dict, labels: dict) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def duration_seconds(text: str) -> int:
+    m = re.fullmatch(r"\s*(\d+)\s*(s|m|h)?\s*", str(text))
+    if not m:
+        raise ValueError(f"cannot read duration {text!r}")
+    return int(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
+
+
+def consistency(docs: list[tuple[str, dict]], external: set[str] = frozenset()) -> list[str]:
+    """Cross-object checks. `external`: names of Secrets/ConfigMaps expected to exist already."""
+    problems = []
+    names = {(d["kind"], d["metadata"]["name"]) for _, d in docs}
+    configmaps = {d["metadata"]["name"]: d.get("data") or {} for d in by_kind(docs, "ConfigMap")}
+    secrets = {d["metadata"]["name"]: set((d.get("data") or {}) | (d.get("stringData") or {}))
+               for d in by_kind(docs, "Secret")}
+    workloads = by_kind(docs, "Deployment") + by_kind(docs, "StatefulSet")
+    hub = next((d for d in by_kind(docs, "Deployment")
+                if d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component") == "hub"),
+               None)
+    if hub is None:
+        return ["no hub Deployment (label app.kubernetes.io/component=hub)"]
+
+    for w in workloads:
+        w_id = ident(w)
+        pod_labels = w["spec"]["template"]["metadata"].get("labels") or {}
+        if not selects(w["spec"]["selector"].get("matchLabels"), pod_labels):
+            problems.append(f"{w_id}: selector does not match its pod labels")
+        pod = w["spec"]["template"]["spec"]
+        if w["kind"] == "StatefulSet" and ("Service", w["spec"]["serviceName"]) not in names:
+            problems.append(f"{w_id}: serviceName {w['spec']['serviceName']} not defined")
+        if pod.get("serviceAccountName") and ("ServiceAccount", pod["serviceAccountName"]) not in names:
+            problems.append(f"{w_id}: ServiceAccount {pod['serviceAccountName']} not defined")
+        volumes = {v["name"] for v in pod.get("volumes") or []}
+        volumes |= {t["metadata"]["name"] for t in w["spec"].get("volumeClaimTemplates") or []}
+        for v in pod.get("volumes") or []:
+            cm = (v.get("configMap") or {}).get("name")
+            if cm and cm not in configmaps and cm not in external:
+                problems.append(f"{w_id}: volume {v['name']}: ConfigMap {cm} not defined")
+        for c in pod["containers"]:
+            for m in c.get("volumeMounts") or []:
+                if m["name"] not in volumes:
+                    problems.append(f"{w_id}: mount {m['name']} has no volume")
+            port_names = {p.get("name") for p in c.get("ports") or []}
+            for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+                port = ((c.get(probe) or {}).get("httpGet") or {}).get("port")
+                if isinstance(port, str) and port not in port_names:
+                    problems.append(f"{w_id}: {probe} port {port} not a container port")
+            for src in c.get("envFrom") or []:
+                cm = (src.get("configMapRef") or {}).get("name")
+                if cm and cm not in configmaps and cm not in external:
+                    problems.append(f"{w_id}: envFrom ConfigMap {cm} not defined")
+            for env in c.get("env") or []:
+                ref = (env.get("valueFrom") or {}).get("secretKeyRef")
+                if ref and ref["name"] not in external:
+                    if ref["name"] not in secrets:
+                        problems.append(f"{w_id}: env {env['name']}: Secret {ref['name']} not defined")
+                    elif ref["key"] not in secrets[ref["name"]]:
+                        problems.append(f"{w_id}: env {env['name']}: Secret {ref['name']} has no key {ref['key']}")
+
+    pod_labels = hub["spec"]["template"]["metadata"]["labels"]
+    hub_pod = hub["spec"]["template"]["spec"]
+    container = hub_pod["containers"][0]
+    env = {}
+    for src in container.get("envFrom") or []:
+        env.update(configmaps.get((src.get("configMapRef") or {}).get("name"), {}))
+    env.update({e["name"]: e.get("value", "<from secret>") for e in container.get("env") or []})
+
+    # Several pods only with a shared transport.
+    hpas = [h for h in by_kind(docs, "HorizontalPodAutoscaler")
+            if h["spec"]["scaleTargetRef"]["name"] == hub["metadata"]["name"]]
+    max_pods = max([hub["spec"].get("replicas", 1)] + [h["spec"]["maxReplicas"] for h in hpas])
+    if max_pods > 1 and env.get("QUICKSILVER_TRANSPORT") != "redis":
+        problems.append(f"up to {max_pods} hub pods but QUICKSILVER_TRANSPORT={env.get('QUICKSILVER_TRANSPORT')}")
+    if env.get("QUICKSILVER_TRANSPORT") == "redis" and "QUICKSILVER_REDIS_URL" not in env:
+        problems.append("redis transport without QUICKSILVER_REDIS_URL")
+    for h in by_kind(docs, "HorizontalPodAutoscaler"):
+        if ("Deployment", h["spec"]["scaleTargetRef"]["name"]) not in names:
+            problems.append(f"{ident(h)}: scale target not defined")
+
+    # Stopping: the grace period covers the preStop sleep, the drain window and a margin.
+    pre_stop = (container.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in pre_stop:
+        sleep = int(pre_stop["sleep"]["seconds"])
+    elif pre_stop.get("exec", {}).get("command", [None])[0] == "/bin/sleep":
+        sleep = int(pre_stop["exec"]["command"][1])
+    else:
+        sleep = None
+        problems.append("hub container has no preStop sleep")
+    drain = duration_seconds(env.get("QUICKSILVER_DRAIN_WINDOW", "30s"))
+    grace = hub_pod.get("terminationGracePeriodSeconds", 30)
+    if sleep is not None and grace <= sleep + drain:
+        problems.append(f"terminationGracePeriodSeconds {grace} <= preStop {sleep}s + drain {drain}s")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        if ((container.get(probe) or {}).get("httpGet") or {}).get("path") != path:
+            problems.append(f"hub {probe} is not GET {path}")
+    sc = container.get("securityContext") or {}
+    if not sc.get("readOnlyRootFilesystem") or sc.get("allowPrivilegeEscalation") is not False:
+        problems.append("hub container: read-only root filesystem and no privilege escalation expected")
+    if not (hub_pod.get("securityContext") or {}).get("runAsNonRoot"):
+        problems.append("hub pod: runAsNonRoot expected")
+
+    # Services select pods; Ingress, ServiceMonitor and PDB find what they point at.
+    services = {s["metadata"]["name"]: s for s in by_kind(docs, "Service")}
+    all_pod_labels = [w["spec"]["template"]["metadata"]["labels"] for w in workloads]
+    for s in services.values():
+        if not any(selects(s["spec"].get("selector"), labels) for labels in all_pod_labels):
+            problems.append(f"{ident(s)}: selector matches no pod template")
+    for ing in by_kind(docs, "Ingress"):
+        annotations = ing["metadata"].get("annotations") or {}
+        for k, v in SSE_ANNOTATIONS.items():
+            if annotations.get(k) != v:
+                problems.append(f"{ident(ing)}: annotation {k}: {v!r} expected for SSE")
+        for rule in ing["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                svc = p["backend"]["service"]
+                if svc["name"] not in services:
+                    problems.append(f"{ident(ing)}: backend Service {svc['name']} not defined")
+                elif svc["port"].get("name") not in {x.get("name") for x in services[svc["name"]]["spec"]["ports"]}:
+                    problems.append(f"{ident(ing)}: backend port {svc['port']} not on the Service")
+    for sm in by_kind(docs, "ServiceMonitor"):
+        matched = [s for s in services.values()
+                   if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"].get("labels") or {})]
+        ports = {p.get("name") for s in matched for p in s["spec"]["ports"]}
+        if not matched:
+            problems.append(f"{ident(sm)}: selects no Service")
+        for ep in sm["spec"]["endpoints"]:
+            if ep["port"] not in ports:
+                problems.append(f"{ident(sm)}: port {ep['port']} not on the selected Service")
+    for pdb in by_kind(docs, "PodDisruptionBudget"):
+        if not any(selects(pdb["spec"]["selector"]["matchLabels"], labels) for labels in all_pod_labels):
+            problems.append(f"{ident(pdb)}: selector matches no pod template")
+    for np in by_kind(docs, "NetworkPolicy"):
+        if not any(selects(np["spec"]["podSelector"]["matchLabels"], labels) for labels in all_pod_labels):
+            problems.append(f"{ident(np)}: podSelector matches no pod template")
+        for rule in np["spec"].get("ingress") or []:
+            for peer in rule.get("from") or []:
+                sel = (peer.get("podSelector") or {}).get("matchLabels")
+                if sel and not selects(sel, pod_labels):
+                    problems.append(f"{ident(np)}: ingress peer does not select the hub pods")
+    return problems
+
+
+def env_names(docs: list[tuple[str, dict]]) -> set[str]:
+    """Every environment variable name the hub container gets (ConfigMap keys included)."""
+    found = set()
+    for d in by_kind(docs, "ConfigMap"):
+        found |= {k for k in (d.get("data") or {}) if re.fullmatch(r"[A-Z_][A-Z0-9_]*", k)}
+    for d in by_kind(docs, "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            found |= {e["name"] for e in c.get("env") or []}
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# values.yaml documentation
+# --------------------------------------------------------------------------------------------
+
+KEY_LINE = re.compile(r"^(\s*)([A-Za-z0-9_.\-/]+):(\s.*)?$")
+
+
+def documented_keys() -> tuple[list[str], list[str]]:
+    """(paths of keys documented with `# --`, problems: keys documented nowhere)."""
+    lines = (CHART / "values.yaml").read_text().splitlines()
+    entries = []  # (indent, key, line index, documented)
+    list_indent = None  # inside a list value: skip keys until we dedent past it
+    for i, line in enumerate(lines):
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        if list_indent is not None:
+            if indent > list_indent or (indent == list_indent and stripped.startswith("- ")):
+                continue
+            list_indent = None
+        if stripped.startswith("- "):
+            list_indent = indent
+            continue
+        m = KEY_LINE.match(line)
+        if not m:
+            continue
+        # The comment block right above the key; documented when it opens with "# --".
+        j, block = i - 1, []
+        while j >= 0 and lines[j].strip().startswith("#"):
+            block.insert(0, lines[j].strip())
+            j -= 1
+        entries.append((indent, m.group(2), i, bool(block) and block[0].startswith("# --")))
+    documented, problems, stack = [], [], []  # stack: (indent, key, covered)
+    for n, (indent, key, i, doc) in enumerate(entries):
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        path = ".".join([k for _, k, _ in stack] + [key])
+        covered = doc or any(c for _, _, c in stack)
+        if doc:
+            documented.append(path)
+        has_children = n + 1 < len(entries) and entries[n + 1][0] > indent
+        value = (KEY_LINE.match(lines[i]).group(3) or "").strip()
+        if not covered and (not has_children or value):
+            problems.append(f"values.yaml line {i + 1}: {path} has no `# --` comment")
+        stack.append((indent, key, covered))
+    return documented, problems
+
+
+def check_values_docs() -> str:
+    documented, problems = documented_keys()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    rows = {}  # key -> default column of the README's values table
+    for line in (CHART / "README.md").read_text().splitlines():
+        m = re.match(r"^\| `([^`]+)` \| (.*?) \| ", line)
+        if m:
+            rows[m.group(1)] = m.group(2)
+    for path in documented:
+        if path not in rows:
+            problems.append(f"README.md values table lacks `{path}`")
+            continue
+        default = values
+        for part in path.split("."):
+            default = default[part]
+        shown = rows[path]
+        if shown.startswith("`") and shown.strip("`") != json.dumps(default, ensure_ascii=False):
+            problems.append(f"README.md: `{path}` default {shown} but values.yaml has "
+                            f"{json.dumps(default, ensure_ascii=False)}")
+    require(problems)
+    return f"{len(documented)} keys documented in values.yaml and README.md"
+
+
+# --------------------------------------------------------------------------------------------
+# Chart checks
+# --------------------------------------------------------------------------------------------
+
+def render(values: dict) -> list[tuple[str, dict]]:
+    with helm.Chart.load(str(CHART)) as chart:
+        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs = []
+    for path, text in sorted(out.items()):
+        if path.endswith("NOTES.txt"):
+            if not text.strip():
+                raise CheckFailed(["NOTES.txt rendered empty"])
+            continue
+        docs.extend(load_docs(text, path.split("/", 1)[1]))
+    return docs
+
+
+def check_lint() -> str:
+    problems, infos = [], 0
+    for name, spec in VALUE_SETS.items():
+        report = helm.lint(str(CHART), spec["values"], strict=True, namespace=NAMESPACE)
+        problems += [f"{name}: {e}" for e in report.get("errors") or []]
+        for m in report.get("messages") or []:
+            if m["severity"] >= 2:
+                problems.append(f"{name}: {m['path']}: {m['error']}")
+            else:
+                infos += 1
+    require(problems)
+    return f"{len(VALUE_SETS)} value sets, no warnings" + (f" ({infos} info messages)" if infos else "")
+
+
+def expectations(name: str, docs: list[tuple[str, dict]]) -> list[str]:
+    """What each value set must produce beyond general validity."""
+    kinds = [d["kind"] for _, d in docs]
+    hub = next(d for d in by_kind(docs, "Deployment"))
+    env = {e["name"]: e for e in hub["spec"]["template"]["spec"]["containers"][0].get("env") or []}
+    cm = by_kind(docs, "ConfigMap")[0]["data"]
+    p = []
+    if name == "default":
+        p += [] if hub["spec"].get("replicas") == 2 else ["default: 2 replicas expected"]
+        p += [] if "StatefulSet" in kinds else ["default: bundled Redis StatefulSet expected"]
+        p += [] if cm.get("QUICKSILVER_TRANSPORT") == "redis" else ["default: redis transport expected"]
+    if name == "A-external-redis":
+        p += [] if hub["spec"].get("replicas") == 3 else ["A: 3 replicas expected"]
+        p += [] if "StatefulSet" not in kinds else ["A: no bundled Redis expected"]
+        ref = (env.get("QUICKSILVER_REDIS_URL") or {}).get("valueFrom", {}).get("secretKeyRef")
+        p += [] if ref == {"name": "my-redis", "key": "url"} else [f"A: Redis URL from my-redis/url expected, got {ref}"]
+        p += [] if "Secret" not in kinds else ["A: no chart Secret expected (all secrets existing)"]
+        p += [] if cm.get("QUICKSILVER_REDIS_PARTITIONS") == "4" else ["A: 4 partitions expected"]
+    if name == "B-ingress-hpa-monitor":
+        for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "StatefulSet"):
+            p += [] if kind in kinds else [f"B: {kind} expected"]
+        p += [] if "replicas" not in hub["spec"] else ["B: replicas must be left to the HPA"]
+        ing = by_kind(docs, "Ingress")[0]["metadata"]["annotations"]
+        p += [] if "cert-manager.io/cluster-issuer" in ing else ["B: user annotations lost"]
+        p += [] if "REDIS_PASSWORD" in env else ["B: Redis password env expected"]
+        p += [] if cm.get("QUICKSILVER_METRICS_ADDR") == "0.0.0.0:9090" else ["B: metrics address expected"]
+        sm = by_kind(docs, "ServiceMonitor")[0]
+        p += [] if sm["spec"]["endpoints"][0]["port"] == "metrics" else ["B: ServiceMonitor must scrape metrics port"]
+    if name == "C-single-memory":
+        p += [] if cm.get("QUICKSILVER_TRANSPORT") == "memory" else ["C: memory transport expected"]
+        p += [] if "QUICKSILVER_REDIS_URL" not in cm and "QUICKSILVER_REDIS_URL" not in env else ["C: no Redis URL expected"]
+        p += [] if "StatefulSet" not in kinds else ["C: no Redis expected"]
+    return p
+
+
+def check_render(name: str, spec: dict, notes: list[str], envs: set[str]) -> str:
+    docs = render(spec["values"])
+    versions = spec.get("kube_versions", KUBE_VERSIONS)
+    problems = validate_objects(docs, versions, notes)
+    external = {v for v in (spec["values"].get("auth", {}).get("existingSecret"),
+                            spec["values"].get("externalRedis", {}).get("existingSecret")) if v}
+    if not problems:
+        problems += consistency(docs, external)
+        problems += expectations(name, docs)
+    require(problems)
+    envs |= env_names(docs)
+    kinds = sorted({d["kind"] for _, d in docs})
+    return f"{len(docs)} objects ({', '.join(kinds)}), Kubernetes {' and '.join(versions)}"
+
+
+def check_invalid(values: dict, error: type[Exception], text: str) -> str:
+    try:
+        render(values)
+    except error as e:
+        message = str(e)
+        require([] if text in message else [f"failed, but the message lacks {text!r}: {message}"])
+        message = message.split("in the following chart(s):")[-1]
+        return "rejected: " + " ".join(message.split())[:120]
+    except helm.HelmError as e:
+        raise CheckFailed([f"failed with {type(e).__name__}, expected {error.__name__}: {e}"])
+    raise CheckFailed(["the render succeeded; it must fail"])
+
+
+# --------------------------------------------------------------------------------------------
+# Kustomize
+# --------------------------------------------------------------------------------------------
+
+# Merge keys of the strategic-merge lists our patches touch (Kubernetes' patchMergeKey).
+MERGE_KEYS = {"containers": "name", "initContainers": "name", "env": "name", "volumes": "name",
+              "volumeMounts": "mountPath", "imagePullSecrets": "name"}
+
+
+def merge_key(field: str, items: list) -> str | None:
+    """The merge key of a list field; ports merge by containerPort (pods) or port (Services)."""
+    if field == "ports":
+        return "containerPort" if any("containerPort" in i for i in items if isinstance(i, dict)) else "port"
+    return MERGE_KEYS.get(field)
+CLUSTER_SCOPED = {"Namespace", "ClusterRole", "ClusterRoleBinding", "PersistentVolume",
+                  "StorageClass", "CustomResourceDefinition", "PriorityClass", "IngressClass"}
+
+
+def strategic_merge(base: Any, patch: Any, field: str = "") -> Any:
+    """A strategic merge patch for plain data: maps merge, lists with a merge key merge by it
+    (new items first, as kustomize does), other lists are replaced. `$patch` directives are not
+    supported: the overlay does not use them."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        out = dict(base)
+        for k, v in patch.items():
+            if isinstance(k, str) and k.startswith("$"):
+                raise CheckFailed([f"unsupported patch directive {k}"])
+            if v is None:
+                out.pop(k, None)
+            elif k in out:
+                out[k] = strategic_merge(out[k], v, k)
+            else:
+                out[k] = copy.deepcopy(v)
+        return out
+    if isinstance(base, list) and isinstance(patch, list) and merge_key(field, base + patch):
+        key = merge_key(field, base + patch)
+        merged = [copy.deepcopy(b) for b in base]
+        index = {b.get(key): i for i, b in enumerate(merged)}
+        new = []
+        for p in patch:
+            if p.get(key) in index:
+                merged[index[p[key]]] = strategic_merge(merged[index[p[key]]], p, field)
+            else:
+                new.append(copy.deepcopy(p))
+        return new + merged
+    return copy.deepcopy(patch)
+
+
+def kustomize_build(directory: Path) -> list[dict]:
+    """Builds a kustomization the way kustomize does for the features it supports."""
+    kfile = directory / "kustomization.yaml"
+    k = yaml.load(kfile.read_text(), Loader=StrictLoader) or {}
+    supported = {"apiVersion", "kind", "resources", "namespace", "replicas", "images", "patches"}
+    unknown = set(k) - supported
+    if unknown:
+        raise CheckFailed([f"{kfile}: fields the offline builder does not handle: {sorted(unknown)}"])
+    objects: list[dict] = []
+    for res in k.get("resources") or []:
+        path = (directory / res).resolve()
+        if path.is_dir():
+            objects += kustomize_build(path)
+        else:
+            objects += [d for _, d in load_docs(path.read_text(), str(path))]
+    for p in k.get("patches") or []:
+        if set(p) != {"path"}:
+            raise CheckFailed([f"{kfile}: only `patches: - path:` (strategic merge) is handled"])
+        for _, patch in load_docs((directory / p["path"]).read_text(), p["path"]):
+            targets = [o for o in objects if o["kind"] == patch["kind"]
+                       and o["metadata"]["name"] == patch["metadata"]["name"]]
+            if len(targets) != 1:
+                raise CheckFailed([f"{p['path']}: {ident(patch)} matches {len(targets)} objects"])
+            i = objects.index(targets[0])
+            objects[i] = strategic_merge(objects[i], patch)
+    for r in k.get("replicas") or []:
+        for o in objects:
+            if o["kind"] in ("Deployment", "StatefulSet", "ReplicaSet") and o["metadata"]["name"] == r["name"]:
+                o["spec"]["replicas"] = r["count"]
+    for img in k.get("images") or []:
+        for o in objects:
+            pod = ((o.get("spec") or {}).get("template") or {}).get("spec") or {}
+            for c in (pod.get("containers") or []) + (pod.get("initContainers") or []):
+                name, _, tag = c["image"].partition(":")
+                if name == img["name"]:
+                    c["image"] = f"{img.get('newName', name)}:{img.get('newTag', tag)}" if (
+                        img.get("newTag") or tag) else img.get("newName", name)
+    if k.get("namespace"):
+        for o in objects:
+            if o["kind"] not in CLUSTER_SCOPED:
+                o["metadata"]["namespace"] = k["namespace"]
+    return objects
+
+
+def real_kustomize(directory: Path) -> tuple[str, list[dict]] | None:
+    """Output of an installed kustomize (or kubectl's), or None when there is none."""
+    for cmd in (["kustomize", "build"], ["kubectl", "kustomize"]):
+        if shutil.which(cmd[0]):
+            proc = subprocess.run(cmd + [str(directory)], capture_output=True, text=True, timeout=60)
+            if proc.returncode != 0:
+                raise CheckFailed([f"{' '.join(cmd)} failed: {proc.stderr.strip()}"])
+            return " ".join(cmd), [d for _, d in load_docs(proc.stdout, " ".join(cmd))]
+    return None
+
+
+def normalized(objects: list[dict]) -> dict[str, Any]:
+    """Objects keyed by identity, with merge-keyed lists in a canonical order."""
+    def norm(x: Any, field: str = "") -> Any:
+        if isinstance(x, dict):
+            return {k: norm(v, k) for k, v in x.items()}
+        if isinstance(x, list):
+            items = [norm(v) for v in x]
+            key = merge_key(field, items)
+            if key and all(isinstance(i, dict) and key in i for i in items):
+                items.sort(key=lambda i: str(i[key]))
+            return items
+        return x
+    return {ident(o): norm(o) for o in objects}
+
+
+def check_base_files(notes: list[str]) -> str:
+    docs = []
+    files = sorted((K8S / "base").glob("*.yaml"))
+    for f in files:
+        if f.name != "kustomization.yaml":
+            docs += load_docs(f.read_text(), f"k8s/base/{f.name}")
+    problems = validate_objects(docs, KUBE_VERSIONS, notes)
+    if not problems:
+        problems += consistency(docs)
+    require(problems)
+    return f"{len(docs)} objects in {len(files) - 1} files, Kubernetes {' and '.join(KUBE_VERSIONS)}"
+
+
+def check_overlay(directory: Path, notes: list[str], envs: set[str], use_tool: bool) -> str:
+    built = kustomize_build(directory)
+    docs = [(f"{directory.relative_to(ROOT)} (built)", o) for o in built]
+    problems = validate_objects(docs, KUBE_VERSIONS, notes)
+    if not problems:
+        problems += consistency(docs)
+    detail = f"{len(built)} objects, Kubernetes {' and '.join(KUBE_VERSIONS)}"
+    real = real_kustomize(directory) if use_tool else None
+    if real is None:
+        note = "overlays built by the script's own builder only (no kustomize or kubectl, or --no-kustomize)"
+        if note not in notes:
+            notes.append(note)
+    else:
+        tool, objects = real
+        ours, theirs = normalized(built), normalized(objects)
+        for name in sorted(set(ours) | set(theirs)):
+            if ours.get(name) != theirs.get(name):
+                problems.append(f"{name}: the offline builder and `{tool}` disagree:\n"
+                                f"          ours:   {json.dumps(ours.get(name), sort_keys=True)[:400]}\n"
+                                f"          theirs: {json.dumps(theirs.get(name), sort_keys=True)[:400]}")
+        detail += f"; identical to `{tool}`"
+    require(problems)
+    envs |= env_names(docs)
+    return detail
+
+
+# --------------------------------------------------------------------------------------------
+# Environment variables against the binary
+# --------------------------------------------------------------------------------------------
+
+def find_binary() -> Path | None:
+    candidates = [os.environ.get("QUICKSILVER_BIN"), ROOT / "target/release/quicksilver",
+                  ROOT / "target/debug/quicksilver"]
+    for c in candidates:
+        if c and Path(c).is_file() and os.access(c, os.X_OK):
+            return Path(c)
+    return None
+
+
+def check_env_names(envs: set[str], notes: list[str]) -> str:
+    binary = find_binary()
+    ours = {e for e in envs if re.match(r"(QUICKSILVER|MERCURE|OTEL)_", e)}
+    if binary is None:
+        notes.append("no quicksilver binary built: environment variable names not checked against --help")
+        return "skipped (no binary)"
+    proc = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
+    known = set(re.findall(r"\[env: ([A-Z0-9_]+)", proc.stdout))
+    if proc.returncode != 0 or not known:
+        # Not this script's business (a binary being rebuilt, say): say so and move on.
+        notes.append(f"{binary} --help failed or listed no variables: names not checked")
+        return "skipped (binary unusable)"
+    unknown = sorted(ours - known - COMING_SOON)
+    pending = sorted((ours & COMING_SOON) - known)
+    require([f"{e} is set by the deployment files but unknown to {binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary}"
+             for e in unknown])
+    if pending:
+        notes.append(f"not yet in this binary (announced, set anyway): {', '.join(pending)}")
+    return (f"{len(ours) - len(pending)} variables known to {binary.name} --help"
+            + (f", {len(pending)} announced and not in it yet" if pending else ""))
+
+
+# --------------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks of crashes")
+    parser.add_argument("--dump", metavar="DIR", help="write every rendered/built set to DIR")
+    parser.add_argument("--no-kustomize", action="store_true",
+                        help="build overlays with the script's builder only, even if kustomize is installed")
+    args = parser.parse_args()
+
+    helm.disable_logging()
+    results = Results(args.verbose)
+    notes: list[str] = []
+    envs: set[str] = set()
+    print(f"Helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kv.__version__}, "
+          f"schemas for Kubernetes {', '.join(sorted(set(KUBE_VERSIONS + ['1.30'])))}")
+
+    results.check("values.yaml documented key by key", check_values_docs)
+    results.check("helm lint --strict", check_lint)
+    for name, spec in VALUE_SETS.items():
+        results.check(f"render {name}", lambda name=name, spec=spec: check_render(name, spec, notes, envs))
+    for name, values, error, text in INVALID_SETS:
+        results.check(f"reject {name}", lambda v=values, e=error, t=text: check_invalid(v, e, t))
+    results.check("k8s/base manifests", lambda: check_base_files(notes))
+    for overlay in sorted((K8S / "overlays").iterdir()):
+        if (overlay / "kustomization.yaml").exists():
+            results.check(f"k8s/overlays/{overlay.name} build",
+                          lambda o=overlay: check_overlay(o, notes, envs, not args.no_kustomize))
+    results.check("environment variable names", lambda: check_env_names(envs, notes))
+
+    if args.dump:
+        out = Path(args.dump)
+        out.mkdir(parents=True, exist_ok=True)
+        for name, spec in VALUE_SETS.items():
+            docs = render(spec["values"])
+            (out / f"helm-{name}.yaml").write_text(yaml.safe_dump_all([d for _, d in docs], sort_keys=False))
+        for overlay in sorted((K8S / "overlays").iterdir()):
+            objs = kustomize_build(overlay)
+            (out / f"kustomize-{overlay.name}.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
+        print(f"wrote the rendered sets to {out}")
+
+    for note in notes:
+        print(f"note: {note}")
+    print(f"{results.passed} passed, {results.failed} failed")
+    return 1 if results.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
