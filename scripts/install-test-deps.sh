@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs and is not part of a fresh machine, and nothing when it is all there.
 #
-# - Debian packages: redis-server and redis-tools (RedisServer/RedisCluster in crates/testkit), nginx (the
+# - Debian packages: redis-server and redis-tools (RedisServer/RedisCluster in crates/testkit), docker-compose
+#   (validates docker-compose.cluster.yml without an engine), nginx (the
 #   cluster topology tests), chromium (browser tests, driven by playwright-core; Playwright's own browser
 #   download cannot work here), nodejs and npm only when `node`/`npm` are missing.
 # - npm packages of tests/browser (playwright-core, pinned by its package-lock.json), when its node_modules is
@@ -29,7 +30,7 @@ is_installed() {
 }
 
 missing=()
-for pkg in redis-server redis-tools nginx chromium; do
+for pkg in redis-server redis-tools nginx chromium docker-compose; do
     is_installed "$pkg" || missing+=("$pkg")
 done
 command -v node >/dev/null 2>&1 || missing+=(nodejs)
