@@ -135,6 +135,9 @@ struct Shared {
     /// Index = partition. A blocking lock: only the reader writes, history reads copy a slice; no
     /// `.await` happens while it is held.
     caches: Vec<RwLock<TailCache>>,
+    /// Index = partition: entries stored but not yet read by that partition's reader, as last
+    /// measured (0 whenever a read returned less than a full batch: the reader is caught up).
+    lags: Vec<std::sync::atomic::AtomicU64>,
     health: Health,
     counters: Counters,
     flights: SingleFlight<history::Flight>,
@@ -152,6 +155,9 @@ impl RedisTransport {
             keys: keys::stream_keys(&settings.prefix, settings.partitions),
             pool: ConnectionPool::new(pool_connector, settings.pool_size, settings.command_timeout),
             reader_connector,
+            lags: (0..settings.partitions)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             caches: (0..settings.partitions)
                 .map(|_| RwLock::new(TailCache::new(settings.cache_capacity)))
                 .collect(),
@@ -212,6 +218,11 @@ impl Drop for RedisTransport {
 
 #[async_trait]
 impl Transport for RedisTransport {
+    #[tracing::instrument(
+        name = "mercure.transport.publish",
+        skip_all,
+        fields(otel.kind = "producer", mercure.transport = "redis")
+    )]
     async fn publish(&self, update: Update) -> Result<Position, TransportError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(TransportError::Closed);
@@ -220,7 +231,8 @@ impl Transport for RedisTransport {
         let settings = &shared.settings;
         let partition = keys::partition_of(update.canonical_topic(), settings.partitions);
         let key = &shared.keys[usize::from(partition)].stream;
-        let payload = entry::encode(&update, now_micros())
+        let trace_context = crate::trace_context::current();
+        let payload = entry::encode(&update, now_micros(), trace_context.as_ref())
             .map_err(|e| TransportError::Corrupt(e.to_string()))?;
         let xadd = commands::xadd(key, settings.stream_len, &payload);
         let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
@@ -279,7 +291,12 @@ impl Transport for RedisTransport {
         TransportStats {
             reader_reconnects: s.reader_errors,
             errors: s.reader_errors + s.skipped_entries,
-            reader_lag: 0,
+            reader_lag: self
+                .shared
+                .lags
+                .iter()
+                .map(|l| l.load(std::sync::atomic::Ordering::Relaxed))
+                .sum(),
             history_cache_hits: s.history_cache_hits,
             history_cache_misses: s.history_redis_scans,
             epoch_changes: s.epoch_changes,

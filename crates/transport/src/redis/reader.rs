@@ -28,6 +28,7 @@ use std::time::Duration;
 use quicksilver_protocol::Position;
 use redis::streams::StreamId;
 use tokio::time::Instant;
+use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
 
 use super::commands::{self, TailEnd, Via};
@@ -141,6 +142,10 @@ impl StreamReader {
             if !raw.is_empty() {
                 self.take(raw).await;
             }
+            if !full {
+                // A read that returned less than a batch reached the newest entry: no lag.
+                self.shared.lags[usize::from(self.partition)].store(0, std::sync::atomic::Ordering::Relaxed);
+            }
             if epoch_checked.elapsed() >= EPOCH_CHECK_EVERY {
                 epoch_checked = Instant::now();
                 let epoch = commands::epoch(&mut via(&mut conn, timeout), &keys.epoch).await?;
@@ -212,7 +217,9 @@ impl StreamReader {
             }
         }
         for entry in entries {
-            self.sink.deliver(entry).await;
+            // A child of the publishing node's span when the entry carries its trace context.
+            let span = crate::trace_context::dispatch_span(&entry);
+            self.sink.deliver(entry).instrument(span).await;
         }
     }
 
@@ -288,6 +295,13 @@ impl StreamReader {
         if info.last_generated == last {
             self.ordinal = info.entries_added;
         }
+        // Behind by the entries added after the last one read (at least a batch when the ordinal of
+        // the last entry is unknown, since this runs after a full batch).
+        let lag = match (info.entries_added, self.ordinal) {
+            (Some(added), Some(read)) => added.saturating_sub(read),
+            _ => READ_COUNT as u64,
+        };
+        shared.lags[usize::from(self.partition)].store(lag, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 }
