@@ -41,6 +41,9 @@ pub struct FanoutConfig {
     pub shard_channel: usize,
     /// Capacity of each subscriber's queue; a subscriber that falls this far behind is cut off.
     pub subscriber_queue: usize,
+    /// A subscriber whose queued updates have waited longer than this is cut off too (its
+    /// connection stopped draining); `None` disables the check.
+    pub dispatch_timeout: Option<std::time::Duration>,
 }
 
 impl Default for FanoutConfig {
@@ -49,6 +52,7 @@ impl Default for FanoutConfig {
             shards: std::thread::available_parallelism().map_or(2, |n| n.get()),
             shard_channel: 1024,
             subscriber_queue: 1024,
+            dispatch_timeout: None,
         }
     }
 }
@@ -88,8 +92,11 @@ impl Fanout {
         let stats = Arc::new(FanoutStats::default());
         let shards = (0..config.shards.max(1))
             .map(|_| {
-                let registry =
-                    Arc::new(Mutex::new(Registry::new(selectors.clone(), stats.clone())));
+                let registry = Arc::new(Mutex::new(Registry::new(
+                    selectors.clone(),
+                    stats.clone(),
+                    config.dispatch_timeout,
+                )));
                 let (inbox, rx) = mpsc::channel(config.shard_channel.max(1));
                 tokio::spawn(run_shard(registry.clone(), rx));
                 Shard { registry, inbox }

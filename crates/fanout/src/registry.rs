@@ -6,7 +6,7 @@
 //! and removal is O(1), which matters when thousands of subscribers of one topic leave at once.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 
 use crate::stats::FanoutStats;
-use crate::subscriber::SubscriberSpec;
+use crate::subscriber::{now_ms, SubscriberSpec, SubscriberState};
 
 /// Identifies a registered subscriber: its slab slot plus a unique id, so a handle whose entry was
 /// already removed (cut off) cannot remove a newer subscriber that reused the slot.
@@ -34,7 +34,7 @@ struct Entry {
     /// The dispatch stamp of the last update offered, so a subscriber matching an update through
     /// several selectors or topics gets it once.
     last_stamp: u64,
-    lagged: Arc<AtomicBool>,
+    state: Arc<SubscriberState>,
 }
 
 /// The subscribers of one shard.
@@ -44,16 +44,23 @@ pub struct Registry {
     entries: Slab<Entry>,
     next_id: u64,
     stamp: u64,
+    /// Cut off subscribers whose queued updates waited longer than this (milliseconds).
+    dispatch_timeout_ms: Option<u64>,
     exact: HashMap<Box<str>, IndexSet<usize>>,
     wildcard: IndexSet<usize>,
     templates: HashMap<Box<str>, (Selector, IndexSet<usize>)>,
 }
 
 impl Registry {
-    pub(crate) fn new(store: Arc<SelectorStore>, stats: Arc<FanoutStats>) -> Self {
+    pub(crate) fn new(
+        store: Arc<SelectorStore>,
+        stats: Arc<FanoutStats>,
+        dispatch_timeout: Option<std::time::Duration>,
+    ) -> Self {
         Self {
             store,
             stats,
+            dispatch_timeout_ms: dispatch_timeout.map(|d| d.as_millis().max(1) as u64),
             entries: Slab::new(),
             next_id: 0,
             stamp: 0,
@@ -77,10 +84,10 @@ impl Registry {
         &mut self,
         spec: SubscriberSpec,
         queue: mpsc::Sender<Arc<Envelope>>,
-    ) -> (SubscriberKey, Arc<AtomicBool>) {
+    ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
         let id = self.next_id;
-        let lagged = Arc::new(AtomicBool::new(false));
+        let state = Arc::new(SubscriberState::default());
         let slot = self.entries.vacant_key();
         for selector in &spec.selectors {
             match selector.kind() {
@@ -110,10 +117,10 @@ impl Registry {
             queue,
             spec,
             last_stamp: 0,
-            lagged: lagged.clone(),
+            state: state.clone(),
         });
         self.stats.subscribers.fetch_add(1, Ordering::Relaxed);
-        (SubscriberKey { slot, id }, lagged)
+        (SubscriberKey { slot, id }, state)
     }
 
     /// Removes a subscriber if it is still registered under this key.
@@ -179,6 +186,8 @@ impl Registry {
     pub(crate) fn deliver(&mut self, envelope: &Arc<Envelope>) {
         self.stamp += 1;
         let mut offer = Offer {
+            now_ms: self.dispatch_timeout_ms.map_or(0, |_| now_ms()),
+            dispatch_timeout_ms: self.dispatch_timeout_ms,
             stamp: self.stamp,
             envelope,
             store: &self.store,
@@ -205,7 +214,10 @@ impl Registry {
                 self.stats
                     .lagged_disconnects
                     .fetch_add(1, Ordering::Relaxed);
-                self.entries[slot].lagged.store(true, Ordering::Relaxed);
+                self.entries[slot]
+                    .state
+                    .lagged
+                    .store(true, Ordering::Relaxed);
                 tracing::debug!("subscriber queue full: cutting it off");
             }
             self.remove_slot(slot);
@@ -216,6 +228,8 @@ impl Registry {
 /// The state of offering one update, split from the registry's indexes so they can be iterated
 /// while entries are updated.
 struct Offer<'a> {
+    now_ms: u64,
+    dispatch_timeout_ms: Option<u64>,
     stamp: u64,
     envelope: &'a Arc<Envelope>,
     store: &'a SelectorStore,
@@ -237,6 +251,22 @@ impl Offer<'_> {
         let update = &self.envelope.update;
         if update.private && !entry.spec.access.allows(self.store, &update.topics) {
             return;
+        }
+        if let Some(timeout) = self.dispatch_timeout_ms {
+            // Updates have waited in this queue longer than the dispatch timeout: the connection is
+            // stalled (its socket stopped draining) even if the queue is not full yet.
+            let since = entry.state.waiting_since_ms.load(Ordering::Relaxed);
+            let queued = entry.queue.capacity() < entry.queue.max_capacity();
+            if queued && since != 0 && self.now_ms.saturating_sub(since) > timeout {
+                self.dropped.push((slot, true));
+                return;
+            }
+            if !queued || since == 0 {
+                entry
+                    .state
+                    .waiting_since_ms
+                    .store(self.now_ms, Ordering::Relaxed);
+            }
         }
         match entry.queue.try_send(self.envelope.clone()) {
             Ok(()) => self.delivered += 1,

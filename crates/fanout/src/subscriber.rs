@@ -5,9 +5,10 @@
 //! client went away, the response ended) unregisters the subscriber from its shard, so a closed
 //! connection costs nothing after its drop.
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
@@ -72,11 +73,27 @@ impl SubscriberSpec {
     }
 }
 
+/// Milliseconds on a process-wide monotonic clock (never 0), for cheap shared timestamps.
+pub(crate) fn now_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// State shared by a subscriber's registry entry and its [`Subscription`] handle.
+#[derive(Debug, Default)]
+pub(crate) struct SubscriberState {
+    /// Set when the fan-out cut the subscriber off as too slow.
+    pub(crate) lagged: AtomicBool,
+    /// When the oldest update still waiting in the queue was queued ([`now_ms`]); 0 when the queue
+    /// was last seen empty. The dispatch timeout compares against it.
+    pub(crate) waiting_since_ms: AtomicU64,
+}
+
 /// The receiving end of a registered subscriber's queue. Dropping it unregisters the subscriber.
 pub struct Subscription {
     queue: mpsc::Receiver<Arc<Envelope>>,
     key: SubscriberKey,
-    lagged: Arc<AtomicBool>,
+    state: Arc<SubscriberState>,
     registry: Arc<Mutex<Registry>>,
 }
 
@@ -91,15 +108,19 @@ impl std::fmt::Debug for Subscription {
 impl Subscription {
     pub(crate) fn new(
         queue: mpsc::Receiver<Arc<Envelope>>,
-        (key, lagged): (SubscriberKey, Arc<AtomicBool>),
+        (key, state): (SubscriberKey, Arc<SubscriberState>),
         registry: Arc<Mutex<Registry>>,
     ) -> Self {
         Self {
             queue,
             key,
-            lagged,
+            state,
             registry,
         }
+    }
+
+    fn drained(&self) {
+        self.state.waiting_since_ms.store(0, Ordering::Relaxed);
     }
 
     /// Waits for the next update; `None` once the subscriber was cut off (or closed by the hub) and
@@ -110,17 +131,26 @@ impl Subscription {
 
     /// Polls for the next update (for hand-written streams).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Envelope>>> {
-        self.queue.poll_recv(cx)
+        let poll = self.queue.poll_recv(cx);
+        if poll.is_pending() {
+            self.drained();
+        }
+        poll
     }
 
     /// Takes an already-queued update without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<Envelope>> {
-        self.queue.try_recv().ok()
+        let next = self.queue.try_recv().ok();
+        if next.is_none() {
+            self.drained();
+        }
+        next
     }
 
-    /// Whether the fan-out cut this subscriber off because its queue was full.
+    /// Whether the fan-out cut this subscriber off as too slow (queue full, or updates waiting
+    /// longer than the dispatch timeout).
     pub fn was_cut_off(&self) -> bool {
-        self.lagged.load(Ordering::Relaxed)
+        self.state.lagged.load(Ordering::Relaxed)
     }
 }
 

@@ -8,12 +8,21 @@ use quicksilver_fanout::{Access, Fanout, FanoutConfig, SubscriberSpec, Subscript
 use quicksilver_protocol::{Envelope, Position, SelectorStore, Update};
 
 fn fanout(shards: usize, queue: usize) -> (Fanout, Arc<SelectorStore>) {
+    fanout_with(shards, queue, None)
+}
+
+fn fanout_with(
+    shards: usize,
+    queue: usize,
+    dispatch_timeout: Option<Duration>,
+) -> (Fanout, Arc<SelectorStore>) {
     let store = Arc::new(SelectorStore::default());
     let f = Fanout::start(
         &FanoutConfig {
             shards,
             shard_channel: 16,
             subscriber_queue: queue,
+            dispatch_timeout,
         },
         store.clone(),
     );
@@ -206,4 +215,26 @@ async fn close_some_closes_gradually_across_shards() {
     for s in &mut subs {
         assert_eq!(next(s).await, None);
     }
+}
+
+#[tokio::test]
+async fn a_subscriber_whose_updates_wait_past_the_dispatch_timeout_is_cut_off() {
+    let (f, store) = fanout_with(1, 100, Some(Duration::from_millis(50)));
+    let mut stalled = f.subscribe(spec(&store, &["t"], Access::None));
+    let mut reading = f.subscribe(spec(&store, &["t"], Access::None));
+    f.dispatch(envelope(1, &["t"], false)).await;
+    assert_eq!(next(&mut reading).await, Some(1));
+    // The stalled one never reads; well past the timeout, the next update finds its first one
+    // still waiting.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.dispatch(envelope(2, &["t"], false)).await;
+    assert_eq!(next(&mut reading).await, Some(2));
+    // An idle but reading subscriber is never cut: its queue was empty.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    f.dispatch(envelope(3, &["t"], false)).await;
+    assert_eq!(next(&mut reading).await, Some(3));
+    assert!(!reading.was_cut_off());
+    assert_eq!(next(&mut stalled).await, Some(1));
+    assert_eq!(next(&mut stalled).await, None);
+    assert!(stalled.was_cut_off());
 }

@@ -144,6 +144,11 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_DRAIN_RETRY", default_value = "1s", value_parser = parse_duration)]
     pub drain_retry: Duration,
 
+    /// A subscriber whose queued updates have waited longer than this (its connection stopped
+    /// draining) is disconnected; it reconnects with its last event id (`0` disables).
+    #[arg(long, env = "QUICKSILVER_DISPATCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub dispatch_timeout: Duration,
+
     /// Updates a subscriber may have queued before it is cut off as too slow.
     #[arg(long, env = "QUICKSILVER_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,

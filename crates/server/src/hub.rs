@@ -88,6 +88,8 @@ impl Hub {
                     .shards
                     .unwrap_or_else(|| FanoutConfig::default().shards),
                 subscriber_queue: config.subscriber_queue,
+                dispatch_timeout: (!config.dispatch_timeout.is_zero())
+                    .then_some(config.dispatch_timeout),
                 ..FanoutConfig::default()
             },
             selectors.clone(),
