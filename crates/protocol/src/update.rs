@@ -47,6 +47,21 @@ pub struct Envelope {
     /// When the publishing node accepted the update, in microseconds since the Unix epoch; used for
     /// delivery latency metrics. `0` when unknown.
     pub accepted_at_micros: u64,
+    /// The trace context of the span that stored the update, when that span was recorded (tracing
+    /// on and sampled); `None` otherwise.
+    pub trace_context: Option<TraceContext>,
+}
+
+/// The W3C trace context (`traceparent`, and `tracestate` when there is one) of the span that
+/// stored an update, so that every node's reader can continue the publisher's trace. It travels
+/// with the update inside the transport only: it is never part of the SSE frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// `00-<trace id>-<parent span id>-<flags>`.
+    pub traceparent: String,
+    /// Vendor-specific trace state, when the trace carries any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracestate: Option<String>,
 }
 
 impl Envelope {
@@ -58,6 +73,7 @@ impl Envelope {
             update,
             frame,
             accepted_at_micros,
+            trace_context: None,
         }
     }
 }

@@ -12,6 +12,7 @@
 //! - [`stream`]: a subscriber's SSE response body (replay, live, heartbeats, end).
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
+//! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
 //! - [`error`]: request failures and their HTTP answers.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
@@ -24,6 +25,7 @@ pub mod metrics;
 pub mod publish;
 pub mod stream;
 pub mod subscribe;
+pub mod telemetry;
 
 use std::future::Future;
 use std::time::Duration;

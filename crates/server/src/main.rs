@@ -1,6 +1,7 @@
-//! The `quicksilver` binary: reads the configuration, sets up logging, serves until SIGTERM/SIGINT.
+//! The `quicksilver` binary: reads the configuration, sets up logging (and tracing, when the
+//! OpenTelemetry variables ask for it), serves until SIGTERM/SIGINT.
 
-use quicksilver_server::config::{Config, LogFormat};
+use quicksilver_server::config::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -8,21 +9,9 @@ async fn main() -> anyhow::Result<()> {
         Ok(config) => config,
         Err(e) => e.exit(),
     };
-    init_logging(&config)?;
+    // Held to the end: dropping it flushes the traces still queued.
+    let _telemetry = quicksilver_server::telemetry::init(config.log_format, &config.log)?;
     quicksilver_server::serve(config, shutdown_signal()).await
-}
-
-fn init_logging(config: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&config.log)
-        .map_err(|e| anyhow::anyhow!("invalid --log filter {:?}: {e}", config.log))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-    Ok(())
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

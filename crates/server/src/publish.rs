@@ -4,12 +4,15 @@
 //! content type and the form (400/413/415), then the publish grant for every topic (403). The
 //! update is acknowledged with its id only once the transport has stored it; a transport that
 //! cannot store answers 503, never 200.
+//!
+//! The whole request runs in the `mercure.publish` trace span (see [`crate::telemetry`]).
 
 use axum::body::Bytes;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use quicksilver_protocol::{parse_publish_form, publish::PublishError};
+use tracing::Instrument;
 
 use crate::error::HubError;
 use crate::hub::Hub;
@@ -20,6 +23,21 @@ pub async fn publish(
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, HubError> {
+    let span = crate::telemetry::publish_span(&headers);
+    let outcome = authorize_and_store(hub, method, headers, query, body)
+        .instrument(span.clone())
+        .await;
+    crate::telemetry::record_outcome(&span, &outcome);
+    outcome
+}
+
+async fn authorize_and_store(
+    hub: Hub,
+    method: Method,
+    headers: HeaderMap,
+    query: Option<String>,
     body: Bytes,
 ) -> Result<Response, HubError> {
     let query_tokens = crate::auth::query_tokens(query.as_deref());
@@ -54,6 +72,7 @@ pub async fn publish(
         ));
     }
 
+    crate::telemetry::record_update(&tracing::Span::current(), &update);
     let id = update.id.clone();
     let private = update.private;
     let topic = update.canonical_topic().to_string();

@@ -11,9 +11,12 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
+//!   context stored with it so other nodes' readers continue the publisher's trace.
 
 pub mod memory;
 pub mod redis;
+pub mod trace_context;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -85,6 +88,10 @@ pub struct TransportStats {
 pub trait Transport: Send + Sync + 'static {
     /// Stores an update and returns its position. Returning `Ok` means the update is stored and
     /// will reach every node's reader.
+    ///
+    /// Implementations run in a [`trace_context::PUBLISH_SPAN`] span and store
+    /// [`trace_context::current`] with the update; their readers wrap each hand-off to the sink in
+    /// [`trace_context::dispatch_span`].
     async fn publish(&self, update: Update) -> Result<Position, TransportError>;
 
     /// The retained updates after `last_event_id` (`earliest`: all of them). An unknown id yields no

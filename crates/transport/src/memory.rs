@@ -14,6 +14,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position, Update, EARLIEST};
 use tokio::sync::{mpsc, Mutex};
+use tracing::Instrument;
 
 use crate::{now_micros, HistoryReply, Transport, TransportError, UpdateSink};
 
@@ -116,12 +117,18 @@ impl Ring {
 
 #[async_trait]
 impl Transport for MemoryTransport {
+    #[tracing::instrument(
+        name = "mercure.transport.publish",
+        skip_all,
+        fields(otel.kind = "producer", mercure.transport = "memory")
+    )]
     async fn publish(&self, update: Update) -> Result<Position, TransportError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(TransportError::Closed);
         }
         // Encode the frame before taking the lock; only numbering happens under it.
         let mut envelope = Envelope::new(Position::default(), update, now_micros());
+        envelope.trace_context = crate::trace_context::current();
         let mut ring = self.ring.lock().await;
         let position = Position::new(0, 0, ring.next_seq);
         ring.next_seq += 1;
@@ -163,7 +170,8 @@ impl Transport for MemoryTransport {
         };
         tokio::spawn(async move {
             while let Some(envelope) = rx.recv().await {
-                sink.deliver(envelope).await;
+                let span = crate::trace_context::dispatch_span(&envelope);
+                sink.deliver(envelope).instrument(span).await;
             }
         });
     }

@@ -2,9 +2,11 @@
 //! can share a stream during a rolling upgrade.
 //!
 //! An entry has two fields: `v`, the format version (`"1"`), and `u`, the MessagePack encoding (with
-//! field names, via `rmp-serde`) of [`EntryV1`]: the update and the time the publishing node accepted
-//! it. Publishing encodes once; every node's reader decodes each entry once into an [`Envelope`],
-//! whose SSE frame is then shared by all of that node's subscribers.
+//! field names, via `rmp-serde`) of [`EntryV1`]: the update, the time the publishing node accepted
+//! it and, when the publish was traced, the W3C trace context of its `mercure.transport.publish`
+//! span (absent otherwise; see `crate::trace_context`). Publishing encodes once; every node's reader
+//! decodes each entry once into an [`Envelope`], whose SSE frame is then shared by all of that node's
+//! subscribers.
 //!
 //! Compatibility rules, for whoever writes version 2:
 //! - Readers ignore fields of the entry they do not know, and MessagePack maps are decoded by field
@@ -15,6 +17,7 @@
 //!   crash. A node of the next version must therefore keep reading `v = "1"` and keep writing it until
 //!   every node understands the new version, or old nodes will skip the new entries.
 
+use quicksilver_protocol::update::TraceContext;
 use quicksilver_protocol::{Envelope, Position, Update};
 use redis::streams::StreamId;
 use redis::Value;
@@ -53,6 +56,9 @@ pub(crate) enum EntryError {
 struct EntryV1Ref<'a> {
     update: &'a Update,
     accepted_at_micros: u64,
+    /// Added after the first release: omitted when absent, so untraced entries are unchanged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_context: Option<&'a TraceContext>,
 }
 
 /// What a version-1 entry's `u` field holds, as read.
@@ -61,13 +67,20 @@ struct EntryV1 {
     update: Update,
     #[serde(default)]
     accepted_at_micros: u64,
+    #[serde(default)]
+    trace_context: Option<TraceContext>,
 }
 
 /// The `u` field of a new entry for `update`.
-pub(crate) fn encode(update: &Update, accepted_at_micros: u64) -> Result<Vec<u8>, EntryError> {
+pub(crate) fn encode(
+    update: &Update,
+    accepted_at_micros: u64,
+    trace_context: Option<&TraceContext>,
+) -> Result<Vec<u8>, EntryError> {
     Ok(rmp_serde::to_vec_named(&EntryV1Ref {
         update,
         accepted_at_micros,
+        trace_context,
     })?)
 }
 
@@ -91,11 +104,9 @@ pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Envelope, Entry
         .and_then(bytes_of)
         .ok_or(EntryError::MissingField(FIELD_UPDATE))?;
     let stored: EntryV1 = rmp_serde::from_slice(payload)?;
-    Ok(Envelope::new(
-        position,
-        stored.update,
-        stored.accepted_at_micros,
-    ))
+    let mut envelope = Envelope::new(position, stored.update, stored.accepted_at_micros);
+    envelope.trace_context = stored.trace_context;
+    Ok(envelope)
 }
 
 fn bytes_of(value: &Value) -> Option<&[u8]> {
@@ -135,7 +146,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let bytes = encode(&update(), 42).unwrap();
+        let bytes = encode(&update(), 42, None).unwrap();
         let e = entry(
             "17-3",
             &[("v", b"1".to_vec()), ("u", bytes), ("future", vec![1])],
@@ -149,7 +160,7 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_errors_not_panics() {
-        let bytes = encode(&update(), 1).unwrap();
+        let bytes = encode(&update(), 1, None).unwrap();
         let v2 = entry("1-0", &[("v", b"2".to_vec()), ("u", bytes.clone())]);
         assert!(matches!(decode(0, &v2), Err(EntryError::UnknownVersion(v)) if v == "2"));
         let junk = entry("1-0", &[("v", b"1".to_vec()), ("u", vec![0xc1, 0x00])]);
@@ -181,5 +192,63 @@ mod tests {
         let env = decode(0, &entry("5-0", &[("v", b"1".to_vec()), ("u", bytes)])).unwrap();
         assert_eq!(env.update, u);
         assert_eq!(env.accepted_at_micros, 7);
+    }
+
+    #[test]
+    fn trace_context_round_trips() {
+        let tc = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: Some("vendor=1".into()),
+        };
+        let bytes = encode(&update(), 9, Some(&tc)).unwrap();
+        let env = decode(0, &entry("6-0", &[("v", b"1".to_vec()), ("u", bytes)])).unwrap();
+        assert_eq!(env.trace_context, Some(tc));
+        assert_eq!(env.update, update());
+        // The trace context never reaches subscribers.
+        assert!(!String::from_utf8_lossy(&env.frame).contains("4bf92f35"));
+    }
+
+    #[test]
+    fn entries_written_before_trace_context_still_decode() {
+        // Exactly what the first release wrote (no `trace_context` key).
+        #[derive(Serialize)]
+        struct OldEntryV1<'a> {
+            update: &'a Update,
+            accepted_at_micros: u64,
+        }
+        let u = update();
+        let old = rmp_serde::to_vec_named(&OldEntryV1 {
+            update: &u,
+            accepted_at_micros: 3,
+        })
+        .unwrap();
+        let env = decode(
+            0,
+            &entry("7-0", &[("v", b"1".to_vec()), ("u", old.clone())]),
+        )
+        .unwrap();
+        assert_eq!(env.update, u);
+        assert_eq!(env.trace_context, None);
+        // And an untraced entry is byte for byte what the first release wrote.
+        assert_eq!(encode(&u, 3, None).unwrap(), old);
+    }
+
+    #[test]
+    fn old_readers_ignore_the_trace_context() {
+        // The first release's reader struct: no `trace_context` field.
+        #[derive(Deserialize)]
+        struct OldEntryV1 {
+            update: Update,
+            #[serde(default)]
+            accepted_at_micros: u64,
+        }
+        let tc = TraceContext {
+            traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+            tracestate: None,
+        };
+        let bytes = encode(&update(), 5, Some(&tc)).unwrap();
+        let old: OldEntryV1 = rmp_serde::from_slice(&bytes).unwrap();
+        assert_eq!(old.update, update());
+        assert_eq!(old.accepted_at_micros, 5);
     }
 }

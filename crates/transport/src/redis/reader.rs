@@ -28,8 +28,8 @@ use std::time::Duration;
 use quicksilver_protocol::Position;
 use redis::streams::StreamId;
 use tokio::time::Instant;
-use tracing::Instrument;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::commands::{self, TailEnd, Via};
 use super::connection::{CallError, Conn};
@@ -144,7 +144,8 @@ impl StreamReader {
             }
             if !full {
                 // A read that returned less than a batch reached the newest entry: no lag.
-                self.shared.lags[usize::from(self.partition)].store(0, std::sync::atomic::Ordering::Relaxed);
+                self.shared.lags[usize::from(self.partition)]
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
             }
             if epoch_checked.elapsed() >= EPOCH_CHECK_EVERY {
                 epoch_checked = Instant::now();
