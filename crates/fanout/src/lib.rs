@@ -115,10 +115,20 @@ impl Fanout {
     /// Registers a subscriber; live updates are queued from this moment on. Shards are chosen round
     /// robin so subscribers spread evenly over dispatch tasks.
     pub fn subscribe(&self, spec: SubscriberSpec) -> Subscription {
+        self.subscribe_with_closer(spec, None)
+    }
+
+    /// Like [`Fanout::subscribe`]; `closer` is cancelled if the subscriber is ever cut off as too
+    /// slow, so the connection can be dropped at once instead of waiting for the client to read.
+    pub fn subscribe_with_closer(
+        &self,
+        spec: SubscriberSpec,
+        closer: Option<tokio_util::sync::CancellationToken>,
+    ) -> Subscription {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let shard = &self.inner.shards[i];
         let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        let key = shard.registry.lock().insert(spec, tx);
+        let key = shard.registry.lock().insert(spec, tx, closer);
         Subscription::new(rx, key, shard.registry.clone())
     }
 

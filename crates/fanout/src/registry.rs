@@ -1,8 +1,9 @@
 //! One shard's subscriber index: who wants which topics, found without scanning everyone.
 //!
 //! Exact selectors are keyed by topic in a hash map, `*` subscribers sit in their own set, and
-//! template selectors are grouped by their text so each distinct template is matched once per
-//! update however many subscribers share it. Sets are `IndexSet`s: iteration is as fast as a vector
+//! template and URL-pattern selectors are grouped by their text (and, for URL patterns, the base URL
+//! they were resolved against) so each distinct pattern is matched once per update however many
+//! subscribers share it. Sets are `IndexSet`s: iteration is as fast as a vector
 //! and removal is O(1), which matters when thousands of subscribers of one topic leave at once.
 
 use std::collections::HashMap;
@@ -49,7 +50,13 @@ pub struct Registry {
     exact: HashMap<Box<str>, IndexSet<usize>>,
     wildcard: IndexSet<usize>,
     templates: HashMap<Box<str>, (Selector, IndexSet<usize>)>,
+    /// Keyed by `(pattern, base URL)`: the same text resolved against another base selects other
+    /// topics.
+    url_patterns: HashMap<UrlPatternKey, (Selector, IndexSet<usize>)>,
 }
+
+/// A URL-pattern selector's index key: its text and the base URL it was resolved against.
+type UrlPatternKey = (Box<str>, Box<str>);
 
 impl Registry {
     pub(crate) fn new(
@@ -67,6 +74,7 @@ impl Registry {
             exact: HashMap::new(),
             wildcard: IndexSet::new(),
             templates: HashMap::new(),
+            url_patterns: HashMap::new(),
         }
     }
 
@@ -84,10 +92,14 @@ impl Registry {
         &mut self,
         spec: SubscriberSpec,
         queue: mpsc::Sender<Arc<Envelope>>,
+        closer: Option<tokio_util::sync::CancellationToken>,
     ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
         let id = self.next_id;
-        let state = Arc::new(SubscriberState::default());
+        let state = Arc::new(SubscriberState {
+            closer,
+            ..SubscriberState::default()
+        });
         let slot = self.entries.vacant_key();
         for selector in &spec.selectors {
             match selector.kind() {
@@ -109,6 +121,16 @@ impl Registry {
                         .1
                         .insert(slot);
                     self.stats.matchers_template.fetch_add(1, Ordering::Relaxed);
+                }
+                SelectorKind::UrlPattern => {
+                    self.url_patterns
+                        .entry(url_pattern_key(selector))
+                        .or_insert_with(|| (selector.clone(), IndexSet::new()))
+                        .1
+                        .insert(slot);
+                    self.stats
+                        .matchers_urlpattern
+                        .fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -156,6 +178,18 @@ impl Registry {
                     }
                     self.stats.matchers_template.fetch_sub(1, Ordering::Relaxed);
                 }
+                SelectorKind::UrlPattern => {
+                    let key = url_pattern_key(selector);
+                    if let Some((_, set)) = self.url_patterns.get_mut(&key) {
+                        set.swap_remove(&slot);
+                        if set.is_empty() {
+                            self.url_patterns.remove(&key);
+                        }
+                    }
+                    self.stats
+                        .matchers_urlpattern
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
             }
         }
         self.stats.subscribers.fetch_sub(1, Ordering::Relaxed);
@@ -202,7 +236,7 @@ impl Registry {
             }
         }
         self.wildcard.iter().for_each(|slot| offer.offer(*slot));
-        for (selector, set) in self.templates.values() {
+        for (selector, set) in self.templates.values().chain(self.url_patterns.values()) {
             if topics.iter().any(|t| self.store.matches(selector, t)) {
                 set.iter().for_each(|slot| offer.offer(*slot));
             }
@@ -214,15 +248,25 @@ impl Registry {
                 self.stats
                     .lagged_disconnects
                     .fetch_add(1, Ordering::Relaxed);
-                self.entries[slot]
-                    .state
-                    .lagged
-                    .store(true, Ordering::Relaxed);
+                let state = &self.entries[slot].state;
+                state.lagged.store(true, Ordering::Relaxed);
+                if let Some(closer) = &state.closer {
+                    closer.cancel();
+                }
                 tracing::debug!("subscriber queue full: cutting it off");
             }
             self.remove_slot(slot);
         }
     }
+}
+
+/// The index key of a URL-pattern selector. Building it allocates, which only registering and
+/// removing a subscriber do, never delivery.
+fn url_pattern_key(selector: &Selector) -> UrlPatternKey {
+    (
+        selector.raw().into(),
+        selector.base_url().unwrap_or_default().into(),
+    )
 }
 
 /// The state of offering one update, split from the registry's indexes so they can be iterated
@@ -273,5 +317,89 @@ impl Offer<'_> {
             Err(TrySendError::Full(_)) => self.dropped.push((slot, true)),
             Err(TrySendError::Closed(_)) => self.dropped.push((slot, false)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use quicksilver_protocol::{Position, Update};
+
+    use super::*;
+    use crate::subscriber::Access;
+
+    const HUB: &str = "https://hub.example.com/.well-known/mercure";
+
+    fn envelope(seq: u64, topics: &[&str]) -> Arc<Envelope> {
+        Arc::new(Envelope::new(
+            Position::new(0, 0, seq),
+            Update {
+                id: format!("id-{seq}"),
+                topics: topics.iter().map(|t| t.to_string()).collect(),
+                data: String::new(),
+                private: false,
+                event_type: None,
+                retry: None,
+            },
+            0,
+        ))
+    }
+
+    fn received(rx: &mut mpsc::Receiver<Arc<Envelope>>) -> Vec<u64> {
+        std::iter::from_fn(|| rx.try_recv().ok())
+            .map(|e| e.position.seq)
+            .collect()
+    }
+
+    #[test]
+    fn url_pattern_selectors_are_grouped_by_text_and_base() {
+        let store = Arc::new(SelectorStore::default());
+        let stats = Arc::new(FanoutStats::default());
+        let mut registry = Registry::new(store.clone(), stats.clone(), None);
+        let pattern = |p: &str, base: &str| {
+            store
+                .compile_url_pattern(p, Some(base))
+                .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let mut subscribe = |selectors: Vec<Selector>| {
+            let (tx, rx) = mpsc::channel(16);
+            let spec = SubscriberSpec {
+                selectors,
+                access: Access::None,
+            };
+            let (key, _) = registry.insert(spec, tx, None);
+            (key, rx)
+        };
+        let (a, mut rx_a) = subscribe(vec![pattern("/books/:id", HUB)]);
+        let (_, mut rx_b) = subscribe(vec![pattern("/books/:id", HUB)]);
+        let (_, mut rx_other) = subscribe(vec![pattern("/books/:id", "https://other.example/")]);
+        // Matching through a pattern and an exact selector at once: delivered once.
+        let (_, mut rx_both) = subscribe(vec![
+            pattern("https://hub.example.com/books/*", HUB),
+            Selector::exact_topic("/books/1"),
+        ]);
+        assert_eq!(registry.url_patterns.len(), 3);
+        assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 4);
+        assert_eq!(stats.matchers_exact.load(Ordering::Relaxed), 1);
+
+        registry.deliver(&envelope(1, &["/books/1"]));
+        registry.deliver(&envelope(2, &["https://hub.example.com/books/2"]));
+        registry.deliver(&envelope(3, &["/books/3/chapters/1"]));
+        registry.deliver(&envelope(4, &["https://other.example/books/4"]));
+        assert_eq!(received(&mut rx_a), [1, 2]);
+        assert_eq!(received(&mut rx_b), [1, 2]);
+        // A relative topic resolves against each pattern's own base, so `/books/1` matches there too.
+        assert_eq!(received(&mut rx_other), [1, 4]);
+        assert_eq!(received(&mut rx_both), [1, 2, 3]);
+
+        // The group outlives one of its subscribers and goes with the last.
+        registry.remove(a);
+        assert_eq!(registry.url_patterns.len(), 3);
+        assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 3);
+        registry.deliver(&envelope(5, &["/books/5"]));
+        assert_eq!(received(&mut rx_b), [5]);
+        registry.clear();
+        assert!(registry.url_patterns.is_empty());
+        assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 0);
+        assert_eq!(stats.matchers_exact.load(Ordering::Relaxed), 0);
     }
 }

@@ -12,12 +12,14 @@ pub struct FanoutStats {
     pub lagged_disconnects: AtomicU64,
     /// Subscribers currently registered.
     pub subscribers: AtomicI64,
-    /// Registered matchers by kind: exact, wildcard, template.
+    /// Registered matchers by kind: exact, wildcard, template, URL pattern.
     pub matchers_exact: AtomicI64,
     /// See `matchers_exact`.
     pub matchers_wildcard: AtomicI64,
     /// See `matchers_exact`.
     pub matchers_template: AtomicI64,
+    /// See `matchers_exact`.
+    pub matchers_urlpattern: AtomicI64,
 }
 
 impl FanoutStats {

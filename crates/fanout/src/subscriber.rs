@@ -87,6 +87,10 @@ pub(crate) struct SubscriberState {
     /// When the oldest update still waiting in the queue was queued ([`now_ms`]); 0 when the queue
     /// was last seen empty. The dispatch timeout compares against it.
     pub(crate) waiting_since_ms: AtomicU64,
+    /// Cancelled when the subscriber is cut off as too slow, so whoever owns its connection can
+    /// close it at once: a client that stopped reading would otherwise keep the socket and every
+    /// byte already written to it until it reads again.
+    pub(crate) closer: Option<tokio_util::sync::CancellationToken>,
 }
 
 /// The receiving end of a registered subscriber's queue. Dropping it unregisters the subscriber.

@@ -77,7 +77,12 @@ pub struct Config {
     pub history_cache_size: Option<usize>,
 
     /// Key verifying publishers' JWTs (HMAC secret, or PEM public key for RS*/ES*/PS*/EdDSA).
-    #[arg(long, env = "MERCURE_PUBLISHER_JWT_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MERCURE_PUBLISHER_JWT_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub publisher_jwt_key: Option<String>,
 
     /// Algorithm of publishers' JWTs.
@@ -85,7 +90,12 @@ pub struct Config {
     pub publisher_jwt_alg: String,
 
     /// Key verifying subscribers' JWTs (HMAC secret, or PEM public key).
-    #[arg(long, env = "MERCURE_SUBSCRIBER_JWT_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MERCURE_SUBSCRIBER_JWT_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub subscriber_jwt_key: Option<String>,
 
     /// Algorithm of subscribers' JWTs.
@@ -93,7 +103,12 @@ pub struct Config {
     pub subscriber_jwt_alg: String,
 
     /// Key used for both publishers and subscribers when their own key is not set.
-    #[arg(long, env = "MERCURE_JWT_KEY", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "MERCURE_JWT_KEY",
+        hide_env_values = true,
+        allow_hyphen_values = true
+    )]
     pub jwt_key: Option<String>,
 
     /// Algorithm used with `--jwt-key`.
@@ -384,6 +399,13 @@ mod tests {
         assert_eq!(c.history_size, 1000);
         assert_eq!(c.cookie_name, "mercureAuthorization");
         assert!(!c.anonymous);
+    }
+
+    #[test]
+    fn pem_keys_can_be_flag_values() {
+        let pem = "-----BEGIN PUBLIC KEY-----\nabc\n-----END PUBLIC KEY-----";
+        let c = Config::from_args(["quicksilver", "--jwt-key", pem, "--jwt-alg", "RS256"]).unwrap();
+        assert_eq!(c.publisher_key(), Some((pem, "RS256")));
     }
 
     #[test]

@@ -14,10 +14,12 @@
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
 //! - [`error`]: request failures and their HTTP answers.
+//! - [`connection`]: the accept loop, one closable task per connection.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
 pub mod config;
+pub mod connection;
 pub mod cors;
 pub mod error;
 pub mod hub;
@@ -32,7 +34,6 @@ use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::Router;
 use http::StatusCode;
 use tokio::net::TcpListener;
@@ -115,8 +116,7 @@ impl Server {
             });
         }
         let app = router(hub.clone(), config)?;
-        let listener = TcpListener::bind(config.listen)
-            .await
+        let listener = connection::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         Ok(Self { hub, app, listener })
     }
@@ -138,25 +138,12 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Server { hub, app, listener } = self;
-        let (stopped_tx, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let draining = hub.clone();
-        let signal = async move {
+        let open_connections = hub.metrics().connections.clone();
+        let stop = async move {
             shutdown.await;
-            draining.drain().await;
-            let _ = stopped_tx.send(());
+            hub.drain().await;
         };
-        // Updates are small and latency matters more than packet count: no Nagle delay.
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let server = axum::serve(listener, app).with_graceful_shutdown(signal);
-        let server = tokio::spawn(async move { server.await });
-        // Resolves when the shutdown signal fired, or (with an error) if the server task ended first.
-        let _ = stopped_rx.await;
-        match tokio::time::timeout(SHUTDOWN_GRACE, server).await {
-            Ok(result) => result??,
-            Err(_) => tracing::warn!("connections still open after the shutdown grace period"),
-        }
+        connection::serve(listener, app, stop, SHUTDOWN_GRACE, open_connections).await;
         tracing::info!("hub stopped");
         Ok(())
     }

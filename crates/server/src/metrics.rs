@@ -17,7 +17,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quicksilver_fanout::Fanout;
@@ -49,6 +49,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// HTTP responses by route, method and status.
     pub responses: Family<ResponseLabels, Counter>,
+    /// Open client connections on the main listener.
+    pub connections: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -71,6 +73,12 @@ impl Metrics {
         let publish_duration = Histogram::new(latency_buckets());
         let delivery_latency = Histogram::new(latency_buckets());
         let responses = Family::<ResponseLabels, Counter>::default();
+        let connections = Gauge::default();
+        registry.register(
+            "connections",
+            "Open client connections on the main listener",
+            connections.clone(),
+        );
         registry.register(
             "updates_published",
             "Updates acknowledged to publishers",
@@ -104,6 +112,7 @@ impl Metrics {
             publish_duration,
             delivery_latency,
             responses,
+            connections,
         }
     }
 

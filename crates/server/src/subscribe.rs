@@ -11,10 +11,12 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use quicksilver_fanout::{Access, SubscriberSpec};
 use quicksilver_protocol::{parse_subscribe_query, Envelope, Position, EARLIEST};
 
+use crate::connection::ConnectionCloser;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::stream::{EndReason, SubscriberStream};
@@ -25,7 +27,9 @@ pub async fn subscribe(
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    closer: Option<Extension<ConnectionCloser>>,
 ) -> Result<Response, HubError> {
+    let closer = closer.map(|Extension(c)| c);
     if hub.is_shutting_down() {
         return Err(HubError::Unavailable("the hub is shutting down".into()));
     }
@@ -71,6 +75,10 @@ pub async fn subscribe(
             quicksilver_protocol::subscribe::MatchType::Exact => Ok(
                 quicksilver_protocol::Selector::exact_topic(&matcher.pattern),
             ),
+            // No base URL yet: relative patterns resolve against the protocol crate's stand-in.
+            quicksilver_protocol::subscribe::MatchType::UrlPattern => {
+                hub.selectors().compile_url_pattern(&matcher.pattern, None)
+            }
         }
         .map_err(|e| HubError::BadRequest(e.to_string()))?;
         selectors.push(selector);
@@ -85,7 +93,9 @@ pub async fn subscribe(
         .map(str::to_string)
         .or(query.last_event_id);
 
-    let subscription = hub.fanout().subscribe(spec.clone());
+    let subscription = hub
+        .fanout()
+        .subscribe_with_closer(spec.clone(), closer.map(|c| c.0));
 
     let mut replay = Vec::new();
     let mut replayed_up_to = Vec::new();

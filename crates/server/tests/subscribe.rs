@@ -498,6 +498,26 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving() {
         assert_eq!(status, 200);
     }
     reader.await.unwrap();
+    // Cut off, its connection is closed at once, although the client never read: the hub keeps
+    // neither its socket nor its queue waiting for it.
+    let metrics = format!("{}/metrics", hub.url);
+    let mut released = false;
+    for _ in 0..100 {
+        let text = c.get(&metrics).send().await.unwrap().text().await.unwrap();
+        // The fast subscriber is gone too; what remains is this metrics request's own connection.
+        if text.contains("quicksilver_connections 1\n")
+            && text.contains("quicksilver_slow_subscriber_disconnections_total 1\n")
+        {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let text = c.get(&metrics).send().await.unwrap().text().await.unwrap();
+    assert!(
+        released,
+        "the slow subscriber's connection was released:\n{text}"
+    );
     // The slow one gets what was buffered, then its stream ends: it was cut off, not waited for.
     let mut got = 0;
     while slow
