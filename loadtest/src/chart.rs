@@ -109,11 +109,13 @@ pub(crate) fn write_svg(
         .configure_mesh()
         .x_desc("seconds since publishing started")
         .y_desc("deliveries/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(err)?;
     rates
         .configure_secondary_axes()
         .y_desc("published/s")
+        .y_label_formatter(&|v| format!("{v:.0}"))
         .draw()
         .map_err(err)?;
     rates

@@ -77,7 +77,8 @@ pub(crate) struct CommonArgs {
     #[arg(long, short = 's')]
     pub(crate) subscribers: Option<usize>,
 
-    /// Updates per second, all lanes together, paced on a fixed schedule (default 10).
+    /// Updates per second, all lanes together, paced on a fixed schedule (default 10; `collab`
+    /// uses `--editor-rate` instead).
     #[arg(long, short = 'r')]
     pub(crate) rate: Option<f64>,
 

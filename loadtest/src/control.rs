@@ -147,10 +147,14 @@ impl Accounting {
 pub(crate) struct SlowSummary {
     pub(crate) subscribers: u64,
     pub(crate) connected: u64,
-    /// Cut off by the hub by the end of the run (the expected treatment).
-    pub(crate) closed_by_hub: u64,
-    /// Still open at the end (the hub is holding data for them).
-    pub(crate) still_open: u64,
+    /// Cut off by the hub by the end of the run (response ended or connection closed): the
+    /// expected treatment once they fall far enough behind.
+    pub(crate) cut_off: u64,
+    /// Still subscribed at the end, nothing more to send once drained.
+    pub(crate) kept_open: u64,
+    /// Still receiving when the final drain gave up.
+    pub(crate) still_sending: u64,
+    /// Bytes read from them after the run: what the hub and the kernels had buffered.
     pub(crate) drained_bytes: u64,
 }
 
@@ -171,6 +175,8 @@ pub(crate) struct WorkerResult {
     pub(crate) drained: bool,
     /// CPU this worker process used (0 for in-process workers: the parent counts itself).
     pub(crate) cpu_seconds: f64,
+    /// Peak RSS of this worker process (0 for in-process workers).
+    pub(crate) peak_rss_kib: u64,
 }
 
 /// Runs this process as a worker: the spec comes as the first stdin line, then commands; events

@@ -28,6 +28,7 @@ pub(crate) struct ResumeOrder {
     pub(crate) drop_connections: bool,
     /// When the order was given, Unix micros: catch-up time is counted from here.
     pub(crate) at_us: u64,
-    /// Updates settled when the order was given: catching up means having all of them.
+    /// Updates settled when the order was given: catching up means having all of them, and
+    /// one published after the order.
     pub(crate) targets: IndexedManifest,
 }

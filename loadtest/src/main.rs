@@ -42,6 +42,8 @@ mod scenario;
 mod slow_subscriber;
 mod sse;
 mod subscriber;
+#[cfg(test)]
+mod test_hub;
 mod token;
 mod tracker;
 mod worker;

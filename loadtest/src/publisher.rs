@@ -79,6 +79,8 @@ pub(crate) struct PublishBook {
     /// Sends later than [`LATE`] behind schedule, and the worst lag.
     pub(crate) late: u64,
     pub(crate) max_lag: Duration,
+    /// Time from the start to the last answer, once publishing is over.
+    pub(crate) finished: Option<Duration>,
 }
 
 impl Default for PublishBook {
@@ -93,6 +95,7 @@ impl Default for PublishBook {
             per_second: Vec::new(),
             late: 0,
             max_lag: Duration::ZERO,
+            finished: None,
         }
     }
 }
@@ -131,8 +134,25 @@ impl PublishBook {
     }
 }
 
+/// Publishes `plan` from `start` for `length` on a thread of its own, so that pacing and round
+/// trips are not queued behind subscriber work sharing the parent's runtime; the thread ends when
+/// every lane has had its last answer.
+pub(crate) fn spawn(
+    plan: Arc<PublishPlan>,
+    book: Arc<Mutex<PublishBook>>,
+    start: Instant,
+    length: Duration,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::Builder::new()
+        .name("publisher".to_owned())
+        .spawn(move || runtime.block_on(run(plan, book, start, length)))
+}
+
 /// Publishes `plan` from `start` for `length`; returns when every lane has had its last answer.
-pub(crate) async fn run(
+async fn run(
     plan: Arc<PublishPlan>,
     book: Arc<Mutex<PublishBook>>,
     start: Instant,
@@ -159,6 +179,7 @@ pub(crate) async fn run(
     for lane in lanes {
         let _ = lane.await;
     }
+    lock(&book).finished = Some(start.elapsed());
 }
 
 /// One lane's schedule; see the module docs.
@@ -180,7 +201,8 @@ async fn run_lane(
     let mut seqs: HashMap<u32, u64> = HashMap::new();
     for k in 0u64.. {
         let offset = lane.phase.as_secs_f64() + k as f64 / lane.rate;
-        if offset >= length.as_secs_f64() {
+        // The epsilon keeps rounding (phase + k / rate) from adding an update at the very end.
+        if offset >= length.as_secs_f64() - 1e-9 {
             break;
         }
         let due = start + Duration::from_secs_f64(offset);

@@ -85,7 +85,8 @@ pub(crate) struct ResumeSummary {
     pub(crate) kill_error: Option<String>,
     pub(crate) caught_up: u64,
     pub(crate) not_caught_up: u64,
-    /// From the order until each subscriber had every update settled at that moment.
+    /// From the order until each subscriber had every update settled at that moment and one
+    /// published after it.
     pub(crate) catchup: LatencySummary,
     /// Until the last subscriber caught up (the maximum above), seconds.
     pub(crate) time_until_all_caught_up_s: f64,
@@ -95,6 +96,8 @@ pub(crate) struct ResumeSummary {
 pub(crate) struct HarnessSummary {
     pub(crate) processes: usize,
     pub(crate) cpu_seconds: f64,
+    /// Peak RSS of the parent plus every worker process.
+    pub(crate) peak_rss_kib: u64,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -260,14 +263,21 @@ impl Report {
         if let Some(s) = &self.slow_consumers {
             let _ = writeln!(
                 o,
-                "slow        {} slow consumers ({} connected): {} cut off by the hub, {} still open, {} bytes drained at the end",
-                s.subscribers, s.connected, s.closed_by_hub, s.still_open, s.drained_bytes
+                "slow        {} slow consumers ({} connected): {} cut off by the hub, {} kept open, {} still sending after the drain; {:.1} MiB drained at the end",
+                s.subscribers,
+                s.connected,
+                s.cut_off,
+                s.kept_open,
+                s.still_sending,
+                s.drained_bytes as f64 / 1_048_576.0
             );
         }
         let _ = writeln!(
             o,
-            "harness     {:.2} CPU-s over {} process(es)",
-            self.harness.cpu_seconds, self.harness.processes
+            "harness     {:.2} CPU-s over {} process(es), peak RSS {} MiB",
+            self.harness.cpu_seconds,
+            self.harness.processes,
+            mib(Some(self.harness.peak_rss_kib))
         );
         for h in &self.hubs {
             match &h.error {

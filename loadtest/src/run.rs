@@ -112,12 +112,14 @@ pub(crate) async fn execute(setup: RunSetup) -> anyhow::Result<Report> {
     })
     .await;
     let publish_plan = Arc::new(setup.publish.clone());
-    let publishing = tokio::spawn(publisher::run(
+    let publishing = publisher::spawn(
         publish_plan.clone(),
         book.clone(),
         start,
         setup.publish_length,
-    ));
+    )
+    .context("starting the publisher thread")?;
+    let publishing = tokio::task::spawn_blocking(move || publishing.join());
     let mut resume_summary = None;
     if let Some(resume) = &setup.resume {
         sleep_until(start + resume.after).await;
@@ -186,10 +188,10 @@ pub(crate) async fn execute(setup: RunSetup) -> anyhow::Result<Report> {
         attempted: book.attempted,
         acked: book.acked,
         failed: book.failed,
-        achieved_rate: if setup.publish_length.as_secs_f64() > 0.01 {
-            book.attempted as f64 / setup.publish_length.as_secs_f64()
-        } else {
-            book.attempted as f64
+        // Over the time publishing really took (longer than planned if the hub was slow to answer).
+        achieved_rate: match book.finished.unwrap_or(setup.publish_length).as_secs_f64() {
+            t if t > 0.01 => book.attempted as f64 / t.max(setup.publish_length.as_secs_f64()),
+            _ => book.attempted as f64,
         },
         latency: book.latency.summary(),
         late_sends: book.late,
@@ -209,8 +211,9 @@ pub(crate) async fn execute(setup: RunSetup) -> anyhow::Result<Report> {
         for r in &results {
             s.subscribers += r.slow.subscribers;
             s.connected += r.slow.connected;
-            s.closed_by_hub += r.slow.closed_by_hub;
-            s.still_open += r.slow.still_open;
+            s.cut_off += r.slow.cut_off;
+            s.kept_open += r.slow.kept_open;
+            s.still_sending += r.slow.still_sending;
             s.drained_bytes += r.slow.drained_bytes;
         }
         s
@@ -257,6 +260,8 @@ pub(crate) async fn execute(setup: RunSetup) -> anyhow::Result<Report> {
         harness: HarnessSummary {
             processes: common.processes,
             cpu_seconds: harness_cpu,
+            peak_rss_kib: procstat::sample(std::process::id()).map_or(0, |s| s.hwm_kib)
+                + results.iter().map(|r| r.peak_rss_kib).sum::<u64>(),
         },
         hubs,
         hub_cpu_seconds: hub_cpu,
@@ -442,3 +447,6 @@ async fn tick(
         last_delivered = p.delivered;
     }
 }
+
+#[cfg(test)]
+mod tests;

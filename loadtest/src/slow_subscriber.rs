@@ -3,8 +3,9 @@
 //! It speaks HTTP/1.1 by hand on a socket with a small receive buffer, because a hyper connection
 //! would keep reading into its own buffers. Once the kernel buffers fill, the hub can no longer
 //! write to it, and a well-behaved hub cuts it off rather than queue without bound. When the
-//! worker stops, the subscriber drains its socket for a short while to learn whether the hub
-//! closed the connection (end of stream seen) or still holds it open.
+//! worker stops, the subscriber drains its socket (bounded in time) to learn what the hub did:
+//! ended the response (the chunked body's last chunk, or the connection closed), kept it open
+//! with nothing more to send, or was still sending when the probe gave up.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,17 +23,32 @@ use crate::subscriber::lock;
 use crate::worker::WorkerShared;
 
 /// How long the final drain may take to see the end of the stream.
-const DRAIN_PROBE: Duration = Duration::from_secs(3);
+const DRAIN_PROBE: Duration = Duration::from_secs(10);
+/// A pause this long in the drain means the hub has nothing more to send.
+const DRAIN_IDLE: Duration = Duration::from_secs(1);
+/// The last chunk of a chunked body: the response is over.
+const LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
 /// Largest response head accepted.
 const MAX_HEAD: usize = 16 * 1024;
+
+/// What the final drain found.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) enum DrainOutcome {
+    /// The hub ended the response or closed the connection: it cut the subscriber off.
+    CutOff,
+    /// Everything was drained and the response is still open: the hub kept the subscriber.
+    #[default]
+    KeptOpen,
+    /// Data was still flowing when the probe gave up.
+    StillSending,
+}
 
 /// What a slow consumer experienced.
 #[derive(Debug, Default)]
 pub(crate) struct SlowReport {
     pub(crate) connect_error: Option<String>,
-    /// The hub had closed the connection by the end of the run.
-    pub(crate) closed_by_hub: bool,
-    /// Bytes read after the run (what the hub had buffered or still sent).
+    pub(crate) outcome: DrainOutcome,
+    /// Bytes read after the run (what the hub and the kernel had buffered, or still sent).
     pub(crate) drained_bytes: u64,
 }
 
@@ -66,17 +82,25 @@ pub(crate) async fn run(
     }
     let mut buf = vec![0u8; 64 * 1024];
     let mut report = SlowReport::default();
+    let mut tail: Vec<u8> = Vec::with_capacity(2 * LAST_CHUNK.len());
     let deadline = Instant::now() + DRAIN_PROBE;
-    loop {
-        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) => {
-                report.closed_by_hub = true;
-                break;
+    report.outcome = loop {
+        let idle = (Instant::now() + DRAIN_IDLE).min(deadline);
+        match tokio::time::timeout_at(idle, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break DrainOutcome::CutOff,
+            Ok(Ok(n)) => {
+                report.drained_bytes += n as u64;
+                tail.extend_from_slice(&buf[n.saturating_sub(LAST_CHUNK.len())..n]);
+                let keep = tail.len().saturating_sub(LAST_CHUNK.len());
+                tail.drain(..keep);
+                if tail == LAST_CHUNK {
+                    break DrainOutcome::CutOff;
+                }
             }
-            Ok(Ok(n)) => report.drained_bytes += n as u64,
-            Err(_) => break,
+            Err(_) if Instant::now() >= deadline => break DrainOutcome::StillSending,
+            Err(_) => break DrainOutcome::KeptOpen,
         }
-    }
+    };
     report
 }
 

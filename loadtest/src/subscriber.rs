@@ -52,7 +52,8 @@ pub(crate) struct SubscriberReport {
     pub(crate) reconnects: u32,
     /// Connections that ended without being asked to.
     pub(crate) disconnects: u32,
-    /// Time from the resume order until this subscriber had every update settled at that moment.
+    /// Time from the resume order until this subscriber had every update settled at that moment
+    /// and a first update published after it (so it is live again, not just fed from before).
     pub(crate) catchup_us: Option<u64>,
     /// Whether a resume order reached it.
     pub(crate) resumed: bool,
@@ -89,6 +90,8 @@ pub(crate) struct Subscriber {
     resume: Option<Arc<ResumeOrder>>,
     /// A resume order is waiting for a new connection before catching up can count.
     needs_session: bool,
+    /// An update published after the resume order arrived (the subscription is live again).
+    live_since_order: bool,
     catchup_us: Option<u64>,
 }
 
@@ -118,6 +121,7 @@ impl Subscriber {
             finished: false,
             resume: None,
             needs_session: false,
+            live_since_order: false,
             catchup_us: None,
         }
     }
@@ -328,6 +332,9 @@ impl Subscriber {
                     .or_default()
                     .record(h.seq);
             }
+            if let Some(order) = &self.resume {
+                self.live_since_order |= batch.iter().any(|h| h.t_us >= order.at_us);
+            }
             {
                 let mut recorder = lock(&self.shared.recorder);
                 for h in &batch {
@@ -362,6 +369,7 @@ impl Subscriber {
                 .map_or(true, |r| r.generation != order.generation);
             if new {
                 self.needs_session = order.drop_connections;
+                self.live_since_order = false;
                 self.catchup_us = None;
                 let drop = order.drop_connections;
                 self.resume = Some(order);
@@ -385,7 +393,7 @@ impl Subscriber {
                 }
             }
         }
-        if self.catchup_us.is_none() && !self.needs_session {
+        if self.catchup_us.is_none() && !self.needs_session && self.live_since_order {
             if let Some(order) = &self.resume {
                 if self.has_everything(&order.targets) {
                     self.catchup_us = Some(unix_micros().saturating_sub(order.at_us));

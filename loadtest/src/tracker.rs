@@ -50,9 +50,8 @@ impl SequenceTracker {
                 self.overflowed = true;
             }
             self.next = seq + 1;
-        } else if self.fill(seq) {
-            self.out_of_order += 1;
-        } else if self.overflowed {
+        } else if self.fill(seq) || self.overflowed {
+            // A late arrival inside a gap (or, once gaps overflowed, presumed to be one).
             self.out_of_order += 1;
         } else {
             self.duplicated += 1;

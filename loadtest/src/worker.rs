@@ -25,7 +25,7 @@ use crate::manifest::{sequence_key, IndexedManifest, SequenceEntry};
 use crate::net;
 use crate::plan::TopicSet;
 use crate::recorder::DeliveryRecorder;
-use crate::slow_subscriber::{self, SlowReport};
+use crate::slow_subscriber::{self, DrainOutcome, SlowReport};
 use crate::subscriber::{lock, Subscriber, SubscriberReport};
 use crate::tracker::SequenceTracker;
 
@@ -177,6 +177,8 @@ pub(crate) async fn run(
         latency: lock(&shared.connect_latency).to_wire(),
         errors: lock(&shared.connect_errors).clone(),
     };
+    // Fresh counters first, so the parent's progress line is current when publishing starts.
+    let _ = events.send(Event::Progress(progress_of(&shared))).await;
     if events.send(Event::Ready(ready)).await.is_err() {
         abort_all(&directive_tx, &regular, &slow, &progress);
         return Ok(());
@@ -288,6 +290,7 @@ pub(crate) async fn run(
     );
     if own_process {
         result.cpu_seconds = own_cpu().as_secs_f64();
+        result.peak_rss_kib = crate::procstat::sample(std::process::id()).map_or(0, |s| s.hwm_kib);
     }
     events.send(Event::Result(Box::new(result))).await?;
     Ok(())
@@ -305,10 +308,10 @@ fn summarise_slow(summary: &mut SlowSummary, report: &SlowReport) {
         return;
     }
     summary.connected += 1;
-    if report.closed_by_hub {
-        summary.closed_by_hub += 1;
-    } else {
-        summary.still_open += 1;
+    match report.outcome {
+        DrainOutcome::CutOff => summary.cut_off += 1,
+        DrainOutcome::KeptOpen => summary.kept_open += 1,
+        DrainOutcome::StillSending => summary.still_sending += 1,
     }
     summary.drained_bytes += report.drained_bytes;
 }
@@ -383,19 +386,27 @@ async fn report_progress(shared: Arc<WorkerShared>, events: mpsc::Sender<Event>)
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let progress = Progress {
-            open: shared.open.load(Ordering::Relaxed),
-            connected: shared.connected.load(Ordering::Relaxed)
-                + shared.slow_connected.load(Ordering::Relaxed),
-            failed: shared.connect_failed.load(Ordering::Relaxed),
-            delivered: shared.delivered.load(Ordering::Relaxed),
-            reconnects: shared.reconnects.load(Ordering::Relaxed),
-            incomplete: shared.incomplete.load(Ordering::Relaxed),
-            catching_up: shared.catching_up.load(Ordering::Relaxed),
-            p99_ms: lock(&shared.recorder).last_second_p99_ms(unix_micros()),
-        };
-        if events.send(Event::Progress(progress)).await.is_err() {
+        if events
+            .send(Event::Progress(progress_of(&shared)))
+            .await
+            .is_err()
+        {
             return;
         }
+    }
+}
+
+/// A snapshot of the worker's counters.
+fn progress_of(shared: &WorkerShared) -> Progress {
+    Progress {
+        open: shared.open.load(Ordering::Relaxed),
+        connected: shared.connected.load(Ordering::Relaxed)
+            + shared.slow_connected.load(Ordering::Relaxed),
+        failed: shared.connect_failed.load(Ordering::Relaxed),
+        delivered: shared.delivered.load(Ordering::Relaxed),
+        reconnects: shared.reconnects.load(Ordering::Relaxed),
+        incomplete: shared.incomplete.load(Ordering::Relaxed),
+        catching_up: shared.catching_up.load(Ordering::Relaxed),
+        p99_ms: lock(&shared.recorder).last_second_p99_ms(unix_micros()),
     }
 }

@@ -2,8 +2,15 @@
 //!
 //! Every failure of token extraction or verification is one [`AuthError`]. Its `Display` text is
 //! short, static and never contains the token, a key, a claim value or a header value, so the server
-//! may log it and show it to clients alike. [`AuthError::status_hint`] is the one place that says
-//! which HTTP status a failure deserves.
+//! may log it and show it to clients alike.
+//!
+//! Two status mappings exist, one per generation of the protocol:
+//! - [`AuthError::status_hint`]: the pre-standardization reference hub's (`401` for almost
+//!   everything), for deployments verifying legacy tokens only with [`crate::TokenVerifier`];
+//! - [`AuthError::bearer_challenge`]: the current specification's "Error Responses" (`400`
+//!   `invalid_request`, `401` `invalid_token` or bare, `403` `insufficient_scope`), rendered by
+//!   [`crate::bearer`] as a `WWW-Authenticate: Bearer` header. A hub accepting current tokens (with
+//!   [`crate::Verifier`]) answers every failure this way, whatever the token's generation.
 
 use http::StatusCode;
 use thiserror::Error;
@@ -60,14 +67,30 @@ pub enum AuthError {
     /// raises it after [`crate::can_publish`] says no).
     #[error("the token does not allow this operation")]
     NotAllowed,
+    /// The URL carries a token: the RFC 6750 `access_token` query parameter (never accepted), the
+    /// legacy `authorization` parameter while the legacy generation is off, or a current-generation
+    /// access token in the legacy parameter. The current specification forbids tokens in URLs
+    /// ("Presenting the Access Token"); the client is told so instead of being silently anonymous.
+    #[error("access tokens must not be passed in the URL")]
+    TokenInUrl,
+    /// The `authorization_details` claim, or one of its Mercure authorization details, is
+    /// malformed ("Authorization Details", "Topic Matcher List"). The reason is static text.
+    #[error("invalid authorization_details claim: {0}")]
+    InvalidAuthorizationDetails(&'static str),
 }
 
 impl AuthError {
     /// The HTTP status the reference hub answers for this failure: `401 Unauthorized` for all of
     /// them, including [`AuthError::OriginNotAllowed`] and [`AuthError::NotAllowed`] (a publish to
     /// a topic outside the grants). A server preferring `403` for the last two can match on them.
+    ///
+    /// The variants added with the current generation answer their [`AuthError::bearer_challenge`]
+    /// status (there is no pre-standardization precedent for them).
     pub fn status_hint(&self) -> StatusCode {
         match self {
+            AuthError::TokenInUrl | AuthError::InvalidAuthorizationDetails(_) => {
+                self.bearer_challenge().status()
+            }
             AuthError::InvalidAuthorizationHeader
             | AuthError::InvalidAuthorizationQuery
             | AuthError::MissingOrigin
@@ -79,6 +102,12 @@ impl AuthError {
             | AuthError::TooManySelectors { .. }
             | AuthError::NotAllowed => StatusCode::UNAUTHORIZED,
         }
+    }
+
+    /// The current specification's answer to this failure: its status, `error` code and
+    /// description, ready to render as a `WWW-Authenticate: Bearer` header.
+    pub fn bearer_challenge(&self) -> crate::bearer::BearerChallenge {
+        crate::bearer::BearerChallenge::for_error(self)
     }
 }
 
@@ -102,6 +131,27 @@ pub enum TokenRejection {
     /// The `nbf` claim is in the future.
     #[error("token not valid yet")]
     NotYetValid,
+    /// An access token without the `exp` claim, which the current generation requires.
+    #[error("the exp claim is required")]
+    MissingExpiry,
+    /// An access token whose `typ` header is not `at+jwt` (nor `application/at+jwt`).
+    #[error("the typ header must be at+jwt")]
+    Type,
+    /// An access token whose `aud` claim does not name the hub's resource identifier.
+    #[error("the aud claim does not name this hub")]
+    Audience,
+    /// An access token whose `iss` claim is missing or not one of the trusted issuers (for the
+    /// endpoint's role).
+    #[error("untrusted issuer")]
+    Issuer,
+    /// No trusted key of the token's issuer has the token's `kid`. A server fetching the issuer's
+    /// JWK Set may take this as a hint to refetch it (rate-limited), as the set may have rotated.
+    #[error("no trusted key matches the kid header")]
+    UnknownKey,
+    /// The token's header lists critical extensions (`crit`), none of which this hub understands,
+    /// so RFC 7515 requires refusing it.
+    #[error("unsupported critical header parameters")]
+    CriticalHeader,
 }
 
 impl From<TokenRejection> for AuthError {

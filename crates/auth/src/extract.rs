@@ -10,6 +10,32 @@
 //! 4. Else no token: `Ok(None)`, and the caller decides whether anonymity is allowed.
 //!
 //! [`extract_token`] is a pure function of the request parts; it does not verify the token.
+//!
+//! # Both generations: [`extract_credentials`]
+//!
+//! The current specification ("Presenting the Access Token") accepts the `Authorization` header
+//! and a cookie (recommended name [`DEFAULT_ACCESS_TOKEN_COOKIE`]) and never a token in the URL.
+//! [`extract_credentials`] serves a hub accepting current tokens, with or without the legacy
+//! generation; a token's generation is only known later, from its header
+//! ([`crate::generation`]). Precisely:
+//!
+//! 1. The RFC 6750 `access_token` query parameter is refused in every mode
+//!    ([`AuthError::TokenInUrl`], `400 invalid_request`): no generation ever accepted it, and a
+//!    client sending it expects it to work, so it is told rather than left anonymous.
+//! 2. The legacy `authorization` query parameter:
+//!    - legacy **off**: present at all (whatever else the request carries) → refused with
+//!      [`AuthError::TokenInUrl`];
+//!    - legacy **on**: exactly the legacy rules — used when there is no `Authorization` header,
+//!      ignored when there is one, [`AuthError::InvalidAuthorizationQuery`] when repeated or too
+//!      short. A token found there must then turn out to be a *legacy* token: a current
+//!      (`at+jwt`) token from the URL is refused with [`AuthError::TokenInUrl`] at verification.
+//! 3. An `Authorization` header wins over everything else, with the legacy all-or-nothing rule.
+//!    A cookie next to it is ignored, as the specification requires (cookies are ambient).
+//! 4. Else the cookie named [`CredentialConfig::cookie_name`]; when legacy is on and that cookie
+//!    is absent, the legacy cookie ([`CredentialConfig::legacy_cookie_name`]) — either cookie may
+//!    carry either generation, which eases migrating one of them at a time. A state-changing
+//!    request authenticated by cookie passes the same CSRF origin check as before.
+//! 5. Else no token: `Ok(None)`.
 
 use std::fmt;
 
@@ -20,6 +46,10 @@ use crate::origin::{referer_origin, PublishOrigins};
 
 /// The default authorization cookie name, as on the reference hub before 1.0.
 pub const DEFAULT_COOKIE_NAME: &str = "mercureAuthorization";
+
+/// The cookie name the current specification recommends. The `__Secure-` prefix makes browsers
+/// refuse it over plain HTTP, so local development without TLS needs another name.
+pub const DEFAULT_ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
 
 /// The shortest plausible compact JWS (a minimal header, two dots, and some claims and signature),
 /// as on the reference hub: shorter values are refused without trying to decode them.
@@ -65,6 +95,109 @@ impl Default for ExtractConfig {
             publish_origins: PublishOrigins::default(),
         }
     }
+}
+
+/// Token-carrying parameters of a request's URL, as decoded query values. `Debug` hides them.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct UrlTokens {
+    /// The values of the legacy `authorization` parameter.
+    pub authorization: Vec<String>,
+    /// Whether the RFC 6750 `access_token` parameter is present (its value is never used).
+    pub has_access_token: bool,
+}
+
+impl fmt::Debug for UrlTokens {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UrlTokens")
+            .field("authorization", &self.authorization.len())
+            .field("has_access_token", &self.has_access_token)
+            .finish()
+    }
+}
+
+impl UrlTokens {
+    /// Reads a raw query string (`a=1&b=2`, without `?`). A query that is not valid UTF-8 once
+    /// decoded yields nothing here; the server refuses it when parsing the rest of the query.
+    pub fn from_query(query: Option<&str>) -> Self {
+        let mut out = Self::default();
+        let Some(Ok(pairs)) = query.map(|q| quicksilver_protocol::form::parse_pairs(q.as_bytes()))
+        else {
+            return out;
+        };
+        for (name, value) in pairs {
+            match name.as_str() {
+                "authorization" => out.authorization.push(value),
+                "access_token" => out.has_access_token = true,
+                _ => {}
+            }
+        }
+        out
+    }
+
+    /// Whether the URL carries no token parameter.
+    pub fn is_empty(&self) -> bool {
+        self.authorization.is_empty() && !self.has_access_token
+    }
+}
+
+/// How tokens are looked for when current tokens are accepted ([`extract_credentials`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CredentialConfig {
+    /// The cookie read first (default [`DEFAULT_ACCESS_TOKEN_COOKIE`]).
+    pub cookie_name: String,
+    /// The cookie read when the first is absent and the legacy generation is on (default
+    /// [`DEFAULT_COOKIE_NAME`]).
+    pub legacy_cookie_name: String,
+    /// Origins allowed to publish with a cookie.
+    pub publish_origins: PublishOrigins,
+}
+
+impl Default for CredentialConfig {
+    fn default() -> Self {
+        Self {
+            cookie_name: DEFAULT_ACCESS_TOKEN_COOKIE.to_string(),
+            legacy_cookie_name: DEFAULT_COOKIE_NAME.to_string(),
+            publish_origins: PublishOrigins::default(),
+        }
+    }
+}
+
+/// Finds the request's token for a hub accepting current tokens, and legacy ones when
+/// `legacy_enabled` (the rules are in the module documentation).
+pub fn extract_credentials<'a>(
+    headers: &'a HeaderMap,
+    method: &Method,
+    url: &'a UrlTokens,
+    config: &CredentialConfig,
+    legacy_enabled: bool,
+) -> Result<Option<ExtractedToken<'a>>, AuthError> {
+    if url.has_access_token || (!legacy_enabled && !url.authorization.is_empty()) {
+        return Err(AuthError::TokenInUrl);
+    }
+    if headers.contains_key(header::AUTHORIZATION) || !url.authorization.is_empty() {
+        // The legacy order and rules, unchanged: the query is only reached when legacy is on.
+        return extract_token(
+            headers,
+            method,
+            &url.authorization,
+            &ExtractConfig::default(),
+        );
+    }
+    let found = cookie(headers, &config.cookie_name).or_else(|| {
+        legacy_enabled
+            .then(|| cookie(headers, &config.legacy_cookie_name))
+            .flatten()
+    });
+    let Some(token) = found else {
+        return Ok(None);
+    };
+    if !is_safe(method) {
+        check_origin(headers, &config.publish_origins)?;
+    }
+    Ok(Some(ExtractedToken {
+        token,
+        source: TokenSource::Cookie,
+    }))
 }
 
 /// A token found in a request, not yet verified. Its `Debug` output hides the token.
@@ -238,6 +371,24 @@ mod tests {
         assert_eq!(cookie(&h, "x"), Some("good"));
         let h = headers(&[("cookie", "junk; x=")]);
         assert_eq!(cookie(&h, "x"), Some(""));
+    }
+
+    #[test]
+    fn url_tokens_from_query() {
+        let u = UrlTokens::from_query(Some(
+            "match=x&authorization=a%2Bb&authorization=c&access_token",
+        ));
+        assert_eq!(u.authorization, ["a+b", "c"]);
+        assert!(u.has_access_token);
+        assert!(!u.is_empty());
+        assert!(UrlTokens::from_query(Some("match=urn:a&Authorization=x")).is_empty());
+        assert!(UrlTokens::from_query(None).is_empty());
+        assert!(UrlTokens::from_query(Some("authorization=%FF")).is_empty());
+        let shown = format!(
+            "{:?}",
+            UrlTokens::from_query(Some("authorization=secret-token"))
+        );
+        assert!(!shown.contains("secret"), "{shown}");
     }
 
     #[test]

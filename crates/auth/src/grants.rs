@@ -9,6 +9,10 @@
 //!
 //! Matching goes through the node's [`SelectorStore`] (cached template results); `*` selectors are
 //! found once at verification time and short-circuit both checks.
+//!
+//! The subscriber payload differs by generation: a legacy token has one (`mercure.payload`) for
+//! every subscription, a current token one per `subscribe` authorization detail, chosen per
+//! subscription by [`Grants::payload_for`] ("Payloads" in the specification).
 
 use std::time::SystemTime;
 
@@ -22,7 +26,16 @@ pub struct Grants {
     subscribe: Vec<Selector>,
     subscribe_all: bool,
     payload: Option<serde_json::Value>,
+    subscribe_payloads: Vec<SubscribePayload>,
     expires_at: Option<SystemTime>,
+}
+
+/// One `subscribe` authorization detail, kept for payload selection: its topic matchers and its
+/// payload.
+#[derive(Clone, Debug)]
+struct SubscribePayload {
+    topics: Vec<Selector>,
+    payload: Option<serde_json::Value>,
 }
 
 impl Grants {
@@ -38,8 +51,22 @@ impl Grants {
             publish,
             subscribe,
             payload,
+            subscribe_payloads: Vec::new(),
             expires_at: None,
         }
+    }
+
+    /// Appends a `subscribe` authorization detail's matchers and payload, in token order, for
+    /// [`Grants::payload_for`]. (Its matchers must also be among [`Grants::subscribe`]; this only
+    /// records which payload goes with them.)
+    pub fn with_subscribe_payload(
+        mut self,
+        topics: Vec<Selector>,
+        payload: Option<serde_json::Value>,
+    ) -> Self {
+        self.subscribe_payloads
+            .push(SubscribePayload { topics, payload });
+        self
     }
 
     /// Sets when the token stops being valid (its `exp`).
@@ -68,9 +95,22 @@ impl Grants {
         self.subscribe_all
     }
 
-    /// The subscriber payload (`mercure.payload`), shown in subscription events; `null` is `None`.
+    /// The token-wide subscriber payload (`mercure.payload`, legacy tokens only), shown in
+    /// subscription events; `null` is `None`. Prefer [`Grants::payload_for`], which also knows
+    /// current tokens' per-detail payloads.
     pub fn payload(&self) -> Option<&serde_json::Value> {
         self.payload.as_ref()
+    }
+
+    /// The payload for the subscription created by `matcher` (its `match` / `match_<type>` query
+    /// value): the payload of the first `subscribe` detail one of whose topic matchers matches
+    /// `matcher` taken as a topic — `None` if that detail has no payload, as the first match wins
+    /// ("Payloads"). When no detail matches, the token-wide payload (legacy tokens).
+    pub fn payload_for(&self, store: &SelectorStore, matcher: &str) -> Option<&serde_json::Value> {
+        self.subscribe_payloads
+            .iter()
+            .find(|d| d.topics.iter().any(|s| store.matches(s, matcher)))
+            .map_or(self.payload.as_ref(), |d| d.payload.as_ref())
     }
 
     /// When the token expires, if it has an `exp` claim. The reference hub closes a subscriber's
@@ -125,7 +165,36 @@ mod tests {
         assert!(!can_publish(&store, &g, &topics(&["a"])));
         assert!(!can_subscribe_to(&store, &g, &topics(&["a"])));
         assert!(g.payload().is_none());
+        assert!(g.payload_for(&store, "a").is_none());
         assert!(g.expires_at().is_none());
+    }
+
+    #[test]
+    fn first_matching_subscribe_detail_gives_the_payload() {
+        let store = SelectorStore::default();
+        let exact = |t: &str| Selector::exact_topic(t);
+        let g = Grants::new(vec![], sel(&["urn:a", "urn:b", "*"]), None)
+            .with_subscribe_payload(vec![exact("urn:a")], Some(serde_json::json!({"n": 1})))
+            .with_subscribe_payload(vec![exact("urn:b")], None)
+            .with_subscribe_payload(sel(&["*"]), Some(serde_json::json!({"n": 3})));
+        assert_eq!(
+            g.payload_for(&store, "urn:a"),
+            Some(&serde_json::json!({"n": 1}))
+        );
+        // The first matching detail wins even without a payload.
+        assert_eq!(g.payload_for(&store, "urn:b"), None);
+        assert_eq!(
+            g.payload_for(&store, "urn:c"),
+            Some(&serde_json::json!({"n": 3}))
+        );
+        assert_eq!(g.payload(), None);
+
+        // Legacy grants: the token-wide payload for every subscription.
+        let legacy = Grants::new(vec![], sel(&["*"]), Some(serde_json::json!("p")));
+        assert_eq!(
+            legacy.payload_for(&store, "urn:x"),
+            Some(&serde_json::json!("p"))
+        );
     }
 
     #[test]

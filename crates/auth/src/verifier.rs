@@ -132,7 +132,7 @@ impl TokenVerifier {
 /// Checks `exp` and `nbf` (seconds since the epoch) against `now` with `leeway`, with the
 /// reference hub's boundaries: a token is expired from the `exp` instant on, and valid from the
 /// `nbf` instant on.
-fn check_validity_window(
+pub(crate) fn check_validity_window(
     exp: Option<f64>,
     nbf: Option<f64>,
     now: SystemTime,
@@ -154,13 +154,13 @@ fn check_validity_window(
 
 /// `exp` as a time; `None` when it is beyond what `SystemTime` holds (it then never expires in
 /// practice) or before the epoch (already refused as expired).
-fn to_system_time(secs: f64) -> Option<SystemTime> {
+pub(crate) fn to_system_time(secs: f64) -> Option<SystemTime> {
     Duration::try_from_secs_f64(secs)
         .ok()
         .and_then(|d| UNIX_EPOCH.checked_add(d))
 }
 
-fn rejection(kind: &ErrorKind) -> TokenRejection {
+pub(crate) fn rejection(kind: &ErrorKind) -> TokenRejection {
     match kind {
         ErrorKind::InvalidSignature
         | ErrorKind::InvalidEcdsaKey
