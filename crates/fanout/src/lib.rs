@@ -5,7 +5,7 @@
 //! The transport reader calls [`Fanout::dispatch`] with an `Arc`'d [`Envelope`] (its SSE frame is
 //! already encoded). The envelope is sent to each of K shards over a bounded channel; each shard is
 //! a task that owns a [`registry::Registry`] of its subscribers and finds the matching ones (exact
-//! topics by hash lookup, then `*` subscribers, then each distinct template selector once), checks
+//! topics by hash lookup, then `*` subscribers, then each distinct template or URL-pattern selector once), checks
 //! private access, and pushes the same `Arc` into each subscriber's bounded queue. A subscriber
 //! whose queue is full is cut off and counted: it reconnects with its last event id and catches up
 //! from history, so the hub never buffers without bound and others never wait.

@@ -1,17 +1,27 @@
 //! Topic selectors: what a subscriber (or a JWT grant) says it wants, compiled once.
 //!
-//! A selector is `*` (every topic), an RFC 6570 URI template (any selector containing `{`, e.g.
-//! `https://example.com/books/{id}`), or an exact topic. Compiling a template is costly and the same
-//! selectors arrive again and again (every browser tab of an app subscribes with the same ones), so
-//! the [`SelectorStore`] keeps compiled selectors and template match results in bounded caches:
-//! memory stays fixed whatever clients send, and a hot selector is compiled once per node.
+//! A [`Selector`] is one of four kinds ([`SelectorKind`]):
+//! - `*`, every topic: the reserved wildcard, recognized before anything else whatever the matcher
+//!   type, as the specification asks;
+//! - an exact topic, compared byte for byte (the `exact` matcher type: `match`, `match_exact`,
+//!   `"match_type": "exact"` or none);
+//! - a URL pattern (the `urlpattern` matcher type: `match_urlpattern`, `"match_type":
+//!   "urlpattern"`), resolved against the hub's URL; see [`crate::url_pattern`];
+//! - an RFC 6570 URI template, from pre-standardization `topic=` selectors and `mercure` claims,
+//!   where any selector containing `{` (e.g. `https://example.com/books/{id}`) is a template.
 //!
-//! Data flow: a raw selector string goes through [`SelectorStore::compile`] (or [`Selector::compile`])
-//! once, when a subscription or a JWT grant is read, and becomes a [`Selector`]; each published
-//! topic then goes through [`SelectorStore::matches`]. Wildcard and exact selectors answer directly;
-//! a template selector first tries the match cache, keyed by `(selector, topic)`, and only on a miss
-//! runs the compiled [`UriTemplate`](crate::template::UriTemplate) regex. The cache is probed with a
-//! borrowed key, so the hot path (same selectors, same topics) never allocates.
+//! Compiling a template or a URL pattern is costly and the same selectors arrive again and again
+//! (every browser tab of an app subscribes with the same ones), so the [`SelectorStore`] keeps
+//! compiled selectors and match results in bounded caches: memory stays fixed whatever clients
+//! send, and a hot selector is compiled once per node.
+//!
+//! Data flow: a raw selector goes through [`SelectorStore::compile`] (pre-standardization syntax),
+//! [`SelectorStore::compile_url_pattern`], [`compile_matcher`] (a grant's `match` / `match_type`
+//! pair) or [`Selector::exact_topic`] once, when a subscription or a JWT grant is read, and becomes
+//! a [`Selector`]; each published topic then goes through [`SelectorStore::matches`]. Wildcard and
+//! exact selectors answer directly; template and URL-pattern selectors first try the match cache,
+//! keyed by `(selector, topic)`, and only on a miss run the compiled matcher. The cache is probed
+//! with a borrowed key, so the hot path (same selectors, same topics) never allocates.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -19,6 +29,8 @@ use std::sync::Arc;
 use thiserror::Error;
 
 use crate::template::UriTemplate;
+use crate::url_pattern::{UrlPatternError, UrlPatternLimits, UrlPatternMatcher};
+use crate::validate;
 
 /// Why a selector was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -35,6 +47,12 @@ pub enum SelectorError {
     /// Not a valid URI template.
     #[error("invalid URI template: {0}")]
     InvalidTemplate(String),
+    /// Not a valid URL pattern, or one over the limits.
+    #[error(transparent)]
+    UrlPattern(#[from] UrlPatternError),
+    /// A `match_type` naming no matcher type this hub supports.
+    #[error("unsupported matcher type {0:?}")]
+    UnsupportedMatchType(String),
 }
 
 /// What kind of selector this is; also the label of the subscriptions-by-kind metric.
@@ -46,15 +64,18 @@ pub enum SelectorKind {
     Exact,
     /// An RFC 6570 URI template.
     Template,
+    /// A WHATWG URL pattern.
+    UrlPattern,
 }
 
 impl SelectorKind {
-    /// A short lowercase name (`wildcard`, `exact`, `template`).
+    /// A short lowercase name (`wildcard`, `exact`, `template`, `urlpattern`).
     pub fn as_str(&self) -> &'static str {
         match self {
             SelectorKind::Wildcard => "wildcard",
             SelectorKind::Exact => "exact",
             SelectorKind::Template => "template",
+            SelectorKind::UrlPattern => "urlpattern",
         }
     }
 }
@@ -74,10 +95,12 @@ enum Matcher {
     Wildcard,
     Exact,
     Template(UriTemplate),
+    UrlPattern(Box<UrlPatternMatcher>),
 }
 
 impl Selector {
-    /// Compiles `raw` without caching (the [`SelectorStore`] caches).
+    /// Compiles a pre-standardization selector (`*`, a URI template if it holds `{`, else an exact
+    /// topic) without caching (the [`SelectorStore`] caches).
     pub fn compile(raw: &str) -> Result<Self, SelectorError> {
         let matcher = if raw == "*" {
             Matcher::Wildcard
@@ -89,10 +112,54 @@ impl Selector {
         } else {
             Matcher::Exact
         };
-        Ok(Self(Arc::new(Inner {
+        Ok(Self::new(raw, matcher))
+    }
+
+    /// An `exact` matcher for `topic`, whatever characters it holds (`{` is not a template here),
+    /// except that `*` is the reserved wildcard, which the specification recognizes before the
+    /// matcher type.
+    pub fn exact_topic(topic: &str) -> Self {
+        let matcher = if topic == "*" {
+            Matcher::Wildcard
+        } else {
+            Matcher::Exact
+        };
+        Self::new(topic, matcher)
+    }
+
+    /// Compiles a URL pattern resolved against `base` (the hub's URL; a stand-in when `None`, see
+    /// [`crate::url_pattern::FALLBACK_BASE_URL`]) within the default limits, without caching. `*`
+    /// is the reserved wildcard.
+    pub fn url_pattern(pattern: &str, base: Option<&str>) -> Result<Self, SelectorError> {
+        Self::url_pattern_with_limits(pattern, base, &UrlPatternLimits::default())
+    }
+
+    /// [`Selector::url_pattern`] within the given limits.
+    pub fn url_pattern_with_limits(
+        pattern: &str,
+        base: Option<&str>,
+        limits: &UrlPatternLimits,
+    ) -> Result<Self, SelectorError> {
+        if pattern.len() > limits.max_len {
+            return Err(SelectorError::TooLong {
+                max: limits.max_len,
+            });
+        }
+        if !validate::is_clean(pattern) {
+            return Err(SelectorError::ControlCharacter);
+        }
+        if pattern == "*" {
+            return Ok(Self::new(pattern, Matcher::Wildcard));
+        }
+        let matcher = UrlPatternMatcher::compile(pattern, base, limits)?;
+        Ok(Self::new(pattern, Matcher::UrlPattern(Box::new(matcher))))
+    }
+
+    fn new(raw: &str, matcher: Matcher) -> Self {
+        Self(Arc::new(Inner {
             raw: raw.into(),
             matcher,
-        })))
+        }))
     }
 
     /// The selector as the client wrote it.
@@ -106,12 +173,22 @@ impl Selector {
             Matcher::Wildcard => SelectorKind::Wildcard,
             Matcher::Exact => SelectorKind::Exact,
             Matcher::Template(_) => SelectorKind::Template,
+            Matcher::UrlPattern(_) => SelectorKind::UrlPattern,
         }
     }
 
     /// The topic, for an exact selector.
     pub fn exact(&self) -> Option<&str> {
         matches!(self.0.matcher, Matcher::Exact).then_some(&*self.0.raw)
+    }
+
+    /// The base URL a URL-pattern selector was resolved against (serialized); `None` for other
+    /// kinds. Two URL patterns select the same topics when their text and base are equal.
+    pub fn base_url(&self) -> Option<&str> {
+        match &self.0.matcher {
+            Matcher::UrlPattern(m) => Some(m.base()),
+            _ => None,
+        }
     }
 
     /// Whether this is `*`.
@@ -126,31 +203,149 @@ impl Selector {
             // A template selector also matches its own literal text, as on the reference hub.
             Matcher::Exact => *self.0.raw == *topic,
             Matcher::Template(t) => *self.0.raw == *topic || t.is_match(topic),
+            Matcher::UrlPattern(m) => m.is_match(topic),
+        }
+    }
+
+    /// What this selector is cached under; the base is empty for pre-standardization selectors.
+    fn key(&self) -> KeyRef<'_> {
+        match &self.0.matcher {
+            Matcher::UrlPattern(m) => KeyRef {
+                syntax: Syntax::UrlPattern,
+                base: m.base(),
+                raw: &self.0.raw,
+            },
+            _ => KeyRef {
+                syntax: Syntax::TopicSelector,
+                base: "",
+                raw: &self.0.raw,
+            },
         }
     }
 }
 
-/// A match-cache key borrowed from the caller: `(selector, topic)` without copying either string.
+/// Compiles one entry of a token's topic matcher list, `{"match": pattern, "match_type":
+/// match_type}`: no `match_type` or `"exact"` is an exact matcher, `"urlpattern"` a URL pattern
+/// resolved against `base` (the hub's URL), `*` the wildcard either way, and any other type an
+/// error, since a grant the hub cannot evaluate must invalidate the token rather than be skipped.
 ///
-/// It hashes exactly like the owned `(Box<str>, Box<str>)` key (a tuple hashes its fields in order,
-/// and `Box<str>` hashes as `str`), which is what lets the cache find owned entries with it.
-struct MatchKeyRef<'a>(&'a str, &'a str);
-
-impl Hash for MatchKeyRef<'_> {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        (self.0, self.1).hash(state);
+/// Patterns of both types are held to the store's [`UrlPatternLimits::max_len`] and must be free
+/// of control characters, as topics are.
+pub fn compile_matcher(
+    store: &SelectorStore,
+    pattern: &str,
+    match_type: Option<&str>,
+    base: Option<&str>,
+) -> Result<Selector, SelectorError> {
+    match match_type {
+        None | Some("exact") => {
+            let max = store.url_pattern_limits.max_len;
+            if pattern.len() > max {
+                return Err(SelectorError::TooLong { max });
+            }
+            if !validate::is_clean(pattern) {
+                return Err(SelectorError::ControlCharacter);
+            }
+            Ok(Selector::exact_topic(pattern))
+        }
+        Some("urlpattern") => store.compile_url_pattern(pattern, base),
+        Some(other) => Err(SelectorError::UnsupportedMatchType(other.to_string())),
     }
 }
 
-impl quick_cache::Equivalent<(Box<str>, Box<str>)> for MatchKeyRef<'_> {
-    fn equivalent(&self, key: &(Box<str>, Box<str>)) -> bool {
-        *key.0 == *self.0 && *key.1 == *self.1
+/// Which syntax a cached selector's text was read with: the same text means different things as a
+/// pre-standardization selector and as a URL pattern, so it is part of every cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Syntax {
+    TopicSelector,
+    UrlPattern,
+}
+
+/// The compiled-cache key: syntax, base URL (empty unless a URL pattern) and text.
+#[derive(Debug, PartialEq, Eq)]
+struct Key {
+    syntax: Syntax,
+    base: Box<str>,
+    raw: Box<str>,
+}
+
+/// A [`Key`] borrowed from the caller, to probe the cache without copying.
+#[derive(Clone, Copy)]
+struct KeyRef<'a> {
+    syntax: Syntax,
+    base: &'a str,
+    raw: &'a str,
+}
+
+impl KeyRef<'_> {
+    fn owned(self) -> Key {
+        Key {
+            syntax: self.syntax,
+            base: self.base.into(),
+            raw: self.raw.into(),
+        }
+    }
+
+    fn is(&self, key: &Key) -> bool {
+        self.syntax == key.syntax && *key.base == *self.base && *key.raw == *self.raw
+    }
+}
+
+// The owned and borrowed forms hash the same fields in the same order, which is what lets the
+// caches find owned entries with borrowed keys.
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.syntax, &*self.base, &*self.raw).hash(state);
+    }
+}
+
+impl Hash for KeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.syntax, self.base, self.raw).hash(state);
+    }
+}
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.is(key)
+    }
+}
+
+/// The match-cache key: a selector's key and a topic.
+#[derive(Debug, PartialEq, Eq)]
+struct MatchKey {
+    selector: Key,
+    topic: Box<str>,
+}
+
+/// A [`MatchKey`] borrowed from the caller: `(selector, topic)` without copying either.
+struct MatchKeyRef<'a> {
+    selector: KeyRef<'a>,
+    topic: &'a str,
+}
+
+impl Hash for MatchKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (&self.selector, &*self.topic).hash(state);
+    }
+}
+
+impl Hash for MatchKeyRef<'_> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (&self.selector, self.topic).hash(state);
+    }
+}
+
+impl quick_cache::Equivalent<MatchKey> for MatchKeyRef<'_> {
+    fn equivalent(&self, key: &MatchKey) -> bool {
+        self.selector.is(&key.selector) && *key.topic == *self.topic
     }
 }
 
 /// Memory one unit of compiled-cache capacity stands for: a typical template (a URL with an
 /// expression or two) compiles to about 20 KiB, so it weighs one unit, while the largest templates
-/// allowed weigh about five.
+/// allowed weigh about five. A typical URL pattern weighs one too (its components are mostly plain
+/// strings), one with several groups per component two or three.
 const COMPILED_UNIT_BYTES: usize = 32 * 1024;
 
 /// Key bytes one unit of match-cache capacity stands for; a typical `(selector, topic)` pair fits.
@@ -161,14 +356,15 @@ const MATCH_UNIT_BYTES: usize = 256;
 #[derive(Clone, Copy, Debug)]
 struct CompiledWeighter;
 
-impl quick_cache::Weighter<Box<str>, Selector> for CompiledWeighter {
-    fn weight(&self, raw: &Box<str>, selector: &Selector) -> u64 {
+impl quick_cache::Weighter<Key, Selector> for CompiledWeighter {
+    fn weight(&self, key: &Key, selector: &Selector) -> u64 {
         let compiled = match &selector.0.matcher {
             Matcher::Template(t) => t.approx_memory(),
+            Matcher::UrlPattern(m) => m.approx_memory() + m.base().len(),
             Matcher::Wildcard | Matcher::Exact => 0,
         };
         // At least one, as a zero weight would pin the entry.
-        (1 + (2 * raw.len() + compiled) / COMPILED_UNIT_BYTES) as u64
+        (1 + (2 * key.raw.len() + key.base.len() + compiled) / COMPILED_UNIT_BYTES) as u64
     }
 }
 
@@ -176,16 +372,19 @@ impl quick_cache::Weighter<Box<str>, Selector> for CompiledWeighter {
 #[derive(Clone, Copy, Debug)]
 struct MatchWeighter;
 
-impl quick_cache::Weighter<(Box<str>, Box<str>), bool> for MatchWeighter {
-    fn weight(&self, (selector, topic): &(Box<str>, Box<str>), _: &bool) -> u64 {
-        (1 + (selector.len() + topic.len()) / MATCH_UNIT_BYTES) as u64
+impl quick_cache::Weighter<MatchKey, bool> for MatchWeighter {
+    fn weight(&self, key: &MatchKey, _: &bool) -> u64 {
+        let len = key.selector.base.len() + key.selector.raw.len() + key.topic.len();
+        (1 + len / MATCH_UNIT_BYTES) as u64
     }
 }
 
-/// Bounded caches of compiled selectors and of template match results, shared by a whole node.
+/// Bounded caches of compiled selectors and of template and URL-pattern match results, shared by a
+/// whole node, plus the limits URL patterns are compiled within.
 pub struct SelectorStore {
-    compiled: quick_cache::sync::Cache<Box<str>, Selector, CompiledWeighter>,
-    matches: quick_cache::sync::Cache<(Box<str>, Box<str>), bool, MatchWeighter>,
+    compiled: quick_cache::sync::Cache<Key, Selector, CompiledWeighter>,
+    matches: quick_cache::sync::Cache<MatchKey, bool, MatchWeighter>,
+    url_pattern_limits: UrlPatternLimits,
 }
 
 impl std::fmt::Debug for SelectorStore {
@@ -193,6 +392,7 @@ impl std::fmt::Debug for SelectorStore {
         f.debug_struct("SelectorStore")
             .field("compiled", &self.compiled.len())
             .field("matches", &self.matches.len())
+            .field("url_pattern_limits", &self.url_pattern_limits)
             .finish()
     }
 }
@@ -204,13 +404,14 @@ impl Default for SelectorStore {
 }
 
 impl SelectorStore {
-    /// A store keeping at most `compiled_capacity` compiled selectors and `match_capacity` template
-    /// match results.
+    /// A store keeping at most `compiled_capacity` compiled selectors and `match_capacity` match
+    /// results, compiling URL patterns within the default [`UrlPatternLimits`].
     ///
-    /// Entries are weighed by size, so these are also memory bounds: a compiled template counts
-    /// once per 32 KiB it holds (most count once; the largest allowed, about five times), and a
-    /// match result once per 256 bytes of selector and topic. The caches thus hold at most about
-    /// `compiled_capacity` × 32 KiB of compiled selectors and `match_capacity` × 256 bytes of keys.
+    /// Entries are weighed by size, so these are also memory bounds: a compiled template or URL
+    /// pattern counts once per 32 KiB it holds (most count once; the largest allowed, a few times),
+    /// and a match result once per 256 bytes of selector and topic. The caches thus hold at most
+    /// about `compiled_capacity` × 32 KiB of compiled selectors and `match_capacity` × 256 bytes of
+    /// keys.
     pub fn new(compiled_capacity: usize, match_capacity: usize) -> Self {
         let compiled_capacity = compiled_capacity.max(1);
         let match_capacity = match_capacity.max(1);
@@ -225,49 +426,89 @@ impl SelectorStore {
                 match_capacity as u64,
                 MatchWeighter,
             ),
+            url_pattern_limits: UrlPatternLimits::default(),
         }
     }
 
-    /// Compiles `raw`, reusing a cached compilation when there is one.
+    /// This store, compiling URL patterns within `limits` instead of the defaults. Set it before
+    /// the store is shared: compiled patterns are cached without their limits.
+    pub fn with_url_pattern_limits(mut self, limits: UrlPatternLimits) -> Self {
+        self.url_pattern_limits = limits;
+        self
+    }
+
+    /// The limits URL patterns are compiled within.
+    pub fn url_pattern_limits(&self) -> &UrlPatternLimits {
+        &self.url_pattern_limits
+    }
+
+    /// Compiles a pre-standardization selector, reusing a cached compilation when there is one.
     pub fn compile(&self, raw: &str) -> Result<Selector, SelectorError> {
-        if let Some(s) = self.compiled.get(raw) {
+        let key = KeyRef {
+            syntax: Syntax::TopicSelector,
+            base: "",
+            raw,
+        };
+        if let Some(s) = self.compiled.get(&key) {
             return Ok(s);
         }
         let s = Selector::compile(raw)?;
-        self.compiled.insert(raw.into(), s.clone());
+        self.compiled.insert(key.owned(), s.clone());
         Ok(s)
     }
 
-    /// Whether `topic` matches `selector`; template results are cached.
+    /// Compiles a URL pattern resolved against `base` (see [`Selector::url_pattern`]) within this
+    /// store's limits, reusing a cached compilation for the same pattern and base.
+    pub fn compile_url_pattern(
+        &self,
+        pattern: &str,
+        base: Option<&str>,
+    ) -> Result<Selector, SelectorError> {
+        // Checked before the lookup too, so an oversized pattern is not even hashed.
+        if pattern.len() > self.url_pattern_limits.max_len {
+            return Err(SelectorError::TooLong {
+                max: self.url_pattern_limits.max_len,
+            });
+        }
+        let key = KeyRef {
+            syntax: Syntax::UrlPattern,
+            base: base.unwrap_or(crate::url_pattern::FALLBACK_BASE_URL),
+            raw: pattern,
+        };
+        if let Some(s) = self.compiled.get(&key) {
+            return Ok(s);
+        }
+        let s = Selector::url_pattern_with_limits(pattern, base, &self.url_pattern_limits)?;
+        self.compiled.insert(key.owned(), s.clone());
+        Ok(s)
+    }
+
+    /// Whether `topic` matches `selector`; template and URL-pattern results are cached.
     pub fn matches(&self, selector: &Selector, topic: &str) -> bool {
         match &selector.0.matcher {
             Matcher::Wildcard => true,
             Matcher::Exact => *selector.0.raw == *topic,
-            Matcher::Template(t) => {
-                if *selector.0.raw == *topic {
-                    return true;
-                }
-                if let Some(hit) = self.matches.get(&MatchKeyRef(selector.raw(), topic)) {
+            Matcher::Template(_) if *selector.0.raw == *topic => true,
+            Matcher::Template(_) | Matcher::UrlPattern(_) => {
+                let key = MatchKeyRef {
+                    selector: selector.key(),
+                    topic,
+                };
+                if let Some(hit) = self.matches.get(&key) {
                     return hit;
                 }
-                let hit = t.is_match(topic);
+                let hit = selector.matches(topic);
                 // Only a miss pays for owned copies of the key.
-                self.matches
-                    .insert((selector.raw().into(), topic.into()), hit);
+                self.matches.insert(
+                    MatchKey {
+                        selector: key.selector.owned(),
+                        topic: topic.into(),
+                    },
+                    hit,
+                );
                 hit
             }
         }
-    }
-}
-
-impl Selector {
-    /// An exact-topic selector for `topic`, whatever characters it holds (the current protocol's
-    /// `match` / `match_exact` matcher: `{` is not a template there).
-    pub fn exact_topic(topic: &str) -> Self {
-        Self(Arc::new(Inner {
-            raw: topic.into(),
-            matcher: Matcher::Exact,
-        }))
     }
 }
 
@@ -400,21 +641,42 @@ mod tests {
         assert!(Arc::ptr_eq(&a.0, &b.0));
     }
 
+    fn selector_key<'a>(raw: &'a str, base: &'a str, syntax: Syntax) -> KeyRef<'a> {
+        KeyRef { syntax, base, raw }
+    }
+
     #[test]
     fn borrowed_key_hashes_like_the_owned_key() {
         let state = std::collections::hash_map::RandomState::new();
-        let owned: (Box<str>, Box<str>) = ("sel{x}".into(), "topic".into());
-        let borrowed = MatchKeyRef("sel{x}", "topic");
+        let sel = selector_key("sel{x}", "", Syntax::TopicSelector);
+        let owned = MatchKey {
+            selector: sel.owned(),
+            topic: "topic".into(),
+        };
+        let borrowed = MatchKeyRef {
+            selector: sel,
+            topic: "topic",
+        };
         assert_eq!(state.hash_one(&owned), state.hash_one(&borrowed));
+        assert_eq!(state.hash_one(sel.owned()), state.hash_one(sel));
         assert!(quick_cache::Equivalent::equivalent(&borrowed, &owned));
-        assert!(!quick_cache::Equivalent::equivalent(
-            &MatchKeyRef("sel{x}", "topiC"),
-            &owned
-        ));
+        let differs = |selector: KeyRef<'_>, topic: &str| {
+            !quick_cache::Equivalent::equivalent(&MatchKeyRef { selector, topic }, &owned)
+        };
+        assert!(differs(sel, "topiC"));
         // The field boundary is part of the key.
-        assert!(!quick_cache::Equivalent::equivalent(
-            &MatchKeyRef("sel{x}t", "opic"),
-            &owned
+        assert!(differs(
+            selector_key("sel{x}t", "", Syntax::TopicSelector),
+            "opic"
+        ));
+        // So are the syntax and the base: the same text as a URL pattern is another selector.
+        assert!(differs(
+            selector_key("sel{x}", "", Syntax::UrlPattern),
+            "topic"
+        ));
+        assert!(differs(
+            selector_key("sel{x}", "https://a.example/", Syntax::TopicSelector),
+            "topic"
         ));
     }
 
@@ -424,10 +686,10 @@ mod tests {
         let s = sel("https://example.com/books/{id}");
         // Plant a wrong answer: if the lookup finds the owned entry, it is what comes back.
         store.matches.insert(
-            (
-                "https://example.com/books/{id}".into(),
-                "https://example.com/books/1".into(),
-            ),
+            MatchKey {
+                selector: s.key().owned(),
+                topic: "https://example.com/books/1".into(),
+            },
             false,
         );
         assert!(!store.matches(&s, "https://example.com/books/1"));
@@ -451,8 +713,12 @@ mod tests {
             assert!(store.matches(&s, &format!("https://example.com/books/{long}{i}")));
         }
         assert!(store.matches.weight() <= 16, "{:?}", store);
+        let key = MatchKey {
+            selector: s.key().owned(),
+            topic: long.into(),
+        };
         assert_eq!(
-            quick_cache::Weighter::weight(&MatchWeighter, &(s.raw().into(), long.into()), &true),
+            quick_cache::Weighter::weight(&MatchWeighter, &key, &true),
             1 + (30 + 1_000) / 256
         );
     }
@@ -461,11 +727,257 @@ mod tests {
     fn large_templates_weigh_more() {
         let small = sel("https://example.com/books/{id}");
         let large = sel(&format!("{{/{}}}", vec!["a"; 64].join(",")));
-        let w = |s: &Selector| {
-            quick_cache::Weighter::weight(&CompiledWeighter, &Box::<str>::from(s.raw()), s)
-        };
+        let w =
+            |s: &Selector| quick_cache::Weighter::weight(&CompiledWeighter, &s.key().owned(), s);
         assert_eq!(w(&small), 1);
         assert!(w(&large) > 1);
         assert_eq!(w(&sel("https://example.com/books/1")), 1);
+    }
+
+    const HUB: &str = "https://hub.example.com/.well-known/mercure";
+
+    fn url_pattern(store: &SelectorStore, pattern: &str) -> Selector {
+        store
+            .compile_url_pattern(pattern, Some(HUB))
+            .unwrap_or_else(|e| panic!("{pattern:?}: {e}"))
+    }
+
+    #[test]
+    fn url_pattern_selectors() {
+        let store = SelectorStore::default();
+        let s = url_pattern(&store, "https://example.net/foo/:id");
+        assert_eq!(s.kind(), SelectorKind::UrlPattern);
+        assert_eq!(SelectorKind::UrlPattern.as_str(), "urlpattern");
+        assert_eq!(s.raw(), "https://example.net/foo/:id");
+        assert_eq!(s.base_url(), Some(HUB));
+        assert_eq!(s.exact(), None);
+        assert!(!s.is_wildcard());
+        for (topic, want) in [
+            ("https://example.net/foo/1", true),
+            ("https://example.net/foo/1/2", false),
+            ("https://example.net/foo/:id", true),
+            ("not a url at all: https://exa mple.net/foo/1", false),
+        ] {
+            assert_eq!(s.matches(topic), want, "{topic:?}");
+            // A miss, then a hit.
+            assert_eq!(store.matches(&s, topic), want, "{topic:?}");
+            assert_eq!(store.matches(&s, topic), want, "{topic:?} (cached)");
+        }
+        // Relative patterns and topics resolve against the base.
+        let events = url_pattern(
+            &store,
+            "/.well-known/mercure/subscriptions/:type/:topic/:id",
+        );
+        assert!(store.matches(&events, "/.well-known/mercure/subscriptions/exact/a/b"));
+        assert!(store.matches(
+            &events,
+            "https://hub.example.com/.well-known/mercure/subscriptions/exact/a/b"
+        ));
+        assert_eq!(
+            sel("https://example.net/foo/:id").kind(),
+            SelectorKind::Exact
+        );
+    }
+
+    #[test]
+    fn url_patterns_are_cached_per_base() {
+        let store = SelectorStore::default();
+        let a = url_pattern(&store, "/books/:id");
+        let b = url_pattern(&store, "/books/:id");
+        assert!(Arc::ptr_eq(&a.0, &b.0));
+        let other = store
+            .compile_url_pattern("/books/:id", Some("https://other.example.com/hub"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!Arc::ptr_eq(&a.0, &other.0));
+        assert!(store.matches(&a, "https://hub.example.com/books/1"));
+        assert!(!store.matches(&other, "https://hub.example.com/books/1"));
+        assert!(store.matches(&other, "https://other.example.com/books/1"));
+        // No base: the fallback, cached under it.
+        let none = store
+            .compile_url_pattern("/books/:id", None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(none.base_url(), Some(crate::url_pattern::FALLBACK_BASE_URL));
+        assert!(store.matches(&none, "/books/1"));
+        assert!(!store.matches(&none, "https://hub.example.com/books/1"));
+    }
+
+    #[test]
+    fn same_text_as_template_and_url_pattern_stays_apart() {
+        let store = SelectorStore::default();
+        // `{…}` is a template expression to one syntax and a group to the other.
+        let text = "https://example.com/books{/:id}?";
+        let pattern = url_pattern(&store, text);
+        assert_eq!(pattern.kind(), SelectorKind::UrlPattern);
+        assert!(store.matches(&pattern, "https://example.com/books/7"));
+        assert!(store.compile(text).is_err());
+        let text = "https://example.com/{id}";
+        let template = store.compile(text).unwrap_or_else(|e| panic!("{e}"));
+        let pattern = url_pattern(&store, text);
+        assert_eq!(template.kind(), SelectorKind::Template);
+        assert_eq!(pattern.kind(), SelectorKind::UrlPattern);
+        assert!(store.matches(&template, "https://example.com/1"));
+        assert!(!store.matches(&pattern, "https://example.com/1"));
+        assert!(store.matches(&template, "https://example.com/2"));
+        assert!(!store.matches(&pattern, "https://example.com/2"));
+    }
+
+    #[test]
+    fn the_wildcard_is_recognized_before_the_matcher_type() {
+        let store = SelectorStore::default();
+        for s in [
+            Selector::exact_topic("*"),
+            url_pattern(&store, "*"),
+            Selector::url_pattern("*", None).unwrap_or_else(|e| panic!("{e}")),
+            compile_matcher(&store, "*", None, None).unwrap_or_else(|e| panic!("{e}")),
+            compile_matcher(&store, "*", Some("urlpattern"), Some(HUB))
+                .unwrap_or_else(|e| panic!("{e}")),
+        ] {
+            assert!(s.is_wildcard());
+            assert_eq!(s.kind(), SelectorKind::Wildcard);
+            assert!(store.matches(&s, "anything, even not a URL"));
+        }
+        // `{` means nothing to the exact matcher type.
+        let exact = Selector::exact_topic("https://example.com/{id}");
+        assert_eq!(exact.kind(), SelectorKind::Exact);
+        assert!(!exact.matches("https://example.com/1"));
+    }
+
+    #[test]
+    fn url_pattern_limits_are_enforced_with_clear_errors() {
+        let store = SelectorStore::default().with_url_pattern_limits(UrlPatternLimits {
+            max_len: 64,
+            max_groups: 6,
+        });
+        let err = |pattern: &str| match store.compile_url_pattern(pattern, Some(HUB)) {
+            Ok(_) => panic!("{pattern:?} should be refused"),
+            Err(e) => e,
+        };
+        let long = format!("https://example.com/{}", "a".repeat(64));
+        assert_eq!(err(&long), SelectorError::TooLong { max: 64 });
+        assert_eq!(
+            err(&long).to_string(),
+            "topic selector longer than 64 bytes"
+        );
+        assert_eq!(
+            err("https://example.com/:a/:b/:c"),
+            SelectorError::UrlPattern(UrlPatternError::TooManyGroups { max: 6 })
+        );
+        assert_eq!(
+            err("https://example.com/:a/:b/:c").to_string(),
+            "URL pattern has more than 6 groups"
+        );
+        assert_eq!(
+            err("https://example.com/(\\w{100}){9}").to_string(),
+            "URL pattern regular expression too complex"
+        );
+        assert_eq!(
+            err("https://example.com/a\u{200B}"),
+            SelectorError::ControlCharacter
+        );
+        assert!(matches!(
+            err("https://example.com/:"),
+            SelectorError::UrlPattern(UrlPatternError::Invalid(_))
+        ));
+        // Within the limits.
+        url_pattern(&store, "https://example.com/:a/:b");
+    }
+
+    #[test]
+    fn compile_matcher_reads_grant_entries() {
+        let store = SelectorStore::default();
+        let compile = |pattern: &str, match_type: Option<&str>| {
+            compile_matcher(&store, pattern, match_type, Some(HUB))
+        };
+        for match_type in [None, Some("exact")] {
+            let s = compile("https://example.com/books/:id", match_type)
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(s.kind(), SelectorKind::Exact);
+            assert!(s.matches("https://example.com/books/:id"));
+            assert!(!s.matches("https://example.com/books/1"));
+        }
+        let s = compile("https://example.com/users/42/*", Some("urlpattern"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(s.kind(), SelectorKind::UrlPattern);
+        assert!(store.matches(&s, "https://example.com/users/42/books/1"));
+        assert!(!store.matches(&s, "https://example.com/books/1"));
+        // Matcher type names are case-sensitive, and unknown ones are errors, never skipped.
+        for unknown in ["URLPattern", "Exact", "regex", "template", ""] {
+            assert_eq!(
+                compile("https://example.com/", Some(unknown)).err(),
+                Some(SelectorError::UnsupportedMatchType(unknown.to_string())),
+                "{unknown:?}"
+            );
+        }
+        assert_eq!(
+            compile("*", Some("nope")).err(),
+            Some(SelectorError::UnsupportedMatchType("nope".into()))
+        );
+        assert!(matches!(
+            compile("https://example.com/:", Some("urlpattern")),
+            Err(SelectorError::UrlPattern(_))
+        ));
+        assert_eq!(
+            compile("a\nb", None).err(),
+            Some(SelectorError::ControlCharacter)
+        );
+        assert_eq!(
+            compile(&"a".repeat(2049), None).err(),
+            Some(SelectorError::TooLong { max: 2048 })
+        );
+    }
+
+    mod props {
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::HUB;
+
+        proptest! {
+            /// An exact selector, however it was compiled, matches exactly the topics equal to it
+            /// byte for byte (the wildcard aside).
+            #[test]
+            fn exact_selectors_agree_with_string_equality(
+                raw in "[a-z:/{}*?#%.é]{0,24}",
+                topic in "[a-z:/{}*?#%.é]{0,24}",
+            ) {
+                prop_assume!(raw != "*");
+                let store = SelectorStore::new(16, 64);
+                let selectors = [
+                    Selector::exact_topic(&raw),
+                    compile_matcher(&store, &raw, None, None)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?,
+                    compile_matcher(&store, &raw, Some("exact"), None)
+                        .map_err(|e| TestCaseError::fail(e.to_string()))?,
+                ];
+                for s in &selectors {
+                    prop_assert_eq!(s.kind(), SelectorKind::Exact);
+                    prop_assert_eq!(s.matches(&topic), raw == topic);
+                    prop_assert_eq!(store.matches(s, &topic), raw == topic);
+                    prop_assert!(s.matches(&raw));
+                    prop_assert!(store.matches(s, &raw));
+                }
+                // A pre-standardization selector without `{` is exact too.
+                if !raw.contains('{') {
+                    let s = store.compile(&raw).map_err(|e| TestCaseError::fail(e.to_string()))?;
+                    prop_assert_eq!(s.kind(), SelectorKind::Exact);
+                    prop_assert_eq!(store.matches(&s, &topic), raw == topic);
+                }
+            }
+
+            /// Compiling never panics on arbitrary input, and a URL pattern's cached answer is
+            /// always its uncached one.
+            #[test]
+            fn url_patterns_compile_or_refuse_and_cache_consistently(
+                pattern in "(https://|/|)[a-z:/*?(){}+.\\\\#]{0,24}",
+                topic in "(https://|/|)[a-z:/?#.]{0,24}",
+            ) {
+                let store = SelectorStore::new(16, 64);
+                if let Ok(s) = store.compile_url_pattern(&pattern, Some(HUB)) {
+                    let direct = s.matches(&topic);
+                    prop_assert_eq!(store.matches(&s, &topic), direct);
+                    prop_assert_eq!(store.matches(&s, &topic), direct);
+                }
+            }
+        }
     }
 }

@@ -2,9 +2,12 @@
 //!
 //! Both protocol generations are read side by side: `topic` selectors (exact, `*`, URI templates)
 //! and `lastEventID` from pre-standardization clients, `match`/`match_<type>` matchers and
-//! `last_event_id` from current ones. Names in the reserved `match` namespace that name no supported
-//! matcher type are refused rather than ignored, so a typo fails loudly. Counts and lengths are
-//! bounded so one request cannot make the hub compile or hold unbounded selectors.
+//! `last_event_id` from current ones. The matcher types are `exact` (`match`, `match_exact`) and
+//! `urlpattern` (`match_urlpattern`); parameter names are case-sensitive, and any other name in the
+//! reserved `match` namespace (compared case-insensitively, so `Match_URLPattern` is caught too) is
+//! refused rather than ignored, so a typo fails loudly. Counts and lengths are bounded so one
+//! request cannot make the hub compile or hold unbounded selectors. Patterns are only collected
+//! here; compiling them (and refusing malformed URL patterns) is [`crate::selector`]'s job.
 
 use thiserror::Error;
 
@@ -17,6 +20,8 @@ pub enum MatchType {
     TopicSelector,
     /// `match` / `match_exact`: the topic, compared byte for byte.
     Exact,
+    /// `match_urlpattern`: a WHATWG URL pattern, resolved against the hub's URL.
+    UrlPattern,
 }
 
 /// One requested matcher.
@@ -65,7 +70,7 @@ pub enum SubscribeError {
     #[error("invalid query string: parameters must be UTF-8")]
     InvalidUtf8,
     /// No matcher at all.
-    #[error("missing \"topic\" parameter")]
+    #[error("missing \"match\" (or \"topic\") parameter")]
     MissingTopic,
     /// Too many matchers.
     #[error("too many topic selectors: at most {0}")]
@@ -93,6 +98,7 @@ pub fn parse_subscribe_query(
         let kind = match name.as_str() {
             "topic" => MatchType::TopicSelector,
             "match" | "match_exact" => MatchType::Exact,
+            "match_urlpattern" => MatchType::UrlPattern,
             n if n.len() >= 5 && n[..5].eq_ignore_ascii_case("match") => {
                 return Err(SubscribeError::UnsupportedMatcher(name));
             }
@@ -190,5 +196,84 @@ mod tests {
         assert_eq!(parse(&many), Err(SubscribeError::TooManyMatchers(100)));
         let long = format!("topic={}", "a".repeat(2049));
         assert_eq!(parse(&long), Err(SubscribeError::PatternTooLong(2048)));
+    }
+
+    #[test]
+    fn reads_url_pattern_matchers() {
+        let q = parse(
+            "match=https%3A%2F%2Fexample.com%2Ffoo&match=bar\
+             &match_urlpattern=https%3A%2F%2Fexample.com%2Fbar%2F%3Aid\
+             &match_exact=%7Bx%7D&match_urlpattern=%2Fbooks%2F*",
+        )
+        .unwrap();
+        let got: Vec<(MatchType, &str)> = q
+            .matchers
+            .iter()
+            .map(|m| (m.kind, m.pattern.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (MatchType::Exact, "https://example.com/foo"),
+                (MatchType::Exact, "bar"),
+                (MatchType::UrlPattern, "https://example.com/bar/:id"),
+                (MatchType::Exact, "{x}"),
+                (MatchType::UrlPattern, "/books/*"),
+            ]
+        );
+        // A name without a value is that name with an empty value.
+        let q = parse("match_urlpattern").unwrap();
+        assert_eq!(q.matchers[0].kind, MatchType::UrlPattern);
+        assert_eq!(q.matchers[0].pattern, "");
+    }
+
+    #[test]
+    fn matcher_names_are_case_sensitive_and_reserved() {
+        for name in [
+            "match_URLPattern",
+            "Match_urlpattern",
+            "MATCH",
+            "match_url_pattern",
+            "match_urlpatterns",
+            "match_",
+            "matcher",
+            "match_template",
+        ] {
+            assert_eq!(
+                parse(&format!("{name}=https%3A%2F%2Fexample.com%2F%3Aid")),
+                Err(SubscribeError::UnsupportedMatcher(name.to_string())),
+                "{name:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn url_pattern_matchers_share_the_limits() {
+        let many = (0..101)
+            .map(|i| format!("match_urlpattern=%2F{i}%2F%3Aid"))
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(parse(&many), Err(SubscribeError::TooManyMatchers(100)));
+        let mixed = (0..101)
+            .map(|i| {
+                if i % 2 == 0 {
+                    format!("match={i}")
+                } else {
+                    format!("match_urlpattern=%2F{i}")
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("&");
+        assert_eq!(parse(&mixed), Err(SubscribeError::TooManyMatchers(100)));
+        let long = format!("match_urlpattern=%2F{}", "a".repeat(2048));
+        assert_eq!(parse(&long), Err(SubscribeError::PatternTooLong(2048)));
+        assert_eq!(
+            parse("match_urlpattern=%2Fa%E2%80%8Bb"),
+            Err(SubscribeError::ControlCharacter)
+        );
+        assert_eq!(
+            parse("match_urlpattern=%FF"),
+            Err(SubscribeError::InvalidUtf8)
+        );
     }
 }

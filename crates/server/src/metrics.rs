@@ -175,6 +175,7 @@ impl Collector for HubCollector {
                 ("exact", load(&s.matchers_exact)),
                 ("wildcard", load(&s.matchers_wildcard)),
                 ("template", load(&s.matchers_template)),
+                ("urlpattern", load(&s.matchers_urlpattern)),
             ] {
                 let labels = [("kind", kind)];
                 ConstGauge::new(value).encode(family.encode_family(&labels)?)?;
