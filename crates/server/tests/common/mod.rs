@@ -1,13 +1,13 @@
 //! Shared set-up for the server's integration tests: an in-process hub on a free port, a token
-//! minter, and a real SSE reader over a streaming HTTP response.
+//! minter, and a thin adapter over the testkit's SSE client.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use quicksilver_server::{Config, Server};
+use quicksilver_testkit::sse::{SseClient, SseEvent, SseItem, SseStream};
 use tokio::sync::oneshot;
 
 pub const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
@@ -119,10 +119,11 @@ pub fn enc(s: &str) -> String {
     percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
 }
 
-/// One SSE event.
+/// One SSE event, as the tests compare it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Event {
     pub id: Option<String>,
+    /// The `event:` field, `None` for the default `message` type.
     pub event: Option<String>,
     pub data: String,
     pub retry: Option<u64>,
@@ -135,118 +136,57 @@ pub enum Item {
     Comment(String),
 }
 
-/// A streaming SSE response, parsed as the HTML specification interprets event streams.
+/// A streaming SSE response, read with the testkit's event-stream parser; waits return `None` on
+/// timeout or end of stream.
 pub struct Sse {
     pub status: u16,
     pub headers: HashMap<String, String>,
-    body: futures_util::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    buf: String,
-    pending: Event,
-    has_data: bool,
-    ready: std::collections::VecDeque<Item>,
+    stream: SseStream,
 }
 
 impl Sse {
     pub async fn connect(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> Sse {
-        let mut req = client.get(url);
-        for (k, v) in headers {
-            req = req.header(*k, *v);
-        }
-        let response = tokio::time::timeout(Duration::from_secs(10), req.send())
+        let stream = SseClient::with_http_client(client.clone())
+            .open(url, headers)
             .await
-            .expect("connect timeout")
             .expect("connect");
-        let status = response.status().as_u16();
-        let headers = response
+        let headers = stream
             .headers()
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
             .collect();
         Sse {
-            status,
+            status: stream.status(),
             headers,
-            body: response.bytes_stream().boxed(),
-            buf: String::new(),
-            pending: Event::default(),
-            has_data: false,
-            ready: Default::default(),
+            stream,
         }
     }
 
-    /// The next event or comment, or `None` on timeout or end of stream.
+    /// The next event or comment.
     pub async fn next_item(&mut self, timeout: Duration) -> Option<Item> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            if let Some(item) = self.ready.pop_front() {
-                return Some(item);
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.body.next())
-                .await
-                .ok()??
-                .ok()?;
-            self.buf
-                .push_str(std::str::from_utf8(&chunk).expect("utf-8 stream"));
-            self.parse();
+        match self.stream.next_item(timeout).await.ok()? {
+            SseItem::Comment(c) => Some(Item::Comment(c)),
+            SseItem::Event(e) => Some(Item::Event(convert(e))),
         }
     }
 
-    /// The next event (skipping comments), or `None` on timeout or end of stream.
+    /// The next event, skipping comments.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<Event> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-            match self.next_item(left).await? {
-                Item::Event(e) => return Some(e),
-                Item::Comment(_) => continue,
-            }
-        }
+        self.stream.next_event(timeout).await.ok().map(convert)
     }
 
     /// Whether the stream ended (rather than timing out) within `timeout`.
     pub async fn ended_within(&mut self, timeout: Duration) -> bool {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            match tokio::time::timeout_at(deadline, self.body.next()).await {
-                Err(_) => return false,
-                Ok(None) | Ok(Some(Err(_))) => return true,
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
+        self.stream.closed_within(timeout).await
     }
+}
 
-    fn parse(&mut self) {
-        while let Some(pos) = self.buf.find('\n') {
-            let line: String = self.buf[..pos].trim_end_matches('\r').to_string();
-            self.buf.drain(..=pos);
-            if line.is_empty() {
-                if self.has_data || self.pending.id.is_some() {
-                    let mut e = std::mem::take(&mut self.pending);
-                    if e.data.ends_with('\n') {
-                        e.data.pop();
-                    }
-                    self.ready.push_back(Item::Event(e));
-                }
-                self.has_data = false;
-                continue;
-            }
-            if let Some(comment) = line.strip_prefix(':') {
-                self.ready.push_back(Item::Comment(comment.to_string()));
-                continue;
-            }
-            let (name, value) = line.split_once(':').unwrap_or((&line, ""));
-            let value = value.strip_prefix(' ').unwrap_or(value);
-            match name {
-                "id" => self.pending.id = Some(value.to_string()),
-                "event" => self.pending.event = Some(value.to_string()),
-                "retry" => self.pending.retry = value.parse().ok(),
-                "data" => {
-                    self.pending.data.push_str(value);
-                    self.pending.data.push('\n');
-                    self.has_data = true;
-                }
-                _ => {}
-            }
-        }
+fn convert(e: SseEvent) -> Event {
+    Event {
+        id: e.id,
+        event: (e.event_type != "message").then_some(e.event_type),
+        data: e.data,
+        retry: e.retry,
     }
 }
 
