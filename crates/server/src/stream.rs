@@ -47,6 +47,9 @@ pub struct SubscriberStream {
     replayed_up_to: Vec<Position>,
     subscription: Subscription,
     heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
+    /// When something was last written; the heartbeat timer is moved only when it fires, so a busy
+    /// stream does not touch the timer wheel on every write.
+    last_write: Instant,
     deadline: Option<Pin<Box<Sleep>>>,
     ended: Option<EndReason>,
     /// Sent as `retry:` just before the stream ends because the hub closed it (draining).
@@ -76,6 +79,7 @@ impl SubscriberStream {
             replayed_up_to,
             subscription,
             heartbeat: heartbeat.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
+            last_write: now,
             deadline: max_life.map(|d| Box::pin(tokio::time::sleep_until(now + d))),
             ended: None,
             closing_retry: None,
@@ -124,8 +128,8 @@ impl SubscriberStream {
     }
 
     fn reset_heartbeat(&mut self) {
-        if let Some((interval, sleep)) = &mut self.heartbeat {
-            sleep.as_mut().reset(Instant::now() + *interval);
+        if self.heartbeat.is_some() {
+            self.last_write = Instant::now();
         }
     }
 
@@ -225,12 +229,17 @@ impl Body for SubscriberStream {
             }
         }
         if let Some((interval, sleep)) = &mut this.heartbeat {
-            if sleep.as_mut().poll(cx).is_ready() {
-                let next = Instant::now() + *interval;
-                sleep.as_mut().reset(next);
-                // Register the timer again so the next heartbeat wakes this task.
-                let _ = sleep.as_mut().poll(cx);
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
+            // Loop: a timer that fired while the stream was busy is pushed to one interval after
+            // the last write and polled again, which registers it.
+            while sleep.as_mut().poll(cx).is_ready() {
+                let due = this.last_write + *interval;
+                if Instant::now() >= due {
+                    this.last_write = Instant::now();
+                    sleep.as_mut().reset(this.last_write + *interval);
+                    let _ = sleep.as_mut().poll(cx);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
+                }
+                sleep.as_mut().reset(due);
             }
         }
         Poll::Pending
