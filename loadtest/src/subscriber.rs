@@ -366,7 +366,7 @@ impl Subscriber {
             let new = self
                 .resume
                 .as_ref()
-                .map_or(true, |r| r.generation != order.generation);
+                .is_none_or(|r| r.generation != order.generation);
             if new {
                 self.needs_session = order.drop_connections;
                 self.live_since_order = false;
