@@ -592,3 +592,105 @@ async fn a_draining_node_hands_its_subscribers_to_the_others_without_loss() {
         .expect("the drained node exits");
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_master_outage_is_survived() {
+    let mut cluster = quicksilver_testkit::redis::RedisCluster::start(3);
+    let urls_arg = cluster.urls().join(",");
+    let extra = ["--redis-cluster", "--redis-partitions", "3"];
+    let nodes: Vec<HubProcess> = (0..2).map(|_| node(&urls_arg, &extra)).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
+    let mut followers = Vec::new();
+    for i in 0..4 {
+        followers.push(
+            Follower::start_with(
+                urls.clone(),
+                i % 2,
+                "topic=https%3A%2F%2Fex.com%2Ft%2F%7Bn%7D",
+            )
+            .await,
+        );
+    }
+    let c = client();
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let publish = |seq: u64| {
+        let (c, url, token) = (c.clone(), urls[seq as usize % 2].clone(), token.clone());
+        async move {
+            c.post(format!("{url}/.well-known/mercure"))
+                .bearer_auth(&token)
+                .header("Content-Type", "application/x-www-form-urlencoded")
+                .body(format!(
+                    "topic=https%3A%2F%2Fex.com%2Ft%2F{}&id={seq}",
+                    seq % 6
+                ))
+                .send()
+                .await
+                .ok()
+                .map(|r| r.status().as_u16())
+        }
+    };
+    let mut acked = Vec::new();
+    let mut refused = 0;
+    for seq in 1..=60u64 {
+        if publish(seq).await == Some(200) {
+            acked.push(seq);
+        }
+    }
+    // One master goes down: the streams it holds cannot be written; the nodes say so.
+    cluster.nodes_mut()[0].kill();
+    for url in &urls {
+        wait_until("readyz to turn 503", Duration::from_secs(15), async || {
+            !ready(&c, url).await
+        })
+        .await;
+    }
+    for seq in 61..=120u64 {
+        match publish(seq).await {
+            Some(200) => acked.push(seq),
+            Some(503) => refused += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(
+        refused > 0,
+        "publishes to the missing master's partitions are refused with 503"
+    );
+    cluster.nodes_mut()[0].restart();
+    cluster
+        .wait_ok(Duration::from_secs(20))
+        .expect("cluster healthy again");
+    for url in &urls {
+        wait_until("readyz to recover", Duration::from_secs(30), async || {
+            ready(&c, url).await
+        })
+        .await;
+    }
+    for seq in 121..=180u64 {
+        assert_eq!(publish(seq).await, Some(200), "publishing works again");
+        acked.push(seq);
+    }
+    wait_until(
+        "every subscriber to receive every acknowledged update",
+        Duration::from_secs(30),
+        async || {
+            followers.iter().all(|f| {
+                let got = f.received();
+                acked.iter().all(|a| got.contains(a))
+            })
+        },
+    )
+    .await;
+    for f in followers {
+        let (got, reconnections) = f.stop().await;
+        assert_eq!(
+            reconnections, 0,
+            "subscribers stayed connected through the outage"
+        );
+        let mut last = [0u64; 6];
+        for seq in got {
+            let t = (seq % 6) as usize;
+            assert!(seq > last[t], "topic {t}: {seq} after {}", last[t]);
+            last[t] = seq;
+        }
+    }
+}
