@@ -408,6 +408,8 @@ async fn metrics_count_what_happened() {
         "quicksilver_updates_replayed_total 2",
         "quicksilver_slow_subscriber_disconnections_total 0",
         "quicksilver_transport_ready 1",
+        "quicksilver_history_cache_hits_total 1",
+        "quicksilver_history_cache_misses_total 0",
         "quicksilver_publish_duration_seconds_count 3",
         "quicksilver_delivery_latency_seconds_count 6",
     ] {

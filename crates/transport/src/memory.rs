@@ -8,7 +8,7 @@
 //! subscriber left off is O(1).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -16,7 +16,7 @@ use quicksilver_protocol::{Envelope, Position, Update, EARLIEST};
 use tokio::sync::{mpsc, Mutex};
 use tracing::Instrument;
 
-use crate::{now_micros, HistoryReply, Transport, TransportError, UpdateSink};
+use crate::{now_micros, HistoryReply, Transport, TransportError, TransportStats, UpdateSink};
 
 /// Capacity of the queue between publishers and the reader.
 const READER_QUEUE: usize = 4096;
@@ -27,6 +27,9 @@ pub struct MemoryTransport {
     reader_tx: mpsc::Sender<Arc<Envelope>>,
     reader_rx: std::sync::Mutex<Option<mpsc::Receiver<Arc<Envelope>>>>,
     closed: AtomicBool,
+    /// History requests answered (the id was retained, or `earliest`) and not (unknown id).
+    history_hits: AtomicU64,
+    history_misses: AtomicU64,
 }
 
 impl std::fmt::Debug for MemoryTransport {
@@ -60,6 +63,8 @@ impl MemoryTransport {
             reader_tx,
             reader_rx: std::sync::Mutex::new(Some(reader_rx)),
             closed: AtomicBool::new(false),
+            history_hits: AtomicU64::new(0),
+            history_misses: AtomicU64::new(0),
         }
     }
 
@@ -146,20 +151,34 @@ impl Transport for MemoryTransport {
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
         let ring = self.ring.lock().await;
         if last_event_id == EARLIEST {
+            self.history_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(HistoryReply {
                 anchor: None,
                 entries: ring.after(None),
                 ..HistoryReply::default()
             });
         }
-        Ok(match ring.ids.get(last_event_id) {
-            Some((seq, _)) => HistoryReply {
-                anchor: Some(last_event_id.to_string()),
-                entries: ring.after(Some(*seq)),
-                ..HistoryReply::default()
-            },
-            None => HistoryReply::default(),
-        })
+        let (counter, reply) = match ring.ids.get(last_event_id) {
+            Some((seq, _)) => (
+                &self.history_hits,
+                HistoryReply {
+                    anchor: Some(last_event_id.to_string()),
+                    entries: ring.after(Some(*seq)),
+                    ..HistoryReply::default()
+                },
+            ),
+            None => (&self.history_misses, HistoryReply::default()),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(reply)
+    }
+
+    fn stats(&self) -> TransportStats {
+        TransportStats {
+            history_cache_hits: self.history_hits.load(Ordering::Relaxed),
+            history_cache_misses: self.history_misses.load(Ordering::Relaxed),
+            ..TransportStats::default()
+        }
     }
 
     fn start_reader(&self, sink: Arc<dyn UpdateSink>) {
