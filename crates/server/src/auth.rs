@@ -7,8 +7,8 @@
 
 use http::{HeaderMap, Method};
 use quicksilver_auth::{
-    authenticate, can_publish, AuthError, ExtractConfig, Grants, KeySpec, PublishOrigins,
-    TokenVerifier, VerifierOptions,
+    authenticate, AuthError, ExtractConfig, Grants, KeySpec, PublishOrigins, TokenVerifier,
+    VerifierOptions,
 };
 use quicksilver_fanout::Access;
 use quicksilver_protocol::SelectorStore;
@@ -133,25 +133,4 @@ pub fn access(grants: &Grants) -> Access {
     } else {
         Access::from_selectors(grants.subscribe().to_vec())
     }
-}
-
-/// Whether the grants allow publishing to every one of `topics`.
-pub fn may_publish(store: &SelectorStore, grants: &Grants, topics: &[String]) -> bool {
-    can_publish(store, grants, topics)
-}
-
-/// The values of the `authorization` query parameter (a token in the URL).
-pub fn query_tokens(query: Option<&str>) -> Vec<String> {
-    let Some(query) = query else {
-        return Vec::new();
-    };
-    quicksilver_protocol::form::parse_pairs(query.as_bytes())
-        .map(|pairs| {
-            pairs
-                .into_iter()
-                .filter(|(name, _)| name == "authorization")
-                .map(|(_, value)| value)
-                .collect()
-        })
-        .unwrap_or_default()
 }

@@ -40,8 +40,10 @@ async fn authorize_and_store(
     query: Option<String>,
     body: Bytes,
 ) -> Result<Response, HubError> {
-    let query_tokens = crate::auth::query_tokens(query.as_deref());
-    let grants = hub.auth().publisher(&method, &headers, &query_tokens)?;
+    let url_tokens = quicksilver_auth::UrlTokens::from_query(query.as_deref());
+    let grants = hub
+        .auth()
+        .publisher(&method, &headers, &url_tokens.authorization)?;
 
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -66,7 +68,7 @@ async fn authorize_and_store(
         }
     })?;
 
-    if !crate::auth::may_publish(hub.selectors(), &grants, &update.topics) {
+    if !quicksilver_auth::can_publish(hub.selectors(), &grants, &update.topics) {
         return Err(HubError::Forbidden(
             "the token does not allow publishing to these topics".into(),
         ));

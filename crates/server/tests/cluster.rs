@@ -45,14 +45,30 @@ fn client() -> reqwest::Client {
 
 /// Publishes `topic=t&id=<seq>`; `Some(status)` if an HTTP answer came, `None` if the node is gone.
 async fn try_publish(c: &reqwest::Client, node: &str, token: &str, seq: u64) -> Option<u16> {
+    try_publish_to(c, node, token, "t", seq).await
+}
+
+/// Publishes update `seq` to `topic` (already form-encoded), as [`try_publish`].
+async fn try_publish_to(
+    c: &reqwest::Client,
+    node: &str,
+    token: &str,
+    topic: &str,
+    seq: u64,
+) -> Option<u16> {
     c.post(format!("{node}/.well-known/mercure"))
         .bearer_auth(token)
         .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(format!("topic=t&id={seq}&data=update-{seq}"))
+        .body(format!("topic={topic}&id={seq}&data=update-{seq}"))
         .send()
         .await
         .ok()
         .map(|r| r.status().as_u16())
+}
+
+/// The form-encoded topic `https://ex.com/t/<n>`, matched by the selector `https://ex.com/t/{n}`.
+fn numbered_topic(n: u64) -> String {
+    format!("https%3A%2F%2Fex.com%2Ft%2F{n}")
 }
 
 async fn ready(c: &reqwest::Client, node: &str) -> bool {
@@ -491,18 +507,10 @@ async fn partitioned_over_a_redis_cluster_a_killed_node_loses_nothing() {
         tokio::spawn(async move {
             let mut acked = Vec::new();
             for seq in 1..=320u64 {
-                let url = format!("{}/.well-known/mercure", urls[seq as usize % 3]);
-                let sent = c
-                    .post(url)
-                    .bearer_auth(&token)
-                    .header("Content-Type", "application/x-www-form-urlencoded")
-                    .body(format!(
-                        "topic=https%3A%2F%2Fex.com%2Ft%2F{}&id={seq}",
-                        seq % topics
-                    ))
-                    .send()
-                    .await;
-                if matches!(sent, Ok(r) if r.status() == 200) {
+                let topic = numbered_topic(seq % topics);
+                if try_publish_to(&c, &urls[seq as usize % 3], &token, &topic, seq).await
+                    == Some(200)
+                {
                     acked.push(seq);
                 }
                 tokio::time::sleep(Duration::from_millis(5)).await;
@@ -615,19 +623,7 @@ async fn a_redis_cluster_master_outage_is_survived() {
     let token = mercure_token(KEY, &["*"], &[], None);
     let publish = |seq: u64| {
         let (c, url, token) = (c.clone(), urls[seq as usize % 2].clone(), token.clone());
-        async move {
-            c.post(format!("{url}/.well-known/mercure"))
-                .bearer_auth(&token)
-                .header("Content-Type", "application/x-www-form-urlencoded")
-                .body(format!(
-                    "topic=https%3A%2F%2Fex.com%2Ft%2F{}&id={seq}",
-                    seq % 6
-                ))
-                .send()
-                .await
-                .ok()
-                .map(|r| r.status().as_u16())
-        }
+        async move { try_publish_to(&c, &url, &token, &numbered_topic(seq % 6), seq).await }
     };
     let mut acked = Vec::new();
     let mut refused = 0;
