@@ -1,94 +1,259 @@
-//! The bridge between HTTP requests and the auth crate: which verifier, which extraction rules,
-//! and how grants become a subscriber's private [`Access`].
+//! The bridge between HTTP requests and the auth crate: which verifiers, which extraction rules,
+//! who the hub is for this request, and how failures are answered.
 //!
-//! Publishers and subscribers may use different keys, so the [`Authenticator`] holds one verifier
-//! for each, plus the extraction rules (cookie name, publish origins) both share. A missing
-//! publisher token is `401`; a missing subscriber token is left to the caller (anonymous mode).
+//! Publishers and subscribers may use different keys, so the [`Authenticator`] holds one
+//! [`Verifier`] per role. Each accepts current access tokens (`typ: at+jwt`) from the trusted
+//! issuers (`--issuer`) and, unless `--legacy false`, pre-standardization tokens verified with the
+//! role's key. A request's token is found by [`quicksilver_auth::extract_credentials`]: the
+//! `Authorization` header, then (legacy only) the `authorization` query parameter, then the access
+//! token cookie, then (legacy only) the legacy cookie.
+//!
+//! The audience a current token must name is the hub's resource identifier: `--resource-identifier`
+//! when set, else derived from the request ([`RequestIdentity`]).
+//!
+//! Failures become [`HubError::Auth`], which always carries a `WWW-Authenticate: Bearer` challenge
+//! pointing at the protected resource metadata. The status follows the current specification
+//! ("Error Responses": 400 `invalid_request`, 401 `invalid_token`, 403 `insufficient_scope`, bare
+//! 401 without a token) — except for requests of the legacy generation, which keep the reference
+//! hub's pre-standardization answer (401 for every authentication failure), so existing clients see
+//! exactly what they saw before.
 
-use http::{HeaderMap, Method};
+use std::sync::Arc;
+
+use http::{HeaderMap, Method, StatusCode};
 use quicksilver_auth::{
-    authenticate, AuthError, ExtractConfig, Grants, KeySpec, PublishOrigins, TokenVerifier,
-    VerifierOptions,
+    extract_credentials, protected_resource_metadata_url, token_generation, AccessTokenOptions,
+    AccessTokenVerifier, AuthError, Authenticated, BearerChallenge, CredentialConfig, Generation,
+    HubIdentity, KeySpec, PublishOrigins, TokenRejection, TokenVerifier, TrustedIssuer, UrlTokens,
+    Verifier, VerifierOptions,
 };
 use quicksilver_fanout::Access;
 use quicksilver_protocol::SelectorStore;
 
-use crate::config::Config;
+use crate::config::{Config, IssuerSpec};
 use crate::error::HubError;
+use crate::jwks::JwksSource;
+use crate::HUB_PATH;
 
-/// Token verifiers and extraction rules.
+/// Token verifiers, extraction rules and the hub's identity settings.
 pub struct Authenticator {
-    publisher: Option<TokenVerifier>,
-    subscriber: Option<TokenVerifier>,
-    extract: ExtractConfig,
-    store: std::sync::Arc<SelectorStore>,
+    publishers: Option<Verifier>,
+    subscribers: Verifier,
+    store: Arc<SelectorStore>,
+    resource_identifier: Option<String>,
+    authorization_servers: Vec<String>,
+    access_token_cookie: String,
+    jwks: Vec<JwksSource>,
 }
 
 impl std::fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Authenticator").finish_non_exhaustive()
+        f.debug_struct("Authenticator")
+            .field("resource_identifier", &self.resource_identifier)
+            .finish_non_exhaustive()
     }
 }
 
-/// Builds the authenticator; refuses bad keys (e.g. a PEM key with an HMAC algorithm) so a
-/// misconfigured hub does not start.
-pub fn authenticator(
-    config: &Config,
-    store: std::sync::Arc<SelectorStore>,
-) -> anyhow::Result<Authenticator> {
-    let verifier =
-        |role: &str, key: Option<(&str, &str)>| -> anyhow::Result<Option<TokenVerifier>> {
-            key.map(|(key, alg)| {
-                KeySpec::new(key, alg)
-                    .map(|spec| TokenVerifier::new(spec, VerifierOptions::default()))
-                    .map_err(|e| anyhow::anyhow!("invalid {role} JWT key: {e}"))
+/// Who the hub is for one request: the audience current tokens must name, and the hub URL that
+/// relative URL patterns and subscription topics resolve against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestIdentity {
+    /// The resource identifier (token `aud`).
+    pub resource: String,
+    /// The hub's absolute URL, e.g. `https://hub.example.com/.well-known/mercure`.
+    pub hub_url: String,
+}
+
+impl RequestIdentity {
+    /// As the auth crate wants it.
+    pub fn as_hub(&self) -> HubIdentity<'_> {
+        HubIdentity {
+            resource: &self.resource,
+            hub_url: Some(&self.hub_url),
+        }
+    }
+
+    /// The protected resource metadata URL for this identity, when the resource identifier is an
+    /// absolute HTTP(S) URL.
+    pub fn metadata_url(&self) -> Option<String> {
+        protected_resource_metadata_url(&self.resource)
+    }
+}
+
+/// Builds the authenticator; refuses bad keys (e.g. a PEM key with an HMAC algorithm), bad issuer
+/// specifications and unreadable `file://` JWK Sets, so a misconfigured hub does not start. Remote
+/// JWK Sets are fetched in the background ([`crate::jwks`]).
+pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Result<Authenticator> {
+    let key = |role: &str, key: Option<(&str, &str)>| -> anyhow::Result<Option<KeySpec>> {
+        key.map(|(key, alg)| {
+            KeySpec::new(key, alg).map_err(|e| anyhow::anyhow!("invalid {role} JWT key: {e}"))
+        })
+        .transpose()
+    };
+    let publisher_key = key("publisher", config.publisher_key())?;
+    let subscriber_key = key("subscriber", config.subscriber_key())?;
+
+    let issuers = config
+        .issuers
+        .iter()
+        .map(|s| IssuerSpec::parse(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
+    let mut jwks = Vec::new();
+    let mut publisher_issuers = Vec::new();
+    let mut subscriber_issuers = Vec::new();
+    for issuer in &issuers {
+        let trusted = |keys: Option<quicksilver_auth::IssuerKeys>| -> anyhow::Result<_> {
+            keys.map(|k| {
+                TrustedIssuer::new(&issuer.id, k)
+                    .map_err(|e| anyhow::anyhow!("invalid --issuer {}: {e}", issuer.id))
             })
             .transpose()
         };
-    let publisher = verifier("publisher", config.publisher_key())?;
-    let subscriber = verifier("subscriber", config.subscriber_key())?;
-    if publisher.is_none() {
-        tracing::warn!("no publisher JWT key configured (MERCURE_PUBLISHER_JWT_KEY): every publish will be refused");
+        match &issuer.jwks_uri {
+            Some(uri) => {
+                let source = JwksSource::open(&issuer.id, uri, config.jwks_refresh)?;
+                let keys = source.keys();
+                publisher_issuers.extend(trusted(Some(keys.clone().into()))?);
+                subscriber_issuers.extend(trusted(Some(keys.into()))?);
+                jwks.push(source);
+            }
+            None => {
+                if publisher_key.is_none() && subscriber_key.is_none() {
+                    anyhow::bail!(
+                        "--issuer {} has neither a jwks_uri nor a publisher/subscriber JWT key",
+                        issuer.id
+                    );
+                }
+                publisher_issuers.extend(trusted(publisher_key.clone().map(Into::into))?);
+                subscriber_issuers.extend(trusted(subscriber_key.clone().map(Into::into))?);
+            }
+        }
     }
+
     let publish_origins = PublishOrigins::new(&config.publish_origins)
         .map_err(|e| anyhow::anyhow!("invalid --publish-origins: {e}"))?;
+    let credentials = CredentialConfig {
+        cookie_name: config.access_token_cookie.clone(),
+        legacy_cookie_name: config.cookie_name.clone(),
+        publish_origins,
+    };
+    // With legacy on but no key for a role, no legacy token can be valid; a verifier with a random
+    // secret keeps the legacy extraction rules (query parameter, legacy cookie) for that role while
+    // refusing every such token for its signature.
+    let legacy_verifier = |key: Option<KeySpec>| -> anyhow::Result<Option<TokenVerifier>> {
+        if !config.legacy {
+            return Ok(None);
+        }
+        let spec = match key {
+            Some(spec) => spec,
+            None => unverifiable_key()?,
+        };
+        Ok(Some(TokenVerifier::new(spec, VerifierOptions::default())))
+    };
+    let verifier =
+        |issuers: Vec<TrustedIssuer>, legacy_key: Option<KeySpec>| -> anyhow::Result<Verifier> {
+            let current = AccessTokenVerifier::new(issuers, AccessTokenOptions::default())
+                .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
+            Ok(Verifier::new(
+                current,
+                legacy_verifier(legacy_key)?,
+                credentials.clone(),
+            ))
+        };
+    // Without any publisher key nor issuer, publishing is refused outright (clearer than "invalid
+    // token"); subscribers then may only be anonymous, and a presented token is refused.
+    let publishers = if publisher_issuers.is_empty() && publisher_key.is_none() {
+        None
+    } else {
+        Some(verifier(publisher_issuers, publisher_key)?)
+    };
+    let subscribers = verifier(subscriber_issuers, subscriber_key)?;
+    if publishers.is_none() {
+        tracing::warn!("no publisher JWT key nor issuer configured (MERCURE_PUBLISHER_JWT_KEY, --issuer): every publish will be refused");
+    }
     Ok(Authenticator {
-        publisher,
-        subscriber,
-        extract: ExtractConfig {
-            cookie_name: config.cookie_name.clone(),
-            publish_origins,
-        },
+        publishers,
+        subscribers,
         store,
+        resource_identifier: config.resource_identifier.clone(),
+        authorization_servers: issuers
+            .iter()
+            .filter(|i| i.authorization_server)
+            .map(|i| i.id.clone())
+            .collect(),
+        access_token_cookie: config.access_token_cookie.clone(),
+        jwks,
     })
 }
 
+/// An HMAC key nobody knows: verifies nothing.
+fn unverifiable_key() -> anyhow::Result<KeySpec> {
+    let secret: String = (0..48).map(|_| fastrand::alphanumeric()).collect();
+    KeySpec::new(&secret, "HS256").map_err(|e| anyhow::anyhow!("{e}"))
+}
+
 impl Authenticator {
+    /// The hub's identity for a request with these headers.
+    pub fn identity(&self, headers: &HeaderMap) -> RequestIdentity {
+        let derived = derived_hub_url(headers);
+        match &self.resource_identifier {
+            Some(resource) => RequestIdentity {
+                resource: resource.clone(),
+                // A configured identifier that is the hub's URL is also the base of relative
+                // patterns; any other (e.g. a URN) leaves the request-derived URL as the base.
+                hub_url: if resource.ends_with(HUB_PATH) {
+                    resource.clone()
+                } else {
+                    derived
+                },
+            },
+            None => RequestIdentity {
+                resource: derived.clone(),
+                hub_url: derived,
+            },
+        }
+    }
+
+    /// Issuers advertised as authorization servers.
+    pub fn authorization_servers(&self) -> &[String] {
+        &self.authorization_servers
+    }
+
+    /// The access token cookie's name.
+    pub fn access_token_cookie(&self) -> &str {
+        &self.access_token_cookie
+    }
+
+    /// Whether pre-standardization tokens are accepted.
+    pub fn legacy_enabled(&self) -> bool {
+        self.subscribers.legacy_enabled()
+    }
+
     /// Authenticates a publisher: a valid token is required.
     pub fn publisher(
         &self,
         method: &Method,
         headers: &HeaderMap,
-        query_tokens: &[String],
-    ) -> Result<Grants, HubError> {
-        let Some(verifier) = &self.publisher else {
-            return Err(HubError::Unauthorized(
-                "publishing is not configured on this hub".into(),
+        url: &UrlTokens,
+        identity: &RequestIdentity,
+    ) -> Result<Authenticated, HubError> {
+        let Some(verifier) = &self.publishers else {
+            return Err(self.failure(
+                AuthError::MissingToken,
+                None,
+                identity,
+                "publishing is not configured on this hub",
             ));
         };
-        match authenticate(
-            verifier,
-            &self.store,
-            headers,
-            method,
-            query_tokens,
-            &self.extract,
-        ) {
-            Ok(Some(found)) => Ok(found.grants),
-            Ok(None) => Err(HubError::Unauthorized(
-                "a publisher token is required".into(),
+        match self.authenticate(verifier, method, headers, url, identity)? {
+            Some(found) => Ok(found),
+            None => Err(self.failure(
+                AuthError::MissingToken,
+                None,
+                identity,
+                "a publisher token is required",
             )),
-            Err(e) => Err(unauthorized(e)),
         }
     }
 
@@ -97,40 +262,148 @@ impl Authenticator {
         &self,
         method: &Method,
         headers: &HeaderMap,
-        query_tokens: &[String],
-    ) -> Result<Option<Grants>, HubError> {
-        let found = match &self.subscriber {
-            Some(verifier) => authenticate(
-                verifier,
-                &self.store,
-                headers,
-                method,
-                query_tokens,
-                &self.extract,
-            ),
-            // Without a subscriber key no token can be valid; a request without one is anonymous.
-            None => quicksilver_auth::extract_token(headers, method, query_tokens, &self.extract)
-                .and_then(|t| match t {
-                    Some(_) => Err(AuthError::InvalidToken(
-                        quicksilver_auth::TokenRejection::Signature,
-                    )),
-                    None => Ok(None),
-                }),
+        url: &UrlTokens,
+        identity: &RequestIdentity,
+    ) -> Result<Option<Authenticated>, HubError> {
+        self.authenticate(&self.subscribers, method, headers, url, identity)
+    }
+
+    fn authenticate(
+        &self,
+        verifier: &Verifier,
+        method: &Method,
+        headers: &HeaderMap,
+        url: &UrlTokens,
+        identity: &RequestIdentity,
+    ) -> Result<Option<Authenticated>, HubError> {
+        let found = extract_credentials(
+            headers,
+            method,
+            url,
+            verifier.config(),
+            verifier.legacy_enabled(),
+        )
+        .map_err(|e| {
+            let reason = e.to_string();
+            self.failure(e, None, identity, &reason)
+        })?;
+        let Some(found) = found else {
+            return Ok(None);
         };
-        found.map(|f| f.map(|f| f.grants)).map_err(unauthorized)
+        let generation = token_generation(found.token);
+        verifier
+            .verify(&self.store, found, &identity.as_hub())
+            .map(Some)
+            .map_err(|e| {
+                if matches!(e, AuthError::InvalidToken(TokenRejection::UnknownKey)) {
+                    // The issuer may have rotated its keys since the last fetch.
+                    self.jwks.iter().for_each(JwksSource::nudge);
+                }
+                let reason = e.to_string();
+                self.failure(e, Some(generation), identity, &reason)
+            })
+    }
+
+    /// A request authenticated as `generation` asks for something its grants do not allow.
+    pub fn forbidden(
+        &self,
+        generation: Option<Generation>,
+        identity: &RequestIdentity,
+        reason: &str,
+    ) -> HubError {
+        self.failure(AuthError::NotAllowed, generation, identity, reason)
+    }
+
+    /// A request without a token where one is required.
+    pub fn token_required(&self, identity: &RequestIdentity, reason: &str) -> HubError {
+        self.failure(AuthError::MissingToken, None, identity, reason)
+    }
+
+    /// The answer to `error` (see the module docs for the status rules). `generation` is the
+    /// presented token's, when one was found.
+    fn failure(
+        &self,
+        error: AuthError,
+        generation: Option<Generation>,
+        identity: &RequestIdentity,
+        reason: &str,
+    ) -> HubError {
+        tracing::debug!(error = %error, "authentication failed");
+        let challenge = BearerChallenge::for_error(&error);
+        let legacy_request = self.legacy_enabled() && generation != Some(Generation::Current);
+        let status = match &error {
+            // A valid token lacking the right is 403 in both generations (as the hub always did).
+            AuthError::NotAllowed => StatusCode::FORBIDDEN,
+            AuthError::MissingToken => StatusCode::UNAUTHORIZED,
+            _ if legacy_request => error.status_hint(),
+            _ => challenge.status(),
+        };
+        let metadata = identity.metadata_url();
+        HubError::Auth {
+            status,
+            reason: reason.to_string(),
+            challenge: challenge.header_value(None, metadata.as_deref()),
+        }
     }
 }
 
-fn unauthorized(e: AuthError) -> HubError {
-    tracing::debug!(error = %e, "authentication failed");
-    HubError::Unauthorized(e.to_string())
+/// `SCHEME://HOST/.well-known/mercure` of the request: the scheme from `X-Forwarded-Proto` (the hub
+/// itself serves plain HTTP behind a TLS-terminating proxy), the host from `X-Forwarded-Host`, else
+/// `Host`. A missing or malformed host gives `localhost`.
+pub fn derived_hub_url(headers: &HeaderMap) -> String {
+    let first = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let scheme = match first("x-forwarded-proto") {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    };
+    let valid = |h: &&str| h.parse::<http::uri::Authority>().is_ok() && !h.contains('@');
+    let host = first("x-forwarded-host")
+        .filter(valid)
+        .or_else(|| first("host").filter(valid))
+        .unwrap_or("localhost");
+    format!("{scheme}://{host}{HUB_PATH}")
 }
 
 /// The private access the subscribe grants give.
-pub fn access(grants: &Grants) -> Access {
+pub fn access(grants: &quicksilver_auth::Grants) -> Access {
     if grants.subscribe_all() {
         Access::All
     } else {
         Access::from_selectors(grants.subscribe().to_vec())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hub_url_is_derived_from_forwarded_headers_then_host() {
+        let mut h = HeaderMap::new();
+        assert_eq!(derived_hub_url(&h), "http://localhost/.well-known/mercure");
+        h.insert("host", "hub.example.com:8080".parse().unwrap());
+        assert_eq!(
+            derived_hub_url(&h),
+            "http://hub.example.com:8080/.well-known/mercure"
+        );
+        h.insert("x-forwarded-proto", "https, http".parse().unwrap());
+        h.insert("x-forwarded-host", "public.example.com".parse().unwrap());
+        assert_eq!(
+            derived_hub_url(&h),
+            "https://public.example.com/.well-known/mercure"
+        );
+        h.insert("x-forwarded-host", "evil.example/path".parse().unwrap());
+        assert_eq!(
+            derived_hub_url(&h),
+            "https://hub.example.com:8080/.well-known/mercure",
+            "a forwarded host that is not an authority is ignored"
+        );
     }
 }

@@ -137,6 +137,62 @@ pub struct Config {
     )]
     pub cookie_name: String,
 
+    /// Name of the cookie carrying a current-generation access token (also accepted: a legacy token).
+    /// The `__Secure-` prefix makes browsers refuse the cookie over plain HTTP: use another name for
+    /// local development without TLS.
+    #[arg(
+        long,
+        env = "QUICKSILVER_ACCESS_TOKEN_COOKIE",
+        default_value = "__Secure-mercure_access_token"
+    )]
+    pub access_token_cookie: String,
+
+    /// Trusted issuer of current-generation access tokens (`typ: at+jwt`): the `iss` value its
+    /// tokens carry. Alone, it is verified with the publisher and subscriber keys above; `ID
+    /// jwks_uri=URL` binds it to a JWK Set instead (`https://`, `http://` or `file://`, refreshed
+    /// every `--jwks-refresh`), and a trailing `authorization_server` advertises it in the protected
+    /// resource metadata. Repeat the flag, or separate issuers with commas.
+    #[arg(
+        long = "issuer",
+        env = "MERCURE_TRUSTED_ISSUERS",
+        value_delimiter = ','
+    )]
+    pub issuers: Vec<String>,
+
+    /// The hub's resource identifier: the audience (`aud`) access tokens must name. Unset, it is
+    /// derived from each request as `SCHEME://HOST/.well-known/mercure` (`X-Forwarded-Proto` /
+    /// `X-Forwarded-Host` honoured), so a hub reachable under several names needs no setting.
+    #[arg(long, env = "MERCURE_RESOURCE_IDENTIFIER")]
+    pub resource_identifier: Option<String>,
+
+    /// Accept the pre-standardization generation too: tokens with the `mercure` claim, the
+    /// `authorization` query parameter and the `--cookie-name` cookie. `false` leaves a hub that
+    /// follows the current specification only.
+    #[arg(long, env = "QUICKSILVER_LEGACY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub legacy: bool,
+
+    /// How often JWK Sets of `--issuer … jwks_uri=` are fetched again (key rotation); a token
+    /// naming an unknown `kid` also triggers a fetch, at most every 10 s.
+    #[arg(long, env = "QUICKSILVER_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
+    pub jwks_refresh: Duration,
+
+    /// Publish subscription events (private updates on
+    /// `/.well-known/mercure/subscriptions/...`) and serve the subscription API, for the whole
+    /// cluster.
+    #[arg(long, env = "QUICKSILVER_SUBSCRIPTIONS", default_value_t = false)]
+    pub subscriptions: bool,
+
+    /// Time after which a node that stopped renewing its lease (it died) is considered gone: its
+    /// subscriptions are removed from the cluster registry and their `active: false` events
+    /// published by another node.
+    #[arg(long, env = "QUICKSILVER_SUBSCRIPTION_LEASE", default_value = "15s", value_parser = parse_duration)]
+    pub subscription_lease: Duration,
+
+    /// Serve the debug page at `/` (subscribe and publish from a browser with a pasted token; it
+    /// holds no secret and exposes nothing the hub's API does not).
+    #[arg(long, env = "QUICKSILVER_DEBUG_PAGE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub debug_page: bool,
+
     /// Number of updates kept for reconnecting subscribers (0 disables history).
     #[arg(long, env = "QUICKSILVER_HISTORY_SIZE", default_value_t = 1000)]
     pub history_size: usize,
@@ -276,6 +332,46 @@ impl Config {
     }
 }
 
+/// One `--issuer` value: `ID [jwks_uri=URL] [authorization_server]`, whitespace-separated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IssuerSpec {
+    /// The `iss` value.
+    pub id: String,
+    /// The issuer's JWK Set, instead of the configured publisher/subscriber keys.
+    pub jwks_uri: Option<String>,
+    /// Advertise the issuer as an authorization server in the protected resource metadata.
+    pub authorization_server: bool,
+}
+
+impl IssuerSpec {
+    /// Parses one `--issuer` value.
+    pub fn parse(value: &str) -> Result<Self, String> {
+        let mut parts = value.split_whitespace();
+        let id = parts
+            .next()
+            .ok_or_else(|| "an issuer identifier is required".to_string())?;
+        let mut spec = IssuerSpec {
+            id: id.to_string(),
+            jwks_uri: None,
+            authorization_server: false,
+        };
+        for part in parts {
+            match part.split_once('=') {
+                Some(("jwks_uri", uri)) if !uri.is_empty() && spec.jwks_uri.is_none() => {
+                    spec.jwks_uri = Some(uri.to_string())
+                }
+                None if part == "authorization_server" => spec.authorization_server = true,
+                _ => {
+                    return Err(format!(
+                        "issuer {id}: unexpected {part:?} (expected `jwks_uri=URL` or `authorization_server`)"
+                    ))
+                }
+            }
+        }
+        Ok(spec)
+    }
+}
+
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -325,10 +421,15 @@ fn file_args(
         let id = key.replace('-', "_");
         let arg = command
             .get_arguments()
-            .find(|a| a.get_id().as_str() == id && a.get_long().is_some() && id != "config")
+            .find(|a| {
+                let long = a.get_long().map(|l| l.replace('-', "_"));
+                (a.get_id().as_str() == id || long.as_deref() == Some(id.as_str()))
+                    && long.is_some()
+                    && id != "config"
+            })
             .ok_or_else(|| file_error(format!("unknown key `{key}`")))?;
         let explicit = matches!(
-            matches.value_source(&id),
+            matches.value_source(arg.get_id().as_str()),
             Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
         );
         if explicit {
@@ -399,6 +500,36 @@ mod tests {
         assert_eq!(c.history_size, 1000);
         assert_eq!(c.cookie_name, "mercureAuthorization");
         assert!(!c.anonymous);
+    }
+
+    #[test]
+    fn issuer_specs() {
+        let c = Config::from_args([
+            "quicksilver",
+            "--issuer",
+            "https://a.example",
+            "--issuer",
+            "https://b.example jwks_uri=file:///etc/jwks.json authorization_server,https://c.example",
+            "--resource-identifier",
+            "https://hub.example/.well-known/mercure",
+            "--legacy",
+            "false",
+        ])
+        .unwrap();
+        assert_eq!(c.issuers.len(), 3);
+        assert!(!c.legacy);
+        let b = IssuerSpec::parse(&c.issuers[1]).unwrap();
+        assert_eq!(b.id, "https://b.example");
+        assert_eq!(b.jwks_uri.as_deref(), Some("file:///etc/jwks.json"));
+        assert!(b.authorization_server);
+        let a = IssuerSpec::parse(&c.issuers[0]).unwrap();
+        assert_eq!((a.jwks_uri, a.authorization_server), (None, false));
+        assert!(IssuerSpec::parse("").is_err());
+        assert!(IssuerSpec::parse("https://a jwks=x").is_err());
+        assert!(IssuerSpec::parse("https://a jwks_uri=").is_err());
+        let d = Config::from_args(["quicksilver"]).unwrap();
+        assert!(d.legacy && d.issuers.is_empty() && !d.subscriptions && d.debug_page);
+        assert_eq!(d.access_token_cookie, "__Secure-mercure_access_token");
     }
 
     #[test]

@@ -16,12 +16,26 @@ pub enum HubError {
     /// Missing or invalid credentials (401).
     #[error("{0}")]
     Unauthorized(String),
+    /// An authentication or authorization failure, answered with its status and a
+    /// `WWW-Authenticate: Bearer` challenge (see [`crate::auth`]).
+    #[error("{reason}")]
+    Auth {
+        /// 400, 401 or 403.
+        status: StatusCode,
+        /// A short reason, never quoting the token.
+        reason: String,
+        /// The `WWW-Authenticate` value.
+        challenge: HeaderValue,
+    },
     /// Valid credentials that do not allow this (403).
     #[error("{0}")]
     Forbidden(String),
     /// Over a size limit (413).
     #[error("{0}")]
     TooLarge(String),
+    /// No such resource (404).
+    #[error("{0}")]
+    NotFound(String),
     /// Wrong content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -35,6 +49,8 @@ impl IntoResponse for HubError {
         let status = match &self {
             HubError::BadRequest(_) => StatusCode::BAD_REQUEST,
             HubError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            HubError::Auth { status, .. } => *status,
+            HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::Forbidden(_) => StatusCode::FORBIDDEN,
             HubError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             HubError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -46,6 +62,9 @@ impl IntoResponse for HubError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let HubError::Auth { challenge, .. } = &self {
+            headers.insert(header::WWW_AUTHENTICATE, challenge.clone());
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }

@@ -40,6 +40,8 @@ pub struct HubSettings {
     pub drain_window: Duration,
     /// `retry:` sent to clients whose stream is closed by a drain.
     pub drain_retry: Duration,
+    /// Whether subscription events and the subscription API are on.
+    pub subscriptions: bool,
 }
 
 /// Handle to the hub's shared state.
@@ -135,6 +137,7 @@ impl Hub {
             },
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
+            subscriptions: config.subscriptions,
         };
         let metrics = Metrics::new(fanout.clone(), transport.clone());
         Ok(Self {

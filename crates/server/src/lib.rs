@@ -7,7 +7,10 @@
 //! # Layout
 //! - [`config`]: every flag and environment variable, with defaults.
 //! - [`hub`]: the shared state and the wiring of transport reader → fan-out.
-//! - [`auth`]: the bridge from HTTP requests to token verification and grants.
+//! - [`auth`]: the bridge from HTTP requests to token verification and grants, and the hub's
+//!   identity (resource identifier) for each request; [`jwks`] keeps issuers' JWK Sets current.
+//! - [`discovery`]: the protected resource metadata document and the hub's `Link` header.
+//! - [`debug_page`]: the page at `/` for trying the hub from a browser.
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
 //! - [`stream`]: a subscriber's SSE response body (replay, live, heartbeats, end).
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
@@ -21,8 +24,11 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 pub mod cors;
+pub mod debug_page;
+pub mod discovery;
 pub mod error;
 pub mod hub;
+pub mod jwks;
 pub mod metrics;
 pub mod publish;
 pub mod stream;
@@ -52,8 +58,13 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
     let mercure = get(subscribe::subscribe)
         .post(publish::publish)
         .layer(DefaultBodyLimit::max(hub.settings().max_body_size));
-    Ok(Router::new()
+    let mut router = Router::new()
         .route(HUB_PATH, mercure)
+        .route(discovery::METADATA_PATH, get(discovery::metadata));
+    if config.debug_page {
+        router = router.route("/", get(debug_page::page));
+    }
+    Ok(router
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::metrics))

@@ -41,9 +41,10 @@ async fn authorize_and_store(
     body: Bytes,
 ) -> Result<Response, HubError> {
     let url_tokens = quicksilver_auth::UrlTokens::from_query(query.as_deref());
-    let grants = hub
+    let identity = hub.auth().identity(&headers);
+    let publisher = hub
         .auth()
-        .publisher(&method, &headers, &url_tokens.authorization)?;
+        .publisher(&method, &headers, &url_tokens, &identity)?;
 
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -68,9 +69,11 @@ async fn authorize_and_store(
         }
     })?;
 
-    if !quicksilver_auth::can_publish(hub.selectors(), &grants, &update.topics) {
-        return Err(HubError::Forbidden(
-            "the token does not allow publishing to these topics".into(),
+    if !quicksilver_auth::can_publish(hub.selectors(), &publisher.grants, &update.topics) {
+        return Err(hub.auth().forbidden(
+            Some(publisher.generation),
+            &identity,
+            "the token does not allow publishing to these topics",
         ));
     }
 

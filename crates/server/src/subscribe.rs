@@ -26,7 +26,7 @@ pub async fn subscribe(
     State(hub): State<Hub>,
     method: Method,
     headers: HeaderMap,
-    RawQuery(query): RawQuery,
+    RawQuery(raw_query): RawQuery,
     closer: Option<Extension<ConnectionCloser>>,
 ) -> Result<Response, HubError> {
     let closer = closer.map(|Extension(c)| c);
@@ -44,12 +44,18 @@ pub async fn subscribe(
             "this node holds its maximum number of subscribers, retry on another".into(),
         ));
     }
-    let query = parse_subscribe_query(query.as_deref().unwrap_or(""), &settings.subscribe_limits)
-        .map_err(|e| HubError::BadRequest(e.to_string()))?;
+    let query = parse_subscribe_query(
+        raw_query.as_deref().unwrap_or(""),
+        &settings.subscribe_limits,
+    )
+    .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
-    let grants = hub
+    let identity = hub.auth().identity(&headers);
+    let url_tokens = quicksilver_auth::UrlTokens::from_query(raw_query.as_deref());
+    let subscriber = hub
         .auth()
-        .subscriber(&method, &headers, &query.authorization)?;
+        .subscriber(&method, &headers, &url_tokens, &identity)?;
+    let grants = subscriber.as_ref().map(|s| &s.grants);
     // A token's expiry ends the connection, as on the reference hub: the client reconnects with a
     // fresh token (or is refused), so an expired token never keeps reading private updates.
     let token_life = grants.as_ref().and_then(|g| g.expires_at()).map(|at| {
@@ -57,12 +63,12 @@ pub async fn subscribe(
             .unwrap_or_default()
     });
     let access = match grants {
-        Some(grants) => crate::auth::access(&grants),
+        Some(grants) => crate::auth::access(grants),
         None if settings.anonymous => Access::None,
         None => {
-            return Err(HubError::Unauthorized(
-                "a subscriber token is required".into(),
-            ))
+            return Err(hub
+                .auth()
+                .token_required(&identity, "a subscriber token is required"))
         }
     };
 
@@ -76,9 +82,9 @@ pub async fn subscribe(
                 quicksilver_protocol::Selector::exact_topic(&matcher.pattern),
             ),
             // No base URL yet: relative patterns resolve against the protocol crate's stand-in.
-            quicksilver_protocol::subscribe::MatchType::UrlPattern => {
-                hub.selectors().compile_url_pattern(&matcher.pattern, None)
-            }
+            quicksilver_protocol::subscribe::MatchType::UrlPattern => hub
+                .selectors()
+                .compile_url_pattern(&matcher.pattern, Some(&identity.hub_url)),
         }
         .map_err(|e| HubError::BadRequest(e.to_string()))?;
         selectors.push(selector);
