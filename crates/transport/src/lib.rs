@@ -11,11 +11,14 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
+//!   with a lease per node and reaping of dead nodes' subscriptions).
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
 //!   context stored with it so other nodes' readers continue the publisher's trace.
 
 pub mod memory;
 pub mod redis;
+pub mod subscriptions;
 pub mod trace_context;
 
 use std::sync::Arc;
@@ -27,6 +30,10 @@ use thiserror::Error;
 
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
+pub use subscriptions::{
+    MemoryRegistry, OrphanHandler, RedisSubscriptionRegistry, RegistryOptions, RegistryStats,
+    SubscriptionRecord, SubscriptionRegistry,
+};
 
 /// Why a transport could not do what was asked.
 #[derive(Debug, Error)]

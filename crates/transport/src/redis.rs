@@ -76,7 +76,7 @@ mod connection;
 mod entry;
 mod history;
 mod keys;
-mod pool;
+pub(crate) mod pool;
 mod reader;
 mod singleflight;
 mod status;
@@ -125,11 +125,11 @@ impl std::fmt::Debug for RedisTransport {
 }
 
 /// State shared by the transport handle, its readers and its history scans.
-struct Shared {
-    settings: Settings,
+pub(crate) struct Shared {
+    pub(crate) settings: Settings,
     /// Index = partition.
     keys: Vec<StreamKeys>,
-    pool: ConnectionPool,
+    pub(crate) pool: ConnectionPool,
     /// Opens readers' own connections, whose response timeout covers a blocking read.
     reader_connector: Connector,
     /// Index = partition. A blocking lock: only the reader writes, history reads copy a slice; no
@@ -187,6 +187,20 @@ impl RedisTransport {
     /// The stream keys, index = partition.
     pub fn stream_keys(&self) -> Vec<String> {
         self.shared.keys.iter().map(|k| k.stream.clone()).collect()
+    }
+
+    /// The cluster-wide registry of active subscriptions, kept in this transport's Redis under its key
+    /// prefix and sharing its connections (see [`crate::subscriptions::redis`]). Call
+    /// [`SubscriptionRegistry::start`](crate::SubscriptionRegistry::start) to begin renewing this
+    /// node's lease and sweeping dead nodes.
+    pub fn subscription_registry(
+        &self,
+        options: crate::subscriptions::RegistryOptions,
+    ) -> Arc<crate::subscriptions::RedisSubscriptionRegistry> {
+        Arc::new(crate::subscriptions::RedisSubscriptionRegistry::new(
+            self.shared.clone(),
+            options,
+        ))
     }
 
     /// The partition updates whose canonical topic is `topic` are stored in.
