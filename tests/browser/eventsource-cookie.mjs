@@ -16,8 +16,9 @@
 //   2. the caller starts the hub with `--cors-origins http://127.0.0.1:P` and writes ONE line of JSON to
 //      the script's stdin:
 //      {"hubUrl": "http://127.0.0.1:H", "token": "...", "topic": "...",
-//       "cookieName": "mercureAuthorization", "messages": 1, "eventTypes": ["message"]}
-//      (only hubUrl, token and topic are required);
+//       "cookieName": "mercureAuthorization", "matcher": "topic", "messages": 1, "eventTypes": ["message"]}
+//      (only hubUrl, token and topic are required; `matcher` is the query parameter carrying the topic,
+//      `topic` by default, `match` for the current protocol; a `__Secure-` cookie is set as Secure);
 //   3. the script prints `READY` once the EventSource is open — publish then;
 //   4. for each message it prints `RECEIVED <data>` (CR, LF and backslash escaped as \r, \n, \\ so it
 //      stays one line) and `MESSAGE {"data":..,"lastEventId":..,"type":..}` (exact, for programs), and
@@ -202,9 +203,16 @@ async function run(ctx, pageOrigin, config) {
   const cookieName = config.cookieName || 'mercureAuthorization';
   const expected = config.messages || 1;
   const eventTypes = config.eventTypes || ['message'];
-  const url = `${hubUrl}/.well-known/mercure?topic=${encodeURIComponent(config.topic)}`;
+  // `topic` (pre-standardization) unless the caller names another matcher parameter (`match`, …).
+  const param = config.matcher || 'topic';
+  const url = `${hubUrl}/.well-known/mercure?${encodeURIComponent(param)}=${encodeURIComponent(config.topic)}`;
 
-  await ctx.addCookies([{ name: cookieName, value: config.token, url: hubUrl, sameSite: 'Lax' }]);
+  // A `__Secure-` cookie must be set as Secure; Chromium counts 127.0.0.1 as a secure origin for it.
+  const secure = cookieName.startsWith('__Secure-');
+  const cookie = secure
+    ? { name: cookieName, value: config.token, domain: new URL(hubUrl).hostname, path: '/', sameSite: 'Lax', secure }
+    : { name: cookieName, value: config.token, url: hubUrl, sameSite: 'Lax' };
+  await ctx.addCookies([cookie]);
   const page = ctx.pages()[0] || (await ctx.newPage());
   page.on('console', (msg) => process.stderr.write(`browser console: ${msg.text()}\n`));
   page.on('pageerror', (err) => process.stderr.write(`browser page error: ${err.message}\n`));

@@ -105,10 +105,15 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
     for issuer in &issuers {
         let trusted = |keys: Option<quicksilver_auth::IssuerKeys>| -> anyhow::Result<_> {
             keys.map(|k| {
-                TrustedIssuer::new(&issuer.id, k)
-                    .map_err(|e| anyhow::anyhow!("invalid --issuer {}: {e}", issuer.id))
+                let trusted = TrustedIssuer::new(&issuer.id, k)?;
+                if issuer.algorithms.is_empty() {
+                    Ok(trusted)
+                } else {
+                    trusted.with_algorithms(&issuer.algorithms)
+                }
             })
             .transpose()
+            .map_err(|e| anyhow::anyhow!("invalid --issuer {}: {e}", issuer.id))
         };
         match &issuer.jwks_uri {
             Some(uri) => {
@@ -339,6 +344,14 @@ impl Authenticator {
             _ => challenge.status(),
         };
         let metadata = identity.metadata_url();
+        // Why a token was refused (signature, expiry, audience…) is not disclosed to the client,
+        // as the specification asks; the debug log above has it.
+        let reason = match challenge.code() {
+            Some(quicksilver_auth::BearerErrorCode::InvalidToken) => {
+                challenge.description().unwrap_or(reason)
+            }
+            _ => reason,
+        };
         HubError::Auth {
             status,
             reason: reason.to_string(),

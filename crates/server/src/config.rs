@@ -151,7 +151,8 @@ pub struct Config {
     /// tokens carry. Alone, it is verified with the publisher and subscriber keys above; `ID
     /// jwks_uri=URL` binds it to a JWK Set instead (`https://`, `http://` or `file://`, refreshed
     /// every `--jwks-refresh`), and a trailing `authorization_server` advertises it in the protected
-    /// resource metadata. Repeat the flag, or separate issuers with commas.
+    /// resource metadata; `alg=NAME` (repeatable) sets the accepted algorithms. Repeat the flag, or
+    /// separate issuers with commas.
     #[arg(
         long = "issuer",
         env = "MERCURE_TRUSTED_ISSUERS",
@@ -341,6 +342,10 @@ pub struct IssuerSpec {
     pub jwks_uri: Option<String>,
     /// Advertise the issuer as an authorization server in the protected resource metadata.
     pub authorization_server: bool,
+    /// `alg=NAME` (repeatable): the algorithms accepted from this issuer; default: the
+    /// configured key's algorithm, or for a JWK Set the asymmetric ones (HMAC keys in a JWK Set
+    /// need `alg=HS256` or similar).
+    pub algorithms: Vec<String>,
 }
 
 impl IssuerSpec {
@@ -354,16 +359,18 @@ impl IssuerSpec {
             id: id.to_string(),
             jwks_uri: None,
             authorization_server: false,
+            algorithms: Vec::new(),
         };
         for part in parts {
             match part.split_once('=') {
                 Some(("jwks_uri", uri)) if !uri.is_empty() && spec.jwks_uri.is_none() => {
                     spec.jwks_uri = Some(uri.to_string())
                 }
+                Some(("alg", alg)) if !alg.is_empty() => spec.algorithms.push(alg.to_string()),
                 None if part == "authorization_server" => spec.authorization_server = true,
                 _ => {
                     return Err(format!(
-                        "issuer {id}: unexpected {part:?} (expected `jwks_uri=URL` or `authorization_server`)"
+                        "issuer {id}: unexpected {part:?} (expected `jwks_uri=URL`, `alg=NAME` or `authorization_server`)"
                     ))
                 }
             }
@@ -509,7 +516,7 @@ mod tests {
             "--issuer",
             "https://a.example",
             "--issuer",
-            "https://b.example jwks_uri=file:///etc/jwks.json authorization_server,https://c.example",
+            "https://b.example jwks_uri=file:///etc/jwks.json authorization_server alg=HS256,https://c.example",
             "--resource-identifier",
             "https://hub.example/.well-known/mercure",
             "--legacy",
@@ -522,6 +529,7 @@ mod tests {
         assert_eq!(b.id, "https://b.example");
         assert_eq!(b.jwks_uri.as_deref(), Some("file:///etc/jwks.json"));
         assert!(b.authorization_server);
+        assert_eq!(b.algorithms, vec!["HS256"]);
         let a = IssuerSpec::parse(&c.issuers[0]).unwrap();
         assert_eq!((a.jwks_uri, a.authorization_server), (None, false));
         assert!(IssuerSpec::parse("").is_err());

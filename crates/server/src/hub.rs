@@ -14,10 +14,14 @@ use crate::auth::Authenticator;
 use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
-use quicksilver_transport::{MemoryTransport, RedisConfig, RedisTransport, Transport, UpdateSink};
+use quicksilver_transport::{
+    MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport, RegistryOptions,
+    SubscriptionRegistry, Transport, UpdateSink,
+};
 
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
+use crate::subscriptions::Subscriptions;
 
 /// Settings the handlers read on every request, resolved once from the [`Config`].
 #[derive(Debug, Clone)]
@@ -58,6 +62,25 @@ struct HubInner {
     settings: HubSettings,
     metrics: Metrics,
     shutting_down: AtomicBool,
+    subscriptions: Option<Arc<Subscriptions>>,
+    last_event: Arc<LastEvent>,
+}
+
+/// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
+/// of the subscription API.
+#[derive(Default)]
+struct LastEvent(std::sync::Mutex<Option<Arc<str>>>);
+
+impl LastEvent {
+    fn set(&self, id: &str) {
+        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *last = Some(Arc::from(id));
+    }
+
+    fn get(&self) -> Option<String> {
+        let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        last.as_deref().map(str::to_string)
+    }
 }
 
 impl std::fmt::Debug for Hub {
@@ -69,13 +92,17 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-/// Hands what the transport reader reads to the local fan-out.
-struct FanoutSink(Fanout);
+/// Hands what the transport reader reads to the local fan-out, noting the last event id.
+struct FanoutSink {
+    fanout: Fanout,
+    last_event: Arc<LastEvent>,
+}
 
 #[async_trait]
 impl UpdateSink for FanoutSink {
     async fn deliver(&self, envelope: Arc<Envelope>) {
-        self.0.dispatch(envelope).await;
+        self.last_event.set(&envelope.update.id);
+        self.fanout.dispatch(envelope).await;
     }
 }
 
@@ -96,27 +123,44 @@ impl Hub {
             },
             selectors.clone(),
         );
-        let transport: Arc<dyn Transport> = match config.transport {
-            TransportKind::Memory => Arc::new(MemoryTransport::new(config.history_size)),
-            TransportKind::Redis => Arc::new(
-                RedisTransport::new(RedisConfig {
-                    urls: config.redis_url.clone(),
-                    cluster: config.redis_cluster,
-                    stream_key_prefix: config.redis_key_prefix.clone(),
-                    partitions: config.redis_partitions,
-                    history_size: config.history_size,
-                    history_max_age: (!config.history_max_age.is_zero())
-                        .then_some(config.history_max_age),
-                    tail_cache_size: config.history_cache_size,
-                    pool_size: config.redis_pool_size,
-                    command_timeout: config.redis_timeout,
-                    resume_margin: config.redis_resume_margin,
-                    ..RedisConfig::default()
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?,
-            ),
+        let registry_options = RegistryOptions {
+            lease_ttl: config.subscription_lease,
+            ..RegistryOptions::default()
         };
-        transport.start_reader(Arc::new(FanoutSink(fanout.clone())));
+        let (transport, registry): (Arc<dyn Transport>, Arc<dyn SubscriptionRegistry>) =
+            match config.transport {
+                TransportKind::Memory => (
+                    Arc::new(MemoryTransport::new(config.history_size)),
+                    Arc::new(MemoryRegistry::new()),
+                ),
+                TransportKind::Redis => {
+                    let redis = RedisTransport::new(RedisConfig {
+                        urls: config.redis_url.clone(),
+                        cluster: config.redis_cluster,
+                        stream_key_prefix: config.redis_key_prefix.clone(),
+                        partitions: config.redis_partitions,
+                        history_size: config.history_size,
+                        history_max_age: (!config.history_max_age.is_zero())
+                            .then_some(config.history_max_age),
+                        tail_cache_size: config.history_cache_size,
+                        pool_size: config.redis_pool_size,
+                        command_timeout: config.redis_timeout,
+                        resume_margin: config.redis_resume_margin,
+                        ..RedisConfig::default()
+                    })
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let registry = redis.subscription_registry(registry_options);
+                    (Arc::new(redis), registry)
+                }
+            };
+        let last_event = Arc::new(LastEvent::default());
+        transport.start_reader(Arc::new(FanoutSink {
+            fanout: fanout.clone(),
+            last_event: last_event.clone(),
+        }));
+        let subscriptions = config
+            .subscriptions
+            .then(|| Arc::new(Subscriptions::start(registry, transport.clone())));
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = HubSettings {
             anonymous: config.anonymous,
@@ -149,6 +193,8 @@ impl Hub {
                 auth,
                 settings,
                 shutting_down: AtomicBool::new(false),
+                subscriptions,
+                last_event,
             }),
         })
     }
@@ -183,6 +229,16 @@ impl Hub {
         &self.inner.settings
     }
 
+    /// The active-subscriptions machinery, when `--subscriptions` is on.
+    pub fn subscriptions(&self) -> Option<&Arc<Subscriptions>> {
+        self.inner.subscriptions.as_ref()
+    }
+
+    /// The id of the last update this node dispatched, if any since it started.
+    pub fn last_event_id(&self) -> Option<String> {
+        self.inner.last_event.get()
+    }
+
     /// Whether the hub is shutting down (no new subscribers).
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Relaxed)
@@ -214,6 +270,13 @@ impl Hub {
         }
         // Whatever connected in between (none should) is closed now.
         fanout.close_all();
+    }
+
+    /// After the drain: publishes the last subscription events and leaves the registry.
+    pub async fn close(&self) {
+        if let Some(subscriptions) = &self.inner.subscriptions {
+            subscriptions.close().await;
+        }
     }
 }
 

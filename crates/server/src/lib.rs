@@ -13,6 +13,7 @@
 //! - [`debug_page`]: the page at `/` for trying the hub from a browser.
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
 //! - [`stream`]: a subscriber's SSE response body (replay, live, heartbeats, end).
+//! - [`subscriptions`]: subscription events and the subscription API, cluster-wide.
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
@@ -33,6 +34,7 @@ pub mod metrics;
 pub mod publish;
 pub mod stream;
 pub mod subscribe;
+pub mod subscriptions;
 pub mod telemetry;
 
 use std::future::Future;
@@ -60,7 +62,15 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
         .layer(DefaultBodyLimit::max(hub.settings().max_body_size));
     let mut router = Router::new()
         .route(HUB_PATH, mercure)
-        .route(discovery::METADATA_PATH, get(discovery::metadata));
+        .route(discovery::METADATA_PATH, get(discovery::metadata))
+        .route(
+            "/.well-known/mercure/subscriptions",
+            get(subscriptions::api::subscriptions),
+        )
+        .route(
+            "/.well-known/mercure/subscriptions/{*rest}",
+            get(subscriptions::api::subscriptions),
+        );
     if config.debug_page {
         router = router.route("/", get(debug_page::page));
     }
@@ -150,11 +160,13 @@ impl Server {
     ) -> anyhow::Result<()> {
         let Server { hub, app, listener } = self;
         let open_connections = hub.metrics().connections.clone();
+        let closing = hub.clone();
         let stop = async move {
             shutdown.await;
             hub.drain().await;
         };
         connection::serve(listener, app, stop, SHUTDOWN_GRACE, open_connections).await;
+        closing.close().await;
         tracing::info!("hub stopped");
         Ok(())
     }

@@ -20,6 +20,7 @@ use crate::connection::ConnectionCloser;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::stream::{EndReason, SubscriberStream};
+use crate::subscriptions::{Shape, SubscriptionInfo};
 
 /// Handles a subscription request.
 pub async fn subscribe(
@@ -121,6 +122,16 @@ pub async fn subscribe(
         anchor_header = Some(history.anchor.unwrap_or_else(|| EARLIEST.to_string()));
     }
 
+    // Subscription events: recorded and announced before the stream starts, so a subscription's
+    // `active: false` event can only follow its `active: true` one.
+    let held = match hub.subscriptions() {
+        Some(subscriptions) => {
+            let infos = subscription_infos(&hub, &query.matchers, grants);
+            Some(subscriptions.connected(infos).await)
+        }
+        None => None,
+    };
+
     let replayed = replay.len();
     hub.metrics().replayed.inc_by(replayed as u64);
     let topics: Vec<String> = query.matchers.iter().map(|m| m.pattern.clone()).collect();
@@ -141,6 +152,8 @@ pub async fn subscribe(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
+            // Ends the subscriptions (events, registry).
+            drop(held);
         },
     )
     .with_closing_retry(settings.drain_retry)
@@ -167,6 +180,34 @@ pub async fn subscribe(
         h.insert("mercure-last-event-id", value);
     }
     Ok(response)
+}
+
+/// One subscription per matcher of the request, all with the same new subscriber id, each with
+/// the payload the token gives it.
+fn subscription_infos(
+    hub: &Hub,
+    matchers: &[quicksilver_protocol::subscribe::Matcher],
+    grants: Option<&quicksilver_auth::Grants>,
+) -> Vec<SubscriptionInfo> {
+    use quicksilver_protocol::subscribe::MatchType;
+    let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    matchers
+        .iter()
+        .map(|m| {
+            let (shape, match_type) = match m.kind {
+                MatchType::TopicSelector => (Shape::Legacy, "exact"),
+                MatchType::Exact => (Shape::Current, "exact"),
+                MatchType::UrlPattern => (Shape::Current, "urlpattern"),
+            };
+            SubscriptionInfo {
+                shape,
+                match_type,
+                pattern: m.pattern.clone(),
+                subscriber: subscriber.clone(),
+                payload: grants.and_then(|g| g.payload_for(hub.selectors(), &m.pattern).cloned()),
+            }
+        })
+        .collect()
 }
 
 /// The last position of each partition covered by a history read (the later of the transport's

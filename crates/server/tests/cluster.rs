@@ -690,3 +690,112 @@ async fn a_redis_cluster_master_outage_is_survived() {
         }
     }
 }
+
+/// Active subscriptions are one registry for the whole cluster: a node's subscriptions are
+/// announced to and listed by every node, and when the node is killed without a goodbye another
+/// node ends them (their `active: false` events) once its lease expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_registry_is_cluster_wide_and_outlives_a_killed_node() {
+    let redis = RedisServer::start();
+    let extra = ["--subscriptions", "--subscription-lease", "1s"];
+    let mut victim = node(&redis.url(), &extra);
+    let survivor = node(&redis.url(), &extra);
+    let c = client();
+    let template = "/.well-known/mercure/subscriptions/{topic}/{subscriber}";
+    let watcher_token = mercure_token(
+        KEY,
+        &[],
+        &["/.well-known/mercure/subscriptions", template],
+        None,
+    );
+    let bearer = format!("Bearer {watcher_token}");
+    let sse = SseClient::new();
+    let mut watcher = sse
+        .open(
+            &format!(
+                "{}/.well-known/mercure?topic={}",
+                survivor.url(),
+                "%2F.well-known%2Fmercure%2Fsubscriptions%2F%7Btopic%7D%2F%7Bsubscriber%7D"
+            ),
+            &[("Authorization", bearer.as_str())],
+        )
+        .await
+        .unwrap();
+    let own: serde_json::Value = serde_json::from_str(
+        &watcher
+            .next_event(Duration::from_secs(10))
+            .await
+            .unwrap()
+            .data,
+    )
+    .unwrap();
+    assert_eq!(own["active"], true);
+
+    // Three subscribers on the node about to die.
+    let mut held = Vec::new();
+    for topic in ["a", "b", "c"] {
+        let s = sse
+            .open(
+                &format!("{}/.well-known/mercure?topic={topic}", victim.url()),
+                &[],
+            )
+            .await
+            .unwrap();
+        assert_eq!(s.status(), 200);
+        held.push(s);
+    }
+    let mut active = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        let e = watcher.next_event(Duration::from_secs(10)).await.unwrap();
+        let doc: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(doc["active"], true);
+        active.insert(doc["id"].as_str().unwrap().to_string());
+    }
+    let list = |node: String| {
+        let (c, bearer) = (c.clone(), bearer.clone());
+        async move {
+            let doc: serde_json::Value = c
+                .get(format!("{node}/.well-known/mercure/subscriptions"))
+                .header("Authorization", bearer)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            doc["subscriptions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["id"].as_str().unwrap().to_string())
+                .collect::<std::collections::BTreeSet<_>>()
+        }
+    };
+    // Both nodes answer for the whole cluster.
+    for n in [victim.url().to_string(), survivor.url().to_string()] {
+        let ids = list(n).await;
+        assert_eq!(ids.len(), 4, "{ids:?}");
+        assert!(active.is_subset(&ids));
+    }
+
+    victim.kill();
+    let mut ended = std::collections::BTreeSet::new();
+    while ended.len() < 3 {
+        let e = watcher
+            .next_event(Duration::from_secs(15))
+            .await
+            .expect("the killed node's subscriptions are ended by the survivor");
+        let doc: serde_json::Value = serde_json::from_str(&e.data).unwrap();
+        assert_eq!(doc["active"], false, "{doc}");
+        ended.insert(doc["id"].as_str().unwrap().to_string());
+    }
+    assert_eq!(ended, active);
+    let ids = list(survivor.url().to_string()).await;
+    assert_eq!(
+        ids.len(),
+        1,
+        "only the watcher's own subscription is left: {ids:?}"
+    );
+    watcher.assert_no_event(Duration::from_millis(1500)).await;
+    drop(held);
+}

@@ -126,6 +126,8 @@ pub struct EventSourceConfig {
     /// The cookie's name (the hub's `--cookie-name`).
     #[serde(rename = "cookieName")]
     pub cookie_name: String,
+    /// The query parameter carrying the topic: `topic` (pre-standardization) or `match`.
+    pub matcher: String,
     /// How many messages to wait for before the script exits.
     pub messages: usize,
     /// Event types to listen for (an update published with `type=x` arrives as event type `x`).
@@ -141,6 +143,7 @@ impl EventSourceConfig {
             token: token.to_owned(),
             topic: topic.to_owned(),
             cookie_name: "mercureAuthorization".to_owned(),
+            matcher: "topic".to_owned(),
             messages: 1,
             event_types: vec!["message".to_owned()],
         }

@@ -1,0 +1,182 @@
+//! `GET /.well-known/mercure/subscriptions[/…]`: the subscription API, answering for the whole
+//! cluster from the registry.
+//!
+//! The request needs a token whose subscribe grants match the request's path (taken as a topic,
+//! query excluded); no token is `401`, a token without such a grant `403`. The token's generation
+//! picks the shape (see [`super`]): current tokens get `application/json` documents with the
+//! reconciliation cursor on the `Link` header (`last-event-id`, `type="mercure"`,
+//! `content-type="application/json"`); legacy tokens get `application/ld+json` documents with
+//! `lastEventID` at their root. Both carry the cursor as `ETag` too, and a matching
+//! `If-None-Match` is answered `304`: any change of the subscriptions is a subscription event,
+//! which moves the cursor. An unknown subscription is `404`.
+
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use quicksilver_auth::{can_subscribe_to, Generation, UrlTokens};
+use serde_json::{json, Value};
+
+use super::document::{
+    in_collection, parse_api_path, subscriptions_path, ApiTarget, Shape, LEGACY_CONTEXT,
+};
+use crate::discovery::hub_link;
+use crate::error::HubError;
+use crate::hub::Hub;
+
+/// Handles a subscription API request.
+pub async fn subscriptions(
+    State(hub): State<Hub>,
+    method: Method,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Response, HubError> {
+    let Some(subscriptions) = hub.subscriptions() else {
+        return Err(HubError::NotFound(
+            "the subscription API is not enabled on this hub".into(),
+        ));
+    };
+    let identity = hub.auth().identity(&headers);
+    let url = UrlTokens::from_query(uri.query());
+    let Some(subscriber) = hub.auth().subscriber(&method, &headers, &url, &identity)? else {
+        return Err(hub
+            .auth()
+            .token_required(&identity, "a token is required for the subscription API"));
+    };
+    let path = uri.path();
+    if !can_subscribe_to(hub.selectors(), &subscriber.grants, &[path.to_string()]) {
+        return Err(hub.auth().forbidden(
+            Some(subscriber.generation),
+            &identity,
+            "the token does not allow reading these subscriptions",
+        ));
+    }
+    let shape = match subscriber.generation {
+        Generation::Current => Shape::Current,
+        Generation::Legacy => Shape::Legacy,
+    };
+    let rest = path.strip_prefix(&subscriptions_path()).unwrap_or("/-");
+    let target = parse_api_path(rest, shape)
+        .ok_or_else(|| HubError::NotFound("no such subscription or collection".into()))?;
+
+    // The cursor is read before the registry, so a change made in between shows as a newer event
+    // the client will also receive by subscribing from this cursor.
+    let cursor = hub
+        .last_event_id()
+        .unwrap_or_else(|| quicksilver_protocol::EARLIEST.to_string());
+    let etag = format!("\"{}\"", cursor.replace(['"', '\\'], ""));
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
+        return Ok(with_headers(
+            StatusCode::NOT_MODIFIED.into_response(),
+            shape,
+            &identity.hub_url,
+            &cursor,
+            &etag,
+        ));
+    }
+
+    let records = subscriptions
+        .registry()
+        .list()
+        .await
+        .map_err(|e| HubError::Unavailable(e.to_string()))?;
+    let mut documents: Vec<(String, Value)> = records
+        .into_iter()
+        .filter_map(|r| {
+            let doc: Value = serde_json::from_str(&r.document).ok()?;
+            (Shape::of_document(&doc) == shape).then_some((r.id, doc))
+        })
+        .collect();
+    documents.sort_by(|a, b| a.0.cmp(&b.0));
+
+    let body = match &target {
+        ApiTarget::One(id) => {
+            let Some((_, mut doc)) = documents.into_iter().find(|(d, _)| d == id) else {
+                return Err(HubError::NotFound("no such subscription".into()));
+            };
+            if shape == Shape::Legacy {
+                doc["lastEventID"] = Value::String(cursor.clone());
+            }
+            doc
+        }
+        ApiTarget::All | ApiTarget::Collection(_) => {
+            let list: Vec<Value> = documents
+                .into_iter()
+                .filter(|(id, _)| match &target {
+                    ApiTarget::Collection(c) => in_collection(id, c),
+                    _ => true,
+                })
+                .map(|(_, mut doc)| {
+                    // The collection's root carries the context once.
+                    if let Some(o) = doc.as_object_mut() {
+                        o.remove("@context");
+                    }
+                    doc
+                })
+                .collect();
+            let id = match &target {
+                ApiTarget::Collection(c) => c.clone(),
+                _ => subscriptions_path(),
+            };
+            match shape {
+                Shape::Current => json!({
+                    "id": id,
+                    "type": "subscriptions",
+                    "subscriptions": list,
+                }),
+                Shape::Legacy => json!({
+                    "@context": LEGACY_CONTEXT,
+                    "id": id,
+                    "type": "Subscriptions",
+                    "lastEventID": cursor,
+                    "subscriptions": list,
+                }),
+            }
+        }
+    };
+    let response = (StatusCode::OK, body.to_string()).into_response();
+    Ok(with_headers(
+        response,
+        shape,
+        &identity.hub_url,
+        &cursor,
+        &etag,
+    ))
+}
+
+fn with_headers(
+    mut response: Response,
+    shape: Shape,
+    hub_url: &str,
+    cursor: &str,
+    etag: &str,
+) -> Response {
+    let headers = response.headers_mut();
+    let (content_type, link) = match shape {
+        Shape::Current => (
+            "application/json",
+            hub_link(
+                hub_url,
+                &[
+                    ("last-event-id", cursor),
+                    ("type", super::EVENT_TYPE),
+                    ("content-type", "application/json"),
+                ],
+            ),
+        ),
+        Shape::Legacy => ("application/ld+json", hub_link(hub_url, &[])),
+    };
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    headers.insert(header::LINK, link);
+    if let Ok(v) = HeaderValue::from_str(etag) {
+        headers.insert(header::ETAG, v);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("must-revalidate"),
+    );
+    response
+}
