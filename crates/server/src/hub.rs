@@ -183,7 +183,11 @@ impl Hub {
             drain_retry: config.drain_retry,
             subscriptions: config.subscriptions,
         };
-        let metrics = Metrics::new(fanout.clone(), transport.clone());
+        let metrics = Metrics::new(
+            fanout.clone(),
+            transport.clone(),
+            subscriptions.as_ref().map(|s| s.registry_handle()),
+        );
         Ok(Self {
             inner: Arc::new(HubInner {
                 metrics,

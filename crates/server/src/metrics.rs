@@ -21,7 +21,7 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quicksilver_fanout::Fanout;
-use quicksilver_transport::Transport;
+use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::hub::Hub;
 
@@ -66,7 +66,11 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
 
 impl Metrics {
     /// Creates the metrics and registers them, with a collector reading `fanout` and `transport`.
-    pub fn new(fanout: Fanout, transport: Arc<dyn Transport>) -> Self {
+    pub fn new(
+        fanout: Fanout,
+        transport: Arc<dyn Transport>,
+        subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
+    ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         let published = Counter::default();
         let replayed = Counter::default();
@@ -104,7 +108,11 @@ impl Metrics {
             "HTTP responses by route, method and status",
             responses.clone(),
         );
-        registry.register_collector(Box::new(HubCollector { fanout, transport }));
+        registry.register_collector(Box::new(HubCollector {
+            fanout,
+            transport,
+            subscriptions,
+        }));
         Self {
             registry,
             published,
@@ -128,6 +136,7 @@ impl Metrics {
 struct HubCollector {
     fanout: Fanout,
     transport: Arc<dyn Transport>,
+    subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
 }
 
 impl std::fmt::Debug for HubCollector {
@@ -236,6 +245,27 @@ impl Collector for HubCollector {
             "Streams found recreated (history lost)",
             t.epoch_changes,
         )?;
+        if let Some(registry) = &self.subscriptions {
+            let r = registry.stats();
+            gauge(
+                &mut encoder,
+                "active_subscriptions",
+                "Subscriptions this node holds in the cluster registry (--subscriptions)",
+                r.local_records as i64,
+            )?;
+            counter(
+                &mut encoder,
+                "subscriptions_reaped",
+                "Subscriptions of dead nodes this node ended",
+                r.orphans_reaped,
+            )?;
+            counter(
+                &mut encoder,
+                "subscription_registry_errors",
+                "Failed subscription registry operations",
+                r.errors,
+            )?;
+        }
         Ok(())
     }
 }

@@ -89,6 +89,11 @@ impl Subscriptions {
         }
     }
 
+    /// A handle to the registry (for metrics).
+    pub fn registry_handle(&self) -> Arc<dyn SubscriptionRegistry> {
+        self.registry.clone()
+    }
+
     /// The registry (for the API).
     pub fn registry(&self) -> &dyn SubscriptionRegistry {
         &*self.registry

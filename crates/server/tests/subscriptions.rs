@@ -339,6 +339,19 @@ async fn current_subscription_events_and_api() {
     let r = get(&c, &format!("{api}/regex/x"), &watcher_token, &[]).await;
     assert_eq!(r.status(), 404);
 
+    let metrics = c
+        .get(format!("{}/metrics", hub.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("quicksilver_active_subscriptions 2"),
+        "{metrics}"
+    );
+
     // The subscriber's own token does not cover the subscriptions namespace.
     let r = get(&c, &api, &subscriber_token, &[]).await;
     assert_eq!(r.status(), 403);
