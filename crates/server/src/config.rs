@@ -37,6 +37,12 @@ pub struct Config {
     )]
     pub redis_url: Vec<String>,
 
+    /// PEM file of the certificate authorities that sign the Redis server's TLS certificate, for
+    /// `rediss://` URLs (default: the system's trusted roots). To skip verification instead (never
+    /// in production), end the URL with `#insecure`.
+    #[arg(long, env = "QUICKSILVER_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+
     /// Speak the Redis Cluster protocol (implied by several `--redis-url`s).
     #[arg(long, env = "QUICKSILVER_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
@@ -498,6 +504,7 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(40));
         assert_eq!(c.write_timeout, Duration::from_secs(600));
         assert_eq!(c.history_size, 1000);
+        assert_eq!(c.redis_tls_ca, None);
         assert_eq!(c.cookie_name, "mercureAuthorization");
         assert!(!c.anonymous);
     }

@@ -111,6 +111,7 @@ impl Hub {
                     pool_size: config.redis_pool_size,
                     command_timeout: config.redis_timeout,
                     resume_margin: config.redis_resume_margin,
+                    tls_ca_file: config.redis_tls_ca.clone(),
                     ..RedisConfig::default()
                 })
                 .map_err(|e| anyhow::anyhow!("{e}"))?,
