@@ -239,6 +239,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
 
+    /// Time a client has to send a complete request head after connecting (or, on a kept-alive
+    /// connection, after the previous response); slower connections are closed, so clients
+    /// trickling their headers (slowloris) cannot hold sockets. `0` disables.
+    #[arg(long, env = "QUICKSILVER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
     /// Also serve `/metrics` on this separate address (e.g. `0.0.0.0:9090`), besides the main one.
     #[arg(long, env = "QUICKSILVER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -504,6 +510,7 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(40));
         assert_eq!(c.write_timeout, Duration::from_secs(600));
         assert_eq!(c.history_size, 1000);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
         assert_eq!(c.redis_tls_ca, None);
         assert_eq!(c.cookie_name, "mercureAuthorization");
         assert!(!c.anonymous);

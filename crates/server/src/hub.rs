@@ -42,6 +42,8 @@ pub struct HubSettings {
     pub drain_retry: Duration,
     /// Whether subscription events and the subscription API are on.
     pub subscriptions: bool,
+    /// Time a connection has to send a complete request head (`None`: unlimited).
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// Handle to the hub's shared state.
@@ -139,6 +141,7 @@ impl Hub {
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
             subscriptions: config.subscriptions,
+            header_read_timeout: non_zero(config.header_read_timeout),
         };
         let metrics = Metrics::new(fanout.clone(), transport.clone());
         Ok(Self {

@@ -150,11 +150,20 @@ impl Server {
     ) -> anyhow::Result<()> {
         let Server { hub, app, listener } = self;
         let open_connections = hub.metrics().connections.clone();
+        let header_read_timeout = hub.settings().header_read_timeout;
         let stop = async move {
             shutdown.await;
             hub.drain().await;
         };
-        connection::serve(listener, app, stop, SHUTDOWN_GRACE, open_connections).await;
+        connection::serve(
+            listener,
+            app,
+            stop,
+            SHUTDOWN_GRACE,
+            open_connections,
+            header_read_timeout,
+        )
+        .await;
         tracing::info!("hub stopped");
         Ok(())
     }
