@@ -37,6 +37,12 @@ pub struct Config {
     )]
     pub redis_url: Vec<String>,
 
+    /// PEM file of the certificate authorities that sign the Redis server's TLS certificate, for
+    /// `rediss://` URLs (default: the system's trusted roots). To skip verification instead (never
+    /// in production), end the URL with `#insecure`.
+    #[arg(long, env = "QUICKSILVER_REDIS_TLS_CA")]
+    pub redis_tls_ca: Option<std::path::PathBuf>,
+
     /// Speak the Redis Cluster protocol (implied by several `--redis-url`s).
     #[arg(long, env = "QUICKSILVER_REDIS_CLUSTER", default_value_t = false)]
     pub redis_cluster: bool,
@@ -233,6 +239,12 @@ pub struct Config {
     /// sends them elsewhere (`0`: 95% of the process's open-file limit).
     #[arg(long, env = "QUICKSILVER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Time a client has to send a complete request head after connecting (or, on a kept-alive
+    /// connection, after the previous response); slower connections are closed, so clients
+    /// trickling their headers (slowloris) cannot hold sockets. `0` disables.
+    #[arg(long, env = "QUICKSILVER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
 
     /// Also serve `/metrics` on this separate address (e.g. `0.0.0.0:9090`), besides the main one.
     #[arg(long, env = "QUICKSILVER_METRICS_ADDR")]
@@ -505,6 +517,8 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_secs(40));
         assert_eq!(c.write_timeout, Duration::from_secs(600));
         assert_eq!(c.history_size, 1000);
+        assert_eq!(c.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(c.redis_tls_ca, None);
         assert_eq!(c.cookie_name, "mercureAuthorization");
         assert!(!c.anonymous);
     }

@@ -36,6 +36,9 @@ pub enum HubError {
     /// No such resource (404).
     #[error("{0}")]
     NotFound(String),
+    /// The request (its body) did not arrive in time (408).
+    #[error("{0}")]
+    Timeout(String),
     /// Wrong content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -53,6 +56,7 @@ impl IntoResponse for HubError {
             HubError::NotFound(_) => StatusCode::NOT_FOUND,
             HubError::Forbidden(_) => StatusCode::FORBIDDEN,
             HubError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            HubError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             HubError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };

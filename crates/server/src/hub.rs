@@ -46,6 +46,8 @@ pub struct HubSettings {
     pub drain_retry: Duration,
     /// Whether subscription events and the subscription API are on.
     pub subscriptions: bool,
+    /// Time a connection has to send a complete request head (`None`: unlimited).
+    pub header_read_timeout: Option<Duration>,
 }
 
 /// Handle to the hub's shared state.
@@ -146,6 +148,7 @@ impl Hub {
                         pool_size: config.redis_pool_size,
                         command_timeout: config.redis_timeout,
                         resume_margin: config.redis_resume_margin,
+                        tls_ca_file: config.redis_tls_ca.clone(),
                         ..RedisConfig::default()
                     })
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -182,6 +185,7 @@ impl Hub {
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
             subscriptions: config.subscriptions,
+            header_read_timeout: non_zero(config.header_read_timeout),
         };
         let metrics = Metrics::new(
             fanout.clone(),

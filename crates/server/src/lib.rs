@@ -161,11 +161,20 @@ impl Server {
         let Server { hub, app, listener } = self;
         let open_connections = hub.metrics().connections.clone();
         let closing = hub.clone();
+        let header_read_timeout = hub.settings().header_read_timeout;
         let stop = async move {
             shutdown.await;
             hub.drain().await;
         };
-        connection::serve(listener, app, stop, SHUTDOWN_GRACE, open_connections).await;
+        connection::serve(
+            listener,
+            app,
+            stop,
+            SHUTDOWN_GRACE,
+            open_connections,
+            header_read_timeout,
+        )
+        .await;
         closing.close().await;
         tracing::info!("hub stopped");
         Ok(())

@@ -5,9 +5,17 @@
 //! update is acknowledged with its id only once the transport has stored it; a transport that
 //! cannot store answers 503, never 200.
 //!
+//! The body is read by the handler, after the token and the content type were checked, rather than
+//! by an extractor before them: an unauthenticated client cannot make the hub buffer a body. A
+//! declared `Content-Length` over the limit is refused before anything is read, and the whole body
+//! must arrive within [`BODY_READ_TIMEOUT`]; otherwise a client declaring a large body and sending
+//! it a byte at a time (or never) would hold its connection and task for as long as it liked.
+//!
 //! The whole request runs in the `mercure.publish` trace span (see [`crate::telemetry`]).
 
-use axum::body::Bytes;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -17,13 +25,17 @@ use tracing::Instrument;
 use crate::error::HubError;
 use crate::hub::Hub;
 
+/// Time a publish request's body has to arrive, once its head was read: ample for the 1 MiB default
+/// body limit over a slow link, short enough that slow-body clients cannot pile up.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Handles a publish request.
 pub async fn publish(
     State(hub): State<Hub>,
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, HubError> {
     let span = crate::telemetry::publish_span(&headers);
     let outcome = authorize_and_store(hub, method, headers, query, body)
@@ -38,7 +50,7 @@ async fn authorize_and_store(
     method: Method,
     headers: HeaderMap,
     query: Option<String>,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, HubError> {
     let url_tokens = quicksilver_auth::UrlTokens::from_query(query.as_deref());
     let identity = hub.auth().identity(&headers);
@@ -58,6 +70,7 @@ async fn authorize_and_store(
     }
 
     let settings = hub.settings();
+    let body = read_body(&headers, body, settings.max_body_size).await?;
     let update = parse_publish_form(&body, &settings.publish_limits, || {
         format!("urn:uuid:{}", uuid::Uuid::new_v4())
     })
@@ -98,4 +111,36 @@ async fn authorize_and_store(
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     Ok(response)
+}
+
+/// Reads the whole body: 413 over `limit` (declared or actual), 400 if it breaks off or is
+/// malformed (a bad chunk), 408 if it does not arrive within [`BODY_READ_TIMEOUT`].
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, HubError> {
+    let too_large = || HubError::TooLarge(format!("the body exceeds {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) => {
+            // axum reports the limit as an error whose source chain holds `LengthLimitError`.
+            let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
+            while let Some(err) = source {
+                if err.is::<http_body_util::LengthLimitError>() {
+                    return Err(too_large());
+                }
+                source = err.source();
+            }
+            Err(HubError::BadRequest(
+                "the request body could not be read".into(),
+            ))
+        }
+        Err(_) => Err(HubError::Timeout(
+            "the request body did not arrive in time".into(),
+        )),
+    }
 }

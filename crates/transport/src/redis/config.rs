@@ -55,6 +55,9 @@ pub struct RedisConfig {
     /// exceed the clock difference between the masters plus how far one partition's reader may run
     /// ahead of another's on a node (see the module docs of `redis`).
     pub resume_margin: Duration,
+    /// PEM file of the certificate authorities trusted for `rediss://` servers, instead of the
+    /// system's roots (a private CA is the usual case for Redis). Read once, at start.
+    pub tls_ca_file: Option<std::path::PathBuf>,
 }
 
 impl RedisConfig {
@@ -86,6 +89,7 @@ impl Default for RedisConfig {
             block_ms: 2_000,
             command_timeout: Duration::from_secs(2),
             resume_margin: Duration::from_secs(5),
+            tls_ca_file: None,
         }
     }
 }
@@ -99,6 +103,15 @@ pub enum RedisConfigError {
     /// A URL could not be turned into a Redis client.
     #[error("invalid redis url: {0}")]
     Url(#[source] redis::RedisError),
+    /// The TLS CA file could not be read.
+    #[error("cannot read the redis TLS CA file {path}: {source}")]
+    TlsCa {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A validated configuration with derived values resolved.
@@ -117,6 +130,8 @@ pub(crate) struct Settings {
     pub(crate) block: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) resume_margin: Duration,
+    /// PEM bytes of the trusted CAs for `rediss://` (`None`: the system's roots).
+    pub(crate) tls_ca: Option<Vec<u8>>,
 }
 
 impl Settings {
@@ -144,6 +159,16 @@ impl Settings {
             .tail_cache_size
             .unwrap_or(config.history_size.min(DEFAULT_TAIL_CACHE_CAP))
             .min(config.history_size);
+        let tls_ca = config
+            .tls_ca_file
+            .as_ref()
+            .map(|path| {
+                std::fs::read(path).map_err(|source| RedisConfigError::TlsCa {
+                    path: path.display().to_string(),
+                    source,
+                })
+            })
+            .transpose()?;
         Ok(Self {
             urls: config.urls.clone(),
             cluster: config.is_cluster(),
@@ -157,6 +182,7 @@ impl Settings {
             block: Duration::from_millis(config.block_ms),
             command_timeout: config.command_timeout,
             resume_margin: config.resume_margin,
+            tls_ca,
         })
     }
 

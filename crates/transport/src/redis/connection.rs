@@ -11,7 +11,9 @@ use std::time::Duration;
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
-use redis::{AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, Value};
+use redis::{
+    AsyncConnectionConfig, Client, Cmd, Pipeline, RedisError, RedisFuture, TlsCertificates, Value,
+};
 use thiserror::Error;
 
 use super::config::{RedisConfigError, Settings};
@@ -118,8 +120,17 @@ impl Connector {
             // fails harmlessly when one is already set (by us earlier or by the embedding program).
             let _ = rustls::crypto::ring::default_provider().install_default();
         }
+        let tls = |root_cert: &Vec<u8>| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert.clone()),
+        };
+        let tls_urls = settings.urls.iter().any(|u| u.starts_with("rediss://"));
         if settings.cluster {
-            let client = ClusterClientBuilder::new(settings.urls.iter().map(String::as_str))
+            let mut builder = ClusterClientBuilder::new(settings.urls.iter().map(String::as_str));
+            if let (true, Some(ca)) = (tls_urls, &settings.tls_ca) {
+                builder = builder.certs(tls(ca));
+            }
+            let client = builder
                 .connection_timeout(settings.command_timeout)
                 .response_timeout(response_timeout)
                 // Few, quick retries: the caller bounds the whole command and reports Unavailable.
@@ -135,7 +146,11 @@ impl Connector {
             .first()
             .map(String::as_str)
             .unwrap_or_default();
-        let client = Client::open(url).map_err(RedisConfigError::Url)?;
+        let client = match &settings.tls_ca {
+            Some(ca) if tls_urls => Client::build_with_tls(url, tls(ca)),
+            _ => Client::open(url),
+        }
+        .map_err(RedisConfigError::Url)?;
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(settings.command_timeout))
             .set_response_timeout(Some(response_timeout));
