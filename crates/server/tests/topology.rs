@@ -69,6 +69,22 @@ async fn cluster_script_runs_three_nodes_behind_nginx() {
     );
     let hub = format!("http://127.0.0.1:{nginx}");
     let c = reqwest::Client::new();
+    // Discovery passes through nginx, with the public host (port included) as the identity.
+    let metadata = c
+        .get(format!(
+            "{hub}/.well-known/oauth-protected-resource/.well-known/mercure"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metadata.contains(&format!("\"resource\":\"{hub}/.well-known/mercure\"")),
+        "{metadata}"
+    );
+    assert_eq!(c.get(format!("{hub}/")).send().await.unwrap().status(), 200);
     assert_eq!(
         c.get(format!("{hub}/healthz"))
             .send()
