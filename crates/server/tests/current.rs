@@ -85,6 +85,20 @@ fn challenge(r: &reqwest::Response) -> String {
         .unwrap_or_default()
 }
 
+/// The hub's protected resource metadata document.
+async fn metadata(c: &reqwest::Client, hub: &TestHub) -> Value {
+    c.get(format!(
+        "{}/.well-known/oauth-protected-resource/.well-known/mercure",
+        hub.url
+    ))
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap()
+}
+
 const METADATA: &str = "resource_metadata=\"https://hub.example/.well-known/oauth-protected-resource/.well-known/mercure\"";
 
 #[tokio::test]
@@ -312,17 +326,7 @@ async fn audience_is_derived_from_the_request_when_not_configured() {
     )
     .await;
     assert_eq!(r.status(), 200);
-    let meta: Value = c
-        .get(format!(
-            "{}/.well-known/oauth-protected-resource/.well-known/mercure",
-            hub.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = metadata(&c, &hub).await;
     assert_eq!(meta["resource"], derived);
 }
 
@@ -521,17 +525,7 @@ async fn jwk_set_from_a_file_with_rotation() {
         "the retired key is dropped"
     );
 
-    let meta: Value = c
-        .get(format!(
-            "{}/.well-known/oauth-protected-resource/.well-known/mercure",
-            hub.url
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let meta: Value = metadata(&c, &hub).await;
     assert_eq!(meta["authorization_servers"], json!([ISSUER]));
 }
 
