@@ -64,6 +64,8 @@ struct HubInner {
     settings: HubSettings,
     metrics: Metrics,
     shutting_down: AtomicBool,
+    /// Set once the transport has been ready (its readers positioned on their streams).
+    started: AtomicBool,
     subscriptions: Option<Arc<Subscriptions>>,
     last_event: Arc<LastEvent>,
 }
@@ -201,6 +203,7 @@ impl Hub {
                 auth,
                 settings,
                 shutting_down: AtomicBool::new(false),
+                started: AtomicBool::new(false),
                 subscriptions,
                 last_event,
             }),
@@ -250,6 +253,32 @@ impl Hub {
     /// Whether the hub is shutting down (no new subscribers).
     pub fn is_shutting_down(&self) -> bool {
         self.inner.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// Whether the transport has been ready at least once since the hub started. Until then its
+    /// readers have not found their place in the streams: an update stored before that place is
+    /// history, not live, so a subscriber accepted earlier (without a last event id) could miss it.
+    pub fn has_started(&self) -> bool {
+        if self.inner.started.load(Ordering::Relaxed) {
+            return true;
+        }
+        let ready = self.inner.transport.is_ready();
+        if ready {
+            self.inner.started.store(true, Ordering::Relaxed);
+        }
+        ready
+    }
+
+    /// Waits, up to `max`, for [`Hub::has_started`]; `false` if the transport is still not ready.
+    pub async fn wait_started(&self, max: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + max;
+        while !self.has_started() {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
     }
 
     /// Whether the hub can serve: transport ready and not shutting down.

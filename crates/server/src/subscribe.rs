@@ -22,6 +22,9 @@ use crate::hub::Hub;
 use crate::stream::{EndReason, SubscriberStream};
 use crate::subscriptions::{Shape, SubscriptionInfo};
 
+/// How long a subscriber arriving before the transport is ready waits for it.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
+
 /// Handles a subscription request.
 pub async fn subscribe(
     State(hub): State<Hub>,
@@ -33,6 +36,13 @@ pub async fn subscribe(
     let closer = closer.map(|Extension(c)| c);
     if hub.is_shutting_down() {
         return Err(HubError::Unavailable("the hub is shutting down".into()));
+    }
+    // A subscriber arriving while the node starts waits for the transport's readers to find their
+    // place (briefly: an EventSource does not retry after an error status); see `Hub::has_started`.
+    if !hub.wait_started(STARTUP_WAIT).await {
+        return Err(HubError::Unavailable(
+            "the hub is starting, retry in a moment".into(),
+        ));
     }
     let settings = hub.settings();
     let connected = hub

@@ -54,11 +54,23 @@ async fn sigterm_drains_streams_with_a_retry_hint_and_exits_cleanly() {
     }
 
     hub.sigterm();
-    // Not ready any more, while the streams are being closed over the drain window.
-    let ready = c.get(format!("{}/readyz", hub.url())).send().await;
-    if let Ok(r) = ready {
-        assert_eq!(r.status(), 503);
+    // Not ready any more, while the streams are being closed over the drain window (the signal
+    // takes a moment to arrive: poll, within the window).
+    let mut draining = false;
+    for _ in 0..50 {
+        match c.get(format!("{}/readyz", hub.url())).send().await {
+            Ok(r) if r.status() == 200 => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(r) => {
+                assert_eq!(r.status(), 503);
+                draining = true;
+                break;
+            }
+            Err(_) => break,
+        }
     }
+    assert!(draining, "/readyz turned 503 while draining");
     for s in &mut streams {
         assert!(
             s.closed_within(Duration::from_secs(5)).await,
