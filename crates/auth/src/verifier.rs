@@ -117,10 +117,16 @@ impl TokenVerifier {
                 max: self.options.max_token_bytes,
             });
         }
-        let data =
-            jsonwebtoken::decode::<MercureClaims>(token, self.key.decoding_key(), &self.validation)
-                .map_err(|e| rejection(e.kind()))?;
-        let claims = data.claims;
+        // Decoded as a JSON object first, as access tokens are: serde would also fill
+        // `MercureClaims` from a JSON array (by position), and would skip ignored members without
+        // checking their UTF-8. A payload must be a JSON object (RFC 7519).
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            token,
+            self.key.decoding_key(),
+            &self.validation,
+        )
+        .map_err(|e| rejection(e.kind()))?;
+        let claims: MercureClaims = crate::jws::from_object(data.claims)?;
         check_validity_window(claims.exp, claims.nbf, now, self.options.leeway)?;
         let expires_at = claims.exp.and_then(to_system_time);
         Ok(claims
@@ -231,6 +237,40 @@ mod tests {
         assert_eq!(to_system_time(-1.0), None);
         assert_eq!(to_system_time(1e300), None);
         assert_eq!(to_system_time(T), Some(at(T)));
+    }
+
+    fn mint(payload: &[u8]) -> String {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(br#"{"alg":"HS256","typ":"JWT"}"#),
+            URL_SAFE_NO_PAD.encode(payload)
+        );
+        let key = jsonwebtoken::EncodingKey::from_secret(b"!ChangeThisMercureHubJWTSecretKey!");
+        let sig =
+            jsonwebtoken::crypto::sign(input.as_bytes(), &key, jsonwebtoken::Algorithm::HS256)
+                .unwrap();
+        format!("{input}.{sig}")
+    }
+
+    #[test]
+    fn payload_must_be_a_json_object() {
+        // Found by fuzzing: both were accepted, the array as `[exp, nbf, mercure]`.
+        let v = TokenVerifier::new(
+            KeySpec::new("!ChangeThisMercureHubJWTSecretKey!", "HS256").unwrap(),
+            VerifierOptions::default(),
+        );
+        let store = SelectorStore::default();
+        let array = mint(br#"[null, null, {"publish": ["*"]}]"#);
+        assert_eq!(
+            v.verify_at(&store, &array, at(T)).unwrap_err(),
+            AuthError::InvalidToken(TokenRejection::Malformed)
+        );
+        let bad_utf8 = mint(b"{\"ignored\": \"\x90\", \"mercure\": {\"publish\": [\"*\"]}}");
+        assert!(v.verify_at(&store, &bad_utf8, at(T)).is_err());
+        let good = mint(br#"{"mercure": {"publish": ["*"]}}"#);
+        assert!(v.verify_at(&store, &good, at(T)).unwrap().publish_all());
     }
 
     #[test]

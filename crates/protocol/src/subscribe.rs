@@ -99,7 +99,13 @@ pub fn parse_subscribe_query(
             "topic" => MatchType::TopicSelector,
             "match" | "match_exact" => MatchType::Exact,
             "match_urlpattern" => MatchType::UrlPattern,
-            n if n.len() >= 5 && n[..5].eq_ignore_ascii_case("match") => {
+            // Compared as bytes: a name whose fifth byte falls inside a multi-byte character
+            // (`aa𐀀`) must not be sliced as a string, which would panic.
+            n if n
+                .as_bytes()
+                .get(..5)
+                .is_some_and(|head| head.eq_ignore_ascii_case(b"match")) =>
+            {
                 return Err(SubscribeError::UnsupportedMatcher(name));
             }
             "last_event_id" => {
@@ -245,6 +251,19 @@ mod tests {
                 "{name:?}"
             );
         }
+    }
+
+    #[test]
+    fn non_ascii_parameter_names_do_not_panic() {
+        // Found by the property tests: the reserved-prefix check sliced the name at byte 5.
+        assert_eq!(parse("topic=&aa\u{10000}").unwrap().matchers.len(), 1);
+        assert_eq!(parse("aa%F0%90%80%80=x&topic=a").unwrap().matchers.len(), 1);
+        assert_eq!(parse("aa\u{10000}=x&topic=a").unwrap().matchers.len(), 1);
+        assert_eq!(parse("topic=a&mat\u{e9}=x").unwrap().matchers.len(), 1);
+        assert!(matches!(
+            parse("MATCH\u{e9}=x"),
+            Err(SubscribeError::UnsupportedMatcher(_))
+        ));
     }
 
     #[test]

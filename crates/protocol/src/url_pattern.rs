@@ -430,6 +430,28 @@ mod tests {
             .unwrap_or_else(|e| panic!("{pattern:?}: {e}"))
     }
 
+    #[test]
+    fn unbalanced_ipv6_brackets_are_refused_not_panicking() {
+        // Found by fuzzing: `]` before any `[` in the host makes the `urlpattern` crate decrement
+        // an unsigned bracket depth below zero. Its wrapping arithmetic is what the standard's
+        // signed counter does, so only overflow checks turn it into a panic; the workspace
+        // profile switches them off for that crate (see Cargo.toml).
+        for pattern in [
+            "https://]",
+            "https://e]x.example.com:443/a",
+            "https://]]:8080/a",
+            "https://]x[/a",
+        ] {
+            assert!(
+                UrlPatternMatcher::compile(pattern, Some(HUB), &UrlPatternLimits::default())
+                    .is_err(),
+                "{pattern:?}"
+            );
+        }
+        // A balanced IPv6 host (its colons escaped, as the standard requires) still works.
+        assert!(compile(r"https://[\:\:1]\:8443/a/:id", None).is_match("https://[::1]:8443/a/1"));
+    }
+
     fn refused(pattern: &str) -> UrlPatternError {
         match UrlPatternMatcher::compile(pattern, Some(HUB), &UrlPatternLimits::default()) {
             Ok(_) => panic!("{pattern:?} should be refused"),
