@@ -5,9 +5,10 @@
 //! They are deliberately naive (no performance concern, no shared code with the crate) so that a
 //! disagreement points at a bug in one of the two. The fuzz crate includes this file by path, so
 //! both suites use the very same references; not every user needs every function, hence the
-//! `dead_code` allowance.
+//! `dead_code` allowance, and the items are `pub` for the fuzz crate, which re-exports them, though
+//! a test binary cannot reach them from outside (`unreachable_pub`).
 
-#![allow(dead_code)]
+#![allow(dead_code, unreachable_pub)]
 
 /// One event dispatched by an SSE client.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
