@@ -130,8 +130,8 @@ run_case() {
         --tolerate-errors --quiet --json-out "$json" >"$WORK/$name-$hub.txt" 2>&1 || true
     stop_all
     if [ -s "$json" ]; then
-        jq -r --arg label "$(case_label "$name")" --arg hub "$hub" '
-            [$label, $hub,
+        jq -r --arg case_name "$(case_label "$name")" --arg hub "$hub" '
+            [$case_name, $hub,
              (.delivery.deliveries | tostring),
              ((.deliveries_per_hub_cpu_second // 0) | floor | tostring),
              ((.hub_cpu_seconds // 0) * 100 | round / 100 | tostring),
