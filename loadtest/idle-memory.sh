@@ -45,4 +45,6 @@ CONNECTED=$(jq -r '.connect.connected // .connect.subscribers_connected // empty
 echo "hub $HUB"
 echo "subscribers requested $N, connected ${CONNECTED:-?} (report: $OUT)"
 echo "RSS baseline ${BASE} KiB, peak ${PEAK} KiB"
-awk -v b="$BASE" -v p="$PEAK" -v n="$N" 'BEGIN { printf "per subscriber: %.2f KiB\n", (p - b) / n }'
+# Per subscriber actually connected (a run where some failed to connect still measures right).
+case "${CONNECTED:-}" in ''|*[!0-9]*|0) CONNECTED=$N ;; esac
+awk -v b="$BASE" -v p="$PEAK" -v n="$CONNECTED" 'BEGIN { printf "per subscriber: %.2f KiB\n", (p - b) / n }'
