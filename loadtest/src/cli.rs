@@ -58,6 +58,21 @@ pub(crate) enum AuthMode {
     None,
 }
 
+/// Which protocol the hub under test speaks.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum HubKind {
+    /// A Mercure hub (Quicksilver, the reference hub, …).
+    #[default]
+    Mercure,
+    /// nchan (nginx): `--sub-url` and `--pub-url` are location prefixes (e.g.
+    /// `http://127.0.0.1:8080/sub`, `…/pub`) to which each topic's channel name is appended; no
+    /// tokens, no private updates (see `loadtest/nchan/`).
+    Nchan,
+}
+
 /// Options shared by every scenario.
 #[derive(Args, Debug, Clone)]
 pub(crate) struct CommonArgs {
@@ -72,6 +87,10 @@ pub(crate) struct CommonArgs {
     /// moves to the next URL after a connection error). Defaults to the first `--sub-url`.
     #[arg(long = "pub-url")]
     pub(crate) pub_urls: Vec<String>,
+
+    /// Protocol of the hub under test: `mercure`, or `nchan` for the nchan baseline.
+    #[arg(long, value_enum, default_value = "mercure")]
+    pub(crate) hub_kind: HubKind,
 
     /// Number of subscribers (default 100; computed for `collab`).
     #[arg(long, short = 's')]

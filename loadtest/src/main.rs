@@ -31,6 +31,7 @@ mod header;
 mod latency;
 mod manifest;
 mod metrics;
+mod nchan;
 mod net;
 mod plan;
 mod procstat;

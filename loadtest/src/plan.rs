@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{AuthMode, SelectorMode};
+use crate::cli::{AuthMode, HubKind, SelectorMode};
 
 /// Which scenario a run is (names the report and picks behaviours such as resume targets).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +73,9 @@ pub(crate) struct Plan {
     pub(crate) connect_timeout: Duration,
     /// Local addresses subscriber sockets bind to, round-robin.
     pub(crate) source_ips: Vec<IpAddr>,
+    /// Protocol of the hub (how subscription URLs are built).
+    #[serde(default)]
+    pub(crate) hub: HubKind,
 }
 
 /// The topics one subscriber receives.
@@ -192,6 +195,7 @@ mod tests {
             connect_rate: 0.0,
             connect_timeout: Duration::from_secs(1),
             source_ips: vec![],
+            hub: HubKind::Mercure,
         }
     }
 

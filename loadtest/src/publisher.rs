@@ -15,17 +15,19 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_TYPE};
-use http::{Request, StatusCode};
+use http::Request;
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::time::{sleep_until, timeout, Instant};
 
+use crate::cli::HubKind;
 use crate::clock::unix_micros;
 use crate::header::UpdateHeader;
 use crate::latency::LatencyHistogram;
 use crate::manifest::{sequence_key, Manifest, SequenceEntry};
+use crate::nchan;
 use crate::subscriber::lock;
 
 /// A send later than this behind its schedule counts as late.
@@ -55,6 +57,8 @@ pub(crate) struct PublishPlan {
     /// Publisher JWTs.
     pub(crate) tokens: Vec<String>,
     pub(crate) request_timeout: Duration,
+    /// Protocol of the hub (how publish requests are built).
+    pub(crate) hub: HubKind,
 }
 
 impl PublishPlan {
@@ -218,20 +222,14 @@ async fn run_lane(
             lane: lane_index,
             topic,
         };
-        // The serializer is not `Send`: finish it before any await.
-        let form = {
-            let mut form = url::form_urlencoded::Serializer::new(String::new());
-            form.append_pair("topic", &plan.topics[topic as usize]);
-            form.append_pair("data", &header.encode(plan.payload_bytes));
-            if plan.private {
-                form.append_pair("private", "on");
-            }
-            form.finish()
+        let request = match plan.hub {
+            HubKind::Mercure => mercure_request(&plan, url, &auth, topic, &header),
+            HubKind::Nchan => nchan::publish_request(
+                &plan.pub_urls[url],
+                &plan.topics[topic as usize],
+                header.encode(plan.payload_bytes),
+            ),
         };
-        let request = Request::post(plan.pub_urls[url].as_str())
-            .header(AUTHORIZATION, auth.as_str())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form)));
         let sent = Instant::now();
         let second = sent.saturating_duration_since(start).as_secs() as usize;
         let outcome = match request {
@@ -260,6 +258,26 @@ async fn run_lane(
     }
 }
 
+/// A Mercure publish: the form with topic, data (and `private`), bearer token.
+fn mercure_request(
+    plan: &PublishPlan,
+    url: usize,
+    auth: &str,
+    topic: u32,
+    header: &UpdateHeader,
+) -> Result<Request<Full<Bytes>>, http::Error> {
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("topic", &plan.topics[topic as usize]);
+    form.append_pair("data", &header.encode(plan.payload_bytes));
+    if plan.private {
+        form.append_pair("private", "on");
+    }
+    Request::post(plan.pub_urls[url].as_str())
+        .header(AUTHORIZATION, auth)
+        .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+        .body(Full::new(Bytes::from(form.finish())))
+}
+
 enum PublishError {
     /// The hub could not be reached (try another node).
     Connection(String),
@@ -282,7 +300,8 @@ async fn publish(
         .await
         .map_err(|e| PublishError::Connection(format!("publish answer: {e}")))?
         .to_bytes();
-    if status == StatusCode::OK {
+    // Mercure answers 200; nchan 201 or 202 (message queued, with or without subscribers).
+    if status.is_success() {
         Ok(())
     } else {
         let text = String::from_utf8_lossy(&body[..body.len().min(200)])

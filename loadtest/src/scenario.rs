@@ -113,6 +113,7 @@ pub(crate) fn build(command: Command) -> Result<RunSetup, SetupError> {
         connect_rate: common.connect_rate,
         connect_timeout: common.connect_timeout,
         source_ips: common.source_ips.clone(),
+        hub: common.hub_kind,
     };
     let mut publish = PublishPlan {
         pub_urls: if common.pub_urls.is_empty() {
@@ -126,6 +127,7 @@ pub(crate) fn build(command: Command) -> Result<RunSetup, SetupError> {
         private: common.private,
         tokens: vec![everything],
         request_timeout: PUBLISH_TIMEOUT,
+        hub: common.hub_kind,
     };
     let mut resume = None;
     let mut parameters = json!({});

@@ -24,11 +24,12 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
-use crate::cli::AuthMode;
+use crate::cli::{AuthMode, HubKind};
 use crate::clock::unix_micros;
 use crate::directive::{Directive, ResumeOrder};
 use crate::header::UpdateHeader;
 use crate::manifest::{sequence_key, IndexedManifest, SequenceEntry};
+use crate::nchan;
 use crate::net::{self, Endpoint};
 use crate::plan::{Plan, ScenarioKind, SubscriberSpec, TopicSet};
 use crate::sse::SseParser;
@@ -283,7 +284,15 @@ impl Subscriber {
         if let (AuthMode::Query, Some(token)) = (self.plan.auth, token) {
             params.push(("authorization", token));
         }
-        let mut builder = Request::get(endpoint.path_with_query(params))
+        let path = match self.plan.hub {
+            HubKind::Mercure => endpoint.path_with_query(params),
+            // One channel per subscriber: nchan scenarios select one exact topic each.
+            HubKind::Nchan => nchan::subscribe_path(
+                &endpoint.path,
+                self.spec.selectors.first().map_or("", |s| s.as_str()),
+            ),
+        };
+        let mut builder = Request::get(path)
             .header(HOST, &endpoint.host)
             .header(ACCEPT, "text/event-stream")
             .header(CACHE_CONTROL, "no-cache");

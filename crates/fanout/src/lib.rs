@@ -13,10 +13,12 @@
 //! # Layout
 //! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.
 //! - [`registry`]: one shard's subscriber index.
+//! - `queue`: a subscriber's bounded queue (a mutex'd `VecDeque`, empty and unallocated while idle).
 //! - [`subscriber`]: what a subscriber asked for ([`SubscriberSpec`]), its private access
 //!   ([`Access`]) and the [`Subscription`] handle whose drop unregisters it.
 //! - [`stats`]: counters and gauges read by the metrics endpoint.
 
+pub(crate) mod queue;
 pub mod registry;
 pub mod stats;
 pub mod subscriber;
@@ -127,9 +129,11 @@ impl Fanout {
     ) -> Subscription {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let shard = &self.inner.shards[i];
-        let (tx, rx) = mpsc::channel(self.inner.queue_capacity);
-        let key = shard.registry.lock().insert(spec, tx, closer);
-        Subscription::new(rx, key, shard.registry.clone())
+        let key = shard
+            .registry
+            .lock()
+            .insert(spec, self.inner.queue_capacity, closer);
+        Subscription::new(key, shard.registry.clone())
     }
 
     /// Hands one stored update to every shard, in order. Waits when a shard is backed up, which

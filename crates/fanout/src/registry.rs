@@ -14,9 +14,8 @@ use indexmap::IndexSet;
 use quicksilver_protocol::selector::SelectorKind;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
-use tokio::sync::mpsc;
-use tokio::sync::mpsc::error::TrySendError;
 
+use crate::queue::PushError;
 use crate::stats::FanoutStats;
 use crate::subscriber::{now_ms, SubscriberSpec, SubscriberState};
 
@@ -30,12 +29,19 @@ pub struct SubscriberKey {
 
 struct Entry {
     id: u64,
-    queue: mpsc::Sender<Arc<Envelope>>,
     spec: SubscriberSpec,
     /// The dispatch stamp of the last update offered, so a subscriber matching an update through
     /// several selectors or topics gets it once.
     last_stamp: u64,
     state: Arc<SubscriberState>,
+}
+
+impl Drop for Entry {
+    /// A subscriber the registry lets go (cut off, closed, or gone) gets no more updates: its
+    /// stream ends after what is queued.
+    fn drop(&mut self) {
+        self.state.queue.close();
+    }
 }
 
 /// The subscribers of one shard.
@@ -91,15 +97,12 @@ impl Registry {
     pub(crate) fn insert(
         &mut self,
         spec: SubscriberSpec,
-        queue: mpsc::Sender<Arc<Envelope>>,
+        queue_capacity: usize,
         closer: Option<tokio_util::sync::CancellationToken>,
     ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
         let id = self.next_id;
-        let state = Arc::new(SubscriberState {
-            closer,
-            ..SubscriberState::default()
-        });
+        let state = Arc::new(SubscriberState::new(queue_capacity, closer));
         let slot = self.entries.vacant_key();
         for selector in &spec.selectors {
             match selector.kind() {
@@ -136,7 +139,6 @@ impl Registry {
         }
         self.entries.insert(Entry {
             id,
-            queue,
             spec,
             last_stamp: 0,
             state: state.clone(),
@@ -300,7 +302,7 @@ impl Offer<'_> {
             // Updates have waited in this queue longer than the dispatch timeout: the connection is
             // stalled (its socket stopped draining) even if the queue is not full yet.
             let since = entry.state.waiting_since_ms.load(Ordering::Relaxed);
-            let queued = entry.queue.capacity() < entry.queue.max_capacity();
+            let queued = entry.state.queue.has_queued();
             if queued && since != 0 && self.now_ms.saturating_sub(since) > timeout {
                 self.dropped.push((slot, true));
                 return;
@@ -312,10 +314,10 @@ impl Offer<'_> {
                     .store(self.now_ms, Ordering::Relaxed);
             }
         }
-        match entry.queue.try_send(self.envelope.clone()) {
+        match entry.state.queue.push(self.envelope.clone()) {
             Ok(()) => self.delivered += 1,
-            Err(TrySendError::Full(_)) => self.dropped.push((slot, true)),
-            Err(TrySendError::Closed(_)) => self.dropped.push((slot, false)),
+            Err(PushError::Full) => self.dropped.push((slot, true)),
+            Err(PushError::Closed) => self.dropped.push((slot, false)),
         }
     }
 }
@@ -344,8 +346,8 @@ mod tests {
         ))
     }
 
-    fn received(rx: &mut mpsc::Receiver<Arc<Envelope>>) -> Vec<u64> {
-        std::iter::from_fn(|| rx.try_recv().ok())
+    fn received(rx: &mut Arc<SubscriberState>) -> Vec<u64> {
+        std::iter::from_fn(|| rx.queue.try_pop())
             .map(|e| e.position.seq)
             .collect()
     }
@@ -361,13 +363,11 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{e}"))
         };
         let mut subscribe = |selectors: Vec<Selector>| {
-            let (tx, rx) = mpsc::channel(16);
             let spec = SubscriberSpec {
                 selectors,
                 access: Access::None,
             };
-            let (key, _) = registry.insert(spec, tx, None);
-            (key, rx)
+            registry.insert(spec, 16, None)
         };
         let (a, mut rx_a) = subscribe(vec![pattern("/books/:id", HUB)]);
         let (_, mut rx_b) = subscribe(vec![pattern("/books/:id", HUB)]);

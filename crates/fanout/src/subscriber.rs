@@ -1,7 +1,7 @@
 //! One subscriber as the fan-out sees it: what it asked for, what private updates it may read, and
 //! the handle its SSE writer holds.
 //!
-//! The [`Subscription`] is the receiving end of the subscriber's bounded queue. Dropping it (the
+//! The [`Subscription`] is the receiving end of the subscriber's bounded queue ([`crate::queue`]). Dropping it (the
 //! client went away, the response ended) unregisters the subscriber from its shard, so a closed
 //! connection costs nothing after its drop.
 
@@ -10,11 +10,10 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use crate::queue::Queue;
+use crate::registry::{Registry, SubscriberKey};
 use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
-use tokio::sync::mpsc;
-
-use crate::registry::{Registry, SubscriberKey};
 
 /// Which private updates a subscriber may receive: those with at least one topic matching one of
 /// its grant selectors.
@@ -80,8 +79,10 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// State shared by a subscriber's registry entry and its [`Subscription`] handle.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct SubscriberState {
+    /// The subscriber's updates, pushed by its shard.
+    pub(crate) queue: Queue,
     /// Set when the fan-out cut the subscriber off as too slow.
     pub(crate) lagged: AtomicBool,
     /// When the oldest update still waiting in the queue was queued ([`now_ms`]); 0 when the queue
@@ -93,9 +94,22 @@ pub(crate) struct SubscriberState {
     pub(crate) closer: Option<tokio_util::sync::CancellationToken>,
 }
 
+impl SubscriberState {
+    pub(crate) fn new(
+        capacity: usize,
+        closer: Option<tokio_util::sync::CancellationToken>,
+    ) -> Self {
+        Self {
+            queue: Queue::new(capacity),
+            lagged: AtomicBool::new(false),
+            waiting_since_ms: AtomicU64::new(0),
+            closer,
+        }
+    }
+}
+
 /// The receiving end of a registered subscriber's queue. Dropping it unregisters the subscriber.
 pub struct Subscription {
-    queue: mpsc::Receiver<Arc<Envelope>>,
     key: SubscriberKey,
     state: Arc<SubscriberState>,
     registry: Arc<Mutex<Registry>>,
@@ -111,12 +125,10 @@ impl std::fmt::Debug for Subscription {
 
 impl Subscription {
     pub(crate) fn new(
-        queue: mpsc::Receiver<Arc<Envelope>>,
         (key, state): (SubscriberKey, Arc<SubscriberState>),
         registry: Arc<Mutex<Registry>>,
     ) -> Self {
         Self {
-            queue,
             key,
             state,
             registry,
@@ -130,12 +142,12 @@ impl Subscription {
     /// Waits for the next update; `None` once the subscriber was cut off (or closed by the hub) and
     /// its queue is drained.
     pub async fn recv(&mut self) -> Option<Arc<Envelope>> {
-        self.queue.recv().await
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
     }
 
     /// Polls for the next update (for hand-written streams).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Arc<Envelope>>> {
-        let poll = self.queue.poll_recv(cx);
+        let poll = self.state.queue.poll_pop(cx);
         if poll.is_pending() {
             self.drained();
         }
@@ -144,11 +156,21 @@ impl Subscription {
 
     /// Takes an already-queued update without waiting.
     pub fn try_recv(&mut self) -> Option<Arc<Envelope>> {
-        let next = self.queue.try_recv().ok();
+        let next = self.state.queue.try_pop();
         if next.is_none() {
             self.drained();
         }
         next
+    }
+
+    /// Moves up to `max` already-queued updates into `out` at once (one lock for the lot) and
+    /// returns how many.
+    pub fn try_recv_many(&mut self, out: &mut Vec<Arc<Envelope>>, max: usize) -> usize {
+        let n = self.state.queue.pop_many(out, max);
+        if n < max {
+            self.drained();
+        }
+        n
     }
 
     /// Whether the fan-out cut this subscriber off as too slow (queue full, or updates waiting
@@ -160,6 +182,7 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
+        self.state.queue.drop_receiver();
         self.registry.lock().remove(self.key);
     }
 }

@@ -19,6 +19,8 @@
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
 //! - [`error`]: request failures and their HTTP answers.
 //! - [`connection`]: the accept loop, one closable task per connection.
+//! - [`lean`]: the lean HTTP/1.1 path for subscriptions (request head classification, response
+//!   framing; no I/O).
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
@@ -30,6 +32,7 @@ pub mod discovery;
 pub mod error;
 pub mod hub;
 pub mod jwks;
+pub mod lean;
 pub mod metrics;
 pub mod publish;
 pub mod stream;

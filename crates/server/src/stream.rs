@@ -52,8 +52,9 @@ pub struct SubscriberStream {
     last_write: Instant,
     deadline: Option<Pin<Box<Sleep>>>,
     ended: Option<EndReason>,
-    /// Sent as `retry:` just before the stream ends because the hub closed it (draining).
-    closing_retry: Option<Bytes>,
+    /// Sent as `retry:` (milliseconds) just before the stream ends because the hub closed it
+    /// (draining); encoded only then, so an idle stream holds no frame for it.
+    closing_retry: Option<u64>,
     /// Accept-to-write latency of live updates, when measured.
     latency: Option<Histogram>,
     on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
@@ -90,7 +91,7 @@ impl SubscriberStream {
 
     /// Tells the client, when the hub closes the stream, to reconnect after `retry`.
     pub fn with_closing_retry(mut self, retry: Duration) -> Self {
-        self.closing_retry = Some(sse::encode_retry(retry.as_millis() as u64));
+        self.closing_retry = Some(retry.as_millis() as u64);
         self
     }
 
@@ -221,7 +222,7 @@ impl Body for SubscriberStream {
                     }
                     if let Some(retry) = this.closing_retry.take() {
                         // Polled again after this frame: the queue is still closed, so it ends then.
-                        return Poll::Ready(Some(Ok(Frame::data(retry))));
+                        return Poll::Ready(Some(Ok(Frame::data(sse::encode_retry(retry)))));
                     }
                     return this.end(EndReason::Closed);
                 }

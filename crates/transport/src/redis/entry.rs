@@ -31,9 +31,9 @@ pub(crate) const FIELD_UPDATE: &str = "u";
 /// The format this version writes.
 pub(crate) const FORMAT_V1: &str = "1";
 
-/// Why an entry could not be read.
+/// Why an entry could not be read (or, for an invalid update, written).
 #[derive(Debug, Error)]
-pub(crate) enum EntryError {
+pub enum EntryError {
     /// The entry id is not `<ms>-<seq>`.
     #[error("invalid stream entry id {0:?}")]
     BadId(String),
@@ -72,7 +72,7 @@ struct EntryV1 {
 }
 
 /// The `u` field of a new entry for `update`.
-pub(crate) fn encode(
+pub fn encode(
     update: &Update,
     accepted_at_micros: u64,
     trace_context: Option<&TraceContext>,
@@ -103,6 +103,11 @@ pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Envelope, Entry
         .get(FIELD_UPDATE)
         .and_then(bytes_of)
         .ok_or(EntryError::MissingField(FIELD_UPDATE))?;
+    decode_payload(position, payload)
+}
+
+/// Decodes a version-1 `u` field stored at `position` into an envelope (encoding its SSE frame).
+pub fn decode_payload(position: Position, payload: &[u8]) -> Result<Envelope, EntryError> {
     let stored: EntryV1 = rmp_serde::from_slice(payload)?;
     let mut envelope = Envelope::new(position, stored.update, stored.accepted_at_micros);
     envelope.trace_context = stored.trace_context;

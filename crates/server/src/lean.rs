@@ -1,0 +1,358 @@
+//! The lean HTTP/1.1 path for subscriptions: the pure parts (no I/O).
+//!
+//! An idle SSE subscriber served by hyper keeps hyper's per-connection buffers (an 8 KiB read
+//! buffer, used to notice the client going away, and an 8 KiB header buffer) for as long as the
+//! stream lasts: most of what an idle subscriber costs. So [`crate::connection`] reads the first
+//! request head itself with a small buffer and [`classify`] decides here whether it is a plain
+//! `GET` of the hub path over HTTP/1.1 that the lean path can answer. Such a request is still
+//! answered by the same axum router (CORS, metrics, authentication, headers are all unchanged);
+//! only the response is written by the connection module, with the head from [`encode_head`] and
+//! the body as chunks framed by [`chunk_header`], holding no buffer between writes. Everything
+//! else (other paths and methods, request bodies, HTTP/1.0, upgrades, HTTP/2, malformed heads) is
+//! handed to hyper together with the bytes already read, so hyper sees the connection as if it had
+//! read it from the start.
+
+use std::io::Write as _;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
+
+/// Most header lines a lean head may hold (hyper's own default limit); more goes to hyper.
+pub const MAX_HEADERS: usize = 100;
+
+/// Longest request head the lean path reads; a longer one is handed to hyper, which has its own
+/// (larger) limit and answers it as it always did.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// What to do with the bytes read so far from a new connection.
+#[derive(Debug)]
+pub enum Head {
+    /// The head is not complete yet: read more (unless [`MAX_HEAD_BYTES`] are already read).
+    Partial,
+    /// A request the lean path answers; `consumed` bytes of the input were its head (the rest, if
+    /// any, is a pipelined next request).
+    Lean {
+        /// The request, with an empty body.
+        request: Request<()>,
+        /// Length of the head in the input.
+        consumed: usize,
+    },
+    /// Anything else: hand the connection and every byte read to hyper.
+    Hyper,
+}
+
+/// Classifies the start of a connection's input for the hub path `hub_path`.
+pub fn classify(input: &[u8], hub_path: &str) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let consumed = match parsed.parse(input) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Head::Partial,
+        // Malformed, or more header lines than the lean path takes: hyper answers it.
+        Err(_) => return Head::Hyper,
+    };
+    if parsed.method != Some("GET") || parsed.version != Some(1) {
+        return Head::Hyper;
+    }
+    let Some(target) = parsed.path else {
+        return Head::Hyper;
+    };
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if path != hub_path {
+        return Head::Hyper;
+    }
+    let mut builder = Request::builder()
+        .method(Method::GET)
+        .uri(target)
+        .version(Version::HTTP_11);
+    let Some(map) = builder.headers_mut() else {
+        return Head::Hyper;
+    };
+    for h in parsed.headers.iter() {
+        let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) else {
+            return Head::Hyper;
+        };
+        map.append(name, value);
+    }
+    if !plain_request(map) {
+        return Head::Hyper;
+    }
+    match builder.body(()) {
+        Ok(request) => Head::Lean { request, consumed },
+        Err(_) => Head::Hyper,
+    }
+}
+
+/// Whether a request's headers ask for nothing but a response on a kept-alive connection: no body,
+/// no `Expect`, no upgrade, no `Connection` option other than `keep-alive`.
+fn plain_request(headers: &HeaderMap) -> bool {
+    if headers.contains_key(TRANSFER_ENCODING)
+        || headers.contains_key(http::header::EXPECT)
+        || headers.contains_key(http::header::UPGRADE)
+    {
+        return false;
+    }
+    let no_body = headers
+        .get_all(CONTENT_LENGTH)
+        .iter()
+        .all(|v| v.as_bytes() == b"0");
+    let keep_alive_only = headers.get_all(CONNECTION).iter().all(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .all(|token| token.trim().eq_ignore_ascii_case("keep-alive"))
+        })
+    });
+    no_body && keep_alive_only
+}
+
+/// How a response body is framed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body at all (1xx, 204, 304).
+    None,
+    /// Exactly this many bytes, announced with `content-length`.
+    Length(u64),
+    /// Chunked transfer coding (a stream of unknown length).
+    Chunked,
+}
+
+/// How a response with `status`, `headers` and a body of exactly `exact_len` bytes (if known) is
+/// framed, as hyper frames it.
+pub fn framing(status: StatusCode, headers: &HeaderMap, exact_len: Option<u64>) -> Framing {
+    if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Framing::None;
+    }
+    if let Some(len) = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+    {
+        return Framing::Length(len);
+    }
+    match exact_len {
+        Some(len) => Framing::Length(len),
+        None => Framing::Chunked,
+    }
+}
+
+/// Whether the connection must close after this response (the handler said so).
+pub fn closes_connection(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")))
+    })
+}
+
+/// Appends a response head to `dst` as hyper writes it: status line, the handler's headers (names
+/// in lower case), then the framing header and `date` when the handler did not set them, and the
+/// blank line. `date` is an IMF-fixdate.
+pub fn encode_head(
+    dst: &mut Vec<u8>,
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: Framing,
+    date: &str,
+) {
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        dst,
+        "HTTP/1.1 {} {}\r\n",
+        status.as_str(),
+        status.canonical_reason().unwrap_or("<none>")
+    );
+    for (name, value) in headers {
+        // The framing is ours to state: a handler's own framing headers are replaced below.
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && framing == Framing::Chunked) {
+            continue;
+        }
+        dst.extend_from_slice(name.as_str().as_bytes());
+        dst.extend_from_slice(b": ");
+        dst.extend_from_slice(value.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        Framing::Length(len) if !headers.contains_key(CONTENT_LENGTH) => {
+            let _ = write!(dst, "content-length: {len}\r\n");
+        }
+        Framing::Chunked => dst.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::Length(_) | Framing::None => {}
+    }
+    if !headers.contains_key(DATE) {
+        dst.extend_from_slice(b"date: ");
+        dst.extend_from_slice(date.as_bytes());
+        dst.extend_from_slice(b"\r\n");
+    }
+    dst.extend_from_slice(b"\r\n");
+}
+
+/// The line that starts a chunk of `len` bytes (`len` in hex, CRLF); at most 18 bytes.
+pub fn chunk_header(len: usize) -> ChunkHeader {
+    let mut buf = [0u8; 18];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    // 16 hex digits and CRLF always fit.
+    let _ = write!(cursor, "{len:X}\r\n");
+    let n = cursor.position() as usize;
+    ChunkHeader { buf, len: n }
+}
+
+/// A chunk-size line, kept on the stack.
+#[derive(Clone, Copy, Debug)]
+pub struct ChunkHeader {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl ChunkHeader {
+    /// Its bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Ends a chunk.
+pub const CHUNK_END: &[u8] = b"\r\n";
+
+/// Ends a chunked body (last chunk, no trailers).
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// Bytes read before the head was handed on; kept to replay them to hyper.
+pub fn leftover(input: &[u8], consumed: usize) -> Bytes {
+    Bytes::copy_from_slice(input.get(consumed..).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HUB: &str = "/.well-known/mercure";
+
+    fn lean(input: &str) -> Option<(Request<()>, usize)> {
+        match classify(input.as_bytes(), HUB) {
+            Head::Lean { request, consumed } => Some((request, consumed)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn a_plain_subscription_is_lean() {
+        let input = "GET /.well-known/mercure?topic=a&topic=b HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer t\r\nLast-Event-ID: 7\r\n\r\nGET /";
+        let (request, consumed) = lean(input).expect("lean");
+        assert_eq!(consumed, input.len() - 5);
+        assert_eq!(request.uri().path(), HUB);
+        assert_eq!(request.uri().query(), Some("topic=a&topic=b"));
+        assert_eq!(request.headers()["authorization"], "Bearer t");
+        assert_eq!(request.headers()["last-event-id"], "7");
+        assert_eq!(request.version(), Version::HTTP_11);
+    }
+
+    #[test]
+    fn keep_alive_and_empty_content_length_stay_lean() {
+        assert!(lean(
+            "GET /.well-known/mercure HTTP/1.1\r\nConnection: Keep-Alive\r\nContent-Length: 0\r\n\r\n"
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn everything_else_goes_to_hyper() {
+        for input in [
+            "POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+            "GET /.well-known/mercure HTTP/1.0\r\n\r\n",
+            "GET /metrics HTTP/1.1\r\n\r\n",
+            "GET /.well-known/mercurex HTTP/1.1\r\n\r\n",
+            "HEAD /.well-known/mercure HTTP/1.1\r\n\r\n",
+            "OPTIONS /.well-known/mercure HTTP/1.1\r\n\r\n",
+            "GET /.well-known/mercure HTTP/1.1\r\nConnection: close\r\n\r\n",
+            "GET /.well-known/mercure HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            "GET /.well-known/mercure HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET /.well-known/mercure HTTP/1.1\r\nContent-Length: 2\r\n\r\nab",
+            "GET /.well-known/mercure HTTP/1.1\r\nExpect: 100-continue\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "\x16\x03\x01 tls",
+        ] {
+            assert!(
+                matches!(classify(input.as_bytes(), HUB), Head::Hyper),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_incomplete_head_asks_for_more() {
+        assert!(matches!(
+            classify(b"GET /.well-known/mercure HTTP/1.1\r\nHost:", HUB),
+            Head::Partial
+        ));
+        assert!(matches!(classify(b"", HUB), Head::Partial));
+    }
+
+    #[test]
+    fn heads_are_written_as_hyper_writes_them() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "content-type",
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        let mut out = Vec::new();
+        encode_head(
+            &mut out,
+            StatusCode::OK,
+            &headers,
+            Framing::Chunked,
+            "Sun, 06 Nov 1994 08:49:37 GMT",
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nx-accel-buffering: no\r\ntransfer-encoding: chunked\r\ndate: Sun, 06 Nov 1994 08:49:37 GMT\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_head(
+            &mut out,
+            StatusCode::UNAUTHORIZED,
+            &HeaderMap::new(),
+            Framing::Length(12),
+            "D",
+        );
+        assert_eq!(
+            String::from_utf8(out).expect("utf-8"),
+            "HTTP/1.1 401 Unauthorized\r\ncontent-length: 12\r\ndate: D\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn framing_follows_status_and_length() {
+        let none = HeaderMap::new();
+        assert_eq!(framing(StatusCode::OK, &none, None), Framing::Chunked);
+        assert_eq!(framing(StatusCode::OK, &none, Some(3)), Framing::Length(3));
+        assert_eq!(
+            framing(StatusCode::NO_CONTENT, &none, Some(0)),
+            Framing::None
+        );
+        let mut cl = HeaderMap::new();
+        cl.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
+        assert_eq!(framing(StatusCode::OK, &cl, None), Framing::Length(5));
+    }
+
+    #[test]
+    fn chunk_headers_are_hex() {
+        assert_eq!(chunk_header(2).as_bytes(), b"2\r\n");
+        assert_eq!(chunk_header(0x1f40).as_bytes(), b"1F40\r\n");
+        assert_eq!(chunk_header(usize::MAX).as_bytes(), b"FFFFFFFFFFFFFFFF\r\n");
+    }
+
+    #[test]
+    fn close_is_noticed() {
+        let mut h = HeaderMap::new();
+        assert!(!closes_connection(&h));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Close"));
+        assert!(closes_connection(&h));
+    }
+}
