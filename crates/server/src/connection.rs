@@ -164,7 +164,7 @@ async fn connection(mut stream: TcpStream, shared: &Shared, closer: Cancellation
     };
     let rest = match head {
         FirstRequest::Lean { request, rest } => {
-            match respond(&mut stream, shared, request, &closer).await {
+            match respond(&mut stream, shared, *request, &closer).await {
                 Ok(true) if !shared.shutdown.is_cancelled() => rest,
                 _ => {
                     let _ = stream.shutdown().await;
@@ -182,7 +182,7 @@ async fn connection(mut stream: TcpStream, shared: &Shared, closer: Cancellation
 enum FirstRequest {
     /// A request for the lean path, and whatever the client sent after its head.
     Lean {
-        request: http::Request<()>,
+        request: Box<http::Request<()>>,
         rest: Bytes,
     },
     /// For hyper, with every byte read so far.

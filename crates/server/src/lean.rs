@@ -33,8 +33,8 @@ pub enum Head {
     /// A request the lean path answers; `consumed` bytes of the input were its head (the rest, if
     /// any, is a pipelined next request).
     Lean {
-        /// The request, with an empty body.
-        request: Request<()>,
+        /// The request, with an empty body (boxed: it dwarfs the other variants).
+        request: Box<Request<()>>,
         /// Length of the head in the input.
         consumed: usize,
     },
@@ -82,7 +82,10 @@ pub fn classify(input: &[u8], hub_path: &str) -> Head {
         return Head::Hyper;
     }
     match builder.body(()) {
-        Ok(request) => Head::Lean { request, consumed },
+        Ok(request) => Head::Lean {
+            request: Box::new(request),
+            consumed,
+        },
         Err(_) => Head::Hyper,
     }
 }
@@ -235,7 +238,7 @@ mod tests {
 
     fn lean(input: &str) -> Option<(Request<()>, usize)> {
         match classify(input.as_bytes(), HUB) {
-            Head::Lean { request, consumed } => Some((request, consumed)),
+            Head::Lean { request, consumed } => Some((*request, consumed)),
             _ => None,
         }
     }
