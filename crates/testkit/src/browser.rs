@@ -471,7 +471,8 @@ mod tests {
         assert_eq!(
             json,
             serde_json::json!({"hubUrl": "http://h", "token": "t", "topic": "x",
-                "cookieName": "mercureAuthorization", "messages": 1, "eventTypes": ["message"]})
+                "cookieName": "mercureAuthorization", "matcher": "topic", "messages": 1,
+                "eventTypes": ["message"]})
         );
     }
 }
