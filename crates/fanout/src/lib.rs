@@ -10,6 +10,13 @@
 //! whose queue is full is cut off and counted: it reconnects with its last event id and catches up
 //! from history, so the hub never buffers without bound and others never wait.
 //!
+//! # Timers without timers
+//! An idle stream still has deadlines: a heartbeat to send, a maximum connection life, a token's
+//! expiry. Rather than one Tokio timer per stream (two boxed `Sleep`s, about 220 bytes, per idle
+//! subscriber), a stream sets an alarm ([`Subscription::set_alarm`], a millisecond stamp in its
+//! shared state) and each shard task, on a coarse tick ([`FanoutConfig::alarm_tick`]), wakes the
+//! streams whose alarm is due. One `Interval` per shard serves every subscriber of the shard.
+//!
 //! # Layout
 //! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.
 //! - [`registry`]: one shard's subscriber index.
@@ -32,7 +39,7 @@ use tokio::sync::mpsc;
 
 pub use registry::Registry;
 pub use stats::FanoutStats;
-pub use subscriber::{Access, SubscriberSpec, Subscription};
+pub use subscriber::{now_ms, Access, SubscriberSpec, Subscription};
 
 /// Fan-out settings.
 #[derive(Clone, Debug)]
@@ -46,6 +53,9 @@ pub struct FanoutConfig {
     /// A subscriber whose queued updates have waited longer than this is cut off too (its
     /// connection stopped draining); `None` disables the check.
     pub dispatch_timeout: Option<std::time::Duration>,
+    /// How often each shard wakes the streams whose alarm is due: the precision of heartbeats,
+    /// maximum connection lives and token expiries.
+    pub alarm_tick: std::time::Duration,
 }
 
 impl Default for FanoutConfig {
@@ -55,6 +65,7 @@ impl Default for FanoutConfig {
             shard_channel: 1024,
             subscriber_queue: 1024,
             dispatch_timeout: None,
+            alarm_tick: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -100,7 +111,7 @@ impl Fanout {
                     config.dispatch_timeout,
                 )));
                 let (inbox, rx) = mpsc::channel(config.shard_channel.max(1));
-                tokio::spawn(run_shard(registry.clone(), rx));
+                tokio::spawn(run_shard(registry.clone(), rx, config.alarm_tick));
                 Shard { registry, inbox }
             })
             .collect();
@@ -189,15 +200,30 @@ impl Fanout {
     }
 }
 
-/// A shard's dispatch loop: takes updates in order and delivers each under the registry lock. The
-/// lock is a plain mutex held without `.await`: delivery is `try_send` only, so the critical section
-/// is short and never blocks on a subscriber.
-async fn run_shard(registry: Arc<Mutex<Registry>>, mut inbox: mpsc::Receiver<Arc<Envelope>>) {
+/// A shard's dispatch loop: takes updates in order and delivers each under the registry lock, and
+/// on every alarm tick wakes the streams whose alarm is due. The lock is a plain mutex held without
+/// `.await`: delivery only pushes into bounded queues, so the critical section is short and never
+/// blocks on a subscriber.
+async fn run_shard(
+    registry: Arc<Mutex<Registry>>,
+    mut inbox: mpsc::Receiver<Arc<Envelope>>,
+    alarm_tick: std::time::Duration,
+) {
     let mut batch = Vec::with_capacity(64);
-    while inbox.recv_many(&mut batch, 64).await > 0 {
-        let mut reg = registry.lock();
-        for envelope in batch.drain(..) {
-            reg.deliver(&envelope);
+    let mut tick = tokio::time::interval(alarm_tick.max(std::time::Duration::from_millis(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = inbox.recv_many(&mut batch, 64) => {
+                if n == 0 {
+                    break;
+                }
+                let mut reg = registry.lock();
+                for envelope in batch.drain(..) {
+                    reg.deliver(&envelope);
+                }
+            }
+            _ = tick.tick() => registry.lock().ring_alarms(now_ms()),
         }
     }
 }

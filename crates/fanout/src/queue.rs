@@ -76,6 +76,14 @@ impl Queue {
         Ok(())
     }
 
+    /// Wakes the stream if it waits, without giving it anything (its alarm rang).
+    pub(crate) fn wake(&self) {
+        let waker = self.inner.lock().waker.take();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
     /// Whether updates are waiting.
     pub(crate) fn has_queued(&self) -> bool {
         !self.inner.lock().items.is_empty()

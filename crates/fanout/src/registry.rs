@@ -219,6 +219,23 @@ impl Registry {
 
     /// Offers one update to every matching subscriber of this shard; cuts off those whose queue is
     /// full and forgets those whose handle is gone.
+    /// Wakes every stream whose alarm ([`crate::Subscription::set_alarm`]) is at or before `now_ms`,
+    /// clearing the alarm: the stream sets the next one when it has looked at the time.
+    pub(crate) fn ring_alarms(&self, now_ms: u64) {
+        for (_, entry) in &self.entries {
+            let alarm = &entry.state.alarm_ms;
+            let at = alarm.load(Ordering::Relaxed);
+            if at != 0
+                && at <= now_ms
+                && alarm
+                    .compare_exchange(at, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                entry.state.queue.wake();
+            }
+        }
+    }
+
     pub(crate) fn deliver(&mut self, envelope: &Arc<Envelope>) {
         self.stamp += 1;
         let mut offer = Offer {

@@ -72,8 +72,9 @@ impl SubscriberSpec {
     }
 }
 
-/// Milliseconds on a process-wide monotonic clock (never 0), for cheap shared timestamps.
-pub(crate) fn now_ms() -> u64 {
+/// Milliseconds on a process-wide monotonic clock (never 0), for cheap shared timestamps and
+/// stream alarms ([`Subscription::set_alarm`]).
+pub fn now_ms() -> u64 {
     static BASE: OnceLock<Instant> = OnceLock::new();
     BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
@@ -88,6 +89,9 @@ pub(crate) struct SubscriberState {
     /// When the oldest update still waiting in the queue was queued ([`now_ms`]); 0 when the queue
     /// was last seen empty. The dispatch timeout compares against it.
     pub(crate) waiting_since_ms: AtomicU64,
+    /// When the stream wants to be woken even if no update comes ([`now_ms`]); 0 for never. The
+    /// shard's alarm tick clears it when it wakes the stream.
+    pub(crate) alarm_ms: AtomicU64,
     /// Cancelled when the subscriber is cut off as too slow, so whoever owns its connection can
     /// close it at once: a client that stopped reading would otherwise keep the socket and every
     /// byte already written to it until it reads again.
@@ -103,6 +107,7 @@ impl SubscriberState {
             queue: Queue::new(capacity),
             lagged: AtomicBool::new(false),
             waiting_since_ms: AtomicU64::new(0),
+            alarm_ms: AtomicU64::new(0),
             closer,
         }
     }
@@ -171,6 +176,14 @@ impl Subscription {
             self.drained();
         }
         n
+    }
+
+    /// Asks to be woken (the waker of the last [`Subscription::poll_recv`] that returned `Pending`)
+    /// once [`now_ms`] reaches `at_ms`, even if no update comes; `0` cancels. The shard checks
+    /// alarms on its tick ([`crate::FanoutConfig::alarm_tick`]), so the wakeup comes up to one tick
+    /// late; it may also come early or twice, so the stream looks at the clock when woken.
+    pub fn set_alarm(&self, at_ms: u64) {
+        self.state.alarm_ms.store(at_ms, Ordering::Relaxed);
     }
 
     /// Whether the fan-out cut this subscriber off as too slow (queue full, or updates waiting

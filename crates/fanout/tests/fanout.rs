@@ -23,6 +23,7 @@ fn fanout_with(
             shard_channel: 16,
             subscriber_queue: queue,
             dispatch_timeout,
+            ..FanoutConfig::default()
         },
         store.clone(),
     );
@@ -237,4 +238,63 @@ async fn a_subscriber_whose_updates_wait_past_the_dispatch_timeout_is_cut_off() 
     assert_eq!(next(&mut stalled).await, Some(1));
     assert_eq!(next(&mut stalled).await, None);
     assert!(stalled.was_cut_off());
+}
+
+/// Counts the wakeups of the waker it makes.
+#[derive(Default)]
+struct Wakeups(std::sync::atomic::AtomicUsize);
+
+impl std::task::Wake for Wakeups {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Wakeups {
+    fn count(&self) -> usize {
+        self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn an_alarm_wakes_a_waiting_subscription_once_without_an_update() {
+    let store = Arc::new(SelectorStore::default());
+    let f = Fanout::start(
+        &FanoutConfig {
+            shards: 2,
+            alarm_tick: Duration::from_millis(10),
+            ..FanoutConfig::default()
+        },
+        store.clone(),
+    );
+    let mut with_alarm = f.subscribe(spec(&store, &["t"], Access::None));
+    let mut without = f.subscribe(spec(&store, &["t"], Access::None));
+    let (rang, silent) = (Arc::new(Wakeups::default()), Arc::new(Wakeups::default()));
+    for (sub, counter) in [(&mut with_alarm, &rang), (&mut without, &silent)] {
+        let waker = std::task::Waker::from(counter.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(sub.poll_recv(&mut cx).is_pending());
+    }
+    with_alarm.set_alarm(quicksilver_fanout::now_ms() + 50);
+    let started = std::time::Instant::now();
+    while rang.count() == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the alarm never rang"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Rung once and cleared; the subscription without an alarm was never woken.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rang.count(), 1);
+    assert_eq!(silent.count(), 0);
+    // An alarm set to 0 is cancelled.
+    let waker = std::task::Waker::from(rang.clone());
+    assert!(with_alarm
+        .poll_recv(&mut std::task::Context::from_waker(&waker))
+        .is_pending());
+    with_alarm.set_alarm(quicksilver_fanout::now_ms() + 20);
+    with_alarm.set_alarm(0);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(rang.count(), 1);
 }

@@ -144,6 +144,7 @@ fn fanout_deliveries(subs: &[Sub], updates: &[Upd]) -> Vec<Vec<usize>> {
                 shard_channel: 16,
                 subscriber_queue: 64,
                 dispatch_timeout: None,
+                ..FanoutConfig::default()
             },
             store.clone(),
         );

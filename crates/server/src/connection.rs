@@ -148,34 +148,51 @@ pub async fn serve(
 
 /// Serves one connection: its first request on the lean path when it can, everything else through
 /// hyper.
+///
+/// The task's own state is what an idle stream costs, so everything that is only needed on the way
+/// in (reading the head under its timeout, routing, encoding the response head) runs in boxed
+/// futures freed before the stream starts, and the stream itself is written by [`StreamWriter`], a
+/// hand-written future of a few words.
 async fn connection(mut stream: TcpStream, shared: &Shared, closer: CancellationToken) {
-    let head = match shared.header_read_timeout {
-        Some(limit) => match tokio::time::timeout(limit, read_head(&mut stream)).await {
-            Ok(head) => head,
-            Err(_) => {
-                tracing::debug!("closing a connection that sent no complete request in time");
-                return;
-            }
-        },
-        None => read_head(&mut stream).await,
-    };
-    let Some(head) = head else {
+    let Some(head) = Box::pin(first_head(&mut stream, shared.header_read_timeout)).await else {
         return;
     };
     let rest = match head {
         FirstRequest::Lean { request, rest } => {
-            match respond(&mut stream, shared, *request, &closer).await {
-                Ok(true) if !shared.shutdown.is_cancelled() => rest,
-                _ => {
-                    let _ = stream.shutdown().await;
-                    return;
-                }
+            let answer = Box::pin(respond(&mut stream, shared, request, &closer)).await;
+            let keep_alive = match answer {
+                Ok(Answer::Done { keep_alive }) => keep_alive,
+                Ok(Answer::Stream {
+                    head,
+                    body,
+                    keep_alive,
+                }) => StreamWriter::new(&mut stream, head, body).await.is_ok() && keep_alive,
+                Err(_) => false,
+            };
+            if !keep_alive || shared.shutdown.is_cancelled() {
+                let _ = stream.shutdown().await;
+                return;
             }
+            rest
         }
         FirstRequest::Hyper(read) => read,
     };
     // Boxed so that a lean stream's task does not carry room for hyper's state.
     Box::pin(serve_hyper(Rewind::new(stream, rest), shared, closer)).await;
+}
+
+/// Reads the first request head, within `timeout` when there is one.
+async fn first_head(stream: &mut TcpStream, timeout: Option<Duration>) -> Option<FirstRequest> {
+    match timeout {
+        Some(limit) => match tokio::time::timeout(limit, read_head(stream)).await {
+            Ok(head) => head,
+            Err(_) => {
+                tracing::debug!("closing a connection that sent no complete request in time");
+                None
+            }
+        },
+        None => read_head(stream).await,
+    }
 }
 
 /// The start of a connection, as read by [`read_head`].
@@ -217,15 +234,27 @@ async fn read_head(stream: &mut TcpStream) -> Option<FirstRequest> {
     }
 }
 
-/// Answers a lean request through the router and writes the response. `Ok(true)` when the
-/// connection may serve another request.
+/// What answering a lean request left to do.
+enum Answer {
+    /// The response was written; whether the connection may serve another request.
+    Done { keep_alive: bool },
+    /// A streamed response: its encoded head and its body, for [`StreamWriter`].
+    Stream {
+        head: Vec<u8>,
+        body: axum::body::Body,
+        keep_alive: bool,
+    },
+}
+
+/// Answers a lean request through the router. A response of known length (an error, a redirect) is
+/// written here; a streamed one is handed back to be written by [`StreamWriter`].
 async fn respond(
     stream: &mut TcpStream,
     shared: &Shared,
-    request: http::Request<()>,
+    request: Box<http::Request<()>>,
     closer: &CancellationToken,
-) -> std::io::Result<bool> {
-    let (parts, ()) = request.into_parts();
+) -> std::io::Result<Answer> {
+    let (parts, ()) = (*request).into_parts();
     let mut request = http::Request::from_parts(parts, axum::body::Body::empty());
     request
         .extensions_mut()
@@ -261,15 +290,19 @@ async fn respond(
             stream.write_all(&head).await?;
             if written != len {
                 // The body and its announced length disagree: the connection cannot go on.
-                return Ok(false);
+                return Ok(Answer::Done { keep_alive: false });
             }
         }
         Framing::Chunked => {
-            head_then_stream(stream, head, body).await?;
+            return Ok(Answer::Stream {
+                head,
+                body,
+                keep_alive,
+            });
         }
     }
     stream.flush().await?;
-    Ok(keep_alive)
+    Ok(Answer::Done { keep_alive })
 }
 
 /// A response split into its encoded head and its body.
@@ -297,103 +330,183 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
     }
 }
 
-/// Writes `head`, then every data frame of `body` as one chunk, until the body ends (then the last
-/// chunk) or the client goes away (an error). While waiting for the next frame it watches the
-/// socket, so a client that closes its end is noticed at once, as hyper notices it.
-async fn head_then_stream(
-    stream: &mut TcpStream,
+/// Writes a streamed response: `head`, then every data frame of the body as one chunk, until the
+/// body ends (then the last chunk) or the client goes away (an error). While waiting for the next
+/// frame it watches the socket, so a client that closes its end is noticed at once, as hyper
+/// notices it.
+///
+/// A hand-written future rather than an `async fn`: it is what every idle subscriber's task holds
+/// for as long as the stream lasts, and an `async fn`'s state keeps room for every local of every
+/// await point.
+struct StreamWriter<'a> {
+    stream: &'a mut TcpStream,
+    body: axum::body::Body,
+    /// The response head until it is written (then empty, and freed).
     head: Vec<u8>,
-    mut body: axum::body::Body,
-) -> std::io::Result<()> {
-    // The head goes out with the first frame when that is ready at once (the preamble is), in one
-    // write. Polling with a no-op waker is harmless: the next poll registers the real one.
-    let first = {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        Pin::new(&mut body).poll_frame(&mut cx)
-    };
-    match first {
-        Poll::Ready(frame) => {
-            if write_frame(stream, &head, frame).await? {
-                return Ok(());
-            }
+    /// The chunk being written: its size line, data and end, each advanced as bytes go out.
+    size: lean::ChunkHeader,
+    size_written: usize,
+    data: Bytes,
+    tail: &'static [u8],
+    /// The body ended: once `tail` (the last chunk) is written, the response is complete.
+    ended: bool,
+    /// Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
+    /// the bytes stay in the socket for whoever serves the connection after this response.
+    client_spoke: bool,
+}
+
+impl<'a> StreamWriter<'a> {
+    fn new(stream: &'a mut TcpStream, head: Vec<u8>, body: axum::body::Body) -> Self {
+        Self {
+            stream,
+            body,
+            head,
+            size: lean::chunk_header(0),
+            size_written: usize::MAX,
+            data: Bytes::new(),
+            tail: &[],
+            ended: false,
+            client_spoke: false,
         }
-        Poll::Pending => stream.write_all(&head).await?,
     }
-    drop(head);
-    // Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
-    // the bytes stay in the socket for whoever serves the connection after this response.
-    let mut client_spoke = false;
-    loop {
-        let frame = tokio::select! {
-            frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)) => frame,
-            gone = client_gone(stream), if !client_spoke => {
-                if gone {
-                    return Err(std::io::ErrorKind::ConnectionAborted.into());
+
+    fn size_left(&self) -> &[u8] {
+        self.size
+            .as_bytes()
+            .get(self.size_written..)
+            .unwrap_or_default()
+    }
+
+    /// Whether the current chunk (and the head) are fully written.
+    fn idle(&self) -> bool {
+        self.head.is_empty()
+            && self.size_left().is_empty()
+            && self.data.is_empty()
+            && self.tail.is_empty()
+    }
+
+    /// Takes the next body frame as the chunk to write. `Ready(Ok(()))` when there is something
+    /// to write (or the body ended).
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            match Pin::new(&mut self.body).poll_frame(cx) {
+                Poll::Ready(Some(frame)) => {
+                    // Trailers are not sent (hyper sends them only to clients that asked for them).
+                    let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
+                        continue;
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    self.size = lean::chunk_header(data.len());
+                    self.size_written = 0;
+                    self.data = data;
+                    self.tail = lean::CHUNK_END;
+                    return Poll::Ready(Ok(()));
                 }
-                client_spoke = true;
-                continue;
+                Poll::Ready(None) => {
+                    self.ended = true;
+                    self.tail = lean::LAST_CHUNK;
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending => return Poll::Pending,
             }
-        };
-        if write_frame(stream, &[], frame).await? {
-            return Ok(());
         }
     }
-}
 
-/// Writes `prefix` and one body frame as a chunk (or the last chunk when the body ended, which
-/// returns `true`).
-async fn write_frame(
-    stream: &mut TcpStream,
-    prefix: &[u8],
-    frame: Option<Result<http_body::Frame<Bytes>, axum::Error>>,
-) -> std::io::Result<bool> {
-    let Some(frame) = frame else {
-        write_all_vectored(stream, [prefix, lean::LAST_CHUNK, &[], &[]]).await?;
-        return Ok(true);
-    };
-    // Trailers are not sent (hyper sends them only to clients that asked for them).
-    let data = frame
-        .map_err(std::io::Error::other)?
-        .into_data()
-        .unwrap_or_default();
-    if data.is_empty() {
-        write_all_vectored(stream, [prefix, &[], &[], &[]]).await?;
-    } else {
-        let size = lean::chunk_header(data.len());
-        write_all_vectored(stream, [prefix, size.as_bytes(), &data, lean::CHUNK_END]).await?;
-    }
-    Ok(false)
-}
-
-/// Waits until the idle client either closed its end (`true`) or sent something (`false`). Bytes
-/// sent are only peeked, never taken.
-async fn client_gone(stream: &TcpStream) -> bool {
-    let mut probe = [0u8; 1];
-    !matches!(stream.peek(&mut probe).await, Ok(n) if n > 0)
-}
-
-/// Writes all of `parts` (empty ones are fine) with as few system calls as the socket allows.
-async fn write_all_vectored(stream: &mut TcpStream, mut parts: [&[u8]; 4]) -> std::io::Result<()> {
-    let mut first = 0;
-    loop {
-        while first < parts.len() && parts[first].is_empty() {
-            first += 1;
-        }
-        if first == parts.len() {
-            return Ok(());
-        }
-        let slices = parts.map(IoSlice::new);
-        let mut n = stream.write_vectored(&slices[first..]).await?;
-        if n == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while n > 0 {
-            let take = n.min(parts[first].len());
-            parts[first] = &parts[first][take..];
+    /// Writes what is pending, with as few system calls as the socket allows.
+    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.idle() {
+            let size_left = self
+                .size
+                .as_bytes()
+                .get(self.size_written..)
+                .unwrap_or_default();
+            let slices = [
+                IoSlice::new(&self.head),
+                IoSlice::new(size_left),
+                IoSlice::new(&self.data),
+                IoSlice::new(self.tail),
+            ];
+            let first = slices.iter().position(|s| !s.is_empty()).unwrap_or(0);
+            let written = Pin::new(&mut *self.stream).poll_write_vectored(cx, &slices[first..]);
+            let mut n = match written {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            };
+            // Advance through the parts in order.
+            let take = n.min(self.head.len());
+            if take > 0 {
+                if take == self.head.len() {
+                    // Freed: an idle stream keeps no head buffer.
+                    self.head = Vec::new();
+                } else {
+                    self.head.drain(..take);
+                }
+                n -= take;
+            }
+            let take = n.min(self.size_left().len());
+            self.size_written = self.size_written.saturating_add(take);
             n -= take;
-            if parts[first].is_empty() {
-                first += 1;
+            let take = n.min(self.data.len());
+            self.data.advance(take);
+            n -= take;
+            let take = n.min(self.tail.len());
+            self.tail = &self.tail[take..];
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether the idle client closed its end (`Ready(true)`) or sent something (`Ready(false)`).
+    /// Bytes sent are only peeked, never taken.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        match self.stream.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(n)) => Poll::Ready(n == 0),
+            Poll::Ready(Err(_)) => Poll::Ready(true),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl Future for StreamWriter<'_> {
+    type Output = std::io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            // The head goes out with the first frame when that is ready at once (the preamble
+            // is), in one write.
+            if this.idle() || !this.head.is_empty() && this.data.is_empty() && !this.ended {
+                if this.idle() && this.ended {
+                    return Poll::Ready(Ok(()));
+                }
+                match this.poll_next_chunk(cx) {
+                    Poll::Ready(result) => result?,
+                    Poll::Pending if this.idle() => {
+                        if !this.client_spoke {
+                            match this.poll_client_gone(cx) {
+                                Poll::Ready(true) => {
+                                    return Poll::Ready(Err(
+                                        std::io::ErrorKind::ConnectionAborted.into()
+                                    ))
+                                }
+                                Poll::Ready(false) => this.client_spoke = true,
+                                Poll::Pending => {}
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                    // Only the head is waiting: write it now.
+                    Poll::Pending => {}
+                }
             }
+            std::task::ready!(this.poll_write_pending(cx))?;
         }
     }
 }

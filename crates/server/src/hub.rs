@@ -123,6 +123,7 @@ impl Hub {
                 subscriber_queue: config.subscriber_queue,
                 dispatch_timeout: (!config.dispatch_timeout.is_zero())
                     .then_some(config.dispatch_timeout),
+                alarm_tick: alarm_tick(config),
                 ..FanoutConfig::default()
             },
             selectors.clone(),
@@ -333,4 +334,16 @@ fn default_max_subscribers() -> usize {
         })
         .unwrap_or(20_000);
     limit - limit / 20
+}
+
+/// The fan-out's alarm tick: a second, or a quarter of the heartbeat or of the maximum connection
+/// life when either is shorter, so neither drifts by more than a quarter of itself (and never below
+/// 10 ms). Token expiries are honoured to within the tick.
+fn alarm_tick(config: &Config) -> Duration {
+    [config.heartbeat, config.write_timeout]
+        .into_iter()
+        .filter(|d| !d.is_zero())
+        .map(|d| d / 4)
+        .fold(Duration::from_secs(1), Duration::min)
+        .max(Duration::from_millis(10))
 }

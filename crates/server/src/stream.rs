@@ -8,9 +8,12 @@
 //! batched into one write. When the stream is idle a heartbeat comment is sent; when the connection
 //! reaches its maximum life, or the fan-out cut the subscriber off, the body ends and the client
 //! reconnects with its last event id.
+//!
+//! The stream holds no timer: times are millisecond stamps on the fan-out's clock, and when it
+//! waits it sets an alarm for its next heartbeat or its end, which its shard's tick rings (see
+//! `quicksilver_fanout`'s "Timers without timers"). An idle subscriber thus costs no timer entry.
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -19,9 +22,9 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::histogram::Histogram;
+use quicksilver_fanout::now_ms;
 use quicksilver_fanout::Subscription;
 use quicksilver_protocol::{sse, Envelope, Position};
-use tokio::time::{Instant, Sleep};
 
 /// At most this many bytes are gathered into one write.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -39,22 +42,32 @@ pub enum EndReason {
     Closed,
 }
 
+/// The history part of a stream.
+struct Replay {
+    /// Entries not sent yet.
+    pending: VecDeque<Arc<Envelope>>,
+    /// Live updates at or before these positions were replayed already (one per partition).
+    up_to: Vec<Position>,
+}
+
 /// The body of a subscription response.
 pub struct SubscriberStream {
-    preamble: Option<Bytes>,
-    replay: VecDeque<Arc<Envelope>>,
-    /// Live updates at or before these positions were replayed already (one per partition).
-    replayed_up_to: Vec<Position>,
+    /// The preamble was sent.
+    started: bool,
+    /// History to send first, and what it covered; `None` when the subscriber asked for none (boxed:
+    /// an idle stream without history should not carry room for it).
+    replay: Option<Box<Replay>>,
     subscription: Subscription,
-    heartbeat: Option<(Duration, Pin<Box<Sleep>>)>,
-    /// When something was last written; the heartbeat timer is moved only when it fires, so a busy
-    /// stream does not touch the timer wheel on every write.
-    last_write: Instant,
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// Heartbeat interval in milliseconds.
+    heartbeat_ms: Option<u64>,
+    /// When something was last written ([`now_ms`]).
+    last_write_ms: u64,
+    /// When the stream ends ([`now_ms`]): the maximum connection life or the token's expiry.
+    deadline_ms: Option<u64>,
     ended: Option<EndReason>,
     /// Sent as `retry:` (milliseconds) just before the stream ends because the hub closed it
     /// (draining); encoded only then, so an idle stream holds no frame for it.
-    closing_retry: Option<u64>,
+    closing_retry: Option<u32>,
     /// Accept-to-write latency of live updates, when measured.
     latency: Option<Histogram>,
     on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
@@ -73,15 +86,20 @@ impl SubscriberStream {
         max_life: Option<Duration>,
         on_end: impl FnOnce(EndReason) + Send + 'static,
     ) -> Self {
-        let now = Instant::now();
+        let now = now_ms();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         Self {
-            preamble: Some(Bytes::from_static(sse::STREAM_PREAMBLE)),
-            replay: replay.into(),
-            replayed_up_to,
+            started: false,
+            replay: (!replay.is_empty() || !replayed_up_to.is_empty()).then(|| {
+                Box::new(Replay {
+                    pending: replay.into(),
+                    up_to: replayed_up_to,
+                })
+            }),
             subscription,
-            heartbeat: heartbeat.map(|d| (d, Box::pin(tokio::time::sleep_until(now + d)))),
-            last_write: now,
-            deadline: max_life.map(|d| Box::pin(tokio::time::sleep_until(now + d))),
+            heartbeat_ms: heartbeat.map(millis),
+            last_write_ms: now,
+            deadline_ms: max_life.map(|d| now.saturating_add(millis(d))),
             ended: None,
             closing_retry: None,
             latency: None,
@@ -91,7 +109,7 @@ impl SubscriberStream {
 
     /// Tells the client, when the hub closes the stream, to reconnect after `retry`.
     pub fn with_closing_retry(mut self, retry: Duration) -> Self {
-        self.closing_retry = Some(retry.as_millis() as u64);
+        self.closing_retry = Some(u32::try_from(retry.as_millis()).unwrap_or(u32::MAX));
         self
     }
 
@@ -112,7 +130,11 @@ impl SubscriberStream {
 
     fn already_replayed(&self, envelope: &Envelope) -> bool {
         let p = envelope.position;
-        self.replayed_up_to
+        let Some(replay) = &self.replay else {
+            return false;
+        };
+        replay
+            .up_to
             .iter()
             .any(|r| r.partition == p.partition && !p.is_after(r))
     }
@@ -128,9 +150,18 @@ impl SubscriberStream {
         Poll::Ready(None)
     }
 
-    fn reset_heartbeat(&mut self) {
-        if self.heartbeat.is_some() {
-            self.last_write = Instant::now();
+    fn reset_heartbeat(&mut self, now: u64) {
+        self.last_write_ms = now;
+    }
+
+    /// When the idle stream must next wake up by itself: its next heartbeat or its end.
+    fn next_alarm(&self) -> u64 {
+        let heartbeat = self
+            .heartbeat_ms
+            .map(|interval| self.last_write_ms.saturating_add(interval));
+        match (heartbeat, self.deadline_ms) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or(0),
         }
     }
 
@@ -188,30 +219,32 @@ impl Body for SubscriberStream {
         if this.ended.is_some() {
             return Poll::Ready(None);
         }
-        if let Some(preamble) = this.preamble.take() {
-            return Poll::Ready(Some(Ok(Frame::data(preamble))));
+        if !this.started {
+            this.started = true;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                sse::STREAM_PREAMBLE,
+            )))));
         }
-        if let Some(first) = this.replay.pop_front() {
+        if let Some(first) = this.replay.as_mut().and_then(|r| r.pending.pop_front()) {
             let mut buf = BytesMut::from(&first.frame[..]);
             while buf.len() < MAX_BATCH_BYTES {
-                let Some(next) = this.replay.pop_front() else {
+                let Some(next) = this.replay.as_mut().and_then(|r| r.pending.pop_front()) else {
                     break;
                 };
                 buf.extend_from_slice(&next.frame);
             }
-            this.reset_heartbeat();
+            this.reset_heartbeat(now_ms());
             return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
         }
-        if let Some(deadline) = &mut this.deadline {
-            if deadline.as_mut().poll(cx).is_ready() {
-                return this.end(EndReason::WriteTimeout);
-            }
+        let now = now_ms();
+        if this.deadline_ms.is_some_and(|deadline| now >= deadline) {
+            return this.end(EndReason::WriteTimeout);
         }
         loop {
             match this.subscription.poll_recv(cx) {
                 Poll::Ready(Some(envelope)) => {
                     if let Some(chunk) = this.batch_live(envelope) {
-                        this.reset_heartbeat();
+                        this.reset_heartbeat(now);
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                     // Everything taken was already replayed: look again.
@@ -222,27 +255,23 @@ impl Body for SubscriberStream {
                     }
                     if let Some(retry) = this.closing_retry.take() {
                         // Polled again after this frame: the queue is still closed, so it ends then.
-                        return Poll::Ready(Some(Ok(Frame::data(sse::encode_retry(retry)))));
+                        return Poll::Ready(Some(Ok(Frame::data(sse::encode_retry(u64::from(
+                            retry,
+                        ))))));
                     }
                     return this.end(EndReason::Closed);
                 }
                 Poll::Pending => break,
             }
         }
-        if let Some((interval, sleep)) = &mut this.heartbeat {
-            // Loop: a timer that fired while the stream was busy is pushed to one interval after
-            // the last write and polled again, which registers it.
-            while sleep.as_mut().poll(cx).is_ready() {
-                let due = this.last_write + *interval;
-                if Instant::now() >= due {
-                    this.last_write = Instant::now();
-                    sleep.as_mut().reset(this.last_write + *interval);
-                    let _ = sleep.as_mut().poll(cx);
-                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
-                }
-                sleep.as_mut().reset(due);
+        if let Some(interval) = this.heartbeat_ms {
+            if now >= this.last_write_ms.saturating_add(interval) {
+                this.reset_heartbeat(now);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
             }
         }
+        // The waker is registered with the queue (by `poll_recv` above), which the alarm wakes.
+        this.subscription.set_alarm(this.next_alarm());
         Poll::Pending
     }
 

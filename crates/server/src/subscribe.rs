@@ -103,9 +103,12 @@ pub async fn subscribe(
     let spec = SubscriberSpec { selectors, access };
 
     // The header wins over the query parameters, as the SSE and Mercure specifications say.
+    // Browsers send the id they last saw as UTF-8 bytes, and publishers may choose any id, so the
+    // header is decoded as UTF-8 rather than restricted to visible ASCII (`to_str`): an id like
+    // `urn:é` must resume, not silently start a fresh stream.
     let last_event_id = headers
         .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
         .filter(|v| !v.is_empty())
         .map(str::to_string)
         .or(query.last_event_id);

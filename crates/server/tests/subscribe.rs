@@ -358,6 +358,29 @@ async fn history_replays_after_the_last_event_id_by_header_query_and_earliest() 
 }
 
 #[tokio::test]
+async fn a_non_ascii_last_event_id_header_resumes_like_any_other() {
+    // Publishers may choose any id; browsers send it back as UTF-8 bytes in `Last-Event-ID`.
+    let hub = TestHub::start(&["--anonymous"]).await;
+    let c = client();
+    let p = publisher_token();
+    for id in ["urn:é-1", "urn:é-2", "urn:é-3"] {
+        assert_eq!(
+            publish(&c, &hub, &p, &[("topic", "t"), ("id", id), ("data", id)])
+                .await
+                .0,
+            200
+        );
+    }
+    let url = format!("{}?topic=t", hub.hub_url());
+    let mut s = Sse::connect(&c, &url, &[("Last-Event-ID", "urn:é-1")]).await;
+    assert_eq!(s.headers["last-event-id"], "urn:é-1");
+    for want in ["urn:é-2", "urn:é-3"] {
+        assert_eq!(s.next_event(WAIT).await.unwrap().id.as_deref(), Some(want));
+    }
+    assert_eq!(s.next_event(SHORT).await, None);
+}
+
+#[tokio::test]
 async fn private_updates_are_filtered_on_replay_too() {
     let hub = TestHub::start(&["--anonymous"]).await;
     let c = client();
