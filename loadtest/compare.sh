@@ -9,6 +9,7 @@
 #   loadtest/compare.sh                 # the default cases (about 2 minutes)
 #   CASES="b1000 collab" loadtest/compare.sh
 #   DURATION=20 loadtest/compare.sh
+#   HUBS="quicksilver quicksilver-memory nchan" loadtest/compare.sh   # also the in-memory transport
 #
 # Needs: target/release/quicksilver and target/release/quicksilver-loadtest (cargo build --release
 # -p quicksilver-server -p quicksilver-loadtest), redis-server, nginx with libnginx-mod-nchan, jq,
@@ -19,6 +20,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 DURATION=${DURATION:-10}
 CASES=${CASES:-"b1000 b100 collab b10000"}
+HUBS=${HUBS:-"quicksilver nchan"}
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 SERVER_CORE=${SERVER_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 KEY='!ChangeThisMercureHubJWTSecretKey!'
@@ -67,12 +70,19 @@ start_redis() {
     wait_port "$port"
 }
 
-start_quicksilver() {
-    local rport port
-    rport=$(free_port); start_redis "$rport"
+start_quicksilver() { # start_quicksilver [memory]
+    local rport port transport
+    if [ "${1:-}" = memory ]; then
+        # No Redis at all; REDIS_PID stays empty and is not measured.
+        REDIS_PID=
+        transport=(--transport memory)
+    else
+        rport=$(free_port); start_redis "$rport"
+        transport=(--transport redis --redis-url "redis://127.0.0.1:$rport")
+    fi
     port=$(free_port)
     taskset -c "$SERVER_CORE" "$BIN/quicksilver" --listen "127.0.0.1:$port" --jwt-key "$KEY" \
-        --transport redis --redis-url "redis://127.0.0.1:$rport" --log warn \
+        "${transport[@]}" --log warn \
         >"$WORK/quicksilver-$port.log" 2>&1 &
     HUB_PID=$!
     PIDS+=("$HUB_PID")
@@ -122,11 +132,17 @@ case_label() {
 
 run_case() {
     local name=$1 hub=$2 json="$WORK/$1-$2.json"
-    if [ "$hub" = quicksilver ]; then start_quicksilver; else start_nchan; fi
+    case "$hub" in
+        quicksilver) start_quicksilver ;;
+        quicksilver-memory) start_quicksilver memory ;;
+        *) start_nchan ;;
+    esac
+    local pids=(--hub-pid "$HUB_PID")
+    [ -n "$REDIS_PID" ] && pids+=(--hub-pid "$REDIS_PID")
     # shellcheck disable=SC2046
     taskset -c "$LOAD_CORE" "$BIN/quicksilver-loadtest" $(case_args "$name") \
         --hub-kind "$KIND" --sub-url "$SUB_URL" --pub-url "$PUB_URL" --jwt-key "$KEY" \
-        --duration "$DURATION" --warmup 2 --hub-pid "$HUB_PID" --hub-pid "$REDIS_PID" \
+        --duration "$DURATION" --warmup 2 "${pids[@]}" \
         --tolerate-errors --quiet --json-out "$json" >"$WORK/$name-$hub.txt" 2>&1 || true
     stop_all
     if [ -s "$json" ]; then
@@ -146,7 +162,7 @@ run_case() {
 
 : >"$WORK/rows.md"
 for c in $CASES; do
-    for hub in quicksilver nchan; do
+    for hub in $HUBS; do
         echo "== $c on $hub" >&2
         run_case "$c" "$hub"
     done
@@ -159,12 +175,12 @@ mkdir -p "$(dirname "$OUT")"
     echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')),"
     echo "$(free -g | awk '/Mem:/{print $2}') GiB RAM, $(uname -sr). Servers (hub + its Redis) on core $SERVER_CORE,"
     echo "load generator on core $LOAD_CORE (taskset). ${DURATION}s measured after a 2s warm-up."
-    echo "Quicksilver: Redis transport, own redis-server. nchan: $(nginx -v 2>&1 | cut -d/ -f2),"
+    echo "quicksilver: Redis transport, own redis-server; quicksilver-memory: in-memory transport, no Redis. nchan: $(nginx -v 2>&1 | cut -d/ -f2),"
     echo "1 worker, Redis storage (loadtest/nchan/nginx.conf.template), own redis-server."
     echo "Server CPU = hub process + its Redis (CPU seconds over the whole run, connecting included)."
-    echo "Other builds may have run on the machine at the same time: treat figures as ±20%."
+    echo "Load average when the run started: $LOAD_BEFORE (anything else running on the machine shows here)."
     echo
-    echo "Command: \`CASES=\"$CASES\" DURATION=$DURATION loadtest/compare.sh\`"
+    echo "Command: \`HUBS=\"$HUBS\" CASES=\"$CASES\" DURATION=$DURATION loadtest/compare.sh\`"
     echo
     echo "| case | hub | deliveries | deliveries / server CPU-s | server CPU s | load-gen CPU s | p50 ms | p99 ms | lost |"
     echo "|---|---|---:|---:|---:|---:|---:|---:|---:|"

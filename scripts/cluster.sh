@@ -10,6 +10,8 @@
 # Ports (override with environment variables): nginx NGINX_PORT=8080, nodes NODE_PORTS="3001 3002
 # 3003", Redis REDIS_PORT=6391 (cluster: REDIS_PORT, +1, +2). State, logs and pid files live in
 # CLUSTER_DIR (default .tmp/cluster). The JWT key is MERCURE_JWT_KEY (default: the demo key).
+# NGINX_WORKERS (default 1): nginx worker processes; each proxied subscriber takes two of a
+# worker's file descriptors, so more than ~9,000 subscribers through nginx need several.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -76,7 +78,8 @@ up() {
     done
 
     cat >"$dir/nginx.conf" <<CONF
-worker_processes 1;
+worker_processes ${NGINX_WORKERS:-1};
+worker_rlimit_nofile 20000;
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log;
 events { worker_connections 16384; }

@@ -5,7 +5,9 @@
 //! stalled client would keep its socket, hyper's buffers and its queued updates for as long as it
 //! likes. Every connection therefore gets a [`ConnectionCloser`] (a cancellation token, put in the
 //! request's extensions); the fan-out cancels it when it cuts the subscriber off, and the
-//! connection's task then drops the connection at once.
+//! connection's task then drops the connection at once. The token is only watched where a stalled
+//! client can block the task: by hyper's connection, and by a lean stream's writer while a write
+//! is blocked (watching it on every poll of every stream would cost a lock per delivery).
 //!
 //! A connection's first request head is read here with a small buffer. A plain HTTP/1.1
 //! subscription (see [`crate::lean`]) is answered by the router as usual, but its response is
@@ -44,7 +46,7 @@ use hyper_util::server::conn::auto;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tokio_util::sync::CancellationToken;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
@@ -128,10 +130,7 @@ pub async fn serve(
         open.inc();
         let shared = shared.clone();
         tracker.spawn(async move {
-            tokio::select! {
-                () = connection(stream, &shared, closer.clone()) => {}
-                () = closer.cancelled() => {}
-            }
+            connection(stream, &shared, closer).await;
             open.dec();
         });
     }
@@ -166,7 +165,12 @@ async fn connection(mut stream: TcpStream, shared: &Shared, closer: Cancellation
                     head,
                     body,
                     keep_alive,
-                }) => StreamWriter::new(&mut stream, head, body).await.is_ok() && keep_alive,
+                }) => {
+                    StreamWriter::new(&mut stream, head, body, &closer)
+                        .await
+                        .is_ok()
+                        && keep_alive
+                }
                 Err(_) => false,
             };
             if !keep_alive || shared.shutdown.is_cancelled() {
@@ -340,6 +344,11 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
 /// await point.
 struct StreamWriter<'a> {
     stream: &'a mut TcpStream,
+    /// Cancelled when the fan-out cuts the subscriber off.
+    closer: &'a CancellationToken,
+    /// Watches `closer` while a write is blocked (created only then: a client that reads costs
+    /// nothing here).
+    cut_off: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     body: axum::body::Body,
     /// The response head until it is written (then empty, and freed).
     head: Vec<u8>,
@@ -356,9 +365,16 @@ struct StreamWriter<'a> {
 }
 
 impl<'a> StreamWriter<'a> {
-    fn new(stream: &'a mut TcpStream, head: Vec<u8>, body: axum::body::Body) -> Self {
+    fn new(
+        stream: &'a mut TcpStream,
+        head: Vec<u8>,
+        body: axum::body::Body,
+        closer: &'a CancellationToken,
+    ) -> Self {
         Self {
             stream,
+            closer,
+            cut_off: None,
             body,
             head,
             size: lean::chunk_header(0),
@@ -436,7 +452,19 @@ impl<'a> StreamWriter<'a> {
                 }
                 Poll::Ready(Ok(n)) => n,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // The client is not reading. If the fan-out cuts it off meanwhile (its queue
+                    // filled up), drop the connection at once instead of waiting for the client to
+                    // read again: the socket and its unsent bytes would stay for as long as it likes.
+                    let closer = self.closer;
+                    let cut_off = self
+                        .cut_off
+                        .get_or_insert_with(|| Box::pin(closer.clone().cancelled_owned()));
+                    if cut_off.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+                    }
+                    return Poll::Pending;
+                }
             };
             // Advance through the parts in order.
             let take = n.min(self.head.len());
@@ -458,6 +486,7 @@ impl<'a> StreamWriter<'a> {
             let take = n.min(self.tail.len());
             self.tail = &self.tail[take..];
         }
+        self.cut_off = None;
         Poll::Ready(Ok(()))
     }
 
@@ -514,7 +543,7 @@ impl Future for StreamWriter<'_> {
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, with upgrades).
 async fn serve_hyper(io: Rewind, shared: &Shared, closer: CancellationToken) {
     let app = shared.app.clone();
-    let extension = ConnectionCloser(closer);
+    let extension = ConnectionCloser(closer.clone());
     // Cancelled when hyper has read a request head (it calls the service then).
     let started = CancellationToken::new();
     let first_request = started.clone();
@@ -535,6 +564,8 @@ async fn serve_hyper(io: Rewind, shared: &Shared, closer: CancellationToken) {
             tracing::debug!("closing a connection that sent no complete request in time");
             return;
         }
+        // A subscriber served here was cut off by the fan-out: drop the connection at once.
+        () = closer.cancelled() => return,
         () = shared.shutdown.cancelled() => {}
     }
     connection.as_mut().graceful_shutdown();
