@@ -12,16 +12,19 @@
 //!
 //! Compiling a template or a URL pattern is costly and the same selectors arrive again and again
 //! (every browser tab of an app subscribes with the same ones), so the [`SelectorStore`] keeps
-//! compiled selectors and match results in bounded caches: memory stays fixed whatever clients
-//! send, and a hot selector is compiled once per node.
+//! compiled selectors, and URL-pattern match results, in bounded caches: memory stays fixed
+//! whatever clients send, and a hot selector is compiled once per node.
 //!
 //! Data flow: a raw selector goes through [`SelectorStore::compile`] (pre-standardization syntax),
 //! [`SelectorStore::compile_url_pattern`], [`compile_matcher`] (a grant's `match` / `match_type`
 //! pair) or [`Selector::exact_topic`] once, when a subscription or a JWT grant is read, and becomes
 //! a [`Selector`]; each published topic then goes through [`SelectorStore::matches`]. Wildcard and
-//! exact selectors answer directly; template and URL-pattern selectors first try the match cache,
-//! keyed by `(selector, topic)`, and only on a miss run the compiled matcher. The cache is probed
-//! with a borrowed key, so the hot path (same selectors, same topics) never allocates.
+//! exact selectors answer directly, and so do templates: their compiled regular expression runs in
+//! linear time and is faster than a cache probe (about 100 ns against 180 ns in the `matching`
+//! benchmark). URL-pattern selectors, whose match parses the topic as a URL (about 800 ns), first
+//! try the match cache, keyed by `(selector, topic)`, and only on a miss run the compiled matcher.
+//! The cache is probed with a borrowed key, so the hot path (same selectors, same topics) never
+//! allocates.
 
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -483,13 +486,11 @@ impl SelectorStore {
         Ok(s)
     }
 
-    /// Whether `topic` matches `selector`; template and URL-pattern results are cached.
+    /// Whether `topic` matches `selector`; URL-pattern results are cached.
     pub fn matches(&self, selector: &Selector, topic: &str) -> bool {
         match &selector.0.matcher {
-            Matcher::Wildcard => true,
-            Matcher::Exact => *selector.0.raw == *topic,
-            Matcher::Template(_) if *selector.0.raw == *topic => true,
-            Matcher::Template(_) | Matcher::UrlPattern(_) => {
+            Matcher::Wildcard | Matcher::Exact | Matcher::Template(_) => selector.matches(topic),
+            Matcher::UrlPattern(_) => {
                 let key = MatchKeyRef {
                     selector: selector.key(),
                     topic,
@@ -683,7 +684,7 @@ mod tests {
     #[test]
     fn hits_are_found_with_the_borrowed_key() {
         let store = SelectorStore::default();
-        let s = sel("https://example.com/books/{id}");
+        let s = Selector::url_pattern("https://example.com/books/:id", None).unwrap();
         // Plant a wrong answer: if the lookup finds the owned entry, it is what comes back.
         store.matches.insert(
             MatchKey {
@@ -699,7 +700,8 @@ mod tests {
     #[test]
     fn caches_stay_bounded() {
         let store = SelectorStore::new(4, 16);
-        let s = sel("https://example.com/books/{id}");
+        // Only URL-pattern matches are cached.
+        let s = Selector::url_pattern("https://example.com/books/:id", None).unwrap();
         for i in 0..1_000 {
             assert!(store.matches(&s, &format!("https://example.com/books/{i}")));
             let raw = format!("https://example.com/{i}/{{id}}");
