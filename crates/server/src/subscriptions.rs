@@ -232,4 +232,27 @@ impl OrphanHandler for OrphanEvents {
         }
         Ok(())
     }
+
+    async fn revived(
+        &self,
+        node: &str,
+        records: Vec<SubscriptionRecord>,
+    ) -> Result<(), TransportError> {
+        tracing::info!(
+            node,
+            subscriptions = records.len(),
+            "this node's subscriptions were ended while it was cut off: announcing them again"
+        );
+        for record in records {
+            let Ok(document) = serde_json::from_str::<serde_json::Value>(&record.document) else {
+                tracing::warn!(id = %record.id, "skipping an unreadable subscription record");
+                continue;
+            };
+            let shape = Shape::of_document(&document);
+            self.transport
+                .publish(event_update(record.id, document, shape))
+                .await?;
+        }
+        Ok(())
+    }
 }

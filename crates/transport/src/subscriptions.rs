@@ -62,6 +62,20 @@ pub trait OrphanHandler: Send + Sync + 'static {
         node: &str,
         records: Vec<SubscriptionRecord>,
     ) -> Result<(), TransportError>;
+
+    /// Called on a node that was reaped while still alive (cut off from Redis, or paused, for
+    /// longer than its lease) once it is back and has written its records again: the ends of its
+    /// subscriptions were published, so publish the live ones (`records`) as active again. Not
+    /// called when Redis merely lost its data, since no end was published then. `Err` → called
+    /// again at the next renewal. The default does nothing.
+    async fn revived(
+        &self,
+        node: &str,
+        records: Vec<SubscriptionRecord>,
+    ) -> Result<(), TransportError> {
+        let _ = (node, records);
+        Ok(())
+    }
 }
 
 /// Counters of a registry, for metrics.

@@ -27,6 +27,7 @@ const LEASE: Duration = Duration::from_millis(300);
 #[derive(Default)]
 struct Recorder {
     calls: Mutex<Vec<(String, Vec<SubscriptionRecord>)>>,
+    revived: Mutex<Vec<(String, Vec<SubscriptionRecord>)>>,
     fail_first: AtomicUsize,
 }
 
@@ -45,6 +46,15 @@ impl OrphanHandler for Recorder {
         if failing {
             return Err(TransportError::Unavailable("handler refuses".into()));
         }
+        Ok(())
+    }
+
+    async fn revived(
+        &self,
+        node: &str,
+        records: Vec<SubscriptionRecord>,
+    ) -> Result<(), TransportError> {
+        self.revived.lock().push((node.to_string(), records));
         Ok(())
     }
 }
@@ -308,6 +318,8 @@ async fn records_are_written_again_after_redis_loses_them() {
         list_until(a.as_ref(), "the new record", |l| contains_all(l, &more)).await;
         assert!(a.stats().reregistrations >= 2, "{:?}", a.stats());
         assert!(handler.calls.lock().is_empty());
+        // No end was published, so nothing is announced again.
+        assert!(handler.revived.lock().is_empty());
     })
     .await;
 }
@@ -398,4 +410,42 @@ async fn works_on_a_three_master_cluster() {
         assert_eq!(by_id(&b.list().await.unwrap()), by_id(&ra[1..]));
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reaped_while_alive_announces_its_live_subscriptions_again() {
+    let server = RedisServer::start();
+    let urls = vec![server.url()];
+    let handler = Arc::new(Recorder::default());
+    let (_ta, a) = registry(&urls, "a");
+    let (_tb, b) = registry(&urls, "b");
+    let ra = records("a", 3);
+    a.add(ra.clone()).await.unwrap();
+    // `a` is never started: it renews only when the test ticks it, like a node cut off from Redis.
+    a.tick(handler.as_ref()).await;
+    b.start(handler.clone());
+    bounded(async {
+        list_until(b.as_ref(), "a's records", |l| contains_all(l, &ra)).await;
+        wait_until("b reaping a", || handler.calls_for("a").len() == 1).await;
+    })
+    .await;
+    assert_eq!(by_id(&handler.calls_for("a")[0]), by_id(&ra));
+    assert!(handler.revived.lock().is_empty());
+
+    // One subscription ended while `a` was cut off; the others are announced again when `a` is
+    // back, once.
+    a.remove(vec![ra[0].id.clone()]).await.ok();
+    a.tick(handler.as_ref()).await;
+    a.tick(handler.as_ref()).await;
+    let revived: Vec<_> = handler.revived.lock().clone();
+    assert_eq!(revived.len(), 1, "{revived:?}");
+    assert_eq!(revived[0].0, "a");
+    assert_eq!(by_id(&revived[0].1), by_id(&ra[1..]));
+    // Back to renewing by itself, `a` is listed with its live subscriptions only.
+    a.start(handler.clone());
+    bounded(list_until(b.as_ref(), "a's live records again", |l| {
+        contains_all(l, &ra[1..]) && contains_none(l, &ra[..1])
+    }))
+    .await;
+    assert_eq!(handler.calls_for("a").len(), 1);
 }

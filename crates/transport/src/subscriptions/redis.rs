@@ -46,9 +46,11 @@
 //!   reaped: the dead nodes' records are gone with the rest, so their ends are never published.
 //! - **A node partitioned from Redis** (or paused) for longer than a lease is dead to the others:
 //!   its records are reaped and their ends published, although its subscribers may still be
-//!   connected. When it reaches Redis again it re-registers and rewrites its records (they are in
-//!   `list` again); [`RegistryStats::reregistrations`] counts it. Choose `lease_ttl` well above
-//!   ordinary hiccups.
+//!   connected. The reaper leaves a marker, `{<prefix>:subs}:reaped:<id>` (kept a day). When the
+//!   node reaches Redis again it re-registers, rewrites its records (they are in `list` again),
+//!   takes the marker and has [`OrphanHandler::revived`] publish its live subscriptions as active
+//!   again (retried at each renewal until it succeeds); [`RegistryStats::reregistrations`] counts
+//!   it. Choose `lease_ttl` well above ordinary hiccups.
 //! - **Redis unreachable**: operations fail with [`TransportError::Unavailable`] after the
 //!   transport's command timeout, and the background task retries at its next tick.
 //! - **Clocks**: only Redis' clock measures leases; node clocks do not matter.
@@ -77,11 +79,17 @@ const SCAN_COUNT: usize = 1_000;
 
 /// Deletes a reaped node's records and set membership, unless its lease came back meanwhile, and
 /// shortens the reap lock to one lease (long enough for any sweeper that read the set before to
-/// find the lock taken). Returns 1 if the node was removed from the set.
-/// KEYS: lease, hash, nodes, lock. ARGV: node id, lease in ms.
+/// find the lock taken). When there were records, it leaves the `reaped` marker, so a node that
+/// was only cut off learns that its subscriptions' ends went out. Returns 1 if the node was
+/// removed from the set.
+/// KEYS: lease, hash, nodes, lock, reaped marker. ARGV: node id, lease in ms, marker life in ms.
 const REAP_DONE: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
-     redis.call('DEL', KEYS[2]) redis.call('PEXPIRE', KEYS[4], ARGV[2]) \
+     if redis.call('DEL', KEYS[2]) == 1 then redis.call('SET', KEYS[5], '1', 'PX', ARGV[3]) end \
+     redis.call('PEXPIRE', KEYS[4], ARGV[2]) \
      return redis.call('SREM', KEYS[3], ARGV[1])";
+
+/// How long a `reaped` marker waits for its node to come back.
+const REAPED_MARKER_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Deletes a lock only if it still holds our token. KEYS: lock. ARGV: token.
 const RELEASE: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
@@ -115,6 +123,10 @@ impl Keys {
     fn reap(&self, id: &str) -> String {
         format!("{}:reap:{id}", self.base)
     }
+
+    fn reaped(&self, id: &str) -> String {
+        format!("{}:reaped:{id}", self.base)
+    }
 }
 
 #[derive(Default)]
@@ -142,6 +154,9 @@ struct Inner {
     registered: AtomicBool,
     /// A write failed: Redis may differ from the local copy until the next rewrite.
     dirty: AtomicBool,
+    /// This node was reaped while alive and its subscriptions' `active` events are still to be
+    /// published again ([`OrphanHandler::revived`]).
+    revive: AtomicBool,
     closed: AtomicBool,
     counters: Counters,
 }
@@ -175,6 +190,7 @@ impl RedisSubscriptionRegistry {
                 sync: tokio::sync::RwLock::new(()),
                 registered: AtomicBool::new(false),
                 dirty: AtomicBool::new(false),
+                revive: AtomicBool::new(false),
                 closed: AtomicBool::new(false),
                 counters: Counters::default(),
             }),
@@ -225,7 +241,7 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        if let Err(e) = self.renew().await {
+        if let Err(e) = self.renew(handler).await {
             tracing::warn!(node = %self.node_id(), error = %e, "subscription lease renewal failed");
         }
         if let Err(e) = self.sweep(handler).await {
@@ -233,8 +249,9 @@ impl Inner {
         }
     }
 
-    /// Renews the lease; rewrites the records if the lease had vanished or a write failed.
-    async fn renew(&self) -> Result<(), TransportError> {
+    /// Renews the lease; rewrites the records if the lease had vanished or a write failed; if this
+    /// node had been reaped, has the handler announce its subscriptions again.
+    async fn renew(&self, handler: &dyn OrphanHandler) -> Result<(), TransportError> {
         let id = self.node_id();
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -249,8 +266,10 @@ impl Inner {
             .cmd("SADD")
             .arg(&self.keys.nodes)
             .arg(id)
-            .ignore();
-        let (existed,): (i64,) = self
+            .ignore()
+            .cmd("DEL")
+            .arg(self.keys.reaped(id));
+        let (existed, reaped): (i64, i64) = self
             .shared
             .pool
             .query_pipeline(&pipe)
@@ -265,8 +284,36 @@ impl Inner {
                  for a whole lease); writing this node's subscriptions again"
             );
         }
+        if reaped == 1 {
+            tracing::warn!(
+                node = %id,
+                "this node was taken for dead and its subscriptions ended; announcing them again"
+            );
+            self.revive.store(true, Ordering::Release);
+        }
         if existed == 0 || !registered || self.dirty.load(Ordering::Acquire) {
             self.rewrite().await?;
+        }
+        if self.revive.load(Ordering::Acquire) {
+            let records: Vec<SubscriptionRecord> = self
+                .records
+                .lock()
+                .iter()
+                .map(|(id, document)| SubscriptionRecord {
+                    id: id.clone(),
+                    document: document.clone(),
+                })
+                .collect();
+            let outcome =
+                tokio::time::timeout(self.options.reap_timeout, handler.revived(id, records)).await;
+            match outcome {
+                Ok(Ok(())) => self.revive.store(false, Ordering::Release),
+                // Kept: the next renewal tries again.
+                Ok(Err(e)) => return Err(self.failed("announcing subscriptions again", e)),
+                Err(_) => {
+                    return Err(self.failed("announcing subscriptions again", "no answer in time"))
+                }
+            }
         }
         Ok(())
     }
@@ -400,13 +447,15 @@ impl Inner {
         }
         let done = redis::cmd("EVAL")
             .arg(REAP_DONE)
-            .arg(4)
+            .arg(5)
             .arg(self.keys.lease(node))
             .arg(&hash)
             .arg(&self.keys.nodes)
             .arg(&lock)
+            .arg(self.keys.reaped(node))
             .arg(node)
             .arg(self.ttl_ms())
+            .arg(REAPED_MARKER_MS)
             .clone();
         let deleted: i64 = self
             .shared
