@@ -5,11 +5,14 @@
 # subscriber it held.
 #
 #   loadtest/idle-memory.sh [N=19000] [HUB_BINARY=target/release/quicksilver]
-#   NODES=5 loadtest/idle-memory.sh 95000        # 5 nodes holding 95,000 together
+#   NODES=5 CONNECT_RATE=2000 loadtest/idle-memory.sh 95000   # 5 nodes holding 95,000 together
+#   (CONNECT_RATE: subscribers opened per second, all processes; default 5000)
 #
 # A process may hold at most 20,000 open files here, so the load generator runs one worker process
 # per 10,000 subscribers (at least 2), each on its own source address (127.0.0.x). The hubs run on
-# core 0, the load generator on core 1.
+# core 0, the load generator on core 1. Past ~50,000 subscribers one core is not enough for the load
+# generator to send every request head promptly, so the hubs allow 60 s for a head (the default 10 s
+# would close connections the generator has not written to yet, which says nothing about memory).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 N=${1:-19000}
@@ -45,7 +48,7 @@ SUB_URLS=()
 for i in $(seq 1 "$NODES"); do
     port=$(free_port)
     taskset -c 0 "$HUB" --listen "127.0.0.1:$port" --jwt-key "$KEY" --anonymous --log warn \
-        --max-connections 0 "${transport[@]}" >"$OUT/hub-$i.log" 2>&1 &
+        --max-connections 0 --header-read-timeout 60s "${transport[@]}" >"$OUT/hub-$i.log" 2>&1 &
     HUB_PIDS+=($!)
     PIDS+=($!)
     SUB_URLS+=(--sub-url "http://127.0.0.1:$port/.well-known/mercure")
@@ -73,7 +76,7 @@ PROCS=$(( (N + 9999) / 10000 )); [ "$PROCS" -lt 2 ] && PROCS=2
 IPS=$(seq 1 "$PROCS" | sed 's/^/127.0.0./' | paste -sd,)
 taskset -c 1 "$LOADGEN" connect-storm --subscribers "$N" --duration 10 --rate 1 \
     "${SUB_URLS[@]}" --jwt-key "$KEY" --auth none \
-    --processes "$PROCS" --source-ips "$IPS" --connect-rate 5000 --connect-timeout 30s \
+    --processes "$PROCS" --source-ips "$IPS" --connect-rate "${CONNECT_RATE:-5000}" --connect-timeout 30s \
     --quiet --json-out "$OUT/report.json" >"$OUT/loadtest.txt" 2>&1 || true
 kill "$SAMPLER" 2>/dev/null || true
 CONNECTED=$(jq -r '.connect.connected // .connect.subscribers_connected // empty' "$OUT/report.json" 2>/dev/null || true)
