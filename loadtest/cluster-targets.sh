@@ -9,7 +9,7 @@
 #      once and everyone resumes with Last-Event-ID through nginx; time until all caught up.
 #
 #   loadtest/cluster-targets.sh            # DURATION=10 (seconds measured per broadcast run),
-#                                          # RESUME_SUBS=10000
+#                                          # RESUME_SUBS=10000 RESUME_RATE=10 (updates/s)
 #
 # Needs target/release/quicksilver and target/release/quicksilver-loadtest, redis-server, nginx, jq.
 set -euo pipefail
@@ -18,6 +18,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=${BIN:-$ROOT/target/release}
 DURATION=${DURATION:-10}
 RESUME_SUBS=${RESUME_SUBS:-10000}
+RESUME_RATE=${RESUME_RATE:-10}
 KEY='!ChangeThisMercureHubJWTSecretKey!'
 DATE=$(date -u +%Y-%m-%d)
 OUT=${OUT:-$ROOT/loadtest/results/cluster-$DATE.md}
@@ -56,7 +57,7 @@ run cross-node broadcast --subscribers 1000 --rate 100 --payload-bytes 200 \
     --sub-url "$(url "${nodes[1]}")" --sub-url "$(url "${nodes[2]}")"
 run through-nginx broadcast --subscribers 1000 --rate 100 --payload-bytes 200 \
     --duration "$DURATION" --warmup 2 --pub-url "$(url "$NGINX_PORT")" --sub-url "$(url "$NGINX_PORT")"
-run resume-storm resume-storm --subscribers "$RESUME_SUBS" --rate 10 --payload-bytes 200 \
+run resume-storm resume-storm --subscribers "$RESUME_SUBS" --rate "$RESUME_RATE" --payload-bytes 200 \
     --duration 20 --warmup 2 --disconnect-after 8 --connect-rate 4000 --processes 2 \
     --source-ips 127.0.0.1,127.0.0.2 --pub-url "$(url "${nodes[0]}")" \
     --sub-url "$(url "$NGINX_PORT")" --resume-url "$(url "$NGINX_PORT")" --drain-timeout 30s
@@ -90,13 +91,13 @@ mkdir -p "$(dirname "$OUT")"
     echo "3 nodes (Redis transport) + 1 redis-server + nginx (3 workers, deploy/nginx/mercure.conf), all on core 0;"
     echo "the load generator on core 1 (taskset). Server CPU = nodes + Redis + nginx workers."
     echo
-    echo "Command: \`DURATION=$DURATION RESUME_SUBS=$RESUME_SUBS loadtest/cluster-targets.sh\`"
+    echo "Command: \`DURATION=$DURATION RESUME_SUBS=$RESUME_SUBS RESUME_RATE=$RESUME_RATE loadtest/cluster-targets.sh\`"
     echo
     echo "| run | deliveries | lost | p50 ms | p99 ms | max ms | resume: all caught up after | deliveries / server CPU-s | load-gen CPU s |"
     echo "|---|---:|---:|---:|---:|---:|---|---:|---:|"
     row cross-node "broadcast 1,000 × 100/s, publish on node 1, subscribers on nodes 2–3 (all cross-node)"
     row through-nginx "broadcast 1,000 × 100/s, publish and subscribe through nginx"
-    row resume-storm "resume-storm $RESUME_SUBS subscribers through nginx, 10/s, all connections dropped at 8 s"
+    row resume-storm "resume-storm $RESUME_SUBS subscribers through nginx, $RESUME_RATE/s, all connections dropped at 8 s"
 } >"$OUT"
 cat "$OUT"
 echo "raw reports: $WORK" >&2
