@@ -350,18 +350,78 @@ struct StreamWriter<'a> {
     /// nothing here).
     cut_off: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
     body: axum::body::Body,
-    /// The response head until it is written (then empty, and freed).
-    head: Vec<u8>,
-    /// The chunk being written: its size line, data and end, each advanced as bytes go out.
-    size: lean::ChunkHeader,
-    size_written: usize,
-    data: Bytes,
-    tail: &'static [u8],
-    /// The body ended: once `tail` (the last chunk) is written, the response is complete.
+    /// What is still to be written.
+    out: Unsent,
+    /// The body ended: once the last chunk is written, the response is complete.
     ended: bool,
     /// Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
     /// the bytes stay in the socket for whoever serves the connection after this response.
     client_spoke: bool,
+}
+
+/// The bytes a [`StreamWriter`] has yet to write, in order: the response head (until written),
+/// then the current chunk's size line, data and end, each advanced as bytes go out.
+struct Unsent {
+    head: Vec<u8>,
+    size: lean::ChunkHeader,
+    size_written: usize,
+    data: Bytes,
+    tail: &'static [u8],
+}
+
+impl Unsent {
+    fn size_left(&self) -> &[u8] {
+        self.size
+            .as_bytes()
+            .get(self.size_written..)
+            .unwrap_or_default()
+    }
+
+    /// Whether no chunk is waiting (the head may be).
+    fn chunk_done(&self) -> bool {
+        self.size_left().is_empty() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.chunk_done()
+    }
+
+    /// Queues `data` as one chunk.
+    fn set_chunk(&mut self, data: Bytes) {
+        self.size = lean::chunk_header(data.len());
+        self.size_written = 0;
+        self.data = data;
+        self.tail = lean::CHUNK_END;
+    }
+
+    /// The parts still to write, empty ones included.
+    fn slices(&self) -> [IoSlice<'_>; 4] {
+        [
+            IoSlice::new(&self.head),
+            IoSlice::new(self.size_left()),
+            IoSlice::new(&self.data),
+            IoSlice::new(self.tail),
+        ]
+    }
+
+    /// Drops the first `n` bytes.
+    fn advance(&mut self, mut n: usize) {
+        let take = n.min(self.head.len());
+        if take == self.head.len() {
+            // Freed: an idle stream keeps no head buffer.
+            self.head = Vec::new();
+        } else {
+            self.head.drain(..take);
+        }
+        n -= take;
+        let take = n.min(self.size_left().len());
+        self.size_written += take;
+        n -= take;
+        let take = n.min(self.data.len());
+        self.data.advance(take);
+        n -= take;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
 }
 
 impl<'a> StreamWriter<'a> {
@@ -376,81 +436,51 @@ impl<'a> StreamWriter<'a> {
             closer,
             cut_off: None,
             body,
-            head,
-            size: lean::chunk_header(0),
-            size_written: usize::MAX,
-            data: Bytes::new(),
-            tail: &[],
+            out: Unsent {
+                head,
+                size: lean::chunk_header(0),
+                size_written: usize::MAX,
+                data: Bytes::new(),
+                tail: &[],
+            },
             ended: false,
             client_spoke: false,
         }
     }
 
-    fn size_left(&self) -> &[u8] {
-        self.size
-            .as_bytes()
-            .get(self.size_written..)
-            .unwrap_or_default()
-    }
-
-    /// Whether the current chunk (and the head) are fully written.
-    fn idle(&self) -> bool {
-        self.head.is_empty()
-            && self.size_left().is_empty()
-            && self.data.is_empty()
-            && self.tail.is_empty()
-    }
-
-    /// Takes the next body frame as the chunk to write. `Ready(Ok(()))` when there is something
-    /// to write (or the body ended).
+    /// Takes the next body frame as the chunk to write (or the last chunk when the body ended).
     fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         loop {
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(frame)) => {
+            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(frame) => {
                     // Trailers are not sent (hyper sends them only to clients that asked for them).
                     let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
                         continue;
                     };
-                    if data.is_empty() {
-                        continue;
+                    if !data.is_empty() {
+                        self.out.set_chunk(data);
+                        return Poll::Ready(Ok(()));
                     }
-                    self.size = lean::chunk_header(data.len());
-                    self.size_written = 0;
-                    self.data = data;
-                    self.tail = lean::CHUNK_END;
-                    return Poll::Ready(Ok(()));
                 }
-                Poll::Ready(None) => {
+                None => {
                     self.ended = true;
-                    self.tail = lean::LAST_CHUNK;
+                    self.out.tail = lean::LAST_CHUNK;
                     return Poll::Ready(Ok(()));
                 }
-                Poll::Pending => return Poll::Pending,
             }
         }
     }
 
-    /// Writes what is pending, with as few system calls as the socket allows.
-    fn poll_write_pending(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        while !self.idle() {
-            let size_left = self
-                .size
-                .as_bytes()
-                .get(self.size_written..)
-                .unwrap_or_default();
-            let slices = [
-                IoSlice::new(&self.head),
-                IoSlice::new(size_left),
-                IoSlice::new(&self.data),
-                IoSlice::new(self.tail),
-            ];
+    /// Writes what is unsent, with as few system calls as the socket allows.
+    fn poll_write_unsent(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let slices = self.out.slices();
             let first = slices.iter().position(|s| !s.is_empty()).unwrap_or(0);
-            let written = Pin::new(&mut *self.stream).poll_write_vectored(cx, &slices[first..]);
-            let mut n = match written {
+            match Pin::new(&mut *self.stream).poll_write_vectored(cx, &slices[first..]) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
-                Poll::Ready(Ok(n)) => n,
+                Poll::Ready(Ok(n)) => self.out.advance(n),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
                     // The client is not reading. If the fan-out cuts it off meanwhile (its queue
@@ -465,26 +495,7 @@ impl<'a> StreamWriter<'a> {
                     }
                     return Poll::Pending;
                 }
-            };
-            // Advance through the parts in order.
-            let take = n.min(self.head.len());
-            if take > 0 {
-                if take == self.head.len() {
-                    // Freed: an idle stream keeps no head buffer.
-                    self.head = Vec::new();
-                } else {
-                    self.head.drain(..take);
-                }
-                n -= take;
             }
-            let take = n.min(self.size_left().len());
-            self.size_written = self.size_written.saturating_add(take);
-            n -= take;
-            let take = n.min(self.data.len());
-            self.data.advance(take);
-            n -= take;
-            let take = n.min(self.tail.len());
-            self.tail = &self.tail[take..];
         }
         self.cut_off = None;
         Poll::Ready(Ok(()))
@@ -509,33 +520,29 @@ impl Future for StreamWriter<'_> {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
         loop {
-            // The head goes out with the first frame when that is ready at once (the preamble
-            // is), in one write.
-            if this.idle() || !this.head.is_empty() && this.data.is_empty() && !this.ended {
-                if this.idle() && this.ended {
+            if this.out.chunk_done() {
+                if this.ended {
+                    // The last chunk (and everything before it) is written.
                     return Poll::Ready(Ok(()));
                 }
-                match this.poll_next_chunk(cx) {
-                    Poll::Ready(result) => result?,
-                    Poll::Pending if this.idle() => {
-                        if !this.client_spoke {
-                            match this.poll_client_gone(cx) {
-                                Poll::Ready(true) => {
-                                    return Poll::Ready(Err(
-                                        std::io::ErrorKind::ConnectionAborted.into()
-                                    ))
-                                }
-                                Poll::Ready(false) => this.client_spoke = true,
-                                Poll::Pending => {}
+                // The head goes out with the first frame when that is ready at once (the
+                // preamble is), in one write; otherwise alone.
+                if this.poll_next_chunk(cx)?.is_pending() && this.out.is_empty() {
+                    if !this.client_spoke {
+                        match this.poll_client_gone(cx) {
+                            Poll::Ready(true) => {
+                                return Poll::Ready(Err(
+                                    std::io::ErrorKind::ConnectionAborted.into()
+                                ))
                             }
+                            Poll::Ready(false) => this.client_spoke = true,
+                            Poll::Pending => {}
                         }
-                        return Poll::Pending;
                     }
-                    // Only the head is waiting: write it now.
-                    Poll::Pending => {}
+                    return Poll::Pending;
                 }
             }
-            std::task::ready!(this.poll_write_pending(cx))?;
+            std::task::ready!(this.poll_write_unsent(cx))?;
         }
     }
 }

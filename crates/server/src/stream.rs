@@ -150,10 +150,6 @@ impl SubscriberStream {
         Poll::Ready(None)
     }
 
-    fn reset_heartbeat(&mut self, now: u64) {
-        self.last_write_ms = now;
-    }
-
     /// When the idle stream must next wake up by itself: its next heartbeat or its end.
     fn next_alarm(&self) -> u64 {
         let heartbeat = self
@@ -233,7 +229,7 @@ impl Body for SubscriberStream {
                 };
                 buf.extend_from_slice(&next.frame);
             }
-            this.reset_heartbeat(now_ms());
+            this.last_write_ms = now_ms();
             return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
         }
         let now = now_ms();
@@ -244,7 +240,7 @@ impl Body for SubscriberStream {
             match this.subscription.poll_recv(cx) {
                 Poll::Ready(Some(envelope)) => {
                     if let Some(chunk) = this.batch_live(envelope) {
-                        this.reset_heartbeat(now);
+                        this.last_write_ms = now;
                         return Poll::Ready(Some(Ok(Frame::data(chunk))));
                     }
                     // Everything taken was already replayed: look again.
@@ -266,7 +262,7 @@ impl Body for SubscriberStream {
         }
         if let Some(interval) = this.heartbeat_ms {
             if now >= this.last_write_ms.saturating_add(interval) {
-                this.reset_heartbeat(now);
+                this.last_write_ms = now;
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
             }
         }

@@ -206,6 +206,29 @@ struct OrphanEvents {
     transport: Arc<dyn Transport>,
 }
 
+impl OrphanEvents {
+    /// Publishes each record's document with `active` set as given.
+    async fn publish(
+        &self,
+        records: Vec<SubscriptionRecord>,
+        active: bool,
+    ) -> Result<(), TransportError> {
+        for record in records {
+            let Ok(mut document) = serde_json::from_str::<serde_json::Value>(&record.document)
+            else {
+                tracing::warn!(id = %record.id, "skipping an unreadable subscription record");
+                continue;
+            };
+            let shape = Shape::of_document(&document);
+            document["active"] = serde_json::Value::Bool(active);
+            self.transport
+                .publish(event_update(record.id, document, shape))
+                .await?;
+        }
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl OrphanHandler for OrphanEvents {
     async fn orphaned(
@@ -218,19 +241,7 @@ impl OrphanHandler for OrphanEvents {
             subscriptions = records.len(),
             "a node left without goodbye: ending its subscriptions"
         );
-        for record in records {
-            let Ok(mut document) = serde_json::from_str::<serde_json::Value>(&record.document)
-            else {
-                tracing::warn!(id = %record.id, "skipping an unreadable subscription record");
-                continue;
-            };
-            let shape = Shape::of_document(&document);
-            document["active"] = serde_json::Value::Bool(false);
-            self.transport
-                .publish(event_update(record.id, document, shape))
-                .await?;
-        }
-        Ok(())
+        self.publish(records, false).await
     }
 
     async fn revived(
@@ -243,16 +254,6 @@ impl OrphanHandler for OrphanEvents {
             subscriptions = records.len(),
             "this node's subscriptions were ended while it was cut off: announcing them again"
         );
-        for record in records {
-            let Ok(document) = serde_json::from_str::<serde_json::Value>(&record.document) else {
-                tracing::warn!(id = %record.id, "skipping an unreadable subscription record");
-                continue;
-            };
-            let shape = Shape::of_document(&document);
-            self.transport
-                .publish(event_update(record.id, document, shape))
-                .await?;
-        }
-        Ok(())
+        self.publish(records, true).await
     }
 }

@@ -50,6 +50,18 @@ pub struct SubscriptionRecord {
     pub document: String,
 }
 
+/// A node's local copy of its records (id → document) as records.
+pub(crate) fn records_of(
+    map: &std::collections::HashMap<String, String>,
+) -> Vec<SubscriptionRecord> {
+    map.iter()
+        .map(|(id, document)| SubscriptionRecord {
+            id: id.clone(),
+            document: document.clone(),
+        })
+        .collect()
+}
+
 /// What to do with the subscriptions of a node that died without saying goodbye.
 #[async_trait]
 pub trait OrphanHandler: Send + Sync + 'static {

@@ -55,15 +55,7 @@ impl SubscriptionRegistry for MemoryRegistry {
     }
 
     async fn list(&self) -> Result<Vec<SubscriptionRecord>, TransportError> {
-        Ok(self
-            .records
-            .lock()
-            .iter()
-            .map(|(id, document)| SubscriptionRecord {
-                id: id.clone(),
-                document: document.clone(),
-            })
-            .collect())
+        Ok(super::records_of(&self.records.lock()))
     }
 
     fn start(&self, _handler: Arc<dyn OrphanHandler>) {}

@@ -295,15 +295,7 @@ impl Inner {
             self.rewrite().await?;
         }
         if self.revive.load(Ordering::Acquire) {
-            let records: Vec<SubscriptionRecord> = self
-                .records
-                .lock()
-                .iter()
-                .map(|(id, document)| SubscriptionRecord {
-                    id: id.clone(),
-                    document: document.clone(),
-                })
-                .collect();
+            let records = super::records_of(&self.records.lock());
             let outcome =
                 tokio::time::timeout(self.options.reap_timeout, handler.revived(id, records)).await;
             match outcome {
