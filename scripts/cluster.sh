@@ -82,7 +82,7 @@ worker_processes ${NGINX_WORKERS:-1};
 worker_rlimit_nofile 20000;
 pid $dir/nginx.pid;
 error_log $dir/nginx-error.log;
-events { worker_connections 16384; }
+events { worker_connections 16384; multi_accept on; }
 http {
     access_log off;
     client_body_temp_path $dir/nginx-tmp;
@@ -91,7 +91,8 @@ http {
 $upstream        keepalive 64;
     }
     server {
-        listen 127.0.0.1:$nginx_port;
+        # A reconnection storm overflows nginx's default backlog (511); dropped SYNs wait 1-7 s.
+        listen 127.0.0.1:$nginx_port backlog=16384;
         include $repo_root/deploy/nginx/mercure.conf;
     }
 }

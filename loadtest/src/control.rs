@@ -112,6 +112,9 @@ pub(crate) struct Accounting {
     pub(crate) reconnects: u64,
     /// Connections the hub ended without being asked to.
     pub(crate) disconnects: u64,
+    /// Reconnections that failed (refused, timed out, an error status) and were retried.
+    #[serde(default)]
+    pub(crate) reconnect_failures: u64,
     /// A few subscribers with problems, described.
     pub(crate) examples: Vec<String>,
 }
@@ -134,6 +137,7 @@ impl Accounting {
         self.own_received += other.own_received;
         self.reconnects += other.reconnects;
         self.disconnects += other.disconnects;
+        self.reconnect_failures += other.reconnect_failures;
         for e in &other.examples {
             if self.examples.len() < 10 {
                 self.examples.push(e.clone());

@@ -245,8 +245,8 @@ impl Report {
         let _ = writeln!(o, "latency     {} (publish → receive)", lat(&d.latency));
         let _ = writeln!(
             o,
-            "connections {} reconnects, {} ended by the hub",
-            a.reconnects, a.disconnects
+            "connections {} reconnects ({} failed and retried), {} ended by the hub",
+            a.reconnects, a.reconnect_failures, a.disconnects
         );
         if let Some(r) = &self.resume {
             let _ = writeln!(

@@ -53,6 +53,8 @@ pub(crate) struct SubscriberReport {
     pub(crate) reconnects: u32,
     /// Connections that ended without being asked to.
     pub(crate) disconnects: u32,
+    /// Reconnections that failed before their preamble.
+    pub(crate) reconnect_failures: u32,
     /// Time from the resume order until this subscriber had every update settled at that moment
     /// and a first update published after it (so it is live again, not just fed from before).
     pub(crate) catchup_us: Option<u64>,
@@ -86,6 +88,7 @@ pub(crate) struct Subscriber {
     foreign: u64,
     reconnects: u32,
     disconnects: u32,
+    reconnect_failures: u32,
     finish: Option<Arc<IndexedManifest>>,
     finished: bool,
     resume: Option<Arc<ResumeOrder>>,
@@ -118,6 +121,7 @@ impl Subscriber {
             foreign: 0,
             reconnects: 0,
             disconnects: 0,
+            reconnect_failures: 0,
             finish: None,
             finished: false,
             resume: None,
@@ -146,6 +150,10 @@ impl Subscriber {
                         failures = 0;
                     } else {
                         failures += 1;
+                    }
+                    if let SessionEnd::Failed(error) = &end {
+                        self.reconnect_failures += 1;
+                        self.shared.note_reconnect_failure(error);
                     }
                     // Jittered exponential back-off, 50 ms to 2 s, cut short by a stop.
                     let base = 50u64 << failures.min(5);
@@ -432,6 +440,7 @@ impl Subscriber {
             foreign: self.foreign,
             reconnects: self.reconnects,
             disconnects: self.disconnects,
+            reconnect_failures: self.reconnect_failures,
             catchup_us: self.catchup_us,
             resumed: self.resume.is_some(),
         }

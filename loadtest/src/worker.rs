@@ -55,6 +55,8 @@ pub(crate) struct WorkerShared {
     pub(crate) catching_up: AtomicI64,
     /// A few distinct first-connection errors.
     pub(crate) connect_errors: Mutex<Vec<String>>,
+    /// A few distinct reconnection errors.
+    pub(crate) reconnect_errors: Mutex<Vec<String>>,
 }
 
 impl WorkerShared {
@@ -62,6 +64,11 @@ impl WorkerShared {
     pub(crate) fn note_connect_failure(&self, error: &str) {
         self.connect_failed.fetch_add(1, Ordering::Relaxed);
         note_error(&mut lock(&self.connect_errors), error);
+    }
+
+    /// Remembers why a reconnection failed (the subscriber counts it and retries).
+    pub(crate) fn note_reconnect_failure(&self, error: &str) {
+        note_error(&mut lock(&self.reconnect_errors), error);
     }
 }
 
@@ -79,6 +86,7 @@ impl Default for WorkerShared {
             incomplete: AtomicI64::new(0),
             catching_up: AtomicI64::new(0),
             connect_errors: Mutex::default(),
+            reconnect_errors: Mutex::default(),
         }
     }
 }
@@ -282,12 +290,17 @@ pub(crate) async fn run(
     }
     result.catchup = catchup.to_wire();
     let connect_errors = lock(&shared.connect_errors).clone();
-    result.accounting.examples.extend(
-        connect_errors
-            .iter()
-            .map(|e| format!("connect error: {e}"))
-            .take(10usize.saturating_sub(result.accounting.examples.len())),
-    );
+    let reconnect_errors = lock(&shared.reconnect_errors).clone();
+    let errors = connect_errors
+        .iter()
+        .map(|e| format!("connect error: {e}"))
+        .chain(
+            reconnect_errors
+                .iter()
+                .map(|e| format!("reconnect error: {e}")),
+        );
+    let room = 10usize.saturating_sub(result.accounting.examples.len());
+    result.accounting.examples.extend(errors.take(room));
     if own_process {
         result.cpu_seconds = own_cpu().as_secs_f64();
         result.peak_rss_kib = crate::procstat::sample(std::process::id()).map_or(0, |s| s.hwm_kib);
@@ -323,6 +336,7 @@ pub(crate) fn judge(report: &SubscriberReport, manifest: &IndexedManifest) -> Ac
         foreign: report.foreign,
         reconnects: u64::from(report.reconnects),
         disconnects: u64::from(report.disconnects),
+        reconnect_failures: u64::from(report.reconnect_failures),
         ..Accounting::default()
     };
     let mut judge_entry = |e: &SequenceEntry| {

@@ -73,6 +73,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_RESUME_MARGIN", default_value = "5s", value_parser = parse_duration)]
     pub redis_resume_margin: Duration,
 
+    /// A Redis reader hands updates to local subscribers at most once per window: updates that come
+    /// faster go out together, one write per subscriber; one after a quiet spell passes at once
+    /// (`0`: every read at once; at most 1s).
+    #[arg(long, env = "QUICKSILVER_REDIS_BATCH_WINDOW", default_value = "1ms", value_parser = parse_duration)]
+    pub redis_batch_window: Duration,
+
     /// Also drop history older than this (`0`: keep by count only).
     #[arg(long, env = "QUICKSILVER_HISTORY_MAX_AGE", default_value = "0", value_parser = parse_duration)]
     pub history_max_age: Duration,

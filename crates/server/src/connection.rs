@@ -53,7 +53,7 @@ use tower::ServiceExt;
 use crate::lean::{self, Framing, Head};
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
-const LISTEN_BACKLOG: u32 = 4096;
+const LISTEN_BACKLOG: u32 = 65_535;
 
 /// First size of the buffer a request head is read into; it doubles up to
 /// [`lean::MAX_HEAD_BYTES`]. Most subscription heads fit.

@@ -151,6 +151,7 @@ impl Hub {
                         pool_size: config.redis_pool_size,
                         command_timeout: config.redis_timeout,
                         resume_margin: config.redis_resume_margin,
+                        batch_window: config.redis_batch_window,
                         tls_ca_file: config.redis_tls_ca.clone(),
                         ..RedisConfig::default()
                     })

@@ -90,7 +90,9 @@ use parking_lot::RwLock;
 use quicksilver_protocol::{Position, Update};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{RedisConfig, RedisConfigError, DEFAULT_TAIL_CACHE_CAP};
+pub use config::{
+    RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
+};
 /// The stream entry codec, public for the codec benchmark.
 pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryError};
 pub use keys::{crc16, hash_slot};

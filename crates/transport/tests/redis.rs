@@ -159,6 +159,84 @@ async fn reader_delivers_published_updates_in_order() {
     .await;
 }
 
+/// What [`stamp`] hands back: the receiver, and each update's id with its arrival time.
+type Stamped = (
+    mpsc::UnboundedReceiver<Arc<Envelope>>,
+    Vec<(String, Instant)>,
+);
+
+/// Arrival times at the sink of the next `n` updates, taken as they arrive (not when the test gets
+/// to look), and the receiver back.
+fn stamp(
+    mut rx: mpsc::UnboundedReceiver<Arc<Envelope>>,
+    n: usize,
+) -> tokio::task::JoinHandle<Stamped> {
+    tokio::spawn(async move {
+        let mut arrived = Vec::new();
+        while arrived.len() < n {
+            let Ok(Some(e)) = tokio::time::timeout(WAIT, rx.recv()).await else {
+                break;
+            };
+            arrived.push((e.update.id.clone(), Instant::now()));
+        }
+        (rx, arrived)
+    })
+}
+
+/// The batch window: once a topic repeats within the window, what is published on it during the
+/// next window is handed over together when it ends (downstream, one write per subscriber), in
+/// order and complete. Updates on changing topics are handed over as they come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_topic_is_handed_over_in_batches_of_a_window() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, rx) = node(RedisConfig {
+            batch_window: Duration::from_secs(1),
+            ..config(redis.url())
+        })
+        .await;
+        let stamper = stamp(rx, 4);
+        // w1 repeats w0's topic within the window: what follows it (100 ms apart) waits for the
+        // window's end and goes together.
+        for id in ["w0", "w1", "w2", "w3"] {
+            t.publish(update(id, "/t")).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (rx, arrived) = stamper.await.unwrap();
+        let arrived_ids: Vec<&str> = arrived.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(arrived_ids, ["w0", "w1", "w2", "w3"]);
+        let gap = arrived[3].1 - arrived[2].1;
+        assert!(
+            gap < Duration::from_millis(50),
+            "w2 and w3 were published 100 ms apart inside a window, yet handed over {gap:?} apart"
+        );
+
+        // After a quiet spell, updates on different topics are not held back.
+        tokio::time::sleep(Duration::from_millis(1_200)).await;
+        let stamper = stamp(rx, 2);
+        t.publish(update("x0", "/a")).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        t.publish(update("x1", "/b")).await.unwrap();
+        let (_, arrived) = stamper.await.unwrap();
+        let arrived_ids: Vec<&str> = arrived.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(arrived_ids, ["x0", "x1"]);
+        let gap = arrived[1].1 - arrived[0].1;
+        // Held back, x1 would wait for the window x0 opened (1 s).
+        assert!(
+            gap > Duration::from_millis(150) && gap < Duration::from_millis(700),
+            "x0 and x1 (different topics, 300 ms apart) were not handed over as they came: \
+             {gap:?} apart"
+        );
+
+        assert!(RedisTransport::new(RedisConfig {
+            batch_window: Duration::from_millis(1_001),
+            ..config(redis.url())
+        })
+        .is_err());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_read_every_update_in_the_same_order() {
     let redis = RedisServer::start();

@@ -14,6 +14,13 @@ use super::keys::MAX_PARTITIONS;
 /// Default cap on the per-partition tail cache when it is derived from `history_size`.
 pub const DEFAULT_TAIL_CACHE_CAP: usize = 100_000;
 
+/// Default [`RedisConfig::batch_window`]: short against a browser's perception, long enough that a
+/// busy topic's updates share writes.
+pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
+
+/// Longest accepted [`RedisConfig::batch_window`].
+pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
+
 /// Streams keep at least this many entries whatever `history_size` says, so a reader that was
 /// disconnected for a moment still finds what it missed (history replies still hold at most
 /// `history_size` entries per partition).
@@ -48,6 +55,11 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// How long a reader's `XREAD BLOCK` waits for new entries before asking again, in milliseconds.
     pub block_ms: u64,
+    /// A reader hands what it read to the local fan-out at most once per window: updates that
+    /// arrive within the window after a hand-over wait for its end and go together, so each
+    /// subscriber receives them in one write. An update after a quiet spell passes at once.
+    /// `Duration::ZERO` hands over every read as it comes.
+    pub batch_window: Duration,
     /// Upper bound on one Redis command (connecting included): a hung Redis yields an error after
     /// this, never a hang.
     pub command_timeout: Duration,
@@ -87,6 +99,7 @@ impl Default for RedisConfig {
             tail_cache_size: None,
             pool_size: 4,
             block_ms: 2_000,
+            batch_window: DEFAULT_BATCH_WINDOW,
             command_timeout: Duration::from_secs(2),
             resume_margin: Duration::from_secs(5),
             tls_ca_file: None,
@@ -128,6 +141,7 @@ pub(crate) struct Settings {
     pub(crate) stream_len: usize,
     pub(crate) pool_size: usize,
     pub(crate) block: Duration,
+    pub(crate) batch_window: Duration,
     pub(crate) command_timeout: Duration,
     pub(crate) resume_margin: Duration,
     /// PEM bytes of the trusted CAs for `rediss://` (`None`: the system's roots).
@@ -151,6 +165,9 @@ impl Settings {
         }
         if config.block_ms == 0 {
             return invalid("block_ms must be at least 1");
+        }
+        if config.batch_window > MAX_BATCH_WINDOW {
+            return invalid("batch_window must be at most 1s");
         }
         if config.command_timeout.is_zero() {
             return invalid("command_timeout must be positive");
@@ -180,6 +197,7 @@ impl Settings {
             stream_len: config.history_size.max(MIN_STREAM_LEN),
             pool_size: config.pool_size,
             block: Duration::from_millis(config.block_ms),
+            batch_window: config.batch_window,
             command_timeout: config.command_timeout,
             resume_margin: config.resume_margin,
             tls_ca,
@@ -244,6 +262,10 @@ mod tests {
             },
             RedisConfig {
                 stream_key_prefix: "a{b}".into(),
+                ..base.clone()
+            },
+            RedisConfig {
+                batch_window: Duration::from_secs(2),
                 ..base.clone()
             },
         ] {
