@@ -12,8 +12,9 @@
 //! - [`plan`] — what each subscriber selects and shows, shared by every worker process.
 //! - [`run`] — the parent: hub readings, phases, publishing, report. [`workers`] starts and talks
 //!   to workers, in-process or as child processes over [`control`]'s JSON lines.
-//! - [`worker`] — drives one share of the subscribers: [`subscriber`] (raw hyper HTTP/1 SSE
-//!   connection per subscriber) and [`slow_subscriber`] (never reads), ordered through
+//! - [`worker`] — drives one share of the subscribers: [`subscriber`] (an SSE connection per
+//!   subscriber over [`http1`], a minimal HTTP/1.1 client)
+//!   and [`slow_subscriber`] (never reads), ordered through
 //!   [`directive`].
 //! - [`sse`], [`header`], [`tracker`], [`manifest`] — parsing and accounting of deliveries.
 //! - [`publisher`] — paced sequential lanes and the publish book; [`token`] mints JWTs.
@@ -28,6 +29,7 @@ mod clock;
 mod control;
 mod directive;
 mod header;
+mod http1;
 mod latency;
 mod manifest;
 mod metrics;

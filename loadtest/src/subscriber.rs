@@ -1,9 +1,9 @@
-//! One subscriber: an SSE connection over a raw hyper HTTP/1 connection, its receipt accounting,
-//! and its reconnections.
+//! One subscriber: an SSE connection over a minimal HTTP/1.1 client ([`crate::http1`]), its receipt
+//! accounting, and its reconnections.
 //!
-//! Each subscriber is one Tokio task that drives its own connection future and reads its body in
-//! the same `select!`, so it costs one task, one socket and hyper's buffers, nothing more. Updates
-//! enter as body chunks, go through the [`SseParser`] and the [`UpdateHeader`] scanner into one
+//! Each subscriber is one Tokio task that reads its socket and its directives in the same
+//! `select!`, so it costs one task, one socket and one read buffer, nothing more. Updates enter as
+//! body data decoded in place, go through the [`SseParser`] and the [`UpdateHeader`] scanner into one
 //! [`SequenceTracker`] per (lane, topic) and into the worker's shared [`DeliveryRecorder`]. When a
 //! connection ends without being asked to, the subscriber reconnects with `Last-Event-ID` after a
 //! short jittered back-off, like an `EventSource` would; a resume order makes it drop the
@@ -16,11 +16,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http::header::{ACCEPT, AUTHORIZATION, CACHE_CONTROL, COOKIE, HOST};
 use http::{Request, StatusCode};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio::time::{sleep, Instant};
 
@@ -28,6 +25,7 @@ use crate::cli::{AuthMode, HubKind};
 use crate::clock::unix_micros;
 use crate::directive::{Directive, ResumeOrder};
 use crate::header::UpdateHeader;
+use crate::http1::{Decoded, Http1Stream};
 use crate::manifest::{sequence_key, IndexedManifest, SequenceEntry};
 use crate::nchan;
 use crate::net::{self, Endpoint};
@@ -211,64 +209,69 @@ impl Subscriber {
             Ok(tcp) => tcp,
             Err(e) => return SessionEnd::Failed(e.to_string()),
         };
-        let handshake = hyper::client::conn::http1::Builder::new()
-            .handshake::<_, Empty<Bytes>>(TokioIo::new(tcp))
-            .await;
-        let (mut sender, conn) = match handshake {
-            Ok(pair) => pair,
-            Err(e) => return SessionEnd::Failed(format!("handshake: {e}")),
-        };
-        let mut conn = pin!(conn);
         let request = match self.request(endpoint) {
             Ok(r) => r,
             Err(e) => return SessionEnd::Failed(format!("request: {e}")),
         };
         let preamble_deadline = sleep(timeout.saturating_sub(begun.elapsed()));
         let mut preamble_deadline = pin!(preamble_deadline);
-        let response = tokio::select! {
-            r = sender.send_request(request) => r,
-            r = &mut conn => return SessionEnd::Failed(match r {
-                Ok(()) => "connection closed before the response".to_owned(),
-                Err(e) => format!("connection: {e}"),
-            }),
+        let opened = tokio::select! {
+            r = Http1Stream::open(tcp, &request) => r,
             _ = &mut preamble_deadline => return SessionEnd::Failed("no response in time".to_owned()),
         };
-        let response = match response {
-            Ok(r) => r,
+        let mut stream = match opened {
+            Ok(s) => s,
             Err(e) => return SessionEnd::Failed(format!("request: {e}")),
         };
-        if response.status() != StatusCode::OK {
-            return SessionEnd::Failed(format!("HTTP {}", response.status()));
+        if stream.status != StatusCode::OK {
+            return SessionEnd::Failed(format!("HTTP {}", stream.status));
         }
-        let mut body = response.into_body();
         self.parser.reset_stream();
         let mut open = false;
-        let mut conn_done = false;
+        // One wait for the next directive for the whole session, not one per read (creating and
+        // dropping a watch's `changed()` future was a measurable part of the harness's own CPU).
+        let mut change = Box::pin(next_change(self.directive.clone()));
         let end = loop {
+            // Bytes that came with the head are decoded before the first read.
+            let decoded = stream.decode(|data| {
+                if !open {
+                    open = true;
+                    self.on_open(first, begun);
+                }
+                self.on_chunk(data);
+            });
+            match decoded {
+                Ok(Decoded::Open) => {}
+                Ok(Decoded::Ended) if open => break SessionEnd::Closed,
+                Ok(Decoded::Ended) => {
+                    break SessionEnd::Failed("stream ended before the preamble".to_owned())
+                }
+                Err(e) if open => {
+                    let _ = e;
+                    break SessionEnd::Closed;
+                }
+                Err(e) => break SessionEnd::Failed(format!("body: {e}")),
+            }
             tokio::select! {
                 biased;
-                changed = self.directive.changed() => {
-                    if changed.is_err() {
+                (directive, changed) = &mut change => {
+                    if !changed {
                         break SessionEnd::Stopped;
                     }
                     if let Some(end) = self.apply_directive() {
                         break end;
                     }
+                    change = Box::pin(next_change(directive));
                 }
-                frame = body.frame() => match frame {
-                    Some(Ok(frame)) => {
-                        let Ok(data) = frame.into_data() else { continue };
-                        if !open {
-                            open = true;
-                            self.on_open(first, begun);
-                        }
-                        self.on_chunk(&data);
+                read = stream.fill() => {
+                    if let Err(e) = read {
+                        break if open {
+                            SessionEnd::Closed
+                        } else {
+                            SessionEnd::Failed(format!("body: {e}"))
+                        };
                     }
-                    Some(Err(e)) if !open => break SessionEnd::Failed(format!("body: {e}")),
-                    None if !open => break SessionEnd::Failed("stream ended before the preamble".to_owned()),
-                    Some(Err(_)) | None => break SessionEnd::Closed,
-                },
-                _ = &mut conn, if !conn_done => conn_done = true,
+                }
                 _ = &mut preamble_deadline, if !open => {
                     break SessionEnd::Failed("no preamble in time".to_owned());
                 }
@@ -281,7 +284,7 @@ impl Subscriber {
     }
 
     /// The subscription request for `endpoint`.
-    fn request(&self, endpoint: &Endpoint) -> Result<Request<Empty<Bytes>>, http::Error> {
+    fn request(&self, endpoint: &Endpoint) -> Result<Request<()>, http::Error> {
         let token = self.spec.token.map(|t| self.plan.tokens[t].as_str());
         let mut params: Vec<(&str, &str)> = self
             .spec
@@ -316,7 +319,7 @@ impl Subscriber {
         if let Some(id) = self.parser.last_event_id() {
             builder = builder.header("last-event-id", id);
         }
-        builder.body(Empty::new())
+        builder.body(())
     }
 
     /// The preamble arrived: the subscription is live.
@@ -451,4 +454,13 @@ impl Subscriber {
 /// elsewhere.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Waits for the next directive on a clone of the subscriber's receiver and hands the clone back;
+/// `false` when the worker is gone.
+async fn next_change(
+    mut directive: watch::Receiver<Directive>,
+) -> (watch::Receiver<Directive>, bool) {
+    let changed = directive.changed().await.is_ok();
+    (directive, changed)
 }
