@@ -73,9 +73,9 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_RESUME_MARGIN", default_value = "5s", value_parser = parse_duration)]
     pub redis_resume_margin: Duration,
 
-    /// A Redis reader hands updates to local subscribers at most once per window: updates that come
-    /// faster go out together, one write per subscriber; one after a quiet spell passes at once
-    /// (`0`: every read at once; at most 1s).
+    /// When a topic's updates follow each other within this window, a Redis reader hands them to
+    /// local subscribers at most once per window, one write per subscriber; other updates pass at
+    /// once (`0`: off; at most 1s).
     #[arg(long, env = "QUICKSILVER_REDIS_BATCH_WINDOW", default_value = "1ms", value_parser = parse_duration)]
     pub redis_batch_window: Duration,
 

@@ -55,9 +55,9 @@ pub struct RedisConfig {
     pub pool_size: usize,
     /// How long a reader's `XREAD BLOCK` waits for new entries before asking again, in milliseconds.
     pub block_ms: u64,
-    /// A reader hands what it read to the local fan-out at most once per window: updates that
-    /// arrive within the window after a hand-over wait for its end and go together, so each
-    /// subscriber receives them in one write. An update after a quiet spell passes at once.
+    /// When a topic's updates follow each other within this window, the reader hands them to the
+    /// local fan-out at most once per window, so each subscriber of the topic receives them in one
+    /// write. Updates on changing topics, and one after a quiet spell, pass at once.
     /// `Duration::ZERO` hands over every read as it comes.
     pub batch_window: Duration,
     /// Upper bound on one Redis command (connecting included): a hung Redis yields an error after

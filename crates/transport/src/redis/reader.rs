@@ -34,7 +34,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicksilver_protocol::Position;
+use quicksilver_protocol::{Envelope, Position};
 use redis::streams::StreamId;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -71,8 +71,9 @@ pub(crate) struct StreamReader {
     ordinal: Option<u64>,
     /// A loss was reported up to this position: do not report it again until the reader passes it.
     reported_until: Option<Position>,
-    /// The first topic of the last update handed over (for pacing, see the module docs).
-    last_topic: Option<String>,
+    /// The last update handed over, whose first topic the next is compared with (for pacing, see
+    /// the module docs).
+    last_handed: Option<Arc<Envelope>>,
 }
 
 /// Whether a batch repeated a topic: between two of its updates, or between its first update and
@@ -93,7 +94,7 @@ impl StreamReader {
             epoch: None,
             ordinal: None,
             reported_until: None,
-            last_topic: None,
+            last_handed: None,
         }
     }
 
@@ -250,17 +251,19 @@ impl StreamReader {
         }
         let mut repeats = Repeats::default();
         for (i, entry) in entries.into_iter().enumerate() {
-            if let Some(topic) = entry.update.topics.first() {
-                if self.last_topic.as_ref() == Some(topic) {
-                    if i == 0 {
-                        repeats.across = true;
-                    } else {
-                        repeats.within = true;
-                    }
+            let topic = entry.update.topics.first();
+            let previous = self
+                .last_handed
+                .as_ref()
+                .and_then(|e| e.update.topics.first());
+            if topic.is_some() && topic == previous {
+                if i == 0 {
+                    repeats.across = true;
                 } else {
-                    self.last_topic = Some(topic.clone());
+                    repeats.within = true;
                 }
             }
+            self.last_handed = Some(entry.clone());
             // A child of the publishing node's span when the entry carries its trace context.
             let span = crate::trace_context::dispatch_span(&entry);
             self.sink.deliver(entry).instrument(span).await;
