@@ -246,10 +246,7 @@ impl Subscriber {
                 Ok(Decoded::Ended) => {
                     break SessionEnd::Failed("stream ended before the preamble".to_owned())
                 }
-                Err(e) if open => {
-                    let _ = e;
-                    break SessionEnd::Closed;
-                }
+                Err(_) if open => break SessionEnd::Closed,
                 Err(e) => break SessionEnd::Failed(format!("body: {e}")),
             }
             tokio::select! {
