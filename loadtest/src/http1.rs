@@ -125,6 +125,11 @@ impl Http1Stream {
         }
     }
 
+    /// The socket, for a caller that reads on by itself (what is buffered is dropped).
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.tcp
+    }
+
     /// Reads what the socket has into the buffer. Cancel safe.
     pub(crate) async fn fill(&mut self) -> Result<(), Http1Error> {
         if self.buf.capacity() - self.buf.len() < READ_SPACE {

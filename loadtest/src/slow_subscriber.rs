@@ -1,8 +1,9 @@
 //! A slow consumer: subscribes, reads the response head and preamble, then never reads again.
 //!
-//! It speaks HTTP/1.1 by hand on a socket with a small receive buffer, because a hyper connection
-//! would keep reading into its own buffers. Once the kernel buffers fill, the hub can no longer
-//! write to it, and a well-behaved hub cuts it off rather than queue without bound. When the
+//! It opens its request with the subscribers' minimal client ([`crate::http1`]) on a socket with a
+//! small receive buffer, then takes the socket back and stops reading. Once the kernel buffers
+//! fill, the hub can no longer write to it, and a well-behaved hub cuts it off rather than queue
+//! without bound. When the
 //! worker stops, the subscriber drains its socket (bounded in time) to learn what the hub did:
 //! ended the response (the chunked body's last chunk, or the connection closed), kept it open
 //! with nothing more to send, or was still sending when the probe gave up.
@@ -11,15 +12,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use http::StatusCode;
+use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 use tokio::time::{timeout, Instant};
 
-use crate::cli::AuthMode;
 use crate::directive::Directive;
+use crate::http1::{Decoded, Http1Stream};
 use crate::net::{self, Endpoint};
 use crate::plan::{Plan, SubscriberSpec};
-use crate::subscriber::lock;
+use crate::subscriber::{lock, subscribe_request};
 use crate::worker::WorkerShared;
 
 /// How long the final drain may take to see the end of the stream.
@@ -28,8 +30,6 @@ const DRAIN_PROBE: Duration = Duration::from_secs(10);
 const DRAIN_IDLE: Duration = Duration::from_secs(1);
 /// The last chunk of a chunked body: the response is over.
 const LAST_CHUNK: &[u8] = b"\r\n0\r\n\r\n";
-/// Largest response head accepted.
-const MAX_HEAD: usize = 16 * 1024;
 
 /// What the final drain found.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -112,7 +112,7 @@ async fn open(
 ) -> Result<tokio::net::TcpStream, String> {
     let source =
         (!plan.source_ips.is_empty()).then(|| plan.source_ips[spec.index % plan.source_ips.len()]);
-    let mut stream = net::connect(
+    let tcp = net::connect(
         endpoint.addr,
         source,
         Some(plan.slow_recv_buffer),
@@ -120,59 +120,27 @@ async fn open(
     )
     .await
     .map_err(|e| e.to_string())?;
-    let token = spec.token.map(|t| plan.tokens[t].as_str());
-    let mut params: Vec<(&str, &str)> = spec
-        .selectors
-        .iter()
-        .map(|s| ("topic", s.as_str()))
-        .collect();
-    if let (AuthMode::Query, Some(token)) = (plan.auth, token) {
-        params.push(("authorization", token));
-    }
-    let mut head = format!(
-        "GET {} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\n",
-        endpoint.path_with_query(params),
-        endpoint.host
-    );
-    match (plan.auth, token) {
-        (AuthMode::Header, Some(t)) => head.push_str(&format!("Authorization: Bearer {t}\r\n")),
-        (AuthMode::Cookie, Some(t)) => {
-            head.push_str(&format!("Cookie: mercureAuthorization={t}\r\n"));
-        }
-        _ => {}
-    }
-    head.push_str("\r\n");
+    let request = subscribe_request(plan, spec, endpoint, None).map_err(|e| e.to_string())?;
     let exchange = async {
-        stream
-            .write_all(head.as_bytes())
+        let mut stream = Http1Stream::open(tcp, &request)
             .await
             .map_err(|e| e.to_string())?;
-        let mut got = Vec::with_capacity(1024);
-        let mut buf = [0u8; 1024];
+        if stream.status != StatusCode::OK {
+            return Err(format!("HTTP {}", stream.status));
+        }
         loop {
-            let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
-            if n == 0 {
+            let mut got = false;
+            let decoded = stream.decode(|_| got = true).map_err(|e| e.to_string())?;
+            if got {
+                return Ok(stream.into_inner());
+            }
+            if decoded == Decoded::Ended {
                 return Err("closed before the preamble".to_owned());
             }
-            got.extend_from_slice(&buf[..n]);
-            if let Some(end) = got.windows(4).position(|w| w == b"\r\n\r\n") {
-                let status_ok =
-                    got.starts_with(b"HTTP/1.1 200") || got.starts_with(b"HTTP/1.0 200");
-                if !status_ok {
-                    let line = got.split(|&b| b == b'\r').next().unwrap_or_default();
-                    return Err(String::from_utf8_lossy(line).into_owned());
-                }
-                if got.len() > end + 4 {
-                    return Ok(());
-                }
-            }
-            if got.len() > MAX_HEAD {
-                return Err("response head too large".to_owned());
-            }
+            stream.fill().await.map_err(|e| e.to_string())?;
         }
     };
     timeout(plan.connect_timeout, exchange)
         .await
-        .map_err(|_| "no preamble in time".to_owned())??;
-    Ok(stream)
+        .map_err(|_| "no preamble in time".to_owned())?
 }

@@ -282,41 +282,12 @@ impl Subscriber {
 
     /// The subscription request for `endpoint`.
     fn request(&self, endpoint: &Endpoint) -> Result<Request<()>, http::Error> {
-        let token = self.spec.token.map(|t| self.plan.tokens[t].as_str());
-        let mut params: Vec<(&str, &str)> = self
-            .spec
-            .selectors
-            .iter()
-            .map(|s| ("topic", s.as_str()))
-            .collect();
-        if let (AuthMode::Query, Some(token)) = (self.plan.auth, token) {
-            params.push(("authorization", token));
-        }
-        let path = match self.plan.hub {
-            HubKind::Mercure => endpoint.path_with_query(params),
-            // One channel per subscriber: nchan scenarios select one exact topic each.
-            HubKind::Nchan => nchan::subscribe_path(
-                &endpoint.path,
-                self.spec.selectors.first().map_or("", |s| s.as_str()),
-            ),
-        };
-        let mut builder = Request::get(path)
-            .header(HOST, &endpoint.host)
-            .header(ACCEPT, "text/event-stream")
-            .header(CACHE_CONTROL, "no-cache");
-        match (self.plan.auth, token) {
-            (AuthMode::Header, Some(token)) => {
-                builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
-            }
-            (AuthMode::Cookie, Some(token)) => {
-                builder = builder.header(COOKIE, format!("mercureAuthorization={token}"));
-            }
-            _ => {}
-        }
-        if let Some(id) = self.parser.last_event_id() {
-            builder = builder.header("last-event-id", id);
-        }
-        builder.body(())
+        subscribe_request(
+            &self.plan,
+            &self.spec,
+            endpoint,
+            self.parser.last_event_id(),
+        )
     }
 
     /// The preamble arrived: the subscription is live.
@@ -460,4 +431,47 @@ async fn next_change(
 ) -> (watch::Receiver<Directive>, bool) {
     let changed = directive.changed().await.is_ok();
     (directive, changed)
+}
+
+/// The `GET` that subscribes `spec` at `endpoint` (shared with slow consumers).
+pub(crate) fn subscribe_request(
+    plan: &Plan,
+    spec: &SubscriberSpec,
+    endpoint: &Endpoint,
+    last_event_id: Option<&str>,
+) -> Result<Request<()>, http::Error> {
+    let token = spec.token.map(|t| plan.tokens[t].as_str());
+    let mut params: Vec<(&str, &str)> = spec
+        .selectors
+        .iter()
+        .map(|s| ("topic", s.as_str()))
+        .collect();
+    if let (AuthMode::Query, Some(token)) = (plan.auth, token) {
+        params.push(("authorization", token));
+    }
+    let path = match plan.hub {
+        HubKind::Mercure => endpoint.path_with_query(params),
+        // One channel per subscriber: nchan scenarios select one exact topic each.
+        HubKind::Nchan => nchan::subscribe_path(
+            &endpoint.path,
+            spec.selectors.first().map_or("", |s| s.as_str()),
+        ),
+    };
+    let mut builder = Request::get(path)
+        .header(HOST, &endpoint.host)
+        .header(ACCEPT, "text/event-stream")
+        .header(CACHE_CONTROL, "no-cache");
+    match (plan.auth, token) {
+        (AuthMode::Header, Some(token)) => {
+            builder = builder.header(AUTHORIZATION, format!("Bearer {token}"));
+        }
+        (AuthMode::Cookie, Some(token)) => {
+            builder = builder.header(COOKIE, format!("mercureAuthorization={token}"));
+        }
+        _ => {}
+    }
+    if let Some(id) = last_event_id {
+        builder = builder.header("last-event-id", id);
+    }
+    builder.body(())
 }
