@@ -6,7 +6,8 @@
 # extracted with `git archive` into .tmp/conformance/ and run with tests/conformance/playwright.config.cjs.
 #
 # Needs: a copy of https://github.com/dunglas/mercure (a full clone, so that the v0.24.2 tag is
-# there: `git clone https://github.com/dunglas/mercure .tmp/mercure`; a bare mirror works too),
+# there: `git clone https://github.com/dunglas/mercure /some/where/mercure`; a bare mirror works
+# too), named with --mercure-repo or MERCURE_REPO,
 # node + npm (the npm registry, for `npm ci`), Chromium at /usr/bin/chromium (CHROMIUM_PATH;
 # Playwright's own browsers are not downloaded), and for the cluster redis-server and nginx.
 usage() {
@@ -17,9 +18,8 @@ usage: scripts/conformance.sh [--version head|v0.24.2|both] [--topology single|c
   --version       suite to run: `head` (current spec, 10 tests) or `v0.24.2` (11 tests) [both]
   --topology      `single` (one node, in-memory transport) or `cluster` (3 nodes + Redis + nginx
                   via scripts/cluster.sh) [both]
-  --mercure-repo  a clone (or bare mirror) of https://github.com/dunglas/mercure; default:
-                  $MERCURE_REPO, else .tmp/mercure, else /work/.mirror/dunglas+mercure/repo.
-                  Get one with: git clone https://github.com/dunglas/mercure .tmp/mercure
+  --mercure-repo  a clone (or bare mirror) of https://github.com/dunglas/mercure [$MERCURE_REPO];
+                  required. Get one with: git clone https://github.com/dunglas/mercure PATH
   --redis-cluster cluster topology on a 3-master Redis Cluster instead of one Redis
   --no-build      do not run `cargo build --release --bin quicksilver` first
   --quiet         do not stream Playwright's output (it is kept in .tmp/conformance/logs/)
@@ -72,15 +72,9 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 
-if [[ -z "$mercure_repo" ]]; then
-    for candidate in "$repo_root/.tmp/mercure" /work/.mirror/dunglas+mercure/repo; do
-        [[ -e "$candidate" ]] && { mercure_repo="$candidate"; break; }
-    done
-fi
 if [[ -z "$mercure_repo" ]] || ! git -C "$mercure_repo" rev-parse --git-dir >/dev/null 2>&1; then
-    echo "conformance: no Mercure repository found; run" >&2
-    echo "  git clone https://github.com/dunglas/mercure $repo_root/.tmp/mercure" >&2
-    echo "or pass --mercure-repo PATH" >&2
+    echo "conformance: name a clone of the reference hub with --mercure-repo PATH (or MERCURE_REPO);" >&2
+    echo "get one with: git clone https://github.com/dunglas/mercure PATH" >&2
     exit 2
 fi
 

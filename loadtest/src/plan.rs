@@ -87,7 +87,7 @@ pub(crate) enum TopicSet {
 
 /// Everything a worker needs to run subscriber `i`.
 #[derive(Clone, Debug)]
-pub(crate) struct SubscriberSpec {
+pub(crate) struct SubscriberPlan {
     pub(crate) index: usize,
     /// `topic` query parameters.
     pub(crate) selectors: Vec<String>,
@@ -115,14 +115,14 @@ pub(crate) const BROADCAST_TOPIC: &str = "https://example.com/broadcast";
 
 impl Plan {
     /// The spec of subscriber `i`.
-    pub(crate) fn subscriber(&self, i: usize) -> SubscriberSpec {
+    pub(crate) fn subscriber(&self, i: usize) -> SubscriberPlan {
         let token = match self.auth {
             AuthMode::None => None,
             _ if self.tokens.is_empty() => None,
             _ => Some(0),
         };
         let slow = is_slow(i, self.slow_fraction);
-        let base = SubscriberSpec {
+        let base = SubscriberPlan {
             index: i,
             selectors: vec![self.topics[0].clone()],
             topics: TopicSet::One(0),
@@ -143,7 +143,7 @@ impl Plan {
                         ("https://example.com/t/{k}/{x}".to_owned(), TopicSet::All)
                     }
                 };
-                SubscriberSpec {
+                SubscriberPlan {
                     selectors: vec![selector],
                     topics,
                     ..base
@@ -151,7 +151,7 @@ impl Plan {
             }
             Selection::Documents { editors } => {
                 let doc = (i / *editors as usize) as u32;
-                SubscriberSpec {
+                SubscriberPlan {
                     selectors: vec![self.topics[doc as usize].clone()],
                     topics: TopicSet::One(doc),
                     token: token.map(|_| doc as usize % self.tokens.len()),

@@ -20,7 +20,7 @@ use tokio::time::{timeout, Instant};
 use crate::directive::Directive;
 use crate::http1::{Decoded, Http1Stream};
 use crate::net::{self, Endpoint};
-use crate::plan::{Plan, SubscriberSpec};
+use crate::plan::{Plan, SubscriberPlan};
 use crate::subscriber::{lock, subscribe_request};
 use crate::worker::WorkerShared;
 
@@ -54,7 +54,7 @@ pub(crate) struct SlowReport {
 
 /// Runs one slow consumer until the stop directive.
 pub(crate) async fn run(
-    spec: SubscriberSpec,
+    spec: SubscriberPlan,
     plan: Arc<Plan>,
     endpoints: Arc<Vec<Endpoint>>,
     shared: Arc<WorkerShared>,
@@ -106,7 +106,7 @@ pub(crate) async fn run(
 
 /// Connects, sends the request and reads until the head and the first body bytes arrived.
 async fn open(
-    spec: &SubscriberSpec,
+    spec: &SubscriberPlan,
     plan: &Plan,
     endpoint: &Endpoint,
 ) -> Result<tokio::net::TcpStream, String> {

@@ -29,7 +29,7 @@ use crate::http1::{Decoded, Http1Stream};
 use crate::manifest::{sequence_key, IndexedManifest, SequenceEntry};
 use crate::nchan;
 use crate::net::{self, Endpoint};
-use crate::plan::{Plan, ScenarioKind, SubscriberSpec, TopicSet};
+use crate::plan::{Plan, ScenarioKind, SubscriberPlan, TopicSet};
 use crate::sse::SseParser;
 use crate::tracker::SequenceTracker;
 use crate::worker::WorkerShared;
@@ -41,7 +41,7 @@ const MAX_SESSIONS: u32 = 10_000;
 /// What one subscriber saw, handed back when its task ends.
 #[derive(Debug)]
 pub(crate) struct SubscriberReport {
-    pub(crate) spec: SubscriberSpec,
+    pub(crate) spec: SubscriberPlan,
     /// Why the first connection failed (the subscriber then took no part in the run).
     pub(crate) connect_error: Option<String>,
     pub(crate) trackers: HashMap<u64, SequenceTracker>,
@@ -74,7 +74,7 @@ enum SessionEnd {
 
 /// The state of one subscriber task.
 pub(crate) struct Subscriber {
-    spec: SubscriberSpec,
+    spec: SubscriberPlan,
     plan: Arc<Plan>,
     sub_endpoints: Arc<Vec<Endpoint>>,
     resume_endpoints: Arc<Vec<Endpoint>>,
@@ -99,7 +99,7 @@ pub(crate) struct Subscriber {
 
 impl Subscriber {
     pub(crate) fn new(
-        spec: SubscriberSpec,
+        spec: SubscriberPlan,
         plan: Arc<Plan>,
         sub_endpoints: Arc<Vec<Endpoint>>,
         resume_endpoints: Arc<Vec<Endpoint>>,
@@ -436,7 +436,7 @@ async fn next_change(
 /// The `GET` that subscribes `spec` at `endpoint` (shared with slow consumers).
 pub(crate) fn subscribe_request(
     plan: &Plan,
-    spec: &SubscriberSpec,
+    spec: &SubscriberPlan,
     endpoint: &Endpoint,
     last_event_id: Option<&str>,
 ) -> Result<Request<()>, http::Error> {

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use quicksilver_fanout::{Access, Fanout, FanoutConfig, SubscriberSpec, Subscription};
+use quicksilver_fanout::{Access, Fanout, FanoutConfig, Subscriber, SubscriberSpec};
 use quicksilver_protocol::{Envelope, Position, Selector, SelectorStore, Update};
 
 const SUBSCRIBERS: usize = 10_000;
@@ -49,7 +49,7 @@ fn dispatch(c: &mut Criterion) {
     ] {
         let store = Arc::new(SelectorStore::default());
         let selector = Selector::compile(raw).expect("selector compiles");
-        let (fanout, mut subs): (Fanout, Vec<Subscription>) = rt.block_on(async {
+        let (fanout, mut subs): (Fanout, Vec<Subscriber>) = rt.block_on(async {
             let config = FanoutConfig {
                 shards: 1,
                 ..FanoutConfig::default()

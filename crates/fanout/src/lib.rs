@@ -4,29 +4,36 @@
 //! # How an update passes through
 //! The transport reader calls [`Fanout::dispatch`] with an `Arc`'d [`Envelope`] (its SSE frame is
 //! already encoded). The envelope is sent to each of K shards over a bounded channel; each shard is
-//! a task that owns a [`registry::Registry`] of its subscribers and finds the matching ones (exact
-//! topics by hash lookup, then `*` subscribers, then each distinct template or URL-pattern selector once), checks
-//! private access, and pushes the same `Arc` into each subscriber's bounded queue. A subscriber
-//! whose queue is full is cut off and counted: it reconnects with its last event id and catches up
-//! from history, so the hub never buffers without bound and others never wait.
+//! a task that owns a [`ShardIndex`] of its subscribers and finds the matching ones (exact topics
+//! by hash lookup, then `*` subscribers, then each distinct template or URL-pattern selector once),
+//! checks private access, and pushes the same `Arc` into each subscriber's bounded queue. A
+//! subscriber whose queue is full is cut off and counted: its writer sees it through [`CutOff`],
+//! the client reconnects with its last event id and catches up from history, so the hub never
+//! buffers without bound and others never wait. A resuming subscriber's history and its live
+//! queue meet in [`Resume`].
 //!
 //! # Timers without timers
 //! An idle stream still has deadlines: a heartbeat to send, a maximum connection life, a token's
 //! expiry. Rather than one Tokio timer per stream (two boxed `Sleep`s, about 220 bytes, per idle
-//! subscriber), a stream sets an alarm ([`Subscription::set_alarm`], a millisecond stamp in its
+//! subscriber), a stream sets an alarm ([`Subscriber::set_alarm`], a millisecond stamp in its
 //! shared state) and each shard task, on a coarse tick ([`FanoutConfig::alarm_tick`]), wakes the
-//! streams whose alarm is due. One `Interval` per shard serves every subscriber of the shard.
+//! streams whose alarm is due. One `Interval` per shard serves every subscriber of the shard. Stamps
+//! come from [`now_ms`], which reads Tokio's clock, so tests pause time instead of sleeping.
 //!
 //! # Layout
 //! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.
-//! - [`registry`]: one shard's subscriber index.
+//! - [`index`]: one shard's subscriber index ([`ShardIndex`]) and the offering of an update.
 //! - `queue`: a subscriber's bounded queue (a mutex'd `VecDeque`, empty and unallocated while idle).
 //! - [`subscriber`]: what a subscriber asked for ([`SubscriberSpec`]), its private access
-//!   ([`Access`]) and the [`Subscription`] handle whose drop unregisters it.
+//!   ([`Access`]), the [`Subscriber`] handle whose drop unregisters it, and its [`CutOff`].
+//! - [`resume`]: replay then live ([`Resume`]).
+//! - [`clock`]: the millisecond clock of alarms and timeouts.
 //! - [`stats`]: counters and gauges read by the metrics endpoint.
 
+pub mod clock;
+pub mod index;
 pub(crate) mod queue;
-pub mod registry;
+pub mod resume;
 pub mod stats;
 pub mod subscriber;
 
@@ -37,9 +44,11 @@ use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, SelectorStore};
 use tokio::sync::mpsc;
 
-pub use registry::Registry;
+pub use clock::now_ms;
+pub use index::ShardIndex;
+pub use resume::Resume;
 pub use stats::FanoutStats;
-pub use subscriber::{now_ms, Access, SubscriberSpec, Subscription};
+pub use subscriber::{Access, CutOff, Subscriber, SubscriberSpec};
 
 /// Fan-out settings.
 #[derive(Clone, Debug)]
@@ -70,10 +79,10 @@ impl Default for FanoutConfig {
     }
 }
 
-/// A shard: its registry (shared with the [`Subscription`] handles, which unregister on drop) and the
+/// A shard: its index (shared with the [`Subscriber`] handles, which unregister on drop) and the
 /// channel feeding its dispatch task.
 struct Shard {
-    registry: Arc<Mutex<Registry>>,
+    index: Arc<Mutex<ShardIndex>>,
     inbox: mpsc::Sender<Arc<Envelope>>,
 }
 
@@ -105,14 +114,14 @@ impl Fanout {
         let stats = Arc::new(FanoutStats::default());
         let shards = (0..config.shards.max(1))
             .map(|_| {
-                let registry = Arc::new(Mutex::new(Registry::new(
+                let index = Arc::new(Mutex::new(ShardIndex::new(
                     selectors.clone(),
                     stats.clone(),
                     config.dispatch_timeout,
                 )));
                 let (inbox, rx) = mpsc::channel(config.shard_channel.max(1));
-                tokio::spawn(run_shard(registry.clone(), rx, config.alarm_tick));
-                Shard { registry, inbox }
+                tokio::spawn(run_shard(index.clone(), rx, config.alarm_tick));
+                Shard { index, inbox }
             })
             .collect();
         Self {
@@ -127,24 +136,11 @@ impl Fanout {
 
     /// Registers a subscriber; live updates are queued from this moment on. Shards are chosen round
     /// robin so subscribers spread evenly over dispatch tasks.
-    pub fn subscribe(&self, spec: SubscriberSpec) -> Subscription {
-        self.subscribe_with_closer(spec, None)
-    }
-
-    /// Like [`Fanout::subscribe`]; `closer` is cancelled if the subscriber is ever cut off as too
-    /// slow, so the connection can be dropped at once instead of waiting for the client to read.
-    pub fn subscribe_with_closer(
-        &self,
-        spec: SubscriberSpec,
-        closer: Option<tokio_util::sync::CancellationToken>,
-    ) -> Subscription {
+    pub fn subscribe(&self, spec: SubscriberSpec) -> Subscriber {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let shard = &self.inner.shards[i];
-        let key = shard
-            .registry
-            .lock()
-            .insert(spec, self.inner.queue_capacity, closer);
-        Subscription::new(key, shard.registry.clone())
+        let key = shard.index.lock().insert(spec, self.inner.queue_capacity);
+        Subscriber::new(key, shard.index.clone())
     }
 
     /// Hands one stored update to every shard, in order. Waits when a shard is backed up, which
@@ -165,7 +161,7 @@ impl Fanout {
     /// updates already queued.
     pub fn close_all(&self) {
         for shard in &self.inner.shards {
-            shard.registry.lock().clear();
+            shard.index.lock().clear();
         }
     }
 
@@ -178,7 +174,7 @@ impl Fanout {
         let mut idle_rounds = 0;
         let mut i = 0;
         while closed < n && idle_rounds < shards {
-            let got = self.inner.shards[i % shards].registry.lock().close_one();
+            let got = self.inner.shards[i % shards].index.lock().close_one();
             if got {
                 closed += 1;
                 idle_rounds = 0;
@@ -192,20 +188,16 @@ impl Fanout {
 
     /// Number of subscribers currently registered on this node.
     pub fn subscriber_count(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|s| s.registry.lock().len())
-            .sum()
+        self.inner.shards.iter().map(|s| s.index.lock().len()).sum()
     }
 }
 
-/// A shard's dispatch loop: takes updates in order and delivers each under the registry lock, and
-/// on every alarm tick wakes the streams whose alarm is due. The lock is a plain mutex held without
+/// A shard's dispatch loop: takes updates in order and delivers each under the index lock, and on
+/// every alarm tick wakes the streams whose alarm is due. The lock is a plain mutex held without
 /// `.await`: delivery only pushes into bounded queues, so the critical section is short and never
 /// blocks on a subscriber.
 async fn run_shard(
-    registry: Arc<Mutex<Registry>>,
+    index: Arc<Mutex<ShardIndex>>,
     mut inbox: mpsc::Receiver<Arc<Envelope>>,
     alarm_tick: std::time::Duration,
 ) {
@@ -218,12 +210,12 @@ async fn run_shard(
                 if n == 0 {
                     break;
                 }
-                let mut reg = registry.lock();
+                let mut index = index.lock();
                 for envelope in batch.drain(..) {
-                    reg.deliver(&envelope);
+                    index.deliver(&envelope);
                 }
             }
-            _ = tick.tick() => registry.lock().ring_alarms(now_ms()),
+            _ = tick.tick() => index.lock().ring_alarms(now_ms()),
         }
     }
 }

@@ -40,7 +40,7 @@ struct Inner {
     items: VecDeque<Arc<Envelope>>,
     /// The stream's waker, while it waits for an update.
     waker: Option<Waker>,
-    /// No more pushes will come (the registry let the subscriber go): the stream ends once the
+    /// No more pushes will come (the index let the subscriber go): the stream ends once the
     /// queue is drained.
     closed: bool,
     /// The stream is gone: pushes are refused.
@@ -84,6 +84,16 @@ impl Queue {
         }
     }
 
+    /// Registers `cx`'s waker to be woken by the next push, close or alarm, without taking
+    /// anything (a writer blocked on its socket watching for a cut-off).
+    pub(crate) fn register(&self, cx: &mut Context<'_>) {
+        let mut inner = self.inner.lock();
+        match &inner.waker {
+            Some(w) if w.will_wake(cx.waker()) => {}
+            _ => inner.waker = Some(cx.waker().clone()),
+        }
+    }
+
     /// Whether updates are waiting.
     pub(crate) fn has_queued(&self) -> bool {
         !self.inner.lock().items.is_empty()
@@ -122,6 +132,7 @@ impl Queue {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => inner.waker = Some(cx.waker().clone()),
         }
+        drop(inner);
         Poll::Pending
     }
 

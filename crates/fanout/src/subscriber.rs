@@ -1,17 +1,18 @@
 //! One subscriber as the fan-out sees it: what it asked for, what private updates it may read, and
-//! the handle its SSE writer holds.
+//! the handle its SSE stream holds.
 //!
-//! The [`Subscription`] is the receiving end of the subscriber's bounded queue ([`crate::queue`]). Dropping it (the
-//! client went away, the response ended) unregisters the subscriber from its shard, so a closed
-//! connection costs nothing after its drop.
+//! The [`Subscriber`] is the receiving end of the subscriber's bounded queue ([`crate::queue`]).
+//! Dropping it (the client went away, the response ended) unregisters the subscriber from its
+//! shard, so a closed connection costs nothing after its drop. Its [`CutOff`] lets whoever writes
+//! the subscriber's stream to a socket see, while a write is blocked, that the fan-out gave up on
+//! it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
+use crate::index::{ShardIndex, SubscriberKey};
 use crate::queue::Queue;
-use crate::registry::{Registry, SubscriberKey};
 use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 
@@ -72,72 +73,54 @@ impl SubscriberSpec {
     }
 }
 
-/// Milliseconds on a process-wide monotonic clock (never 0), for cheap shared timestamps and
-/// stream alarms ([`Subscription::set_alarm`]).
-pub fn now_ms() -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
-}
-
-/// State shared by a subscriber's registry entry and its [`Subscription`] handle.
+/// State shared by a subscriber's index entry and its [`Subscriber`] handle.
 #[derive(Debug)]
 pub(crate) struct SubscriberState {
     /// The subscriber's updates, pushed by its shard.
     pub(crate) queue: Queue,
     /// Set when the fan-out cut the subscriber off as too slow.
     pub(crate) lagged: AtomicBool,
-    /// When the oldest update still waiting in the queue was queued ([`now_ms`]); 0 when the queue
-    /// was last seen empty. The dispatch timeout compares against it.
+    /// When the oldest update still waiting in the queue was queued ([`crate::now_ms`]); 0 when
+    /// the queue was last seen empty. The dispatch timeout compares against it.
     pub(crate) waiting_since_ms: AtomicU64,
-    /// When the stream wants to be woken even if no update comes ([`now_ms`]); 0 for never. The
-    /// shard's alarm tick clears it when it wakes the stream.
+    /// When the stream wants to be woken even if no update comes ([`crate::now_ms`]); 0 for
+    /// never. The shard's alarm tick clears it when it wakes the stream.
     pub(crate) alarm_ms: AtomicU64,
-    /// Cancelled when the subscriber is cut off as too slow, so whoever owns its connection can
-    /// close it at once: a client that stopped reading would otherwise keep the socket and every
-    /// byte already written to it until it reads again.
-    pub(crate) closer: Option<tokio_util::sync::CancellationToken>,
 }
 
 impl SubscriberState {
-    pub(crate) fn new(
-        capacity: usize,
-        closer: Option<tokio_util::sync::CancellationToken>,
-    ) -> Self {
+    pub(crate) fn new(capacity: usize) -> Self {
         Self {
             queue: Queue::new(capacity),
             lagged: AtomicBool::new(false),
             waiting_since_ms: AtomicU64::new(0),
             alarm_ms: AtomicU64::new(0),
-            closer,
         }
     }
 }
 
-/// The receiving end of a registered subscriber's queue. Dropping it unregisters the subscriber.
-pub struct Subscription {
+/// A registered subscriber: the receiving end of its queue, its alarm and its cut-off flag.
+/// Dropping it unregisters the subscriber.
+pub struct Subscriber {
     key: SubscriberKey,
     state: Arc<SubscriberState>,
-    registry: Arc<Mutex<Registry>>,
+    index: Arc<Mutex<ShardIndex>>,
 }
 
-impl std::fmt::Debug for Subscription {
+impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Subscription")
+        f.debug_struct("Subscriber")
             .field("key", &self.key)
             .finish()
     }
 }
 
-impl Subscription {
+impl Subscriber {
     pub(crate) fn new(
         (key, state): (SubscriberKey, Arc<SubscriberState>),
-        registry: Arc<Mutex<Registry>>,
+        index: Arc<Mutex<ShardIndex>>,
     ) -> Self {
-        Self {
-            key,
-            state,
-            registry,
-        }
+        Self { key, state, index }
     }
 
     fn drained(&self) {
@@ -178,8 +161,8 @@ impl Subscription {
         n
     }
 
-    /// Asks to be woken (the waker of the last [`Subscription::poll_recv`] that returned `Pending`)
-    /// once [`now_ms`] reaches `at_ms`, even if no update comes; `0` cancels. The shard checks
+    /// Asks to be woken (the waker of the last [`Subscriber::poll_recv`] that returned `Pending`)
+    /// once [`crate::now_ms`] reaches `at_ms`, even if no update comes; `0` cancels. The shard checks
     /// alarms on its tick ([`crate::FanoutConfig::alarm_tick`]), so the wakeup comes up to one tick
     /// late; it may also come early or twice, so the stream looks at the clock when woken.
     pub fn set_alarm(&self, at_ms: u64) {
@@ -191,11 +174,55 @@ impl Subscription {
     pub fn was_cut_off(&self) -> bool {
         self.state.lagged.load(Ordering::Relaxed)
     }
+
+    /// A handle for whoever writes this subscriber's stream, to watch for a cut-off while a write
+    /// is blocked.
+    pub fn cut_off(&self) -> CutOff {
+        CutOff(self.state.clone())
+    }
 }
 
-impl Drop for Subscription {
+impl Drop for Subscriber {
     fn drop(&mut self) {
         self.state.queue.drop_receiver();
-        self.registry.lock().remove(self.key);
+        self.index.lock().remove(self.key);
+    }
+}
+
+/// Tells the writer of one subscriber's stream that the fan-out cut the subscriber off as too
+/// slow (queue full, or updates waiting longer than the dispatch timeout).
+///
+/// A writer blocked on a full socket polls no updates, so it would only learn of the cut-off when
+/// the client reads again: the socket, the bytes already written to it and the queued updates
+/// would stay for as long as the client likes. Polling this while the write is blocked ends that
+/// wait at once. It is one `Arc`, cloned from the [`Subscriber`]: one per stream, so on a
+/// connection carrying several streams (HTTP/2) a cut-off ends only its own.
+#[derive(Clone)]
+pub struct CutOff(Arc<SubscriberState>);
+
+impl std::fmt::Debug for CutOff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("CutOff").field(&self.is_cut_off()).finish()
+    }
+}
+
+impl CutOff {
+    /// Whether the subscriber was cut off.
+    pub fn is_cut_off(&self) -> bool {
+        self.0.lagged.load(Ordering::Relaxed)
+    }
+
+    /// `Ready` once the subscriber is cut off; otherwise registers `cx`'s waker, which the cut-off
+    /// wakes. It shares the queue's single waker slot: call it from the task that polls the
+    /// subscriber's stream (its writer), which is the only task waiting on that queue.
+    pub fn poll_cut_off(&self, cx: &mut Context<'_>) -> Poll<()> {
+        // Registered before the flag is read: the shard sets the flag and then closes the queue,
+        // which wakes, so a cut-off between the two steps is not missed.
+        self.0.queue.register(cx);
+        if self.is_cut_off() {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
     }
 }

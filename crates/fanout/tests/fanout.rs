@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use quicksilver_fanout::{Access, Fanout, FanoutConfig, SubscriberSpec, Subscription};
+use quicksilver_fanout::{Access, Fanout, FanoutConfig, Subscriber, SubscriberSpec};
 use quicksilver_protocol::{Envelope, Position, SelectorStore, Update};
 
 fn fanout(shards: usize, queue: usize) -> (Fanout, Arc<SelectorStore>) {
@@ -55,7 +55,7 @@ fn envelope(seq: u64, topics: &[&str], private: bool) -> Arc<Envelope> {
     ))
 }
 
-async fn next(sub: &mut Subscription) -> Option<u64> {
+async fn next(sub: &mut Subscriber) -> Option<u64> {
     tokio::time::timeout(Duration::from_secs(5), sub.recv())
         .await
         .ok()
@@ -63,7 +63,7 @@ async fn next(sub: &mut Subscription) -> Option<u64> {
         .map(|e| e.position.seq)
 }
 
-async fn nothing_more(sub: &mut Subscription) -> bool {
+async fn nothing_more(sub: &mut Subscriber) -> bool {
     tokio::time::timeout(Duration::from_millis(100), sub.recv())
         .await
         .is_err()
@@ -218,7 +218,7 @@ async fn close_some_closes_gradually_across_shards() {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn a_subscriber_whose_updates_wait_past_the_dispatch_timeout_is_cut_off() {
     let (f, store) = fanout_with(1, 100, Some(Duration::from_millis(50)));
     let mut stalled = f.subscribe(spec(&store, &["t"], Access::None));
@@ -256,7 +256,7 @@ impl Wakeups {
     }
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn an_alarm_wakes_a_waiting_subscription_once_without_an_update() {
     let store = Arc::new(SelectorStore::default());
     let f = Fanout::start(
@@ -276,14 +276,12 @@ async fn an_alarm_wakes_a_waiting_subscription_once_without_an_update() {
         assert!(sub.poll_recv(&mut cx).is_pending());
     }
     with_alarm.set_alarm(quicksilver_fanout::now_ms() + 50);
-    let started = std::time::Instant::now();
-    while rang.count() == 0 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "the alarm never rang"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Not before its time (the shards tick every 10 ms meanwhile)...
+    tokio::time::sleep(Duration::from_millis(40)).await;
+    assert_eq!(rang.count(), 0);
+    // ...and within a tick after it.
+    tokio::time::sleep(Duration::from_millis(25)).await;
+    assert_eq!(rang.count(), 1);
     // Rung once and cleared; the subscription without an alarm was never woken.
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rang.count(), 1);
@@ -297,4 +295,28 @@ async fn an_alarm_wakes_a_waiting_subscription_once_without_an_update() {
     with_alarm.set_alarm(0);
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(rang.count(), 1);
+}
+
+#[tokio::test]
+async fn a_cut_off_wakes_and_tells_the_writer_of_its_stream_only() {
+    let (f, store) = fanout(1, 2);
+    let slow = f.subscribe(spec(&store, &["t"], Access::None));
+    let mut other = f.subscribe(spec(&store, &["t"], Access::None));
+    let (slow_cut, other_cut) = (slow.cut_off(), other.cut_off());
+    // Both writers are blocked on their sockets and watch their cut-off.
+    let woken = Arc::new(Wakeups::default());
+    let waker = std::task::Waker::from(woken.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    assert!(slow_cut.poll_cut_off(&mut cx).is_pending());
+    for seq in 1..=3 {
+        f.dispatch(envelope(seq, &["t"], false)).await;
+        assert_eq!(next(&mut other).await, Some(seq));
+    }
+    // The third update found the slow queue full: cut off, and its watcher woken.
+    assert!(woken.count() >= 1);
+    assert!(slow_cut.poll_cut_off(&mut cx).is_ready());
+    assert!(slow_cut.is_cut_off());
+    assert!(!other_cut.is_cut_off());
+    assert!(other_cut.poll_cut_off(&mut cx).is_pending());
+    drop(slow);
 }

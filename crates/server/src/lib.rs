@@ -12,30 +12,26 @@
 //! - [`discovery`]: the protected resource metadata document and the hub's `Link` header.
 //! - [`debug_page`]: the page at `/` for trying the hub from a browser.
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
-//! - [`stream`]: a subscriber's SSE response body (replay, live, heartbeats, end).
+//! - [`sse`]: the subscriber's way out: the accept loop and connection tasks, the lean HTTP/1.1
+//!   path, the stream writer and a subscriber's SSE response body.
 //! - [`subscriptions`]: subscription events and the subscription API, cluster-wide.
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
 //! - [`error`]: request failures and their HTTP answers.
-//! - [`connection`]: the accept loop, one closable task per connection.
-//! - [`lean`]: the lean HTTP/1.1 path for subscriptions (request head classification, response
-//!   framing; no I/O).
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
 pub mod config;
-pub mod connection;
 pub mod cors;
 pub mod debug_page;
 pub mod discovery;
 pub mod error;
 pub mod hub;
 pub mod jwks;
-pub mod lean;
 pub mod metrics;
 pub mod publish;
-pub mod stream;
+pub mod sse;
 pub mod subscribe;
 pub mod subscriptions;
 pub mod telemetry;
@@ -140,7 +136,7 @@ impl Server {
             });
         }
         let app = router(hub.clone(), config)?;
-        let listener = connection::bind(config.listen)
+        let listener = sse::accept::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         Ok(Self { hub, app, listener })
     }
@@ -162,19 +158,22 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Server { hub, app, listener } = self;
-        let open_connections = hub.metrics().connections.clone();
+        let connection_metrics = sse::accept::ConnectionMetrics {
+            open: hub.metrics().connections.clone(),
+            lean_requests: hub.metrics().lean_requests.clone(),
+        };
         let closing = hub.clone();
         let header_read_timeout = hub.settings().header_read_timeout;
         let stop = async move {
             shutdown.await;
             hub.drain().await;
         };
-        connection::serve(
+        sse::accept::serve(
             listener,
             app,
             stop,
             SHUTDOWN_GRACE,
-            open_connections,
+            connection_metrics,
             header_read_timeout,
         )
         .await;

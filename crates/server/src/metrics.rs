@@ -51,6 +51,8 @@ pub struct Metrics {
     pub responses: Family<ResponseLabels, Counter>,
     /// Open client connections on the main listener.
     pub connections: Gauge,
+    /// Requests answered on the lean HTTP/1.1 path (every other request is served by hyper).
+    pub lean_requests: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -78,10 +80,16 @@ impl Metrics {
         let delivery_latency = Histogram::new(latency_buckets());
         let responses = Family::<ResponseLabels, Counter>::default();
         let connections = Gauge::default();
+        let lean_requests = Counter::default();
         registry.register(
             "connections",
             "Open client connections on the main listener",
             connections.clone(),
+        );
+        registry.register(
+            "lean_requests",
+            "Requests answered on the lean HTTP/1.1 path, without hyper's per-connection buffers",
+            lean_requests.clone(),
         );
         registry.register(
             "updates_published",
@@ -121,6 +129,7 @@ impl Metrics {
             delivery_latency,
             responses,
             connections,
+            lean_requests,
         }
     }
 

@@ -2,24 +2,22 @@
 //!
 //! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
 //! subscriber is then registered in the fan-out *before* history is read, so every update stored
-//! after the history read arrives live; the stream skips live updates the history already covered
-//! (see [`crate::stream`]). Response headers go out with the preamble comment immediately.
+//! after the history read arrives live; a [`Resume`] built from the read tells the stream which
+//! live updates the history already covered. The handler answers with the subscriber's
+//! [`SubscriberStream`], whose headers go out with the preamble comment immediately (see
+//! [`crate::sse`] for how it reaches the socket).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
-use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use quicksilver_fanout::{Access, SubscriberSpec};
-use quicksilver_protocol::{parse_subscribe_query, Envelope, Position, EARLIEST};
+use http::{HeaderMap, HeaderValue, Method};
+use quicksilver_fanout::{Access, Resume, SubscriberSpec};
+use quicksilver_protocol::{parse_subscribe_query, EARLIEST};
 
-use crate::connection::ConnectionCloser;
 use crate::error::HubError;
 use crate::hub::Hub;
-use crate::stream::{EndReason, SubscriberStream};
+use crate::sse::{EndReason, SubscriberStream};
 use crate::subscriptions::{Shape, SubscriptionInfo};
 
 /// How long a subscriber arriving before the transport is ready waits for it.
@@ -31,9 +29,7 @@ pub async fn subscribe(
     method: Method,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
-    closer: Option<Extension<ConnectionCloser>>,
 ) -> Result<Response, HubError> {
-    let closer = closer.map(|Extension(c)| c);
     if hub.is_shutting_down() {
         return Err(HubError::Unavailable("the hub is shutting down".into()));
     }
@@ -92,7 +88,7 @@ pub async fn subscribe(
             quicksilver_protocol::subscribe::MatchType::Exact => Ok(
                 quicksilver_protocol::Selector::exact_topic(&matcher.pattern),
             ),
-            // No base URL yet: relative patterns resolve against the protocol crate's stand-in.
+            // Relative patterns resolve against this hub's URL, as seen by the request.
             quicksilver_protocol::subscribe::MatchType::UrlPattern => hub
                 .selectors()
                 .compile_url_pattern(&matcher.pattern, Some(&identity.hub_url)),
@@ -113,12 +109,11 @@ pub async fn subscribe(
         .map(str::to_string)
         .or(query.last_event_id);
 
-    let subscription = hub
-        .fanout()
-        .subscribe_with_closer(spec.clone(), closer.map(|c| c.0));
+    // Registered first: from here on every update the reader hands over is queued for it, so the
+    // history read below and the live queue overlap instead of leaving a gap.
+    let subscriber = hub.fanout().subscribe(spec.clone());
 
-    let mut replay = Vec::new();
-    let mut replayed_up_to = Vec::new();
+    let mut resume = None;
     let mut anchor_header = None;
     if let Some(last_event_id) = &last_event_id {
         let history = hub
@@ -126,12 +121,9 @@ pub async fn subscribe(
             .history(last_event_id)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
-        replayed_up_to = high_water(&history.entries, &history.high_water);
-        replay = history
-            .entries
-            .into_iter()
-            .filter(|e| spec.accepts(hub.selectors(), e))
-            .collect();
+        resume = Some(Resume::new(history.entries, &history.high_water, |e| {
+            spec.accepts(hub.selectors(), e)
+        }));
         anchor_header = Some(history.anchor.unwrap_or_else(|| EARLIEST.to_string()));
     }
 
@@ -145,7 +137,7 @@ pub async fn subscribe(
         None => None,
     };
 
-    let replayed = replay.len();
+    let replayed = resume.as_ref().map_or(0, Resume::replayed);
     hub.metrics().replayed.inc_by(replayed as u64);
     let topics: Vec<String> = query.matchers.iter().map(|m| m.pattern.clone()).collect();
     tracing::info!(
@@ -155,9 +147,8 @@ pub async fn subscribe(
         "subscriber connected"
     );
     let stream = SubscriberStream::new(
-        subscription,
-        replay,
-        replayed_up_to,
+        subscriber,
+        resume,
         settings.heartbeat,
         match (settings.write_timeout.map(jitter), token_life) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -172,19 +163,8 @@ pub async fn subscribe(
     .with_closing_retry(settings.drain_retry)
     .with_latency(hub.metrics().delivery_latency.clone());
 
-    let mut response = (StatusCode::OK, Body::new(stream)).into_response();
+    let mut response = stream.into_response();
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
-    );
-    h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
-    h.insert(header::EXPIRES, HeaderValue::from_static("0"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(anchor) = anchor_header {
         // The anchor is an id validated at publish time or the client's own, echoed back; an id that
         // cannot be a header value falls back to `earliest` rather than failing the stream.
@@ -221,21 +201,6 @@ fn subscription_infos(
             }
         })
         .collect()
-}
-
-/// The last position of each partition covered by a history read (the later of the transport's
-/// high-water mark and the last entry), including entries the subscriber does not see: live updates
-/// at or before them were part of the read.
-fn high_water(entries: &[Arc<Envelope>], reported: &[Position]) -> Vec<Position> {
-    let mut out: Vec<Position> = Vec::new();
-    for position in entries.iter().map(|e| &e.position).chain(reported) {
-        match out.iter_mut().find(|p| p.partition == position.partition) {
-            Some(p) if position.is_after(p) => *p = *position,
-            Some(_) => {}
-            None => out.push(*position),
-        }
-    }
-    out
 }
 
 /// Takes up to 10% off a connection's maximum life so reconnections after a deploy or scale-up

@@ -1,4 +1,5 @@
-//! One shard's subscriber index: who wants which topics, found without scanning everyone.
+//! One shard's subscriber index: who wants which topics, found without scanning everyone, and the
+//! offering of each update to them.
 //!
 //! Exact selectors are keyed by topic in a hash map, `*` subscribers sit in their own set, and
 //! template and URL-pattern selectors are grouped by their text (and, for URL patterns, the base URL
@@ -15,9 +16,10 @@ use quicksilver_protocol::selector::SelectorKind;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
 
+use crate::clock::now_ms;
 use crate::queue::PushError;
 use crate::stats::FanoutStats;
-use crate::subscriber::{now_ms, SubscriberSpec, SubscriberState};
+use crate::subscriber::{SubscriberSpec, SubscriberState};
 
 /// Identifies a registered subscriber: its slab slot plus a unique id, so a handle whose entry was
 /// already removed (cut off) cannot remove a newer subscriber that reused the slot.
@@ -37,7 +39,7 @@ struct Entry {
 }
 
 impl Drop for Entry {
-    /// A subscriber the registry lets go (cut off, closed, or gone) gets no more updates: its
+    /// A subscriber the index lets go (cut off, closed, or gone) gets no more updates: its
     /// stream ends after what is queued.
     fn drop(&mut self) {
         self.state.queue.close();
@@ -45,7 +47,7 @@ impl Drop for Entry {
 }
 
 /// The subscribers of one shard.
-pub struct Registry {
+pub struct ShardIndex {
     store: Arc<SelectorStore>,
     stats: Arc<FanoutStats>,
     entries: Slab<Entry>,
@@ -64,7 +66,7 @@ pub struct Registry {
 /// A URL-pattern selector's index key: its text and the base URL it was resolved against.
 type UrlPatternKey = (Box<str>, Box<str>);
 
-impl Registry {
+impl ShardIndex {
     pub(crate) fn new(
         store: Arc<SelectorStore>,
         stats: Arc<FanoutStats>,
@@ -98,11 +100,10 @@ impl Registry {
         &mut self,
         spec: SubscriberSpec,
         queue_capacity: usize,
-        closer: Option<tokio_util::sync::CancellationToken>,
     ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
         let id = self.next_id;
-        let state = Arc::new(SubscriberState::new(queue_capacity, closer));
+        let state = Arc::new(SubscriberState::new(queue_capacity));
         let slot = self.entries.vacant_key();
         for selector in &spec.selectors {
             match selector.kind() {
@@ -217,9 +218,7 @@ impl Registry {
         }
     }
 
-    /// Offers one update to every matching subscriber of this shard; cuts off those whose queue is
-    /// full and forgets those whose handle is gone.
-    /// Wakes every stream whose alarm ([`crate::Subscription::set_alarm`]) is at or before `now_ms`,
+    /// Wakes every stream whose alarm ([`crate::Subscriber::set_alarm`]) is at or before `now_ms`,
     /// clearing the alarm: the stream sets the next one when it has looked at the time.
     pub(crate) fn ring_alarms(&self, now_ms: u64) {
         for (_, entry) in &self.entries {
@@ -236,6 +235,8 @@ impl Registry {
         }
     }
 
+    /// Offers one update to every matching subscriber of this shard; cuts off those whose queue is
+    /// full and forgets those whose handle is gone.
     pub(crate) fn deliver(&mut self, envelope: &Arc<Envelope>) {
         self.stamp += 1;
         let mut offer = Offer {
@@ -267,11 +268,12 @@ impl Registry {
                 self.stats
                     .lagged_disconnects
                     .fetch_add(1, Ordering::Relaxed);
-                let state = &self.entries[slot].state;
-                state.lagged.store(true, Ordering::Relaxed);
-                if let Some(closer) = &state.closer {
-                    closer.cancel();
-                }
+                // Flagged before the entry goes: dropping it closes the queue, which wakes the
+                // stream's task (its writer, if blocked, then sees the flag through `CutOff`).
+                self.entries[slot]
+                    .state
+                    .lagged
+                    .store(true, Ordering::Relaxed);
                 tracing::debug!("subscriber queue full: cutting it off");
             }
             self.remove_slot(slot);
@@ -288,7 +290,7 @@ fn url_pattern_key(selector: &Selector) -> UrlPatternKey {
     )
 }
 
-/// The state of offering one update, split from the registry's indexes so they can be iterated
+/// The state of offering one update, split from the index's maps so they can be iterated
 /// while entries are updated.
 struct Offer<'a> {
     now_ms: u64,
@@ -373,7 +375,7 @@ mod tests {
     fn url_pattern_selectors_are_grouped_by_text_and_base() {
         let store = Arc::new(SelectorStore::default());
         let stats = Arc::new(FanoutStats::default());
-        let mut registry = Registry::new(store.clone(), stats.clone(), None);
+        let mut index = ShardIndex::new(store.clone(), stats.clone(), None);
         let pattern = |p: &str, base: &str| {
             store
                 .compile_url_pattern(p, Some(base))
@@ -384,7 +386,7 @@ mod tests {
                 selectors,
                 access: Access::None,
             };
-            registry.insert(spec, 16, None)
+            index.insert(spec, 16)
         };
         let (a, mut rx_a) = subscribe(vec![pattern("/books/:id", HUB)]);
         let (_, mut rx_b) = subscribe(vec![pattern("/books/:id", HUB)]);
@@ -394,14 +396,14 @@ mod tests {
             pattern("https://hub.example.com/books/*", HUB),
             Selector::exact_topic("/books/1"),
         ]);
-        assert_eq!(registry.url_patterns.len(), 3);
+        assert_eq!(index.url_patterns.len(), 3);
         assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 4);
         assert_eq!(stats.matchers_exact.load(Ordering::Relaxed), 1);
 
-        registry.deliver(&envelope(1, &["/books/1"]));
-        registry.deliver(&envelope(2, &["https://hub.example.com/books/2"]));
-        registry.deliver(&envelope(3, &["/books/3/chapters/1"]));
-        registry.deliver(&envelope(4, &["https://other.example/books/4"]));
+        index.deliver(&envelope(1, &["/books/1"]));
+        index.deliver(&envelope(2, &["https://hub.example.com/books/2"]));
+        index.deliver(&envelope(3, &["/books/3/chapters/1"]));
+        index.deliver(&envelope(4, &["https://other.example/books/4"]));
         assert_eq!(received(&mut rx_a), [1, 2]);
         assert_eq!(received(&mut rx_b), [1, 2]);
         // A relative topic resolves against each pattern's own base, so `/books/1` matches there too.
@@ -409,13 +411,13 @@ mod tests {
         assert_eq!(received(&mut rx_both), [1, 2, 3]);
 
         // The group outlives one of its subscribers and goes with the last.
-        registry.remove(a);
-        assert_eq!(registry.url_patterns.len(), 3);
+        index.remove(a);
+        assert_eq!(index.url_patterns.len(), 3);
         assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 3);
-        registry.deliver(&envelope(5, &["/books/5"]));
+        index.deliver(&envelope(5, &["/books/5"]));
         assert_eq!(received(&mut rx_b), [5]);
-        registry.clear();
-        assert!(registry.url_patterns.is_empty());
+        index.clear();
+        assert!(index.url_patterns.is_empty());
         assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 0);
         assert_eq!(stats.matchers_exact.load(Ordering::Relaxed), 0);
     }

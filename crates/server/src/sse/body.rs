@@ -1,30 +1,32 @@
 //! The SSE response body of one subscriber: replay, then live updates, heartbeats, and an end.
 //!
-//! [`SubscriberStream`] is polled by hyper whenever the connection can take more bytes. It first
-//! yields the preamble comment (so headers and the stream's start reach the client at once), then the
-//! replayed history, then live updates from the subscriber's queue. A live update at or before the
-//! last replayed position was already sent as history and is skipped: the subscriber was registered
-//! before history was read, so the two overlap but never leave a gap. Updates already waiting are
-//! batched into one write. When the stream is idle a heartbeat comment is sent; when the connection
-//! reaches its maximum life, or the fan-out cut the subscriber off, the body ends and the client
-//! reconnects with its last event id.
+//! [`SubscriberStream`] is polled by its writer ([`super::writer`], or hyper) whenever the
+//! connection can take more bytes. It first yields the preamble comment (so headers and the
+//! stream's start reach the client at once), then the replayed history, then live updates from the
+//! subscriber's queue; a live update the history already covered is skipped ([`Resume`] decides).
+//! Updates already waiting are batched into one write. When the stream is idle a heartbeat comment
+//! is sent; when the connection reaches its maximum life, or the fan-out cut the subscriber off,
+//! the body ends and the client reconnects with its last event id.
 //!
 //! The stream holds no timer: times are millisecond stamps on the fan-out's clock, and when it
 //! waits it sets an alarm for its next heartbeat or its end, which its shard's tick rings (see
 //! `quicksilver_fanout`'s "Timers without timers"). An idle subscriber thus costs no timer entry.
+//!
+//! As a response ([`IntoResponse`]) it carries the SSE headers and its subscriber's [`CutOff`] in
+//! the response's extensions, where the writer of the stream finds it.
 
-use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
+use http::{header, HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::metrics::histogram::Histogram;
-use quicksilver_fanout::now_ms;
-use quicksilver_fanout::Subscription;
-use quicksilver_protocol::{sse, Envelope, Position};
+use quicksilver_fanout::clock::{millis, now_ms};
+use quicksilver_fanout::{CutOff, Resume, Subscriber};
+use quicksilver_protocol::{sse, Envelope};
 
 /// At most this many bytes are gathered into one write.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -42,22 +44,14 @@ pub enum EndReason {
     Closed,
 }
 
-/// The history part of a stream.
-struct Replay {
-    /// Entries not sent yet.
-    pending: VecDeque<Arc<Envelope>>,
-    /// Live updates at or before these positions were replayed already (one per partition).
-    up_to: Vec<Position>,
-}
-
 /// The body of a subscription response.
 pub struct SubscriberStream {
     /// The preamble was sent.
     started: bool,
-    /// History to send first, and what it covered; `None` when the subscriber asked for none (boxed:
-    /// an idle stream without history should not carry room for it).
-    replay: Option<Box<Replay>>,
-    subscription: Subscription,
+    /// History to send first, and what it covered; `None` when the subscriber asked for none or
+    /// once it is done (boxed: an idle stream without history should not carry room for it).
+    resume: Option<Box<Resume>>,
+    subscriber: Subscriber,
     /// Heartbeat interval in milliseconds.
     heartbeat_ms: Option<u64>,
     /// When something was last written ([`now_ms`]).
@@ -74,29 +68,20 @@ pub struct SubscriberStream {
 }
 
 impl SubscriberStream {
-    /// A stream for `subscription` that first sends `replay` (already filtered for this subscriber).
-    /// `replayed_up_to` holds the last position the history read covered, per partition, including
-    /// entries this subscriber was not shown. `on_end` is called once when the stream ends or is
-    /// dropped.
+    /// A stream for `subscriber` that first sends what `resume` holds. `on_end` is called once when
+    /// the stream ends or is dropped.
     pub fn new(
-        subscription: Subscription,
-        replay: Vec<Arc<Envelope>>,
-        replayed_up_to: Vec<Position>,
+        subscriber: Subscriber,
+        resume: Option<Resume>,
         heartbeat: Option<Duration>,
         max_life: Option<Duration>,
         on_end: impl FnOnce(EndReason) + Send + 'static,
     ) -> Self {
         let now = now_ms();
-        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1);
         Self {
             started: false,
-            replay: (!replay.is_empty() || !replayed_up_to.is_empty()).then(|| {
-                Box::new(Replay {
-                    pending: replay.into(),
-                    up_to: replayed_up_to,
-                })
-            }),
-            subscription,
+            resume: resume.filter(|r| !r.is_done()).map(Box::new),
+            subscriber,
             heartbeat_ms: heartbeat.map(millis),
             last_write_ms: now,
             deadline_ms: max_life.map(|d| now.saturating_add(millis(d))),
@@ -128,15 +113,22 @@ impl SubscriberStream {
         }
     }
 
-    fn already_replayed(&self, envelope: &Envelope) -> bool {
-        let p = envelope.position;
-        let Some(replay) = &self.replay else {
+    /// Whether a live update was already sent as history (and forgets the history once nothing
+    /// of it is left to send or skip).
+    fn already_replayed(&mut self, envelope: &Envelope) -> bool {
+        let Some(resume) = &mut self.resume else {
             return false;
         };
-        replay
-            .up_to
-            .iter()
-            .any(|r| r.partition == p.partition && !p.is_after(r))
+        let covered = resume.covers(envelope);
+        if resume.is_done() {
+            self.resume = None;
+        }
+        covered
+    }
+
+    /// The subscriber's cut-off, for the writer of this stream.
+    pub fn cut_off(&self) -> CutOff {
+        self.subscriber.cut_off()
     }
 
     fn end(
@@ -162,7 +154,7 @@ impl SubscriberStream {
     }
 
     /// Gathers `first` and whatever else is queued (up to the batch limit) into one chunk.
-    fn batch_live(&mut self, first: Arc<Envelope>) -> Option<Bytes> {
+    fn batch_live(&mut self, first: std::sync::Arc<Envelope>) -> Option<Bytes> {
         let mut chunk: Option<BytesMut> = None;
         let mut single: Option<Bytes> = None;
         let mut next = Some(first);
@@ -188,7 +180,7 @@ impl SubscriberStream {
             }
             let size = chunk.as_ref().map_or(0, |b| b.len());
             if size < MAX_BATCH_BYTES {
-                next = self.subscription.try_recv();
+                next = self.subscriber.try_recv();
             }
         }
         chunk.map(BytesMut::freeze).or(single)
@@ -221,23 +213,20 @@ impl Body for SubscriberStream {
                 sse::STREAM_PREAMBLE,
             )))));
         }
-        if let Some(first) = this.replay.as_mut().and_then(|r| r.pending.pop_front()) {
-            let mut buf = BytesMut::from(&first.frame[..]);
-            while buf.len() < MAX_BATCH_BYTES {
-                let Some(next) = this.replay.as_mut().and_then(|r| r.pending.pop_front()) else {
-                    break;
-                };
-                buf.extend_from_slice(&next.frame);
-            }
+        if let Some(batch) = this
+            .resume
+            .as_mut()
+            .and_then(|r| r.next_batch(MAX_BATCH_BYTES))
+        {
             this.last_write_ms = now_ms();
-            return Poll::Ready(Some(Ok(Frame::data(buf.freeze()))));
+            return Poll::Ready(Some(Ok(Frame::data(batch))));
         }
         let now = now_ms();
         if this.deadline_ms.is_some_and(|deadline| now >= deadline) {
             return this.end(EndReason::WriteTimeout);
         }
         loop {
-            match this.subscription.poll_recv(cx) {
+            match this.subscriber.poll_recv(cx) {
                 Poll::Ready(Some(envelope)) => {
                     if let Some(chunk) = this.batch_live(envelope) {
                         this.last_write_ms = now;
@@ -246,7 +235,7 @@ impl Body for SubscriberStream {
                     // Everything taken was already replayed: look again.
                 }
                 Poll::Ready(None) => {
-                    if this.subscription.was_cut_off() {
+                    if this.subscriber.was_cut_off() {
                         return this.end(EndReason::TooSlow);
                     }
                     if let Some(retry) = this.closing_retry.take() {
@@ -267,7 +256,7 @@ impl Body for SubscriberStream {
             }
         }
         // The waker is registered with the queue (by `poll_recv` above), which the alarm wakes.
-        this.subscription.set_alarm(this.next_alarm());
+        this.subscriber.set_alarm(this.next_alarm());
         Poll::Pending
     }
 
@@ -277,5 +266,29 @@ impl Body for SubscriberStream {
 
     fn size_hint(&self) -> SizeHint {
         SizeHint::default()
+    }
+}
+
+impl IntoResponse for SubscriberStream {
+    /// A `200 text/event-stream` response that no cache or proxy holds back, with the subscriber's
+    /// [`CutOff`] in its extensions for the stream's writer.
+    fn into_response(self) -> Response {
+        let cut_off = self.cut_off();
+        let mut response = (StatusCode::OK, axum::body::Body::new(self)).into_response();
+        let h = response.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-cache, no-store, must-revalidate, max-age=0"),
+        );
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+        h.insert(header::EXPIRES, HeaderValue::from_static("0"));
+        // nginx and other proxies would otherwise buffer the stream.
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response.extensions_mut().insert(cut_off);
+        response
     }
 }

@@ -1,20 +1,19 @@
-//! The lean HTTP/1.1 path for subscriptions: the pure parts (no I/O).
+//! HTTP/1.1 heads for the lean subscription path: request classification, response head encoding
+//! and chunk framing. Pure functions, no I/O.
 //!
 //! An idle SSE subscriber served by hyper keeps hyper's per-connection buffers (an 8 KiB read
 //! buffer, used to notice the client going away, and an 8 KiB header buffer) for as long as the
-//! stream lasts: most of what an idle subscriber costs. So [`crate::connection`] reads the first
-//! request head itself with a small buffer and [`classify`] decides here whether it is a plain
-//! `GET` of the hub path over HTTP/1.1 that the lean path can answer. Such a request is still
-//! answered by the same axum router (CORS, metrics, authentication, headers are all unchanged);
-//! only the response is written by the connection module, with the head from [`encode_head`] and
-//! the body as chunks framed by [`chunk_header`], holding no buffer between writes. Everything
-//! else (other paths and methods, request bodies, HTTP/1.0, upgrades, HTTP/2, malformed heads) is
-//! handed to hyper together with the bytes already read, so hyper sees the connection as if it had
-//! read it from the start.
+//! stream lasts: most of what an idle subscriber costs. So [`super::accept`] reads request heads
+//! itself with a small buffer and [`classify`] decides here whether one is a plain `GET` of the
+//! hub path over HTTP/1.1 that the lean path can answer. Such a request is still answered by the
+//! same axum router (CORS, metrics, authentication, headers are all unchanged); only the response
+//! is written by [`super::writer`], with the head from [`encode_head`] and the body as chunks
+//! framed by [`chunk_header`], holding no buffer between writes. Everything else (other paths and
+//! methods, request bodies, HTTP/1.0, upgrades, HTTP/2, malformed heads) is handed to hyper together
+//! with the bytes already read, so hyper sees the connection as if it had read it from the start.
 
 use std::io::Write as _;
 
-use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode, Version};
 
@@ -224,11 +223,6 @@ pub const CHUNK_END: &[u8] = b"\r\n";
 
 /// Ends a chunked body (last chunk, no trailers).
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
-
-/// Bytes read before the head was handed on; kept to replay them to hyper.
-pub fn leftover(input: &[u8], consumed: usize) -> Bytes {
-    Bytes::copy_from_slice(input.get(consumed..).unwrap_or_default())
-}
 
 #[cfg(test)]
 mod tests {

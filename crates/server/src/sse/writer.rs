@@ -1,0 +1,253 @@
+//! Writes a streamed response to a socket: the response head, then every data frame of the body as
+//! one HTTP/1.1 chunk, until the body ends (then the last chunk), the client goes away, or the
+//! fan-out cuts the subscriber off.
+//!
+//! [`StreamWriter`] is a hand-written future rather than an `async fn`: it is what every idle
+//! subscriber's task holds for as long as its stream lasts, and an `async fn`'s state keeps room
+//! for every local of every await point. It holds no buffer between writes: the unsent bytes are
+//! the head (freed once written) and the current frame (a shared `Bytes`), with the chunk's size
+//! line on the stack, written with one vectored write when the socket takes it all.
+//!
+//! While it waits for the next frame it peeks at the socket, so a client that closes its end is
+//! noticed at once (as hyper notices it), without taking the bytes of a pipelined next request.
+//! While a write is blocked (the client stopped reading), it watches the stream's [`CutOff`]: a
+//! cut-off ends the wait at once instead of keeping the socket and its unsent bytes for as long as
+//! the client likes.
+
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http_body::Body as _;
+use quicksilver_fanout::CutOff;
+use tokio::io::{AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+use super::head;
+
+/// The socket a [`StreamWriter`] writes to: writable, and able to look at incoming bytes without
+/// taking them.
+pub trait Socket: AsyncWrite + Unpin {
+    /// Peeks at incoming bytes (`Ready(Ok(0))`: the client closed its end).
+    fn poll_peek(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<usize>>;
+}
+
+impl Socket for TcpStream {
+    fn poll_peek(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        TcpStream::poll_peek(self, cx, buf)
+    }
+}
+
+/// Writes one streamed response (see the module documentation). Resolves `Ok` once the last chunk
+/// is written, or with an error when the client went away, the socket failed or the stream was
+/// cut off (`ConnectionAborted`).
+pub struct StreamWriter<'a, S> {
+    socket: &'a mut S,
+    /// The stream's cut-off, watched while a write is blocked (responses that are not subscriber
+    /// streams have none).
+    cut_off: Option<CutOff>,
+    body: axum::body::Body,
+    /// What is still to be written.
+    out: Unsent,
+    /// The body ended: once the last chunk is written, the response is complete.
+    ended: bool,
+    /// Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
+    /// the bytes stay in the socket for whoever serves the connection after this response.
+    client_spoke: bool,
+}
+
+/// The bytes a [`StreamWriter`] has yet to write, in order: the response head (until written),
+/// then the current chunk's size line, data and end, each advanced as bytes go out.
+struct Unsent {
+    head: Vec<u8>,
+    size: head::ChunkHeader,
+    size_written: usize,
+    data: Bytes,
+    tail: &'static [u8],
+}
+
+impl Unsent {
+    fn size_left(&self) -> &[u8] {
+        self.size
+            .as_bytes()
+            .get(self.size_written..)
+            .unwrap_or_default()
+    }
+
+    /// Whether no chunk is waiting (the head may be).
+    fn chunk_done(&self) -> bool {
+        self.size_left().is_empty() && self.data.is_empty() && self.tail.is_empty()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.chunk_done()
+    }
+
+    /// Queues `data` as one chunk.
+    fn set_chunk(&mut self, data: Bytes) {
+        self.size = head::chunk_header(data.len());
+        self.size_written = 0;
+        self.data = data;
+        self.tail = head::CHUNK_END;
+    }
+
+    /// The parts still to write, empty ones included.
+    fn slices(&self) -> [IoSlice<'_>; 4] {
+        [
+            IoSlice::new(&self.head),
+            IoSlice::new(self.size_left()),
+            IoSlice::new(&self.data),
+            IoSlice::new(self.tail),
+        ]
+    }
+
+    /// Drops the first `n` bytes.
+    fn advance(&mut self, mut n: usize) {
+        let take = n.min(self.head.len());
+        if take == self.head.len() {
+            // Freed: an idle stream keeps no head buffer.
+            self.head = Vec::new();
+        } else {
+            self.head.drain(..take);
+        }
+        n -= take;
+        let take = n.min(self.size_left().len());
+        self.size_written += take;
+        n -= take;
+        let take = n.min(self.data.len());
+        self.data.advance(take);
+        n -= take;
+        self.tail = &self.tail[n.min(self.tail.len())..];
+    }
+}
+
+impl<'a, S: Socket> StreamWriter<'a, S> {
+    /// A writer of `head` (an encoded response head) and then `body`, chunked, to `socket`.
+    pub fn new(
+        socket: &'a mut S,
+        head: Vec<u8>,
+        body: axum::body::Body,
+        cut_off: Option<CutOff>,
+    ) -> Self {
+        Self {
+            socket,
+            cut_off,
+            body,
+            out: Unsent {
+                head,
+                size: head::chunk_header(0),
+                size_written: usize::MAX,
+                data: Bytes::new(),
+                tail: &[],
+            },
+            ended: false,
+            client_spoke: false,
+        }
+    }
+
+    /// Takes the next body frame as the chunk to write (or the last chunk when the body ended).
+    fn poll_next_chunk(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        loop {
+            match std::task::ready!(Pin::new(&mut self.body).poll_frame(cx)) {
+                Some(frame) => {
+                    // Trailers are not sent (hyper sends them only to clients that asked for them).
+                    let Ok(data) = frame.map_err(std::io::Error::other)?.into_data() else {
+                        continue;
+                    };
+                    if !data.is_empty() {
+                        self.out.set_chunk(data);
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                None => {
+                    self.ended = true;
+                    self.out.tail = head::LAST_CHUNK;
+                    return Poll::Ready(Ok(()));
+                }
+            }
+        }
+    }
+
+    /// Writes what is unsent, with as few system calls as the socket allows.
+    fn poll_write_unsent(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.out.is_empty() {
+            let slices = self.out.slices();
+            let first = slices.iter().position(|s| !s.is_empty()).unwrap_or(0);
+            match Pin::new(&mut *self.socket).poll_write_vectored(cx, &slices[first..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
+                }
+                Poll::Ready(Ok(n)) => self.out.advance(n),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => {
+                    // The client is not reading: end the wait if the fan-out gives up on it.
+                    if let Some(cut_off) = &self.cut_off {
+                        if cut_off.poll_cut_off(cx).is_ready() {
+                            return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether the idle client closed its end (`Ready(true)`) or sent something (`Ready(false)`).
+    /// Bytes sent are only peeked, never taken.
+    fn poll_client_gone(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let mut probe = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut probe);
+        match self.socket.poll_peek(cx, &mut buf) {
+            Poll::Ready(Ok(n)) => Poll::Ready(n == 0),
+            Poll::Ready(Err(_)) => Poll::Ready(true),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: Socket> Future for StreamWriter<'_, S> {
+    type Output = std::io::Result<()>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        loop {
+            if this.out.chunk_done() {
+                if this.ended {
+                    // The last chunk (and everything before it) is written.
+                    return Poll::Ready(Ok(()));
+                }
+                // The head goes out with the first frame when that is ready at once (the
+                // preamble is), in one write; otherwise alone.
+                if this.poll_next_chunk(cx)?.is_pending() && this.out.is_empty() {
+                    if !this.client_spoke {
+                        match this.poll_client_gone(cx) {
+                            Poll::Ready(true) => {
+                                return Poll::Ready(Err(
+                                    std::io::ErrorKind::ConnectionAborted.into()
+                                ))
+                            }
+                            Poll::Ready(false) => this.client_spoke = true,
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+            }
+            std::task::ready!(this.poll_write_unsent(cx))?;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
