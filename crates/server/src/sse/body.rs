@@ -292,3 +292,6 @@ impl IntoResponse for SubscriberStream {
         response
     }
 }
+
+#[cfg(test)]
+mod tests;
