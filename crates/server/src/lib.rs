@@ -5,7 +5,8 @@
 //! a [`quicksilver_transport`] and delivered by the [`quicksilver_fanout`] to subscriber streams.
 //!
 //! # Layout
-//! - [`config`]: every flag and environment variable, with defaults.
+//! - [`config`]: every flag and environment variable, with defaults; the configuration file and the
+//!   `--issuer` mini-language in their own files below it.
 //! - [`hub`]: the shared state and the wiring of transport reader → fan-out.
 //! - [`auth`]: the bridge from HTTP requests to token verification and grants, and the hub's
 //!   identity (resource identifier) for each request; [`jwks`] keeps issuers' JWK Sets current.
