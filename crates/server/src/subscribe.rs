@@ -20,7 +20,7 @@ use crate::connection::ConnectionCloser;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::stream::{EndReason, SubscriberStream};
-use crate::subscriptions::{Shape, SubscriptionInfo};
+use crate::subscriptions::SubscriptionInfo;
 
 /// How long a subscriber arriving before the transport is ready waits for it.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
@@ -202,18 +202,19 @@ fn subscription_infos(
     matchers: &[quicksilver_protocol::subscribe::Matcher],
     grants: Option<&quicksilver_auth::Grants>,
 ) -> Vec<SubscriptionInfo> {
+    use quicksilver_auth::Generation;
     use quicksilver_protocol::subscribe::MatchType;
     let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     matchers
         .iter()
         .map(|m| {
-            let (shape, match_type) = match m.kind {
-                MatchType::TopicSelector => (Shape::Legacy, "exact"),
-                MatchType::Exact => (Shape::Current, "exact"),
-                MatchType::UrlPattern => (Shape::Current, "urlpattern"),
+            let (generation, match_type) = match m.kind {
+                MatchType::TopicSelector => (Generation::Legacy, "exact"),
+                MatchType::Exact => (Generation::Current, "exact"),
+                MatchType::UrlPattern => (Generation::Current, "urlpattern"),
             };
             SubscriptionInfo {
-                shape,
+                generation,
                 match_type,
                 pattern: m.pattern.clone(),
                 subscriber: subscriber.clone(),
