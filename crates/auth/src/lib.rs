@@ -66,7 +66,8 @@
 //! - [`verifier`]: [`TokenVerifier`], the legacy generation's signature, algorithm and
 //!   validity-window checks.
 //! - [`claims`]: the legacy `mercure` claim, turned into grants.
-//! - [`grants`]: [`Grants`] and the two checks, [`can_publish`] and [`can_subscribe_to`].
+//! - [`grants`]: [`Grants`] and the two checks, [`can_publish`] and [`Access::allows`] (the
+//!   private-update check the fan-out applies).
 //! - [`extract`]: where a request carries its token: [`extract_credentials`] (both generations)
 //!   and [`extract_token`] (legacy only, the reference hub's order).
 //! - [`origin`]: [`PublishOrigins`], the CSRF check for publishing with a cookie.
@@ -103,7 +104,7 @@ pub use extract::{
     TokenSource, UrlTokens, DEFAULT_ACCESS_TOKEN_COOKIE, DEFAULT_COOKIE_NAME, MIN_TOKEN_LEN,
 };
 pub use generation::{token_generation, Generation, Verifier};
-pub use grants::{can_publish, can_subscribe_to, Grants};
+pub use grants::{can_publish, Access, Grants};
 pub use issuer::{IssuerError, IssuerKeys, TrustedIssuer, DEFAULT_ASYMMETRIC_ALGORITHMS};
 pub use jwks::{JwksError, KeyKind, KeySet, SharedKeySet, SkippedKey};
 pub use jws::{is_access_token_type, ACCESS_TOKEN_TYPE};

@@ -27,7 +27,6 @@ use quicksilver_auth::{
     HubIdentity, KeySpec, PublishOrigins, TokenRejection, TokenVerifier, TrustedIssuer, UrlTokens,
     Verifier, VerifierOptions,
 };
-use quicksilver_fanout::Access;
 use quicksilver_protocol::SelectorStore;
 
 use crate::config::{Config, IssuerSpec};
@@ -382,15 +381,6 @@ pub fn derived_hub_url(headers: &HeaderMap) -> String {
         .or_else(|| first("host").filter(valid))
         .unwrap_or("localhost");
     format!("{scheme}://{host}{HUB_PATH}")
-}
-
-/// The private access the subscribe grants give.
-pub fn access(grants: &quicksilver_auth::Grants) -> Access {
-    if grants.subscribe_all() {
-        Access::All
-    } else {
-        Access::from_selectors(grants.subscribe().to_vec())
-    }
 }
 
 #[cfg(test)]

@@ -74,7 +74,7 @@ pub async fn subscribe(
             .unwrap_or_default()
     });
     let access = match grants {
-        Some(grants) => crate::auth::access(grants),
+        Some(grants) => grants.private_access().clone(),
         None if settings.anonymous => Access::None,
         None => {
             return Err(hub

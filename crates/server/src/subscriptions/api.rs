@@ -13,7 +13,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use quicksilver_auth::{can_subscribe_to, Generation, UrlTokens};
+use quicksilver_auth::{Generation, UrlTokens};
 use serde_json::{json, Value};
 
 use super::document::{
@@ -44,7 +44,8 @@ pub async fn subscriptions(
             .token_required(&identity, "a token is required for the subscription API"));
     };
     let path = uri.path();
-    if !can_subscribe_to(hub.selectors(), &subscriber.grants, &[path.to_string()]) {
+    let private_access = subscriber.grants.private_access();
+    if !private_access.allows(hub.selectors(), &[path.to_string()]) {
         return Err(hub.auth().forbidden(
             Some(subscriber.generation),
             &identity,
