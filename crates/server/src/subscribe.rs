@@ -62,10 +62,9 @@ pub async fn subscribe(
     .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
     let identity = hub.auth().identity(&headers);
-    let url_tokens = quicksilver_auth::UrlTokens::from_query(raw_query.as_deref());
     let subscriber = hub
         .auth()
-        .subscriber(&method, &headers, &url_tokens, &identity)?;
+        .subscriber(&method, &headers, raw_query.as_deref(), &identity)?;
     let grants = subscriber.as_ref().map(|s| &s.grants);
     // A token's expiry ends the connection, as on the reference hub: the client reconnects with a
     // fresh token (or is refused), so an expired token never keeps reading private updates.

@@ -13,7 +13,7 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use quicksilver_auth::{Generation, UrlTokens};
+use quicksilver_auth::Generation;
 use serde_json::{json, Value};
 
 use super::document::{
@@ -37,8 +37,10 @@ pub async fn subscriptions(
         ));
     };
     let identity = hub.auth().identity(&headers);
-    let url = UrlTokens::from_query(uri.query());
-    let Some(subscriber) = hub.auth().subscriber(&method, &headers, &url, &identity)? else {
+    let Some(subscriber) = hub
+        .auth()
+        .subscriber(&method, &headers, uri.query(), &identity)?
+    else {
         return Err(hub
             .auth()
             .token_required(&identity, "a token is required for the subscription API"));
@@ -47,7 +49,6 @@ pub async fn subscriptions(
     let private_access = subscriber.grants.private_access();
     if !private_access.allows(hub.selectors(), &[path.to_string()]) {
         return Err(hub.auth().forbidden(
-            Some(subscriber.generation),
             &identity,
             "the token does not allow reading these subscriptions",
         ));
