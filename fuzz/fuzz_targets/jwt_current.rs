@@ -5,17 +5,19 @@
 //! `quicksilver_fuzz::token_from_input`). Properties:
 //! - an accepted token carries a genuine HS256 signature, `typ` at+jwt, no `crit`, the trusted
 //!   `iss`, the hub in `aud`, a numeric `exp` in the future and no `nbf` in the future;
-//! - the router agrees with the access-token verifier on current tokens from a header, refuses
-//!   them in the URL, and never accepts a forged legacy token either;
+//! - the two-generation entry ([`Verifier::authenticate`]) agrees with the access-token verifier
+//!   on current tokens from a header, refuses them in the URL, never accepts a forged legacy token
+//!   either, and reports the generation the token claims when it refuses one;
 //! - oversized tokens are refused as such.
 
 #![no_main]
 
+use http::{HeaderMap, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use quicksilver_auth::{
     is_access_token_type, token_generation, AccessTokenOptions, AccessTokenVerifier, AuthError,
-    CredentialConfig, ExtractedToken, Generation, HubIdentity, KeySpec, TokenSource, TokenVerifier,
-    TrustedIssuer, Verifier, VerifierOptions, DEFAULT_MAX_TOKEN_BYTES,
+    CredentialConfig, Generation, HubIdentity, KeySpec, RequestParts, TokenVerifier,
+    TrustedIssuer, Verifier, VerifierOptions, DEFAULT_MAX_TOKEN_BYTES, MIN_TOKEN_LEN,
 };
 use quicksilver_fuzz::{
     has_valid_signature, header_json, now, numeric_claim, payload_json, token_from_input, NOW_SECS,
@@ -28,8 +30,9 @@ use std::sync::OnceLock;
 const ISSUER: &str = "https://issuer.example";
 const HUB: &str = "https://hub.example/.well-known/mercure";
 
-fn verifier() -> &'static Verifier {
-    static V: OnceLock<Verifier> = OnceLock::new();
+/// The access-token verifier alone, and the two-generation entry built around a clone of it.
+fn verifiers() -> &'static (AccessTokenVerifier, Verifier) {
+    static V: OnceLock<(AccessTokenVerifier, Verifier)> = OnceLock::new();
     V.get_or_init(|| {
         let issuer = TrustedIssuer::new(ISSUER, KeySpec::new(SECRET, "HS256").unwrap()).unwrap();
         let current = AccessTokenVerifier::new([issuer], AccessTokenOptions::default()).unwrap();
@@ -37,8 +40,14 @@ fn verifier() -> &'static Verifier {
             KeySpec::new(SECRET, "HS256").unwrap(),
             VerifierOptions::default(),
         );
-        Verifier::new(current, Some(legacy), CredentialConfig::default())
+        let both = Verifier::new(current.clone(), Some(legacy), CredentialConfig::default());
+        (current, both)
     })
+}
+
+/// `value` percent-encoded whole, so the query parser gives it back unchanged.
+fn query_value(value: &str) -> String {
+    value.bytes().map(|b| format!("%{b:02X}")).collect()
 }
 
 fn check_accepted_current(token: &str) {
@@ -74,9 +83,9 @@ fuzz_target!(|data: &[u8]| {
     };
     let store = SelectorStore::new(64, 256);
     let hub = HubIdentity::new(HUB);
-    let v = verifier();
+    let (current, v) = verifiers();
 
-    let direct = v.current().verify_at(&store, &token, &hub, now());
+    let direct = current.verify_at(&store, &token, &hub, now());
     if token.len() > DEFAULT_MAX_TOKEN_BYTES {
         assert!(matches!(direct, Err(AuthError::TokenTooLong { .. })));
     }
@@ -85,29 +94,45 @@ fuzz_target!(|data: &[u8]| {
     }
 
     let generation = token_generation(&token);
-    let from = |source| ExtractedToken {
-        token: &token,
-        source,
+    if generation == Generation::Current && token.len() >= MIN_TOKEN_LEN {
+        let query = format!("authorization={}", query_value(&token));
+        let no_header = HeaderMap::new();
+        let from_url = RequestParts::new(&Method::GET, &no_header, Some(&query));
+        let refused = v.authenticate(&store, &from_url, &hub, now()).unwrap_err();
+        assert_eq!(refused.error, AuthError::TokenInUrl);
+        assert_eq!(refused.generation, Some(Generation::Current));
+    }
+
+    let Ok(bearer) = HeaderValue::from_str(&format!("Bearer {token}")) else {
+        assert!(direct.is_err(), "a token that is no header value was accepted");
+        return;
     };
-    let routed = v.verify_at(&store, from(TokenSource::Header), &hub, now());
-    match generation {
-        Generation::Current => {
-            assert_eq!(routed.is_ok(), direct.is_ok());
-            assert!(matches!(
-                v.verify_at(&store, from(TokenSource::Query), &hub, now()),
-                Err(AuthError::TokenInUrl)
-            ));
-        }
-        Generation::Legacy => {
-            if routed.is_ok() {
-                assert!(has_valid_signature(&token), "forged legacy token accepted");
+    let mut headers = HeaderMap::new();
+    headers.insert(http::header::AUTHORIZATION, bearer);
+    let from_header = RequestParts::new(&Method::POST, &headers, None);
+    match v.authenticate(&store, &from_header, &hub, now()) {
+        Ok(Some(auth)) => {
+            assert_eq!(auth.generation, generation);
+            match generation {
+                Generation::Current => {
+                    assert!(direct.is_ok(), "the entry accepted what the verifier refused");
+                    assert_eq!(auth.issuer.as_deref(), Some(ISSUER));
+                }
+                Generation::Legacy => {
+                    assert!(has_valid_signature(&token), "forged legacy token accepted");
+                }
             }
         }
-    }
-    if let Ok(auth) = routed {
-        assert_eq!(auth.generation, generation);
-        if generation == Generation::Current {
-            assert_eq!(auth.issuer.as_deref(), Some(ISSUER));
+        Ok(None) => panic!("a request with an Authorization header is not anonymous"),
+        Err(failure) => {
+            assert!(
+                generation == Generation::Legacy || direct.is_err(),
+                "the entry refused what the verifier accepted"
+            );
+            // Refused once the token was read: the failure names the generation it claims.
+            if failure.error != AuthError::InvalidAuthorizationHeader {
+                assert_eq!(failure.generation, Some(generation));
+            }
         }
     }
 });

@@ -10,8 +10,8 @@ use std::time::{Duration, UNIX_EPOCH};
 use criterion::{criterion_group, criterion_main, Criterion};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use quicksilver_auth::{
-    can_subscribe_to, AccessTokenOptions, AccessTokenVerifier, HubIdentity, KeySpec, TokenVerifier,
-    TrustedIssuer, VerifierOptions, AUTHORIZATION_DETAIL_TYPE,
+    AccessTokenOptions, AccessTokenVerifier, HubIdentity, KeySpec, TokenVerifier, TrustedIssuer,
+    VerifierOptions, AUTHORIZATION_DETAIL_TYPE,
 };
 use quicksilver_protocol::SelectorStore;
 use serde_json::json;
@@ -50,14 +50,14 @@ fn claims(c: &mut Criterion) {
             let grants = legacy
                 .verify_at(&store, black_box(&legacy_token), now)
                 .expect("legacy token verifies");
-            can_subscribe_to(&store, &grants, &topics)
+            grants.private_access().allows(&store, &topics)
         })
     });
     let grants = legacy
         .verify_at(&store, &legacy_token, now)
         .expect("legacy token verifies");
     g.bench_function("legacy/check_only", |b| {
-        b.iter(|| can_subscribe_to(&store, black_box(&grants), &topics))
+        b.iter(|| black_box(&grants).private_access().allows(&store, &topics))
     });
 
     let issuer = TrustedIssuer::new(ISSUER, key()).expect("issuer");
@@ -81,7 +81,7 @@ fn claims(c: &mut Criterion) {
             let verified = current
                 .verify_at(&store, black_box(&at_token), &hub, now)
                 .expect("access token verifies");
-            can_subscribe_to(&store, &verified.grants, &topics)
+            verified.grants.private_access().allows(&store, &topics)
         })
     });
     g.finish();

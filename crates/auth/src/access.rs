@@ -27,8 +27,8 @@
 //! specification's conformance tests use tokens without them); `sub`, when present, must be a
 //! string and is returned for subscription event identifiers.
 //!
-//! Every failure is an [`AuthError`] whose [`AuthError::bearer_challenge`] is `401
-//! invalid_token`; the precise [`TokenRejection`] is for logs.
+//! Every failure is an [`AuthError`] the server answers `401 invalid_token` without saying why;
+//! the precise [`TokenRejection`] is for logs.
 
 use std::collections::HashMap;
 use std::fmt;

@@ -245,20 +245,19 @@ mod tests {
         ]))
         .unwrap();
         assert_eq!(raws(g.publish()), ["urn:p", "https://ex.com/{id}"]);
-        assert_eq!(raws(g.subscribe()), ["https://ex.com/{id}"]);
+        assert_eq!(
+            raws(g.private_access().selectors()),
+            ["https://ex.com/{id}"]
+        );
         // `exact` means exact: braces are not a URI template in this generation.
         let store = SelectorStore::default();
-        assert!(crate::can_subscribe_to(
-            &store,
-            &g,
-            &["https://ex.com/{id}".into()]
-        ));
-        assert!(!crate::can_subscribe_to(
-            &store,
-            &g,
-            &["https://ex.com/1".into()]
-        ));
-        assert!(!g.publish_all() && !g.subscribe_all());
+        assert!(g
+            .private_access()
+            .allows(&store, &["https://ex.com/{id}".into()]));
+        assert!(!g
+            .private_access()
+            .allows(&store, &["https://ex.com/1".into()]));
+        assert!(!g.publish_all() && !matches!(g.private_access(), crate::Access::All));
     }
 
     #[test]
@@ -274,7 +273,7 @@ mod tests {
              "payload": {"custom2": "x"}},
         ]))
         .unwrap();
-        let sub = |t: &str| crate::can_subscribe_to(&store, &g, &[t.to_string()]);
+        let sub = |t: &str| g.private_access().allows(&store, &[t.to_string()]);
         // Relative patterns resolve against the hub URL, for relative and absolute topics alike.
         assert!(sub("/.well-known/mercure/subscriptions/exact/urn%3Aa"));
         assert!(sub(
@@ -335,7 +334,7 @@ mod tests {
                 json!([topic])
             )]))
             .unwrap();
-            assert!(g.publish_all() && g.subscribe_all());
+            assert!(g.publish_all() && matches!(g.private_access(), crate::Access::All));
         }
     }
 
@@ -351,7 +350,7 @@ mod tests {
         ] {
             let g = grants(claim.clone()).unwrap();
             assert!(
-                g.publish().is_empty() && g.subscribe().is_empty(),
+                g.publish().is_empty() && matches!(g.private_access(), crate::Access::None),
                 "{claim}"
             );
         }
@@ -371,7 +370,7 @@ mod tests {
             json!([{"match": "urn:a"}])
         )]))
         .unwrap();
-        assert_eq!(raws(g.subscribe()), ["urn:a"]);
+        assert_eq!(raws(g.private_access().selectors()), ["urn:a"]);
         assert!(g.publish().is_empty());
     }
 

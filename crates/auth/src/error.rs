@@ -2,26 +2,22 @@
 //!
 //! Every failure of token extraction or verification is one [`AuthError`]. Its `Display` text is
 //! short, static and never contains the token, a key, a claim value or a header value, so the server
-//! may log it and show it to clients alike.
+//! may log it and show it to clients alike. [`crate::Verifier::authenticate`] returns it inside an
+//! [`AuthFailure`], with the generation of the token presented.
 //!
-//! Two status mappings exist, one per generation of the protocol:
-//! - [`AuthError::status_hint`]: the pre-standardization reference hub's (`401` for almost
-//!   everything), for deployments verifying legacy tokens only with [`crate::TokenVerifier`];
-//! - [`AuthError::bearer_challenge`]: the current specification's "Error Responses" (`400`
-//!   `invalid_request`, `401` `invalid_token` or bare, `403` `insufficient_scope`), rendered by
-//!   [`crate::bearer`] as a `WWW-Authenticate: Bearer` header. A hub accepting current tokens (with
-//!   [`crate::Verifier`]) answers every failure this way, whatever the token's generation.
+//! What to answer (the HTTP status, the `WWW-Authenticate: Bearer` challenge, and the
+//! pre-standardization answers kept for legacy tokens) is decided by the server, in one place, from
+//! the [`AuthError`] and that generation: this crate only says what went wrong.
 
-use http::StatusCode;
 use thiserror::Error;
+
+use crate::generation::Generation;
 
 /// A request could not be authenticated.
 ///
-/// The reference hub answers `401 Unauthorized` to every one of these, including a cookie-based
-/// publish from an origin that is not allowed (it does not tell a forged-origin attempt apart from a
-/// bad token); [`AuthError::status_hint`] follows it.
+/// Not `#[non_exhaustive]`: the server matches every variant to decide its answer, so a new
+/// variant must get one there.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
-#[non_exhaustive]
 pub enum AuthError {
     /// More than one `Authorization` header, a scheme other than `Bearer`, a value too short to
     /// hold a token, or bytes that are not visible ASCII.
@@ -79,35 +75,24 @@ pub enum AuthError {
     InvalidAuthorizationDetails(&'static str),
 }
 
-impl AuthError {
-    /// The HTTP status the reference hub answers for this failure: `401 Unauthorized` for all of
-    /// them, including [`AuthError::OriginNotAllowed`] and [`AuthError::NotAllowed`] (a publish to
-    /// a topic outside the grants). A server preferring `403` for the last two can match on them.
-    ///
-    /// The variants added with the current generation answer their [`AuthError::bearer_challenge`]
-    /// status (there is no pre-standardization precedent for them).
-    pub fn status_hint(&self) -> StatusCode {
-        match self {
-            AuthError::TokenInUrl | AuthError::InvalidAuthorizationDetails(_) => {
-                self.bearer_challenge().status()
-            }
-            AuthError::InvalidAuthorizationHeader
-            | AuthError::InvalidAuthorizationQuery
-            | AuthError::MissingOrigin
-            | AuthError::InvalidReferer
-            | AuthError::OriginNotAllowed
-            | AuthError::MissingToken
-            | AuthError::TokenTooLong { .. }
-            | AuthError::InvalidToken(_)
-            | AuthError::TooManySelectors { .. }
-            | AuthError::NotAllowed => StatusCode::UNAUTHORIZED,
-        }
-    }
+/// A request that failed authentication: why, and the generation of the token it presented.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+#[error("{error}")]
+pub struct AuthFailure {
+    /// Why.
+    pub error: AuthError,
+    /// The generation the presented token claims by its header ([`crate::token_generation`]);
+    /// `None` when the request was refused before a token was read (a malformed `Authorization`
+    /// header, a token in the URL, a failed origin check).
+    pub generation: Option<Generation>,
+}
 
-    /// The current specification's answer to this failure: its status, `error` code and
-    /// description, ready to render as a `WWW-Authenticate: Bearer` header.
-    pub fn bearer_challenge(&self) -> crate::bearer::BearerChallenge {
-        crate::bearer::BearerChallenge::for_error(self)
+impl AuthFailure {
+    /// Whether the token names a `kid` that none of its issuer's keys has: the issuer may have
+    /// rotated its keys since they were last fetched, so a server fetching JWK Sets should fetch
+    /// again (rate-limited: forged tokens can name any `kid`).
+    pub fn unknown_key(&self) -> bool {
+        self.error == AuthError::InvalidToken(TokenRejection::UnknownKey)
     }
 }
 
@@ -145,7 +130,8 @@ pub enum TokenRejection {
     #[error("untrusted issuer")]
     Issuer,
     /// No trusted key of the token's issuer has the token's `kid`. A server fetching the issuer's
-    /// JWK Set may take this as a hint to refetch it (rate-limited), as the set may have rotated.
+    /// JWK Set may take this as a hint to refetch it (rate-limited), as the set may have rotated
+    /// ([`AuthFailure::unknown_key`]).
     #[error("no trusted key matches the kid header")]
     UnknownKey,
     /// The token's header lists critical extensions (`crit`), none of which this hub understands,
@@ -163,28 +149,6 @@ impl From<TokenRejection> for AuthError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_error_maps_to_401_like_the_reference_hub() {
-        let all = [
-            AuthError::InvalidAuthorizationHeader,
-            AuthError::InvalidAuthorizationQuery,
-            AuthError::MissingOrigin,
-            AuthError::InvalidReferer,
-            AuthError::OriginNotAllowed,
-            AuthError::MissingToken,
-            AuthError::TokenTooLong { max: 1 },
-            AuthError::InvalidToken(TokenRejection::Expired),
-            AuthError::TooManySelectors {
-                claim: "mercure.publish",
-                max: 1,
-            },
-            AuthError::NotAllowed,
-        ];
-        for e in all {
-            assert_eq!(e.status_hint(), StatusCode::UNAUTHORIZED, "{e}");
-        }
-    }
 
     #[test]
     fn messages_are_short_and_static() {

@@ -1,23 +1,11 @@
-//! Token extraction: where a request carries its token, in the reference hub's order.
-//!
-//! 1. An `Authorization` header, if there is one, is the only place looked at: it must be a single
-//!    header reading `Bearer <token>` (scheme case-insensitive, as RFC 9110 says) with a token of
-//!    plausible length, else the request is refused — a broken header never falls back to a cookie.
-//! 2. Else the `authorization` query parameter, with the same all-or-nothing rule.
-//! 3. Else the authorization cookie. A state-changing request (a publish) authenticated this way
-//!    must pass the CSRF check of [`PublishOrigins`]: its `Origin` header, or failing that the
-//!    origin of its `Referer`, must be allowed.
-//! 4. Else no token: `Ok(None)`, and the caller decides whether anonymity is allowed.
-//!
-//! [`extract_token`] is a pure function of the request parts; it does not verify the token.
-//!
-//! # Both generations: [`extract_credentials`]
+//! Token extraction: where a request carries its token, for a hub accepting current access tokens
+//! and, unless switched off, legacy (pre-standardization) ones.
 //!
 //! The current specification ("Presenting the Access Token") accepts the `Authorization` header
-//! and a cookie (recommended name [`DEFAULT_ACCESS_TOKEN_COOKIE`]) and never a token in the URL.
-//! [`extract_credentials`] serves a hub accepting current tokens, with or without the legacy
-//! generation; a token's generation is only known later, from its header
-//! ([`crate::generation`]). Precisely:
+//! and a cookie (recommended name [`DEFAULT_ACCESS_TOKEN_COOKIE`]) and never a token in the URL;
+//! the legacy generation also reads the `authorization` query parameter and its own cookie, in the
+//! reference hub's order. A token's generation is only known later, from its header
+//! ([`crate::generation`]), so one order serves both:
 //!
 //! 1. The RFC 6750 `access_token` query parameter is refused in every mode
 //!    ([`AuthError::TokenInUrl`], `400 invalid_request`): no generation ever accepted it, and a
@@ -25,17 +13,24 @@
 //! 2. The legacy `authorization` query parameter:
 //!    - legacy **off**: present at all (whatever else the request carries) → refused with
 //!      [`AuthError::TokenInUrl`];
-//!    - legacy **on**: exactly the legacy rules — used when there is no `Authorization` header,
-//!      ignored when there is one, [`AuthError::InvalidAuthorizationQuery`] when repeated or too
-//!      short. A token found there must then turn out to be a *legacy* token: a current
-//!      (`at+jwt`) token from the URL is refused with [`AuthError::TokenInUrl`] at verification.
-//! 3. An `Authorization` header wins over everything else, with the legacy all-or-nothing rule.
-//!    A cookie next to it is ignored, as the specification requires (cookies are ambient).
+//!    - legacy **on**: used when there is no `Authorization` header, ignored when there is one,
+//!      [`AuthError::InvalidAuthorizationQuery`] when repeated or too short — a broken parameter
+//!      never falls back to a cookie. A token found there must then turn out to be a *legacy*
+//!      token: a current (`at+jwt`) token from the URL is refused with [`AuthError::TokenInUrl`] at
+//!      verification.
+//! 3. An `Authorization` header wins over everything else. It must be a single header reading
+//!    `Bearer <token>` (scheme case-insensitive, as RFC 9110 says) with a token of plausible
+//!    length, else the request is refused — a broken header never falls back to the query or a
+//!    cookie. A cookie next to it is ignored, as the specification requires (cookies are ambient).
 //! 4. Else the cookie named [`CredentialConfig::cookie_name`]; when legacy is on and that cookie
 //!    is absent, the legacy cookie ([`CredentialConfig::legacy_cookie_name`]) — either cookie may
 //!    carry either generation, which eases migrating one of them at a time. A state-changing
-//!    request authenticated by cookie passes the same CSRF origin check as before.
-//! 5. Else no token: `Ok(None)`.
+//!    request (a publish) authenticated by cookie must pass the CSRF check of [`PublishOrigins`]:
+//!    its `Origin` header, or failing that the origin of its `Referer`, must be allowed.
+//! 5. Else no token: `Ok(None)`, and the caller decides whether anonymity is allowed.
+//!
+//! `extract` is a pure function of the request parts ([`RequestParts`]); it does not verify the
+//! token. It is reached through [`crate::Verifier::authenticate`], the crate's one entry.
 
 use std::fmt;
 
@@ -79,31 +74,44 @@ impl TokenSource {
     }
 }
 
-/// How tokens are looked for.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExtractConfig {
-    /// The authorization cookie's name (default [`DEFAULT_COOKIE_NAME`]).
-    pub cookie_name: String,
-    /// Origins allowed to publish with the cookie.
-    pub publish_origins: PublishOrigins,
+/// The parts of a request that may carry a token: its method (a cookie-authenticated publish must
+/// pass the origin check), its headers (`Authorization`, `Cookie`, `Origin`, `Referer`) and its
+/// query's token parameters. `Debug` leaves the headers out (they may hold a token).
+#[derive(Clone)]
+pub struct RequestParts<'a> {
+    method: &'a Method,
+    headers: &'a HeaderMap,
+    url: UrlTokens,
 }
 
-impl Default for ExtractConfig {
-    fn default() -> Self {
+impl<'a> RequestParts<'a> {
+    /// The parts of a request with this method, these headers and this raw query string (`a=1&b=2`,
+    /// without `?`).
+    pub fn new(method: &'a Method, headers: &'a HeaderMap, query: Option<&str>) -> Self {
         Self {
-            cookie_name: DEFAULT_COOKIE_NAME.to_string(),
-            publish_origins: PublishOrigins::default(),
+            method,
+            headers,
+            url: UrlTokens::from_query(query),
         }
+    }
+}
+
+impl fmt::Debug for RequestParts<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestParts")
+            .field("method", self.method)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
 /// Token-carrying parameters of a request's URL, as decoded query values. `Debug` hides them.
 #[derive(Clone, Default, PartialEq, Eq)]
-pub struct UrlTokens {
+struct UrlTokens {
     /// The values of the legacy `authorization` parameter.
-    pub authorization: Vec<String>,
+    authorization: Vec<String>,
     /// Whether the RFC 6750 `access_token` parameter is present (its value is never used).
-    pub has_access_token: bool,
+    has_access_token: bool,
 }
 
 impl fmt::Debug for UrlTokens {
@@ -118,7 +126,7 @@ impl fmt::Debug for UrlTokens {
 impl UrlTokens {
     /// Reads a raw query string (`a=1&b=2`, without `?`). A query that is not valid UTF-8 once
     /// decoded yields nothing here; the server refuses it when parsing the rest of the query.
-    pub fn from_query(query: Option<&str>) -> Self {
+    fn from_query(query: Option<&str>) -> Self {
         let mut out = Self::default();
         let Some(Ok(pairs)) = query.map(|q| quicksilver_protocol::form::parse_pairs(q.as_bytes()))
         else {
@@ -133,14 +141,9 @@ impl UrlTokens {
         }
         out
     }
-
-    /// Whether the URL carries no token parameter.
-    pub fn is_empty(&self) -> bool {
-        self.authorization.is_empty() && !self.has_access_token
-    }
 }
 
-/// How tokens are looked for when current tokens are accepted ([`extract_credentials`]).
+/// Where tokens are looked for: the cookie names and the origins allowed to publish with a cookie.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CredentialConfig {
     /// The cookie read first (default [`DEFAULT_ACCESS_TOKEN_COOKIE`]).
@@ -162,51 +165,13 @@ impl Default for CredentialConfig {
     }
 }
 
-/// Finds the request's token for a hub accepting current tokens, and legacy ones when
-/// `legacy_enabled` (the rules are in the module documentation).
-pub fn extract_credentials<'a>(
-    headers: &'a HeaderMap,
-    method: &Method,
-    url: &'a UrlTokens,
-    config: &CredentialConfig,
-    legacy_enabled: bool,
-) -> Result<Option<ExtractedToken<'a>>, AuthError> {
-    if url.has_access_token || (!legacy_enabled && !url.authorization.is_empty()) {
-        return Err(AuthError::TokenInUrl);
-    }
-    if headers.contains_key(header::AUTHORIZATION) || !url.authorization.is_empty() {
-        // The legacy order and rules, unchanged: the query is only reached when legacy is on.
-        return extract_token(
-            headers,
-            method,
-            &url.authorization,
-            &ExtractConfig::default(),
-        );
-    }
-    let found = cookie(headers, &config.cookie_name).or_else(|| {
-        legacy_enabled
-            .then(|| cookie(headers, &config.legacy_cookie_name))
-            .flatten()
-    });
-    let Some(token) = found else {
-        return Ok(None);
-    };
-    if !is_safe(method) {
-        check_origin(headers, &config.publish_origins)?;
-    }
-    Ok(Some(ExtractedToken {
-        token,
-        source: TokenSource::Cookie,
-    }))
-}
-
 /// A token found in a request, not yet verified. Its `Debug` output hides the token.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub struct ExtractedToken<'a> {
+pub(crate) struct ExtractedToken<'a> {
     /// The compact JWS.
-    pub token: &'a str,
+    pub(crate) token: &'a str,
     /// Where it was found.
-    pub source: TokenSource,
+    pub(crate) source: TokenSource,
 }
 
 impl fmt::Debug for ExtractedToken<'_> {
@@ -218,14 +183,22 @@ impl fmt::Debug for ExtractedToken<'_> {
     }
 }
 
-/// Finds the request's token. `query_authorization` holds the values of the `authorization` query
-/// parameter (already decoded; empty when absent).
-pub fn extract_token<'a>(
-    headers: &'a HeaderMap,
-    method: &Method,
-    query_authorization: &'a [String],
-    config: &ExtractConfig,
+/// Finds the request's token, reading the legacy carriers when `legacy_enabled` (the rules are in
+/// the module documentation).
+pub(crate) fn extract<'a>(
+    request: &'a RequestParts<'_>,
+    config: &CredentialConfig,
+    legacy_enabled: bool,
 ) -> Result<Option<ExtractedToken<'a>>, AuthError> {
+    let RequestParts {
+        method,
+        headers,
+        url,
+    } = request;
+    if url.has_access_token || (!legacy_enabled && !url.authorization.is_empty()) {
+        return Err(AuthError::TokenInUrl);
+    }
+
     let mut authorization = headers.get_all(header::AUTHORIZATION).iter();
     if let Some(value) = authorization.next() {
         if authorization.next().is_some() {
@@ -241,8 +214,9 @@ pub fn extract_token<'a>(
         }));
     }
 
-    if !query_authorization.is_empty() {
-        return match query_authorization {
+    // Only reached with legacy on: the parameter was refused above otherwise.
+    if !url.authorization.is_empty() {
+        return match url.authorization.as_slice() {
             [token] if token.len() >= MIN_TOKEN_LEN => Ok(Some(ExtractedToken {
                 token,
                 source: TokenSource::Query,
@@ -251,7 +225,12 @@ pub fn extract_token<'a>(
         };
     }
 
-    let Some(token) = cookie(headers, &config.cookie_name) else {
+    let found = cookie(headers, &config.cookie_name).or_else(|| {
+        legacy_enabled
+            .then(|| cookie(headers, &config.legacy_cookie_name))
+            .flatten()
+    });
+    let Some(token) = found else {
         return Ok(None);
     };
     if !is_safe(method) {
@@ -380,10 +359,13 @@ mod tests {
         ));
         assert_eq!(u.authorization, ["a+b", "c"]);
         assert!(u.has_access_token);
-        assert!(!u.is_empty());
-        assert!(UrlTokens::from_query(Some("match=urn:a&Authorization=x")).is_empty());
-        assert!(UrlTokens::from_query(None).is_empty());
-        assert!(UrlTokens::from_query(Some("authorization=%FF")).is_empty());
+        let none = UrlTokens::default();
+        assert_eq!(
+            UrlTokens::from_query(Some("match=urn:a&Authorization=x")),
+            none
+        );
+        assert_eq!(UrlTokens::from_query(None), none);
+        assert_eq!(UrlTokens::from_query(Some("authorization=%FF")), none);
         let shown = format!(
             "{:?}",
             UrlTokens::from_query(Some("authorization=secret-token"))

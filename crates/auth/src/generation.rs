@@ -26,20 +26,18 @@
 //! and the result says which generation and carrier were used ([`Authenticated`]) so the server
 //! can, for instance, count legacy use before switching it off.
 //!
-//! Failures should be answered with [`AuthError::bearer_challenge`] (the current specification's
-//! error responses) for both generations, since the hub as a whole follows the current
-//! specification; [`AuthError::status_hint`] remains for hubs that only know legacy tokens.
+//! [`Verifier::authenticate`] is the crate's one entry: a request's parts in, [`Authenticated`]
+//! (or no token at all) out, or an [`AuthFailure`] carrying what the server needs to answer it —
+//! the reason, and the generation of the token presented (read once per request, here). How the
+//! failure is answered (status, `WWW-Authenticate`) is the server's decision.
 
 use std::time::SystemTime;
 
-use http::{HeaderMap, Method};
 use quicksilver_protocol::SelectorStore;
 
 use crate::access::{AccessTokenVerifier, HubIdentity};
-use crate::error::{AuthError, TokenRejection};
-use crate::extract::{
-    extract_credentials, CredentialConfig, ExtractedToken, TokenSource, UrlTokens,
-};
+use crate::error::{AuthError, AuthFailure, TokenRejection};
+use crate::extract::{extract, CredentialConfig, ExtractedToken, RequestParts, TokenSource};
 use crate::jws;
 use crate::verifier::TokenVerifier;
 use crate::Authenticated;
@@ -100,50 +98,43 @@ impl Verifier {
         self.legacy.is_some()
     }
 
-    /// The current-generation verifier.
-    pub fn current(&self) -> &AccessTokenVerifier {
-        &self.current
-    }
-
-    /// The legacy verifier, when legacy tokens are accepted.
-    pub fn legacy(&self) -> Option<&TokenVerifier> {
-        self.legacy.as_ref()
-    }
-
-    /// Where tokens are looked for.
-    pub fn config(&self) -> &CredentialConfig {
-        &self.config
-    }
-
-    /// Finds the request's token ([`extract_credentials`] with this verifier's settings).
-    pub fn extract<'a>(
-        &self,
-        headers: &'a HeaderMap,
-        method: &Method,
-        url: &'a UrlTokens,
-    ) -> Result<Option<ExtractedToken<'a>>, AuthError> {
-        extract_credentials(headers, method, url, &self.config, self.legacy_enabled())
-    }
-
-    /// Verifies a found token now.
-    pub fn verify(
+    /// Authenticates a request as of `now`: finds its token ([`crate::extract`]) and verifies it
+    /// with its generation's rules, compiling selectors through `store`. `Ok(None)`: the request
+    /// carries no token at all; the caller decides whether that is allowed.
+    pub fn authenticate(
         &self,
         store: &SelectorStore,
-        found: ExtractedToken<'_>,
+        request: &RequestParts<'_>,
         hub: &HubIdentity<'_>,
-    ) -> Result<Authenticated, AuthError> {
-        self.verify_at(store, found, hub, SystemTime::now())
+        now: SystemTime,
+    ) -> Result<Option<Authenticated>, AuthFailure> {
+        let found =
+            extract(request, &self.config, self.legacy_enabled()).map_err(|error| AuthFailure {
+                error,
+                generation: None,
+            })?;
+        let Some(found) = found else {
+            return Ok(None);
+        };
+        let generation = token_generation(found.token);
+        self.verify(store, found, generation, hub, now)
+            .map(Some)
+            .map_err(|error| AuthFailure {
+                error,
+                generation: Some(generation),
+            })
     }
 
-    /// Verifies a found token as of `now`, with its generation's rules.
-    pub fn verify_at(
+    /// Verifies a found token of `generation` with that generation's rules.
+    fn verify(
         &self,
         store: &SelectorStore,
         found: ExtractedToken<'_>,
+        generation: Generation,
         hub: &HubIdentity<'_>,
         now: SystemTime,
     ) -> Result<Authenticated, AuthError> {
-        match (token_generation(found.token), &self.legacy) {
+        match (generation, &self.legacy) {
             (Generation::Legacy, Some(legacy)) => {
                 let grants = legacy.verify_at(store, found.token, now).map_err(|e| {
                     // An access token whose issuer forgot `typ` fails here with a signature or
@@ -176,35 +167,6 @@ impl Verifier {
                     subject: verified.subject,
                 })
             }
-        }
-    }
-
-    /// Extracts and verifies the request's token now. `Ok(None)`: no token at all; the caller
-    /// decides whether that is allowed (if not, answer [`crate::BearerChallenge::missing_token`]).
-    pub fn authenticate(
-        &self,
-        store: &SelectorStore,
-        headers: &HeaderMap,
-        method: &Method,
-        url: &UrlTokens,
-        hub: &HubIdentity<'_>,
-    ) -> Result<Option<Authenticated>, AuthError> {
-        self.authenticate_at(store, headers, method, url, hub, SystemTime::now())
-    }
-
-    /// [`Verifier::authenticate`] as of `now`.
-    pub fn authenticate_at(
-        &self,
-        store: &SelectorStore,
-        headers: &HeaderMap,
-        method: &Method,
-        url: &UrlTokens,
-        hub: &HubIdentity<'_>,
-        now: SystemTime,
-    ) -> Result<Option<Authenticated>, AuthError> {
-        match self.extract(headers, method, url)? {
-            Some(found) => self.verify_at(store, found, hub, now).map(Some),
-            None => Ok(None),
         }
     }
 }

@@ -1,11 +1,20 @@
-//! What a verified token allows: the publish and subscribe selectors and the subscriber payload.
+//! What a verified token allows: the publish selectors, the private updates it may receive, and
+//! the subscriber payload.
 //!
 //! [`Grants`] is the same whatever claim generation the token used, so the rest of the hub never
 //! looks at claims. The two checks differ on purpose, as on the reference hub:
 //! - [`can_publish`]: *every* topic of the update must match some publish selector — a publisher
 //!   may not slip an alternate topic it has no right to next to one it has;
-//! - [`can_subscribe_to`]: a private update may be received when *any* of its topics matches
-//!   *any* subscribe selector.
+//! - [`Access::allows`]: a private update may be received when *any* of its topics matches *any*
+//!   subscribe selector.
+//!
+//! [`Access`] is the subscribe half of the grants in the form the fan-out applies to every private
+//! update of every subscriber ([`Grants::private_access`], built once when the token is verified).
+//! It lives here rather than in the fan-out crate so that "private stays private" has one
+//! implementation, next to the grants it is derived from: the subscription API asks it whether a
+//! token may read a subscription, and the fan-out (which sits above this crate) stores it with each
+//! subscriber and asks it about each private update, live and replayed. The fan-out knows nothing
+//! of tokens; it only holds the answer.
 //!
 //! Matching goes through the node's [`SelectorStore`] (cached template results); `*` selectors are
 //! found once at verification time and short-circuit both checks.
@@ -14,6 +23,7 @@
 //! every subscription, a current token one per `subscribe` authorization detail, chosen per
 //! subscription by [`Grants::payload_for`] ("Payloads" in the specification).
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use quicksilver_protocol::{Selector, SelectorStore};
@@ -23,8 +33,7 @@ use quicksilver_protocol::{Selector, SelectorStore};
 pub struct Grants {
     publish: Vec<Selector>,
     publish_all: bool,
-    subscribe: Vec<Selector>,
-    subscribe_all: bool,
+    private_access: Access,
     payload: Option<serde_json::Value>,
     subscribe_payloads: Vec<SubscribePayload>,
     expires_at: Option<SystemTime>,
@@ -47,9 +56,8 @@ impl Grants {
     ) -> Self {
         Self {
             publish_all: publish.iter().any(Selector::is_wildcard),
-            subscribe_all: subscribe.iter().any(Selector::is_wildcard),
             publish,
-            subscribe,
+            private_access: Access::from_selectors(subscribe),
             payload,
             subscribe_payloads: Vec::new(),
             expires_at: None,
@@ -57,8 +65,8 @@ impl Grants {
     }
 
     /// Appends a `subscribe` authorization detail's matchers and payload, in token order, for
-    /// [`Grants::payload_for`]. (Its matchers must also be among [`Grants::subscribe`]; this only
-    /// records which payload goes with them.)
+    /// [`Grants::payload_for`]. (Its matchers must also be among the subscribe selectors given to
+    /// [`Grants::new`]; this only records which payload goes with them.)
     pub fn with_subscribe_payload(
         mut self,
         topics: Vec<Selector>,
@@ -85,14 +93,10 @@ impl Grants {
         self.publish_all
     }
 
-    /// The subscribe selectors (what private updates may be received).
-    pub fn subscribe(&self) -> &[Selector] {
-        &self.subscribe
-    }
-
-    /// Whether a `*` subscribe selector allows every private update.
-    pub fn subscribe_all(&self) -> bool {
-        self.subscribe_all
+    /// Which private updates the bearer may receive: the subscribe selectors, as the fan-out and
+    /// the subscription API check them.
+    pub fn private_access(&self) -> &Access {
+        &self.private_access
     }
 
     /// The token-wide subscriber payload (`mercure.payload`, legacy tokens only), shown in
@@ -135,15 +139,51 @@ pub fn can_publish(store: &SelectorStore, grants: &Grants, topics: &[String]) ->
         .all(|topic| grants.publish.iter().any(|s| store.matches(s, topic)))
 }
 
-/// Whether a private update with these topics may be received: any topic must match any subscribe
-/// selector.
-pub fn can_subscribe_to(store: &SelectorStore, grants: &Grants, topics: &[String]) -> bool {
-    if grants.subscribe_all {
-        return !topics.is_empty();
+/// Which private updates a subscriber may receive: those with at least one topic matching one of
+/// its subscribe selectors. Cloning is cheap (the selectors are shared). The default allows
+/// nothing.
+#[derive(Clone, Debug, Default)]
+pub enum Access {
+    /// Every private update (a `*` subscribe selector).
+    All,
+    /// No private update (anonymous subscribers, tokens without a subscribe grant).
+    #[default]
+    None,
+    /// Private updates with a topic matching one of these selectors.
+    Selectors(Arc<[Selector]>),
+}
+
+impl Access {
+    /// The access a list of subscribe selectors gives, with a fast path for `*`.
+    pub fn from_selectors(selectors: Vec<Selector>) -> Self {
+        if selectors.iter().any(Selector::is_wildcard) {
+            Access::All
+        } else if selectors.is_empty() {
+            Access::None
+        } else {
+            Access::Selectors(selectors.into())
+        }
     }
-    topics
-        .iter()
-        .any(|topic| grants.subscribe.iter().any(|s| store.matches(s, topic)))
+
+    /// Whether a private update with these topics may be received: any topic must match any
+    /// selector. An update without topics matches nothing, not even `*`.
+    pub fn allows(&self, store: &SelectorStore, topics: &[String]) -> bool {
+        match self {
+            Access::All => !topics.is_empty(),
+            Access::None => false,
+            Access::Selectors(selectors) => topics
+                .iter()
+                .any(|topic| selectors.iter().any(|s| store.matches(s, topic))),
+        }
+    }
+
+    /// The selectors of [`Access::Selectors`]; empty for [`Access::All`] and [`Access::None`].
+    pub fn selectors(&self) -> &[Selector] {
+        match self {
+            Access::Selectors(selectors) => selectors,
+            Access::All | Access::None => &[],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -163,7 +203,7 @@ mod tests {
         let store = SelectorStore::default();
         let g = Grants::default();
         assert!(!can_publish(&store, &g, &topics(&["a"])));
-        assert!(!can_subscribe_to(&store, &g, &topics(&["a"])));
+        assert!(!g.private_access().allows(&store, &topics(&["a"])));
         assert!(g.payload().is_none());
         assert!(g.payload_for(&store, "a").is_none());
         assert!(g.expires_at().is_none());
@@ -223,29 +263,26 @@ mod tests {
     fn star_allows_every_topic() {
         let store = SelectorStore::default();
         let g = Grants::new(sel(&["urn:x", "*"]), sel(&["*"]), None);
-        assert!(g.publish_all() && g.subscribe_all());
+        assert!(g.publish_all() && matches!(g.private_access(), crate::Access::All));
         assert!(can_publish(&store, &g, &topics(&["urn:a", "urn:b"])));
-        assert!(can_subscribe_to(&store, &g, &topics(&["urn:a"])));
-        assert!(!can_subscribe_to(&store, &g, &[]));
+        assert!(g.private_access().allows(&store, &topics(&["urn:a"])));
+        assert!(!g.private_access().allows(&store, &[]));
     }
 
     #[test]
     fn subscribe_needs_any_topic() {
         let store = SelectorStore::default();
         let g = Grants::new(vec![], sel(&["https://ex.com/users/{id}/inbox"]), None);
-        assert!(!g.subscribe_all());
-        assert!(can_subscribe_to(
+        assert!(!matches!(g.private_access(), crate::Access::All));
+        assert!(g.private_access().allows(
             &store,
-            &g,
             &topics(&["urn:other", "https://ex.com/users/7/inbox"])
         ));
-        assert!(!can_subscribe_to(&store, &g, &topics(&["urn:other"])));
+        assert!(!g.private_access().allows(&store, &topics(&["urn:other"])));
         // The template's literal text matches too, as on the reference hub.
-        assert!(can_subscribe_to(
-            &store,
-            &g,
-            &topics(&["https://ex.com/users/{id}/inbox"])
-        ));
+        assert!(g
+            .private_access()
+            .allows(&store, &topics(&["https://ex.com/users/{id}/inbox"])));
         // A subscribe grant is not a publish grant.
         assert!(!can_publish(
             &store,

@@ -2,7 +2,7 @@
 //!
 //! The specification ("Protected Resource Metadata") makes the hub an OAuth 2.0 protected
 //! resource that should publish a metadata document at a URL derived from its resource identifier,
-//! and point clients at it from every `WWW-Authenticate: Bearer` challenge ([`crate::bearer`]).
+//! and point clients at it from every `WWW-Authenticate: Bearer` challenge (the server's).
 //! This module derives that URL and models the document; the server serves it. Nothing here does
 //! I/O.
 

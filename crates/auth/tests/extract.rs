@@ -1,11 +1,14 @@
-//! Token extraction over request parts: the header → query → cookie order, malformed carriers,
-//! and the CSRF origin check for cookie-authenticated publishes; plus `authenticate` end to end.
+//! Token extraction through the one entry, [`Verifier::authenticate`], with the legacy generation
+//! on: the header → query → cookie order, malformed carriers, and the CSRF origin check for
+//! cookie-authenticated publishes. Which token was used is told by the topic it grants.
+
+use std::time::SystemTime;
 
 use http::{HeaderMap, HeaderValue, Method};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use quicksilver_auth::{
-    authenticate, extract_token, AuthError, ExtractConfig, KeySpec, PublishOrigins, TokenSource,
-    TokenVerifier, VerifierOptions,
+    AccessTokenOptions, AccessTokenVerifier, AuthError, CredentialConfig, HubIdentity, KeySpec,
+    PublishOrigins, RequestParts, TokenSource, TokenVerifier, Verifier, VerifierOptions,
 };
 use quicksilver_protocol::SelectorStore;
 use serde_json::json;
@@ -29,20 +32,36 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     h
 }
 
-fn config(origins: &[&str]) -> ExtractConfig {
-    ExtractConfig {
+fn config(origins: &[&str]) -> CredentialConfig {
+    CredentialConfig {
         publish_origins: PublishOrigins::new(origins).unwrap(),
-        ..ExtractConfig::default()
+        ..CredentialConfig::default()
     }
 }
 
+/// The publish topic of the token the request was authenticated with, and where it was found.
 fn source(
     h: &HeaderMap,
     method: Method,
     query: &[String],
-    cfg: &ExtractConfig,
+    cfg: &CredentialConfig,
 ) -> Result<Option<(String, TokenSource)>, AuthError> {
-    extract_token(h, &method, query, cfg).map(|o| o.map(|t| (t.token.to_string(), t.source)))
+    let verifier = Verifier::new(
+        AccessTokenVerifier::new([], AccessTokenOptions::default()).unwrap(),
+        Some(TokenVerifier::new(
+            KeySpec::new(SECRET, "HS256").unwrap(),
+            VerifierOptions::default(),
+        )),
+        cfg.clone(),
+    );
+    let query: Vec<String> = query.iter().map(|t| format!("authorization={t}")).collect();
+    let query = query.join("&");
+    let request = RequestParts::new(&method, h, Some(&query));
+    let hub = HubIdentity::new("https://localhost/.well-known/mercure");
+    verifier
+        .authenticate(&SelectorStore::default(), &request, &hub, SystemTime::now())
+        .map(|found| found.map(|a| (a.grants.publish()[0].raw().to_string(), a.source)))
+        .map_err(|f| f.error)
 }
 
 #[test]
@@ -56,16 +75,16 @@ fn header_beats_query_beats_cookie() {
     let all = headers(&[("authorization", &bearer), ("cookie", &cookie)]);
     assert_eq!(
         source(&all, Method::GET, &q, &cfg).unwrap(),
-        Some((th.clone(), TokenSource::Header))
+        Some(("urn:h".to_string(), TokenSource::Header))
     );
     let no_header = headers(&[("cookie", &cookie)]);
     assert_eq!(
         source(&no_header, Method::GET, &q, &cfg).unwrap(),
-        Some((tq.clone(), TokenSource::Query))
+        Some(("urn:q".to_string(), TokenSource::Query))
     );
     assert_eq!(
         source(&no_header, Method::GET, &[], &cfg).unwrap(),
-        Some((tc.clone(), TokenSource::Cookie))
+        Some(("urn:c".to_string(), TokenSource::Cookie))
     );
     assert_eq!(
         source(&HeaderMap::new(), Method::GET, &[], &cfg).unwrap(),
@@ -74,7 +93,7 @@ fn header_beats_query_beats_cookie() {
     // A header-authenticated publish needs no origin.
     assert_eq!(
         source(&all, Method::POST, &[], &cfg).unwrap(),
-        Some((th, TokenSource::Header))
+        Some(("urn:h".to_string(), TokenSource::Header))
     );
 }
 
@@ -116,7 +135,7 @@ fn malformed_authorization_header_does_not_fall_back() {
     let lower = headers(&[("authorization", &format!("bearer {t}"))]);
     assert_eq!(
         source(&lower, Method::GET, &[], &cfg).unwrap(),
-        Some((t, TokenSource::Header))
+        Some(("*".to_string(), TokenSource::Header))
     );
 }
 
@@ -142,13 +161,13 @@ fn malformed_query_parameter_does_not_fall_back() {
 fn cookie_name_is_configurable() {
     let t = token("*");
     let h = headers(&[("cookie", &format!("mercureAuthorization=x; hub={t}"))]);
-    let cfg = ExtractConfig {
-        cookie_name: "hub".into(),
-        ..ExtractConfig::default()
+    let cfg = CredentialConfig {
+        legacy_cookie_name: "hub".into(),
+        ..CredentialConfig::default()
     };
     assert_eq!(
         source(&h, Method::GET, &[], &cfg).unwrap(),
-        Some((t, TokenSource::Cookie))
+        Some(("*".to_string(), TokenSource::Cookie))
     );
 }
 
@@ -162,7 +181,7 @@ fn cookie_publish_checks_the_origin() {
         pairs.extend_from_slice(extra);
         source(&headers(&pairs), Method::POST, &[], &cfg)
     };
-    let ok = Some((t.clone(), TokenSource::Cookie));
+    let ok = Some(("*".to_string(), TokenSource::Cookie));
 
     assert_eq!(post(&[("origin", "https://app.example.com")]).unwrap(), ok);
     assert_eq!(post(&[("origin", "https://eu.example.org")]).unwrap(), ok);
@@ -222,53 +241,20 @@ fn cookie_publish_with_every_origin_allowed() {
     // And the default configuration allows no origin.
     let h = headers(&[("cookie", &cookie), ("origin", "https://any.test")]);
     assert_eq!(
-        source(&h, Method::POST, &[], &ExtractConfig::default()).unwrap_err(),
+        source(&h, Method::POST, &[], &CredentialConfig::default()).unwrap_err(),
         AuthError::OriginNotAllowed
     );
 }
 
 #[test]
-fn authenticate_extracts_then_verifies() {
-    let verifier = TokenVerifier::new(
-        KeySpec::new(SECRET, "HS256").unwrap(),
-        VerifierOptions::default(),
-    );
-    let store = SelectorStore::default();
+fn a_found_token_is_then_verified() {
     let cfg = config(&[]);
-    let h = headers(&[("authorization", &format!("Bearer {}", token("urn:h")))]);
-    let q = vec![token("urn:q")];
-    let found = authenticate(&verifier, &store, &h, &Method::POST, &q, &cfg)
-        .unwrap()
-        .unwrap();
-    assert_eq!(found.source, TokenSource::Header);
-    assert_eq!(found.grants.publish()[0].raw(), "urn:h");
-
-    let found = authenticate(&verifier, &store, &HeaderMap::new(), &Method::GET, &q, &cfg)
-        .unwrap()
-        .unwrap();
-    assert_eq!(found.source, TokenSource::Query);
-    assert_eq!(found.grants.publish()[0].raw(), "urn:q");
-
     let bad = vec![format!("{}x", token("urn:q"))];
     assert!(matches!(
-        authenticate(
-            &verifier,
-            &store,
-            &HeaderMap::new(),
-            &Method::GET,
-            &bad,
-            &cfg
-        ),
+        source(&HeaderMap::new(), Method::GET, &bad, &cfg),
         Err(AuthError::InvalidToken(_))
     ));
-    assert!(authenticate(
-        &verifier,
-        &store,
-        &HeaderMap::new(),
-        &Method::GET,
-        &[],
-        &cfg
-    )
-    .unwrap()
-    .is_none());
+    assert!(source(&HeaderMap::new(), Method::GET, &[], &cfg)
+        .unwrap()
+        .is_none());
 }

@@ -1,15 +1,18 @@
-//! Both generations through one [`Verifier`]: extraction (header, cookies, URL), generation
-//! selection, legacy on and off, and the `WWW-Authenticate` answer to each failure.
+//! Both generations through the one entry, [`Verifier::authenticate`]: extraction (header,
+//! cookies, URL), generation selection, legacy on and off, and what a failure carries for the
+//! server (the reason, the presented token's generation, a key refetch hint).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use http::{HeaderMap, HeaderValue, Method, StatusCode};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use http::{HeaderMap, HeaderValue, Method};
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use quicksilver_auth::{
-    can_publish, protected_resource_metadata_url, AccessTokenOptions, AccessTokenVerifier,
-    AuthError, Authenticated, BearerChallenge, BearerErrorCode, CredentialConfig, Generation,
-    HubIdentity, KeySpec, PublishOrigins, TokenRejection, TokenSource, TokenVerifier,
-    TrustedIssuer, UrlTokens, Verifier, VerifierOptions, AUTHORIZATION_DETAIL_TYPE,
+    can_publish, AccessTokenOptions, AccessTokenVerifier, AuthError, AuthFailure, Authenticated,
+    CredentialConfig, Generation, HubIdentity, KeySet, KeySpec, PublishOrigins, RequestParts,
+    TokenRejection, TokenSource, TokenVerifier, TrustedIssuer, Verifier, VerifierOptions,
+    AUTHORIZATION_DETAIL_TYPE,
 };
 use quicksilver_protocol::SelectorStore;
 use serde_json::json;
@@ -76,21 +79,27 @@ fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
     h
 }
 
+fn attempt(
+    v: &Verifier,
+    method: Method,
+    h: &HeaderMap,
+    query: Option<&str>,
+) -> Result<Option<Authenticated>, AuthFailure> {
+    v.authenticate(
+        &SelectorStore::default(),
+        &RequestParts::new(&method, h, query),
+        &HubIdentity::new(HUB),
+        at(NOW),
+    )
+}
+
 fn run(
     v: &Verifier,
     method: Method,
     h: &HeaderMap,
     query: Option<&str>,
 ) -> Result<Option<Authenticated>, AuthError> {
-    let url = UrlTokens::from_query(query);
-    v.authenticate_at(
-        &SelectorStore::default(),
-        h,
-        &method,
-        &url,
-        &HubIdentity::new(HUB),
-        at(NOW),
-    )
+    attempt(v, method, h, query).map_err(|f| f.error)
 }
 
 fn ok(result: Result<Option<Authenticated>, AuthError>) -> Authenticated {
@@ -192,7 +201,6 @@ fn legacy_off_refuses_legacy_tokens_for_their_typ() {
     )
     .unwrap_err();
     assert_eq!(e, AuthError::InvalidToken(TokenRejection::Type));
-    assert_eq!(e.bearer_challenge().status(), StatusCode::UNAUTHORIZED);
     ok(run(
         &v,
         Method::POST,
@@ -217,11 +225,6 @@ fn current_tokens_are_refused_in_the_url() {
     )
     .unwrap_err();
     assert_eq!(e, AuthError::TokenInUrl);
-    assert_eq!(
-        e.bearer_challenge().code(),
-        Some(BearerErrorCode::InvalidRequest)
-    );
-    assert_eq!(e.bearer_challenge().status(), StatusCode::BAD_REQUEST);
     // Legacy off: the parameter itself is refused, whatever it holds, even next to a header.
     let v = verifier(false);
     for q in [
@@ -361,7 +364,6 @@ fn cookie_publish_needs_an_allowed_origin() {
     )
     .unwrap_err();
     assert_eq!(e, AuthError::OriginNotAllowed);
-    assert_eq!(e.bearer_challenge().status(), StatusCode::BAD_REQUEST);
     ok(run(
         &v,
         Method::POST,
@@ -400,7 +402,7 @@ fn cookie_name_is_configurable() {
 }
 
 #[test]
-fn no_token_is_anonymous_and_answers_a_bare_challenge() {
+fn no_token_is_anonymous() {
     for legacy in [true, false] {
         assert!(run(
             &verifier(legacy),
@@ -411,24 +413,11 @@ fn no_token_is_anonymous_and_answers_a_bare_challenge() {
         .unwrap()
         .is_none());
     }
-    let metadata = protected_resource_metadata_url(HUB).unwrap();
-    let c = BearerChallenge::missing_token();
-    assert_eq!(c.status(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        c.header_value(None, Some(&metadata)),
-        "Bearer resource_metadata=\"https://localhost/.well-known/oauth-protected-resource/.well-known/mercure\""
-    );
 }
 
 #[test]
-fn www_authenticate_for_each_failure() {
-    let v = verifier(true);
-    let metadata = protected_resource_metadata_url(HUB).unwrap();
-    let invalid_token = format!(
-        "Bearer error=\"invalid_token\", error_description=\"the access token is invalid\", resource_metadata=\"{metadata}\""
-    );
+fn failures_carry_the_presented_tokens_generation() {
     let bearer = |t: &str| headers(&[("authorization", &format!("Bearer {t}"))]);
-
     let expired = {
         let mut h = Header::new(Algorithm::HS256);
         h.typ = Some("at+jwt".into());
@@ -449,74 +438,106 @@ fn www_authenticate_for_each_failure() {
         )
         .unwrap()
     };
-    let cases: Vec<(HeaderMap, Option<String>, StatusCode, String)> = vec![
-        (bearer(&expired), None, StatusCode::UNAUTHORIZED, invalid_token.clone()),
-        (bearer(&bad_details), None, StatusCode::UNAUTHORIZED, invalid_token.clone()),
-        (bearer(&"x".repeat(64)), None, StatusCode::UNAUTHORIZED, invalid_token.clone()),
-        (
-            headers(&[("authorization", "Basic dXNlcjpwYXNzd29yZA==")]),
-            None,
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Bearer error=\"invalid_request\", error_description=\"the Authorization header must hold one Bearer token\", resource_metadata=\"{metadata}\""
-            ),
-        ),
-        (
-            HeaderMap::new(),
-            Some(format!("authorization={}", current_token("urn:c"))),
-            StatusCode::BAD_REQUEST,
-            format!(
-                "Bearer error=\"invalid_request\", error_description=\"access tokens must not be passed in the URL\", resource_metadata=\"{metadata}\""
-            ),
-        ),
-    ];
-    for (h, query, status, header) in cases {
-        let e = run(&v, Method::POST, &h, query.as_deref()).unwrap_err();
-        let c = e.bearer_challenge();
-        assert_eq!(c.status(), status, "{e}");
-        assert_eq!(
-            c.header_value(None, Some(&metadata)),
-            header.as_str(),
-            "{e}"
-        );
-    }
+    let current_in_url = format!("authorization={}", current_token("urn:c"));
+    let check = |legacy: bool,
+                 h: HeaderMap,
+                 query: Option<&str>,
+                 error: AuthError,
+                 generation: Option<Generation>| {
+        let f = attempt(&verifier(legacy), Method::POST, &h, query).unwrap_err();
+        assert_eq!(f.error, error, "legacy {legacy}, {query:?}");
+        assert_eq!(f.generation, generation, "{error}");
+        assert!(!f.unknown_key(), "{error}");
+    };
 
-    // A valid token without the grant: the server raises NotAllowed, answered 403.
-    let a = ok(run(
-        &v,
-        Method::POST,
-        &bearer(&current_token("urn:c")),
+    check(
+        true,
+        bearer(&expired),
         None,
-    ));
-    assert!(!may_publish(&a, "urn:other"));
-    let c = AuthError::NotAllowed.bearer_challenge();
-    assert_eq!(c.status(), StatusCode::FORBIDDEN);
-    assert_eq!(
-        c.header_value(None, Some(&metadata)),
-        format!(
-            "Bearer error=\"insufficient_scope\", error_description=\"the access token does not grant this operation\", resource_metadata=\"{metadata}\""
-        )
-        .as_str()
+        AuthError::InvalidToken(TokenRejection::Expired),
+        Some(Generation::Current),
+    );
+    check(
+        true,
+        bearer(&bad_details),
+        None,
+        AuthError::InvalidAuthorizationDetails("the claim must be an array"),
+        Some(Generation::Current),
+    );
+    // Not a JWT at all: found, read as legacy (no `typ`), refused as malformed.
+    check(
+        true,
+        bearer("not-a-jwt-but-long-enough-to-pass-extraction"),
+        None,
+        AuthError::InvalidToken(TokenRejection::Malformed),
+        Some(Generation::Legacy),
+    );
+    // The same with legacy off: the current verifier refuses it.
+    check(
+        false,
+        bearer("not-a-jwt-but-long-enough-to-pass-extraction"),
+        None,
+        AuthError::InvalidToken(TokenRejection::Malformed),
+        Some(Generation::Legacy),
+    );
+    // Refused before a token was read.
+    check(
+        true,
+        headers(&[("authorization", "Basic dXNlcjpwYXNzd29yZA==")]),
+        None,
+        AuthError::InvalidAuthorizationHeader,
+        None,
+    );
+    check(
+        false,
+        HeaderMap::new(),
+        Some(&current_in_url),
+        AuthError::TokenInUrl,
+        None,
+    );
+    // Legacy on reads the parameter; the token there is a current one.
+    check(
+        true,
+        HeaderMap::new(),
+        Some(&current_in_url),
+        AuthError::TokenInUrl,
+        Some(Generation::Current),
     );
 }
 
 #[test]
-fn extract_only_does_not_verify() {
-    let v = verifier(true);
-    let h = headers(&[(
-        "authorization",
-        "Bearer not-a-jwt-but-long-enough-to-pass-extraction",
-    )]);
-    let url = UrlTokens::default();
-    let found = v.extract(&h, &Method::GET, &url).unwrap().unwrap();
-    assert_eq!(found.source, TokenSource::Header);
-    let e = v
-        .verify_at(
-            &SelectorStore::default(),
-            found,
-            &HubIdentity::new(HUB),
-            at(NOW),
+fn unknown_kid_asks_for_a_key_refetch() {
+    let jwks = json!({"keys": [{
+        "kty": "oct", "kid": "k1", "alg": "HS256",
+        "k": URL_SAFE_NO_PAD.encode(SECRET),
+    }]});
+    let issuer = TrustedIssuer::new(
+        ISSUER,
+        KeySet::from_jwks(jwks.to_string().as_bytes()).unwrap(),
+    )
+    .unwrap()
+    .with_algorithms(["HS256"])
+    .unwrap();
+    let v = Verifier::new(
+        AccessTokenVerifier::new([issuer], AccessTokenOptions::default()).unwrap(),
+        None,
+        CredentialConfig::default(),
+    );
+    let with_kid = |kid: &str| {
+        let mut h = Header::new(Algorithm::HS256);
+        h.typ = Some("at+jwt".into());
+        h.kid = Some(kid.into());
+        encode(
+            &h,
+            &json!({"iss": ISSUER, "aud": HUB, "exp": NOW + 60}),
+            &EncodingKey::from_secret(SECRET.as_bytes()),
         )
-        .unwrap_err();
-    assert_eq!(e, AuthError::InvalidToken(TokenRejection::Malformed));
+        .unwrap()
+    };
+    let bearer = |t: &str| headers(&[("authorization", &format!("Bearer {t}"))]);
+    ok(run(&v, Method::GET, &bearer(&with_kid("k1")), None));
+    let f = attempt(&v, Method::GET, &bearer(&with_kid("k2")), None).unwrap_err();
+    assert_eq!(f.error, AuthError::InvalidToken(TokenRejection::UnknownKey));
+    assert_eq!(f.generation, Some(Generation::Current));
+    assert!(f.unknown_key());
 }

@@ -1,9 +1,9 @@
-//! Grant checks against a plain reference model: `can_subscribe_to` is "any topic matches any
+//! Grant checks against a plain reference model: `Access::allows` is "any topic matches any
 //! subscribe selector" and `can_publish` is "every topic matches some publish selector", whatever
 //! mix of exact, `*` and template selectors a token holds.
 
 use proptest::prelude::*;
-use quicksilver_auth::{can_publish, can_subscribe_to, Grants};
+use quicksilver_auth::{can_publish, Grants};
 use quicksilver_protocol::{Selector, SelectorStore};
 
 const SELECTORS: &[&str] = &[
@@ -43,16 +43,16 @@ fn topics() -> impl Strategy<Value = Vec<String>> {
 
 proptest! {
     #[test]
-    fn can_subscribe_to_is_any_topic_any_selector(
+    fn private_access_is_any_topic_any_selector(
         sels in prop_oneof![selectors(true), selectors(false)],
         topics in topics(),
     ) {
         let store = SelectorStore::default();
         let model = topics.iter().any(|t| sels.iter().any(|s| s.matches(t)));
         let grants = Grants::new(Vec::new(), sels, None);
-        prop_assert_eq!(can_subscribe_to(&store, &grants, &topics), model);
+        prop_assert_eq!(grants.private_access().allows(&store, &topics), model);
         // A cached second answer agrees with the first.
-        prop_assert_eq!(can_subscribe_to(&store, &grants, &topics), model);
+        prop_assert_eq!(grants.private_access().allows(&store, &topics), model);
     }
 
     #[test]
@@ -74,8 +74,8 @@ fn publish_and_subscribe_grants_are_separate() {
     let topics = vec!["urn:a".to_string()];
     let publisher = Grants::new(star.clone(), Vec::new(), None);
     assert!(can_publish(&store, &publisher, &topics));
-    assert!(!can_subscribe_to(&store, &publisher, &topics));
+    assert!(!publisher.private_access().allows(&store, &topics));
     let subscriber = Grants::new(Vec::new(), star, None);
     assert!(!can_publish(&store, &subscriber, &topics));
-    assert!(can_subscribe_to(&store, &subscriber, &topics));
+    assert!(subscriber.private_access().allows(&store, &topics));
 }

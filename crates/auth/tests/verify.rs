@@ -8,8 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use quicksilver_auth::{
-    can_publish, can_subscribe_to, AuthError, KeyError, KeySpec, TokenRejection, TokenVerifier,
-    VerifierOptions,
+    can_publish, AuthError, KeyError, KeySpec, TokenRejection, TokenVerifier, VerifierOptions,
 };
 use quicksilver_protocol::SelectorStore;
 use serde_json::{json, Value};
@@ -260,7 +259,10 @@ fn asymmetric_keys_verify_their_tokens() {
         )
         .unwrap();
         let g = verifier(public, name).verify(&store, &token).unwrap();
-        assert!(can_subscribe_to(&store, &g, &topics(&["urn:x"])), "{name}");
+        assert!(
+            g.private_access().allows(&store, &topics(&["urn:x"])),
+            "{name}"
+        );
     }
 }
 
@@ -312,7 +314,7 @@ fn namespaced_claim_is_read_and_wins() {
     let g = hmac_verifier().verify(&store, &token).unwrap();
     assert!(can_publish(&store, &g, &topics(&["urn:namespaced"])));
     assert!(!can_publish(&store, &g, &topics(&["urn:plain"])));
-    assert!(can_subscribe_to(&store, &g, &topics(&["urn:s"])));
+    assert!(g.private_access().allows(&store, &topics(&["urn:s"])));
 }
 
 #[test]
@@ -391,16 +393,13 @@ fn template_selectors_in_grants() {
             "https://example.com/authors/2"
         ])
     ));
-    assert!(can_subscribe_to(
+    assert!(g.private_access().allows(
         &store,
-        &g,
         &topics(&["urn:x", "https://example.com/users/7/inbox/2"])
     ));
-    assert!(!can_subscribe_to(
-        &store,
-        &g,
-        &topics(&["https://example.com/books/1"])
-    ));
+    assert!(!g
+        .private_access()
+        .allows(&store, &topics(&["https://example.com/books/1"])));
 }
 
 #[test]
@@ -413,5 +412,5 @@ fn token_without_mercure_claim_grants_nothing() {
         )
         .unwrap();
     assert!(!can_publish(&store, &g, &topics(&["urn:a"])));
-    assert!(!can_subscribe_to(&store, &g, &topics(&["urn:a"])));
+    assert!(!g.private_access().allows(&store, &topics(&["urn:a"])));
 }

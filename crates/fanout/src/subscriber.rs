@@ -16,41 +16,11 @@ use crate::queue::Queue;
 use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 
-/// Which private updates a subscriber may receive: those with at least one topic matching one of
-/// its grant selectors.
-#[derive(Clone, Debug)]
-pub enum Access {
-    /// Every private update (a `*` grant).
-    All,
-    /// No private update (anonymous subscribers, tokens without a subscribe grant).
-    None,
-    /// Private updates with a topic matching one of these selectors.
-    Selectors(Arc<[Selector]>),
-}
-
-impl Access {
-    /// Builds the access of a grant list, with a fast path for `*`.
-    pub fn from_selectors(selectors: Vec<Selector>) -> Self {
-        if selectors.iter().any(Selector::is_wildcard) {
-            Access::All
-        } else if selectors.is_empty() {
-            Access::None
-        } else {
-            Access::Selectors(selectors.into())
-        }
-    }
-
-    /// Whether an update with these topics may be read.
-    pub fn allows(&self, store: &SelectorStore, topics: &[String]) -> bool {
-        match self {
-            Access::All => true,
-            Access::None => false,
-            Access::Selectors(selectors) => topics
-                .iter()
-                .any(|t| selectors.iter().any(|s| store.matches(s, t))),
-        }
-    }
-}
+/// Which private updates a subscriber may receive. The type, and the one implementation of
+/// "private stays private", belong to the auth crate, next to the grants they are derived from
+/// ([`quicksilver_auth::Grants::private_access`]); the fan-out stores a subscriber's access and
+/// asks it about each private update.
+pub use quicksilver_auth::Access;
 
 /// What a subscriber asked for.
 #[derive(Clone, Debug)]

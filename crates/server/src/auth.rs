@@ -1,37 +1,34 @@
 //! The bridge between HTTP requests and the auth crate: which verifiers, which extraction rules,
-//! who the hub is for this request, and how failures are answered.
+//! and who the hub is for this request.
 //!
 //! Publishers and subscribers may use different keys, so the [`Authenticator`] holds one
 //! [`Verifier`] per role. Each accepts current access tokens (`typ: at+jwt`) from the trusted
 //! issuers (`--issuer`) and, unless `--legacy false`, pre-standardization tokens verified with the
-//! role's key. A request's token is found by [`quicksilver_auth::extract_credentials`]: the
-//! `Authorization` header, then (legacy only) the `authorization` query parameter, then the access
-//! token cookie, then (legacy only) the legacy cookie.
+//! role's key. A request goes through the auth crate's one entry, [`Verifier::authenticate`],
+//! which finds its token (the `Authorization` header, then (legacy only) the `authorization` query
+//! parameter, then the access token cookie, then (legacy only) the legacy cookie) and verifies it.
+//! A token naming an unknown `kid` nudges the JWK Set refresh ([`crate::jwks`]).
 //!
 //! The audience a current token must name is the hub's resource identifier: `--resource-identifier`
 //! when set, else derived from the request ([`RequestIdentity`]).
 //!
-//! Failures become [`HubError::Auth`], which always carries a `WWW-Authenticate: Bearer` challenge
-//! pointing at the protected resource metadata. The status follows the current specification
-//! ("Error Responses": 400 `invalid_request`, 401 `invalid_token`, 403 `insufficient_scope`, bare
-//! 401 without a token) — except for requests of the legacy generation, which keep the reference
-//! hub's pre-standardization answer (401 for every authentication failure), so existing clients see
-//! exactly what they saw before.
+//! Failures become [`HubError::Auth`]; how they are answered (status, `WWW-Authenticate: Bearer`
+//! challenge, the pre-standardization answers kept for legacy requests) is decided in
+//! [`crate::error`].
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use http::{HeaderMap, Method, StatusCode};
+use http::{HeaderMap, Method};
 use quicksilver_auth::{
-    extract_credentials, protected_resource_metadata_url, token_generation, AccessTokenOptions,
-    AccessTokenVerifier, AuthError, Authenticated, BearerChallenge, CredentialConfig, Generation,
-    HubIdentity, KeySpec, PublishOrigins, TokenRejection, TokenVerifier, TrustedIssuer, UrlTokens,
-    Verifier, VerifierOptions,
+    protected_resource_metadata_url, AccessTokenOptions, AccessTokenVerifier, AuthError,
+    Authenticated, CredentialConfig, Generation, HubIdentity, KeySpec, PublishOrigins,
+    RequestParts, TokenVerifier, TrustedIssuer, Verifier, VerifierOptions,
 };
-use quicksilver_fanout::Access;
 use quicksilver_protocol::SelectorStore;
 
 use crate::config::{Config, IssuerSpec};
-use crate::error::HubError;
+use crate::error::{AuthRefusal, HubError};
 use crate::jwks::JwksSource;
 use crate::HUB_PATH;
 
@@ -235,128 +232,83 @@ impl Authenticator {
         self.subscribers.legacy_enabled()
     }
 
-    /// Authenticates a publisher: a valid token is required.
+    /// Authenticates a publisher: a valid token is required. `query` is the raw query string.
     pub fn publisher(
         &self,
         method: &Method,
         headers: &HeaderMap,
-        url: &UrlTokens,
+        query: Option<&str>,
         identity: &RequestIdentity,
     ) -> Result<Authenticated, HubError> {
         let Some(verifier) = &self.publishers else {
-            return Err(self.failure(
-                AuthError::MissingToken,
-                None,
-                identity,
-                "publishing is not configured on this hub",
-            ));
+            return Err(self.token_required(identity, "publishing is not configured on this hub"));
         };
-        match self.authenticate(verifier, method, headers, url, identity)? {
-            Some(found) => Ok(found),
-            None => Err(self.failure(
-                AuthError::MissingToken,
-                None,
-                identity,
-                "a publisher token is required",
-            )),
-        }
+        let request = RequestParts::new(method, headers, query);
+        self.authenticate(verifier, &request, identity)?
+            .ok_or_else(|| self.token_required(identity, "a publisher token is required"))
     }
 
-    /// Authenticates a subscriber: `Ok(None)` when the request has no token at all.
+    /// Authenticates a subscriber: `Ok(None)` when the request has no token at all. `query` is
+    /// the raw query string.
     pub fn subscriber(
         &self,
         method: &Method,
         headers: &HeaderMap,
-        url: &UrlTokens,
+        query: Option<&str>,
         identity: &RequestIdentity,
     ) -> Result<Option<Authenticated>, HubError> {
-        self.authenticate(&self.subscribers, method, headers, url, identity)
+        let request = RequestParts::new(method, headers, query);
+        self.authenticate(&self.subscribers, &request, identity)
     }
 
     fn authenticate(
         &self,
         verifier: &Verifier,
-        method: &Method,
-        headers: &HeaderMap,
-        url: &UrlTokens,
+        request: &RequestParts<'_>,
         identity: &RequestIdentity,
     ) -> Result<Option<Authenticated>, HubError> {
-        let found = extract_credentials(
-            headers,
-            method,
-            url,
-            verifier.config(),
-            verifier.legacy_enabled(),
-        )
-        .map_err(|e| {
-            let reason = e.to_string();
-            self.failure(e, None, identity, &reason)
-        })?;
-        let Some(found) = found else {
-            return Ok(None);
-        };
-        let generation = token_generation(found.token);
         verifier
-            .verify(&self.store, found, &identity.as_hub())
-            .map(Some)
-            .map_err(|e| {
-                if matches!(e, AuthError::InvalidToken(TokenRejection::UnknownKey)) {
+            .authenticate(&self.store, request, &identity.as_hub(), SystemTime::now())
+            .map_err(|failure| {
+                if failure.unknown_key() {
                     // The issuer may have rotated its keys since the last fetch.
                     self.jwks.iter().for_each(JwksSource::nudge);
                 }
-                let reason = e.to_string();
-                self.failure(e, Some(generation), identity, &reason)
+                HubError::Auth(self.refusal(failure.error, failure.generation, identity))
             })
     }
 
-    /// A request authenticated as `generation` asks for something its grants do not allow.
-    pub fn forbidden(
-        &self,
-        generation: Option<Generation>,
-        identity: &RequestIdentity,
-        reason: &str,
-    ) -> HubError {
-        self.failure(AuthError::NotAllowed, generation, identity, reason)
+    /// A request's token is valid but its grants do not allow what it asks for.
+    pub fn forbidden(&self, identity: &RequestIdentity, reason: &'static str) -> HubError {
+        HubError::Auth(
+            self.refusal(AuthError::NotAllowed, None, identity)
+                .with_reason(reason),
+        )
     }
 
     /// A request without a token where one is required.
-    pub fn token_required(&self, identity: &RequestIdentity, reason: &str) -> HubError {
-        self.failure(AuthError::MissingToken, None, identity, reason)
+    pub fn token_required(&self, identity: &RequestIdentity, reason: &'static str) -> HubError {
+        HubError::Auth(
+            self.refusal(AuthError::MissingToken, None, identity)
+                .with_reason(reason),
+        )
     }
 
-    /// The answer to `error` (see the module docs for the status rules). `generation` is the
-    /// presented token's, when one was found.
-    fn failure(
+    /// `error` as a refusal to answer (see [`crate::error`]). `generation` is the presented
+    /// token's, when one was read.
+    fn refusal(
         &self,
         error: AuthError,
         generation: Option<Generation>,
         identity: &RequestIdentity,
-        reason: &str,
-    ) -> HubError {
+    ) -> AuthRefusal {
         tracing::debug!(error = %error, "authentication failed");
-        let challenge = BearerChallenge::for_error(&error);
-        let legacy_request = self.legacy_enabled() && generation != Some(Generation::Current);
-        let status = match &error {
-            // A valid token lacking the right is 403 in both generations (as the hub always did).
-            AuthError::NotAllowed => StatusCode::FORBIDDEN,
-            AuthError::MissingToken => StatusCode::UNAUTHORIZED,
-            _ if legacy_request => error.status_hint(),
-            _ => challenge.status(),
-        };
-        let metadata = identity.metadata_url();
-        // Why a token was refused (signature, expiry, audience…) is not disclosed to the client,
-        // as the specification asks; the debug log above has it.
-        let reason = match challenge.code() {
-            Some(quicksilver_auth::BearerErrorCode::InvalidToken) => {
-                challenge.description().unwrap_or(reason)
-            }
-            _ => reason,
-        };
-        HubError::Auth {
-            status,
-            reason: reason.to_string(),
-            challenge: challenge.header_value(None, metadata.as_deref()),
-        }
+        AuthRefusal::new(
+            error,
+            generation,
+            self.legacy_enabled(),
+            identity.metadata_url(),
+        )
     }
 }
 
@@ -382,15 +334,6 @@ pub fn derived_hub_url(headers: &HeaderMap) -> String {
         .or_else(|| first("host").filter(valid))
         .unwrap_or("localhost");
     format!("{scheme}://{host}{HUB_PATH}")
-}
-
-/// The private access the subscribe grants give.
-pub fn access(grants: &quicksilver_auth::Grants) -> Access {
-    if grants.subscribe_all() {
-        Access::All
-    } else {
-        Access::from_selectors(grants.subscribe().to_vec())
-    }
 }
 
 #[cfg(test)]

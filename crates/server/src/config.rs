@@ -2,7 +2,16 @@
 //!
 //! Each field's doc comment is its `--help` text. Names follow the reference hub where it has one
 //! (`MERCURE_PUBLISHER_JWT_KEY`, …) so existing deployments keep their environment; settings of our
-//! own use the `QUICKSILVER_` prefix. A flag beats its environment variable, which beats the default.
+//! own use the `QUICKSILVER_` prefix. A flag beats its environment variable, which beats the file
+//! (`--config`), which beats the default.
+//!
+//! - `config/file.rs`: the TOML configuration file, turned into the flags it stands for.
+//! - `config/issuer.rs`: the `--issuer` mini-language ([`IssuerSpec`]).
+
+mod file;
+mod issuer;
+
+pub use issuer::IssuerSpec;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -316,7 +325,7 @@ impl Config {
         let matches = Self::command().try_get_matches_from(&args)?;
         let mut config = match matches.get_one::<std::path::PathBuf>("config") {
             Some(path) => {
-                let from_file = file_args(path, &matches)?;
+                let from_file = file::args(path, &matches)?;
                 let mut merged = Vec::with_capacity(args.len() + from_file.len());
                 merged.extend(args.first().cloned());
                 merged.extend(from_file.into_iter().map(Into::into));
@@ -351,52 +360,6 @@ impl Config {
     }
 }
 
-/// One `--issuer` value: `ID [jwks_uri=URL] [authorization_server]`, whitespace-separated.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct IssuerSpec {
-    /// The `iss` value.
-    pub id: String,
-    /// The issuer's JWK Set, instead of the configured publisher/subscriber keys.
-    pub jwks_uri: Option<String>,
-    /// Advertise the issuer as an authorization server in the protected resource metadata.
-    pub authorization_server: bool,
-    /// `alg=NAME` (repeatable): the algorithms accepted from this issuer; default: the
-    /// configured key's algorithm, or for a JWK Set the asymmetric ones (HMAC keys in a JWK Set
-    /// need `alg=HS256` or similar).
-    pub algorithms: Vec<String>,
-}
-
-impl IssuerSpec {
-    /// Parses one `--issuer` value.
-    pub fn parse(value: &str) -> Result<Self, String> {
-        let mut parts = value.split_whitespace();
-        let id = parts
-            .next()
-            .ok_or_else(|| "an issuer identifier is required".to_string())?;
-        let mut spec = IssuerSpec {
-            id: id.to_string(),
-            jwks_uri: None,
-            authorization_server: false,
-            algorithms: Vec::new(),
-        };
-        for part in parts {
-            match part.split_once('=') {
-                Some(("jwks_uri", uri)) if !uri.is_empty() && spec.jwks_uri.is_none() => {
-                    spec.jwks_uri = Some(uri.to_string())
-                }
-                Some(("alg", alg)) if !alg.is_empty() => spec.algorithms.push(alg.to_string()),
-                None if part == "authorization_server" => spec.authorization_server = true,
-                _ => {
-                    return Err(format!(
-                        "issuer {id}: unexpected {part:?} (expected `jwks_uri=URL`, `alg=NAME` or `authorization_server`)"
-                    ))
-                }
-            }
-        }
-        Ok(spec)
-    }
-}
-
 /// Why the configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -423,73 +386,6 @@ impl ConfigError {
                 std::process::exit(2)
             }
         }
-    }
-}
-
-/// Turns the settings of a TOML file into command-line arguments, for the keys that were given
-/// neither as a flag nor as an environment variable.
-fn file_args(
-    path: &std::path::Path,
-    matches: &clap::ArgMatches,
-) -> Result<Vec<String>, ConfigError> {
-    let file_error = |reason: String| ConfigError::File {
-        path: path.display().to_string(),
-        reason,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| file_error(e.to_string()))?;
-    let table: toml::Table = text
-        .parse()
-        .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
-    let command = Config::command();
-    let mut out = Vec::new();
-    for (key, value) in table {
-        let id = key.replace('-', "_");
-        let arg = command
-            .get_arguments()
-            .find(|a| {
-                let long = a.get_long().map(|l| l.replace('-', "_"));
-                (a.get_id().as_str() == id || long.as_deref() == Some(id.as_str()))
-                    && long.is_some()
-                    && id != "config"
-            })
-            .ok_or_else(|| file_error(format!("unknown key `{key}`")))?;
-        let explicit = matches!(
-            matches.value_source(arg.get_id().as_str()),
-            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
-        );
-        if explicit {
-            continue;
-        }
-        let flag = format!("--{}", arg.get_long().unwrap_or(&id));
-        let takes_value = arg.get_action().takes_values();
-        match value {
-            toml::Value::Boolean(b) if !takes_value => {
-                if b {
-                    out.push(flag);
-                }
-            }
-            toml::Value::Array(items) => {
-                for item in items {
-                    out.push(flag.clone());
-                    out.push(scalar(&key, item).map_err(file_error)?);
-                }
-            }
-            other => {
-                out.push(flag);
-                out.push(scalar(&key, other).map_err(file_error)?);
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn scalar(key: &str, value: toml::Value) -> Result<String, String> {
-    match value {
-        toml::Value::String(s) => Ok(s),
-        toml::Value::Integer(i) => Ok(i.to_string()),
-        toml::Value::Float(f) => Ok(f.to_string()),
-        toml::Value::Boolean(b) => Ok(b.to_string()),
-        _ => Err(format!("key `{key}`: expected a string, number or boolean")),
     }
 }
 
@@ -527,37 +423,8 @@ mod tests {
         assert_eq!(c.redis_tls_ca, None);
         assert_eq!(c.cookie_name, "mercureAuthorization");
         assert!(!c.anonymous);
-    }
-
-    #[test]
-    fn issuer_specs() {
-        let c = Config::from_args([
-            "quicksilver",
-            "--issuer",
-            "https://a.example",
-            "--issuer",
-            "https://b.example jwks_uri=file:///etc/jwks.json authorization_server alg=HS256,https://c.example",
-            "--resource-identifier",
-            "https://hub.example/.well-known/mercure",
-            "--legacy",
-            "false",
-        ])
-        .unwrap();
-        assert_eq!(c.issuers.len(), 3);
-        assert!(!c.legacy);
-        let b = IssuerSpec::parse(&c.issuers[1]).unwrap();
-        assert_eq!(b.id, "https://b.example");
-        assert_eq!(b.jwks_uri.as_deref(), Some("file:///etc/jwks.json"));
-        assert!(b.authorization_server);
-        assert_eq!(b.algorithms, vec!["HS256"]);
-        let a = IssuerSpec::parse(&c.issuers[0]).unwrap();
-        assert_eq!((a.jwks_uri, a.authorization_server), (None, false));
-        assert!(IssuerSpec::parse("").is_err());
-        assert!(IssuerSpec::parse("https://a jwks=x").is_err());
-        assert!(IssuerSpec::parse("https://a jwks_uri=").is_err());
-        let d = Config::from_args(["quicksilver"]).unwrap();
-        assert!(d.legacy && d.issuers.is_empty() && !d.subscriptions && d.debug_page);
-        assert_eq!(d.access_token_cookie, "__Secure-mercure_access_token");
+        assert!(c.legacy && c.issuers.is_empty() && !c.subscriptions && c.debug_page);
+        assert_eq!(c.access_token_cookie, "__Secure-mercure_access_token");
     }
 
     #[test]
@@ -586,50 +453,5 @@ mod tests {
         assert_eq!(c.write_timeout, Duration::from_secs(60));
         assert_eq!(c.publisher_key(), Some(("k", "HS256")));
         assert!(Config::from_args(["quicksilver", "--heartbeat", "soon"]).is_err());
-    }
-
-    #[test]
-    fn config_file_with_precedence_and_unknown_keys_refused() {
-        let dir = std::env::temp_dir().join(format!("qs-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("quicksilver.toml");
-        std::fs::write(
-            &file,
-            "history-size = 42\nanonymous = true\ncors_origins = [\"https://a.example\", \"https://b.example\"]\nheartbeat = \"5s\"\nlisten = \"127.0.0.1:4000\"\n",
-        )
-        .unwrap();
-        let path = file.to_str().unwrap();
-        let c = Config::from_args([
-            "quicksilver",
-            "--config",
-            path,
-            "--listen",
-            "127.0.0.1:5000",
-        ])
-        .unwrap();
-        assert_eq!(c.history_size, 42);
-        assert!(c.anonymous);
-        assert_eq!(
-            c.cors_origins,
-            vec!["https://a.example", "https://b.example"]
-        );
-        assert_eq!(c.heartbeat, Duration::from_secs(5));
-        assert_eq!(
-            c.listen.to_string(),
-            "127.0.0.1:5000",
-            "a flag beats the file"
-        );
-
-        std::fs::write(&file, "history_size = 1\nhistroy_size = 2\n").unwrap();
-        let err = Config::from_args(["quicksilver", "--config", path])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("histroy_size"), "{err}");
-        std::fs::write(&file, "history_size = \"many\"\n").unwrap();
-        let err = Config::from_args(["quicksilver", "--config", path])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("history-size"), "{err}");
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

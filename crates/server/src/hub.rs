@@ -2,9 +2,10 @@
 //!
 //! A [`Hub`] is a cheap handle (one `Arc`) to the transport, the local fan-out, the selector cache,
 //! the token verifiers and the settings. [`Hub::start`] wires them: it starts the fan-out's shard
-//! tasks and the transport's reader, whose updates flow into the fan-out through [`FanoutSink`].
-//! Those tasks live as long as the runtime; [`Hub::begin_shutdown`] stops new work and closes the
-//! local subscriptions so their streams end.
+//! tasks and the transport's reader, whose updates flow into the fan-out through `FanoutSink`.
+//! Those tasks live as long as the runtime; on shutdown, [`Hub::drain`] stops new work and closes
+//! the local subscriptions a few at a time so their streams end, then [`Hub::close`] publishes the
+//! last subscription events.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

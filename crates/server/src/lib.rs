@@ -5,10 +5,12 @@
 //! a [`quicksilver_transport`] and delivered by the [`quicksilver_fanout`] to subscriber streams.
 //!
 //! # Layout
-//! - [`config`]: every flag and environment variable, with defaults.
+//! - [`config`]: every flag and environment variable, with defaults; the configuration file and the
+//!   `--issuer` mini-language in their own files below it.
 //! - [`hub`]: the shared state and the wiring of transport reader → fan-out.
-//! - [`auth`]: the bridge from HTTP requests to token verification and grants, and the hub's
-//!   identity (resource identifier) for each request; [`jwks`] keeps issuers' JWK Sets current.
+//! - [`auth`]: the bridge from HTTP requests to the auth crate's one entry
+//!   ([`quicksilver_auth::Verifier::authenticate`]), and the hub's identity (resource identifier)
+//!   for each request; [`jwks`] keeps issuers' JWK Sets current.
 //! - [`discovery`]: the protected resource metadata document and the hub's `Link` header.
 //! - [`debug_page`]: the page at `/` for trying the hub from a browser.
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
@@ -18,7 +20,8 @@
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
-//! - [`error`]: request failures and their HTTP answers.
+//! - [`error`]: request failures and their HTTP answers, among them the status and
+//!   `WWW-Authenticate` challenge of every authentication failure.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;

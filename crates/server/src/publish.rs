@@ -52,11 +52,10 @@ async fn authorize_and_store(
     query: Option<String>,
     body: Body,
 ) -> Result<Response, HubError> {
-    let url_tokens = quicksilver_auth::UrlTokens::from_query(query.as_deref());
     let identity = hub.auth().identity(&headers);
     let publisher = hub
         .auth()
-        .publisher(&method, &headers, &url_tokens, &identity)?;
+        .publisher(&method, &headers, query.as_deref(), &identity)?;
 
     let content_type = headers
         .get(header::CONTENT_TYPE)
@@ -84,7 +83,6 @@ async fn authorize_and_store(
 
     if !quicksilver_auth::can_publish(hub.selectors(), &publisher.grants, &update.topics) {
         return Err(hub.auth().forbidden(
-            Some(publisher.generation),
             &identity,
             "the token does not allow publishing to these topics",
         ));

@@ -18,7 +18,7 @@ use quicksilver_protocol::{parse_subscribe_query, EARLIEST};
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::sse::{EndReason, SubscriberStream};
-use crate::subscriptions::{Shape, SubscriptionInfo};
+use crate::subscriptions::SubscriptionInfo;
 
 /// How long a subscriber arriving before the transport is ready waits for it.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
@@ -58,10 +58,9 @@ pub async fn subscribe(
     .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
     let identity = hub.auth().identity(&headers);
-    let url_tokens = quicksilver_auth::UrlTokens::from_query(raw_query.as_deref());
     let subscriber = hub
         .auth()
-        .subscriber(&method, &headers, &url_tokens, &identity)?;
+        .subscriber(&method, &headers, raw_query.as_deref(), &identity)?;
     let grants = subscriber.as_ref().map(|s| &s.grants);
     // A token's expiry ends the connection, as on the reference hub: the client reconnects with a
     // fresh token (or is refused), so an expired token never keeps reading private updates.
@@ -70,7 +69,7 @@ pub async fn subscribe(
             .unwrap_or_default()
     });
     let access = match grants {
-        Some(grants) => crate::auth::access(grants),
+        Some(grants) => grants.private_access().clone(),
         None if settings.anonymous => Access::None,
         None => {
             return Err(hub
@@ -182,18 +181,19 @@ fn subscription_infos(
     matchers: &[quicksilver_protocol::subscribe::Matcher],
     grants: Option<&quicksilver_auth::Grants>,
 ) -> Vec<SubscriptionInfo> {
+    use quicksilver_auth::Generation;
     use quicksilver_protocol::subscribe::MatchType;
     let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
     matchers
         .iter()
         .map(|m| {
-            let (shape, match_type) = match m.kind {
-                MatchType::TopicSelector => (Shape::Legacy, "exact"),
-                MatchType::Exact => (Shape::Current, "exact"),
-                MatchType::UrlPattern => (Shape::Current, "urlpattern"),
+            let (generation, match_type) = match m.kind {
+                MatchType::TopicSelector => (Generation::Legacy, "exact"),
+                MatchType::Exact => (Generation::Current, "exact"),
+                MatchType::UrlPattern => (Generation::Current, "urlpattern"),
             };
             SubscriptionInfo {
-                shape,
+                generation,
                 match_type,
                 pattern: m.pattern.clone(),
                 subscriber: subscriber.clone(),

@@ -29,13 +29,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use quicksilver_auth::Generation;
 use quicksilver_protocol::Update;
 use quicksilver_transport::{
     OrphanHandler, SubscriptionRecord, SubscriptionRegistry, Transport, TransportError,
 };
 use tokio_util::task::TaskTracker;
 
-pub use document::{Shape, SubscriptionInfo};
+pub use document::SubscriptionInfo;
 
 /// The SSE event type of current-generation subscription events.
 pub const EVENT_TYPE: &str = "mercure";
@@ -182,20 +183,20 @@ async fn publish_event(
     info: &SubscriptionInfo,
     active: bool,
 ) -> Result<(), TransportError> {
-    let update = event_update(info.topic(), info.document(active), info.shape);
+    let update = event_update(info.topic(), info.document(active), info.generation);
     transport.publish(update).await.map(drop)
 }
 
 /// The private update announcing a subscription document.
-fn event_update(topic: String, document: serde_json::Value, shape: Shape) -> Update {
+fn event_update(topic: String, document: serde_json::Value, generation: Generation) -> Update {
     Update {
         id: format!("urn:uuid:{}", uuid::Uuid::new_v4()),
         topics: vec![topic],
         data: document.to_string(),
         private: true,
-        event_type: match shape {
-            Shape::Current => Some(EVENT_TYPE.to_string()),
-            Shape::Legacy => None,
+        event_type: match generation {
+            Generation::Current => Some(EVENT_TYPE.to_string()),
+            Generation::Legacy => None,
         },
         retry: None,
     }
@@ -219,10 +220,10 @@ impl OrphanEvents {
                 tracing::warn!(id = %record.id, "skipping an unreadable subscription record");
                 continue;
             };
-            let shape = Shape::of_document(&document);
+            let generation = document::document_generation(&document);
             document["active"] = serde_json::Value::Bool(active);
             self.transport
-                .publish(event_update(record.id, document, shape))
+                .publish(event_update(record.id, document, generation))
                 .await?;
         }
         Ok(())

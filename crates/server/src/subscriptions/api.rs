@@ -13,11 +13,12 @@
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
-use quicksilver_auth::{can_subscribe_to, Generation, UrlTokens};
+use quicksilver_auth::Generation;
 use serde_json::{json, Value};
 
 use super::document::{
-    in_collection, parse_api_path, subscriptions_path, ApiTarget, Shape, LEGACY_CONTEXT,
+    document_generation, in_collection, parse_api_path, subscriptions_path, ApiTarget,
+    LEGACY_CONTEXT,
 };
 use crate::discovery::hub_link;
 use crate::error::HubError;
@@ -36,26 +37,26 @@ pub async fn subscriptions(
         ));
     };
     let identity = hub.auth().identity(&headers);
-    let url = UrlTokens::from_query(uri.query());
-    let Some(subscriber) = hub.auth().subscriber(&method, &headers, &url, &identity)? else {
+    let Some(subscriber) = hub
+        .auth()
+        .subscriber(&method, &headers, uri.query(), &identity)?
+    else {
         return Err(hub
             .auth()
             .token_required(&identity, "a token is required for the subscription API"));
     };
     let path = uri.path();
-    if !can_subscribe_to(hub.selectors(), &subscriber.grants, &[path.to_string()]) {
+    let private_access = subscriber.grants.private_access();
+    if !private_access.allows(hub.selectors(), &[path.to_string()]) {
         return Err(hub.auth().forbidden(
-            Some(subscriber.generation),
             &identity,
             "the token does not allow reading these subscriptions",
         ));
     }
-    let shape = match subscriber.generation {
-        Generation::Current => Shape::Current,
-        Generation::Legacy => Shape::Legacy,
-    };
+    // Documents are served in the shape of the token's generation.
+    let generation = subscriber.generation;
     let rest = path.strip_prefix(&subscriptions_path()).unwrap_or("/-");
-    let target = parse_api_path(rest, shape)
+    let target = parse_api_path(rest, generation)
         .ok_or_else(|| HubError::NotFound("no such subscription or collection".into()))?;
 
     // The cursor is read before the registry, so a change made in between shows as a newer event
@@ -71,7 +72,7 @@ pub async fn subscriptions(
     {
         return Ok(with_headers(
             StatusCode::NOT_MODIFIED.into_response(),
-            shape,
+            generation,
             &identity.hub_url,
             &cursor,
             &etag,
@@ -87,7 +88,7 @@ pub async fn subscriptions(
         .into_iter()
         .filter_map(|r| {
             let doc: Value = serde_json::from_str(&r.document).ok()?;
-            (Shape::of_document(&doc) == shape).then_some((r.id, doc))
+            (document_generation(&doc) == generation).then_some((r.id, doc))
         })
         .collect();
     documents.sort_by(|a, b| a.0.cmp(&b.0));
@@ -97,7 +98,7 @@ pub async fn subscriptions(
             let Some((_, mut doc)) = documents.into_iter().find(|(d, _)| d == id) else {
                 return Err(HubError::NotFound("no such subscription".into()));
             };
-            if shape == Shape::Legacy {
+            if generation == Generation::Legacy {
                 doc["lastEventID"] = Value::String(cursor.clone());
             }
             doc
@@ -121,13 +122,13 @@ pub async fn subscriptions(
                 ApiTarget::Collection(c) => c.clone(),
                 _ => subscriptions_path(),
             };
-            match shape {
-                Shape::Current => json!({
+            match generation {
+                Generation::Current => json!({
                     "id": id,
                     "type": "subscriptions",
                     "subscriptions": list,
                 }),
-                Shape::Legacy => json!({
+                Generation::Legacy => json!({
                     "@context": LEGACY_CONTEXT,
                     "id": id,
                     "type": "Subscriptions",
@@ -140,7 +141,7 @@ pub async fn subscriptions(
     let response = (StatusCode::OK, body.to_string()).into_response();
     Ok(with_headers(
         response,
-        shape,
+        generation,
         &identity.hub_url,
         &cursor,
         &etag,
@@ -149,14 +150,14 @@ pub async fn subscriptions(
 
 fn with_headers(
     mut response: Response,
-    shape: Shape,
+    generation: Generation,
     hub_url: &str,
     cursor: &str,
     etag: &str,
 ) -> Response {
     let headers = response.headers_mut();
-    let (content_type, link) = match shape {
-        Shape::Current => (
+    let (content_type, link) = match generation {
+        Generation::Current => (
             "application/json",
             hub_link(
                 hub_url,
@@ -167,7 +168,7 @@ fn with_headers(
                 ],
             ),
         ),
-        Shape::Legacy => ("application/ld+json", hub_link(hub_url, &[])),
+        Generation::Legacy => ("application/ld+json", hub_link(hub_url, &[])),
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::LINK, link);

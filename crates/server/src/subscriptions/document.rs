@@ -6,6 +6,7 @@
 //! alias a path segment.
 
 use percent_encoding::{percent_decode_str, utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use quicksilver_auth::Generation;
 use serde_json::{json, Value};
 
 use crate::HUB_PATH;
@@ -25,32 +26,23 @@ pub fn subscriptions_path() -> String {
     format!("{HUB_PATH}/subscriptions")
 }
 
-/// Which generation's document a subscription has.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shape {
-    /// `topic=` selectors: JSON-LD, `type: "Subscription"`, `topic`.
-    Legacy,
-    /// `match`/`match_<type>` matchers: plain JSON, `type: "subscription"`, `match_type`, `match`.
-    Current,
-}
-
-impl Shape {
-    /// The shape of a stored document (legacy documents carry `@context`).
-    pub fn of_document(document: &Value) -> Self {
-        if document.get("@context").is_some() {
-            Shape::Legacy
-        } else {
-            Shape::Current
-        }
+/// The generation whose shape a stored document has (legacy documents carry `@context`).
+pub fn document_generation(document: &Value) -> Generation {
+    if document.get("@context").is_some() {
+        Generation::Legacy
+    } else {
+        Generation::Current
     }
 }
 
 /// One subscription: a matcher of one connection.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SubscriptionInfo {
-    /// Its generation.
-    pub shape: Shape,
-    /// `exact` or `urlpattern` (current shape only).
+    /// The generation whose document shape it has: [`Generation::Legacy`] for `topic=` selectors
+    /// (JSON-LD, `type: "Subscription"`, `topic`), [`Generation::Current`] for `match` /
+    /// `match_<type>` matchers (plain JSON, `type: "subscription"`, `match_type`, `match`).
+    pub generation: Generation,
+    /// `exact` or `urlpattern` (current generation only).
     pub match_type: &'static str,
     /// The topic selector or matcher, as the subscriber gave it.
     pub pattern: String,
@@ -63,16 +55,18 @@ pub struct SubscriptionInfo {
 impl SubscriptionInfo {
     /// The topic of its events, which is also its id and its API URL path.
     pub fn topic(&self) -> String {
-        match self.shape {
-            Shape::Legacy => legacy_topic(&self.pattern, Some(&self.subscriber)),
-            Shape::Current => current_topic(self.match_type, &self.pattern, Some(&self.subscriber)),
+        match self.generation {
+            Generation::Legacy => legacy_topic(&self.pattern, Some(&self.subscriber)),
+            Generation::Current => {
+                current_topic(self.match_type, &self.pattern, Some(&self.subscriber))
+            }
         }
     }
 
     /// Its document, with `active` as given.
     pub fn document(&self, active: bool) -> Value {
-        let mut doc = match self.shape {
-            Shape::Legacy => json!({
+        let mut doc = match self.generation {
+            Generation::Legacy => json!({
                 "@context": LEGACY_CONTEXT,
                 "id": self.topic(),
                 "type": "Subscription",
@@ -80,7 +74,7 @@ impl SubscriptionInfo {
                 "subscriber": self.subscriber,
                 "active": active,
             }),
-            Shape::Current => json!({
+            Generation::Current => json!({
                 "id": self.topic(),
                 "type": "subscription",
                 "match_type": self.match_type,
@@ -138,9 +132,9 @@ pub enum ApiTarget {
 }
 
 /// Reads the path after `/.well-known/mercure/subscriptions` (`""` or `/a/b…`, still
-/// percent-encoded) as `shape` lays it out, giving the canonical ids to look for; `None` when the
-/// path cannot name anything in that shape.
-pub fn parse_api_path(rest: &str, shape: Shape) -> Option<ApiTarget> {
+/// percent-encoded) as `generation` lays it out, giving the canonical ids to look for; `None` when
+/// the path cannot name anything in that generation's shape.
+pub fn parse_api_path(rest: &str, generation: Generation) -> Option<ApiTarget> {
     let rest = rest.strip_prefix('/').unwrap_or(rest);
     if rest.is_empty() {
         return Some(ApiTarget::All);
@@ -150,17 +144,21 @@ pub fn parse_api_path(rest: &str, shape: Shape) -> Option<ApiTarget> {
         .map(|s| percent_decode_str(s).decode_utf8().map(|c| c.into_owned()))
         .collect::<Result<_, _>>()
         .ok()?;
-    match (shape, segments.as_slice()) {
-        (Shape::Legacy, [topic]) => Some(ApiTarget::Collection(legacy_topic(topic, None))),
-        (Shape::Legacy, [topic, subscriber]) => {
+    match (generation, segments.as_slice()) {
+        (Generation::Legacy, [topic]) => Some(ApiTarget::Collection(legacy_topic(topic, None))),
+        (Generation::Legacy, [topic, subscriber]) => {
             Some(ApiTarget::One(legacy_topic(topic, Some(subscriber))))
         }
-        (Shape::Current, [match_type, pattern]) if is_match_type(match_type) => Some(
+        (Generation::Current, [match_type, pattern]) if is_match_type(match_type) => Some(
             ApiTarget::Collection(current_topic(match_type, pattern, None)),
         ),
-        (Shape::Current, [match_type, pattern, subscriber]) if is_match_type(match_type) => Some(
-            ApiTarget::One(current_topic(match_type, pattern, Some(subscriber))),
-        ),
+        (Generation::Current, [match_type, pattern, subscriber]) if is_match_type(match_type) => {
+            Some(ApiTarget::One(current_topic(
+                match_type,
+                pattern,
+                Some(subscriber),
+            )))
+        }
         _ => None,
     }
 }
@@ -181,9 +179,9 @@ pub fn in_collection(id: &str, collection: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn info(shape: Shape, match_type: &'static str, pattern: &str) -> SubscriptionInfo {
+    fn info(generation: Generation, match_type: &'static str, pattern: &str) -> SubscriptionInfo {
         SubscriptionInfo {
-            shape,
+            generation,
             match_type,
             pattern: pattern.into(),
             subscriber: "urn:uuid:bb3de268-05b0-4c65-b44e-8f9acefc29d6".into(),
@@ -193,13 +191,17 @@ mod tests {
 
     #[test]
     fn topics_encode_each_variable_once_and_whole() {
-        let legacy = info(Shape::Legacy, "exact", "https://example.com/{selector}");
+        let legacy = info(
+            Generation::Legacy,
+            "exact",
+            "https://example.com/{selector}",
+        );
         assert_eq!(
             legacy.topic(),
             "/.well-known/mercure/subscriptions/https%3A%2F%2Fexample.com%2F%7Bselector%7D/urn%3Auuid%3Abb3de268-05b0-4c65-b44e-8f9acefc29d6"
         );
         let current = info(
-            Shape::Current,
+            Generation::Current,
             "urlpattern",
             "https://example.com/:selector",
         );
@@ -214,53 +216,63 @@ mod tests {
 
     #[test]
     fn documents_have_each_generations_fields() {
-        let d = info(Shape::Legacy, "exact", "a").document(true);
+        let d = info(Generation::Legacy, "exact", "a").document(true);
         assert_eq!(d["@context"], LEGACY_CONTEXT);
         assert_eq!(d["type"], "Subscription");
         assert_eq!(d["topic"], "a");
         assert_eq!(d["payload"], json!({"foo": "bar"}));
-        assert_eq!(Shape::of_document(&d), Shape::Legacy);
-        let d = info(Shape::Current, "exact", "a").document(false);
+        assert_eq!(document_generation(&d), Generation::Legacy);
+        let d = info(Generation::Current, "exact", "a").document(false);
         assert_eq!(d["type"], "subscription");
         assert_eq!(d["match_type"], "exact");
         assert_eq!(d["match"], "a");
         assert_eq!(d["active"], false);
         assert!(d.get("@context").is_none());
-        assert_eq!(d["id"], info(Shape::Current, "exact", "a").topic());
-        assert_eq!(Shape::of_document(&d), Shape::Current);
+        assert_eq!(d["id"], info(Generation::Current, "exact", "a").topic());
+        assert_eq!(document_generation(&d), Generation::Current);
     }
 
     #[test]
     fn api_paths_decode_then_reencode_canonically() {
-        assert_eq!(parse_api_path("", Shape::Current), Some(ApiTarget::All));
-        assert_eq!(parse_api_path("/", Shape::Legacy), Some(ApiTarget::All));
+        assert_eq!(
+            parse_api_path("", Generation::Current),
+            Some(ApiTarget::All)
+        );
+        assert_eq!(
+            parse_api_path("/", Generation::Legacy),
+            Some(ApiTarget::All)
+        );
         let one = info(
-            Shape::Current,
+            Generation::Current,
             "urlpattern",
             "https://example.com/:selector",
         );
         // Lower-case hex in the request still finds the canonical id.
         let rest = "/urlpattern/https%3a%2f%2fexample.com%2f%3aselector/urn%3Auuid%3Abb3de268-05b0-4c65-b44e-8f9acefc29d6";
         assert_eq!(
-            parse_api_path(rest, Shape::Current),
+            parse_api_path(rest, Generation::Current),
             Some(ApiTarget::One(one.topic()))
         );
         let Some(ApiTarget::Collection(c)) = parse_api_path(
             "/urlpattern/https%3A%2F%2Fexample.com%2F%3Aselector",
-            Shape::Current,
+            Generation::Current,
         ) else {
             panic!("collection expected");
         };
         assert!(in_collection(&one.topic(), &c));
         assert!(!in_collection(&one.topic(), &c[..c.len() - 1]));
-        assert_eq!(parse_api_path("/regex/x", Shape::Current), None);
-        assert_eq!(parse_api_path("/a/b/c", Shape::Legacy), None);
-        assert_eq!(parse_api_path("/%FF", Shape::Legacy), None);
-        let legacy = info(Shape::Legacy, "exact", "https://example.com/{selector}");
+        assert_eq!(parse_api_path("/regex/x", Generation::Current), None);
+        assert_eq!(parse_api_path("/a/b/c", Generation::Legacy), None);
+        assert_eq!(parse_api_path("/%FF", Generation::Legacy), None);
+        let legacy = info(
+            Generation::Legacy,
+            "exact",
+            "https://example.com/{selector}",
+        );
         assert_eq!(
             parse_api_path(
                 "/https%3A%2F%2Fexample.com%2F%7Bselector%7D/urn%3Auuid%3Abb3de268-05b0-4c65-b44e-8f9acefc29d6",
-                Shape::Legacy
+                Generation::Legacy
             ),
             Some(ApiTarget::One(legacy.topic()))
         );
