@@ -206,6 +206,24 @@ impl ShardIndex {
         }
     }
 
+    /// Ends every subscriber's stream after what it already holds, marked as interrupted (updates
+    /// were lost before this node read them); returns how many.
+    pub(crate) fn interrupt_all(&mut self) -> usize {
+        let slots: Vec<usize> = self.entries.iter().map(|(slot, _)| slot).collect();
+        for &slot in &slots {
+            // Flagged before the entry goes: dropping it closes the queue, which wakes the stream.
+            self.entries[slot]
+                .state
+                .interrupted
+                .store(true, Ordering::Relaxed);
+            self.remove_slot(slot);
+        }
+        self.stats
+            .gap_disconnects
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
+        slots.len()
+    }
+
     /// Closes one subscriber (any), returning whether there was one.
     pub(crate) fn close_one(&mut self) -> bool {
         let slot = self.entries.iter().next().map(|(slot, _)| slot);

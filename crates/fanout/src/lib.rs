@@ -83,7 +83,16 @@ impl Default for FanoutConfig {
 /// channel feeding its dispatch task.
 struct Shard {
     index: Arc<Mutex<ShardIndex>>,
-    inbox: mpsc::Sender<Arc<Envelope>>,
+    inbox: mpsc::Sender<ShardInput>,
+}
+
+/// What a shard's dispatch task takes, in the reader's order.
+enum ShardInput {
+    /// An update to offer.
+    Update(Arc<Envelope>),
+    /// Updates were lost before the reader read them: end every stream (see
+    /// [`Fanout::interrupt_all`]).
+    Interrupt,
 }
 
 /// Handle to the node's fan-out. Cloning is cheap. The shard tasks end when the last handle is
@@ -148,7 +157,20 @@ impl Fanout {
     pub async fn dispatch(&self, envelope: Arc<Envelope>) {
         for shard in &self.inner.shards {
             // A send fails only if the shard task is gone, which happens only at shutdown.
-            let _ = shard.inbox.send(envelope.clone()).await;
+            let _ = shard.inbox.send(ShardInput::Update(envelope.clone())).await;
+        }
+    }
+
+    /// Ends every local subscriber's stream, after the updates dispatched before this call and
+    /// before any dispatched after it, marking it interrupted ([`Subscriber::was_interrupted`]).
+    ///
+    /// The transport reader calls this when updates were lost before it read them (its stream was
+    /// trimmed past what it had read, or recreated): its subscribers have a hole they cannot see.
+    /// Ended, they reconnect with their last event id and are told by the history lookup whether
+    /// they missed something, instead of silently going on after the hole.
+    pub async fn interrupt_all(&self) {
+        for shard in &self.inner.shards {
+            let _ = shard.inbox.send(ShardInput::Interrupt).await;
         }
     }
 
@@ -198,7 +220,7 @@ impl Fanout {
 /// blocks on a subscriber.
 async fn run_shard(
     index: Arc<Mutex<ShardIndex>>,
-    mut inbox: mpsc::Receiver<Arc<Envelope>>,
+    mut inbox: mpsc::Receiver<ShardInput>,
     alarm_tick: std::time::Duration,
 ) {
     let mut batch = Vec::with_capacity(64);
@@ -211,8 +233,16 @@ async fn run_shard(
                     break;
                 }
                 let mut index = index.lock();
-                for envelope in batch.drain(..) {
-                    index.deliver(&envelope);
+                for input in batch.drain(..) {
+                    match input {
+                        ShardInput::Update(envelope) => index.deliver(&envelope),
+                        ShardInput::Interrupt => {
+                            let ended = index.interrupt_all();
+                            if ended > 0 {
+                                tracing::debug!(ended, "streams interrupted by a history gap");
+                            }
+                        }
+                    }
                 }
             }
             _ = tick.tick() => index.lock().ring_alarms(now_ms()),

@@ -10,6 +10,8 @@ pub struct FanoutStats {
     pub delivered: AtomicU64,
     /// Subscribers cut off because their queue was full.
     pub lagged_disconnects: AtomicU64,
+    /// Subscribers whose stream was ended because updates were lost before this node read them.
+    pub gap_disconnects: AtomicU64,
     /// Subscribers currently registered.
     pub subscribers: AtomicI64,
     /// Registered matchers by kind: exact, wildcard, template, URL pattern.

@@ -50,6 +50,9 @@ pub(crate) struct SubscriberState {
     pub(crate) queue: Queue,
     /// Set when the fan-out cut the subscriber off as too slow.
     pub(crate) lagged: AtomicBool,
+    /// Set when the fan-out ended the subscriber's stream because updates it may have matched
+    /// were lost before this node read them ([`crate::Fanout::interrupt_all`]).
+    pub(crate) interrupted: AtomicBool,
     /// When the oldest update still waiting in the queue was queued ([`crate::now_ms`]); 0 when
     /// the queue was last seen empty. The dispatch timeout compares against it.
     pub(crate) waiting_since_ms: AtomicU64,
@@ -63,6 +66,7 @@ impl SubscriberState {
         Self {
             queue: Queue::new(capacity),
             lagged: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             waiting_since_ms: AtomicU64::new(0),
             alarm_ms: AtomicU64::new(0),
         }
@@ -143,6 +147,12 @@ impl Subscriber {
     /// longer than the dispatch timeout).
     pub fn was_cut_off(&self) -> bool {
         self.state.lagged.load(Ordering::Relaxed)
+    }
+
+    /// Whether the fan-out ended this subscriber's stream because updates were lost before this
+    /// node read them: the client must reconnect with its last event id to be told.
+    pub fn was_interrupted(&self) -> bool {
+        self.state.interrupted.load(Ordering::Relaxed)
     }
 
     /// A handle for whoever writes this subscriber's stream, to watch for a cut-off while a write

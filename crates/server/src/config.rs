@@ -88,6 +88,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_BATCH_WINDOW", default_value = "1ms", value_parser = parse_duration)]
     pub redis_batch_window: Duration,
 
+    /// The most bytes one Redis read asks for: reads ask for at most this divided by the largest
+    /// possible entry (about `--max-body-size`) entries, at least 1 and at most 512, so a reply stays
+    /// bounded however large updates are.
+    #[arg(long, env = "QUICKSILVER_REDIS_READ_BUDGET", default_value_t = 16 * 1024 * 1024)]
+    pub redis_read_budget: usize,
+
     /// Also drop history older than this (`0`: keep by count only).
     #[arg(long, env = "QUICKSILVER_HISTORY_MAX_AGE", default_value = "0", value_parser = parse_duration)]
     pub history_max_age: Duration,

@@ -15,6 +15,7 @@ use crate::auth::Authenticator;
 use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
+use quicksilver_transport::Gap;
 use quicksilver_transport::{
     MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport, RegistryOptions,
     SubscriptionRegistry, Transport, UpdateSink,
@@ -23,6 +24,10 @@ use quicksilver_transport::{
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
+
+/// Bytes a Redis stream entry may take beyond the update's own fields (format, timestamps, trace
+/// context).
+const ENTRY_FRAMING: usize = 4 * 1024;
 
 /// Settings the handlers read on every request, resolved once from the [`Config`].
 #[derive(Debug, Clone)]
@@ -109,6 +114,23 @@ impl UpdateSink for FanoutSink {
         self.last_event.set(&envelope.update.id);
         self.fanout.dispatch(envelope).await;
     }
+
+    /// Updates were lost before this node read them. Which topics they had is unknown (trimming
+    /// leaves no trace), and in partitioned mode an update reaches subscribers of its alternate
+    /// topics through its canonical topic's partition, so every local stream is ended: each client
+    /// resumes with its last event id and the history lookup tells it (`earliest`) if it missed
+    /// something. Streams end after what was read before the loss and before anything after it.
+    async fn gap(&self, gap: Gap) {
+        let streams = self.fanout.subscriber_count();
+        tracing::warn!(
+            partition = gap.partition,
+            cause = gap.cause.as_str(),
+            missed = gap.missed,
+            streams,
+            "ending every local stream after a loss in the transport"
+        );
+        self.fanout.interrupt_all().await;
+    }
 }
 
 impl Hub {
@@ -153,6 +175,10 @@ impl Hub {
                         command_timeout: config.redis_timeout,
                         resume_margin: config.redis_resume_margin,
                         batch_window: config.redis_batch_window,
+                        // A stored update is its decoded form plus a little framing; the form's
+                        // encoded body bounds the decoded one.
+                        max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
+                        read_budget: config.redis_read_budget,
                         tls_ca_file: config.redis_tls_ca.clone(),
                         ..RedisConfig::default()
                     })

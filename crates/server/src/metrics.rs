@@ -211,6 +211,12 @@ impl Collector for HubCollector {
             "Subscribers cut off because their queue was full",
             s.lagged_disconnects.load(Ordering::Relaxed),
         )?;
+        counter(
+            &mut encoder,
+            "gap_disconnections",
+            "Subscriber streams ended because updates were lost before this node read them",
+            s.gap_disconnects.load(Ordering::Relaxed),
+        )?;
         let t = self.transport.stats();
         gauge(
             &mut encoder,
@@ -253,6 +259,18 @@ impl Collector for HubCollector {
             "transport_epoch_changes",
             "Streams found recreated (history lost)",
             t.epoch_changes,
+        )?;
+        counter(
+            &mut encoder,
+            "transport_gaps",
+            "Times this node's reader found updates lost before it read them (trimmed, recreated, rolled back)",
+            t.gaps,
+        )?;
+        counter(
+            &mut encoder,
+            "transport_missed_entries",
+            "Updates lost before this node's reader read them, as far as they could be counted",
+            t.missed_entries,
         )?;
         if let Some(registry) = &self.subscriptions {
             let r = registry.stats();

@@ -54,6 +54,49 @@ pub enum TransportError {
 pub trait UpdateSink: Send + Sync + 'static {
     /// Takes one update. May wait (back-pressure on the reader); must not drop it.
     async fn deliver(&self, envelope: Arc<Envelope>);
+
+    /// Updates were lost before this node's reader read them: the stream was trimmed past what the
+    /// reader had read, or recreated, or rolled back by a failover. Called in order: after every
+    /// update read before the loss and before any read after it. The node's subscribers may have
+    /// matched the lost updates and cannot see the hole: the sink must tell them (end their
+    /// streams so they resume with their last event id), never just log.
+    async fn gap(&self, gap: Gap);
+}
+
+/// Updates lost before a node's reader read them (see [`UpdateSink::gap`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Gap {
+    /// The partition (stream) that lost them.
+    pub partition: u16,
+    /// How many, when the transport can count them.
+    pub missed: Option<u64>,
+    /// How they were lost.
+    pub cause: GapCause,
+}
+
+/// Why updates were lost before a reader read them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GapCause {
+    /// The stream was trimmed (length or age limit) past the last entry the reader had read: the
+    /// reader fell further behind than the stream retains.
+    Trimmed,
+    /// The stream was recreated (its epoch changed: Redis restarted without persistence, or the
+    /// stream was deleted).
+    Recreated,
+    /// The stream no longer holds entries the reader had read (a replica without them took over
+    /// after a failover): what was published after them may be missing too.
+    RolledBack,
+}
+
+impl GapCause {
+    /// A short name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GapCause::Trimmed => "trimmed",
+            GapCause::Recreated => "recreated",
+            GapCause::RolledBack => "rolled_back",
+        }
+    }
 }
 
 /// The updates a reconnecting subscriber missed.
@@ -88,6 +131,11 @@ pub struct TransportStats {
     pub history_cache_misses: u64,
     /// Times a stream was found recreated (its history lost).
     pub epoch_changes: u64,
+    /// Times a reader found updates lost before it read them (each told to the sink as a
+    /// [`Gap`]).
+    pub gaps: u64,
+    /// Updates lost before this node's readers read them, as far as they could be counted.
+    pub missed_entries: u64,
 }
 
 /// A place updates are stored, ordered and read back.

@@ -150,12 +150,21 @@ impl Transport for MemoryTransport {
 
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
         let ring = self.ring.lock().await;
+        // Everything numbered so far was covered by this read, even what the reader has not handed
+        // to the fan-out yet: the caller (registered before asking) would otherwise receive it live
+        // too, the anchor itself included.
+        let high_water = ring
+            .next_seq
+            .checked_sub(1)
+            .filter(|&seq| seq > 0)
+            .map(|seq| vec![Position::new(0, 0, seq)])
+            .unwrap_or_default();
         if last_event_id == EARLIEST {
             self.history_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(HistoryReply {
                 anchor: None,
                 entries: ring.after(None),
-                ..HistoryReply::default()
+                high_water,
             });
         }
         let (counter, reply) = match ring.ids.get(last_event_id) {
@@ -164,10 +173,18 @@ impl Transport for MemoryTransport {
                 HistoryReply {
                     anchor: Some(last_event_id.to_string()),
                     entries: ring.after(Some(*seq)),
+                    high_water,
+                },
+            ),
+            // Unknown: nothing is replayed, and what was published before the call is history the
+            // caller is told (`earliest`) it may have missed, not live updates.
+            None => (
+                &self.history_misses,
+                HistoryReply {
+                    high_water,
                     ..HistoryReply::default()
                 },
             ),
-            None => (&self.history_misses, HistoryReply::default()),
         };
         counter.fetch_add(1, Ordering::Relaxed);
         Ok(reply)
@@ -230,6 +247,10 @@ mod tests {
         async fn deliver(&self, envelope: Arc<Envelope>) {
             let _ = self.0.send(envelope);
         }
+
+        async fn gap(&self, gap: crate::Gap) {
+            panic!("the in-memory transport never loses an update: {gap:?}");
+        }
     }
 
     #[tokio::test]
@@ -247,6 +268,30 @@ mod tests {
         let gone = t.history("a").await.unwrap();
         assert!(gone.entries.is_empty() && gone.anchor.is_none());
         assert!(t.history("d").await.unwrap().entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_history_read_covers_what_the_reader_has_not_handed_over_yet() {
+        // No reader started: every update is still on its way to the fan-out.
+        let t = MemoryTransport::new(10);
+        for id in ["a", "b"] {
+            t.publish(update(id)).await.unwrap();
+        }
+        // Resuming at the newest update: nothing to replay, but the read covered it, so the
+        // subscriber's live queue must not hand it over again.
+        let at_b = t.history("b").await.unwrap();
+        assert!(at_b.entries.is_empty());
+        assert_eq!(at_b.high_water, vec![Position::new(0, 0, 2)]);
+        assert_eq!(
+            t.history("unknown").await.unwrap().high_water,
+            vec![Position::new(0, 0, 2)]
+        );
+        assert!(MemoryTransport::new(10)
+            .history("earliest")
+            .await
+            .unwrap()
+            .high_water
+            .is_empty());
     }
 
     #[tokio::test]

@@ -91,7 +91,8 @@ use quicksilver_protocol::{Position, Update};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
+    RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_READ_BUDGET,
+    DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
 };
 /// The stream entry codec, public for the codec benchmark.
 pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryError};
@@ -145,6 +146,9 @@ pub(crate) struct Shared {
     health: Health,
     counters: Counters,
     flights: SingleFlight<history::Flight>,
+    /// Index = partition: the newest position the reader has read and cached (`None` before its
+    /// first warm-up). History waits on it before calling an id unknown (see `history`).
+    progress: Vec<tokio::sync::watch::Sender<Option<Position>>>,
 }
 
 impl RedisTransport {
@@ -168,6 +172,9 @@ impl RedisTransport {
             health: Health::new(settings.partitions),
             counters: Counters::default(),
             flights: SingleFlight::new(),
+            progress: (0..settings.partitions)
+                .map(|_| tokio::sync::watch::channel(None).0)
+                .collect(),
             settings,
         };
         Ok(Self {
@@ -318,6 +325,8 @@ impl Transport for RedisTransport {
             history_cache_hits: s.history_cache_hits,
             history_cache_misses: s.history_redis_scans,
             epoch_changes: s.epoch_changes,
+            gaps: s.trimmed_gaps + s.rollbacks + s.recreations,
+            missed_entries: s.missed_entries,
         }
     }
 

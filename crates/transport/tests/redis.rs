@@ -7,11 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Position, Update};
 use quicksilver_testkit::redis::RedisOptions;
 use quicksilver_testkit::{RedisCluster, RedisServer};
 use quicksilver_transport::redis::{hash_slot, RedisConfig, RedisTransport};
-use quicksilver_transport::{HistoryReply, Transport, TransportError, UpdateSink};
+use quicksilver_transport::{Gap, GapCause, HistoryReply, Transport, TransportError, UpdateSink};
 use tokio::sync::mpsc;
 
 /// Upper bound on any single test.
@@ -19,12 +20,18 @@ const TEST_LIMIT: Duration = Duration::from_secs(60);
 /// Upper bound on waiting for something that should happen promptly.
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Collect(mpsc::UnboundedSender<Arc<Envelope>>);
+/// A sink that passes updates on to a channel and keeps the losses it is told of.
+struct Collect {
+    tx: mpsc::UnboundedSender<Arc<Envelope>>,
+    gaps: Arc<Mutex<Vec<Gap>>>,
+}
 
-/// A sink that holds the reader until permits are added: a node whose fan-out is stuck.
+/// A sink that holds the reader until permits are added (a node whose fan-out is stuck), and logs
+/// what it is handed, updates and losses, in order.
 struct Gated {
     tx: mpsc::UnboundedSender<Arc<Envelope>>,
     gate: Arc<tokio::sync::Semaphore>,
+    log: Arc<Mutex<Vec<String>>>,
 }
 
 #[async_trait]
@@ -33,14 +40,23 @@ impl UpdateSink for Gated {
         if let Ok(permit) = self.gate.acquire().await {
             permit.forget();
         }
+        self.log.lock().push(envelope.update.id.clone());
         let _ = self.tx.send(envelope);
+    }
+
+    async fn gap(&self, gap: Gap) {
+        self.log.lock().push(format!("gap {gap:?}"));
     }
 }
 
 #[async_trait]
 impl UpdateSink for Collect {
     async fn deliver(&self, envelope: Arc<Envelope>) {
-        let _ = self.0.send(envelope);
+        let _ = self.tx.send(envelope);
+    }
+
+    async fn gap(&self, gap: Gap) {
+        self.gaps.lock().push(gap);
     }
 }
 
@@ -66,11 +82,27 @@ fn config(url: String) -> RedisConfig {
 
 /// A transport whose reader delivers into the returned channel, once it is ready.
 async fn node(config: RedisConfig) -> (RedisTransport, mpsc::UnboundedReceiver<Arc<Envelope>>) {
+    let (transport, rx, _) = node_with_gaps(config).await;
+    (transport, rx)
+}
+
+/// [`node`], and the losses its reader reports.
+async fn node_with_gaps(
+    config: RedisConfig,
+) -> (
+    RedisTransport,
+    mpsc::UnboundedReceiver<Arc<Envelope>>,
+    Arc<Mutex<Vec<Gap>>>,
+) {
     let transport = RedisTransport::new(config).expect("valid config");
     let (tx, rx) = mpsc::unbounded_channel();
-    transport.start_reader(Arc::new(Collect(tx)));
+    let gaps = Arc::new(Mutex::new(Vec::new()));
+    transport.start_reader(Arc::new(Collect {
+        tx,
+        gaps: gaps.clone(),
+    }));
     wait_until("transport ready", || transport.is_ready()).await;
-    (transport, rx)
+    (transport, rx, gaps)
 }
 
 async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
@@ -562,7 +594,7 @@ async fn a_restart_without_persistence_changes_the_epoch() {
 async fn a_stream_trimmed_past_the_reader_is_detected() {
     let redis = RedisServer::start();
     bounded(async {
-        let (t, mut rx) = node(config(redis.url())).await;
+        let (t, mut rx, gaps) = node_with_gaps(config(redis.url())).await;
         t.publish(update("g0", "/t")).await.unwrap();
         receive(&mut rx, 1).await;
         let key = t.stream_keys()[0].clone();
@@ -575,6 +607,16 @@ async fn a_stream_trimmed_past_the_reader_is_detected() {
             .command(&["CLIENT", "KILL", "TYPE", "normal"])
             .unwrap();
         wait_until("gap counted", || t.stats().trimmed_gaps == 1).await;
+        // Told to the sink, with the count of what was lost.
+        assert_eq!(
+            *gaps.lock(),
+            [Gap {
+                partition: 0,
+                missed: Some(2),
+                cause: GapCause::Trimmed
+            }]
+        );
+        assert_eq!(t.stats().missed_entries, 2);
         publish_retrying(&t, update("g1", "/t")).await;
         assert_eq!(ids(&receive(&mut rx, 1).await), vec!["g1"]);
     })
@@ -746,9 +788,11 @@ async fn a_reader_left_behind_by_trimming_reports_the_loss() {
         .unwrap();
         let (tx, mut rx) = mpsc::unbounded_channel();
         let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let log = Arc::new(Mutex::new(Vec::new()));
         t.start_reader(Arc::new(Gated {
             tx,
             gate: gate.clone(),
+            log: log.clone(),
         }));
         wait_until("ready", || t.is_ready()).await;
         t.publish(update("first", "/t")).await.unwrap();
@@ -763,6 +807,18 @@ async fn a_reader_left_behind_by_trimming_reports_the_loss() {
             }
         }
         assert_eq!(t.stats().trimmed_gaps, 1);
+        // The loss is handed over in order: after what was read before it, before anything after.
+        let log = log.lock().clone();
+        assert_eq!(log[0], "first");
+        assert!(log[1].starts_with("gap"), "{:?}", &log[..3]);
+        let missed = t.stats().missed_entries;
+        let delivered_after = (log.len() - 2) as u64;
+        assert_eq!(
+            missed + delivered_after,
+            3_000,
+            "every update is either delivered or counted as missed"
+        );
+        assert!(log[2..].iter().all(|id| id.starts_with('x')));
         let all = t.history("earliest").await.unwrap();
         assert_eq!(reply_ids(&all).last(), Some(&"x2999"));
     })

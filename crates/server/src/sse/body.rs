@@ -42,6 +42,9 @@ pub enum EndReason {
     WriteTimeout,
     /// The hub closed the subscription (shutdown or drain).
     Closed,
+    /// Updates the subscriber may have matched were lost before this node read them: it must
+    /// reconnect with its last event id to be told (see `Fanout::interrupt_all`).
+    Interrupted,
 }
 
 /// The body of a subscription response.
@@ -59,8 +62,8 @@ pub struct SubscriberStream {
     /// When the stream ends ([`now_ms`]): the maximum connection life or the token's expiry.
     deadline_ms: Option<u64>,
     ended: Option<EndReason>,
-    /// Sent as `retry:` (milliseconds) just before the stream ends because the hub closed it
-    /// (draining); encoded only then, so an idle stream holds no frame for it.
+    /// Sent as `retry:` (milliseconds) just before the stream ends because the hub closed or
+    /// interrupted it; encoded only then, so an idle stream holds no frame for it.
     closing_retry: Option<u32>,
     /// Accept-to-write latency of live updates, when measured.
     latency: Option<Histogram>,
@@ -243,6 +246,9 @@ impl Body for SubscriberStream {
                         return Poll::Ready(Some(Ok(Frame::data(sse::encode_retry(u64::from(
                             retry,
                         ))))));
+                    }
+                    if this.subscriber.was_interrupted() {
+                        return this.end(EndReason::Interrupted);
                     }
                     return this.end(EndReason::Closed);
                 }

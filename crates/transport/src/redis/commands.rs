@@ -17,10 +17,6 @@ use super::connection::{timed, CallError, Conn};
 use super::entry::{self, EntryError, FIELD_UPDATE, FIELD_VERSION, FORMAT_V1};
 use super::pool::ConnectionPool;
 
-/// Entries per `XRANGE`/`XREVRANGE` batch: large enough to amortize round trips, small enough that
-/// one reply stays well under the command timeout.
-pub(crate) const SCAN_BATCH: usize = 1_000;
-
 /// Where a command is sent.
 pub(crate) enum Via<'a> {
     /// Through the shared pool, counting each command sent in `sent`.
@@ -88,12 +84,14 @@ pub(crate) enum TailEnd {
     Before(Position),
 }
 
-/// Up to `limit` entries of `key` from `end` backwards, in batches.
+/// Up to `limit` entries of `key` from `end` backwards, in batches of `batch` entries (sized by
+/// bytes: see `RedisConfig::read_budget`).
 pub(crate) async fn read_tail(
     via: &mut Via<'_>,
     key: &str,
     end: TailEnd,
     limit: usize,
+    batch: usize,
 ) -> Result<Tail, CallError> {
     let mut newest_first: Vec<StreamId> = Vec::new();
     let mut end = match end {
@@ -103,7 +101,7 @@ pub(crate) async fn read_tail(
     };
     let mut exhausted = false;
     while newest_first.len() < limit {
-        let count = SCAN_BATCH.min(limit - newest_first.len());
+        let count = batch.max(1).min(limit - newest_first.len());
         let mut cmd = redis::cmd("XREVRANGE");
         cmd.arg(key).arg(&end).arg("-").arg("COUNT").arg(count);
         let reply: StreamRangeReply = via.query(&cmd).await?;
@@ -214,6 +212,46 @@ pub(crate) async fn stream_info(
         last_generated: Position::parse_stream_id(partition, &last).unwrap_or(zero),
         max_deleted: Position::parse_stream_id(partition, &deleted).unwrap_or(zero),
     })
+}
+
+/// Reads the stream's counters and the entries after a position in one atomic step: whether
+/// entries were removed after that position is then known exactly (nothing can be trimmed between
+/// the two reads).
+const CHECKED_READ_SCRIPT: &str = "\
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', '0-0', {}} end
+local info = redis.call('XINFO', 'STREAM', KEYS[1])
+local f = {}
+for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
+return {f['entries-added'] or -1, f['length'], f['last-generated-id'], f['max-deleted-entry-id'] or '0-0', entries}";
+
+/// Up to `count` entries after `after`, with the stream's counters at the same instant (see
+/// [`CHECKED_READ_SCRIPT`]). Does not wait for entries: used by a reader that is behind.
+pub(crate) async fn read_checked(
+    via: &mut Via<'_>,
+    key: &str,
+    after: Position,
+    count: usize,
+) -> Result<(StreamInfo, Vec<StreamId>), CallError> {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(CHECKED_READ_SCRIPT)
+        .arg(1)
+        .arg(key)
+        .arg(after.stream_id())
+        .arg(count);
+    let (added, length, last, deleted, entries): (i64, i64, String, String, StreamRangeReply) =
+        via.query(&cmd).await?;
+    let partition = after.partition;
+    let zero = Position::new(partition, 0, 0);
+    Ok((
+        StreamInfo {
+            entries_added: u64::try_from(added).ok(),
+            length: u64::try_from(length).unwrap_or(0),
+            last_generated: Position::parse_stream_id(partition, &last).unwrap_or(zero),
+            max_deleted: Position::parse_stream_id(partition, &deleted).unwrap_or(zero),
+        },
+        entries.ids,
+    ))
 }
 
 /// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`.

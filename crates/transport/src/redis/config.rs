@@ -21,6 +21,12 @@ pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// Longest accepted [`RedisConfig::batch_window`].
 pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
+/// Default [`RedisConfig::read_budget`].
+pub const DEFAULT_READ_BUDGET: usize = 16 * 1024 * 1024;
+
+/// Most entries one read or one history scan command asks for, however small entries are.
+pub(crate) const MAX_READ_COUNT: usize = 512;
+
 /// Streams keep at least this many entries whatever `history_size` says, so a reader that was
 /// disconnected for a moment still finds what it missed (history replies still hold at most
 /// `history_size` entries per partition).
@@ -70,6 +76,13 @@ pub struct RedisConfig {
     /// PEM file of the certificate authorities trusted for `rediss://` servers, instead of the
     /// system's roots (a private CA is the usual case for Redis). Read once, at start.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// The largest stream entry publishes can create, in bytes (the server's maximum body size
+    /// plus the entry's framing). Reads are sized from it.
+    pub max_entry_bytes: usize,
+    /// The most bytes one read asks Redis for: a read asks for at most
+    /// `read_budget / max_entry_bytes` entries (at least 1, at most 512), so a reply stays bounded
+    /// in Redis's output buffer and in this node's memory however large updates are.
+    pub read_budget: usize,
 }
 
 impl RedisConfig {
@@ -103,6 +116,8 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_secs(2),
             resume_margin: Duration::from_secs(5),
             tls_ca_file: None,
+            max_entry_bytes: 1024 * 1024 + 64 * 1024,
+            read_budget: DEFAULT_READ_BUDGET,
         }
     }
 }
@@ -146,6 +161,8 @@ pub(crate) struct Settings {
     pub(crate) resume_margin: Duration,
     /// PEM bytes of the trusted CAs for `rediss://` (`None`: the system's roots).
     pub(crate) tls_ca: Option<Vec<u8>>,
+    /// Entries one read or scan command asks for (see [`RedisConfig::read_budget`]).
+    pub(crate) read_count: usize,
 }
 
 impl Settings {
@@ -171,6 +188,9 @@ impl Settings {
         }
         if config.command_timeout.is_zero() {
             return invalid("command_timeout must be positive");
+        }
+        if config.max_entry_bytes == 0 || config.read_budget == 0 {
+            return invalid("max_entry_bytes and read_budget must be positive");
         }
         let cache_capacity = config
             .tail_cache_size
@@ -201,6 +221,7 @@ impl Settings {
             command_timeout: config.command_timeout,
             resume_margin: config.resume_margin,
             tls_ca,
+            read_count: (config.read_budget / config.max_entry_bytes).clamp(1, MAX_READ_COUNT),
         })
     }
 
@@ -238,6 +259,27 @@ mod tests {
         })
         .unwrap();
         assert_eq!(s.cache_capacity, 50, "never more than history_size");
+    }
+
+    #[test]
+    fn reads_are_sized_by_bytes() {
+        let read_count = |max_entry_bytes, read_budget| {
+            Settings::resolve(&RedisConfig {
+                max_entry_bytes,
+                read_budget,
+                ..RedisConfig::new("redis://x")
+            })
+            .map(|s| s.read_count)
+            .ok()
+        };
+        assert_eq!(read_count(1 << 20, 16 << 20), Some(16));
+        assert_eq!(read_count(1 << 10, 16 << 20), Some(MAX_READ_COUNT));
+        assert_eq!(
+            read_count(64 << 20, 16 << 20),
+            Some(1),
+            "one entry at least"
+        );
+        assert_eq!(read_count(0, 1), None);
     }
 
     #[test]

@@ -13,6 +13,17 @@
 //! the resume margin, merged by `(stream time, partition, sequence)`; see the `redis` module docs for
 //! what that guarantees. Each partition read contributes its high-water mark: the newest position the
 //! read covered, whether or not an entry of it was returned.
+//!
+//! # What a reply promises
+//! The caller (a subscriber) registered for live updates before asking, so a reply must cover
+//! everything up to the moment of the call: what the live queue will not hold.
+//! - A caller that joins a scan already in flight gets a snapshot that may predate its
+//!   registration. The reply is topped up from the tail cache with everything after the snapshot's
+//!   high-water marks; when the cache no longer reaches back to them, the caller scans alone.
+//! - An id is only called unknown once this node's readers have read up to where the streams
+//!   ended when it was asked (waiting at most the command timeout): an id published moments ago
+//!   through another node is otherwise not yet in the cache, and the caller would be told
+//!   `earliest` and then receive, live, updates it already had.
 
 use std::sync::Arc;
 
@@ -21,6 +32,7 @@ use quicksilver_protocol::{Envelope, Position, EARLIEST};
 use super::cache::CacheSlice;
 use super::commands::{self, TailEnd, Via};
 use super::connection::CallError;
+use super::singleflight::Joined;
 use super::status::Counters;
 use super::Shared;
 use crate::{HistoryReply, TransportError};
@@ -62,15 +74,28 @@ pub(crate) async fn history(
     if shared.settings.history_size == 0 {
         return Ok(HistoryReply::default());
     }
+    let reply = lookup(shared, last_event_id).await?;
+    if reply.anchor.is_some() || last_event_id == EARLIEST {
+        return Ok(reply);
+    }
+    // Unknown so far: perhaps only because this node has not read it yet.
+    if catch_up(shared).await {
+        return lookup(shared, last_event_id).await;
+    }
+    Ok(reply)
+}
+
+/// One lookup: the caches, else a (shared) scan of Redis.
+async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryReply, TransportError> {
     if let Some(resolution) = from_cache(shared, last_event_id) {
         Counters::bump(&shared.counters.history_cache_hits);
         return Ok(resolution.into_reply());
     }
     let slow = shared.clone();
     let id = last_event_id.to_string();
-    let flight = shared
+    let (flight, joined) = shared
         .flights
-        .run(last_event_id, move || async move {
+        .run_or_join(last_event_id, move || async move {
             from_redis(&slow, &id)
                 .await
                 .map(Arc::new)
@@ -78,10 +103,96 @@ pub(crate) async fn history(
         })
         .await;
     match flight {
-        Some(Ok(resolution)) => Ok(resolution.to_reply()),
+        Some(Ok(resolution)) if joined == Joined(false) => Ok(resolution.to_reply()),
+        Some(Ok(resolution)) => match top_up(shared, &resolution) {
+            Some(reply) => Ok(reply),
+            None => {
+                // The cache moved on past the shared snapshot: this caller reads alone.
+                Counters::bump(&shared.counters.history_rescans);
+                from_redis(shared, last_event_id)
+                    .await
+                    .map(Resolution::into_reply)
+                    .map_err(TransportError::from)
+            }
+        },
         Some(Err(reason)) => Err(TransportError::Unavailable(reason)),
         None => Err(TransportError::Unavailable("history scan failed".into())),
     }
+}
+
+/// A shared snapshot, completed with everything the readers cached after its high-water marks;
+/// `None` when a cache no longer holds a mark (evicted or reset since).
+fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
+    let mut reply = resolution.to_reply();
+    if reply.anchor.is_none() {
+        // Unknown id (or `earliest` answered from a snapshot): nothing was promised after it.
+        if reply.entries.is_empty() {
+            return Some(reply);
+        }
+    }
+    let mut high_water = Vec::with_capacity(shared.caches.len());
+    for (q, cache) in shared.caches.iter().enumerate() {
+        let cache = cache.read();
+        let mark = resolution
+            .high_water
+            .iter()
+            .find(|p| usize::from(p.partition) == q)
+            .copied();
+        let newer = match mark {
+            // The cache must still hold the mark itself for what follows to be contiguous with it.
+            Some(mark) if cache.first().is_some_and(|first| !first.is_after(&mark)) => {
+                cache.after(mark)
+            }
+            Some(mark) if cache.last() == Some(mark) => CacheSlice {
+                entries: Vec::new(),
+                last: Some(mark),
+            },
+            Some(_) => return None,
+            // The snapshot saw nothing of this partition: all it holds now is newer, if it holds
+            // everything the stream has.
+            None if cache.covers_history(shared.settings.history_size) => cache.all(),
+            None => return None,
+        };
+        high_water.extend(newer.last.or(mark));
+        reply.entries.extend(newer.entries);
+    }
+    if shared.caches.len() > 1 {
+        reply.entries.sort_by_key(|e| order(&e.position));
+    }
+    reply.high_water = high_water;
+    Some(reply)
+}
+
+/// Waits (at most the command timeout) for every reader to reach where its stream ended when
+/// called; `true` when one had to catch up (a new lookup may then find more).
+async fn catch_up(shared: &Shared) -> bool {
+    let deadline = tokio::time::Instant::now() + shared.settings.command_timeout;
+    let mut waited = false;
+    for partition in 0..shared.settings.partitions {
+        let key = &shared.keys[usize::from(partition)].stream;
+        let mut via = Via::Pool {
+            pool: &shared.pool,
+            sent: &shared.counters.history_redis_commands,
+        };
+        let Ok(info) = commands::stream_info(&mut via, key, partition).await else {
+            return waited;
+        };
+        let end = info.last_generated;
+        let mut progress = shared.progress[usize::from(partition)].subscribe();
+        let reached = |p: &Option<Position>| p.is_some_and(|p| !end.is_after(&p));
+        if reached(&progress.borrow()) {
+            continue;
+        }
+        waited = true;
+        if tokio::time::timeout_at(deadline, progress.wait_for(reached))
+            .await
+            .is_err()
+        {
+            tracing::debug!(partition, "history: the reader did not catch up in time");
+            return waited;
+        }
+    }
+    waited
 }
 
 /// The fast path: `None` when the caches cannot answer alone.
@@ -207,7 +318,7 @@ async fn load_window(shared: &Shared, partition: u16) -> Result<CacheSlice, Call
     };
     let need = history_size.saturating_sub(cached.entries.len());
     let end = first.map_or(TailEnd::Newest, TailEnd::Before);
-    let older = commands::read_tail(&mut via, key, end, need).await?;
+    let older = commands::read_tail(&mut via, key, end, need, shared.settings.read_count).await?;
     let mut entries = commands::decode_all(partition, older.entries, |id, e| {
         // Counted by the readers; history scans see the same entries again and again.
         tracing::debug!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");

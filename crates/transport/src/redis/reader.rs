@@ -22,13 +22,30 @@
 //! changing topics (many documents edited at once) gain nothing from that and are not delayed, nor
 //! is an update after a quiet spell: the blocking `XREAD` already waiting reads it at once.
 //!
-//! Before reading on after a reconnection, and after every full batch (when it may be falling behind),
-//! it also checks whether Redis removed entries it had not read yet; those are lost for this node,
-//! which it logs and counts. Trimming leaves no trace of what it removed, so the check counts: the
-//! reader tracks the ordinal of its last entry (Redis 7's `entries-added` when it read the newest
-//! entry, plus one per entry since), and entries were trimmed past it when
-//! `entries-added - length` (entries ever removed, all from the front unless `XDEL`ed) exceeds it.
-//! `XDEL`s past it show in `max-deleted-entry-id`. On Redis before 7 the check is skipped.
+//! # Nothing lost silently
+//! A reader that falls further behind than its stream retains (a paused or overloaded node, a long
+//! reconnection) would find the entries it had not read trimmed away, and its subscribers would
+//! silently miss them. So whenever that is possible the reader reads *checked*: one script reads
+//! the stream's counters and the entries after its position in the same instant, and the counters
+//! say exactly whether anything after that position was removed. Trimming leaves no trace of what it
+//! removed, so the check counts: the reader tracks the ordinal of its last entry (Redis 7's
+//! `entries-added` when it read the newest entry, plus one per entry since), and entries after it
+//! were trimmed when `entries-added - length` (entries ever removed, all from the front unless
+//! `XDEL`ed) exceeds it; `XDEL`s past it show in `max-deleted-entry-id`; a stream whose newest id
+//! or count went backwards rolled back (a replica without the newest entries took over).
+//!
+//! Reads are checked after a (re)connection, periodically, and while the reader is behind. A plain
+//! `XREAD` is safe otherwise: the stream keeps at least `stream_len` entries, so if entries after
+//! the reader's position had been trimmed, the read would return a full batch of what is left;
+//! a read that returns less cannot have skipped anything (with an age limit, also unless the
+//! reader's position is about as old as the limit). A full batch, or one that old, is not handed
+//! over: it is read again checked.
+//!
+//! A loss found is handed to the sink as a [`Gap`] before anything read after it, counted, and
+//! logged with the number of entries missed (when Redis 7 can count them); the node then ends its
+//! subscribers' streams so they resume with their last event id and are told. The same happens
+//! when the stream was recreated under a live reader (its epoch changed and its entries are gone).
+//! On Redis before 7 trimming cannot be counted and is not detected.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,20 +57,22 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::commands::{self, TailEnd, Via};
+use super::commands::{self, StreamInfo, TailEnd, Via};
 use super::connection::{CallError, Conn};
 use super::status::Counters;
 use super::Shared;
-use crate::UpdateSink;
+use crate::{Gap, GapCause, UpdateSink};
 
-/// Entries per `XREAD`.
-const READ_COUNT: usize = 512;
-
-/// How often a connected reader re-reads the stream's epoch.
+/// How often a connected reader re-reads the stream's epoch, and reads checked once (which finds a
+/// rollback by a failover that the connection did not notice).
 const EPOCH_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 /// How often a reader that lost track of its ordinal tries to find it again (see the module docs).
 const RESYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// With an age limit, a reader whose position is older than the limit minus this reads checked:
+/// room for the clock difference between this node and Redis.
+const AGE_SLACK_MS: u64 = 2_000;
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -69,8 +88,8 @@ pub(crate) struct StreamReader {
     epoch: Option<String>,
     /// The `entries-added` ordinal of `last`, when known (see the module docs).
     ordinal: Option<u64>,
-    /// A loss was reported up to this position: do not report it again until the reader passes it.
-    reported_until: Option<Position>,
+    /// Read checked (see the module docs): after a reconnection, periodically, and while behind.
+    checked: bool,
     /// The last update handed over, whose first topic the next is compared with (for pacing, see
     /// the module docs).
     last_handed: Option<Arc<Envelope>>,
@@ -93,7 +112,7 @@ impl StreamReader {
             last: None,
             epoch: None,
             ordinal: None,
-            reported_until: None,
+            checked: false,
             last_handed: None,
         }
     }
@@ -139,7 +158,8 @@ impl StreamReader {
             Some(last) if self.epoch.as_deref() != Some(epoch.as_str()) => {
                 self.epoch_changed(&mut conn, last).await?
             }
-            Some(_) => self.check_gap(&mut conn).await?,
+            // Whatever happened while disconnected shows in the first (checked) read.
+            Some(_) => self.checked = true,
         }
         self.epoch = Some(epoch);
         shared.health.set_reader(self.partition, true);
@@ -149,6 +169,7 @@ impl StreamReader {
         let mut epoch_checked = Instant::now();
         let mut resync_tried = Instant::now();
         let window = settings.batch_window;
+        let count = settings.read_count;
         let mut handed_over: Option<Instant> = None;
         let mut pace = false;
         loop {
@@ -157,16 +178,36 @@ impl StreamReader {
                 tokio::time::sleep_until(at + window).await;
             }
             let after = self.last.unwrap_or(Position::new(self.partition, 0, 0));
-            let raw = commands::read_after(
-                &mut conn,
-                &keys.stream,
-                after,
-                READ_COUNT,
-                settings.block,
-                timeout,
-            )
-            .await?;
-            let full = raw.len() >= READ_COUNT;
+            let raw = if self.checked {
+                let (info, raw) = commands::read_checked(
+                    &mut via(&mut conn, timeout),
+                    &keys.stream,
+                    after,
+                    count,
+                )
+                .await?;
+                self.account(&info, raw.len()).await;
+                self.checked = raw.len() >= count;
+                raw
+            } else {
+                let raw = commands::read_after(
+                    &mut conn,
+                    &keys.stream,
+                    after,
+                    count,
+                    settings.block,
+                    timeout,
+                )
+                .await?;
+                if raw.len() >= count || self.older_than_age_limit() {
+                    // It may have skipped trimmed entries: read it again, checked.
+                    self.checked = true;
+                    continue;
+                }
+                self.ordinal = self.ordinal.map(|k| k + raw.len() as u64);
+                raw
+            };
+            let full = raw.len() >= count;
             if !raw.is_empty() {
                 let recent = handed_over.is_some_and(|at| at.elapsed() < window);
                 let repeats = self.take(raw).await;
@@ -188,13 +229,112 @@ impl StreamReader {
                     }
                     self.epoch = Some(epoch);
                 }
+                self.checked = true;
             }
-            let resync = self.ordinal.is_none() && resync_tried.elapsed() >= RESYNC_EVERY;
-            if full || resync {
+            if self.ordinal.is_none() && resync_tried.elapsed() >= RESYNC_EVERY {
+                // Redis 7 counts entries, but the ordinal was lost: the next checked read re-learns
+                // it when it reaches the newest entry.
                 resync_tried = Instant::now();
-                self.check_gap(&mut conn).await?;
+                self.checked = true;
             }
         }
+    }
+
+    /// Whether, with an age limit, the last entry read is about as old as the limit: entries after
+    /// it may have been trimmed by age whatever the stream's length.
+    fn older_than_age_limit(&self) -> bool {
+        match (self.shared.settings.max_age, self.last) {
+            (Some(age), Some(last)) => {
+                let now_ms = crate::now_micros() / 1_000;
+                now_ms.saturating_sub(last.ms) + AGE_SLACK_MS > age.as_millis() as u64
+            }
+            _ => false,
+        }
+    }
+
+    /// Reads the counters of a checked read of `read` entries after the last one: reports a loss
+    /// (before the entries are handed over), and keeps the ordinal and the lag up to date.
+    async fn account(&mut self, info: &StreamInfo, read: usize) {
+        let Some(last) = self.last else {
+            return;
+        };
+        let read = read as u64;
+        let removed = info
+            .entries_added
+            .map(|added| added.saturating_sub(info.length));
+        let rolled_back = last.is_after(&info.last_generated)
+            || matches!((info.entries_added, self.ordinal), (Some(added), Some(k)) if added < k);
+        if rolled_back {
+            Counters::bump(&self.shared.counters.rollbacks);
+            // The new master's entries are read from its own newest one on: what it holds up to
+            // there was read already (it precedes what it lost).
+            self.last = Some(info.last_generated);
+            self.ordinal = info.entries_added;
+            self.report(GapCause::RolledBack, None, last).await;
+            self.advanced();
+            return;
+        }
+        let trimmed = match (self.ordinal, removed) {
+            (Some(k), Some(r)) if r > k => Some(r - k),
+            _ => None,
+        };
+        let deleted = info.max_deleted.is_after(&last);
+        if let Some(missed) = trimmed {
+            Counters::bump(&self.shared.counters.trimmed_gaps);
+            // What the read returned starts at the first entry left: its ordinal is `removed + 1`.
+            self.ordinal = removed.map(|r| r + read);
+            self.report(GapCause::Trimmed, Some(missed), last).await;
+        } else if deleted {
+            Counters::bump(&self.shared.counters.trimmed_gaps);
+            self.ordinal = None;
+            self.report(GapCause::Trimmed, None, last).await;
+        } else {
+            self.ordinal = self.ordinal.map(|k| k + read);
+        }
+        if self.ordinal.is_none() && read == 0 && info.last_generated == last {
+            self.ordinal = info.entries_added;
+        }
+        // Behind by the entries added after those read (at least a batch when that cannot be
+        // counted and the read was full).
+        let lag = match (info.entries_added, self.ordinal) {
+            (Some(added), Some(k)) => added.saturating_sub(k),
+            _ if read >= self.shared.settings.read_count as u64 => read,
+            _ => 0,
+        };
+        self.shared.lags[usize::from(self.partition)]
+            .store(lag, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Tells the sink that updates after `last` were lost, logs and counts it; the tail cache is
+    /// emptied (it must stay a contiguous run of the stream; older history comes from Redis).
+    async fn report(&mut self, cause: GapCause, missed: Option<u64>, last: Position) {
+        let shared = self.shared.clone();
+        let key = &shared.keys[usize::from(self.partition)].stream;
+        if let Some(n) = missed {
+            shared
+                .counters
+                .missed_entries
+                .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+        tracing::warn!(
+            partition = self.partition,
+            stream = %key,
+            last = %last,
+            missed = missed.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
+            cause = cause.as_str(),
+            "updates were lost before this node read them; ending its subscribers' streams so they \
+             resume and are told (raise history_size, or find why the reader fell behind)"
+        );
+        shared.caches[usize::from(self.partition)]
+            .write()
+            .reset(Vec::new(), false);
+        self.sink
+            .gap(Gap {
+                partition: self.partition,
+                missed,
+                cause,
+            })
+            .await;
     }
 
     /// Fills the cache from the end of the stream and starts after its newest entry.
@@ -208,8 +348,14 @@ impl StreamReader {
         let info = commands::stream_info(&mut via(conn, timeout), key, self.partition).await?;
         let newest = info.last_generated;
         let limit = settings.cache_capacity.max(1);
-        let tail =
-            commands::read_tail(&mut via(conn, timeout), key, TailEnd::At(newest), limit).await?;
+        let tail = commands::read_tail(
+            &mut via(conn, timeout),
+            key,
+            TailEnd::At(newest),
+            limit,
+            settings.read_count,
+        )
+        .await?;
         let entries = commands::decode_all(self.partition, tail.entries, |id, e| {
             Counters::bump(&shared.counters.skipped_entries);
             tracing::warn!(partition = self.partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
@@ -223,7 +369,13 @@ impl StreamReader {
         }
         self.last = Some(newest);
         self.ordinal = info.entries_added;
+        self.advanced();
         Ok(())
+    }
+
+    /// Publishes the reader's position (what it has read and cached) to history lookups.
+    fn advanced(&self) {
+        self.shared.progress[usize::from(self.partition)].send_replace(self.last);
     }
 
     /// Appends a batch to the cache, then delivers it in order; says which topics repeated.
@@ -235,7 +387,6 @@ impl StreamReader {
         {
             self.last = Some(last);
         }
-        self.ordinal = self.ordinal.map(|k| k + raw.len() as u64);
         let entries = commands::decode_all(self.partition, raw, |id, e| {
             Counters::bump(&shared.counters.skipped_entries);
             tracing::warn!(partition = self.partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
@@ -249,6 +400,7 @@ impl StreamReader {
                 cache.prune_older_than(cutoff);
             }
         }
+        self.advanced();
         let mut repeats = Repeats::default();
         for (i, entry) in entries.into_iter().enumerate() {
             let topic = entry.update.topics.first();
@@ -294,62 +446,15 @@ impl StreamReader {
             "stream was recreated (epoch changed, e.g. Redis restarted without persistence): \
              updates stored before are gone, history restarts; reading the new stream from its start"
         );
+        Counters::bump(&shared.counters.recreations);
+        self.report(GapCause::Recreated, None, last).await;
+        // Empty and complete: the new stream holds nothing older than what is read from now on.
         shared.caches[usize::from(self.partition)]
             .write()
             .reset(Vec::new(), true);
         self.last = Some(Position::new(self.partition, 0, 0));
-        self.ordinal = None;
-        self.reported_until = None;
-        Ok(())
-    }
-
-    /// Whether Redis removed entries after the last one read (see the module docs), and
-    /// re-learns the ordinal of the last entry when the reader is at the newest one.
-    async fn check_gap(&mut self, conn: &mut Conn) -> Result<(), CallError> {
-        let Some(last) = self.last else {
-            return Ok(());
-        };
-        let shared = self.shared.clone();
-        let key = &shared.keys[usize::from(self.partition)].stream;
-        let timeout = shared.settings.command_timeout;
-        let info = commands::stream_info(&mut via(conn, timeout), key, self.partition).await?;
-        if self.reported_until.is_some_and(|r| !last.is_after(&r)) {
-            // Still reading past a loss already reported.
-            return Ok(());
-        }
-        self.reported_until = None;
-        let removed = info
-            .entries_added
-            .map(|added| added.saturating_sub(info.length));
-        let trimmed = matches!((self.ordinal, removed), (Some(k), Some(r)) if r > k);
-        let deleted = info.max_deleted.is_after(&last);
-        if trimmed || deleted {
-            Counters::bump(&shared.counters.trimmed_gaps);
-            tracing::warn!(
-                partition = self.partition,
-                stream = %key,
-                last = %last,
-                "stream lost entries this node had not read yet (trimmed or deleted): those updates \
-                 never reach its subscribers (raise history_size, or find why the reader fell behind)"
-            );
-            // The cache must stay a contiguous run of the stream; older history comes from Redis.
-            shared.caches[usize::from(self.partition)]
-                .write()
-                .reset(Vec::new(), false);
-            self.ordinal = None;
-            self.reported_until = Some(info.last_generated);
-            return Ok(());
-        }
-        if info.last_generated == last {
-            self.ordinal = info.entries_added;
-        }
-        // Behind by the entries added after the last one read (at least a batch when the ordinal of
-        // the last entry is unknown, since this runs after a full batch).
-        let lag = match (info.entries_added, self.ordinal) {
-            (Some(added), Some(read)) => added.saturating_sub(read),
-            _ => READ_COUNT as u64,
-        };
-        shared.lags[usize::from(self.partition)].store(lag, std::sync::atomic::Ordering::Relaxed);
+        self.ordinal = Some(0);
+        self.advanced();
         Ok(())
     }
 }

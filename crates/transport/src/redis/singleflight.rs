@@ -5,6 +5,10 @@
 //! subscribers reconnecting with the same last event id cost one scan. The work runs in its own task,
 //! so a caller that gives up (its client went away) does not cancel it for the others; the key is
 //! released when the work ends, panics included, so a later caller starts afresh.
+//!
+//! A caller that joined a flight learns so ([`Joined`]): the work started before it called, so
+//! whatever the work read may predate what the caller did just before (a subscriber registering,
+//! for history); the caller decides whether that result serves it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,14 +34,27 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
 
     /// The result of the work for `key`: joins the flight in progress, or starts `work()` as a new
     /// one. `None` when the work panicked.
+    #[cfg(test)]
     pub(crate) async fn run<F>(&self, key: &str, work: impl FnOnce() -> F) -> Option<T>
     where
         F: Future<Output = T> + Send + 'static,
     {
-        let mut rx = {
+        self.run_or_join(key, work).await.0
+    }
+
+    /// [`SingleFlight::run`], saying whether the caller joined a flight started before it called.
+    pub(crate) async fn run_or_join<F>(
+        &self,
+        key: &str,
+        work: impl FnOnce() -> F,
+    ) -> (Option<T>, Joined)
+    where
+        F: Future<Output = T> + Send + 'static,
+    {
+        let (mut rx, joined) = {
             let mut flights = self.flights.lock();
             match flights.get(key) {
-                Some(rx) => rx.clone(),
+                Some(rx) => (rx.clone(), Joined(true)),
                 None => {
                     let (tx, rx) = watch::channel(None);
                     flights.insert(key.to_string(), rx.clone());
@@ -53,12 +70,15 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
                         drop(release);
                         let _ = tx.send(Some(value));
                     });
-                    rx
+                    (rx, Joined(false))
                 }
             }
         };
-        let value = rx.wait_for(Option::is_some).await.ok()?;
-        value.clone()
+        let value = match rx.wait_for(Option::is_some).await {
+            Ok(value) => value.clone(),
+            Err(_) => None,
+        };
+        (value, joined)
     }
 
     /// Number of flights in progress.
@@ -67,6 +87,10 @@ impl<T: Clone + Send + Sync + 'static> SingleFlight<T> {
         self.flights.lock().len()
     }
 }
+
+/// Whether a caller joined a flight already in progress (rather than starting it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Joined(pub(crate) bool);
 
 /// Removes a flight's key when dropped (when the work ends or its task unwinds).
 struct Release<T> {

@@ -53,9 +53,19 @@ pub struct RedisStats {
     pub history_redis_scans: u64,
     /// `XRANGE`/`XREVRANGE` commands sent for history requests.
     pub history_redis_commands: u64,
+    /// History requests that joined a scan in flight whose snapshot the tail cache could no longer
+    /// complete, and scanned again alone.
+    pub history_rescans: u64,
     /// Times a reader found the stream trimmed past what it had read: updates were lost for this
     /// node (the reader fell further behind than the stream retains).
     pub trimmed_gaps: u64,
+    /// Times a reader found the stream without entries it had read (rolled back by a failover).
+    pub rollbacks: u64,
+    /// Times a reader found its stream recreated and the entries it had read gone (an epoch change
+    /// that lost history; a renewed marker on an intact stream is not one).
+    pub recreations: u64,
+    /// Entries lost before this node read them, as far as they could be counted.
+    pub missed_entries: u64,
     /// Times a stream's epoch changed (stream recreated, e.g. Redis restarted without persistence).
     pub epoch_changes: u64,
     /// Entries that could not be decoded (unknown format version, corrupt) and were skipped.
@@ -70,7 +80,11 @@ pub(crate) struct Counters {
     pub(crate) history_cache_hits: AtomicU64,
     pub(crate) history_redis_scans: AtomicU64,
     pub(crate) history_redis_commands: AtomicU64,
+    pub(crate) history_rescans: AtomicU64,
     pub(crate) trimmed_gaps: AtomicU64,
+    pub(crate) rollbacks: AtomicU64,
+    pub(crate) recreations: AtomicU64,
+    pub(crate) missed_entries: AtomicU64,
     pub(crate) epoch_changes: AtomicU64,
     pub(crate) skipped_entries: AtomicU64,
     pub(crate) reader_errors: AtomicU64,
@@ -87,7 +101,11 @@ impl Counters {
             history_cache_hits: get(&self.history_cache_hits),
             history_redis_scans: get(&self.history_redis_scans),
             history_redis_commands: get(&self.history_redis_commands),
+            history_rescans: get(&self.history_rescans),
             trimmed_gaps: get(&self.trimmed_gaps),
+            rollbacks: get(&self.rollbacks),
+            recreations: get(&self.recreations),
+            missed_entries: get(&self.missed_entries),
             epoch_changes: get(&self.epoch_changes),
             skipped_entries: get(&self.skipped_entries),
             reader_errors: get(&self.reader_errors),

@@ -1,0 +1,325 @@
+//! No silent loss, with real processes and a real Redis: when a node cannot deliver updates a
+//! subscriber may have matched, the subscriber is told, never left with a hole it cannot see.
+
+use std::time::{Duration, Instant};
+
+use quicksilver_testkit::hub::HubProcess;
+use quicksilver_testkit::redis::RedisServer;
+use quicksilver_testkit::sse::{SseClient, SseItem};
+use quicksilver_testkit::token::mercure_token;
+use quicksilver_testkit::{publish, WAIT};
+use rustix::process::{kill_process, Pid, Signal};
+
+const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
+
+fn node(redis_url: &str, extra: &[&str]) -> HubProcess {
+    let mut args = vec![
+        "--jwt-key",
+        KEY,
+        "--anonymous",
+        "--transport",
+        "redis",
+        "--redis-url",
+        redis_url,
+    ];
+    args.extend_from_slice(extra);
+    HubProcess::spawn(BIN, &args)
+}
+
+fn signal(process: &HubProcess, signal: Signal) {
+    let pid = Pid::from_raw(process.pid() as i32).unwrap_or_else(|| panic!("no pid"));
+    kill_process(pid, signal).unwrap_or_else(|e| panic!("signal: {e}"));
+}
+
+async fn wait_ready(c: &reqwest::Client, node: &HubProcess) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        if matches!(c.get(format!("{}/readyz", node.url())).send().await, Ok(r) if r.status() == 200)
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{} never became ready", node.url());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_the_trim_point_ends_its_streams_and_the_client_is_told() {
+    let redis = RedisServer::start();
+    // Each stream keeps about 1,000 entries whatever --history-size says.
+    let a = node(
+        &redis.url(),
+        &["--history-size", "100", "--redis-timeout", "500ms"],
+    );
+    let b = node(
+        &redis.url(),
+        &["--history-size", "100", "--redis-timeout", "500ms"],
+    );
+    let c = reqwest::Client::new();
+    wait_ready(&c, &a).await;
+    wait_ready(&c, &b).await;
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let publish_via_a = |id: String| {
+        let (c, hub, token) = (c.clone(), a.mercure_url(), token.clone());
+        async move {
+            let (status, _) = publish(&c, &hub, &token, &[("topic", "t"), ("id", &id)]).await;
+            assert_eq!(status, 200, "publish {id}");
+        }
+    };
+
+    let sse = SseClient::new();
+    let mut stream = sse
+        .open(&format!("{}?topic=t", b.mercure_url()), &[])
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    publish_via_a("u0".into()).await;
+    let first = stream
+        .next_event(WAIT)
+        .await
+        .unwrap_or_else(|e| panic!("first update: {e}"));
+    assert_eq!(first.id.as_deref(), Some("u0"));
+
+    // B stops reading while 3,000 updates are acknowledged through A: most are trimmed away
+    // before B's reader can read them.
+    signal(&b, Signal::STOP);
+    for i in 1..=3_000 {
+        publish_via_a(format!("u{i}")).await;
+    }
+    signal(&b, Signal::CONT);
+
+    // The subscriber on B is told: its stream ends (with a retry hint) instead of going on
+    // after a hole it cannot see.
+    let mut received = vec!["u0".to_string()];
+    let deadline = Instant::now() + 3 * WAIT;
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the stream on B never ended after losing updates (got {} of 3,001)",
+            received.len()
+        );
+        match stream.next_item(WAIT).await {
+            Ok(SseItem::Event(e)) => received.extend(e.id),
+            Ok(SseItem::Comment(_)) => {}
+            Err(_) => break,
+        }
+    }
+    assert!(
+        received.len() < 3_001,
+        "nothing was lost; the test did not pause B long enough"
+    );
+    assert!(
+        stream.retry().is_some(),
+        "the stream ended without a retry hint"
+    );
+
+    // Resuming with its last id, it learns that it missed updates (`earliest`) and gets what is
+    // left, up to the newest.
+    let last = received.last().cloned().unwrap_or_default();
+    let mut resumed = sse
+        .open(
+            &format!("{}?topic=t", b.mercure_url()),
+            &[("Last-Event-ID", last.as_str())],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("resume: {e}"));
+    assert_eq!(
+        resumed
+            .headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("earliest"),
+        "a resume past a loss must be told"
+    );
+    let mut replayed = Vec::new();
+    while let Ok(e) = resumed.next_event(WAIT).await {
+        let id = e.id.unwrap_or_default();
+        let done = id == "u3000";
+        replayed.push(id);
+        if done {
+            break;
+        }
+    }
+    assert_eq!(replayed.last().map(String::as_str), Some("u3000"));
+    let metrics = c
+        .get(format!("{}/metrics", b.url()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .text()
+        .await
+        .unwrap_or_default();
+    assert!(
+        metrics.contains("quicksilver_gap_disconnections_total 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("quicksilver_transport_gaps_total 1"),
+        "{metrics}"
+    );
+}
+
+/// Publishes `topic=t&id=<id>` (a future that can move to another task).
+async fn publish_t(c: &reqwest::Client, hub: &str, token: &str, id: &str) -> u16 {
+    c.post(hub)
+        .bearer_auth(token)
+        .form(&[("topic", "t"), ("id", id)])
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
+}
+
+/// Reads events from `stream` until one with id `last` (included), failing after `limit`.
+async fn read_until(
+    stream: &mut quicksilver_testkit::SseStream,
+    last: &str,
+    limit: Duration,
+) -> Vec<String> {
+    let deadline = Instant::now() + limit;
+    let mut ids = Vec::new();
+    while Instant::now() < deadline {
+        match stream.next_event(WAIT).await {
+            Ok(e) => {
+                let id = e.id.unwrap_or_default();
+                let done = id == last;
+                ids.push(id);
+                if done {
+                    return ids;
+                }
+            }
+            Err(e) => panic!(
+                "stream ended or stalled before {last} ({} read): {e}",
+                ids.len()
+            ),
+        }
+    }
+    panic!("{last} not received within {limit:?} ({} read)", ids.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_joining_a_history_scan_in_flight_misses_nothing() {
+    let redis = RedisServer::start();
+    // A tiny tail cache sends resumes to Redis, and a large maximum body makes every scan command
+    // fetch one entry, so a scan of the history lasts long enough for a second subscriber to join
+    // it while updates keep coming.
+    let hub = node(
+        &redis.url(),
+        &[
+            "--history-size",
+            "5000",
+            "--history-cache-size",
+            "5",
+            "--max-body-size",
+            "67108864",
+            "--redis-timeout",
+            "5s",
+        ],
+    );
+    let c = reqwest::Client::new();
+    wait_ready(&c, &hub).await;
+    let token = mercure_token(KEY, &["*"], &[], None);
+    for i in 0..3_000 {
+        let (status, _) = publish(
+            &c,
+            &hub.mercure_url(),
+            &token,
+            &[("topic", "t"), ("id", &format!("h{i}"))],
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    // Updates keep arriving while the subscribers resume.
+    let publisher = {
+        let (c, url, token) = (c.clone(), hub.mercure_url(), token.clone());
+        tokio::spawn(async move {
+            for i in 0..200 {
+                assert_eq!(publish_t(&c, &url, &token, &format!("l{i}")).await, 200);
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+    };
+    let url = format!("{}?topic=t", hub.mercure_url());
+    let resume = |delay: u64| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            let mut stream = SseClient::new()
+                .open(&url, &[("Last-Event-ID", "h10")])
+                .await
+                .unwrap_or_else(|e| panic!("resume: {e}"));
+            assert_eq!(
+                stream
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok()),
+                Some("h10")
+            );
+            read_until(&mut stream, "l199", Duration::from_secs(60)).await
+        })
+    };
+    let (first, second) = (resume(0), resume(300));
+    let want: Vec<String> = (11..3_000)
+        .map(|i| format!("h{i}"))
+        .chain((0..200).map(|i| format!("l{i}")))
+        .collect();
+    for (name, subscriber) in [("first", first), ("second", second)] {
+        let got = subscriber.await.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            got == want,
+            "the {name} subscriber got {} updates, not the {} after h10 once and in order",
+            got.len(),
+            want.len()
+        );
+    }
+    publisher.await.unwrap_or_else(|e| panic!("{e}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_id_published_moments_ago_through_another_node_is_found_not_called_unknown() {
+    let redis = RedisServer::start();
+    let a = node(&redis.url(), &[]);
+    // B hands a busy topic over once a second: its reader is up to a second behind.
+    let b = node(
+        &redis.url(),
+        &["--redis-batch-window", "1s", "--redis-timeout", "3s"],
+    );
+    let c = reqwest::Client::new();
+    wait_ready(&c, &a).await;
+    wait_ready(&c, &b).await;
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let mut on_a = SseClient::new()
+        .open(&format!("{}?topic=t", a.mercure_url()), &[])
+        .await
+        .unwrap_or_else(|e| panic!("subscribe: {e}"));
+    for id in ["p1", "p2", "p3"] {
+        let (status, _) =
+            publish(&c, &a.mercure_url(), &token, &[("topic", "t"), ("id", id)]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(read_until(&mut on_a, "p3", WAIT).await, ["p1", "p2", "p3"]);
+    // The client moves to B at once, with the id it just got from A.
+    let mut on_b = SseClient::new()
+        .open(
+            &format!("{}?topic=t", b.mercure_url()),
+            &[("Last-Event-ID", "p3")],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("resume: {e}"));
+    assert_eq!(
+        on_b.headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok()),
+        Some("p3"),
+        "the id was known to the cluster: it must be found, not answered with earliest"
+    );
+    let (status, _) = publish(
+        &c,
+        &a.mercure_url(),
+        &token,
+        &[("topic", "t"), ("id", "p4")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // Nothing it already had comes again.
+    assert_eq!(read_until(&mut on_b, "p4", 3 * WAIT).await, ["p4"]);
+}
