@@ -50,6 +50,10 @@ pub struct Envelope {
     /// The trace context of the span that stored the update, when that span was recorded (tracing
     /// on and sampled); `None` otherwise.
     pub trace_context: Option<TraceContext>,
+    /// For an update stored beside the main order rather than in it (a subscription event, kept
+    /// in its own stream so that it never pushes real updates out of history): the position in the
+    /// main order it comes right after. `None` for updates of the main order.
+    pub follows: Option<Position>,
 }
 
 /// The W3C trace context (`traceparent`, and `tracestate` when there is one) of the span that
@@ -74,6 +78,7 @@ impl Envelope {
             frame,
             accepted_at_micros,
             trace_context: None,
+            follows: None,
         }
     }
 }

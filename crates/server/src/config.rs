@@ -98,6 +98,26 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_HISTORY_MAX_AGE", default_value = "0", value_parser = parse_duration)]
     pub history_max_age: Duration,
 
+    /// Subscription events (`--subscriptions`) kept for reconnecting subscribers, apart from the
+    /// `--history-size` real updates they never push out.
+    #[arg(
+        long,
+        env = "QUICKSILVER_SUBSCRIPTION_EVENT_HISTORY",
+        default_value_t = 10_000
+    )]
+    pub subscription_event_history: usize,
+
+    /// Subscription events (`--subscriptions`) this node publishes per second at most, ends
+    /// included (a new subscription is charged for both of its events); beyond it new
+    /// subscriptions wait, and are refused (`503`) when they would wait more than 10 s (`0`: no
+    /// limit).
+    #[arg(
+        long,
+        env = "QUICKSILVER_SUBSCRIPTION_EVENT_RATE",
+        default_value_t = 2000
+    )]
+    pub subscription_event_rate: u32,
+
     /// Updates each node keeps in memory per stream to answer reconnections without asking Redis
     /// (default: the history size, at most 100000).
     #[arg(long, env = "QUICKSILVER_HISTORY_CACHE_SIZE")]

@@ -25,6 +25,10 @@ use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
 
+/// The longest a new subscription waits for its events' turn (`--subscription-event-rate`)
+/// before it is refused with `503`.
+const SUBSCRIPTION_EVENT_PATIENCE: Duration = Duration::from_secs(10);
+
 /// Bytes a Redis stream entry may take beyond the update's own fields (format, timestamps, trace
 /// context).
 const ENTRY_FRAMING: usize = 4 * 1024;
@@ -158,7 +162,10 @@ impl Hub {
         let (transport, registry): (Arc<dyn Transport>, Arc<dyn SubscriptionRegistry>) =
             match config.transport {
                 TransportKind::Memory => (
-                    Arc::new(MemoryTransport::new(config.history_size)),
+                    Arc::new(MemoryTransport::with_event_history(
+                        config.history_size,
+                        config.subscription_event_history,
+                    )),
                     Arc::new(MemoryRegistry::new()),
                 ),
                 TransportKind::Redis => {
@@ -168,6 +175,7 @@ impl Hub {
                         stream_key_prefix: config.redis_key_prefix.clone(),
                         partitions: config.redis_partitions,
                         history_size: config.history_size,
+                        event_history: config.subscription_event_history,
                         history_max_age: (!config.history_max_age.is_zero())
                             .then_some(config.history_max_age),
                         tail_cache_size: config.history_cache_size,
@@ -192,9 +200,16 @@ impl Hub {
             fanout: fanout.clone(),
             last_event: last_event.clone(),
         }));
-        let subscriptions = config
-            .subscriptions
-            .then(|| Arc::new(Subscriptions::start(registry, transport.clone())));
+        let subscriptions = config.subscriptions.then(|| {
+            Arc::new(Subscriptions::start(
+                registry,
+                transport.clone(),
+                crate::subscriptions::EventPace::new(
+                    config.subscription_event_rate,
+                    SUBSCRIPTION_EVENT_PATIENCE,
+                ),
+            ))
+        });
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = HubSettings {
             anonymous: config.anonymous,

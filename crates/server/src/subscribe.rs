@@ -131,7 +131,12 @@ pub async fn subscribe(
     let held = match hub.subscriptions() {
         Some(subscriptions) => {
             let infos = subscription_infos(&hub, &query.matchers, grants);
-            Some(subscriptions.connected(infos).await)
+            Some(subscriptions.connected(infos).await.map_err(|refused| {
+                HubError::Unavailable(format!(
+                    "this node is announcing too many subscriptions, retry in {}s",
+                    refused.retry_after.as_secs().max(1)
+                ))
+            })?)
         }
         None => None,
     };

@@ -5,7 +5,9 @@
 //! ([`document`]) is recorded in the cluster registry (the transport's
 //! [`SubscriptionRegistry`]: a map on the memory transport, Redis hashes with a lease per node on
 //! the Redis transport) and its `active: true` event is published as a private update through the
-//! transport, so every node's subscribers see every node's events. When the stream ends, the
+//! transport ([`Transport::publish_event`]: in the one order every node delivers, but retained
+//! apart from real updates, so a flood of connections never pushes them out of history), so
+//! every node's subscribers see every node's events. When the stream ends, the
 //! records are removed and the `active: false` events published. A node that dies without saying
 //! goodbye stops renewing its lease; another node then takes its records and publishes their
 //! `active: false` events ([`OrphanEvents`]).
@@ -24,6 +26,7 @@
 
 pub mod api;
 pub mod document;
+pub mod pace;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +40,7 @@ use quicksilver_transport::{
 use tokio_util::task::TaskTracker;
 
 pub use document::SubscriptionInfo;
+pub use pace::{EventPace, Refused};
 
 /// The SSE event type of current-generation subscription events.
 pub const EVENT_TYPE: &str = "mercure";
@@ -49,6 +53,7 @@ pub struct Subscriptions {
     registry: Arc<dyn SubscriptionRegistry>,
     transport: Arc<dyn Transport>,
     tasks: TaskTracker,
+    pace: Arc<EventPace>,
 }
 
 impl std::fmt::Debug for Subscriptions {
@@ -78,15 +83,23 @@ impl Drop for Held {
 }
 
 impl Subscriptions {
-    /// Starts the registry's background work (lease, sweeping dead nodes).
-    pub fn start(registry: Arc<dyn SubscriptionRegistry>, transport: Arc<dyn Transport>) -> Self {
+    /// Starts the registry's background work (lease, sweeping dead nodes); events are published
+    /// at the pace of `pace`.
+    pub fn start(
+        registry: Arc<dyn SubscriptionRegistry>,
+        transport: Arc<dyn Transport>,
+        pace: EventPace,
+    ) -> Self {
+        let pace = Arc::new(pace);
         registry.start(Arc::new(OrphanEvents {
             transport: transport.clone(),
+            pace: pace.clone(),
         }));
         Self {
             registry,
             transport,
             tasks: TaskTracker::new(),
+            pace,
         }
     }
 
@@ -100,10 +113,16 @@ impl Subscriptions {
         &*self.registry
     }
 
-    /// Records a connection's subscriptions and publishes their `active: true` events. Failures
-    /// are logged, not returned: the subscriber's stream works without them. The work runs in a
-    /// task of its own, so an abandoned request cannot leave it half done.
-    pub async fn connected(self: &Arc<Self>, infos: Vec<SubscriptionInfo>) -> Held {
+    /// Records a connection's subscriptions and publishes their `active: true` events, once the
+    /// events' pace allows (their `active: false` ones are charged now too); refused when that
+    /// would take longer than the pace's patience. Failures to record or publish are logged, not
+    /// returned: the subscriber's stream works without them. The work runs in a task of its own,
+    /// so an abandoned request cannot leave it half done.
+    pub async fn connected(
+        self: &Arc<Self>,
+        infos: Vec<SubscriptionInfo>,
+    ) -> Result<Held, Refused> {
+        self.pace.admit(2 * infos.len()).await?;
         let this = self.clone();
         let announced = infos.clone();
         let mut held = Held {
@@ -118,7 +137,7 @@ impl Subscriptions {
         // A failed task was logged by itself; the subscriptions end normally either way.
         let _ = task.await;
         held.announcing = None;
-        held
+        Ok(held)
     }
 
     async fn announce(&self, infos: Vec<SubscriptionInfo>) {
@@ -184,7 +203,7 @@ async fn publish_event(
     active: bool,
 ) -> Result<(), TransportError> {
     let update = event_update(info.topic(), info.document(active), info.generation);
-    transport.publish(update).await.map(drop)
+    transport.publish_event(update).await.map(drop)
 }
 
 /// The private update announcing a subscription document.
@@ -205,26 +224,34 @@ fn event_update(topic: String, document: serde_json::Value, generation: Generati
 /// Publishes the end of a dead node's subscriptions (called on one node of the cluster).
 struct OrphanEvents {
     transport: Arc<dyn Transport>,
+    /// Charged with the events (owed: never refused), so new subscriptions wait for them.
+    pace: Arc<EventPace>,
 }
 
 impl OrphanEvents {
-    /// Publishes each record's document with `active` set as given.
+    /// Publishes each record's document with `active` set as given, all at once (a batch of a
+    /// reaped node holds hundreds: one round trip's wait, not hundreds).
     async fn publish(
         &self,
         records: Vec<SubscriptionRecord>,
         active: bool,
     ) -> Result<(), TransportError> {
-        for record in records {
+        self.pace.owe(records.len());
+        let publishes = records.into_iter().filter_map(|record| {
             let Ok(mut document) = serde_json::from_str::<serde_json::Value>(&record.document)
             else {
                 tracing::warn!(id = %record.id, "skipping an unreadable subscription record");
-                continue;
+                return None;
             };
             let generation = document::document_generation(&document);
             document["active"] = serde_json::Value::Bool(active);
-            self.transport
-                .publish(event_update(record.id, document, generation))
-                .await?;
+            Some(
+                self.transport
+                    .publish_event(event_update(record.id, document, generation)),
+            )
+        });
+        for outcome in futures_util::future::join_all(publishes).await {
+            outcome?;
         }
         Ok(())
     }

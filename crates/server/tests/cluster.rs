@@ -678,12 +678,22 @@ async fn a_redis_cluster_master_outage_is_survived() {
     .await;
     for f in followers {
         let (got, reconnections) = f.stop().await;
-        assert_eq!(
-            reconnections, 0,
-            "subscribers stayed connected through the outage"
+        // The master came back without its data (no persistence): the partition it held was
+        // recreated, and each node told its subscribers once when its reader found that (they
+        // resumed; nothing was lost): at most one reconnection per node.
+        assert!(
+            reconnections <= 2,
+            "subscribers reconnected {reconnections} times through one outage"
         );
+        // Resuming in partitioned mode replays the other partitions from a margin before the
+        // resume point (see the README): updates seen again are duplicates, allowed there; what
+        // is new keeps each topic's order.
         let mut last = [0u64; 6];
+        let mut seen = std::collections::HashSet::new();
         for seq in got {
+            if !seen.insert(seq) {
+                continue;
+            }
             let t = (seq % 6) as usize;
             assert!(seq > last[t], "topic {t}: {seq} after {}", last[t]);
             last[t] = seq;

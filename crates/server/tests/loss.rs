@@ -323,3 +323,143 @@ async fn an_id_published_moments_ago_through_another_node_is_found_not_called_un
     // Nothing it already had comes again.
     assert_eq!(read_until(&mut on_b, "p4", 3 * WAIT).await, ["p4"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn twenty_thousand_subscriptions_of_a_killed_node_are_reaped_once_and_completely() {
+    let redis = RedisServer::start();
+    // Announcing 20,000 subscriptions at once is not what is tested here: no pace, and room in
+    // the events' history for the whole burst on this 2-core machine.
+    let mut victim = node(
+        &redis.url(),
+        &[
+            "--subscriptions",
+            "--subscription-lease",
+            "1s",
+            "--subscription-event-rate",
+            "0",
+            "--subscription-event-history",
+            "50000",
+        ],
+    );
+    let survivor = node(
+        &redis.url(),
+        &[
+            "--subscriptions",
+            "--subscription-lease",
+            "1s",
+            "--subscription-event-rate",
+            "0",
+            "--subscription-event-history",
+            "50000",
+            "--subscriber-queue",
+            "100000",
+        ],
+    );
+    let c = reqwest::Client::new();
+    wait_ready(&c, &victim).await;
+    wait_ready(&c, &survivor).await;
+    let template = "/.well-known/mercure/subscriptions/{topic}/{subscriber}";
+    let token = mercure_token(KEY, &[], &[template], None);
+    let bearer = format!("Bearer {token}");
+    let mut watcher = SseClient::new()
+        .open(
+            &format!(
+                "{}?topic={}",
+                survivor.mercure_url(),
+                "%2F.well-known%2Fmercure%2Fsubscriptions%2F%7Btopic%7D%2F%7Bsubscriber%7D"
+            ),
+            &[("Authorization", bearer.as_str())],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("watcher: {e}"));
+    // 200 connections of 100 topics each on the node about to die.
+    let mut connections = Vec::new();
+    for batch in 0..10 {
+        let opens = (0..20).map(|i| {
+            let n = batch * 20 + i;
+            let query: Vec<String> = (0..100).map(|t| format!("topic=c{n}-t{t}")).collect();
+            let url = format!("{}?{}", victim.mercure_url(), query.join("&"));
+            async move {
+                SseClient::new()
+                    .open(&url, &[])
+                    .await
+                    .unwrap_or_else(|e| panic!("connection {n}: {e}"))
+            }
+        });
+        connections.extend(futures_util::future::join_all(opens).await);
+    }
+    let mut active = std::collections::HashSet::new();
+    let mut inactive = std::collections::HashMap::<String, u32>::new();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut killed = false;
+    while inactive.len() < 20_000 {
+        assert!(
+            Instant::now() < deadline,
+            "{} of 20,000 subscriptions announced, {} reaped",
+            active.len(),
+            inactive.len()
+        );
+        if !killed && active.len() == 20_000 {
+            victim.kill();
+            killed = true;
+        }
+        let event = watcher.next_event(3 * WAIT).await.unwrap_or_else(|e| {
+            panic!(
+                "watcher: {e}; survivor said:\n{}",
+                survivor.stderr_lines().join("\n")
+            )
+        });
+        let doc: serde_json::Value = serde_json::from_str(&event.data).unwrap_or_default();
+        let id = doc["id"].as_str().unwrap_or_default().to_string();
+        if !id.contains("/c") {
+            continue; // the watcher's own subscription
+        }
+        if doc["active"] == true {
+            active.insert(id);
+        } else {
+            *inactive.entry(id).or_default() += 1;
+        }
+    }
+    drop(connections);
+    assert!(inactive.keys().all(|id| active.contains(id)));
+    // Once each: no end comes twice.
+    let again = watcher.next_event(Duration::from_secs(3)).await;
+    assert!(
+        again.is_err() || !again.as_ref().is_ok_and(|e| e.data.contains("/c")),
+        "an end came twice: {again:?}"
+    );
+    assert!(inactive.values().all(|&n| n == 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_events_are_paced_and_a_subscription_past_the_patience_is_refused() {
+    let hub = HubProcess::spawn(
+        BIN,
+        &[
+            "--jwt-key",
+            KEY,
+            "--anonymous",
+            "--subscriptions",
+            "--subscription-event-rate",
+            "10",
+        ],
+    );
+    let c = reqwest::Client::new();
+    wait_ready(&c, &hub).await;
+    // Two topics: four events, within the burst of ten.
+    let small = c
+        .get(format!("{}?topic=a&topic=b", hub.mercure_url()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(small.status(), 200);
+    // A hundred topics: 200 events, 20 s at ten a second, past the 10 s patience.
+    let query: Vec<String> = (0..100).map(|t| format!("topic=t{t}")).collect();
+    let big = c
+        .get(format!("{}?{}", hub.mercure_url(), query.join("&")))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(big.status(), 503);
+    assert!(big.headers().contains_key("retry-after"));
+}

@@ -21,9 +21,9 @@ fn codec(c: &mut Criterion) {
     let accepted = 1_732_312_345_678_901;
     let mut g = c.benchmark_group("redis_entry");
     g.bench_function("encode_200B", |b| {
-        b.iter(|| encode_entry(black_box(&update), accepted, None))
+        b.iter(|| encode_entry(black_box(&update), accepted, None, 0))
     });
-    let payload = encode_entry(&update, accepted, None).expect("update encodes");
+    let payload = encode_entry(&update, accepted, None, 0).expect("update encodes");
     let position = Position::new(0, 1_732_312_345_678, 3);
     g.bench_function("decode_200B+frame", |b| {
         b.iter(|| decode_entry(position, black_box(&payload)))

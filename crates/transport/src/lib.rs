@@ -149,6 +149,12 @@ pub trait Transport: Send + Sync + 'static {
     /// [`trace_context::dispatch_span`].
     async fn publish(&self, update: Update) -> Result<Position, TransportError>;
 
+    /// Stores a subscription event (an update the hub publishes about its own subscriptions) and
+    /// returns its position, as [`Transport::publish`] does, but with a retention of its own: a
+    /// flood of connections never pushes real updates out of history. Events still take their
+    /// place in the one order every node delivers and history replays.
+    async fn publish_event(&self, update: Update) -> Result<Position, TransportError>;
+
     /// The retained updates after `last_event_id` (`earliest`: all of them). An unknown id yields no
     /// entries and no anchor: the client is told `earliest` rather than left silently behind.
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError>;

@@ -1,11 +1,15 @@
-//! The embedded transport: a bounded in-memory ring of the latest updates, for a single node.
+//! The embedded transport: bounded in-memory rings of the latest updates, for a single node.
 //!
-//! Publishing appends to the ring and then queues the update for the node's reader, both under one
+//! Publishing appends to a ring and then queues the update for the node's reader, both under one
 //! lock, so the reader sees updates in exactly the order they were numbered and the ring always
 //! holds an update before any subscriber can receive it live (what replay-then-live relies on). The
 //! reader queue is bounded: when the fan-out is backed up, publishers wait instead of memory
 //! growing. Event ids are indexed to their sequence number, so finding where a reconnecting
 //! subscriber left off is O(1).
+//!
+//! Subscription events ([`Transport::publish_event`]) are numbered in the same sequence but kept in
+//! a ring of their own, so a flood of them never pushes real updates out of history; history
+//! merges the two rings back into sequence order.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -21,9 +25,10 @@ use crate::{now_micros, HistoryReply, Transport, TransportError, TransportStats,
 /// Capacity of the queue between publishers and the reader.
 const READER_QUEUE: usize = 4096;
 
-/// The in-memory transport. History holds the last `history_size` updates.
+/// The in-memory transport. History holds the last `history_size` updates (and the last
+/// `event_history` subscription events).
 pub struct MemoryTransport {
-    ring: Mutex<Ring>,
+    store: Mutex<Store>,
     reader_tx: mpsc::Sender<Arc<Envelope>>,
     reader_rx: std::sync::Mutex<Option<mpsc::Receiver<Arc<Envelope>>>>,
     closed: AtomicBool,
@@ -38,27 +43,40 @@ impl std::fmt::Debug for MemoryTransport {
     }
 }
 
+/// What is numbered and retained, under the transport's one lock.
+struct Store {
+    next_seq: u64,
+    updates: Ring,
+    events: Ring,
+}
+
+/// The retained entries of one kind, oldest first (their sequence numbers increase but may skip
+/// the other kind's).
 struct Ring {
     capacity: usize,
     entries: VecDeque<Arc<Envelope>>,
-    /// Sequence number of `entries[0]`.
-    first_seq: u64,
-    next_seq: u64,
     /// Event id → (sequence of its earliest retained occurrence, number of retained occurrences).
     ids: HashMap<Arc<str>, (u64, u32)>,
+    /// The sequence of the newest entry evicted (or never kept, with a capacity of 0).
+    evicted: u64,
 }
 
 impl MemoryTransport {
-    /// A transport retaining the last `history_size` updates (0 keeps none: no replay).
+    /// A transport retaining the last `history_size` updates (0 keeps none: no replay) and as many
+    /// subscription events.
     pub fn new(history_size: usize) -> Self {
+        Self::with_event_history(history_size, history_size)
+    }
+
+    /// A transport retaining the last `history_size` updates and the last `event_history`
+    /// subscription events.
+    pub fn with_event_history(history_size: usize, event_history: usize) -> Self {
         let (reader_tx, reader_rx) = mpsc::channel(READER_QUEUE);
         Self {
-            ring: Mutex::new(Ring {
-                capacity: history_size,
-                entries: VecDeque::with_capacity(history_size.min(65_536)),
-                first_seq: 1,
+            store: Mutex::new(Store {
                 next_seq: 1,
-                ids: HashMap::new(),
+                updates: Ring::new(history_size),
+                events: Ring::new(event_history),
             }),
             reader_tx,
             reader_rx: std::sync::Mutex::new(Some(reader_rx)),
@@ -75,21 +93,29 @@ impl MemoryTransport {
 }
 
 impl Ring {
+    fn new(capacity: usize) -> Self {
+        Self {
+            capacity,
+            entries: VecDeque::with_capacity(capacity.min(65_536)),
+            ids: HashMap::new(),
+            evicted: 0,
+        }
+    }
+
     fn push(&mut self, envelope: Arc<Envelope>) {
-        let seq = envelope.position.seq;
         if self.capacity == 0 {
-            self.first_seq = seq + 1;
+            self.evicted = envelope.position.seq;
             return;
         }
         let id: Arc<str> = envelope.update.id.as_str().into();
         self.ids
             .entry(id)
             .and_modify(|(_, count)| *count += 1)
-            .or_insert((seq, 1));
+            .or_insert((envelope.position.seq, 1));
         self.entries.push_back(envelope);
         while self.entries.len() > self.capacity {
             if let Some(old) = self.entries.pop_front() {
-                self.first_seq += 1;
+                self.evicted = old.position.seq;
                 self.forget(&old);
             }
         }
@@ -114,9 +140,73 @@ impl Ring {
         }
     }
 
+    /// The retained entries numbered after `seq` (all of them for `None`).
+    fn after(&self, seq: Option<u64>) -> impl Iterator<Item = &Arc<Envelope>> {
+        let start = seq.map_or(0, |s| self.entries.partition_point(|e| e.position.seq <= s));
+        self.entries.range(start..)
+    }
+}
+
+impl Store {
+    /// Both rings' entries after `seq`, in sequence order.
     fn after(&self, seq: Option<u64>) -> Vec<Arc<Envelope>> {
-        let skip = seq.map_or(0, |s| (s + 1 - self.first_seq) as usize);
-        self.entries.iter().skip(skip).cloned().collect()
+        let mut updates = self.updates.after(seq).peekable();
+        let mut events = self.events.after(seq).peekable();
+        let mut out = Vec::new();
+        loop {
+            let next = match (updates.peek(), events.peek()) {
+                (Some(u), Some(e)) if e.position.seq < u.position.seq => events.next(),
+                (Some(_), _) => updates.next(),
+                (None, Some(_)) => events.next(),
+                (None, None) => break,
+            };
+            out.extend(next.cloned());
+        }
+        out
+    }
+
+    /// The sequence of the earliest retained occurrence of `id`, in either ring.
+    fn find(&self, id: &str) -> Option<u64> {
+        let update = self.updates.ids.get(id).map(|(seq, _)| *seq);
+        let event = self.events.ids.get(id).map(|(seq, _)| *seq);
+        match (update, event) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Numbers `envelope`, keeps it in `ring` and returns it shared.
+    fn number(&mut self, mut envelope: Envelope, event: bool) -> Arc<Envelope> {
+        envelope.position = Position::new(0, 0, self.next_seq);
+        self.next_seq += 1;
+        let envelope = Arc::new(envelope);
+        let ring = if event {
+            &mut self.events
+        } else {
+            &mut self.updates
+        };
+        ring.push(envelope.clone());
+        envelope
+    }
+}
+
+impl MemoryTransport {
+    async fn store(&self, update: Update, event: bool) -> Result<Position, TransportError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(TransportError::Closed);
+        }
+        // Encode the frame before taking the lock; only numbering happens under it.
+        let mut envelope = Envelope::new(Position::default(), update, now_micros());
+        envelope.trace_context = crate::trace_context::current();
+        let mut store = self.store.lock().await;
+        let envelope = store.number(envelope, event);
+        let position = envelope.position;
+        // Still under the lock, so the reader receives updates in sequence order.
+        self.reader_tx
+            .send(envelope)
+            .await
+            .map_err(|_| TransportError::Closed)?;
+        Ok(position)
     }
 }
 
@@ -128,32 +218,19 @@ impl Transport for MemoryTransport {
         fields(otel.kind = "producer", mercure.transport = "memory")
     )]
     async fn publish(&self, update: Update) -> Result<Position, TransportError> {
-        if self.closed.load(Ordering::Relaxed) {
-            return Err(TransportError::Closed);
-        }
-        // Encode the frame before taking the lock; only numbering happens under it.
-        let mut envelope = Envelope::new(Position::default(), update, now_micros());
-        envelope.trace_context = crate::trace_context::current();
-        let mut ring = self.ring.lock().await;
-        let position = Position::new(0, 0, ring.next_seq);
-        ring.next_seq += 1;
-        envelope.position = position;
-        let envelope = Arc::new(envelope);
-        ring.push(envelope.clone());
-        // Still under the lock, so the reader receives updates in sequence order.
-        self.reader_tx
-            .send(envelope)
-            .await
-            .map_err(|_| TransportError::Closed)?;
-        Ok(position)
+        self.store(update, false).await
+    }
+
+    async fn publish_event(&self, update: Update) -> Result<Position, TransportError> {
+        self.store(update, true).await
     }
 
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
-        let ring = self.ring.lock().await;
+        let store = self.store.lock().await;
         // Everything numbered so far was covered by this read, even what the reader has not handed
         // to the fan-out yet: the caller (registered before asking) would otherwise receive it live
         // too, the anchor itself included.
-        let high_water = ring
+        let high_water = store
             .next_seq
             .checked_sub(1)
             .filter(|&seq| seq > 0)
@@ -163,16 +240,19 @@ impl Transport for MemoryTransport {
             self.history_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(HistoryReply {
                 anchor: None,
-                entries: ring.after(None),
+                entries: store.after(None),
                 high_water,
             });
         }
-        let (counter, reply) = match ring.ids.get(last_event_id) {
-            Some((seq, _)) => (
+        let (counter, reply) = match store.find(last_event_id) {
+            Some(seq) => (
                 &self.history_hits,
                 HistoryReply {
-                    anchor: Some(last_event_id.to_string()),
-                    entries: ring.after(Some(*seq)),
+                    // Something numbered after it was evicted (the other kind's shorter history):
+                    // replay what is left, but tell the subscriber it may have missed updates.
+                    anchor: (store.updates.evicted < seq && store.events.evicted < seq)
+                        .then(|| last_event_id.to_string()),
+                    entries: store.after(Some(seq)),
                     high_water,
                 },
             ),
@@ -292,6 +372,28 @@ mod tests {
             .unwrap()
             .high_water
             .is_empty());
+    }
+
+    #[tokio::test]
+    async fn events_keep_their_own_history_and_their_place_in_the_order() {
+        let t = MemoryTransport::with_event_history(2, 2);
+        t.publish(update("u1")).await.unwrap();
+        for id in ["e1", "e2", "e3"] {
+            t.publish_event(update(id)).await.unwrap();
+        }
+        t.publish(update("u2")).await.unwrap();
+        // The newest two of each kind, in the order they were stored.
+        assert_eq!(
+            ids(&t.history("earliest").await.unwrap()),
+            vec!["u1", "e2", "e3", "u2"]
+        );
+        let after_e2 = t.history("e2").await.unwrap();
+        assert_eq!(ids(&after_e2), vec!["e3", "u2"]);
+        assert_eq!(after_e2.anchor.as_deref(), Some("e2"));
+        // e1, stored after u1, is gone: what is left is replayed, and the subscriber is told.
+        let after_u1 = t.history("u1").await.unwrap();
+        assert_eq!(ids(&after_u1), vec!["e2", "e3", "u2"]);
+        assert_eq!(after_u1.anchor, None);
     }
 
     #[tokio::test]

@@ -134,11 +134,12 @@ pub(crate) struct Shared {
     pub(crate) settings: Settings,
     /// Index = partition.
     keys: Vec<StreamKeys>,
-    pub(crate) pool: ConnectionPool,
+    pub(crate) pool: Arc<ConnectionPool>,
     /// Opens readers' own connections, whose response timeout covers a blocking read.
     reader_connector: Connector,
-    /// Index = partition. A blocking lock: only the reader writes, history reads copy a slice; no
-    /// `.await` happens while it is held.
+    /// Index = partition, then one more for the subscription events (index `partitions`). A
+    /// blocking lock: only the reader writes, history reads copy a slice; no `.await` happens while
+    /// it is held.
     caches: Vec<RwLock<TailCache>>,
     /// Index = partition: entries stored but not yet read by that partition's reader, as last
     /// measured (0 whenever a read returned less than a full batch: the reader is caught up).
@@ -146,9 +147,17 @@ pub(crate) struct Shared {
     health: Health,
     counters: Counters,
     flights: SingleFlight<history::Flight>,
-    /// Index = partition: the newest position the reader has read and cached (`None` before its
-    /// first warm-up). History waits on it before calling an id unknown (see `history`).
+    /// Index as `caches`: the newest position the reader has read and cached (`None` before its
+    /// first warm-up). History waits on it before calling an id unknown (see `history`); events
+    /// are published following partition 0's.
     progress: Vec<tokio::sync::watch::Sender<Option<Position>>>,
+}
+
+impl Shared {
+    /// The partition index of subscription events' positions (one past the update partitions).
+    pub(crate) fn events_partition(&self) -> u16 {
+        self.settings.partitions
+    }
 }
 
 impl RedisTransport {
@@ -161,18 +170,25 @@ impl RedisTransport {
             Connector::new(&settings, settings.block + settings.command_timeout)?;
         let shared = Shared {
             keys: keys::stream_keys(&settings.prefix, settings.partitions),
-            pool: ConnectionPool::new(pool_connector, settings.pool_size, settings.command_timeout),
+            pool: Arc::new(ConnectionPool::new(
+                pool_connector,
+                settings.pool_size,
+                settings.command_timeout,
+            )),
             reader_connector,
             lags: (0..settings.partitions)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
             caches: (0..settings.partitions)
                 .map(|_| RwLock::new(TailCache::new(settings.cache_capacity)))
+                .chain(std::iter::once(RwLock::new(TailCache::new(
+                    settings.event_cache_capacity,
+                ))))
                 .collect(),
             health: Health::new(settings.partitions),
             counters: Counters::default(),
             flights: SingleFlight::new(),
-            progress: (0..settings.partitions)
+            progress: (0..=settings.partitions)
                 .map(|_| tokio::sync::watch::channel(None).0)
                 .collect(),
             settings,
@@ -209,7 +225,8 @@ impl RedisTransport {
         options: crate::subscriptions::RegistryOptions,
     ) -> Arc<crate::subscriptions::RedisSubscriptionRegistry> {
         Arc::new(crate::subscriptions::RedisSubscriptionRegistry::new(
-            self.shared.clone(),
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
             options,
         ))
     }
@@ -217,6 +234,37 @@ impl RedisTransport {
     /// The partition updates whose canonical topic is `topic` are stored in.
     pub fn partition_of(&self, topic: &str) -> u16 {
         keys::partition_of(topic, self.shared.settings.partitions)
+    }
+
+    /// An entry's payload for `update`, with a fresh nonce: a retried `XADD` of it is recognised.
+    fn encode(&self, update: &Update) -> Result<Vec<u8>, TransportError> {
+        let trace_context = crate::trace_context::current();
+        // Never 0 (which means "none").
+        let nonce = fastrand::u64(1..);
+        entry::encode(update, now_micros(), trace_context.as_ref(), nonce)
+            .map_err(|e| TransportError::Corrupt(e.to_string()))
+    }
+
+    /// The outcome of storing an entry in `partition`.
+    fn stored(
+        &self,
+        partition: u16,
+        stored: Result<String, CallError>,
+    ) -> Result<Position, TransportError> {
+        let shared = &self.shared;
+        match stored {
+            Ok(id) => {
+                shared.health.set_pool(true);
+                Position::parse_stream_id(partition, &id)
+                    .ok_or_else(|| TransportError::Corrupt(format!("stream id {id:?}")))
+            }
+            Err(e) => {
+                if e.breaks_connection() {
+                    shared.health.set_pool(false);
+                }
+                Err(e.into())
+            }
+        }
     }
 
     fn spawn_health_check(&self) {
@@ -256,9 +304,7 @@ impl Transport for RedisTransport {
         let settings = &shared.settings;
         let partition = keys::partition_of(update.canonical_topic(), settings.partitions);
         let key = &shared.keys[usize::from(partition)].stream;
-        let trace_context = crate::trace_context::current();
-        let payload = entry::encode(&update, now_micros(), trace_context.as_ref())
-            .map_err(|e| TransportError::Corrupt(e.to_string()))?;
+        let payload = self.encode(&update)?;
         let xadd = commands::xadd(key, settings.stream_len, &payload);
         let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
             None => shared.pool.query(&xadd).await,
@@ -276,19 +322,29 @@ impl Transport for RedisTransport {
                     .map(|(id,)| id)
             }
         };
-        match stored {
-            Ok(id) => {
-                shared.health.set_pool(true);
-                Position::parse_stream_id(partition, &id)
-                    .ok_or_else(|| TransportError::Corrupt(format!("stream id {id:?}")))
-            }
-            Err(e) => {
-                if e.breaks_connection() {
-                    shared.health.set_pool(false);
-                }
-                Err(e.into())
-            }
+        self.stored(partition, stored)
+    }
+
+    #[tracing::instrument(
+        name = "mercure.transport.publish",
+        skip_all,
+        fields(otel.kind = "producer", mercure.transport = "redis")
+    )]
+    async fn publish_event(&self, update: Update) -> Result<Position, TransportError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(TransportError::Closed);
         }
+        let shared = &self.shared;
+        let payload = self.encode(&update)?;
+        let keys = &shared.keys[0];
+        let cmd = commands::xadd_event(
+            &keys.events,
+            &keys.stream,
+            shared.settings.event_stream_len,
+            &payload,
+        );
+        let stored = shared.pool.query(&cmd).await;
+        self.stored(shared.events_partition(), stored)
     }
 
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {

@@ -327,7 +327,12 @@ async fn history_is_served_from_the_tail_cache_without_redis() {
         assert!(unknown.anchor.is_none() && unknown.entries.is_empty());
 
         let after = t.stats();
-        assert_eq!(after.history_redis_commands, before.history_redis_commands);
+        // The unknown id cost one look at where each stream (updates, events) ends, to be sure
+        // the reader had read everything when it was asked; nothing was scanned.
+        assert_eq!(
+            after.history_redis_commands,
+            before.history_redis_commands + 2
+        );
         assert_eq!(after.history_redis_scans, before.history_redis_scans);
         assert_eq!(after.history_cache_hits, before.history_cache_hits + 4);
     })
@@ -859,4 +864,81 @@ fn urls_with_tls_and_credentials_are_accepted() {
     };
     assert!(RedisTransport::new(cluster).is_ok());
     assert!(RedisTransport::new(RedisConfig::new("http://nope")).is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_events_never_push_updates_out_of_history() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(RedisConfig {
+            history_size: 10,
+            event_history: 10,
+            ..config(redis.url())
+        })
+        .await;
+        let real = names("real", 5);
+        publish_all(&t, &real, "/t").await;
+        for i in 0..2_000 {
+            t.publish_event(update(
+                &format!("ev{i}"),
+                "/.well-known/mercure/subscriptions/x",
+            ))
+            .await
+            .unwrap();
+        }
+        receive(&mut rx, 2_005).await;
+        let all = t.history("earliest").await.unwrap();
+        let kept = reply_ids(&all);
+        for id in &real {
+            assert!(kept.contains(&id.as_str()), "{id} was pushed out by events");
+        }
+        // Each kind keeps its own history: the newest 10 events, all 5 updates.
+        assert_eq!(kept.len(), 15);
+        assert_eq!(kept.last(), Some(&"ev1999"));
+        // Resuming after the last update: the events stored after it are more than the events'
+        // history keeps, so the subscriber gets what is left and is told it may have missed some.
+        let resumed = t.history("real4").await.unwrap();
+        assert_eq!(resumed.anchor, None);
+        assert_eq!(reply_ids(&resumed).len(), 10);
+        // Resuming after a recent event: nothing after it is gone.
+        let recent = t.history("ev1995").await.unwrap();
+        assert_eq!(recent.anchor.as_deref(), Some("ev1995"));
+        assert_eq!(reply_ids(&recent), ["ev1996", "ev1997", "ev1998", "ev1999"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_handed_over_after_the_update_they_follow_on_every_node_and_in_history() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (a, mut rx_a) = node(config(redis.url())).await;
+        let (b, mut rx_b) = node(config(redis.url())).await;
+        a.publish(update("u1", "/t")).await.unwrap();
+        assert_eq!(ids(&receive(&mut rx_a, 1).await), ["u1"]);
+        assert_eq!(ids(&receive(&mut rx_b, 1).await), ["u1"]);
+        // A has read u1: its event follows u1. B's event follows what B read, u1 too.
+        a.publish_event(update("e1", "/s")).await.unwrap();
+        b.publish_event(update("e2", "/s")).await.unwrap();
+        b.publish(update("u2", "/t")).await.unwrap();
+        a.publish_event(update("e3", "/s")).await.unwrap();
+        let want = ["e1", "e2", "u2", "e3"];
+        assert_eq!(ids(&receive(&mut rx_a, 4).await), want);
+        assert_eq!(ids(&receive(&mut rx_b, 4).await), want);
+        // History replays them at the same places, whichever kind the anchor is.
+        for (from, expected) in [
+            ("earliest", vec!["u1", "e1", "e2", "u2", "e3"]),
+            ("u1", vec!["e1", "e2", "u2", "e3"]),
+            ("e1", vec!["e2", "u2", "e3"]),
+            ("e2", vec!["u2", "e3"]),
+            ("u2", vec!["e3"]),
+            ("e3", vec![]),
+        ] {
+            for node in [&a, &b] {
+                let reply = node.history(from).await.unwrap();
+                assert_eq!(reply_ids(&reply), expected, "after {from}");
+            }
+        }
+    })
+    .await;
 }

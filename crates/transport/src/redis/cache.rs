@@ -14,6 +14,8 @@ use std::sync::Arc;
 
 use quicksilver_protocol::{Envelope, Position};
 
+use super::history::{before, holds_all_after, Start};
+
 /// The newest entries of one partition (see the module docs).
 #[derive(Debug)]
 pub(crate) struct TailCache {
@@ -34,6 +36,9 @@ pub(crate) struct CacheSlice {
     pub(crate) entries: Vec<Arc<Envelope>>,
     /// The newest cached position when the copy was taken (the reader had reached it).
     pub(crate) last: Option<Position>,
+    /// Entries that belong after the start may be gone (evicted past the stream's retention):
+    /// the reply must then say so (see `history`).
+    pub(crate) incomplete: bool,
 }
 
 impl TailCache {
@@ -47,6 +52,11 @@ impl TailCache {
             ids: HashMap::new(),
             complete: false,
         }
+    }
+
+    /// How many entries it keeps at most.
+    pub(crate) fn capacity(&self) -> usize {
+        self.capacity
     }
 
     /// Replaces the contents with `entries` (oldest first). `complete`: they are everything the
@@ -121,11 +131,43 @@ impl TailCache {
             || self.entries.front().is_some_and(|e| e.position.ms < min_ms)
     }
 
-    /// The position of the earliest cached occurrence of `event_id`.
-    pub(crate) fn find(&self, event_id: &str) -> Option<Position> {
+    /// The earliest cached occurrence of `event_id`.
+    pub(crate) fn find(&self, event_id: &str) -> Option<&Arc<Envelope>> {
         let (ordinal, _) = self.ids.get(event_id)?;
         let index = usize::try_from(ordinal - self.first_ordinal).ok()?;
-        self.entries.get(index).map(|e| e.position)
+        self.entries.get(index)
+    }
+
+    /// The entries `start` takes (see `history::Start`), when the cache holds all of them:
+    /// `None` when some may only be in Redis. `history_size`: what the stream retains.
+    pub(crate) fn select(&self, start: Start, history_size: usize) -> Option<CacheSlice> {
+        let covered = self.covers_history(history_size);
+        let reaches = match start {
+            Start::All => covered,
+            // The cache must hold the position itself (or be all there is).
+            Start::After(p) => covered || self.first().is_some_and(|f| !f.is_after(&p)),
+            Start::SinceMs(ms) => self.covers_from_ms(ms, history_size),
+            // The first cached event must follow an earlier update (or be all there is).
+            Start::Following(p) => {
+                covered
+                    || self
+                        .entries
+                        .front()
+                        .and_then(|e| e.follows)
+                        .is_some_and(|f| p.is_after(&f))
+            }
+        };
+        if !reaches {
+            return None;
+        }
+        let mut slice = self.slice_from(self.entries.partition_point(before(start)));
+        slice.incomplete = !holds_all_after(
+            self.entries.front(),
+            self.entries.len(),
+            history_size,
+            start,
+        );
+        Some(slice)
     }
 
     /// The cached entries strictly after `position` (of this partition).
@@ -133,12 +175,6 @@ impl TailCache {
         let start = self
             .entries
             .partition_point(|e| !e.position.is_after(&position));
-        self.slice_from(start)
-    }
-
-    /// The cached entries whose stream-id time is at least `min_ms`.
-    pub(crate) fn since_ms(&self, min_ms: u64) -> CacheSlice {
-        let start = self.entries.partition_point(|e| e.position.ms < min_ms);
         self.slice_from(start)
     }
 
@@ -151,6 +187,7 @@ impl TailCache {
         CacheSlice {
             entries: self.entries.range(start..).cloned().collect(),
             last: self.last(),
+            incomplete: false,
         }
     }
 
@@ -193,10 +230,13 @@ mod tests {
             c.push(env(id, i as u64 + 1));
         }
         assert!(c.find("a").is_none());
-        let b = c.find("b").unwrap();
+        let b = c.find("b").unwrap().position;
         assert_eq!(ids(&c.after(b)), vec!["c", "d"]);
         assert_eq!(c.after(b).last, Some(Position::new(0, 4, 0)));
-        assert_eq!(ids(&c.since_ms(3)), vec!["c", "d"]);
+        assert_eq!(
+            ids(&c.select(Start::SinceMs(3), 3).unwrap_or_default()),
+            vec!["c", "d"]
+        );
         assert!(
             !c.covers_history(10),
             "evicted, so older entries may exist in Redis"
@@ -211,9 +251,12 @@ mod tests {
         for (i, id) in ["x", "a", "x", "b"].iter().enumerate() {
             c.push(env(id, i as u64 + 1));
         }
-        assert_eq!(ids(&c.after(c.find("x").unwrap())), vec!["a", "x", "b"]);
+        assert_eq!(
+            ids(&c.after(c.find("x").unwrap().position)),
+            vec!["a", "x", "b"]
+        );
         c.push(env("c", 5));
-        assert_eq!(ids(&c.after(c.find("x").unwrap())), vec!["b", "c"]);
+        assert_eq!(ids(&c.after(c.find("x").unwrap().position)), vec!["b", "c"]);
     }
 
     #[test]

@@ -58,6 +58,48 @@ pub(crate) fn xadd(key: &str, max_len: usize, payload: &[u8]) -> Cmd {
     cmd
 }
 
+/// Appends a subscription event to the events stream (`KEYS[1]`), following the newest update of
+/// partition 0's updates stream (`KEYS[2]`, same hash slot) at this instant: every update stored
+/// after the event comes after it, every update stored before it comes before it, on every node
+/// and in history (see `reader`). What an event follows never goes backwards along the events
+/// stream (an `XDEL` of the newest update could make it): the event's own place is then the later
+/// one. `ARGV[1]`: `MAXLEN ~`; `ARGV[2]`: the format version; `ARGV[3]`: the payload. Returns the
+/// new entry's id.
+const XADD_EVENT_SCRIPT: &str = "\
+local function later(a, b)
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  if not am then return b end
+  if not bm then return a end
+  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
+  if am > bm or (am == bm and as > bs) then return a end
+  return b
+end
+local follows = '0-0'
+local update = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 1)[1]
+if update then follows = update[1] end
+local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
+if newest then
+  local fields = newest[2]
+  for i = 1, #fields, 2 do
+    if fields[i] == 'a' then follows = later(fields[i + 1], follows) end
+  end
+end
+return redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'a', follows, 'u', ARGV[3])";
+
+/// The `EVAL` of [`XADD_EVENT_SCRIPT`]: an event into `events`, following `updates`' newest.
+pub(crate) fn xadd_event(events: &str, updates: &str, max_len: usize, payload: &[u8]) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(XADD_EVENT_SCRIPT)
+        .arg(2)
+        .arg(events)
+        .arg(updates)
+        .arg(max_len)
+        .arg(FORMAT_V1)
+        .arg(payload);
+    cmd
+}
+
 /// `XTRIM <key> MINID ~ <ms>`: drops entries older than `min_ms`.
 pub(crate) fn xtrim_minid(key: &str, min_ms: u64) -> Cmd {
     let mut cmd = redis::cmd("XTRIM");
@@ -122,30 +164,36 @@ pub(crate) async fn read_tail(
     })
 }
 
-/// `XREAD COUNT <count> BLOCK <block> STREAMS <key> <after>` on a reader's connection: the entries
-/// after `after`, waiting up to `block` for some to arrive (an empty list when none did).
+/// `XREAD COUNT <count> BLOCK <block> STREAMS <keys…> <afters…>` on a reader's connection: for
+/// each `(key, after)` of `streams`, the entries after `after` (at most `count` per stream),
+/// waiting up to `block` for some to arrive in any of them. One list per stream, in order.
 pub(crate) async fn read_after(
     conn: &mut Conn,
-    key: &str,
-    after: Position,
+    streams: &[(&str, Position)],
     count: usize,
     block: Duration,
     timeout: Duration,
-) -> Result<Vec<StreamId>, CallError> {
+) -> Result<Vec<Vec<StreamId>>, CallError> {
     let mut cmd = redis::cmd("XREAD");
     cmd.arg("COUNT")
         .arg(count)
         .arg("BLOCK")
         .arg(block.as_millis() as u64)
-        .arg("STREAMS")
-        .arg(key)
-        .arg(after.stream_id());
+        .arg("STREAMS");
+    for (key, _) in streams {
+        cmd.arg(*key);
+    }
+    for (_, after) in streams {
+        cmd.arg(after.stream_id());
+    }
     let reply: Option<StreamReadReply> = timed(block + timeout, cmd.query_async(conn)).await?;
-    Ok(reply
-        .into_iter()
-        .flat_map(|r| r.keys)
-        .flat_map(|k| k.ids)
-        .collect())
+    let mut by_key: Vec<Vec<StreamId>> = streams.iter().map(|_| Vec::new()).collect();
+    for stream in reply.into_iter().flat_map(|r| r.keys) {
+        if let Some(i) = streams.iter().position(|(key, _)| *key == stream.key) {
+            by_key[i] = stream.ids;
+        }
+    }
+    Ok(by_key)
 }
 
 /// The stream's epoch: creates it (a random value, `SET NX`) if absent, then reads it.
@@ -214,55 +262,74 @@ pub(crate) async fn stream_info(
     })
 }
 
-/// Reads the stream's counters and the entries after a position in one atomic step: whether
+/// Reads each stream's counters and the entries after a position in one atomic step: whether
 /// entries were removed after that position is then known exactly (nothing can be trimmed between
-/// the two reads).
+/// the two reads). `KEYS`: the streams (one hash slot); `ARGV`: the count, then one position per
+/// stream. Returns, per stream, `{entries-added, length, last-generated-id, max-deleted-entry-id,
+/// entries}`.
 const CHECKED_READ_SCRIPT: &str = "\
-if redis.call('EXISTS', KEYS[1]) == 0 then return {0, 0, '0-0', '0-0', {}} end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local f = {}
-for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
-local entries = redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-return {f['entries-added'] or -1, f['length'], f['last-generated-id'], f['max-deleted-entry-id'] or '0-0', entries}";
+local out = {}
+for k = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[k]) == 0 then
+    out[k] = {0, 0, '0-0', '0-0', {}}
+  else
+    local info = redis.call('XINFO', 'STREAM', KEYS[k])
+    local f = {}
+    for i = 1, #info, 2 do f[info[i]] = info[i + 1] end
+    local entries = redis.call('XRANGE', KEYS[k], '(' .. ARGV[k + 1], '+', 'COUNT', ARGV[1])
+    out[k] = {f['entries-added'] or -1, f['length'], f['last-generated-id'], f['max-deleted-entry-id'] or '0-0', entries}
+  end
+end
+return out";
 
-/// Up to `count` entries after `after`, with the stream's counters at the same instant (see
-/// [`CHECKED_READ_SCRIPT`]). Does not wait for entries: used by a reader that is behind.
+/// For each `(key, after)` of `streams` (one hash slot), up to `count` entries after `after`,
+/// with the stream's counters at the same instant (see [`CHECKED_READ_SCRIPT`]). Does not wait
+/// for entries: used by a reader that may be behind.
 pub(crate) async fn read_checked(
     via: &mut Via<'_>,
-    key: &str,
-    after: Position,
+    streams: &[(&str, Position)],
     count: usize,
-) -> Result<(StreamInfo, Vec<StreamId>), CallError> {
+) -> Result<Vec<(StreamInfo, Vec<StreamId>)>, CallError> {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(CHECKED_READ_SCRIPT)
-        .arg(1)
-        .arg(key)
-        .arg(after.stream_id())
-        .arg(count);
-    let (added, length, last, deleted, entries): (i64, i64, String, String, StreamRangeReply) =
-        via.query(&cmd).await?;
-    let partition = after.partition;
-    let zero = Position::new(partition, 0, 0);
-    Ok((
-        StreamInfo {
-            entries_added: u64::try_from(added).ok(),
-            length: u64::try_from(length).unwrap_or(0),
-            last_generated: Position::parse_stream_id(partition, &last).unwrap_or(zero),
-            max_deleted: Position::parse_stream_id(partition, &deleted).unwrap_or(zero),
-        },
-        entries.ids,
-    ))
+    cmd.arg(CHECKED_READ_SCRIPT).arg(streams.len());
+    for (key, _) in streams {
+        cmd.arg(*key);
+    }
+    cmd.arg(count);
+    for (_, after) in streams {
+        cmd.arg(after.stream_id());
+    }
+    type Checked = (i64, i64, String, String, StreamRangeReply);
+    let replies: Vec<Checked> = via.query(&cmd).await?;
+    Ok(streams
+        .iter()
+        .zip(replies)
+        .map(|((_, after), (added, length, last, deleted, entries))| {
+            let partition = after.partition;
+            let zero = Position::new(partition, 0, 0);
+            (
+                StreamInfo {
+                    entries_added: u64::try_from(added).ok(),
+                    length: u64::try_from(length).unwrap_or(0),
+                    last_generated: Position::parse_stream_id(partition, &last).unwrap_or(zero),
+                    max_deleted: Position::parse_stream_id(partition, &deleted).unwrap_or(zero),
+                },
+                entries.ids,
+            )
+        })
+        .collect())
 }
 
-/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`.
+/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`; each
+/// comes with the nonce of the publish that wrote it (0: none).
 pub(crate) fn decode_all(
     partition: u16,
     raw: Vec<StreamId>,
     mut on_skip: impl FnMut(&StreamId, EntryError),
-) -> Vec<Arc<Envelope>> {
+) -> Vec<(Arc<Envelope>, u64)> {
     raw.into_iter()
         .filter_map(|id| match entry::decode(partition, &id) {
-            Ok(envelope) => Some(Arc::new(envelope)),
+            Ok(decoded) => Some((Arc::new(decoded.envelope), decoded.nonce)),
             Err(e) => {
                 on_skip(&id, e);
                 None

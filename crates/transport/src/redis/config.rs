@@ -50,6 +50,9 @@ pub struct RedisConfig {
     /// Updates retained per partition for reconnecting subscribers (`XADD MAXLEN ~`); 0 disables
     /// history.
     pub history_size: usize,
+    /// Subscription events retained (`XADD MAXLEN ~` of their own stream), apart from the
+    /// updates' `history_size`: they never push real updates out of history.
+    pub event_history: usize,
     /// Also drop updates older than this (`XTRIM MINID ~ now-age`, measured by this node's clock
     /// against Redis stream ids, so keep clocks synchronized).
     pub history_max_age: Option<Duration>,
@@ -108,6 +111,7 @@ impl Default for RedisConfig {
             stream_key_prefix: "quicksilver".into(),
             partitions: 1,
             history_size: 1_000,
+            event_history: 1_000,
             history_max_age: None,
             tail_cache_size: None,
             pool_size: 4,
@@ -152,8 +156,14 @@ pub(crate) struct Settings {
     pub(crate) history_size: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) cache_capacity: usize,
+    /// Subscription events each node keeps in memory.
+    pub(crate) event_cache_capacity: usize,
     /// `MAXLEN ~` of every stream.
     pub(crate) stream_len: usize,
+    /// Subscription events replayed at most (the events stream's share of `history_size`).
+    pub(crate) event_history: usize,
+    /// `MAXLEN ~` of the events stream.
+    pub(crate) event_stream_len: usize,
     pub(crate) pool_size: usize,
     pub(crate) block: Duration,
     pub(crate) batch_window: Duration,
@@ -214,7 +224,13 @@ impl Settings {
             history_size: config.history_size,
             max_age: config.history_max_age,
             cache_capacity,
+            event_cache_capacity: config
+                .tail_cache_size
+                .unwrap_or(config.event_history.min(DEFAULT_TAIL_CACHE_CAP))
+                .min(config.event_history),
             stream_len: config.history_size.max(MIN_STREAM_LEN),
+            event_history: config.event_history,
+            event_stream_len: config.event_history.max(MIN_STREAM_LEN),
             pool_size: config.pool_size,
             block: Duration::from_millis(config.block_ms),
             batch_window: config.batch_window,

@@ -8,6 +8,12 @@
 //! decodes each entry once into an [`Envelope`], whose SSE frame is then shared by all of that node's
 //! subscribers.
 //!
+//! A subscription event, kept in its own stream, has a third field, `a`: the stream id, in the
+//! updates stream of partition 0, of the update it comes right after (see `reader`). An update's
+//! payload may carry a `nonce`, a random number drawn once per publish, so that an `XADD` that a
+//! client library retried after it had already run (a Redis Cluster failover) is recognised as the
+//! same update and delivered once.
+//!
 //! Compatibility rules, for whoever writes version 2:
 //! - Readers ignore fields of the entry they do not know, and MessagePack maps are decoded by field
 //!   name, so adding a field to the stored struct (with `#[serde(default)]`) keeps `v = "1"` readable
@@ -28,6 +34,8 @@ use thiserror::Error;
 pub(crate) const FIELD_VERSION: &str = "v";
 /// Field holding the encoded update.
 pub(crate) const FIELD_UPDATE: &str = "u";
+/// Field of a subscription event holding the update it follows.
+pub(crate) const FIELD_FOLLOWS: &str = "a";
 /// The format this version writes.
 pub(crate) const FORMAT_V1: &str = "1";
 
@@ -59,6 +67,13 @@ struct EntryV1Ref<'a> {
     /// Added after the first release: omitted when absent, so untraced entries are unchanged.
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_context: Option<&'a TraceContext>,
+    /// Added later still: omitted when 0 (none).
+    #[serde(skip_serializing_if = "is_zero")]
+    nonce: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What a version-1 entry's `u` field holds, as read.
@@ -69,23 +84,34 @@ struct EntryV1 {
     accepted_at_micros: u64,
     #[serde(default)]
     trace_context: Option<TraceContext>,
+    #[serde(default)]
+    nonce: u64,
 }
 
-/// The `u` field of a new entry for `update`.
+/// A decoded entry: the envelope, and the nonce of the publish that wrote it (0: none).
+#[derive(Debug)]
+pub(crate) struct Decoded {
+    pub(crate) envelope: Envelope,
+    pub(crate) nonce: u64,
+}
+
+/// The `u` field of a new entry for `update`; `nonce` identifies the publish (0: none).
 pub fn encode(
     update: &Update,
     accepted_at_micros: u64,
     trace_context: Option<&TraceContext>,
+    nonce: u64,
 ) -> Result<Vec<u8>, EntryError> {
     Ok(rmp_serde::to_vec_named(&EntryV1Ref {
         update,
         accepted_at_micros,
         trace_context,
+        nonce,
     })?)
 }
 
 /// Decodes one stream entry of `partition` into an envelope (encoding its SSE frame).
-pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Envelope, EntryError> {
+pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Decoded, EntryError> {
     let position = Position::parse_stream_id(partition, &entry.id)
         .ok_or_else(|| EntryError::BadId(entry.id.clone()))?;
     let version = entry
@@ -103,15 +129,29 @@ pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Envelope, Entry
         .get(FIELD_UPDATE)
         .and_then(bytes_of)
         .ok_or(EntryError::MissingField(FIELD_UPDATE))?;
-    decode_payload(position, payload)
+    let mut decoded = decode_v1(position, payload)?;
+    decoded.envelope.follows = entry
+        .map
+        .get(FIELD_FOLLOWS)
+        .and_then(bytes_of)
+        .and_then(|id| std::str::from_utf8(id).ok())
+        .and_then(|id| Position::parse_stream_id(0, id));
+    Ok(decoded)
 }
 
 /// Decodes a version-1 `u` field stored at `position` into an envelope (encoding its SSE frame).
 pub fn decode_payload(position: Position, payload: &[u8]) -> Result<Envelope, EntryError> {
+    decode_v1(position, payload).map(|d| d.envelope)
+}
+
+fn decode_v1(position: Position, payload: &[u8]) -> Result<Decoded, EntryError> {
     let stored: EntryV1 = rmp_serde::from_slice(payload)?;
     let mut envelope = Envelope::new(position, stored.update, stored.accepted_at_micros);
     envelope.trace_context = stored.trace_context;
-    Ok(envelope)
+    Ok(Decoded {
+        envelope,
+        nonce: stored.nonce,
+    })
 }
 
 fn bytes_of(value: &Value) -> Option<&[u8]> {
@@ -151,12 +191,12 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let bytes = encode(&update(), 42, None).unwrap();
+        let bytes = encode(&update(), 42, None, 0).unwrap();
         let e = entry(
             "17-3",
             &[("v", b"1".to_vec()), ("u", bytes), ("future", vec![1])],
         );
-        let env = decode(2, &e).unwrap();
+        let env = decode(2, &e).unwrap().envelope;
         assert_eq!(env.update, update());
         assert_eq!(env.accepted_at_micros, 42);
         assert_eq!(env.position, Position::new(2, 17, 3));
@@ -165,7 +205,7 @@ mod tests {
 
     #[test]
     fn unknown_versions_and_garbage_are_errors_not_panics() {
-        let bytes = encode(&update(), 1, None).unwrap();
+        let bytes = encode(&update(), 1, None, 0).unwrap();
         let v2 = entry("1-0", &[("v", b"2".to_vec()), ("u", bytes.clone())]);
         assert!(matches!(decode(0, &v2), Err(EntryError::UnknownVersion(v)) if v == "2"));
         let junk = entry("1-0", &[("v", b"1".to_vec()), ("u", vec![0xc1, 0x00])]);
@@ -194,7 +234,9 @@ mod tests {
             trace_id: "abc",
         })
         .unwrap();
-        let env = decode(0, &entry("5-0", &[("v", b"1".to_vec()), ("u", bytes)])).unwrap();
+        let env = decode(0, &entry("5-0", &[("v", b"1".to_vec()), ("u", bytes)]))
+            .unwrap()
+            .envelope;
         assert_eq!(env.update, u);
         assert_eq!(env.accepted_at_micros, 7);
     }
@@ -205,8 +247,10 @@ mod tests {
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             tracestate: Some("vendor=1".into()),
         };
-        let bytes = encode(&update(), 9, Some(&tc)).unwrap();
-        let env = decode(0, &entry("6-0", &[("v", b"1".to_vec()), ("u", bytes)])).unwrap();
+        let bytes = encode(&update(), 9, Some(&tc), 0).unwrap();
+        let env = decode(0, &entry("6-0", &[("v", b"1".to_vec()), ("u", bytes)]))
+            .unwrap()
+            .envelope;
         assert_eq!(env.trace_context, Some(tc));
         assert_eq!(env.update, update());
         // The trace context never reaches subscribers.
@@ -231,11 +275,30 @@ mod tests {
             0,
             &entry("7-0", &[("v", b"1".to_vec()), ("u", old.clone())]),
         )
-        .unwrap();
+        .unwrap()
+        .envelope;
         assert_eq!(env.update, u);
         assert_eq!(env.trace_context, None);
         // And an untraced entry is byte for byte what the first release wrote.
-        assert_eq!(encode(&u, 3, None).unwrap(), old);
+        assert_eq!(encode(&u, 3, None, 0).unwrap(), old);
+    }
+
+    #[test]
+    fn nonces_and_followed_positions_round_trip() {
+        let bytes = encode(&update(), 1, None, 77).unwrap();
+        let d = decode(
+            1,
+            &entry(
+                "9-0",
+                &[("v", b"1".to_vec()), ("a", b"8-4".to_vec()), ("u", bytes)],
+            ),
+        )
+        .unwrap();
+        assert_eq!(d.nonce, 77);
+        assert_eq!(d.envelope.follows, Some(Position::new(0, 8, 4)));
+        let plain = encode(&update(), 1, None, 0).unwrap();
+        let d = decode(0, &entry("9-1", &[("v", b"1".to_vec()), ("u", plain)])).unwrap();
+        assert_eq!((d.nonce, d.envelope.follows), (0, None));
     }
 
     #[test]
@@ -251,7 +314,7 @@ mod tests {
             traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
             tracestate: None,
         };
-        let bytes = encode(&update(), 5, Some(&tc)).unwrap();
+        let bytes = encode(&update(), 5, Some(&tc), 0).unwrap();
         let old: OldEntryV1 = rmp_serde::from_slice(&bytes).unwrap();
         assert_eq!(old.update, update());
         assert_eq!(old.accepted_at_micros, 5);

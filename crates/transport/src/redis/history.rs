@@ -2,17 +2,27 @@
 //!
 //! The fast path reads only the tail caches, under their read locks, with no Redis round trip; it
 //! answers whenever the caches hold everything the reply needs (the anchor and all that follows it,
-//! or proof that an id is unknown). Otherwise the slow path loads each partition's retained history
-//! (its newest `history_size` entries: the cached tail plus older entries read from Redis with
-//! `XREVRANGE` in batches, so the scan is bounded) and answers from that. Identical concurrent slow
-//! paths are merged into one by last event id (single-flight).
+//! or proof that an id is unknown). Otherwise the slow path loads each stream's retained history
+//! (its newest `history_size` entries, `event_history` for subscription events: the cached tail
+//! plus older entries read from Redis with `XREVRANGE` in batches, so the scan is bounded) and
+//! answers from that. Identical concurrent slow paths are merged into one by last event id
+//! (single-flight).
 //!
-//! Replies are assembled the same way on both paths. With one partition the reply is the entries
-//! after the earliest retained occurrence of the id. With several, the id's partition `p` gives the
-//! entries after it, every other partition `q` its entries at or after the anchor's stream time minus
-//! the resume margin, merged by `(stream time, partition, sequence)`; see the `redis` module docs for
-//! what that guarantees. Each partition read contributes its high-water mark: the newest position the
-//! read covered, whether or not an entry of it was returned.
+//! Replies are assembled the same way on both paths, stream by stream:
+//! - the stream holding the anchor (the earliest retained occurrence of the id): the entries after
+//!   it;
+//! - with one partition, the other of the pair updates/subscription events, exactly: after an
+//!   update, the events that follow it or a later update; after an event, the updates after the
+//!   one it follows (every node hands events over right after the update they follow, so that is
+//!   exactly what the subscriber had not seen);
+//! - with several partitions, every other stream its entries at or after the anchor's stream time
+//!   minus the resume margin (see the `redis` module docs for what that guarantees), except that
+//!   partition 0 and the events stream keep the exact rule between them.
+//!
+//! The merged reply is in the order nodes hand entries over: with one partition, each event right
+//! after the update it follows; with several, `(stream time, partition, sequence)`. Each stream
+//! read contributes its high-water mark: the newest position the read covered, whether or not an
+//! entry of it was returned.
 //!
 //! # What a reply promises
 //! The caller (a subscriber) registered for live updates before asking, so a reply must cover
@@ -146,19 +156,20 @@ fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
             Some(mark) if cache.last() == Some(mark) => CacheSlice {
                 entries: Vec::new(),
                 last: Some(mark),
+                incomplete: false,
             },
             Some(_) => return None,
             // The snapshot saw nothing of this partition: all it holds now is newer, if it holds
             // everything the stream has.
-            None if cache.covers_history(shared.settings.history_size) => cache.all(),
+            None if cache.covers_history(retained(shared, q)) => cache.all(),
             None => return None,
         };
         high_water.extend(newer.last.or(mark));
         reply.entries.extend(newer.entries);
     }
-    if shared.caches.len() > 1 {
-        reply.entries.sort_by_key(|e| order(&e.position));
-    }
+    reply
+        .entries
+        .sort_by_key(|e| entry_key(shared.settings.partitions, e));
     reply.high_water = high_water;
     Some(reply)
 }
@@ -168,8 +179,12 @@ fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
 async fn catch_up(shared: &Shared) -> bool {
     let deadline = tokio::time::Instant::now() + shared.settings.command_timeout;
     let mut waited = false;
-    for partition in 0..shared.settings.partitions {
-        let key = &shared.keys[usize::from(partition)].stream;
+    for partition in 0..=shared.settings.partitions {
+        let key = if partition == shared.events_partition() {
+            &shared.keys[0].events
+        } else {
+            &shared.keys[usize::from(partition)].stream
+        };
         let mut via = Via::Pool {
             pool: &shared.pool,
             sent: &shared.counters.history_redis_commands,
@@ -195,113 +210,193 @@ async fn catch_up(shared: &Shared) -> bool {
     waited
 }
 
-/// The fast path: `None` when the caches cannot answer alone.
-fn from_cache(shared: &Shared, last_event_id: &str) -> Option<Resolution> {
-    let history_size = shared.settings.history_size;
-    let cutoff = shared.settings.age_cutoff_ms();
-    if last_event_id == EARLIEST {
-        let mut parts = Vec::with_capacity(shared.caches.len());
-        for cache in &shared.caches {
-            let cache = cache.read();
-            if !cache.covers_history(history_size) {
-                return None;
-            }
-            parts.push(cache.all());
-        }
-        return Some(assemble(None, parts, cutoff));
-    }
-
-    let mut anchor: Option<Position> = None;
-    let mut all_covered = true;
-    for cache in &shared.caches {
-        let cache = cache.read();
-        if let Some(found) = cache.find(last_event_id) {
-            if anchor.is_none_or(|a| order(&found) < order(&a)) {
-                anchor = Some(found);
-            }
-        }
-        all_covered &= cache.covers_history(history_size);
-    }
-    let Some(anchor) = anchor else {
-        // Unknown here; known unknown only if the caches hold all the retained history.
-        return all_covered.then(Resolution::default);
-    };
-    if cutoff.is_some_and(|c| anchor.ms < c) {
-        // Past the maximum age: as good as trimmed.
-        return Some(Resolution::default());
-    }
-    let from_ms = from_ms(shared, &anchor);
-    let mut parts = Vec::with_capacity(shared.caches.len());
-    for (q, cache) in shared.caches.iter().enumerate() {
-        let cache = cache.read();
-        if usize::from(anchor.partition) == q {
-            // The anchor may have been evicted since it was found; then the slice would miss
-            // entries, so let the slow path answer.
-            if cache.first().is_none_or(|first| first.is_after(&anchor)) {
-                return None;
-            }
-            parts.push(cache.after(anchor));
-        } else {
-            if !cache.covers_from_ms(from_ms, history_size) {
-                return None;
-            }
-            parts.push(cache.since_ms(from_ms));
-        }
-    }
-    Some(assemble(Some(last_event_id.to_string()), parts, cutoff))
+/// Where a replay starts: the anchor's position, and for an event the update it follows.
+#[derive(Clone, Copy, Debug)]
+struct Anchor {
+    position: Position,
+    follows: Option<Position>,
 }
 
-/// The slow path: each partition's retained history, from its cache and Redis.
+/// Which entries of one stream a reply takes (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Start {
+    /// All of them (`earliest`).
+    All,
+    /// Those after this position.
+    After(Position),
+    /// Those whose stream-id time is at least this (other partitions).
+    SinceMs(u64),
+    /// Events following this update or a later one.
+    Following(Position),
+}
+
+/// Where stream `index` (a partition, or the events at index `partitions`) starts for `anchor`.
+fn start_for(shared: &Shared, index: usize, anchor: Option<Anchor>) -> Start {
+    let Some(anchor) = anchor else {
+        return Start::All;
+    };
+    let events = usize::from(shared.events_partition());
+    let home = usize::from(anchor.position.partition);
+    if index == home {
+        return Start::After(anchor.position);
+    }
+    match (anchor.follows, index) {
+        // After an event: partition 0's updates after the one it follows.
+        (Some(follows), 0) => Start::After(follows),
+        // After an update of partition 0: the events that follow it or a later one.
+        (None, i) if i == events && home == 0 => Start::Following(anchor.position),
+        _ => Start::SinceMs(from_ms(shared, &anchor.position)),
+    }
+}
+
+/// The history size of stream `index`.
+fn retained(shared: &Shared, index: usize) -> usize {
+    if index == usize::from(shared.events_partition()) {
+        shared.settings.event_history
+    } else {
+        shared.settings.history_size
+    }
+}
+
+/// The fast path: `None` when the caches cannot answer alone.
+fn from_cache(shared: &Shared, last_event_id: &str) -> Option<Resolution> {
+    let cutoff = shared.settings.age_cutoff_ms();
+    let anchor = if last_event_id == EARLIEST {
+        None
+    } else {
+        let mut found: Option<Anchor> = None;
+        let mut all_covered = true;
+        for (index, cache) in shared.caches.iter().enumerate() {
+            let cache = cache.read();
+            if let Some(entry) = cache.find(last_event_id) {
+                let candidate = Anchor {
+                    position: entry.position,
+                    follows: entry.follows,
+                };
+                if found.is_none_or(|a| {
+                    order_key(shared.settings.partitions, &candidate)
+                        < order_key(shared.settings.partitions, &a)
+                }) {
+                    found = Some(candidate);
+                }
+            }
+            all_covered &= cache.covers_history(retained(shared, index));
+        }
+        let Some(anchor) = found else {
+            // Unknown here; known unknown only if the caches hold all the retained history.
+            return all_covered.then(Resolution::default);
+        };
+        if cutoff.is_some_and(|c| anchor.position.ms < c && anchor.follows.is_none()) {
+            // Past the maximum age: as good as trimmed.
+            return Some(Resolution::default());
+        }
+        Some(anchor)
+    };
+    let mut parts = Vec::with_capacity(shared.caches.len());
+    for (index, cache) in shared.caches.iter().enumerate() {
+        let start = start_for(shared, index, anchor);
+        // `None` when the cache does not reach back far enough (the anchor may also have been
+        // evicted since it was found): the slow path answers then.
+        parts.push(cache.read().select(start, retained(shared, index))?);
+    }
+    let anchor_id = anchor.map(|_| last_event_id.to_string());
+    Some(assemble(
+        shared.settings.partitions,
+        anchor_id,
+        parts,
+        cutoff,
+    ))
+}
+
+/// The slow path: each stream's retained history, from its cache and Redis.
 async fn from_redis(shared: &Shared, last_event_id: &str) -> Result<Resolution, CallError> {
     Counters::bump(&shared.counters.history_redis_scans);
     let cutoff = shared.settings.age_cutoff_ms();
     let mut windows = Vec::with_capacity(shared.caches.len());
-    for partition in 0..shared.settings.partitions {
-        let mut window = load_window(shared, partition).await?;
+    for index in 0..shared.caches.len() {
+        let mut window = load_window(shared, index).await?;
         if let Some(cutoff) = cutoff {
-            window.entries.retain(|e| e.position.ms >= cutoff);
+            if index != usize::from(shared.events_partition()) {
+                window.entries.retain(|e| e.position.ms >= cutoff);
+            }
         }
         windows.push(window);
     }
-    if last_event_id == EARLIEST {
-        return Ok(assemble(None, windows, None));
-    }
-    let anchor = windows
-        .iter()
-        .filter_map(|w| {
-            w.entries
-                .iter()
-                .find(|e| e.update.id == last_event_id)
-                .map(|e| e.position)
-        })
-        .min_by_key(order);
-    let Some(anchor) = anchor else {
-        return Ok(Resolution::default());
+    let anchor = if last_event_id == EARLIEST {
+        None
+    } else {
+        let found = windows
+            .iter()
+            .filter_map(|w| w.entries.iter().find(|e| e.update.id == last_event_id))
+            .map(|e| Anchor {
+                position: e.position,
+                follows: e.follows,
+            })
+            .min_by_key(|a| order_key(shared.settings.partitions, a));
+        let Some(anchor) = found else {
+            return Ok(Resolution::default());
+        };
+        Some(anchor)
     };
-    let from_ms = from_ms(shared, &anchor);
     let parts = windows
         .into_iter()
         .enumerate()
-        .map(|(q, mut window)| {
-            let start = if usize::from(anchor.partition) == q {
-                window
-                    .entries
-                    .partition_point(|e| !e.position.is_after(&anchor))
-            } else {
-                window.entries.partition_point(|e| e.position.ms < from_ms)
-            };
-            window.entries.drain(..start);
+        .map(|(index, mut window)| {
+            let start = start_for(shared, index, anchor);
+            window.incomplete = !holds_all_after(
+                window.entries.first(),
+                window.entries.len(),
+                retained(shared, index),
+                start,
+            );
+            let begin = window.entries.partition_point(before(start));
+            window.entries.drain(..begin);
             window
         })
         .collect();
-    Ok(assemble(Some(last_event_id.to_string()), parts, None))
+    let anchor_id = anchor.map(|_| last_event_id.to_string());
+    Ok(assemble(shared.settings.partitions, anchor_id, parts, None))
 }
 
-/// A partition's retained history: its newest `history_size` entries, oldest first.
-async fn load_window(shared: &Shared, partition: u16) -> Result<CacheSlice, CallError> {
-    let history_size = shared.settings.history_size;
+/// Whether the retained run of a stream that begins with `first` and holds `len` entries (a stream
+/// retaining `retention`) still holds every entry `start` takes. A run shorter than the retention
+/// is all the stream ever had (it never trimmed); a full run lost what preceded it, which matters
+/// when that could come after the start: the start is not in the run (for `After`), or the run's
+/// first event does not follow an earlier update (for `Following`).
+pub(crate) fn holds_all_after(
+    first: Option<&Arc<Envelope>>,
+    len: usize,
+    retention: usize,
+    start: Start,
+) -> bool {
+    if len < retention {
+        return true;
+    }
+    match start {
+        Start::All | Start::SinceMs(_) => true,
+        Start::After(p) => first.is_some_and(|f| !f.position.is_after(&p)),
+        Start::Following(p) => first
+            .and_then(|f| f.follows)
+            .is_some_and(|f| p.is_after(&f)),
+    }
+}
+
+/// Whether an entry comes before where `start` begins (entries of one stream, in order, are all
+/// before it, then all not: a partition point).
+pub(crate) fn before(start: Start) -> impl Fn(&Arc<Envelope>) -> bool {
+    move |e| match start {
+        Start::All => false,
+        Start::After(p) => !e.position.is_after(&p),
+        Start::SinceMs(ms) => e.position.ms < ms,
+        Start::Following(p) => e.follows.is_some_and(|f| p.is_after(&f)),
+    }
+}
+
+/// Stream `index`'s retained history: its newest entries (as many as it retains), oldest first.
+async fn load_window(shared: &Shared, index: usize) -> Result<CacheSlice, CallError> {
+    let history_size = retained(shared, index);
     let (cached, covered, first) = {
-        let cache = shared.caches[usize::from(partition)].read();
+        let cache = shared.caches[index].read();
         (
             cache.all(),
             cache.covers_history(history_size),
@@ -311,7 +406,10 @@ async fn load_window(shared: &Shared, partition: u16) -> Result<CacheSlice, Call
     if covered {
         return Ok(cached);
     }
-    let key = &shared.keys[usize::from(partition)].stream;
+    let events = index == usize::from(shared.events_partition());
+    let keys = &shared.keys[if events { 0 } else { index }];
+    let key = if events { &keys.events } else { &keys.stream };
+    let partition = index as u16;
     let mut via = Via::Pool {
         pool: &shared.pool,
         sent: &shared.counters.history_redis_commands,
@@ -319,38 +417,75 @@ async fn load_window(shared: &Shared, partition: u16) -> Result<CacheSlice, Call
     let need = history_size.saturating_sub(cached.entries.len());
     let end = first.map_or(TailEnd::Newest, TailEnd::Before);
     let older = commands::read_tail(&mut via, key, end, need, shared.settings.read_count).await?;
-    let mut entries = commands::decode_all(partition, older.entries, |id, e| {
-        // Counted by the readers; history scans see the same entries again and again.
-        tracing::debug!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
-    });
+    // A publish retried after it had been stored left a second entry with the same nonce: readers
+    // skip it (so the cache never holds it), and so does history, keeping the first.
+    let mut seen = std::collections::HashSet::new();
+    let mut entries: Vec<Arc<Envelope>> =
+        commands::decode_all(partition, older.entries, |id, e| {
+            // Counted by the readers; history scans see the same entries again and again.
+            tracing::debug!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
+        })
+        .into_iter()
+        .filter(|(_, nonce)| *nonce == 0 || seen.insert(*nonce))
+        .map(|(envelope, _)| envelope)
+        .collect();
     let last = cached.last.or(entries.last().map(|e| e.position));
     entries.extend(cached.entries);
-    Ok(CacheSlice { entries, last })
+    Ok(CacheSlice {
+        entries,
+        last,
+        incomplete: false,
+    })
 }
 
-/// The earliest time other partitions are replayed from, for a resume at `anchor`.
+/// The earliest time other streams are replayed from, for a resume at `anchor`.
 fn from_ms(shared: &Shared, anchor: &Position) -> u64 {
     let margin = shared.settings.resume_margin.as_millis() as u64;
     anchor.ms.saturating_sub(margin)
 }
 
-/// The order of the merged replay, the same on every node.
-fn order(p: &Position) -> (u64, u16, u64) {
-    (p.ms, p.partition, p.seq)
+/// An entry's place in the order nodes hand entries over (see the module docs), with
+/// `partitions` update partitions.
+fn order_key(partitions: u16, anchor: &Anchor) -> (u64, u64, u64, u64, u64) {
+    let p = anchor.position;
+    if partitions > 1 {
+        return (p.ms, u64::from(p.partition), p.seq, 0, 0);
+    }
+    match anchor.follows {
+        None => (p.ms, p.seq, 0, 0, 0),
+        Some(f) => (f.ms, f.seq, 1, p.ms, p.seq),
+    }
 }
 
-/// Builds a reply from one slice per partition read.
-fn assemble(anchor: Option<String>, parts: Vec<CacheSlice>, cutoff: Option<u64>) -> Resolution {
+fn entry_key(partitions: u16, e: &Envelope) -> (u64, u64, u64, u64, u64) {
+    order_key(
+        partitions,
+        &Anchor {
+            position: e.position,
+            follows: e.follows,
+        },
+    )
+}
+
+/// Builds a reply from one slice per stream read, with `partitions` update partitions (the
+/// events' positions are in partition `partitions`).
+fn assemble(
+    partitions: u16,
+    anchor: Option<String>,
+    parts: Vec<CacheSlice>,
+    cutoff: Option<u64>,
+) -> Resolution {
     let high_water = parts.iter().filter_map(|part| part.last).collect();
-    let several = parts.len() > 1;
+    // Something after the anchor is gone: replay what is left after it, but tell the subscriber
+    // (`earliest`) that it may have missed updates.
+    let anchor = anchor.filter(|_| !parts.iter().any(|p| p.incomplete));
+    let events = partitions;
     let mut entries: Vec<Arc<Envelope>> = parts.into_iter().flat_map(|p| p.entries).collect();
     if let Some(cutoff) = cutoff {
-        entries.retain(|e| e.position.ms >= cutoff);
+        entries.retain(|e| e.position.partition == events || e.position.ms >= cutoff);
     }
-    if several {
-        // Stable, and each partition's entries are already in stream order.
-        entries.sort_by_key(|e| order(&e.position));
-    }
+    // Stable, and each stream's entries are already in order.
+    entries.sort_by_key(|e| entry_key(partitions, e));
     Resolution {
         anchor,
         entries,
@@ -380,13 +515,15 @@ mod tests {
         let p0 = CacheSlice {
             entries: vec![env("a", 0, 10), env("c", 0, 30)],
             last: Some(Position::new(0, 30, 0)),
+            incomplete: false,
         };
         let p1 = CacheSlice {
             entries: vec![env("b", 1, 20), env("d", 1, 30)],
             last: Some(Position::new(1, 40, 0)),
+            incomplete: false,
         };
         let empty = CacheSlice::default();
-        let r = assemble(Some("x".into()), vec![p0, p1, empty], Some(15));
+        let r = assemble(3, Some("x".into()), vec![p0, p1, empty], Some(15));
         let ids: Vec<&str> = r.entries.iter().map(|e| e.update.id.as_str()).collect();
         assert_eq!(ids, vec!["b", "c", "d"]);
         assert_eq!(

@@ -14,6 +14,8 @@
 //! - Each stream's epoch marker shares its stream's hash slot (`<stream>:epoch` with the same tag, or
 //!   `{<stream>}:epoch` for the untagged single stream), so a master that lost the stream lost the
 //!   marker too and the change is seen.
+//! - Subscription events have a stream of their own beside partition 0's (`<stream>:events`, or
+//!   `{<stream>}:events`), in the same hash slot, so one read (and one script) reaches both.
 
 /// Number of hash slots in Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
@@ -35,6 +37,8 @@ pub(crate) struct StreamKeys {
     pub(crate) stream: String,
     /// The random value renewed whenever the stream is recreated (see the module docs of `redis`).
     pub(crate) epoch: String,
+    /// The stream of subscription events, beside partition 0's updates.
+    pub(crate) events: String,
 }
 
 /// CRC16-XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes keys with.
@@ -89,14 +93,24 @@ pub(crate) fn stream_keys(prefix: &str, partitions: u16) -> Vec<StreamKeys> {
     if partitions <= 1 {
         let stream = format!("{prefix}:updates");
         let epoch = format!("{{{stream}}}:epoch");
-        return vec![StreamKeys { stream, epoch }];
+        let events = format!("{{{stream}}}:events");
+        return vec![StreamKeys {
+            stream,
+            epoch,
+            events,
+        }];
     }
     partition_tags(partitions)
         .into_iter()
         .map(|tag| {
             let stream = format!("{prefix}:{{{tag}}}");
             let epoch = format!("{stream}:epoch");
-            StreamKeys { stream, epoch }
+            let events = format!("{stream}:events");
+            StreamKeys {
+                stream,
+                epoch,
+                events,
+            }
         })
         .collect()
 }
@@ -179,6 +193,7 @@ mod tests {
             for (i, k) in keys.iter().enumerate() {
                 let slot = hash_slot(&k.stream);
                 assert_eq!(slot, hash_slot(&k.epoch), "epoch shares the stream's slot");
+                assert_eq!(slot, hash_slot(&k.events), "events share the stream's slot");
                 assert!(seen.insert(slot), "two partitions on slot {slot}");
                 // Each partition sits inside its own slice of the slot space, so any even assignment
                 // of slots to masters gives each master the same number of partitions (±1).
@@ -223,6 +238,8 @@ mod tests {
         assert_eq!(keys[0].stream, "qs:updates");
         assert_eq!(keys[0].epoch, "{qs:updates}:epoch");
         assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].epoch));
+        assert_eq!(keys[0].events, "{qs:updates}:events");
+        assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].events));
     }
 
     #[test]

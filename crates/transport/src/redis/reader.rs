@@ -47,6 +47,7 @@
 //! when the stream was recreated under a live reader (its epoch changed and its entries are gone).
 //! On Redis before 7 trimming cannot be counted and is not detected.
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -77,22 +78,64 @@ const AGE_SLACK_MS: u64 = 2_000;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// How many publish nonces a reader remembers to recognise a retried `XADD`: a retry lands within
+/// moments of the original, far fewer entries apart than this.
+const RECENT_NONCES: usize = 4_096;
+
 /// The reader of one partition (see the module docs).
 pub(crate) struct StreamReader {
     shared: Arc<Shared>,
     partition: u16,
     sink: Arc<dyn UpdateSink>,
-    /// The last entry read (delivered, or skipped as undecodable); `None` before the first warm-up.
-    last: Option<Position>,
+    /// The partition's updates stream.
+    updates: Cursor,
+    /// The subscription events stream, read with partition 0's updates (`None` elsewhere).
+    events: Option<Cursor>,
     /// The stream's epoch when last checked.
     epoch: Option<String>,
-    /// The `entries-added` ordinal of `last`, when known (see the module docs).
-    ordinal: Option<u64>,
     /// Read checked (see the module docs): after a reconnection, periodically, and while behind.
     checked: bool,
     /// The last update handed over, whose first topic the next is compared with (for pacing, see
     /// the module docs).
     last_handed: Option<Arc<Envelope>>,
+    /// Updates read and cached but not handed over yet: an event that comes before one of them
+    /// may not have been read yet (see [`StreamReader::hand_over_pending`]).
+    pending_updates: VecDeque<Arc<Envelope>>,
+    /// Events read and cached but not handed over yet: the update they follow may not have been
+    /// read yet.
+    pending_events: VecDeque<Arc<Envelope>>,
+    /// What the newest event read follows: no event read later comes before it.
+    events_floor: Option<Position>,
+    /// Whether the last read returned every event stored up to its instant (not a full batch).
+    events_caught_up: bool,
+    /// Publish nonces of the entries read lately (see [`RECENT_NONCES`]).
+    recent: RecentNonces,
+}
+
+/// Where a reader is in one stream.
+struct Cursor {
+    key: String,
+    /// The partition index of the stream's positions (`partitions` for events).
+    partition: u16,
+    /// The last entry read (delivered, or skipped as undecodable); `None` before the first warm-up.
+    last: Option<Position>,
+    /// The `entries-added` ordinal of `last`, when known (see the module docs).
+    ordinal: Option<u64>,
+}
+
+impl Cursor {
+    fn new(key: &str, partition: u16) -> Self {
+        Self {
+            key: key.to_string(),
+            partition,
+            last: None,
+            ordinal: None,
+        }
+    }
+
+    fn after(&self) -> Position {
+        self.last.unwrap_or(Position::new(self.partition, 0, 0))
+    }
 }
 
 /// Whether a batch repeated a topic: between two of its updates, or between its first update and
@@ -105,15 +148,23 @@ struct Repeats {
 
 impl StreamReader {
     pub(crate) fn new(shared: Arc<Shared>, partition: u16, sink: Arc<dyn UpdateSink>) -> Self {
+        let keys = &shared.keys[usize::from(partition)];
+        let updates = Cursor::new(&keys.stream, partition);
+        let events = (partition == 0).then(|| Cursor::new(&keys.events, shared.events_partition()));
         Self {
             shared,
             partition,
             sink,
-            last: None,
+            updates,
+            events,
             epoch: None,
-            ordinal: None,
             checked: false,
             last_handed: None,
+            pending_updates: VecDeque::new(),
+            pending_events: VecDeque::new(),
+            events_floor: None,
+            events_caught_up: true,
+            recent: RecentNonces::default(),
         }
     }
 
@@ -145,6 +196,18 @@ impl StreamReader {
         self.shared.health.set_reader(self.partition, false);
     }
 
+    /// The cursors, updates first.
+    fn cursors(&self) -> impl Iterator<Item = &Cursor> {
+        std::iter::once(&self.updates).chain(self.events.as_ref())
+    }
+
+    fn cursor_mut(&mut self, index: usize) -> &mut Cursor {
+        match (index, &mut self.events) {
+            (1, Some(events)) => events,
+            _ => &mut self.updates,
+        }
+    }
+
     /// One connection's life: returns only with the error that ended it.
     async fn session(&mut self, backoff: &mut Backoff) -> Result<Infallible, CallError> {
         let shared = self.shared.clone();
@@ -153,7 +216,7 @@ impl StreamReader {
         let timeout = settings.command_timeout;
         let mut conn = shared.reader_connector.connect(timeout).await?;
         let epoch = commands::epoch(&mut via(&mut conn, timeout), &keys.epoch).await?;
-        match self.last {
+        match self.updates.last {
             None => self.warm(&mut conn).await?,
             Some(last) if self.epoch.as_deref() != Some(epoch.as_str()) => {
                 self.epoch_changed(&mut conn, last).await?
@@ -177,45 +240,46 @@ impl StreamReader {
                 // Pacing (see the module docs): what arrives meanwhile goes in the next batch.
                 tokio::time::sleep_until(at + window).await;
             }
-            let after = self.last.unwrap_or(Position::new(self.partition, 0, 0));
-            let raw = if self.checked {
-                let (info, raw) = commands::read_checked(
-                    &mut via(&mut conn, timeout),
-                    &keys.stream,
-                    after,
-                    count,
-                )
-                .await?;
-                self.account(&info, raw.len()).await;
-                self.checked = raw.len() >= count;
-                raw
+            let streams: Vec<(String, Position)> =
+                self.cursors().map(|c| (c.key.clone(), c.after())).collect();
+            let streams: Vec<(&str, Position)> =
+                streams.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+            let batches = if self.checked {
+                let read =
+                    commands::read_checked(&mut via(&mut conn, timeout), &streams, count).await?;
+                let mut batches = Vec::with_capacity(read.len());
+                for (index, (info, raw)) in read.into_iter().enumerate() {
+                    self.account(index, &info, raw.len()).await;
+                    batches.push(raw);
+                }
+                self.checked = batches.iter().any(|b| b.len() >= count);
+                batches
             } else {
-                let raw = commands::read_after(
-                    &mut conn,
-                    &keys.stream,
-                    after,
-                    count,
-                    settings.block,
-                    timeout,
-                )
-                .await?;
-                if raw.len() >= count || self.older_than_age_limit() {
+                let batches =
+                    commands::read_after(&mut conn, &streams, count, settings.block, timeout)
+                        .await?;
+                if batches.iter().any(|b| b.len() >= count) || self.older_than_age_limit() {
                     // It may have skipped trimmed entries: read it again, checked.
                     self.checked = true;
                     continue;
                 }
-                self.ordinal = self.ordinal.map(|k| k + raw.len() as u64);
-                raw
+                for (index, batch) in batches.iter().enumerate() {
+                    let cursor = self.cursor_mut(index);
+                    cursor.ordinal = cursor.ordinal.map(|k| k + batch.len() as u64);
+                }
+                batches
             };
-            let full = raw.len() >= count;
-            if !raw.is_empty() {
+            let full = batches.iter().any(|b| b.len() >= count);
+            let updates_caught_up = batches.first().is_none_or(|b| b.len() < count);
+            self.events_caught_up = batches.get(1).is_none_or(|b| b.len() < count);
+            if batches.iter().any(|b| !b.is_empty()) {
                 let recent = handed_over.is_some_and(|at| at.elapsed() < window);
-                let repeats = self.take(raw).await;
+                let repeats = self.take(batches).await;
                 // A full batch means falling behind: read on at once.
                 pace = !window.is_zero() && !full && (repeats.within || (repeats.across && recent));
                 handed_over = Some(Instant::now());
             }
-            if !full {
+            if updates_caught_up {
                 // A read that returned less than a batch reached the newest entry: no lag.
                 self.shared.lags[usize::from(self.partition)]
                     .store(0, std::sync::atomic::Ordering::Relaxed);
@@ -224,15 +288,16 @@ impl StreamReader {
                 epoch_checked = Instant::now();
                 let epoch = commands::epoch(&mut via(&mut conn, timeout), &keys.epoch).await?;
                 if self.epoch.as_deref() != Some(epoch.as_str()) {
-                    if let Some(last) = self.last {
+                    if let Some(last) = self.updates.last {
                         self.epoch_changed(&mut conn, last).await?;
                     }
                     self.epoch = Some(epoch);
                 }
                 self.checked = true;
             }
-            if self.ordinal.is_none() && resync_tried.elapsed() >= RESYNC_EVERY {
-                // Redis 7 counts entries, but the ordinal was lost: the next checked read re-learns
+            if self.cursors().any(|c| c.ordinal.is_none()) && resync_tried.elapsed() >= RESYNC_EVERY
+            {
+                // Redis 7 counts entries, but an ordinal was lost: the next checked read re-learns
                 // it when it reaches the newest entry.
                 resync_tried = Instant::now();
                 self.checked = true;
@@ -240,10 +305,10 @@ impl StreamReader {
         }
     }
 
-    /// Whether, with an age limit, the last entry read is about as old as the limit: entries after
+    /// Whether, with an age limit, the last update read is about as old as the limit: updates after
     /// it may have been trimmed by age whatever the stream's length.
     fn older_than_age_limit(&self) -> bool {
-        match (self.shared.settings.max_age, self.last) {
+        match (self.shared.settings.max_age, self.updates.last) {
             (Some(age), Some(last)) => {
                 let now_ms = crate::now_micros() / 1_000;
                 now_ms.saturating_sub(last.ms) + AGE_SLACK_MS > age.as_millis() as u64
@@ -252,10 +317,12 @@ impl StreamReader {
         }
     }
 
-    /// Reads the counters of a checked read of `read` entries after the last one: reports a loss
-    /// (before the entries are handed over), and keeps the ordinal and the lag up to date.
-    async fn account(&mut self, info: &StreamInfo, read: usize) {
-        let Some(last) = self.last else {
+    /// Reads the counters of a checked read of `read` entries after the last one of stream
+    /// `index` (0: updates, 1: events): reports a loss (before the entries are handed over), and
+    /// keeps the ordinal and the lag up to date.
+    async fn account(&mut self, index: usize, info: &StreamInfo, read: usize) {
+        let cursor = self.cursor_mut(index);
+        let Some(last) = cursor.last else {
             return;
         };
         let read = read as u64;
@@ -263,53 +330,67 @@ impl StreamReader {
             .entries_added
             .map(|added| added.saturating_sub(info.length));
         let rolled_back = last.is_after(&info.last_generated)
-            || matches!((info.entries_added, self.ordinal), (Some(added), Some(k)) if added < k);
+            || matches!((info.entries_added, cursor.ordinal), (Some(added), Some(k)) if added < k);
+        let partition = cursor.partition;
         if rolled_back {
-            Counters::bump(&self.shared.counters.rollbacks);
             // The new master's entries are read from its own newest one on: what it holds up to
             // there was read already (it precedes what it lost).
-            self.last = Some(info.last_generated);
-            self.ordinal = info.entries_added;
-            self.report(GapCause::RolledBack, None, last).await;
+            cursor.last = Some(info.last_generated);
+            cursor.ordinal = info.entries_added;
+            Counters::bump(&self.shared.counters.rollbacks);
+            self.report(partition, GapCause::RolledBack, None, last)
+                .await;
+            // Events that follow lost updates would wait for ever: what is read goes now.
+            self.flush_pending().await;
             self.advanced();
             return;
         }
-        let trimmed = match (self.ordinal, removed) {
+        let trimmed = match (cursor.ordinal, removed) {
             (Some(k), Some(r)) if r > k => Some(r - k),
             _ => None,
         };
         let deleted = info.max_deleted.is_after(&last);
         if let Some(missed) = trimmed {
-            Counters::bump(&self.shared.counters.trimmed_gaps);
             // What the read returned starts at the first entry left: its ordinal is `removed + 1`.
-            self.ordinal = removed.map(|r| r + read);
-            self.report(GapCause::Trimmed, Some(missed), last).await;
-        } else if deleted {
+            cursor.ordinal = removed.map(|r| r + read);
             Counters::bump(&self.shared.counters.trimmed_gaps);
-            self.ordinal = None;
-            self.report(GapCause::Trimmed, None, last).await;
+            self.report(partition, GapCause::Trimmed, Some(missed), last)
+                .await;
+        } else if deleted {
+            cursor.ordinal = None;
+            Counters::bump(&self.shared.counters.trimmed_gaps);
+            self.report(partition, GapCause::Trimmed, None, last).await;
         } else {
-            self.ordinal = self.ordinal.map(|k| k + read);
+            cursor.ordinal = cursor.ordinal.map(|k| k + read);
         }
-        if self.ordinal.is_none() && read == 0 && info.last_generated == last {
-            self.ordinal = info.entries_added;
+        let cursor = self.cursor_mut(index);
+        if cursor.ordinal.is_none() && read == 0 && info.last_generated == last {
+            cursor.ordinal = info.entries_added;
         }
-        // Behind by the entries added after those read (at least a batch when that cannot be
-        // counted and the read was full).
-        let lag = match (info.entries_added, self.ordinal) {
-            (Some(added), Some(k)) => added.saturating_sub(k),
-            _ if read >= self.shared.settings.read_count as u64 => read,
-            _ => 0,
-        };
-        self.shared.lags[usize::from(self.partition)]
-            .store(lag, std::sync::atomic::Ordering::Relaxed);
+        if index == 0 {
+            // Behind by the entries added after those read (at least a batch when that cannot be
+            // counted and the read was full).
+            let lag = match (info.entries_added, cursor.ordinal) {
+                (Some(added), Some(k)) => added.saturating_sub(k),
+                _ if read >= self.shared.settings.read_count as u64 => read,
+                _ => 0,
+            };
+            self.shared.lags[usize::from(self.partition)]
+                .store(lag, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 
-    /// Tells the sink that updates after `last` were lost, logs and counts it; the tail cache is
-    /// emptied (it must stay a contiguous run of the stream; older history comes from Redis).
-    async fn report(&mut self, cause: GapCause, missed: Option<u64>, last: Position) {
+    /// Tells the sink that entries of `partition` after `last` were lost, logs and counts it; the
+    /// reader's tail caches are emptied (they must stay contiguous runs of their streams; older
+    /// history comes from Redis).
+    async fn report(
+        &mut self,
+        partition: u16,
+        cause: GapCause,
+        missed: Option<u64>,
+        last: Position,
+    ) {
         let shared = self.shared.clone();
-        let key = &shared.keys[usize::from(self.partition)].stream;
         if let Some(n) = missed {
             shared
                 .counters
@@ -317,120 +398,236 @@ impl StreamReader {
                 .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
         }
         tracing::warn!(
-            partition = self.partition,
-            stream = %key,
+            partition,
             last = %last,
             missed = missed.map_or_else(|| "unknown".to_string(), |n| n.to_string()),
             cause = cause.as_str(),
             "updates were lost before this node read them; ending its subscribers' streams so they \
              resume and are told (raise history_size, or find why the reader fell behind)"
         );
-        shared.caches[usize::from(self.partition)]
-            .write()
-            .reset(Vec::new(), false);
+        for slot in self.slots() {
+            shared.caches[slot].write().reset(Vec::new(), false);
+        }
         self.sink
             .gap(Gap {
-                partition: self.partition,
+                partition,
                 missed,
                 cause,
             })
             .await;
     }
 
-    /// Fills the cache from the end of the stream and starts after its newest entry.
+    /// The cache and progress indexes of this reader's streams.
+    fn slots(&self) -> Vec<usize> {
+        self.cursors().map(|c| usize::from(c.partition)).collect()
+    }
+
+    /// Fills the caches from the ends of the streams and starts after their newest entries.
     async fn warm(&mut self, conn: &mut Conn) -> Result<(), CallError> {
         let shared = self.shared.clone();
         let settings = &shared.settings;
-        let key = &shared.keys[usize::from(self.partition)].stream;
         let timeout = settings.command_timeout;
-        // The counters first, then the tail up to the newest entry they name: the ordinal of that
-        // entry is then known exactly, whatever is published meanwhile (it is read live after).
-        let info = commands::stream_info(&mut via(conn, timeout), key, self.partition).await?;
-        let newest = info.last_generated;
-        let limit = settings.cache_capacity.max(1);
-        let tail = commands::read_tail(
-            &mut via(conn, timeout),
-            key,
-            TailEnd::At(newest),
-            limit,
-            settings.read_count,
-        )
-        .await?;
-        let entries = commands::decode_all(self.partition, tail.entries, |id, e| {
-            Counters::bump(&shared.counters.skipped_entries);
-            tracing::warn!(partition = self.partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
-        });
-        {
-            let mut cache = shared.caches[usize::from(self.partition)].write();
-            cache.reset(entries, tail.exhausted);
-            if let Some(cutoff) = settings.age_cutoff_ms() {
-                cache.prune_older_than(cutoff);
+        for index in 0..self.cursors().count() {
+            let (key, partition) = {
+                let c = self.cursor_mut(index);
+                (c.key.clone(), c.partition)
+            };
+            // The counters first, then the tail up to the newest entry they name: the ordinal of
+            // that entry is then known exactly, whatever is published meanwhile (read live after).
+            let info = commands::stream_info(&mut via(conn, timeout), &key, partition).await?;
+            let newest = info.last_generated;
+            let limit = shared.caches[usize::from(partition)]
+                .read()
+                .capacity()
+                .max(1);
+            let tail = commands::read_tail(
+                &mut via(conn, timeout),
+                &key,
+                TailEnd::At(newest),
+                limit,
+                settings.read_count,
+            )
+            .await?;
+            let entries: Vec<Arc<Envelope>> =
+                commands::decode_all(partition, tail.entries, |id, e| {
+                    Counters::bump(&shared.counters.skipped_entries);
+                    tracing::warn!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
+                })
+                .into_iter()
+                .map(|(envelope, nonce)| {
+                    self.recent.insert(nonce);
+                    envelope
+                })
+                .collect();
+            {
+                let mut cache = shared.caches[usize::from(partition)].write();
+                cache.reset(entries, tail.exhausted);
+                if let Some(cutoff) = settings.age_cutoff_ms() {
+                    cache.prune_older_than(cutoff);
+                }
             }
+            let cursor = self.cursor_mut(index);
+            cursor.last = Some(newest);
+            cursor.ordinal = info.entries_added;
         }
-        self.last = Some(newest);
-        self.ordinal = info.entries_added;
         self.advanced();
         Ok(())
     }
 
-    /// Publishes the reader's position (what it has read and cached) to history lookups.
+    /// Publishes the reader's positions (what it has read and cached) to history lookups and to
+    /// this node's event publishes.
     fn advanced(&self) {
-        self.shared.progress[usize::from(self.partition)].send_replace(self.last);
+        for cursor in self.cursors() {
+            self.shared.progress[usize::from(cursor.partition)].send_replace(cursor.last);
+        }
     }
 
-    /// Appends a batch to the cache, then delivers it in order; says which topics repeated.
-    async fn take(&mut self, raw: Vec<StreamId>) -> Repeats {
+    /// Caches a read (updates, then events when this reader has them), then hands over what can
+    /// go (see [`StreamReader::hand_over_pending`]); says which topics of the updates repeated.
+    async fn take(&mut self, batches: Vec<Vec<StreamId>>) -> Repeats {
         let shared = self.shared.clone();
-        if let Some(last) = raw
-            .last()
-            .and_then(|e| Position::parse_stream_id(self.partition, &e.id))
-        {
-            self.last = Some(last);
-        }
-        let entries = commands::decode_all(self.partition, raw, |id, e| {
-            Counters::bump(&shared.counters.skipped_entries);
-            tracing::warn!(partition = self.partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
-        });
-        {
-            let mut cache = shared.caches[usize::from(self.partition)].write();
-            for entry in &entries {
-                cache.push(entry.clone());
+        for (index, raw) in batches.into_iter().enumerate() {
+            let partition = self.cursor_mut(index).partition;
+            if let Some(last) = raw
+                .last()
+                .and_then(|e| Position::parse_stream_id(partition, &e.id))
+            {
+                self.cursor_mut(index).last = Some(last);
             }
-            if let Some(cutoff) = shared.settings.age_cutoff_ms() {
-                cache.prune_older_than(cutoff);
+            let mut entries = Vec::with_capacity(raw.len());
+            for (envelope, nonce) in commands::decode_all(partition, raw, |id, e| {
+                Counters::bump(&shared.counters.skipped_entries);
+                tracing::warn!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
+            }) {
+                if !self.recent.insert(nonce) {
+                    // A publish retried after it had been stored: the update is already here.
+                    Counters::bump(&shared.counters.duplicates_suppressed);
+                    tracing::debug!(partition, id = %envelope.update.id, "skipping a retried publish's second entry");
+                    continue;
+                }
+                entries.push(envelope);
+            }
+            {
+                let mut cache = shared.caches[usize::from(partition)].write();
+                for entry in &entries {
+                    cache.push(entry.clone());
+                }
+                if let Some(cutoff) = shared.settings.age_cutoff_ms() {
+                    cache.prune_older_than(cutoff);
+                }
+            }
+            if index == 0 {
+                self.pending_updates.extend(entries);
+            } else {
+                if let Some(follows) = entries.last().and_then(|e| e.follows) {
+                    self.events_floor = Some(follows);
+                }
+                self.pending_events.extend(entries);
             }
         }
         self.advanced();
+        self.hand_over_pending().await
+    }
+
+    /// Hands over, in order, every pending update and event whose place is settled.
+    ///
+    /// An event comes right after the update it follows (the newest update stored when it was
+    /// stored), before any later one. So an event can go once that update has been read (it is at
+    /// or before the last update read), and an update can go once no event still unread can come
+    /// before it: the last read returned every event stored up to its instant, or the update is at
+    /// or before what the newest event read follows (events follow updates in order). Whatever is
+    /// not settled waits for the next read, which comes at once (the read that left it unsettled
+    /// was a full batch).
+    async fn hand_over_pending(&mut self) -> Repeats {
         let mut repeats = Repeats::default();
-        for (i, entry) in entries.into_iter().enumerate() {
+        let mut first = true;
+        loop {
+            let update_ok = self.pending_updates.front().is_some_and(|u| {
+                self.events.is_none()
+                    || self.events_caught_up
+                    || self.events_floor.is_some_and(|f| !u.position.is_after(&f))
+            });
+            let event_ok = self.pending_events.front().is_some_and(|e| {
+                e.follows
+                    .is_none_or(|f| self.updates.last.is_some_and(|last| !f.is_after(&last)))
+            });
+            let take_event = match (
+                update_ok,
+                event_ok,
+                self.pending_updates.front(),
+                self.pending_events.front(),
+            ) {
+                (true, true, Some(u), Some(e)) => e.follows.is_none_or(|f| u.position.is_after(&f)),
+                (true, _, _, _) => false,
+                (false, true, _, _) => true,
+                (false, false, _, _) => break,
+            };
+            if take_event {
+                if let Some(event) = self.pending_events.pop_front() {
+                    self.hand_over(event).await;
+                }
+                continue;
+            }
+            let Some(entry) = self.pending_updates.pop_front() else {
+                break;
+            };
             let topic = entry.update.topics.first();
             let previous = self
                 .last_handed
                 .as_ref()
                 .and_then(|e| e.update.topics.first());
             if topic.is_some() && topic == previous {
-                if i == 0 {
+                if first {
                     repeats.across = true;
                 } else {
                     repeats.within = true;
                 }
             }
+            first = false;
             self.last_handed = Some(entry.clone());
-            // A child of the publishing node's span when the entry carries its trace context.
-            let span = crate::trace_context::dispatch_span(&entry);
-            self.sink.deliver(entry).instrument(span).await;
+            self.hand_over(entry).await;
         }
         repeats
+    }
+
+    /// Hands over everything pending, settled or not (after a loss: what it waited for is gone).
+    async fn flush_pending(&mut self) {
+        self.events_caught_up = true;
+        self.events_floor = None;
+        let events: Vec<_> = self.pending_events.drain(..).collect();
+        for event in events {
+            // Their update is read or lost: place them among what is pending as if read.
+            let at = event.follows;
+            while let Some(u) = self.pending_updates.front() {
+                if at.is_some_and(|f| u.position.is_after(&f)) {
+                    break;
+                }
+                if let Some(u) = self.pending_updates.pop_front() {
+                    self.hand_over(u).await;
+                }
+            }
+            self.hand_over(event).await;
+        }
+        let updates: Vec<_> = self.pending_updates.drain(..).collect();
+        for update in updates {
+            self.hand_over(update).await;
+        }
+    }
+
+    async fn hand_over(&self, entry: Arc<Envelope>) {
+        // A child of the publishing node's span when the entry carries its trace context.
+        let span = crate::trace_context::dispatch_span(&entry);
+        self.sink.deliver(entry).instrument(span).await;
     }
 
     /// The stream's epoch differs from the one last seen.
     async fn epoch_changed(&mut self, conn: &mut Conn, last: Position) -> Result<(), CallError> {
         let shared = self.shared.clone();
-        let key = &shared.keys[usize::from(self.partition)].stream;
+        let key = self.updates.key.clone();
         Counters::bump(&shared.counters.epoch_changes);
         let read_something = last != Position::new(self.partition, 0, 0);
         let timeout = shared.settings.command_timeout;
-        if read_something && commands::contains(&mut via(conn, timeout), key, last).await? {
+        if read_something && commands::contains(&mut via(conn, timeout), &key, last).await? {
             // Only the marker was lost (deleted or evicted): positions still hold.
             tracing::warn!(
                 partition = self.partition,
@@ -447,15 +644,46 @@ impl StreamReader {
              updates stored before are gone, history restarts; reading the new stream from its start"
         );
         Counters::bump(&shared.counters.recreations);
-        self.report(GapCause::Recreated, None, last).await;
-        // Empty and complete: the new stream holds nothing older than what is read from now on.
-        shared.caches[usize::from(self.partition)]
-            .write()
-            .reset(Vec::new(), true);
-        self.last = Some(Position::new(self.partition, 0, 0));
-        self.ordinal = Some(0);
+        self.report(self.partition, GapCause::Recreated, None, last)
+            .await;
+        self.flush_pending().await;
+        // Empty and complete: the new streams hold nothing older than what is read from now on.
+        for slot in self.slots() {
+            shared.caches[slot].write().reset(Vec::new(), true);
+        }
+        for index in 0..self.cursors().count() {
+            let cursor = self.cursor_mut(index);
+            cursor.last = Some(Position::new(cursor.partition, 0, 0));
+            cursor.ordinal = Some(0);
+        }
         self.advanced();
         Ok(())
+    }
+}
+
+/// The publish nonces of the last [`RECENT_NONCES`] entries a reader read.
+#[derive(Default)]
+struct RecentNonces {
+    order: VecDeque<u64>,
+    set: std::collections::HashSet<u64>,
+}
+
+impl RecentNonces {
+    /// Remembers `nonce`; `false` if it was already there (0, no nonce, is never a repeat).
+    fn insert(&mut self, nonce: u64) -> bool {
+        if nonce == 0 {
+            return true;
+        }
+        if !self.set.insert(nonce) {
+            return false;
+        }
+        self.order.push_back(nonce);
+        if self.order.len() > RECENT_NONCES {
+            if let Some(old) = self.order.pop_front() {
+                self.set.remove(&old);
+            }
+        }
+        true
     }
 }
 

@@ -51,7 +51,8 @@ pub struct RedisStats {
     pub history_cache_hits: u64,
     /// History scans sent to Redis (identical concurrent requests share one).
     pub history_redis_scans: u64,
-    /// `XRANGE`/`XREVRANGE` commands sent for history requests.
+    /// Commands sent for history requests: scans (`XREVRANGE`), and the look at where the streams
+    /// end before an id is called unknown.
     pub history_redis_commands: u64,
     /// History requests that joined a scan in flight whose snapshot the tail cache could no longer
     /// complete, and scanned again alone.
@@ -66,6 +67,9 @@ pub struct RedisStats {
     pub recreations: u64,
     /// Entries lost before this node read them, as far as they could be counted.
     pub missed_entries: u64,
+    /// Second entries of a publish that a client library retried after it had been stored
+    /// (recognised by their nonce), skipped.
+    pub duplicates_suppressed: u64,
     /// Times a stream's epoch changed (stream recreated, e.g. Redis restarted without persistence).
     pub epoch_changes: u64,
     /// Entries that could not be decoded (unknown format version, corrupt) and were skipped.
@@ -85,6 +89,7 @@ pub(crate) struct Counters {
     pub(crate) rollbacks: AtomicU64,
     pub(crate) recreations: AtomicU64,
     pub(crate) missed_entries: AtomicU64,
+    pub(crate) duplicates_suppressed: AtomicU64,
     pub(crate) epoch_changes: AtomicU64,
     pub(crate) skipped_entries: AtomicU64,
     pub(crate) reader_errors: AtomicU64,
@@ -106,6 +111,7 @@ impl Counters {
             rollbacks: get(&self.rollbacks),
             recreations: get(&self.recreations),
             missed_entries: get(&self.missed_entries),
+            duplicates_suppressed: get(&self.duplicates_suppressed),
             epoch_changes: get(&self.epoch_changes),
             skipped_entries: get(&self.skipped_entries),
             reader_errors: get(&self.reader_errors),

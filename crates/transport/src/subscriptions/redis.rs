@@ -26,13 +26,17 @@
 //!
 //! Then it sweeps: `SMEMBERS nodes`, and `EXISTS lease:<id>` for every other node. For each node
 //! without a lease it tries the reap lock (`SET reap:<id> NX PX reap_timeout + lease_ttl`); only the
-//! winner reads the dead node's records (`HGETALL`) and hands them to
-//! [`OrphanHandler::orphaned`](super::OrphanHandler::orphaned). On `Ok`, a Lua script deletes the
-//! hash and removes the node from the set, but only if its lease is still missing (a node that came
-//! back keeps its records), and shortens the lock to one lease: a sweeper that read the set before
-//! the cleanup finds it taken and cannot hand the records out a second time. On `Err` (or a handler slower than `reap_timeout`)
-//! nothing is deleted and the lock is released (compare-and-delete), so the next sweep, on any node,
-//! offers the records again.
+//! winner reaps, in batches of [`REAP_BATCH`] records, so a node that held tens of thousands of
+//! subscriptions is reaped with steady progress that survives a timeout or a crash: a script takes
+//! a batch (`HRANDFIELD … WITHVALUES`) only while the node's lease is still missing (a node that
+//! came back keeps its records), and the batch goes to
+//! [`OrphanHandler::orphaned`](super::OrphanHandler::orphaned). On `Ok` the batch's records are
+//! deleted (`HDEL`) and the lock extended for the next batch; on `Err` (or a handler slower than
+//! `reap_timeout`) the batch is kept and the lock released (compare-and-delete), so the next sweep,
+//! on any node, goes on from there. A batch's ends may thus be published twice (a reaper that
+//! died between publishing and deleting), never lost. Once the hash is empty a script removes the
+//! node from the set and shortens the lock to one lease: a sweeper that read the set before the
+//! cleanup finds it taken and cannot reap it a second time.
 //!
 //! `list` reads `SMEMBERS`, then `EXISTS` + `HLEN` per node, then `HGETALL` of the live ones in one
 //! pipeline: a dead node's records disappear from answers as soon as its lease expires, before it is
@@ -68,7 +72,7 @@ use tokio_util::sync::CancellationToken;
 use super::{
     OrphanHandler, RegistryOptions, RegistryStats, SubscriptionRecord, SubscriptionRegistry,
 };
-use crate::redis::Shared;
+use crate::redis::pool::ConnectionPool;
 use crate::TransportError;
 
 /// Fields per `HSET`/`HDEL` command, so no single command grows without bound.
@@ -77,16 +81,25 @@ const CHUNK: usize = 1_000;
 /// `HSCAN` batch size when reading the node that crosses `max_list`.
 const SCAN_COUNT: usize = 1_000;
 
-/// Deletes a reaped node's records and set membership, unless its lease came back meanwhile, and
-/// shortens the reap lock to one lease (long enough for any sweeper that read the set before to
-/// find the lock taken). When there were records, it leaves the `reaped` marker, so a node that
-/// was only cut off learns that its subscriptions' ends went out. Returns 1 if the node was
-/// removed from the set.
-/// KEYS: lease, hash, nodes, lock, reaped marker. ARGV: node id, lease in ms, marker life in ms.
+/// Records a reaper hands out at a time.
+pub const REAP_BATCH: usize = 500;
+
+/// Takes the next batch of a dead node's records, unless its lease came back meanwhile (then
+/// `false`, and nothing). The first batch leaves the `reaped` marker, so a node that was only cut
+/// off learns that its subscriptions' ends went out.
+/// KEYS: lease, hash, reaped marker. ARGV: batch size, marker life in ms.
+const REAP_BATCH_SCRIPT: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return false end \
+     local batch = redis.call('HRANDFIELD', KEYS[2], ARGV[1], 'WITHVALUES') \
+     if #batch > 0 then redis.call('SET', KEYS[3], '1', 'PX', ARGV[2]) end \
+     return batch";
+
+/// Removes a reaped node (its hash now empty) from the set, unless its lease came back meanwhile,
+/// and shortens the reap lock to one lease (long enough for any sweeper that read the set before
+/// to find the lock taken). Returns 1 if the node was removed from the set.
+/// KEYS: lease, nodes, lock. ARGV: node id, lease in ms.
 const REAP_DONE: &str = "if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end \
-     if redis.call('DEL', KEYS[2]) == 1 then redis.call('SET', KEYS[5], '1', 'PX', ARGV[3]) end \
-     redis.call('PEXPIRE', KEYS[4], ARGV[2]) \
-     return redis.call('SREM', KEYS[3], ARGV[1])";
+     redis.call('PEXPIRE', KEYS[3], ARGV[2]) \
+     return redis.call('SREM', KEYS[2], ARGV[1])";
 
 /// How long a `reaped` marker waits for its node to come back.
 const REAPED_MARKER_MS: u64 = 24 * 60 * 60 * 1000;
@@ -143,7 +156,8 @@ fn bump(counter: &AtomicU64, by: u64) {
 }
 
 struct Inner {
-    shared: Arc<Shared>,
+    /// The transport's shared connections (the registry's commands are few and short).
+    pool: Arc<ConnectionPool>,
     keys: Keys,
     options: RegistryOptions,
     /// This node's records, id → document: the truth Redis is repaired from.
@@ -179,11 +193,11 @@ impl std::fmt::Debug for RedisSubscriptionRegistry {
 }
 
 impl RedisSubscriptionRegistry {
-    pub(crate) fn new(shared: Arc<Shared>, options: RegistryOptions) -> Self {
-        let keys = Keys::new(&shared.settings.prefix);
+    pub(crate) fn new(pool: Arc<ConnectionPool>, prefix: &str, options: RegistryOptions) -> Self {
+        let keys = Keys::new(prefix);
         Self {
             inner: Arc::new(Inner {
-                shared,
+                pool,
                 keys,
                 options,
                 records: Mutex::new(HashMap::new()),
@@ -270,7 +284,6 @@ impl Inner {
             .cmd("DEL")
             .arg(self.keys.reaped(id));
         let (existed, reaped): (i64, i64) = self
-            .shared
             .pool
             .query_pipeline(&pipe)
             .await
@@ -332,7 +345,7 @@ impl Inner {
         }
         // Cleared before sending: no write can interleave (we hold the lock exclusively).
         self.dirty.store(false, Ordering::Release);
-        match self.shared.pool.query_pipeline::<()>(&pipe).await {
+        match self.pool.query_pipeline::<()>(&pipe).await {
             Ok(()) => {
                 self.registered.store(true, Ordering::Release);
                 Ok(())
@@ -347,7 +360,6 @@ impl Inner {
     /// Reaps every other registered node whose lease is gone.
     async fn sweep(&self, handler: &dyn OrphanHandler) -> Result<(), TransportError> {
         let members: Vec<String> = self
-            .shared
             .pool
             .query(redis::cmd("SMEMBERS").arg(&self.keys.nodes))
             .await
@@ -364,7 +376,6 @@ impl Inner {
             pipe.cmd("EXISTS").arg(self.keys.lease(node));
         }
         let alive: Vec<i64> = self
-            .shared
             .pool
             .query_pipeline(&pipe)
             .await
@@ -377,14 +388,13 @@ impl Inner {
         Ok(())
     }
 
-    /// Reaps one dead node if this node wins its reap lock.
+    /// Reaps one dead node, batch by batch, if this node wins its reap lock.
     async fn reap(&self, node: &str, handler: &dyn OrphanHandler) -> Result<(), TransportError> {
         let lock = self.keys.reap(node);
         let token = uuid::Uuid::new_v4().to_string();
         let lock_ms =
             ((self.options.reap_timeout + self.options.lease_ttl).as_millis() as u64).max(1);
         let won: Option<String> = self
-            .shared
             .pool
             .query(
                 redis::cmd("SET")
@@ -400,19 +410,41 @@ impl Inner {
             return Ok(());
         }
         let hash = self.keys.node(node);
-        let stored: HashMap<String, String> = self
-            .shared
-            .pool
-            .query(redis::cmd("HGETALL").arg(&hash))
-            .await
-            .map_err(|e| self.failed("reading a dead node's subscriptions", e))?;
-        let count = stored.len() as u64;
-        if !stored.is_empty() {
-            let records: Vec<SubscriptionRecord> = stored
-                .into_iter()
-                .map(|(id, document)| SubscriptionRecord { id, document })
+        let mut reaped = 0u64;
+        loop {
+            let take = redis::cmd("EVAL")
+                .arg(REAP_BATCH_SCRIPT)
+                .arg(3)
+                .arg(self.keys.lease(node))
+                .arg(&hash)
+                .arg(self.keys.reaped(node))
+                .arg(REAP_BATCH)
+                .arg(REAPED_MARKER_MS)
+                .clone();
+            let batch: Option<Vec<String>> = self
+                .pool
+                .query(&take)
+                .await
+                .map_err(|e| self.failed("reading a dead node's subscriptions", e))?;
+            let Some(flat) = batch else {
+                // The node came back: it keeps its records.
+                return Ok(());
+            };
+            if flat.is_empty() {
+                break;
+            }
+            let records: Vec<SubscriptionRecord> = flat
+                .chunks_exact(2)
+                .map(|pair| SubscriptionRecord {
+                    id: pair[0].clone(),
+                    document: pair[1].clone(),
+                })
                 .collect();
-            tracing::info!(dead = %node, records = count, "reaping the subscriptions of a dead node");
+            let count = records.len() as u64;
+            if reaped == 0 {
+                tracing::info!(dead = %node, "reaping the subscriptions of a dead node");
+            }
+            let ids: Vec<String> = records.iter().map(|r| r.id.clone()).collect();
             let outcome =
                 tokio::time::timeout(self.options.reap_timeout, handler.orphaned(node, records))
                     .await;
@@ -423,48 +455,56 @@ impl Inner {
             };
             if let Some(reason) = failure {
                 bump(&self.counters.errors, 1);
-                tracing::warn!(dead = %node, error = %reason, "orphaned subscriptions not handled; retrying at a later sweep");
-                // Let the next sweep (on any node) try again rather than waiting for the lock to expire.
+                tracing::warn!(dead = %node, reaped, error = %reason, "orphaned subscriptions not handled; the rest is reaped at a later sweep");
+                // Let the next sweep (on any node) go on rather than waiting for the lock to expire.
                 let release = redis::cmd("EVAL")
                     .arg(RELEASE)
                     .arg(1)
                     .arg(&lock)
                     .arg(&token)
                     .clone();
-                if let Err(e) = self.shared.pool.query::<i64>(&release).await {
+                if let Err(e) = self.pool.query::<i64>(&release).await {
                     let _ = self.failed("releasing a reap lock", e);
                 }
                 return Ok(());
             }
+            // Their ends are out: they go, and the lock lasts for another batch.
+            let mut done = redis::pipe();
+            done.cmd("HDEL").arg(&hash).arg(&ids).ignore();
+            done.cmd("PEXPIRE").arg(&lock).arg(lock_ms).ignore();
+            self.pool
+                .query_pipeline::<()>(&done)
+                .await
+                .map_err(|e| self.failed("deleting reaped subscriptions", e))?;
+            reaped += count;
+            bump(&self.counters.orphans_reaped, count);
         }
         let done = redis::cmd("EVAL")
             .arg(REAP_DONE)
-            .arg(5)
+            .arg(3)
             .arg(self.keys.lease(node))
-            .arg(&hash)
             .arg(&self.keys.nodes)
             .arg(&lock)
-            .arg(self.keys.reaped(node))
             .arg(node)
             .arg(self.ttl_ms())
-            .arg(REAPED_MARKER_MS)
             .clone();
-        let deleted: i64 = self
-            .shared
+        let removed: i64 = self
             .pool
             .query(&done)
             .await
-            .map_err(|e| self.failed("deleting a dead node's subscriptions", e))?;
-        if deleted == 1 {
+            .map_err(|e| self.failed("removing a reaped node", e))?;
+        if removed == 1 {
             bump(&self.counters.nodes_reaped, 1);
-            bump(&self.counters.orphans_reaped, count);
+            if reaped > 0 {
+                tracing::info!(dead = %node, reaped, "a dead node's subscriptions are ended");
+            }
         }
         Ok(())
     }
 
     /// Every live node's records, at most `max_list`.
     async fn list(&self) -> Result<Vec<SubscriptionRecord>, TransportError> {
-        let pool = &self.shared.pool;
+        let pool = &self.pool;
         let nodes: Vec<String> = pool
             .query(redis::cmd("SMEMBERS").arg(&self.keys.nodes))
             .await
@@ -562,7 +602,7 @@ impl Inner {
         pipe: Option<redis::Pipeline>,
     ) -> Result<(), TransportError> {
         let Some(pipe) = pipe else { return Ok(()) };
-        match self.shared.pool.query_pipeline::<()>(&pipe).await {
+        match self.pool.query_pipeline::<()>(&pipe).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 // The local copy already changed: the next renewal rewrites Redis from it.
@@ -592,7 +632,7 @@ impl Inner {
             .arg(&self.keys.nodes)
             .arg(id)
             .ignore();
-        if let Err(e) = self.shared.pool.query_pipeline::<()>(&pipe).await {
+        if let Err(e) = self.pool.query_pipeline::<()>(&pipe).await {
             let e = self.failed("saying goodbye", e);
             tracing::warn!(node = %id, error = %e, "subscription registry goodbye failed; other nodes will reap this node's subscriptions after its lease");
         }
