@@ -16,7 +16,8 @@
 //! - [`token`] signs JWTs: `mercure`-claim tokens (HS256 from a shared secret, RS256 from a PEM key; test RSA
 //!   keys ship in `fixtures/`), `at+jwt` access tokens with `authorization_details`, and hand-forged ones.
 //! - [`redis`] runs `redis-server` processes (single, with AOF, cluster-enabled, TLS with ACL users) in
-//!   temporary directories on free ports, and forms a Redis Cluster from several of them.
+//!   temporary directories on free ports, forms a Redis Cluster from several of them, and talks to them
+//!   with the `redis` crate.
 //! - [`browser`] drives `tests/browser/eventsource-cookie.mjs`: headless Chromium opening an `EventSource`
 //!   with the `mercureAuthorization` cookie against a hub on another origin.
 //! - This file: [`wait_until`] and [`poll_until`] (the one way to wait for a condition), the [`update`]

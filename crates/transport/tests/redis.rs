@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position, Update};
 use quicksilver_testkit::redis::RedisOptions;
-use quicksilver_testkit::{RedisCluster, RedisServer};
+use quicksilver_testkit::{poll_until, update, wait_until, RedisCluster, RedisServer};
 use quicksilver_transport::redis::{hash_slot, RedisConfig, RedisTransport};
 use quicksilver_transport::{HistoryReply, Transport, TransportError, UpdateSink};
 use tokio::sync::mpsc;
@@ -44,17 +44,6 @@ impl UpdateSink for Collect {
     }
 }
 
-fn update(id: &str, topic: &str) -> Update {
-    Update {
-        id: id.into(),
-        topics: vec![topic.into()],
-        data: format!("data of {id}"),
-        private: false,
-        event_type: None,
-        retry: None,
-    }
-}
-
 /// Quick timeouts so failures show within the test's bounds.
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -69,16 +58,8 @@ async fn node(config: RedisConfig) -> (RedisTransport, mpsc::UnboundedReceiver<A
     let transport = RedisTransport::new(config).expect("valid config");
     let (tx, rx) = mpsc::unbounded_channel();
     transport.start_reader(Arc::new(Collect(tx)));
-    wait_until("transport ready", || transport.is_ready()).await;
+    wait_until("transport ready", WAIT, async || transport.is_ready()).await;
     (transport, rx)
-}
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn receive(rx: &mut mpsc::UnboundedReceiver<Arc<Envelope>>, n: usize) -> Vec<Arc<Envelope>> {
@@ -95,24 +76,30 @@ async fn receive(rx: &mut mpsc::UnboundedReceiver<Arc<Envelope>>, n: usize) -> V
 async fn publish_all(t: &RedisTransport, ids: &[String], topic: &str) -> Vec<Position> {
     let mut positions = Vec::new();
     for id in ids {
-        positions.push(t.publish(update(id, topic)).await.expect("publish"));
+        positions.push(
+            t.publish(update(id, &[topic], "data"))
+                .await
+                .expect("publish"),
+        );
     }
     positions
 }
 
 /// Publishes, retrying while Redis comes back.
 async fn publish_retrying(t: &RedisTransport, u: Update) -> Position {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match t.publish(u.clone()).await {
-            Ok(p) => return p,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("publish kept failing: {e}"),
+    let (mut position, mut error) = (None, None);
+    poll_until(WAIT, async || match t.publish(u.clone()).await {
+        Ok(p) => {
+            position = Some(p);
+            true
         }
-    }
+        Err(e) => {
+            error = Some(e);
+            false
+        }
+    })
+    .await;
+    position.unwrap_or_else(|| panic!("publish kept failing: {error:?}"))
 }
 
 fn names(prefix: &str, n: usize) -> Vec<String> {
@@ -199,7 +186,7 @@ async fn a_busy_topic_is_handed_over_in_batches_of_a_window() {
         // w1 repeats w0's topic within the window: what follows it (100 ms apart) waits for the
         // window's end and goes together.
         for id in ["w0", "w1", "w2", "w3"] {
-            t.publish(update(id, "/t")).await.unwrap();
+            t.publish(update(id, &["/t"], "data")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (rx, arrived) = stamper.await.unwrap();
@@ -214,9 +201,9 @@ async fn a_busy_topic_is_handed_over_in_batches_of_a_window() {
         // After a quiet spell, updates on different topics are not held back.
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let stamper = stamp(rx, 2);
-        t.publish(update("x0", "/a")).await.unwrap();
+        t.publish(update("x0", &["/a"], "data")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        t.publish(update("x1", "/b")).await.unwrap();
+        t.publish(update("x1", &["/b"], "data")).await.unwrap();
         let (_, arrived) = stamper.await.unwrap();
         let arrived_ids: Vec<&str> = arrived.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(arrived_ids, ["x0", "x1"]);
@@ -248,7 +235,9 @@ async fn two_nodes_read_every_update_in_the_same_order() {
         for i in 0..60 {
             let t = if i % 2 == 0 { a.clone() } else { b.clone() };
             tasks.push(tokio::spawn(async move {
-                t.publish(update(&format!("c{i}"), "/t")).await.unwrap()
+                t.publish(update(&format!("c{i}"), &["/t"], "data"))
+                    .await
+                    .unwrap()
             }));
         }
         for task in tasks {
@@ -388,7 +377,7 @@ async fn concurrent_fallbacks_for_one_id_cost_one_scan() {
             let t = t.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..300 {
-                    t.publish(update(&format!("s{chunk}-{i}"), "/t"))
+                    t.publish(update(&format!("s{chunk}-{i}"), &["/t"], "data"))
                         .await
                         .unwrap();
                 }
@@ -427,18 +416,21 @@ async fn redis_down_fails_publishes_fast_and_clears_readiness() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     let (t, _rx) = node(config(url)).await;
-    t.publish(update("ok", "/t")).await.unwrap();
+    t.publish(update("ok", &["/t"], "data")).await.unwrap();
     redis.kill();
     bounded(async {
         let started = Instant::now();
-        let err = t.publish(update("lost", "/t")).await.unwrap_err();
+        let err = t
+            .publish(update("lost", &["/t"], "data"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, TransportError::Unavailable(_)), "{err:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
-        wait_until("not ready", || !t.is_ready()).await;
+        wait_until("not ready", WAIT, async || !t.is_ready()).await;
     })
     .await;
 }
@@ -449,10 +441,13 @@ async fn hung_redis_gives_an_error_not_a_hang() {
     bounded(async {
         let (t, _rx) = node(config(redis.url())).await;
         // Makes the server stop answering other clients for 3 s.
-        let pause = redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]);
+        let pause = redis.query::<String>(&["CLIENT", "PAUSE", "3000", "ALL"]);
         assert!(pause.is_ok());
         let started = Instant::now();
-        let err = t.publish(update("slow", "/t")).await.unwrap_err();
+        let err = t
+            .publish(update("slow", &["/t"], "data"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, TransportError::Unavailable(_)), "{err:?}");
         assert!(started.elapsed() < Duration::from_millis(1_500));
     })
@@ -468,14 +463,16 @@ async fn reader_resumes_after_a_restart_with_persistence() {
     let (t, mut rx) = node(config(redis.url())).await;
     let mut acked = Vec::new();
     for i in 0..10 {
-        t.publish(update(&format!("r{i}"), "/t")).await.unwrap();
+        t.publish(update(&format!("r{i}"), &["/t"], "data"))
+            .await
+            .unwrap();
         acked.push(format!("r{i}"));
     }
     receive(&mut rx, 10).await;
     redis.restart();
     bounded(async {
         for i in 10..20 {
-            publish_retrying(&t, update(&format!("r{i}"), "/t")).await;
+            publish_retrying(&t, update(&format!("r{i}"), &["/t"], "data")).await;
             acked.push(format!("r{i}"));
         }
         let got = receive(&mut rx, 10).await;
@@ -483,7 +480,7 @@ async fn reader_resumes_after_a_restart_with_persistence() {
             ids(&got),
             acked[10..].iter().map(String::as_str).collect::<Vec<_>>()
         );
-        wait_until("ready again", || t.is_ready()).await;
+        wait_until("ready again", WAIT, async || t.is_ready()).await;
         assert_eq!(
             t.stats().epoch_changes,
             0,
@@ -501,16 +498,16 @@ async fn reader_resumes_after_its_connection_is_cut() {
     let redis = RedisServer::start();
     bounded(async {
         let (t, mut rx) = node(config(redis.url())).await;
-        t.publish(update("k0", "/t")).await.unwrap();
+        t.publish(update("k0", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 1).await;
         // Cuts every client connection (the reader's included), then publishes before the reader is
         // back: it must resume after the last entry it read, skipping nothing.
         redis
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .query::<i64>(&["CLIENT", "KILL", "TYPE", "normal"])
             .unwrap();
         let mut sent = Vec::new();
         for i in 1..=10 {
-            publish_retrying(&t, update(&format!("k{i}"), "/t")).await;
+            publish_retrying(&t, update(&format!("k{i}"), &["/t"], "data")).await;
             sent.push(format!("k{i}"));
         }
         let got = receive(&mut rx, 10).await;
@@ -538,10 +535,13 @@ async fn a_restart_without_persistence_changes_the_epoch() {
     assert_eq!(t.history("e1").await.unwrap().anchor.as_deref(), Some("e1"));
     redis.restart();
     bounded(async {
-        publish_retrying(&t, update("after", "/t")).await;
+        publish_retrying(&t, update("after", &["/t"], "data")).await;
         let got = receive(&mut rx, 1).await;
         assert_eq!(ids(&got), vec!["after"]);
-        wait_until("epoch change seen", || t.stats().epoch_changes >= 1).await;
+        wait_until("epoch change seen", WAIT, async || {
+            t.stats().epoch_changes >= 1
+        })
+        .await;
         let old = t.history("e1").await.unwrap();
         assert!(
             old.anchor.is_none() && old.entries.is_empty(),
@@ -551,7 +551,7 @@ async fn a_restart_without_persistence_changes_the_epoch() {
             reply_ids(&t.history("earliest").await.unwrap()),
             vec!["after"]
         );
-        t.publish(update("next", "/t")).await.unwrap();
+        t.publish(update("next", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 1).await;
         assert_eq!(reply_ids(&t.history("after").await.unwrap()), vec!["next"]);
     })
@@ -563,19 +563,19 @@ async fn a_stream_trimmed_past_the_reader_is_detected() {
     let redis = RedisServer::start();
     bounded(async {
         let (t, mut rx) = node(config(redis.url())).await;
-        t.publish(update("g0", "/t")).await.unwrap();
+        t.publish(update("g0", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 1).await;
         let key = t.stream_keys()[0].clone();
         // Atomically: two entries arrive and are trimmed away before any reader can see them.
         let script = "redis.call('XADD', KEYS[1], '*', 'v', '1', 'u', 'x') \
                       redis.call('XADD', KEYS[1], '*', 'v', '1', 'u', 'x') \
                       redis.call('XTRIM', KEYS[1], 'MAXLEN', 0) return 1";
-        redis.command(&["EVAL", script, "1", &key]).unwrap();
+        redis.query::<i64>(&["EVAL", script, "1", &key]).unwrap();
         redis
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .query::<i64>(&["CLIENT", "KILL", "TYPE", "normal"])
             .unwrap();
-        wait_until("gap counted", || t.stats().trimmed_gaps == 1).await;
-        publish_retrying(&t, update("g1", "/t")).await;
+        wait_until("gap counted", WAIT, async || t.stats().trimmed_gaps == 1).await;
+        publish_retrying(&t, update("g1", &["/t"], "data")).await;
         assert_eq!(ids(&receive(&mut rx, 1).await), vec!["g1"]);
     })
     .await;
@@ -588,12 +588,12 @@ async fn entries_of_unknown_versions_are_skipped() {
         let (t, mut rx) = node(config(redis.url())).await;
         let key = t.stream_keys()[0].clone();
         redis
-            .command(&["XADD", &key, "*", "v", "2", "u2", "future"])
+            .query::<String>(&["XADD", &key, "*", "v", "2", "u2", "future"])
             .unwrap();
         redis
-            .command(&["XADD", &key, "*", "v", "1", "u", "garbage"])
+            .query::<String>(&["XADD", &key, "*", "v", "1", "u", "garbage"])
             .unwrap();
-        t.publish(update("fine", "/t")).await.unwrap();
+        t.publish(update("fine", &["/t"], "data")).await.unwrap();
         assert_eq!(ids(&receive(&mut rx, 1).await), vec!["fine"]);
         assert_eq!(t.stats().skipped_entries, 2);
         assert!(t.is_ready());
@@ -610,9 +610,9 @@ async fn history_max_age_hides_old_updates() {
             ..config(redis.url())
         })
         .await;
-        t.publish(update("old", "/t")).await.unwrap();
+        t.publish(update("old", &["/t"], "data")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
-        t.publish(update("new", "/t")).await.unwrap();
+        t.publish(update("new", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 2).await;
         assert_eq!(
             reply_ids(&t.history("earliest").await.unwrap()),
@@ -639,10 +639,8 @@ async fn partitions_spread_over_a_three_master_cluster() {
         // Each stream sits on its own master, at the slot we computed.
         let keys = a.stream_keys();
         for key in &keys {
-            let slot = cluster.nodes()[0]
-                .command(&["CLUSTER", "KEYSLOT", key])
-                .unwrap()
-                .as_integer()
+            let slot: i64 = cluster.nodes()[0]
+                .query(&["CLUSTER", "KEYSLOT", key])
                 .unwrap();
             assert_eq!(slot, i64::from(hash_slot(key)));
         }
@@ -657,12 +655,15 @@ async fn partitions_spread_over_a_three_master_cluster() {
         let mut sent = Vec::new();
         for i in 0..90 {
             let topic = &topics[i % topics.len()];
-            let p = a.publish(update(&format!("p{i}"), topic)).await.unwrap();
+            let p = a
+                .publish(update(&format!("p{i}"), &[topic], "data"))
+                .await
+                .unwrap();
             assert_eq!(p.partition, a.partition_of(topic));
             sent.push((format!("p{i}"), p));
         }
         for node in cluster.nodes() {
-            let size = node.command(&["DBSIZE"]).unwrap().as_integer().unwrap();
+            let size: i64 = node.query(&["DBSIZE"]).unwrap();
             assert_eq!(size, 2, "one stream and its epoch per master");
         }
 
@@ -750,10 +751,12 @@ async fn a_reader_left_behind_by_trimming_reports_the_loss() {
             tx,
             gate: gate.clone(),
         }));
-        wait_until("ready", || t.is_ready()).await;
-        t.publish(update("first", "/t")).await.unwrap();
+        wait_until("ready", WAIT, async || t.is_ready()).await;
+        t.publish(update("first", &["/t"], "data")).await.unwrap();
         for i in 0..3_000 {
-            t.publish(update(&format!("x{i}"), "/t")).await.unwrap();
+            t.publish(update(&format!("x{i}"), &["/t"], "data"))
+                .await
+                .unwrap();
         }
         gate.add_permits(1_000_000);
         loop {
@@ -776,7 +779,7 @@ async fn close_stops_publishing_and_reading() {
         let (t, mut rx) = node(config(redis.url())).await;
         t.close();
         assert!(matches!(
-            t.publish(update("late", "/t")).await,
+            t.publish(update("late", &["/t"], "data")).await,
             Err(TransportError::Closed)
         ));
         assert!(!t.is_ready());
