@@ -68,8 +68,14 @@ fuzz_target!(|data: &[u8]| {
         let frame = sse::encode_update(&update);
         let events = parse_sse(std::str::from_utf8(&frame).unwrap());
         assert_eq!(events.len(), 1);
-        assert_eq!(events[0].id, update.id, "the browser's Last-Event-ID");
-        let query = format!("topic=a&lastEventID={}", form_encode(&events[0].id));
+        assert_eq!(
+            events[0].last_event_id, update.id,
+            "the browser's Last-Event-ID"
+        );
+        let query = format!(
+            "topic=a&lastEventID={}",
+            form_encode(&events[0].last_event_id)
+        );
         let parsed = parse_subscribe_query(&query, &limits).expect("valid query");
         assert_eq!(parsed.last_event_id.as_deref(), Some(update.id.as_str()));
     }

@@ -70,11 +70,13 @@ fuzz_target!(|body: &[u8]| {
     let events = parse_sse(std::str::from_utf8(&frame).unwrap());
     assert_eq!(events.len(), 1);
     let event = &events[0];
-    assert_eq!(event.id, update.id);
-    assert_eq!(
-        event.event_type,
-        update.event_type.clone().unwrap_or_default()
-    );
+    assert_eq!(event.last_event_id, update.id);
+    // No type, or an empty one, is the default `message`.
+    let expected_type = match update.event_type.as_deref() {
+        None | Some("") => "message",
+        Some(t) => t,
+    };
+    assert_eq!(event.event_type, expected_type);
     assert_eq!(event.data, normalize_newlines(&update.data));
     assert_eq!(event.retry, update.retry);
 });

@@ -102,15 +102,19 @@ fuzz_target!(|bytes: &[u8]| {
         let id = strip_line_breaks(&input.id);
         // Browsers ignore an id holding NUL (publish validation refuses one anyway).
         let expected_id = if id.contains('\0') { "" } else { id.as_str() };
-        assert_eq!(event.id, expected_id);
-        assert_eq!(
-            event.event_type,
-            input
-                .event_type
-                .as_deref()
-                .map(strip_line_breaks)
-                .unwrap_or_default()
-        );
+        assert_eq!(event.last_event_id, expected_id);
+        // No type, or one that is empty once stripped, is the default `message`.
+        let expected_type = input
+            .event_type
+            .as_deref()
+            .map(strip_line_breaks)
+            .unwrap_or_default();
+        let expected_type = if expected_type.is_empty() {
+            "message"
+        } else {
+            expected_type.as_str()
+        };
+        assert_eq!(event.event_type, expected_type);
         assert_eq!(event.retry, input.retry);
     }
 });

@@ -6,6 +6,16 @@
 //! preamble and as heartbeats. Only a line split across two chunks is copied; the rest is parsed
 //! in place, because a subscriber parses every delivery and the harness must stay cheaper than the
 //! hub it measures.
+//!
+//! Why not the repository's spec-following reader (`quicksilver-event-stream`, which the test kit
+//! and the protocol's property tests share): that one is an oracle, built to be obviously right,
+//! and pays for it per byte: it decodes every line into a `String` and copies every event's fields
+//! into an owned event. This one borrows each event's data from the chunk; on 170-byte events (an
+//! id and a JSON payload, as the harness publishes them) fed in 16 KiB chunks, a release build takes
+//! 0.2 µs per event here and 1.2 µs with the reader, a cost that every one of thousands of
+//! subscribers would add to the harness's side of the machine. It also reads only what the harness
+//! needs (`data` and `id`) and ends lines at LF (a CR before it is dropped), which every hub it drives
+//! sends; a lone CR as a line end, which the specification allows, is not recognised.
 
 /// Parser state for one subscriber; survives reconnections so the last event id carries over.
 #[derive(Debug, Default)]

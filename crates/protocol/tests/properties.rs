@@ -136,8 +136,10 @@ proptest! {
             prop_assert_eq!(event.fields.iter().filter(|f| *f == "id").count(), 1);
             prop_assert_eq!(&event.data, &normalize_newlines(&data));
             let expected_id = strip(&id);
-            prop_assert_eq!(&event.id, if expected_id.contains('\0') { "" } else { &expected_id });
-            prop_assert_eq!(&event.event_type, &event_type.as_deref().map(strip).unwrap_or_default());
+            prop_assert_eq!(&event.last_event_id, if expected_id.contains('\0') { "" } else { &expected_id });
+            // No type, or one that is empty once stripped, is the default `message`.
+            let expected_type = event_type.as_deref().map(strip).unwrap_or_default();
+            prop_assert_eq!(&event.event_type, if expected_type.is_empty() { "message" } else { &expected_type });
             prop_assert_eq!(event.retry, retry);
         }
     }

@@ -4,9 +4,9 @@ use std::time::Duration;
 
 use quicksilver_testkit::hub::HubProcess;
 use quicksilver_testkit::sse::SseClient;
-use quicksilver_testkit::token::mercure_token;
+use quicksilver_testkit::token::publisher_token;
+use quicksilver_testkit::{http_client, poll_until, TEST_JWT_KEY, WAIT};
 
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
 
 #[tokio::test]
@@ -15,7 +15,7 @@ async fn sigterm_drains_streams_with_a_retry_hint_and_exits_cleanly() {
         BIN,
         &[
             "--jwt-key",
-            KEY,
+            TEST_JWT_KEY,
             "--anonymous",
             "--drain-window",
             "1s",
@@ -23,7 +23,7 @@ async fn sigterm_drains_streams_with_a_retry_hint_and_exits_cleanly() {
             "250ms",
         ],
     );
-    let c = reqwest::Client::new();
+    let c = http_client();
     let sse = SseClient::new();
     let mut streams = Vec::new();
     for _ in 0..20 {
@@ -33,7 +33,7 @@ async fn sigterm_drains_streams_with_a_retry_hint_and_exits_cleanly() {
                 .unwrap(),
         );
     }
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let (status, _) = quicksilver_testkit::hub::publish(
         &c,
         hub.url(),
@@ -55,22 +55,20 @@ async fn sigterm_drains_streams_with_a_retry_hint_and_exits_cleanly() {
 
     hub.sigterm();
     // Not ready any more, while the streams are being closed over the drain window (the signal
-    // takes a moment to arrive: poll, within the window).
-    let mut draining = false;
-    for _ in 0..50 {
-        match c.get(format!("{}/readyz", hub.url())).send().await {
-            Ok(r) if r.status() == 200 => {
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            Ok(r) => {
-                assert_eq!(r.status(), 503);
-                draining = true;
-                break;
-            }
-            Err(_) => break,
-        }
-    }
-    assert!(draining, "/readyz turned 503 while draining");
+    // takes a moment to arrive: poll until /readyz stops answering 200; it must then say 503, not
+    // be gone already).
+    let readyz = format!("{}/readyz", hub.url());
+    let mut answer = None;
+    poll_until(WAIT, async || {
+        answer = c.get(&readyz).send().await.ok().map(|r| r.status());
+        answer != Some(reqwest::StatusCode::OK)
+    })
+    .await;
+    assert_eq!(
+        answer,
+        Some(reqwest::StatusCode::SERVICE_UNAVAILABLE),
+        "/readyz turned 503 while draining"
+    );
     for s in &mut streams {
         assert!(
             s.closed_within(Duration::from_secs(5)).await,

@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use quicksilver_testkit::browser::{BrowserEventSource, EventSourceConfig};
 use quicksilver_testkit::hub::{publish, HubProcess};
-use quicksilver_testkit::token::mercure_token;
-
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+use quicksilver_testkit::token::{
+    access_claims, access_token, authorization_detail, mercure_token, publisher_token,
+};
+use quicksilver_testkit::TEST_JWT_KEY;
 
 #[tokio::test]
 async fn chromium_eventsource_with_the_cookie_receives_a_private_update() {
@@ -22,9 +23,14 @@ async fn chromium_eventsource_with_the_cookie_receives_a_private_update() {
         .expect("node and chromium start");
     let hub = HubProcess::spawn(
         env!("CARGO_BIN_EXE_quicksilver"),
-        &["--jwt-key", KEY, "--cors-origins", browser.page_origin()],
+        &[
+            "--jwt-key",
+            TEST_JWT_KEY,
+            "--cors-origins",
+            browser.page_origin(),
+        ],
     );
-    let subscriber_token = mercure_token(KEY, &[], &[topic], None);
+    let subscriber_token = mercure_token(TEST_JWT_KEY, &[], &[topic], None);
     browser
         .open(&EventSourceConfig::new(hub.url(), &subscriber_token, topic))
         .expect("configuration sent to the page");
@@ -38,13 +44,13 @@ async fn chromium_eventsource_with_the_cookie_receives_a_private_update() {
             )
         });
 
-    let publisher_token = mercure_token(KEY, &["*"], &[], None);
+    let publisher = publisher_token();
     let client = reqwest::Client::new();
     // Anonymous-looking public noise first would be fine too; the private update is what matters.
     let (status, id) = publish(
         &client,
         hub.url(),
-        &publisher_token,
+        &publisher,
         &[
             ("topic", topic),
             ("data", "secret for the cookie holder"),
@@ -74,7 +80,7 @@ async fn chromium_eventsource_with_the_access_token_cookie_receives_a_private_up
         env!("CARGO_BIN_EXE_quicksilver"),
         &[
             "--jwt-key",
-            KEY,
+            TEST_JWT_KEY,
             "--issuer",
             "https://issuer.example",
             "--cors-origins",
@@ -84,23 +90,13 @@ async fn chromium_eventsource_with_the_access_token_cookie_receives_a_private_up
     // The audience is derived from the request: the browser reaches the hub as 127.0.0.1:PORT.
     let audience = format!("{}/.well-known/mercure", hub.url());
     let access_token = |actions: &[&str], pattern: &str| {
-        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-        header.typ = Some("at+jwt".into());
-        jsonwebtoken::encode(
-            &header,
-            &serde_json::json!({
-                "iss": "https://issuer.example",
-                "aud": audience,
-                "exp": quicksilver_testkit::token::now() + 3600,
-                "authorization_details": [{
-                    "type": "https://mercure.rocks/authorization-detail",
-                    "actions": actions,
-                    "topics": [{"match": pattern, "match_type": "urlpattern"}],
-                }],
-            }),
-            &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+        let topics = serde_json::json!([{"match": pattern, "match_type": "urlpattern"}]);
+        let details = serde_json::json!([authorization_detail(actions, topics)]);
+        access_token(
+            TEST_JWT_KEY,
+            None,
+            &access_claims("https://issuer.example", &audience, details),
         )
-        .unwrap()
     };
     let mut config = EventSourceConfig::new(
         hub.url(),

@@ -10,18 +10,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use quicksilver_testkit::hub::HubProcess;
+use quicksilver_testkit::hub::{is_ready, HubProcess};
 use quicksilver_testkit::redis::{RedisOptions, RedisServer};
 use quicksilver_testkit::sse::{SseClient, SseError};
-use quicksilver_testkit::token::mercure_token;
+use quicksilver_testkit::token::{mercure_token, publisher_token};
+use quicksilver_testkit::{wait_until, TEST_JWT_KEY};
 
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
 
 fn node(redis_url: &str, extra: &[&str]) -> HubProcess {
     let mut args = vec![
         "--jwt-key",
-        KEY,
+        TEST_JWT_KEY,
         "--anonymous",
         "--transport",
         "redis",
@@ -36,6 +36,7 @@ fn node(redis_url: &str, extra: &[&str]) -> HubProcess {
     HubProcess::spawn(BIN, &args)
 }
 
+/// A client whose requests give up after 5 s: publishers here target nodes that get killed.
 fn client() -> reqwest::Client {
     reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
@@ -69,21 +70,6 @@ async fn try_publish_to(
 /// The form-encoded topic `https://ex.com/t/<n>`, matched by the selector `https://ex.com/t/{n}`.
 fn numbered_topic(n: u64) -> String {
     format!("https%3A%2F%2Fex.com%2Ft%2F{n}")
-}
-
-async fn ready(c: &reqwest::Client, node: &str) -> bool {
-    matches!(c.get(format!("{node}/readyz")).send().await, Ok(r) if r.status() == 200)
-}
-
-async fn wait_until(what: &str, timeout: Duration, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if check().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
 }
 
 /// A subscriber behaving like a browser's EventSource: it reads its stream and, when the stream
@@ -221,7 +207,7 @@ async fn every_node_delivers_every_update_in_the_same_order() {
         followers.push(Follower::start(urls.clone(), i % 3).await);
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     // Concurrent publishers on every node: the stream decides one order for everybody.
     let mut tasks = Vec::new();
     for (n, url) in urls.iter().enumerate() {
@@ -262,7 +248,7 @@ async fn subscribers_of_a_killed_node_resume_on_others_without_loss() {
         followers.push(Follower::start(urls.clone(), i % 3).await);
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let publisher = {
         let (c, urls, token) = (c.clone(), urls.clone(), token.clone());
         tokio::spawn(async move {
@@ -315,7 +301,7 @@ async fn redis_restart_loses_no_acknowledged_update() {
         followers.push(Follower::start(urls.clone(), i % 2).await);
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let stop = Arc::new(AtomicBool::new(false));
     let publisher = {
         let (c, urls, token, stop) = (c.clone(), urls.clone(), token.clone(), stop.clone());
@@ -339,7 +325,7 @@ async fn redis_restart_loses_no_acknowledged_update() {
     // While Redis is down the nodes stay up but are not ready.
     for url in &urls {
         wait_until("readyz to turn 503", Duration::from_secs(10), async || {
-            !ready(&c, url).await
+            !is_ready(&c, url).await
         })
         .await;
     }
@@ -347,7 +333,7 @@ async fn redis_restart_loses_no_acknowledged_update() {
     redis.restart();
     for url in &urls {
         wait_until("readyz to recover", Duration::from_secs(20), async || {
-            ready(&c, url).await
+            is_ready(&c, url).await
         })
         .await;
     }
@@ -444,7 +430,7 @@ async fn a_node_cut_off_from_redis_catches_up_when_the_link_returns() {
         followers.push(Follower::start(urls.clone(), 0).await);
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let mut acked = Vec::new();
     for seq in 1..=50u64 {
         assert_eq!(try_publish(&c, healthy.url(), &token, seq).await, Some(200));
@@ -456,7 +442,7 @@ async fn a_node_cut_off_from_redis_catches_up_when_the_link_returns() {
     wait_until(
         "the isolated node to report not ready",
         Duration::from_secs(10),
-        async || !ready(&c, isolated.url()).await,
+        async || !is_ready(&c, isolated.url()).await,
     )
     .await;
     for seq in 51..=150u64 {
@@ -467,7 +453,7 @@ async fn a_node_cut_off_from_redis_catches_up_when_the_link_returns() {
     wait_until(
         "the isolated node to be ready again",
         Duration::from_secs(20),
-        async || ready(&c, isolated.url()).await,
+        async || is_ready(&c, isolated.url()).await,
     )
     .await;
     wait_all_received(&followers, &acked, Duration::from_secs(20)).await;
@@ -500,7 +486,7 @@ async fn partitioned_over_a_redis_cluster_a_killed_node_loses_nothing() {
         );
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let topics = 8;
     let publisher = {
         let (c, urls, token) = (c.clone(), urls.clone(), token.clone());
@@ -571,7 +557,7 @@ async fn a_draining_node_hands_its_subscribers_to_the_others_without_loss() {
         followers.push(Follower::start(urls.clone(), 0).await);
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let publisher = {
         let (c, urls, token) = (c.clone(), urls.clone(), token.clone());
         tokio::spawn(async move {
@@ -620,7 +606,7 @@ async fn a_redis_cluster_master_outage_is_survived() {
         );
     }
     let c = client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     let publish = |seq: u64| {
         let (c, url, token) = (c.clone(), urls[seq as usize % 2].clone(), token.clone());
         async move { try_publish_to(&c, &url, &token, &numbered_topic(seq % 6), seq).await }
@@ -636,7 +622,7 @@ async fn a_redis_cluster_master_outage_is_survived() {
     cluster.nodes_mut()[0].kill();
     for url in &urls {
         wait_until("readyz to turn 503", Duration::from_secs(15), async || {
-            !ready(&c, url).await
+            !is_ready(&c, url).await
         })
         .await;
     }
@@ -657,7 +643,7 @@ async fn a_redis_cluster_master_outage_is_survived() {
         .expect("cluster healthy again");
     for url in &urls {
         wait_until("readyz to recover", Duration::from_secs(30), async || {
-            ready(&c, url).await
+            is_ready(&c, url).await
         })
         .await;
     }
@@ -713,7 +699,7 @@ async fn the_subscription_registry_is_cluster_wide_and_outlives_a_killed_node() 
     let c = client();
     let template = "/.well-known/mercure/subscriptions/{topic}/{subscriber}";
     let watcher_token = mercure_token(
-        KEY,
+        TEST_JWT_KEY,
         &[],
         &["/.well-known/mercure/subscriptions", template],
         None,

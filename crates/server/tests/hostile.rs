@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use futures_util::stream::{self, StreamExt};
 use quicksilver_testkit::hub::{publish, HubProcess};
 use quicksilver_testkit::sse::SseClient;
-use quicksilver_testkit::token::mercure_token;
+use quicksilver_testkit::token::{mercure_token, publisher_token};
+use quicksilver_testkit::{poll_until, TEST_JWT_KEY};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -58,6 +58,7 @@ fn fd_count(pid: u32) -> usize {
         .count()
 }
 
+/// A client whose requests give up after 30 s (the hub is under heavy load here).
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -66,36 +67,27 @@ fn http() -> reqwest::Client {
         .expect("client")
 }
 
-/// The value of an unlabelled metric.
+/// The value of a metric (see [`quicksilver_testkit::hub::metric`]); panics if the hub has none.
 async fn metric(c: &reqwest::Client, hub: &HubProcess, name: &str) -> f64 {
-    let text = c
-        .get(format!("{}/metrics", hub.url()))
-        .send()
+    quicksilver_testkit::hub::metric(c, hub.url(), name)
         .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("metrics body");
-    text.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} in:\n{text}"))
+        .unwrap_or_else(|| panic!("no metric {name}"))
 }
 
-/// Waits until `name` satisfies `ok`; returns the last value seen.
+/// Waits (up to a minute) until `name` satisfies `ok`; returns the last value seen.
 async fn wait_metric(
     c: &reqwest::Client,
     hub: &HubProcess,
     name: &str,
     ok: impl Fn(f64) -> bool,
 ) -> f64 {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let value = metric(c, hub, name).await;
-        if ok(value) || Instant::now() >= deadline {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let mut value = metric(c, hub, name).await;
+    poll_until(Duration::from_secs(60), async || {
+        value = metric(c, hub, name).await;
+        ok(value)
+    })
+    .await;
+    value
 }
 
 /// Whether the peer closed `stream` (EOF or reset) within `within`; bytes it sent first are skipped.
@@ -127,7 +119,7 @@ async fn slowloris_connections_are_closed_and_normal_clients_keep_being_served()
         BIN,
         &[
             "--jwt-key",
-            KEY,
+            TEST_JWT_KEY,
             "--anonymous",
             "--header-read-timeout",
             "2s",
@@ -180,7 +172,7 @@ async fn slowloris_connections_are_closed_and_normal_clients_keep_being_served()
     });
 
     // Meanwhile normal publishers, subscribers and probes are served, for longer than the timeout.
-    let publisher = mercure_token(KEY, &["*"], &[], None);
+    let publisher = publisher_token();
     let started = Instant::now();
     let mut peak_during = 0.0f64;
     for i in 0..8 {
@@ -277,7 +269,7 @@ async fn ten_thousand_subscribers_that_never_read_are_cut_off_and_memory_stays_b
         BIN,
         &[
             "--jwt-key",
-            KEY,
+            TEST_JWT_KEY,
             "--anonymous",
             "--subscriber-queue",
             "16",
@@ -319,7 +311,7 @@ async fn ten_thousand_subscribers_that_never_read_are_cut_off_and_memory_stays_b
     // 100 updates of 16 KiB: ~1.6 MiB per subscriber, far more than a stalled subscriber's socket
     // buffers, hyper's write queue and its 16-update queue hold. The normal subscriber is read in
     // step with the publisher, so it is never behind.
-    let publisher = mercure_token(KEY, &["*"], &[], None);
+    let publisher = publisher_token();
     let data = "x".repeat(16 * 1024);
     for i in 0..100 {
         let id = i.to_string();
@@ -428,12 +420,12 @@ async fn settled(c: &reqwest::Client, hub: &HubProcess, base_fds: usize) -> f64 
     assert_eq!(connections, 1.0, "connections leaked");
     let subscriptions = metric(c, hub, "quicksilver_subscriptions{kind=\"exact\"}").await;
     assert_eq!(subscriptions, 0.0, "selectors leaked");
-    let deadline = Instant::now() + Duration::from_secs(10);
     let mut fds = fd_count(hub.pid());
-    while fds > base_fds + 4 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    poll_until(Duration::from_secs(10), async || {
         fds = fd_count(hub.pid());
-    }
+        fds <= base_fds + 4
+    })
+    .await;
     assert!(
         fds <= base_fds + 4,
         "file descriptors: {fds}, baseline {base_fds}"
@@ -445,7 +437,7 @@ async fn churn_leaks_nothing(cycles: usize) {
     let _heavy = HEAVY.lock().await;
     raise_fd_limit();
     let started = Instant::now();
-    let hub = HubProcess::spawn(BIN, &["--jwt-key", KEY, "--anonymous"]);
+    let hub = HubProcess::spawn(BIN, &["--jwt-key", TEST_JWT_KEY, "--anonymous"]);
     let c = http();
     // Warm up (allocator arenas, selector caches) before taking the baselines.
     assert_eq!(churn(hub.addr(), 500).await, 0);
@@ -545,7 +537,7 @@ async fn malformed_and_oversized_requests_get_clear_4xx_and_no_token_is_logged()
         BIN,
         &[
             "--jwt-key",
-            KEY,
+            TEST_JWT_KEY,
             "--log-format",
             "json",
             "--log",
@@ -556,8 +548,8 @@ async fn malformed_and_oversized_requests_get_clear_4xx_and_no_token_is_logged()
     );
     let addr = hub.addr();
     // Tokens: valid ones, and invalid ones carrying a recognizable marker in every part.
-    let publisher = mercure_token(KEY, &["*"], &[], None);
-    let subscriber = mercure_token(KEY, &[], &["*"], None);
+    let publisher = publisher_token();
+    let subscriber = mercure_token(TEST_JWT_KEY, &[], &["*"], None);
     let wrong_key = mercure_token("another-key-entirely-0123456789", &["*"], &["*"], None);
     let garbage = "eyJhbGciOiJIUzI1NiJ9.TOKENMARKERbody1234567890.TOKENMARKERsig0987654321";
     let tokens = [&publisher, &subscriber, &wrong_key, &garbage.to_string()];
@@ -772,11 +764,7 @@ async fn malformed_and_oversized_requests_get_clear_4xx_and_no_token_is_logged()
 
     // Give the log drain a moment, then look for any token, or any part of one, in the output.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let lines: Vec<String> = hub
-        .stdout_lines()
-        .into_iter()
-        .chain(hub.stderr_lines())
-        .collect();
+    let lines: Vec<String> = hub.output();
     assert!(
         lines.iter().any(|l| l.contains("authentication failed")),
         "debug logging was on and saw the failures"

@@ -3,36 +3,15 @@
 
 use std::time::Duration;
 
-use quicksilver_server::{Config, Server};
-use quicksilver_testkit::{mercure_token, publish, SseClient, WAIT};
-
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+use quicksilver_testkit::{
+    hub::metric, mercure_token, publish, spawn_hub, SseClient, TEST_JWT_KEY, WAIT,
+};
 
 #[tokio::test]
 async fn a_stalled_stream_is_cut_off_without_ending_the_other_streams_of_its_connection() {
-    let config = Config::from_args([
-        "quicksilver",
-        "--listen",
-        "127.0.0.1:0",
-        "--jwt-key",
-        KEY,
-        "--anonymous",
-        "--subscriber-queue",
-        "8",
-    ])
-    .unwrap_or_else(|e| panic!("config: {e}"));
-    let server = Server::bind(&config)
-        .await
-        .unwrap_or_else(|e| panic!("bind: {e}"));
-    let base = format!(
-        "http://{}",
-        server.local_addr().unwrap_or_else(|e| panic!("{e}"))
-    );
-    let hub = format!("{base}/.well-known/mercure");
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(server.run(async move {
-        let _ = stopped.await;
-    }));
+    let server = spawn_hub(&["--anonymous", "--subscriber-queue", "8"]).await;
+    let base = server.url().to_string();
+    let hub = server.mercure_url();
 
     // One HTTP/2 connection (prior knowledge, h2c) with a small per-stream window, so a stream
     // whose body is not read stops taking data after 64 KiB.
@@ -57,7 +36,7 @@ async fn a_stalled_stream_is_cut_off_without_ending_the_other_streams_of_its_con
     assert_eq!(stalled.version(), reqwest::Version::HTTP_2);
 
     let publisher = reqwest::Client::new();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = mercure_token(TEST_JWT_KEY, &["*"], &[], None);
     let data = "x".repeat(4096);
     // 64 KiB fill the stalled stream's window, a little more sits in the server's send buffer,
     // and 8 more updates fill its queue: well before 200 it is cut off.
@@ -77,19 +56,15 @@ async fn a_stalled_stream_is_cut_off_without_ending_the_other_streams_of_its_con
             .unwrap_or_else(|e| panic!("update {i} on the reading stream: {e}"));
         assert_eq!(event.id.as_deref(), Some(id.as_str()));
     }
-    let metrics = publisher
-        .get(format!("{base}/metrics"))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("quicksilver_slow_subscriber_disconnections_total 1")),
-        "the stalled stream was not cut off:\n{metrics}"
+    assert_eq!(
+        metric(
+            &publisher,
+            &base,
+            "quicksilver_slow_subscriber_disconnections_total"
+        )
+        .await,
+        Some(1.0),
+        "the stalled stream was not cut off"
     );
     // The connection is still up: the reading stream goes on, and a new stream opens on it.
     let (status, _) = publish(
@@ -113,6 +88,5 @@ async fn a_stalled_stream_is_cut_off_without_ending_the_other_streams_of_its_con
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(again.status(), 200);
     drop(stalled);
-    let _ = stop.send(());
-    let _ = running.await;
+    server.shutdown().await;
 }

@@ -4,10 +4,11 @@
 use std::time::{Duration, Instant};
 
 use quicksilver_testkit::hub::HubProcess;
+use quicksilver_testkit::hub::{is_ready, metric};
 use quicksilver_testkit::redis::RedisServer;
 use quicksilver_testkit::sse::{SseClient, SseItem};
 use quicksilver_testkit::token::mercure_token;
-use quicksilver_testkit::{publish, WAIT};
+use quicksilver_testkit::{publish, wait_until, WAIT};
 use rustix::process::{kill_process, Pid, Signal};
 
 const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
@@ -33,15 +34,10 @@ fn signal(process: &HubProcess, signal: Signal) {
 }
 
 async fn wait_ready(c: &reqwest::Client, node: &HubProcess) {
-    let deadline = Instant::now() + WAIT;
-    while Instant::now() < deadline {
-        if matches!(c.get(format!("{}/readyz", node.url())).send().await, Ok(r) if r.status() == 200)
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never became ready", node.url());
+    wait_until("the node to be ready", WAIT, async || {
+        is_ready(c, node.url()).await
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,22 +137,12 @@ async fn a_node_paused_past_the_trim_point_ends_its_streams_and_the_client_is_to
         }
     }
     assert_eq!(replayed.last().map(String::as_str), Some("u3000"));
-    let metrics = c
-        .get(format!("{}/metrics", b.url()))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{e}"))
-        .text()
-        .await
-        .unwrap_or_default();
-    assert!(
-        metrics.contains("quicksilver_gap_disconnections_total 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("quicksilver_transport_gaps_total 1"),
-        "{metrics}"
-    );
+    for name in [
+        "quicksilver_gap_disconnections_total",
+        "quicksilver_transport_gaps_total",
+    ] {
+        assert_eq!(metric(&c, b.url(), name).await, Some(1.0), "{name}");
+    }
 }
 
 /// Publishes `topic=t&id=<id>` (a future that can move to another task).

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use quicksilver_testkit::hub::{publish, HubProcess};
-use quicksilver_testkit::redis::{RedisOptions, RedisServer};
+use quicksilver_testkit::hub::{is_ready, publish, HubProcess};
+use quicksilver_testkit::redis::{query_url, RedisOptions, RedisServer};
 use quicksilver_testkit::sse::SseClient;
-use quicksilver_testkit::token::mercure_token;
+use quicksilver_testkit::token::publisher_token;
+use quicksilver_testkit::{http_client, poll_until, TEST_JWT_KEY};
 
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
 const USER: &str = "quicksilver";
 const PASSWORD: &str = "s3cret-acl-password";
@@ -31,7 +31,7 @@ fn hub(redis_url: &str, extra: &[&str]) -> HubProcess {
         "--redis-url",
         redis_url,
         "--jwt-key",
-        KEY,
+        TEST_JWT_KEY,
         "--anonymous",
         "--redis-timeout",
         "1s",
@@ -40,31 +40,20 @@ fn hub(redis_url: &str, extra: &[&str]) -> HubProcess {
     HubProcess::spawn(BIN, &args)
 }
 
-async fn readyz(hub: &HubProcess) -> u16 {
-    quicksilver_testkit::http_client()
-        .get(format!("{}/readyz", hub.url()))
-        .send()
-        .await
-        .map(|r| r.status().as_u16())
-        .unwrap_or(0)
-}
-
 async fn becomes_ready(hub: &HubProcess, within: Duration) -> bool {
-    let deadline = tokio::time::Instant::now() + within;
-    while tokio::time::Instant::now() < deadline {
-        if readyz(hub).await == 200 {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    false
+    let c = http_client();
+    poll_until(within, async || is_ready(&c, hub.url()).await).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_and_subscribe_over_tls_with_an_acl_user() {
     let redis = tls_redis();
-    // The server really refuses plain and anonymous clients.
-    assert!(!redis.ping(), "no plaintext port");
+    // The server really refuses plain clients.
+    let plaintext = format!("redis://127.0.0.1:{}", redis.port());
+    assert!(
+        query_url::<String>(&plaintext, &["PING"]).is_err(),
+        "no plaintext port"
+    );
     let ca = redis.tls_ca_file().expect("CA file");
     let ca = ca.to_str().expect("utf-8 path");
     let url = redis.url_with_user(USER, PASSWORD);
@@ -84,8 +73,8 @@ async fn publish_and_subscribe_over_tls_with_an_acl_user() {
         .await
         .expect("subscribe");
     assert_eq!(stream.status(), 200);
-    let c = quicksilver_testkit::http_client();
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let c = http_client();
+    let token = publisher_token();
     let (status, _) = publish(&c, a.url(), &token, &[("topic", "t"), ("id", "over-tls")]).await;
     assert_eq!(status, 200);
     let event = stream
@@ -94,16 +83,12 @@ async fn publish_and_subscribe_over_tls_with_an_acl_user() {
         .expect("delivered through Redis");
     assert_eq!(event.id.as_deref(), Some("over-tls"));
     // Stored in Redis by the ACL user, over TLS.
-    let length = redis
-        .cli(&["XLEN", "quicksilver:updates"])
-        .expect("redis-cli over TLS");
-    assert_eq!(length.trim(), "1");
+    let length: i64 = redis
+        .query(&["XLEN", "quicksilver:updates"])
+        .expect("XLEN over TLS");
+    assert_eq!(length, 1);
     // Nothing of the password in the hub's output.
-    let logged: Vec<String> = a
-        .stdout_lines()
-        .into_iter()
-        .chain(a.stderr_lines())
-        .collect();
+    let logged: Vec<String> = a.output();
     assert!(!logged.iter().any(|l| l.contains(PASSWORD)));
 }
 
@@ -128,17 +113,13 @@ async fn a_wrong_password_or_an_unknown_ca_leaves_the_hub_not_ready() {
             node.url()
         );
         // Publishing is refused with 503, never acknowledged.
-        let c = quicksilver_testkit::http_client();
-        let token = mercure_token(KEY, &["*"], &[], None);
+        let c = http_client();
+        let token = publisher_token();
         let (status, _) = publish(&c, node.url(), &token, &[("topic", "t")]).await;
         assert_eq!(status, 503);
     }
     let reason = |node: &HubProcess, needles: &[&str]| {
-        let lines: Vec<String> = node
-            .stdout_lines()
-            .into_iter()
-            .chain(node.stderr_lines())
-            .collect();
+        let lines: Vec<String> = node.output();
         assert!(
             lines
                 .iter()

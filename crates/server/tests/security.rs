@@ -1,72 +1,124 @@
-//! Security over HTTP: legacy-generation JWT attacks (`alg: none`, HS/RS confusion, wrong key,
-//! validity window, oversized tokens), the cookie CSRF origin check, CORS answering listed origins
-//! only, and private updates never reaching a subscriber without a matching grant — live, on
-//! replay, and across two nodes sharing one Redis.
+//! Security: legacy-generation JWT attacks (`alg: none`, HS/RS confusion, wrong key, validity window,
+//! oversized tokens), the cookie CSRF origin check, CORS answering listed origins only (tables through
+//! the router, no socket needed), and private updates never reaching a subscriber without a matching
+//! grant — live, on replay, and across two node processes sharing one Redis.
 //!
 //! (The current protocol's `at+jwt` audience/issuer/type checks are tested in the auth crate; their
-//! HTTP wiring is tested where it is built.)
+//! HTTP wiring is tested in `current.rs`.)
 
-mod common;
-
-use std::time::Duration;
-
-use common::*;
-use quicksilver_testkit::hub::HubProcess;
+use quicksilver_testkit::hub::{encode_form, is_ready, publish};
 use quicksilver_testkit::redis::RedisServer;
-use quicksilver_testkit::sse::{SseClient, SseStream};
-use quicksilver_testkit::token::{TEST_RSA_PRIVATE_PEM, TEST_RSA_PUBLIC_PEM};
+use quicksilver_testkit::token::{
+    forge, now, publisher_token, sign, sign_hs256, sign_rs256, Algorithm, EncodingKey,
+    TEST_RSA_PRIVATE_PEM, TEST_RSA_PUBLIC_PEM,
+};
+use quicksilver_testkit::{
+    http_client, mercure_token, spawn_hub, wait_until, HubProcess, HubRouter, InProcessHub,
+    SseClient, SseStream, TEST_JWT_KEY, WAIT,
+};
 use serde_json::{json, Value};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
 const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
 
-/// Unpadded base64url, for hand-made tokens.
-fn b64url(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | (u32::from(*b) << (16 - 8 * i)));
-        for i in 0..=chunk.len() {
-            out.push(ALPHABET[(n >> (18 - 6 * i)) as usize & 63] as char);
-        }
-    }
-    out
-}
-
-/// A token with any header and claims and a given signature part.
-fn forged(header: &Value, claims: &Value, signature: &str) -> String {
-    format!(
-        "{}.{}.{signature}",
-        b64url(header.to_string().as_bytes()),
-        b64url(claims.to_string().as_bytes())
-    )
-}
-
 fn everything() -> Value {
     json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}})
 }
 
-fn hs256(secret: &[u8], claims: &Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        claims,
-        &jsonwebtoken::EncodingKey::from_secret(secret),
-    )
-    .expect("sign")
+/// The status of a publish (`topic=a`) and of a subscription (`?topic=a`), both with `headers`.
+async fn statuses(hub: &HubRouter, headers: &[(&str, &str)]) -> (u16, u16) {
+    let published = hub.publish(headers, "topic=a").await.status;
+    let subscribed = hub
+        .get("/.well-known/mercure?topic=a", headers)
+        .await
+        .status;
+    (published, subscribed)
 }
 
-/// Status of a publish with `headers` and a body `topic=a`, and of a subscription with the same
-/// headers.
-async fn publish_and_subscribe_status(
-    c: &reqwest::Client,
-    hub: &TestHub,
-    headers: &[(&str, &str)],
-) -> (u16, u16) {
-    let mut post = c.post(hub.hub_url()).header(FORM.0, FORM.1).body("topic=a");
-    let mut get = c.get(format!("{}?topic=a", hub.hub_url()));
+async fn bearer_statuses(hub: &HubRouter, token: &str) -> (u16, u16) {
+    statuses(hub, &[("Authorization", &format!("Bearer {token}"))]).await
+}
+
+#[tokio::test]
+async fn forged_expired_and_foreign_tokens_are_refused() {
+    let hub = HubRouter::new(&[]);
+    let valid = sign_hs256(TEST_JWT_KEY, &everything());
+    let signature = valid.rsplit('.').next().expect("signature");
+
+    // A token without exp is valid (the reference hub's tokens have none).
+    assert_eq!(bearer_statuses(&hub, &valid).await, (200, 200));
+
+    let with = |extra: Value| {
+        let mut claims = everything();
+        for (k, v) in extra.as_object().expect("an object") {
+            claims[k] = v.clone();
+        }
+        sign_hs256(TEST_JWT_KEY, &claims)
+    };
+    #[rustfmt::skip]
+    let refused = [
+        ("alg none, no signature", forge(&json!({"alg": "none", "typ": "JWT"}), &everything(), "")),
+        ("alg None, a valid token's signature kept", forge(&json!({"alg": "None"}), &everything(), signature)),
+        ("alg nOnE", forge(&json!({"alg": "nOnE", "typ": "JWT"}), &everything(), "")),
+        (
+            "claims swapped under a valid signature",
+            forge(&json!({"alg": "HS256", "typ": "JWT"}), &json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}, "x": 1}), signature),
+        ),
+        ("HS384 with the right key", sign(Algorithm::HS384, &EncodingKey::from_secret(TEST_JWT_KEY.as_bytes()), &everything())),
+        ("wrong key", sign_hs256("!ChangeThisMercureHubJWTSecretKey?", &everything())),
+        ("expired", with(json!({"exp": now() - 120}))),
+        ("not yet valid", with(json!({"nbf": now() + 3600}))),
+        ("exp not a number", with(json!({"exp": "never"}))),
+        ("two parts", "eyJhbGciOiJIUzI1NiJ9.eyJtZXJjdXJlIjp7fX0".into()),
+        ("not base64", "!!!.???.***".into()),
+    ];
+    for (what, token) in &refused {
+        assert_eq!(bearer_statuses(&hub, token).await, (401, 401), "{what}");
+        // Wherever it is carried.
+        let query = encode_form(&[("topic", "a"), ("authorization", token)]);
+        let answer = hub.get(&format!("/.well-known/mercure?{query}"), &[]).await;
+        assert_eq!(answer.status, 401, "{what} in the query");
+        let cookie = format!("mercureAuthorization={token}");
+        let answer = hub
+            .get("/.well-known/mercure?topic=a", &[("Cookie", &cookie)])
+            .await;
+        assert_eq!(answer.status, 401, "{what} in the cookie");
+    }
+}
+
+#[tokio::test]
+async fn hs256_signed_with_the_rsa_public_key_is_refused_by_an_rs256_hub() {
+    let hub = HubRouter::new(&[
+        "--publisher-jwt-key",
+        TEST_RSA_PUBLIC_PEM,
+        "--publisher-jwt-alg",
+        "RS256",
+        "--subscriber-jwt-key",
+        TEST_RSA_PUBLIC_PEM,
+        "--subscriber-jwt-alg",
+        "RS256",
+    ]);
+    let genuine = sign_rs256(TEST_RSA_PRIVATE_PEM, &everything());
+    assert_eq!(bearer_statuses(&hub, &genuine).await, (200, 200));
+    // The classic confusion: the public key (which attackers know) used as an HMAC secret.
+    for secret in [TEST_RSA_PUBLIC_PEM, TEST_RSA_PUBLIC_PEM.trim_end()] {
+        let confused = sign_hs256(secret, &everything());
+        assert_eq!(bearer_statuses(&hub, &confused).await, (401, 401));
+    }
+    // And a token signed with the shared --jwt-key the test hub also has: the role keys win.
+    let shared = sign_hs256(TEST_JWT_KEY, &everything());
+    assert_eq!(bearer_statuses(&hub, &shared).await, (401, 401));
+}
+
+/// The status of a publish and of a subscription over real HTTP (header limits live in the HTTP layer,
+/// below the router).
+async fn statuses_over_http(hub: &InProcessHub, headers: &[(&str, &str)]) -> (u16, u16) {
+    let c = http_client();
+    let mut post = c
+        .post(hub.mercure_url())
+        .header(FORM.0, FORM.1)
+        .body("topic=a");
+    let mut get = c.get(format!("{}?topic=a", hub.mercure_url()));
     for (k, v) in headers {
         post = post.header(*k, *v);
         get = get.header(*k, *v);
@@ -76,139 +128,16 @@ async fn publish_and_subscribe_status(
     (published, subscribed)
 }
 
-async fn bearer_status(c: &reqwest::Client, hub: &TestHub, token: &str) -> (u16, u16) {
-    let auth = format!("Bearer {token}");
-    publish_and_subscribe_status(c, hub, &[("Authorization", &auth)]).await
-}
-
-#[tokio::test]
-async fn forged_expired_and_foreign_tokens_are_refused() {
-    let hub = TestHub::start(&[]).await;
-    let c = client();
-    let valid = hs256(KEY.as_bytes(), &everything());
-    let signature = valid.rsplit('.').next().expect("signature");
-
-    // A token without exp is valid (the reference hub's tokens have none).
-    assert_eq!(bearer_status(&c, &hub, &valid).await, (200, 200));
-
-    let refused = [
-        (
-            "alg none, no signature",
-            forged(&json!({"alg": "none", "typ": "JWT"}), &everything(), ""),
-        ),
-        (
-            "alg None, a valid token's signature kept",
-            forged(&json!({"alg": "None"}), &everything(), signature),
-        ),
-        (
-            "alg nOnE",
-            forged(&json!({"alg": "nOnE", "typ": "JWT"}), &everything(), ""),
-        ),
-        (
-            "claims swapped under a valid signature",
-            forged(
-                &json!({"alg": "HS256", "typ": "JWT"}),
-                &json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}, "x": 1}),
-                signature,
-            ),
-        ),
-        (
-            "HS384 with the right key",
-            jsonwebtoken::encode(
-                &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS384),
-                &everything(),
-                &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
-            )
-            .expect("sign"),
-        ),
-        (
-            "wrong key",
-            hs256(b"!ChangeThisMercureHubJWTSecretKey?", &everything()),
-        ),
-        (
-            "expired",
-            hs256(
-                KEY.as_bytes(),
-                &json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}, "exp": now() - 120}),
-            ),
-        ),
-        (
-            "not yet valid",
-            hs256(
-                KEY.as_bytes(),
-                &json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}, "nbf": now() + 3600}),
-            ),
-        ),
-        (
-            "exp not a number",
-            hs256(
-                KEY.as_bytes(),
-                &json!({"mercure": {"publish": ["*"], "subscribe": ["*"]}, "exp": "never"}),
-            ),
-        ),
-        (
-            "two parts",
-            "eyJhbGciOiJIUzI1NiJ9.eyJtZXJjdXJlIjp7fX0".into(),
-        ),
-        ("not base64", "!!!.???.***".into()),
-    ];
-    for (what, token) in &refused {
-        assert_eq!(bearer_status(&c, &hub, token).await, (401, 401), "{what}");
-        // Wherever it is carried.
-        let query = format!("{}?topic=a&authorization={}", hub.hub_url(), enc(token));
-        let status = c.get(&query).send().await.expect("get").status();
-        assert_eq!(status, 401, "{what} in the query");
-        let cookie = format!("mercureAuthorization={token}");
-        let status = c
-            .get(format!("{}?topic=a", hub.hub_url()))
-            .header("Cookie", &cookie)
-            .send()
-            .await
-            .expect("get")
-            .status();
-        assert_eq!(status, 401, "{what} in the cookie");
-    }
-}
-
-#[tokio::test]
-async fn hs256_signed_with_the_rsa_public_key_is_refused_by_an_rs256_hub() {
-    let hub = TestHub::start(&[
-        "--publisher-jwt-key",
-        TEST_RSA_PUBLIC_PEM,
-        "--publisher-jwt-alg",
-        "RS256",
-        "--subscriber-jwt-key",
-        TEST_RSA_PUBLIC_PEM,
-        "--subscriber-jwt-alg",
-        "RS256",
-    ])
-    .await;
-    let c = client();
-    let genuine = quicksilver_testkit::token::sign_rs256(TEST_RSA_PRIVATE_PEM, &everything());
-    assert_eq!(bearer_status(&c, &hub, &genuine).await, (200, 200));
-    // The classic confusion: the public key (which attackers know) used as an HMAC secret.
-    for secret in [
-        TEST_RSA_PUBLIC_PEM.as_bytes(),
-        TEST_RSA_PUBLIC_PEM.trim_end().as_bytes(),
-    ] {
-        let confused = hs256(secret, &everything());
-        assert_eq!(bearer_status(&c, &hub, &confused).await, (401, 401));
-    }
-    // And a token signed with the shared --jwt-key the test hub also has: the role keys win.
-    let shared = hs256(KEY.as_bytes(), &everything());
-    assert_eq!(bearer_status(&c, &hub, &shared).await, (401, 401));
-}
-
 #[tokio::test]
 async fn oversized_tokens_get_a_clear_4xx() {
-    let hub = TestHub::start(&[]).await;
-    let c = client();
+    let hub = spawn_hub(&[]).await;
     let claims = json!({
         "mercure": {"publish": ["*"], "subscribe": ["*"]},
         "padding": "p".repeat(24 * 1024),
     });
-    let big = hs256(KEY.as_bytes(), &claims);
-    let (published, subscribed) = bearer_status(&c, &hub, &big).await;
+    let big = sign_hs256(TEST_JWT_KEY, &claims);
+    let auth = format!("Bearer {big}");
+    let (published, subscribed) = statuses_over_http(&hub, &[("Authorization", &auth)]).await;
     for status in [published, subscribed] {
         assert!(
             [400, 401, 413, 431].contains(&status),
@@ -216,17 +145,22 @@ async fn oversized_tokens_get_a_clear_4xx() {
         );
     }
     let huge = format!("Bearer {}", "a".repeat(1024 * 1024));
-    let (published, subscribed) =
-        publish_and_subscribe_status(&c, &hub, &[("Authorization", &huge)]).await;
+    let (published, subscribed) = statuses_over_http(&hub, &[("Authorization", &huge)]).await;
     assert_eq!((published, subscribed), (431, 431), "1 MiB header");
-    let query = format!("{}?topic=a&authorization={}", hub.hub_url(), big);
-    let status = c.get(&query).send().await.expect("get").status().as_u16();
+    let query = format!("{}?topic=a&authorization={}", hub.mercure_url(), big);
+    let status = http_client()
+        .get(&query)
+        .send()
+        .await
+        .expect("get")
+        .status()
+        .as_u16();
     assert!(
         [400, 401, 413, 414, 431].contains(&status),
         "32 KiB query token: {status}"
     );
     let cookie = format!("mercureAuthorization={big}");
-    let (_, subscribed) = publish_and_subscribe_status(&c, &hub, &[("Cookie", &cookie)]).await;
+    let (_, subscribed) = statuses_over_http(&hub, &[("Cookie", &cookie)]).await;
     assert!(
         [400, 401, 413, 431].contains(&subscribed),
         "32 KiB cookie: {subscribed}"
@@ -236,155 +170,145 @@ async fn oversized_tokens_get_a_clear_4xx() {
 #[tokio::test]
 async fn query_tokens_follow_the_legacy_rules_for_publishing() {
     // The pre-standardization protocol (and the reference hub) accepts the `authorization` query
-    // parameter for publishing too; only current-generation access tokens are refused in URLs.
-    let hub = TestHub::start(&[]).await;
-    let c = client();
-    let url = format!(
-        "{}?authorization={}",
-        hub.hub_url(),
-        enc(&publisher_token())
-    );
-    let status = c
-        .post(&url)
-        .header(FORM.0, FORM.1)
-        .body("topic=a")
-        .send()
-        .await
-        .expect("publish")
-        .status();
-    assert_eq!(status, 200);
-    // An expired or forged query token is refused for publishing as it is for subscribing.
-    let expired = token(&["*"], &[], Some(now() - 60));
-    let url = format!("{}?authorization={}", hub.hub_url(), enc(&expired));
-    let status = c
-        .post(&url)
-        .header(FORM.0, FORM.1)
-        .body("topic=a")
-        .send()
-        .await
-        .expect("publish")
-        .status();
-    assert_eq!(status, 401);
+    // parameter for publishing too; only current-generation access tokens are refused in URLs. An
+    // expired or forged query token is refused for publishing as it is for subscribing.
+    let hub = HubRouter::new(&[]);
+    let expired = mercure_token(TEST_JWT_KEY, &["*"], &[], Some(now() - 60));
+    for (token, status) in [(publisher_token(), 200), (expired, 401)] {
+        let target = format!(
+            "/.well-known/mercure?{}",
+            encode_form(&[("authorization", &token)])
+        );
+        let answer = hub.post(&target, &[], "topic=a").await;
+        assert_eq!(answer.status, status, "{}", answer.body);
+    }
 }
 
 #[tokio::test]
 async fn cookie_publishes_need_an_allowed_origin() {
-    let hub = TestHub::start(&[
+    let hub = HubRouter::new(&[
         "--publish-origins",
         "https://app.example.com https://*.example.org",
-    ])
-    .await;
-    let c = client();
+    ]);
     let cookie = format!("mercureAuthorization={}", publisher_token());
-    let cases: &[(&[(&str, &str)], u16)] = &[
-        (&[("Origin", "https://app.example.com")], 200),
-        (&[("Origin", "https://APP.example.com")], 200),
-        (&[("Origin", "https://news.example.org")], 200),
-        (&[("Origin", "https://evil.example")], 401),
-        (&[("Origin", "null")], 401),
-        (&[("Origin", "http://app.example.com")], 401),
-        (&[("Origin", "https://app.example.com.evil.net")], 401),
-        (&[("Origin", "https://app.example.com:8443")], 401),
-        (&[("Origin", "https://evilexample.org")], 401),
-        (&[("Origin", "https://example.org")], 401),
-        (
-            &[("Referer", "https://evil.example/https://app.example.com")],
-            401,
-        ),
-        (&[("Referer", "not a url")], 401),
+    // (status, the request's origin headers)
+    #[rustfmt::skip]
+    let cases: &[(u16, &[(&str, &str)])] = &[
+        (200, &[("Origin", "https://app.example.com")]),
+        (200, &[("Origin", "https://APP.example.com")]),
+        (200, &[("Origin", "https://news.example.org")]),
+        (200, &[("Referer", "https://app.example.com/page?x=1")]),
+        (401, &[("Origin", "https://evil.example")]),
+        (401, &[("Origin", "null")]),
+        (401, &[("Origin", "http://app.example.com")]),
+        (401, &[("Origin", "https://app.example.com.evil.net")]),
+        (401, &[("Origin", "https://app.example.com:8443")]),
+        (401, &[("Origin", "https://evilexample.org")]),
+        (401, &[("Origin", "https://example.org")]),
+        (401, &[("Referer", "https://evil.example/https://app.example.com")]),
+        (401, &[("Referer", "not a url")]),
         // The Origin header decides when both are present.
-        (
-            &[
-                ("Origin", "https://evil.example"),
-                ("Referer", "https://app.example.com/page"),
-            ],
-            401,
-        ),
-        (&[], 401),
+        (401, &[("Origin", "https://evil.example"), ("Referer", "https://app.example.com/page")]),
+        (401, &[]),
     ];
-    for (headers, expected) in cases {
-        let mut request = c
-            .post(hub.hub_url())
-            .header("Cookie", &cookie)
-            .header(FORM.0, FORM.1)
-            .body("topic=a");
-        for (k, v) in *headers {
-            request = request.header(*k, *v);
-        }
-        let status = request.send().await.expect("publish").status().as_u16();
-        assert_eq!(status, *expected, "cookie publish with {headers:?}");
+    for (expected, origin) in cases {
+        let mut headers = vec![("Cookie", cookie.as_str())];
+        headers.extend_from_slice(origin);
+        let answer = hub.publish(&headers, "topic=a").await;
+        assert_eq!(answer.status, *expected, "cookie publish with {origin:?}");
     }
     // A bearer token is not a CSRF vector: its origin does not matter.
-    let status = c
-        .post(hub.hub_url())
-        .bearer_auth(publisher_token())
-        .header("Origin", "https://evil.example")
-        .header(FORM.0, FORM.1)
-        .body("topic=a")
-        .send()
-        .await
-        .expect("publish")
-        .status();
-    assert_eq!(status, 200);
+    let bearer = format!("Bearer {}", publisher_token());
+    let answer = hub
+        .publish(
+            &[
+                ("Authorization", &bearer),
+                ("Origin", "https://evil.example"),
+            ],
+            "topic=a",
+        )
+        .await;
+    assert_eq!(answer.status, 200);
 }
 
 #[tokio::test]
 async fn cors_answers_listed_origins_only() {
-    let hub = TestHub::start(&["--cors-origins", "https://app.example.com", "--anonymous"]).await;
-    let c = client();
+    let hub = HubRouter::new(&["--cors-origins", "https://app.example.com", "--anonymous"]);
     let preflight = |origin: &'static str, method: &'static str, headers: &'static str| {
-        c.request(reqwest::Method::OPTIONS, hub.hub_url())
+        let request = http::Request::options("/.well-known/mercure")
             .header("Origin", origin)
             .header("Access-Control-Request-Method", method)
             .header("Access-Control-Request-Headers", headers)
-            .send()
+            .body(axum::body::Body::empty())
+            .expect("a preflight");
+        hub.send(request)
     };
     for (method, headers) in [
         ("POST", "authorization,content-type"),
         ("GET", "last-event-id"),
     ] {
-        let r = preflight("https://app.example.com", method, headers)
-            .await
-            .expect("preflight");
-        assert!(r.status().is_success(), "{method} preflight");
+        let r = preflight("https://app.example.com", method, headers).await;
+        assert!((200..300).contains(&r.status), "{method} preflight");
         assert_eq!(
-            r.headers()["access-control-allow-origin"],
-            "https://app.example.com"
+            r.header("access-control-allow-origin"),
+            Some("https://app.example.com")
         );
-        assert_eq!(r.headers()["access-control-allow-credentials"], "true");
+        assert_eq!(r.header("access-control-allow-credentials"), Some("true"));
+        let methods = r.header("access-control-allow-methods").unwrap_or_default();
+        assert!(methods.contains(method), "{method} preflight: {methods}");
+        let allowed = r
+            .header("access-control-allow-headers")
+            .unwrap_or_default()
+            .to_lowercase();
+        for header in headers.split(',') {
+            assert!(allowed.contains(header), "{method} preflight: {allowed}");
+        }
         for origin in [
             "https://evil.example",
             "https://app.example.com.evil.net",
             "http://app.example.com",
             "null",
         ] {
-            let r = preflight(origin, method, headers).await.expect("preflight");
-            assert!(
-                !r.headers().contains_key("access-control-allow-origin"),
+            let r = preflight(origin, method, headers).await;
+            assert_eq!(
+                r.header("access-control-allow-origin"),
+                None,
                 "{method} preflight from {origin}: {:?}",
-                r.headers()
+                r.headers
             );
         }
     }
     // Actual requests: a subscription from an unlisted origin gets no CORS headers (the browser
-    // withholds the stream from the page), a listed one gets its origin, never `*`.
+    // withholds the stream from the page), a listed one gets its origin, never `*`; so does a publish.
     for (origin, allowed) in [
         ("https://app.example.com", true),
         ("https://evil.example", false),
     ] {
-        let r = c
-            .get(format!("{}?topic=a", hub.hub_url()))
-            .header("Origin", origin)
-            .send()
-            .await
-            .expect("subscribe");
-        assert_eq!(r.status(), 200);
-        let acao = r
-            .headers()
-            .get("access-control-allow-origin")
-            .map(|v| v.to_str().unwrap_or("").to_string());
-        assert_eq!(acao, allowed.then(|| origin.to_string()), "from {origin}");
+        let r = hub
+            .get("/.well-known/mercure?topic=a", &[("Origin", origin)])
+            .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            r.header("access-control-allow-origin"),
+            allowed.then_some(origin),
+            "from {origin}"
+        );
     }
+    let bearer = format!("Bearer {}", publisher_token());
+    let r = hub
+        .publish(
+            &[
+                ("Origin", "https://app.example.com"),
+                ("Authorization", &bearer),
+            ],
+            "topic=a",
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("access-control-allow-origin"),
+        Some("https://app.example.com")
+    );
 }
 
 /// A subscriber of the cross-node test: who, its subscribe grants (`None`: anonymous), and whether
@@ -396,7 +320,7 @@ async fn ids_until(stream: &mut SseStream, last: &str) -> Vec<String> {
     let mut ids = Vec::new();
     loop {
         let event = stream
-            .next_event(Duration::from_secs(10))
+            .next_event(WAIT)
             .await
             .unwrap_or_else(|e| panic!("waiting for {last} after {ids:?}: {e}"));
         let id = event.id.unwrap_or_default();
@@ -405,18 +329,6 @@ async fn ids_until(stream: &mut SseStream, last: &str) -> Vec<String> {
         }
         ids.push(id);
     }
-}
-
-async fn wait_ready(c: &reqwest::Client, hub: &HubProcess) {
-    for _ in 0..200 {
-        if let Ok(r) = c.get(format!("{}/readyz", hub.url())).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{} never became ready", hub.url());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -431,14 +343,18 @@ async fn private_updates_need_a_grant_live_on_replay_and_across_nodes() {
         "--redis-url",
         &redis.url(),
         "--jwt-key",
-        KEY,
+        TEST_JWT_KEY,
         "--anonymous",
     ];
     let a = HubProcess::spawn(BIN, &args);
     let b = HubProcess::spawn(BIN, &args);
-    let c = client();
-    wait_ready(&c, &a).await;
-    wait_ready(&c, &b).await;
+    let c = http_client();
+    for node in [&a, &b] {
+        wait_until("the node to be ready", WAIT, async || {
+            is_ready(&c, node.url()).await
+        })
+        .await;
+    }
 
     let selectors = "topic=https%3A%2F%2Fex.com%2Fbooks%2F%7Bid%7D";
     // (who, subscribe grants or None for anonymous, sees the private updates to books/1 and to
@@ -475,7 +391,11 @@ async fn private_updates_need_a_grant_live_on_replay_and_across_nodes() {
     ];
     let subscriber_tokens: Vec<Option<String>> = subscribers
         .iter()
-        .map(|(_, grants, _)| grants.as_ref().map(|g| token(&[], g, None)))
+        .map(|(_, grants, _)| {
+            grants
+                .as_ref()
+                .map(|g| mercure_token(TEST_JWT_KEY, &[], g, None))
+        })
         .collect();
     let open = |hub: &HubProcess, token: &Option<String>, last_event_id: Option<&'static str>| {
         let url = format!("{}?{selectors}", hub.mercure_url());
@@ -489,9 +409,7 @@ async fn private_updates_need_a_grant_live_on_replay_and_across_nodes() {
             if let Some(id) = last_event_id {
                 headers.push(("Last-Event-ID", id));
             }
-            let stream = SseClient::new().open(&url, &headers).await.expect("open");
-            assert_eq!(stream.status(), 200);
-            stream
+            SseClient::subscribe(&url, &headers).await
         }
     };
     // Live: subscribers on node B, updates published on node A.
@@ -520,7 +438,7 @@ async fn private_updates_need_a_grant_live_on_replay_and_across_nodes() {
         &[("topic", "https://ex.com/books/3"), ("id", "public-end")],
     ];
     for form in updates {
-        let (status, _) = quicksilver_testkit::hub::publish(&c, a.url(), &p, form).await;
+        let (status, _) = publish(&c, a.url(), &p, form).await;
         assert_eq!(status, 200);
     }
     let expected = |sees: [bool; 2]| -> Vec<String> {

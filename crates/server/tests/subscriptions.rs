@@ -3,38 +3,37 @@
 //! `Link`, `ETag`/`If-None-Match`, 401/403/404). The cluster-wide registry and SIGKILL recovery
 //! are in `cluster.rs`.
 
-mod common;
-
-use common::*;
+use quicksilver_testkit::hub::{encode_form, metric};
+use quicksilver_testkit::token::{
+    access_claims, access_token, mercure_claims, sign_hs256, AUTHORIZATION_DETAIL_TYPE,
+};
+use quicksilver_testkit::{
+    http_client, mercure_token, spawn_hub, InProcessHub, SseClient, SseStream, SHORT, TEST_JWT_KEY,
+    WAIT,
+};
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://issuer.example";
 const RESOURCE: &str = "https://hub.example/.well-known/mercure";
-const DETAIL: &str = "https://mercure.rocks/authorization-detail";
 
-fn access_token(details: Value) -> String {
-    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
-    header.typ = Some("at+jwt".into());
-    jsonwebtoken::encode(
-        &header,
-        &json!({"iss": ISSUER, "aud": RESOURCE, "exp": now() + 3600, "authorization_details": details}),
-        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
+/// An access token of [`ISSUER`] for [`RESOURCE`] with these `authorization_details`.
+fn current_token(details: Value) -> String {
+    access_token(
+        TEST_JWT_KEY,
+        None,
+        &access_claims(ISSUER, RESOURCE, details),
     )
-    .unwrap()
 }
 
 /// A legacy token with a `mercure.payload`.
 fn legacy_token_with_payload(subscribe: &[&str], payload: Value) -> String {
-    jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
-        &json!({"mercure": {"publish": [], "subscribe": subscribe, "payload": payload}}),
-        &jsonwebtoken::EncodingKey::from_secret(KEY.as_bytes()),
-    )
-    .unwrap()
+    let mut claims = mercure_claims(&[], subscribe, None);
+    claims["mercure"]["payload"] = payload;
+    sign_hs256(TEST_JWT_KEY, &claims)
 }
 
-async fn start() -> TestHub {
-    TestHub::start(&[
+async fn start() -> InProcessHub {
+    spawn_hub(&[
         "--issuer",
         ISSUER,
         "--resource-identifier",
@@ -43,6 +42,16 @@ async fn start() -> TestHub {
         "--anonymous",
     ])
     .await
+}
+
+/// Subscribes to `pairs` (form-encoded into the query) with `headers`; the hub must answer 200.
+async fn subscribe(
+    hub: &InProcessHub,
+    pairs: &[(&str, &str)],
+    headers: &[(&str, &str)],
+) -> SseStream {
+    let url = format!("{}?{}", hub.mercure_url(), encode_form(pairs));
+    SseClient::subscribe(&url, headers).await
 }
 
 async fn get(
@@ -55,14 +64,15 @@ async fn get(
     for (k, v) in headers {
         r = r.header(*k, *v);
     }
-    r.send().await.unwrap()
+    r.send().await.expect("an answer")
 }
 
 #[tokio::test]
 async fn legacy_subscription_events_and_api() {
     let hub = start().await;
-    let c = client();
-    let watcher_token = token(
+    let c = http_client();
+    let watcher_token = mercure_token(
+        TEST_JWT_KEY,
         &[],
         &[
             "/.well-known/mercure/subscriptions",
@@ -71,27 +81,18 @@ async fn legacy_subscription_events_and_api() {
         ],
         None,
     );
-    let mut watcher = Sse::connect(
-        &c,
-        &format!(
-            "{}?topic={}",
-            hub.hub_url(),
-            enc("/.well-known/mercure/subscriptions/{topic}/{subscriber}")
-        ),
+    let watched = [(
+        "topic",
+        "/.well-known/mercure/subscriptions/{topic}/{subscriber}",
+    )];
+    let mut watcher = subscribe(
+        &hub,
+        &watched,
         &[("Authorization", &format!("Bearer {watcher_token}"))],
     )
     .await;
     // An anonymous subscriber to the same topics never sees these private events.
-    let mut anonymous = Sse::connect(
-        &c,
-        &format!(
-            "{}?topic={}",
-            hub.hub_url(),
-            enc("/.well-known/mercure/subscriptions/{topic}/{subscriber}")
-        ),
-        &[],
-    )
-    .await;
+    let mut anonymous = subscribe(&hub, &watched, &[]).await;
     // The watcher's own subscription is announced first.
     let own = watcher
         .next_event(WAIT)
@@ -113,15 +114,18 @@ async fn legacy_subscription_events_and_api() {
         json!({"user": "alice"}),
     );
     let book_selector = "https://example.com/books/{id}";
-    let subscriber = Sse::connect(
-        &c,
-        &format!("{}?topic={}", hub.hub_url(), enc(book_selector)),
+    let subscriber = subscribe(
+        &hub,
+        &[("topic", book_selector)],
         &[("Authorization", &format!("Bearer {subscriber_token}"))],
     )
     .await;
-    assert_eq!(subscriber.status, 200);
+    assert_eq!(subscriber.status(), 200);
     let e = watcher.next_event(WAIT).await.expect("subscription event");
-    assert_eq!(e.event, None, "legacy events have the default type");
+    assert_eq!(
+        e.event_type, "message",
+        "legacy events have the default type"
+    );
     let doc: Value = serde_json::from_str(&e.data).unwrap();
     assert_eq!(doc["@context"], "https://mercure.rocks/");
     assert_eq!(doc["type"], "Subscription");
@@ -140,7 +144,7 @@ async fn legacy_subscription_events_and_api() {
     );
 
     // The API, in the legacy shape.
-    let api = format!("{}/.well-known/mercure/subscriptions", hub.url);
+    let api = format!("{}/.well-known/mercure/subscriptions", hub.url());
     let r = get(&c, &api, &watcher_token, &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/ld+json");
@@ -163,7 +167,7 @@ async fn legacy_subscription_events_and_api() {
     let r = get(&c, &api, &watcher_token, &[("If-None-Match", &etag)]).await;
     assert_eq!(r.status(), 304);
 
-    let r = get(&c, &format!("{}{}", hub.url, id), &watcher_token, &[]).await;
+    let r = get(&c, &format!("{}{}", hub.url(), id), &watcher_token, &[]).await;
     assert_eq!(r.status(), 200);
     let one: Value = r.json().await.unwrap();
     assert_eq!(one["id"], id.as_str());
@@ -171,7 +175,7 @@ async fn legacy_subscription_events_and_api() {
 
     let collection = format!(
         "{}/.well-known/mercure/subscriptions/{}",
-        hub.url,
+        hub.url(),
         enc_unreserved(book_selector)
     );
     let r = get(&c, &collection, &watcher_token, &[]).await;
@@ -183,7 +187,7 @@ async fn legacy_subscription_events_and_api() {
     let r = get(
         &c,
         &api,
-        &token(&[], &["https://example.com/books/{id}"], None),
+        &mercure_token(TEST_JWT_KEY, &[], &["https://example.com/books/{id}"], None),
         &[],
     )
     .await;
@@ -199,7 +203,7 @@ async fn legacy_subscription_events_and_api() {
         (doc["id"].as_str(), doc["active"].as_bool()),
         (Some(id.as_str()), Some(false))
     );
-    let r = get(&c, &format!("{}{}", hub.url, id), &watcher_token, &[]).await;
+    let r = get(&c, &format!("{}{}", hub.url(), id), &watcher_token, &[]).await;
     assert_eq!(r.status(), 404);
     let r = get(&c, &api, &watcher_token, &[("If-None-Match", &etag)]).await;
     assert_eq!(
@@ -208,51 +212,45 @@ async fn legacy_subscription_events_and_api() {
         "the cursor moved: the cached list is stale"
     );
 
-    assert!(
-        anonymous.next_event(SHORT).await.is_none(),
-        "private events stay private"
-    );
+    // Private events stay private.
+    anonymous.assert_no_event(SHORT).await;
 }
 
 #[tokio::test]
 async fn current_subscription_events_and_api() {
     let hub = start().await;
-    let c = client();
+    let c = http_client();
     let pattern = "/.well-known/mercure/subscriptions/:match_type/:match/:subscriber";
-    let watcher_token = access_token(json!([{
-        "type": DETAIL,
+    let watcher_token = current_token(json!([{
+        "type": AUTHORIZATION_DETAIL_TYPE,
         "actions": ["subscribe"],
         "topics": [{"match": "/.well-known/mercure/subscriptions/*", "match_type": "urlpattern"},
                    {"match": "/.well-known/mercure/subscriptions", "match_type": "exact"}],
     }]));
-    let mut watcher = Sse::connect(
-        &c,
-        &format!("{}?match_urlpattern={}", hub.hub_url(), enc(pattern)),
+    let mut watcher = subscribe(
+        &hub,
+        &[("match_urlpattern", pattern)],
         &[("Authorization", &format!("Bearer {watcher_token}"))],
     )
     .await;
-    assert_eq!(watcher.status, 200);
+    assert_eq!(watcher.status(), 200);
     let own = watcher.next_event(WAIT).await.expect("own event");
-    assert_eq!(own.event.as_deref(), Some("mercure"));
+    assert_eq!(own.event_type, "mercure");
 
-    let subscriber_token = access_token(json!([{
-        "type": DETAIL, "actions": ["subscribe"],
+    let subscriber_token = current_token(json!([{
+        "type": AUTHORIZATION_DETAIL_TYPE, "actions": ["subscribe"],
         "topics": [{"match": "https://example.com/:id", "match_type": "urlpattern"}],
         "payload": {"user": "bob"},
     }]));
-    let subscriber = Sse::connect(
-        &c,
-        &format!(
-            "{}?match={}",
-            hub.hub_url(),
-            enc("https://example.com/a-topic")
-        ),
+    let subscriber = subscribe(
+        &hub,
+        &[("match", "https://example.com/a-topic")],
         &[("Authorization", &format!("Bearer {subscriber_token}"))],
     )
     .await;
-    assert_eq!(subscriber.status, 200);
+    assert_eq!(subscriber.status(), 200);
     let e = watcher.next_event(WAIT).await.expect("subscription event");
-    assert_eq!(e.event.as_deref(), Some("mercure"));
+    assert_eq!(e.event_type, "mercure");
     let doc: Value = serde_json::from_str(&e.data).unwrap();
     assert_eq!(doc["type"], "subscription");
     assert_eq!(doc["match_type"], "exact");
@@ -274,7 +272,7 @@ async fn current_subscription_events_and_api() {
         Some(true)
     );
 
-    let api = format!("{}/.well-known/mercure/subscriptions", hub.url);
+    let api = format!("{}/.well-known/mercure/subscriptions", hub.url());
     let r = get(&c, &api, &watcher_token, &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
@@ -303,7 +301,7 @@ async fn current_subscription_events_and_api() {
     assert_eq!(ids.len(), 2, "{all}");
     assert!(ids.contains(&id.as_str()));
 
-    let r = get(&c, &format!("{}{}", hub.url, id), &watcher_token, &[]).await;
+    let r = get(&c, &format!("{}{}", hub.url(), id), &watcher_token, &[]).await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.json::<Value>().await.unwrap(),
@@ -339,17 +337,9 @@ async fn current_subscription_events_and_api() {
     let r = get(&c, &format!("{api}/regex/x"), &watcher_token, &[]).await;
     assert_eq!(r.status(), 404);
 
-    let metrics = c
-        .get(format!("{}/metrics", hub.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("quicksilver_active_subscriptions 2"),
-        "{metrics}"
+    assert_eq!(
+        metric(&c, hub.url(), "quicksilver_active_subscriptions").await,
+        Some(2.0)
     );
 
     // The subscriber's own token does not cover the subscriptions namespace.
@@ -366,7 +356,7 @@ async fn current_subscription_events_and_api() {
     assert_eq!(doc["active"], false);
     assert_eq!(doc["id"], id.as_str());
     assert_eq!(
-        get(&c, &format!("{}{}", hub.url, id), &watcher_token, &[])
+        get(&c, &format!("{}{}", hub.url(), id), &watcher_token, &[])
             .await
             .status(),
         404
@@ -375,20 +365,20 @@ async fn current_subscription_events_and_api() {
 
 #[tokio::test]
 async fn without_the_setting_there_are_no_events_and_no_api() {
-    let hub = TestHub::start(&["--anonymous"]).await;
-    let c = client();
-    let watcher = token(&[], &["*"], None);
-    let mut sse = Sse::connect(
-        &c,
-        &format!("{}?topic=*", hub.hub_url()),
+    let hub = spawn_hub(&["--anonymous"]).await;
+    let c = http_client();
+    let watcher = mercure_token(TEST_JWT_KEY, &[], &["*"], None);
+    let mut sse = subscribe(
+        &hub,
+        &[("topic", "*")],
         &[("Authorization", &format!("Bearer {watcher}"))],
     )
     .await;
-    let _other = Sse::connect(&c, &format!("{}?topic=a", hub.hub_url()), &[]).await;
-    assert!(sse.next_event(SHORT).await.is_none());
+    let _other = subscribe(&hub, &[("topic", "a")], &[]).await;
+    sse.assert_no_event(SHORT).await;
     let r = get(
         &c,
-        &format!("{}/.well-known/mercure/subscriptions", hub.url),
+        &format!("{}/.well-known/mercure/subscriptions", hub.url()),
         &watcher,
         &[],
     )

@@ -4,17 +4,19 @@
 //! Each test runs on Tokio's current-thread runtime, so the in-process hubs, their transport readers
 //! and the HTTP client all run on the test's thread, under the test's subscriber.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use opentelemetry::trace::{SpanId, SpanKind, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, Sampler, SdkTracerProvider, SpanData};
-use quicksilver_protocol::Update;
 use quicksilver_server::config::LogFormat;
 use quicksilver_server::telemetry;
+use quicksilver_testkit::hub::is_ready;
 use quicksilver_testkit::redis::RedisServer;
+use quicksilver_testkit::token::publisher_token;
+use quicksilver_testkit::{
+    http_client, poll_until, spawn_hub, update, wait_until, HubProcess, InProcessHub, TEST_JWT_KEY,
+    UNREACHABLE_REDIS, WAIT,
+};
 use quicksilver_transport::{MemoryTransport, Transport};
 
 /// An in-memory exporter behind the hub's subscriber, installed for the current thread until dropped.
@@ -53,22 +55,20 @@ impl Traces {
     /// Waits until, for each `(name, count)`, at least `count` spans named `name` have ended;
     /// returns every span ended by then.
     async fn wait_for(&self, expected: &[(&str, usize)]) -> Vec<SpanData> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
+        let ended = poll_until(WAIT, async || {
             let spans = self.spans();
-            if expected
+            expected
                 .iter()
                 .all(|(name, count)| named(&spans, name).len() >= *count)
-            {
-                return spans;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "timed out waiting for {expected:?}; have {:?}",
-                spans.iter().map(|s| &s.name).collect::<Vec<_>>()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        })
+        .await;
+        let spans = self.spans();
+        assert!(
+            ended,
+            "timed out waiting for {expected:?}; have {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        spans
     }
 }
 
@@ -96,10 +96,10 @@ const DISPATCH: &str = quicksilver_transport::trace_context::DISPATCH_SPAN;
 const TRACE_ID: &str = "0af7651916cd43dd8448eb211c80319c";
 const PARENT_ID: &str = "b7ad6b7169203331";
 
-async fn publish_with(hub: &TestHub, headers: &[(&str, &str)], body: &str) -> String {
+async fn publish_with(hub: &InProcessHub, headers: &[(&str, &str)], body: &str) -> String {
     let token = publisher_token();
-    let mut request = client()
-        .post(hub.hub_url())
+    let mut request = http_client()
+        .post(hub.mercure_url())
         .bearer_auth(&token)
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body(body.to_string());
@@ -108,7 +108,7 @@ async fn publish_with(hub: &TestHub, headers: &[(&str, &str)], body: &str) -> St
     }
     let response = request.send().await.expect("publish request");
     assert_eq!(response.status(), 200);
-    response.text().await.unwrap()
+    response.text().await.expect("the event id")
 }
 
 /// The links every publish trace has, whatever the transport: publish → transport publish →
@@ -138,7 +138,7 @@ fn assert_one_trace(spans: &[SpanData], nodes: usize) -> &SpanData {
 #[tokio::test]
 async fn a_publish_is_one_trace_from_the_request_to_the_reader() {
     let traces = Traces::record();
-    let hub = TestHub::start(&[]).await;
+    let hub = spawn_hub(&[]).await;
     let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
     let id = publish_with(
         &hub,
@@ -188,7 +188,7 @@ async fn a_publish_is_one_trace_from_the_request_to_the_reader() {
 #[tokio::test]
 async fn without_a_traceparent_the_publish_starts_a_trace() {
     let traces = Traces::record();
-    let hub = TestHub::start(&[]).await;
+    let hub = spawn_hub(&[]).await;
     publish_with(&hub, &[], "topic=a&data=x").await;
     let spans = traces.wait_for(&[(PUBLISH, 1), (DISPATCH, 1)]).await;
     let publish = assert_one_trace(&spans, 1);
@@ -198,25 +198,17 @@ async fn without_a_traceparent_the_publish_starts_a_trace() {
 
 #[tokio::test]
 async fn a_failed_store_marks_the_publish_span_as_an_error() {
-    // Nothing listens on port 1: the Redis transport cannot store, the hub answers 503.
+    // The Redis transport cannot store, the hub answers 503.
     let traces = Traces::record();
-    let hub = TestHub::start(&[
-        "--transport",
-        "redis",
-        "--redis-url",
-        "redis://127.0.0.1:1",
-        "--redis-timeout",
-        "200ms",
-    ])
-    .await;
-    let response = client()
-        .post(hub.hub_url())
+    let hub = spawn_hub(&UNREACHABLE_REDIS).await;
+    let response = http_client()
+        .post(hub.mercure_url())
         .bearer_auth(publisher_token())
         .header("Content-Type", "application/x-www-form-urlencoded")
         .body("topic=a&data=x")
         .send()
         .await
-        .unwrap();
+        .expect("an answer");
     assert_eq!(response.status(), 503);
     let spans = traces.wait_for(&[(PUBLISH, 1)]).await;
     let publish = only(&spans, PUBLISH);
@@ -242,10 +234,14 @@ async fn the_readers_of_every_node_join_the_publishers_trace() {
     let url = redis.url();
     let args = ["--transport", "redis", "--redis-url", url.as_str()];
     let traces = Traces::record();
-    let node_a = TestHub::start(&args).await;
-    let node_b = TestHub::start(&args).await;
+    let node_a = spawn_hub(&args).await;
+    let node_b = spawn_hub(&args).await;
+    let c = http_client();
     for node in [&node_a, &node_b] {
-        wait_ready(node).await;
+        wait_until("the node to be ready", WAIT, async || {
+            is_ready(&c, node.url()).await
+        })
+        .await;
     }
 
     let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
@@ -264,18 +260,8 @@ async fn the_readers_of_every_node_join_the_publishers_trace() {
 
 #[tokio::test]
 async fn untraced_publishes_store_no_trace_context() {
-    fn update() -> Update {
-        Update {
-            id: "u".into(),
-            topics: vec!["t".into()],
-            data: "x".into(),
-            private: false,
-            event_type: None,
-            retry: None,
-        }
-    }
     async fn stored_context(transport: &MemoryTransport) -> Option<String> {
-        transport.publish(update()).await.unwrap();
+        transport.publish(update("u", &["t"], "x")).await.unwrap();
         let history = transport.history("earliest").await.unwrap();
         let last = history.entries.last().expect("stored").clone();
         last.trace_context.as_ref().map(|c| c.traceparent.clone())
@@ -310,25 +296,11 @@ async fn untraced_publishes_store_no_trace_context() {
     );
 }
 
-async fn wait_ready(hub: &TestHub) {
-    let c = client();
-    for _ in 0..500 {
-        if let Ok(r) = c.get(format!("{}/readyz", hub.url)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("hub at {} never became ready", hub.url);
-}
-
 /// The real executable, configured only through the standard OpenTelemetry variables, sends its
 /// spans as OTLP/HTTP protobuf to a receiver in this test, flushing them when it exits on SIGTERM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_binary_exports_over_otlp_when_the_standard_variables_say_so() {
     use axum::body::Bytes;
-    use quicksilver_testkit::hub::HubProcess;
 
     let received = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<(String, Bytes)>::new()));
     let sink = received.clone();
@@ -352,14 +324,14 @@ async fn the_binary_exports_over_otlp_when_the_standard_variables_say_so() {
     let bin = env!("CARGO_BIN_EXE_quicksilver");
     let mut hub = HubProcess::spawn_with_env(
         bin,
-        &["--jwt-key", KEY],
+        &["--jwt-key", TEST_JWT_KEY],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_SERVICE_NAME", "quicksilver-under-test"),
         ],
     );
     let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
-    let response = client()
+    let response = http_client()
         .post(hub.mercure_url())
         .bearer_auth(publisher_token())
         .header("Content-Type", "application/x-www-form-urlencoded")

@@ -8,9 +8,8 @@ use std::time::Duration;
 
 use quicksilver_testkit::free_port;
 use quicksilver_testkit::sse::SseClient;
-use quicksilver_testkit::token::mercure_token;
-
-const KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+use quicksilver_testkit::token::publisher_token;
+use quicksilver_testkit::TEST_JWT_KEY;
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
@@ -57,7 +56,7 @@ async fn cluster_script_runs_three_nodes_behind_nginx() {
                 env!("CARGO_BIN_EXE_quicksilver").into(),
             ),
             ("QUICKSILVER_EXTRA_ARGS".into(), "--anonymous".into()),
-            ("MERCURE_JWT_KEY".into(), KEY.into()),
+            ("MERCURE_JWT_KEY".into(), TEST_JWT_KEY.into()),
         ],
     };
     let up = guard.run(&["up"]);
@@ -106,7 +105,7 @@ async fn cluster_script_runs_three_nodes_behind_nginx() {
         assert_eq!(s.status(), 200);
         subs.push(s);
     }
-    let token = mercure_token(KEY, &["*"], &[], None);
+    let token = publisher_token();
     for i in 1..=20 {
         let (status, _) = quicksilver_testkit::hub::publish(
             &c,

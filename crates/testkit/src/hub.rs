@@ -9,6 +9,10 @@
 //!
 //! The API is blocking (std threads and processes): waits are short and the hub is another process, so a
 //! Tokio test can call it directly.
+//!
+//! A few helpers speak to any hub over HTTP, a process, one in this process or one behind a proxy:
+//! [`publish`] posts an update (its body built by [`encode_form`]), [`metric`] reads a value of
+//! `GET /metrics`, [`is_ready`] asks `GET /readyz`.
 
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
@@ -248,7 +252,7 @@ impl HubProcess {
         }
     }
 
-    /// The lines the hub wrote to one stream so far (the last [`MAX_LOG_LINES`] of them).
+    /// The lines the hub wrote to one stream so far (the last 20,000 of them).
     pub fn output_lines(&self, stream: Stream) -> Vec<String> {
         self.log.lines(stream)
     }
@@ -261,6 +265,12 @@ impl HubProcess {
     /// The lines the hub wrote to stdout so far.
     pub fn stdout_lines(&self) -> Vec<String> {
         self.log.lines(Stream::Stdout)
+    }
+
+    /// Every line the hub wrote so far, stdout and stderr interleaved in the order they arrived (the last
+    /// 40,000).
+    pub fn output(&self) -> Vec<String> {
+        self.log.all_lines()
     }
 
     /// Waits up to `timeout` for a line containing `needle` on stdout or stderr (e.g. a log message);
@@ -476,6 +486,14 @@ impl OutputLog {
         }
     }
 
+    fn all_lines(&self) -> Vec<String> {
+        self.state()
+            .all
+            .iter()
+            .map(|(_, line)| line.clone())
+            .collect()
+    }
+
     fn tail(&self, n: usize) -> String {
         let state = self.state();
         let skip = state.all.len().saturating_sub(n);
@@ -492,14 +510,14 @@ impl OutputLog {
 
     /// The first stdout line matching `matches`, waiting up to `timeout` for one.
     fn wait_for_stdout(&self, matches: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
-        self.wait_until(timeout, |state| {
+        self.block_until(timeout, |state| {
             state.stdout.iter().find(|l| matches(l)).cloned()
         })
     }
 
     /// The first line on either stream matching `matches`, waiting up to `timeout` for one.
     fn wait_for(&self, matches: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
-        self.wait_until(timeout, |state| {
+        self.block_until(timeout, |state| {
             state
                 .all
                 .iter()
@@ -511,10 +529,12 @@ impl OutputLog {
 
     /// Waits until both streams have closed, at most `timeout`.
     fn wait_closed(&self, timeout: Duration) {
-        self.wait_until(timeout, |state| (state.closed_streams >= 2).then_some(()));
+        self.block_until(timeout, |state| (state.closed_streams >= 2).then_some(()));
     }
 
-    fn wait_until<T>(
+    /// Blocks (on the condition variable, not by polling) until `check` finds something or `timeout`
+    /// passes.
+    fn block_until<T>(
         &self,
         timeout: Duration,
         mut check: impl FnMut(&LogState) -> Option<T>,
@@ -548,14 +568,10 @@ pub async fn publish(
     token: &str,
     form: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut body = form_urlencoded::Serializer::new(String::new());
-    for (name, value) in form {
-        body.append_pair(name, value);
-    }
     let mut request = client
         .post(mercure_endpoint(hub))
         .header("Content-Type", "application/x-www-form-urlencoded")
-        .body(body.finish());
+        .body(encode_form(form));
     if !token.is_empty() {
         request = request.header("Authorization", format!("Bearer {token}"));
     }
@@ -570,6 +586,40 @@ pub async fn publish(
         .and_then(Result::ok)
         .unwrap_or_default();
     (status, text)
+}
+
+/// Whether the hub answers `GET /readyz` with 200 (within 10 s): its transport is reachable and it is
+/// not draining. `hub` is the hub's origin.
+pub async fn is_ready(client: &reqwest::Client, hub: &str) -> bool {
+    let url = format!("{}/readyz", hub.trim_end_matches('/'));
+    tokio::time::timeout(Duration::from_secs(10), client.get(&url).send())
+        .await
+        .is_ok_and(|answer| answer.is_ok_and(|r| r.status() == 200))
+}
+
+/// `pairs` as `application/x-www-form-urlencoded` (`topic=https%3A%2F%2Fex.com%2F%7Bid%7D&data=a+b`): a
+/// publish body, or a subscription's query string (`format!("{}?{}", hub.mercure_url(), encode_form(…))`).
+pub fn encode_form(pairs: &[(&str, &str)]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in pairs {
+        form.append_pair(name, value);
+    }
+    form.finish()
+}
+
+/// The value of one metric in the hub's `GET /metrics`: the line `name VALUE`, where `name` carries its
+/// labels as Prometheus writes them (`quicksilver_subscriptions{kind="exact"}`). `None` if the hub does not
+/// answer within 10 s or has no such line. `hub` is the hub's origin.
+pub async fn metric(client: &reqwest::Client, hub: &str, name: &str) -> Option<f64> {
+    let url = format!("{}/metrics", hub.trim_end_matches('/'));
+    let text = tokio::time::timeout(Duration::from_secs(10), async {
+        client.get(&url).send().await?.text().await
+    })
+    .await
+    .ok()?
+    .ok()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// `hub` if it already names the Mercure endpoint, else `hub` + `/.well-known/mercure`.

@@ -1,9 +1,10 @@
 //! A real SSE client for tests: a `GET` over `reqwest` whose body is read as a stream and parsed
-//! incrementally by [`EventStreamParser`], so a test sees each event when the hub flushes it, not when the
-//! response ends.
+//! incrementally by [`EventStreamParser`] (the `quicksilver-event-stream` crate: the HTML specification's
+//! reading of an event stream, comments surfaced), so a test sees each event when the hub flushes it, not
+//! when the response ends.
 //!
-//! [`SseClient::connect`] returns the response whatever its status (tests assert on 401s and 403s too);
-//! [`SseStream`] then yields [`SseItem`]s. Every read takes a timeout: an absent event is reported as
+//! [`SseClient::connect`] returns the response whatever its status (tests assert on 401s and 403s too),
+//! [`SseClient::subscribe`] insists on a 200; [`SseStream`] then yields [`SseItem`]s. Every read takes a timeout: an absent event is reported as
 //! [`SseError::Timeout`], never as a hung test. A timed-out read loses nothing: the stream stays usable and
 //! the next read continues where the last one stopped.
 
@@ -16,9 +17,7 @@ use futures_util::StreamExt;
 use reqwest::header::HeaderMap;
 use tokio::time::Instant;
 
-mod parser;
-
-pub use parser::{EventStreamParser, SseEvent, SseItem};
+pub use quicksilver_event_stream::{EventStreamParser, SseEvent, SseItem};
 
 /// How long [`SseClient::connect`] waits for the response head.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -63,6 +62,20 @@ impl SseClient {
     /// `GET url` with `headers` using a fresh client; see [`SseClient::open`].
     pub async fn connect(url: &str, headers: &[(&str, &str)]) -> Result<SseStream, SseError> {
         Self::new().open(url, headers).await
+    }
+
+    /// `GET url` with `headers` using a fresh client, for a test that expects a stream: panics, naming
+    /// the URL, unless the hub answers 200 within [`CONNECT_TIMEOUT`].
+    pub async fn subscribe(url: &str, headers: &[(&str, &str)]) -> SseStream {
+        match Self::connect(url, headers).await {
+            Ok(stream) if stream.status() == 200 => stream,
+            Ok(stream) => {
+                let status = stream.status();
+                let body = stream.text(CONNECT_TIMEOUT).await.unwrap_or_default();
+                panic!("subscribing to {url}: status {status}: {body}")
+            }
+            Err(e) => panic!("subscribing to {url}: {e}"),
+        }
     }
 
     /// `GET url` with `headers` (e.g. `("Authorization", "Bearer ...")`, `("Last-Event-ID", id)`), waiting at
@@ -122,9 +135,12 @@ impl SseStream {
         &self.headers
     }
 
-    /// One response header as text, if present and visible ASCII.
+    /// One response header as text, if present and UTF-8 (a header may carry UTF-8 bytes, e.g. a
+    /// `Last-Event-ID` echoing a non-ASCII id).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(name).and_then(|v| v.to_str().ok())
+        self.headers
+            .get(name)
+            .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
     }
 
     /// The stream's last event ID (the latest `id` field), as an `EventSource` would resend it.
@@ -201,6 +217,21 @@ impl SseStream {
             }
         }
         Ok(events)
+    }
+
+    /// The `id` fields of exactly `n` events (`""` for an event without one), all within `timeout`.
+    pub async fn ids(&mut self, n: usize, timeout: Duration) -> Result<Vec<String>, SseError> {
+        let events = self.events(n, timeout).await?;
+        Ok(events
+            .into_iter()
+            .map(|e| e.id.unwrap_or_default())
+            .collect())
+    }
+
+    /// The data of exactly `n` events, all within `timeout`.
+    pub async fn data(&mut self, n: usize, timeout: Duration) -> Result<Vec<String>, SseError> {
+        let events = self.events(n, timeout).await?;
+        Ok(events.into_iter().map(|e| e.data).collect())
     }
 
     /// Panics if an event arrives within `within`; comments are ignored. Returns normally on timeout or

@@ -187,3 +187,19 @@ async fn connecting_to_a_closed_port_fails_promptly() {
     let result = SseClient::connect(&format!("http://127.0.0.1:{port}/"), &[]).await;
     assert!(matches!(result, Err(SseError::Http(_))), "{result:?}");
 }
+
+#[tokio::test]
+async fn ids_and_data_read_the_next_events() {
+    let (url, _requests, _go) = serve_once(
+        SSE_HEAD,
+        vec![Step::Write(
+            "id: 1\ndata: a\n\ndata: b\n\nid: 3\ndata: c\n\n",
+        )],
+    )
+    .await;
+    let mut stream = SseClient::connect(&url, &[]).await.expect("connect");
+    assert_eq!(stream.ids(1, WAIT).await.expect("one"), ["1"]);
+    assert_eq!(stream.data(1, WAIT).await.expect("one"), ["b"]);
+    assert_eq!(stream.ids(1, WAIT).await.expect("one"), ["3"]);
+    assert!(matches!(stream.ids(1, WAIT).await, Err(SseError::Closed)));
+}

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Position, Update};
 use quicksilver_testkit::redis::RedisOptions;
-use quicksilver_testkit::{RedisCluster, RedisServer};
+use quicksilver_testkit::{poll_until, update, wait_until, RedisCluster, RedisServer};
 use quicksilver_transport::redis::{hash_slot, RedisConfig, RedisTransport};
 use quicksilver_transport::{Gap, GapCause, HistoryReply, Transport, TransportError, UpdateSink};
 use tokio::sync::mpsc;
@@ -60,17 +60,6 @@ impl UpdateSink for Collect {
     }
 }
 
-fn update(id: &str, topic: &str) -> Update {
-    Update {
-        id: id.into(),
-        topics: vec![topic.into()],
-        data: format!("data of {id}"),
-        private: false,
-        event_type: None,
-        retry: None,
-    }
-}
-
 /// Quick timeouts so failures show within the test's bounds.
 fn config(url: String) -> RedisConfig {
     RedisConfig {
@@ -101,16 +90,8 @@ async fn node_with_gaps(
         tx,
         gaps: gaps.clone(),
     }));
-    wait_until("transport ready", || transport.is_ready()).await;
+    wait_until("transport ready", WAIT, async || transport.is_ready()).await;
     (transport, rx, gaps)
-}
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 async fn receive(rx: &mut mpsc::UnboundedReceiver<Arc<Envelope>>, n: usize) -> Vec<Arc<Envelope>> {
@@ -127,24 +108,30 @@ async fn receive(rx: &mut mpsc::UnboundedReceiver<Arc<Envelope>>, n: usize) -> V
 async fn publish_all(t: &RedisTransport, ids: &[String], topic: &str) -> Vec<Position> {
     let mut positions = Vec::new();
     for id in ids {
-        positions.push(t.publish(update(id, topic)).await.expect("publish"));
+        positions.push(
+            t.publish(update(id, &[topic], "data"))
+                .await
+                .expect("publish"),
+        );
     }
     positions
 }
 
 /// Publishes, retrying while Redis comes back.
 async fn publish_retrying(t: &RedisTransport, u: Update) -> Position {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        match t.publish(u.clone()).await {
-            Ok(p) => return p,
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            Err(e) => panic!("publish kept failing: {e}"),
+    let (mut position, mut error) = (None, None);
+    poll_until(WAIT, async || match t.publish(u.clone()).await {
+        Ok(p) => {
+            position = Some(p);
+            true
         }
-    }
+        Err(e) => {
+            error = Some(e);
+            false
+        }
+    })
+    .await;
+    position.unwrap_or_else(|| panic!("publish kept failing: {error:?}"))
 }
 
 fn names(prefix: &str, n: usize) -> Vec<String> {
@@ -231,7 +218,7 @@ async fn a_busy_topic_is_handed_over_in_batches_of_a_window() {
         // w1 repeats w0's topic within the window: what follows it (100 ms apart) waits for the
         // window's end and goes together.
         for id in ["w0", "w1", "w2", "w3"] {
-            t.publish(update(id, "/t")).await.unwrap();
+            t.publish(update(id, &["/t"], "data")).await.unwrap();
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let (rx, arrived) = stamper.await.unwrap();
@@ -246,9 +233,9 @@ async fn a_busy_topic_is_handed_over_in_batches_of_a_window() {
         // After a quiet spell, updates on different topics are not held back.
         tokio::time::sleep(Duration::from_millis(1_200)).await;
         let stamper = stamp(rx, 2);
-        t.publish(update("x0", "/a")).await.unwrap();
+        t.publish(update("x0", &["/a"], "data")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        t.publish(update("x1", "/b")).await.unwrap();
+        t.publish(update("x1", &["/b"], "data")).await.unwrap();
         let (_, arrived) = stamper.await.unwrap();
         let arrived_ids: Vec<&str> = arrived.iter().map(|(id, _)| id.as_str()).collect();
         assert_eq!(arrived_ids, ["x0", "x1"]);
@@ -280,7 +267,9 @@ async fn two_nodes_read_every_update_in_the_same_order() {
         for i in 0..60 {
             let t = if i % 2 == 0 { a.clone() } else { b.clone() };
             tasks.push(tokio::spawn(async move {
-                t.publish(update(&format!("c{i}"), "/t")).await.unwrap()
+                t.publish(update(&format!("c{i}"), &["/t"], "data"))
+                    .await
+                    .unwrap()
             }));
         }
         for task in tasks {
@@ -425,7 +414,7 @@ async fn concurrent_fallbacks_for_one_id_cost_one_scan() {
             let t = t.clone();
             tasks.push(tokio::spawn(async move {
                 for i in 0..300 {
-                    t.publish(update(&format!("s{chunk}-{i}"), "/t"))
+                    t.publish(update(&format!("s{chunk}-{i}"), &["/t"], "data"))
                         .await
                         .unwrap();
                 }
@@ -464,18 +453,21 @@ async fn redis_down_fails_publishes_fast_and_clears_readiness() {
     let mut redis = RedisServer::start();
     let url = redis.url();
     let (t, _rx) = node(config(url)).await;
-    t.publish(update("ok", "/t")).await.unwrap();
+    t.publish(update("ok", &["/t"], "data")).await.unwrap();
     redis.kill();
     bounded(async {
         let started = Instant::now();
-        let err = t.publish(update("lost", "/t")).await.unwrap_err();
+        let err = t
+            .publish(update("lost", &["/t"], "data"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, TransportError::Unavailable(_)), "{err:?}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "{:?}",
             started.elapsed()
         );
-        wait_until("not ready", || !t.is_ready()).await;
+        wait_until("not ready", WAIT, async || !t.is_ready()).await;
     })
     .await;
 }
@@ -486,10 +478,13 @@ async fn hung_redis_gives_an_error_not_a_hang() {
     bounded(async {
         let (t, _rx) = node(config(redis.url())).await;
         // Makes the server stop answering other clients for 3 s.
-        let pause = redis.command(&["CLIENT", "PAUSE", "3000", "ALL"]);
+        let pause = redis.query::<String>(&["CLIENT", "PAUSE", "3000", "ALL"]);
         assert!(pause.is_ok());
         let started = Instant::now();
-        let err = t.publish(update("slow", "/t")).await.unwrap_err();
+        let err = t
+            .publish(update("slow", &["/t"], "data"))
+            .await
+            .unwrap_err();
         assert!(matches!(err, TransportError::Unavailable(_)), "{err:?}");
         assert!(started.elapsed() < Duration::from_millis(1_500));
     })
@@ -505,14 +500,16 @@ async fn reader_resumes_after_a_restart_with_persistence() {
     let (t, mut rx) = node(config(redis.url())).await;
     let mut acked = Vec::new();
     for i in 0..10 {
-        t.publish(update(&format!("r{i}"), "/t")).await.unwrap();
+        t.publish(update(&format!("r{i}"), &["/t"], "data"))
+            .await
+            .unwrap();
         acked.push(format!("r{i}"));
     }
     receive(&mut rx, 10).await;
     redis.restart();
     bounded(async {
         for i in 10..20 {
-            publish_retrying(&t, update(&format!("r{i}"), "/t")).await;
+            publish_retrying(&t, update(&format!("r{i}"), &["/t"], "data")).await;
             acked.push(format!("r{i}"));
         }
         let got = receive(&mut rx, 10).await;
@@ -520,7 +517,7 @@ async fn reader_resumes_after_a_restart_with_persistence() {
             ids(&got),
             acked[10..].iter().map(String::as_str).collect::<Vec<_>>()
         );
-        wait_until("ready again", || t.is_ready()).await;
+        wait_until("ready again", WAIT, async || t.is_ready()).await;
         assert_eq!(
             t.stats().epoch_changes,
             0,
@@ -538,16 +535,16 @@ async fn reader_resumes_after_its_connection_is_cut() {
     let redis = RedisServer::start();
     bounded(async {
         let (t, mut rx) = node(config(redis.url())).await;
-        t.publish(update("k0", "/t")).await.unwrap();
+        t.publish(update("k0", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 1).await;
         // Cuts every client connection (the reader's included), then publishes before the reader is
         // back: it must resume after the last entry it read, skipping nothing.
         redis
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .query::<i64>(&["CLIENT", "KILL", "TYPE", "normal"])
             .unwrap();
         let mut sent = Vec::new();
         for i in 1..=10 {
-            publish_retrying(&t, update(&format!("k{i}"), "/t")).await;
+            publish_retrying(&t, update(&format!("k{i}"), &["/t"], "data")).await;
             sent.push(format!("k{i}"));
         }
         let got = receive(&mut rx, 10).await;
@@ -575,10 +572,13 @@ async fn a_restart_without_persistence_changes_the_epoch() {
     assert_eq!(t.history("e1").await.unwrap().anchor.as_deref(), Some("e1"));
     redis.restart();
     bounded(async {
-        publish_retrying(&t, update("after", "/t")).await;
+        publish_retrying(&t, update("after", &["/t"], "data")).await;
         let got = receive(&mut rx, 1).await;
         assert_eq!(ids(&got), vec!["after"]);
-        wait_until("epoch change seen", || t.stats().epoch_changes >= 1).await;
+        wait_until("epoch change seen", WAIT, async || {
+            t.stats().epoch_changes >= 1
+        })
+        .await;
         let old = t.history("e1").await.unwrap();
         assert!(
             old.anchor.is_none() && old.entries.is_empty(),
@@ -588,7 +588,7 @@ async fn a_restart_without_persistence_changes_the_epoch() {
             reply_ids(&t.history("earliest").await.unwrap()),
             vec!["after"]
         );
-        t.publish(update("next", "/t")).await.unwrap();
+        t.publish(update("next", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 1).await;
         assert_eq!(reply_ids(&t.history("after").await.unwrap()), vec!["next"]);
     })
@@ -600,18 +600,18 @@ async fn a_stream_trimmed_past_the_reader_is_detected() {
     let redis = RedisServer::start();
     bounded(async {
         let (t, mut rx, gaps) = node_with_gaps(config(redis.url())).await;
-        t.publish(update("g0", "/t")).await.unwrap();
+        t.publish(update("g0", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 1).await;
         let key = t.stream_keys()[0].clone();
         // Atomically: two entries arrive and are trimmed away before any reader can see them.
         let script = "redis.call('XADD', KEYS[1], '*', 'v', '1', 'u', 'x') \
                       redis.call('XADD', KEYS[1], '*', 'v', '1', 'u', 'x') \
                       redis.call('XTRIM', KEYS[1], 'MAXLEN', 0) return 1";
-        redis.command(&["EVAL", script, "1", &key]).unwrap();
+        redis.query::<i64>(&["EVAL", script, "1", &key]).unwrap();
         redis
-            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .query::<i64>(&["CLIENT", "KILL", "TYPE", "normal"])
             .unwrap();
-        wait_until("gap counted", || t.stats().trimmed_gaps == 1).await;
+        wait_until("gap counted", WAIT, async || t.stats().trimmed_gaps == 1).await;
         // Told to the sink, with the count of what was lost.
         assert_eq!(
             *gaps.lock(),
@@ -622,7 +622,7 @@ async fn a_stream_trimmed_past_the_reader_is_detected() {
             }]
         );
         assert_eq!(t.stats().missed_entries, 2);
-        publish_retrying(&t, update("g1", "/t")).await;
+        publish_retrying(&t, update("g1", &["/t"], "data")).await;
         assert_eq!(ids(&receive(&mut rx, 1).await), vec!["g1"]);
     })
     .await;
@@ -635,12 +635,12 @@ async fn entries_of_unknown_versions_are_skipped() {
         let (t, mut rx) = node(config(redis.url())).await;
         let key = t.stream_keys()[0].clone();
         redis
-            .command(&["XADD", &key, "*", "v", "2", "u2", "future"])
+            .query::<String>(&["XADD", &key, "*", "v", "2", "u2", "future"])
             .unwrap();
         redis
-            .command(&["XADD", &key, "*", "v", "1", "u", "garbage"])
+            .query::<String>(&["XADD", &key, "*", "v", "1", "u", "garbage"])
             .unwrap();
-        t.publish(update("fine", "/t")).await.unwrap();
+        t.publish(update("fine", &["/t"], "data")).await.unwrap();
         assert_eq!(ids(&receive(&mut rx, 1).await), vec!["fine"]);
         assert_eq!(t.stats().skipped_entries, 2);
         assert!(t.is_ready());
@@ -657,9 +657,9 @@ async fn history_max_age_hides_old_updates() {
             ..config(redis.url())
         })
         .await;
-        t.publish(update("old", "/t")).await.unwrap();
+        t.publish(update("old", &["/t"], "data")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(700)).await;
-        t.publish(update("new", "/t")).await.unwrap();
+        t.publish(update("new", &["/t"], "data")).await.unwrap();
         receive(&mut rx, 2).await;
         assert_eq!(
             reply_ids(&t.history("earliest").await.unwrap()),
@@ -686,10 +686,8 @@ async fn partitions_spread_over_a_three_master_cluster() {
         // Each stream sits on its own master, at the slot we computed.
         let keys = a.stream_keys();
         for key in &keys {
-            let slot = cluster.nodes()[0]
-                .command(&["CLUSTER", "KEYSLOT", key])
-                .unwrap()
-                .as_integer()
+            let slot: i64 = cluster.nodes()[0]
+                .query(&["CLUSTER", "KEYSLOT", key])
                 .unwrap();
             assert_eq!(slot, i64::from(hash_slot(key)));
         }
@@ -704,12 +702,15 @@ async fn partitions_spread_over_a_three_master_cluster() {
         let mut sent = Vec::new();
         for i in 0..90 {
             let topic = &topics[i % topics.len()];
-            let p = a.publish(update(&format!("p{i}"), topic)).await.unwrap();
+            let p = a
+                .publish(update(&format!("p{i}"), &[topic], "data"))
+                .await
+                .unwrap();
             assert_eq!(p.partition, a.partition_of(topic));
             sent.push((format!("p{i}"), p));
         }
         for node in cluster.nodes() {
-            let size = node.command(&["DBSIZE"]).unwrap().as_integer().unwrap();
+            let size: i64 = node.query(&["DBSIZE"]).unwrap();
             assert_eq!(size, 2, "one stream and its epoch per master");
         }
 
@@ -799,10 +800,12 @@ async fn a_reader_left_behind_by_trimming_reports_the_loss() {
             gate: gate.clone(),
             log: log.clone(),
         }));
-        wait_until("ready", || t.is_ready()).await;
-        t.publish(update("first", "/t")).await.unwrap();
+        wait_until("ready", WAIT, async || t.is_ready()).await;
+        t.publish(update("first", &["/t"], "data")).await.unwrap();
         for i in 0..3_000 {
-            t.publish(update(&format!("x{i}"), "/t")).await.unwrap();
+            t.publish(update(&format!("x{i}"), &["/t"], "data"))
+                .await
+                .unwrap();
         }
         gate.add_permits(1_000_000);
         loop {
@@ -837,7 +840,7 @@ async fn close_stops_publishing_and_reading() {
         let (t, mut rx) = node(config(redis.url())).await;
         t.close();
         assert!(matches!(
-            t.publish(update("late", "/t")).await,
+            t.publish(update("late", &["/t"], "data")).await,
             Err(TransportError::Closed)
         ));
         assert!(!t.is_ready());
@@ -881,7 +884,8 @@ async fn subscription_events_never_push_updates_out_of_history() {
         for i in 0..2_000 {
             t.publish_event(update(
                 &format!("ev{i}"),
-                "/.well-known/mercure/subscriptions/x",
+                &["/.well-known/mercure/subscriptions/x"],
+                "data",
             ))
             .await
             .unwrap();
@@ -914,14 +918,20 @@ async fn events_are_handed_over_after_the_update_they_follow_on_every_node_and_i
     bounded(async {
         let (a, mut rx_a) = node(config(redis.url())).await;
         let (b, mut rx_b) = node(config(redis.url())).await;
-        a.publish(update("u1", "/t")).await.unwrap();
+        a.publish(update("u1", &["/t"], "data")).await.unwrap();
         assert_eq!(ids(&receive(&mut rx_a, 1).await), ["u1"]);
         assert_eq!(ids(&receive(&mut rx_b, 1).await), ["u1"]);
         // A has read u1: its event follows u1. B's event follows what B read, u1 too.
-        a.publish_event(update("e1", "/s")).await.unwrap();
-        b.publish_event(update("e2", "/s")).await.unwrap();
-        b.publish(update("u2", "/t")).await.unwrap();
-        a.publish_event(update("e3", "/s")).await.unwrap();
+        a.publish_event(update("e1", &["/s"], "data"))
+            .await
+            .unwrap();
+        b.publish_event(update("e2", &["/s"], "data"))
+            .await
+            .unwrap();
+        b.publish(update("u2", &["/t"], "data")).await.unwrap();
+        a.publish_event(update("e3", &["/s"], "data"))
+            .await
+            .unwrap();
         let want = ["e1", "e2", "u2", "e3"];
         assert_eq!(ids(&receive(&mut rx_a, 4).await), want);
         assert_eq!(ids(&receive(&mut rx_b, 4).await), want);

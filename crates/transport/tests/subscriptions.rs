@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use parking_lot::Mutex;
-use quicksilver_testkit::{RedisCluster, RedisServer};
+use quicksilver_testkit::{poll_until, wait_until, RedisCluster, RedisServer};
 use quicksilver_transport::{
     OrphanHandler, RedisConfig, RedisSubscriptionRegistry, RedisTransport, RegistryOptions,
     SubscriptionRecord, SubscriptionRegistry, TransportError,
@@ -119,24 +119,10 @@ async fn list_until(
     what: &str,
     want: impl Fn(&BTreeMap<String, String>) -> bool,
 ) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Ok(list) = registry.list().await {
-            if want(&by_id(&list)) {
-                return;
-            }
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-async fn wait_until(what: &str, mut condition: impl FnMut() -> bool) {
-    let deadline = Instant::now() + WAIT;
-    while !condition() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    wait_until(what, WAIT, async || {
+        registry.list().await.is_ok_and(|list| want(&by_id(&list)))
+    })
+    .await;
 }
 
 fn contains_all(list: &BTreeMap<String, String>, records: &[SubscriptionRecord]) -> bool {
@@ -221,7 +207,10 @@ async fn a_dead_node_is_reaped_exactly_once_by_racing_sweepers() {
             tokio::join!(a.tick(handler.as_ref()), b.tick(handler.as_ref()));
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        wait_until("c reaped", || !handler.calls_for("c").is_empty()).await;
+        wait_until("c reaped", WAIT, async || {
+            !handler.calls_for("c").is_empty()
+        })
+        .await;
         list_until(a.as_ref(), "c's records gone", |l| contains_none(l, &rc)).await;
         // Give any duplicate a chance to show.
         tokio::time::sleep(LEASE * 3).await;
@@ -232,12 +221,12 @@ async fn a_dead_node_is_reaped_exactly_once_by_racing_sweepers() {
         assert_eq!(reaped, 50);
         assert_eq!(a.stats().nodes_reaped + b.stats().nodes_reaped, 1);
         // Nothing left of c.
-        let members = server.command(&["SMEMBERS", &a.nodes_key()]).unwrap();
-        assert!(!format!("{members:?}").contains("\"c\""), "{members:?}");
-        let hash = server
-            .command(&["EXISTS", "{quicksilver:subs}:node:c"])
+        let members: Vec<String> = server.query(&["SMEMBERS", &a.nodes_key()]).unwrap();
+        assert!(!members.iter().any(|m| m == "c"), "{members:?}");
+        let hash: i64 = server
+            .query(&["EXISTS", "{quicksilver:subs}:node:c"])
             .unwrap();
-        assert_eq!(hash.as_integer(), Some(0));
+        assert_eq!(hash, 0);
         assert!(handler.calls_for("a").is_empty() && handler.calls_for("b").is_empty());
     })
     .await;
@@ -261,8 +250,11 @@ async fn a_failing_handler_is_offered_the_records_again() {
         list_until(a.as_ref(), "c's records", |l| contains_all(l, &rc)).await;
         drop(c);
         drop(tc);
-        wait_until("three attempts", || handler.calls_for("c").len() >= 3).await;
-        wait_until("c reaped", || a.stats().nodes_reaped == 1).await;
+        wait_until("three attempts", WAIT, async || {
+            handler.calls_for("c").len() >= 3
+        })
+        .await;
+        wait_until("c reaped", WAIT, async || a.stats().nodes_reaped == 1).await;
         tokio::time::sleep(LEASE * 3).await;
         let calls = handler.calls_for("c");
         assert_eq!(
@@ -295,7 +287,7 @@ async fn records_are_written_again_after_redis_loses_them() {
     .await;
 
     // Lost without a trace: FLUSHALL, then a restart without persistence.
-    server.command(&["FLUSHALL"]).unwrap();
+    server.query::<String>(&["FLUSHALL"]).unwrap();
     bounded(list_until(
         a.as_ref(),
         "records rewritten after FLUSHALL",
@@ -310,11 +302,10 @@ async fn records_are_written_again_after_redis_loses_them() {
         .await;
         // Writes after the restart work too (the pool reconnected).
         let more = records("more", 1);
-        let deadline = Instant::now() + WAIT;
-        while a.add(more.clone()).await.is_err() {
-            assert!(Instant::now() < deadline, "add keeps failing");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        assert!(
+            poll_until(WAIT, async || a.add(more.clone()).await.is_ok()).await,
+            "add keeps failing"
+        );
         list_until(a.as_ref(), "the new record", |l| contains_all(l, &more)).await;
         assert!(a.stats().reregistrations >= 2, "{:?}", a.stats());
         assert!(handler.calls.lock().is_empty());
@@ -401,7 +392,10 @@ async fn works_on_a_three_master_cluster() {
 
         drop(c);
         drop(tc);
-        wait_until("c reaped", || !handler.calls_for("c").is_empty()).await;
+        wait_until("c reaped", WAIT, async || {
+            !handler.calls_for("c").is_empty()
+        })
+        .await;
         list_until(a.as_ref(), "c's records gone", |l| contains_none(l, &rc)).await;
         tokio::time::sleep(LEASE * 3).await;
         let calls = handler.calls_for("c");
@@ -426,7 +420,10 @@ async fn a_node_reaped_while_alive_announces_its_live_subscriptions_again() {
     b.start(handler.clone());
     bounded(async {
         list_until(b.as_ref(), "a's records", |l| contains_all(l, &ra)).await;
-        wait_until("b reaping a", || handler.calls_for("a").len() == 1).await;
+        wait_until("b reaping a", WAIT, async || {
+            handler.calls_for("a").len() == 1
+        })
+        .await;
     })
     .await;
     assert_eq!(by_id(&handler.calls_for("a")[0]), by_id(&ra));

@@ -1,6 +1,7 @@
 //! Plain reference implementations the property tests and the fuzz targets check the protocol
-//! crate against: an SSE parser following the HTML "event stream interpretation" rules, an RFC 6570
-//! URI template expander, and a form-urlencoded encoder.
+//! crate against: SSE reading by the HTML "event stream interpretation" rules (the
+//! `quicksilver-event-stream` crate, shared with the test kit's SSE client), an RFC 6570 URI
+//! template expander, and a form-urlencoded encoder.
 //!
 //! They are deliberately naive (no performance concern, no shared code with the crate) so that a
 //! disagreement points at a bug in one of the two. The fuzz crate includes this file by path, so
@@ -10,107 +11,25 @@
 
 #![allow(dead_code, unreachable_pub)]
 
-/// One event dispatched by an SSE client.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct SseEvent {
-    /// The event type buffer (`""` means the default `message`).
-    pub event_type: String,
-    /// The data buffer with its final LF removed, as dispatched.
-    pub data: String,
-    /// The last event id buffer after this event.
-    pub id: String,
-    /// A `retry:` value seen in this event, if any.
-    pub retry: Option<u64>,
-    /// Every field name seen while building this event, in order (`id`, `data`, ...), including
-    /// ignored ones: a field-injection check looks here.
-    pub fields: Vec<String>,
-}
+pub use quicksilver_event_stream::SseEvent;
+use quicksilver_event_stream::{EventStreamParser, SseItem};
 
-/// Parses a `text/event-stream` body into dispatched events, as a browser would: lines end at
-/// CRLF, CR or LF; `:` starts a comment; one space after the colon is dropped; an `id` containing
-/// NUL is ignored; an event is dispatched at a blank line only when its data buffer is non-empty
-/// (the spec then resets the buffers, whatever happened). Events still pending at the end of the
-/// input are dropped, as the spec says for an unterminated final block.
+/// The events a browser dispatches from a whole `text/event-stream` body, read by the repository's one
+/// event-stream reader (the `quicksilver-event-stream` crate, which the test kit's SSE client uses too):
+/// lines end at CRLF, CR or LF; `:` starts a comment; one space after the colon is dropped; an `id`
+/// containing NUL is ignored; an event is dispatched at a blank line only when its data buffer is
+/// non-empty. Events still pending at the end of the input are dropped, as the specification says for
+/// an unterminated final block. Each event's `fields` names every field line of its block, for
+/// field-injection checks.
 pub fn parse_sse(stream: &str) -> Vec<SseEvent> {
-    let mut events = Vec::new();
-    let mut last_id = String::new();
-    let mut cur = SseEvent::default();
-    let mut data = String::new();
-    let mut has_data = false;
-    for line in split_sse_lines(stream) {
-        if line.is_empty() {
-            if has_data {
-                if data.ends_with('\n') {
-                    data.pop();
-                }
-                cur.data = std::mem::take(&mut data);
-                cur.id = last_id.clone();
-                events.push(std::mem::take(&mut cur));
-            } else {
-                cur = SseEvent::default();
-                data.clear();
-            }
-            has_data = false;
-            continue;
-        }
-        if line.starts_with(':') {
-            continue;
-        }
-        let (name, value) = match line.find(':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(' ').unwrap_or(v))
-            }
-            None => (line, ""),
-        };
-        cur.fields.push(name.to_string());
-        match name {
-            "event" => cur.event_type = value.to_string(),
-            "data" => {
-                data.push_str(value);
-                data.push('\n');
-                has_data = true;
-            }
-            "id" if !value.contains('\0') => last_id = value.to_string(),
-            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
-                cur.retry = value.parse().ok();
-            }
-            _ => {}
-        }
-    }
-    events
-}
-
-/// Splits on CRLF, CR or LF. A trailing partial line (no terminator) is returned too; since a
-/// complete event ends with a blank line, a partial line never completes one.
-fn split_sse_lines(s: &str) -> Vec<&str> {
-    let mut out = Vec::new();
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\r' => {
-                out.push(&s[start..i]);
-                i += if bytes.get(i + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                start = i;
-            }
-            b'\n' => {
-                out.push(&s[start..i]);
-                i += 1;
-                start = i;
-            }
-            _ => i += 1,
-        }
-    }
-    if start < bytes.len() {
-        out.push(&s[start..]);
-    }
-    out
+    EventStreamParser::new()
+        .feed_collect(stream.as_bytes())
+        .into_iter()
+        .filter_map(|item| match item {
+            SseItem::Event(event) => Some(event),
+            SseItem::Comment(_) => None,
+        })
+        .collect()
 }
 
 /// `data` as an SSE client reassembles it: every CRLF and lone CR becomes LF.

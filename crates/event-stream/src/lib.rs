@@ -1,11 +1,20 @@
-//! An incremental `text/event-stream` parser following the HTML specification's "interpreting an event
-//! stream" (§9.2.6), fed with byte chunks exactly as they arrive from the network.
+//! Reads a `text/event-stream` the way a browser's `EventSource` does: the HTML specification's
+//! "interpreting an event stream" (§9.2.6), fed with byte chunks exactly as they arrive from the network.
 //!
-//! Bytes enter through [`EventStreamParser::feed`]; complete [`SseItem`]s leave into the caller's queue. A
-//! chunk may end anywhere: inside a UTF-8 sequence, inside a line, or between the CR and LF of a CRLF pair;
-//! the parser keeps what it needs (the partial line, "the last byte was CR") until the next chunk. It departs
-//! from the specification in one way only, on purpose: comment lines are surfaced as [`SseItem::Comment`]
-//! instead of being ignored, because tests assert on heartbeats and on the hub's opening comment.
+//! It is the reading side of every SSE check in this repository: the test kit's SSE client parses the hub's
+//! responses with it, and the protocol crate's property tests and the fuzz targets read the encoder's frames
+//! back through it. It shares no code with the hub (which only encodes), so a disagreement points at a bug in
+//! one of the two. It is a crate of its own, without dependencies, because the property tests and the fuzz
+//! targets need it without the rest of the test kit (which links the server).
+//!
+//! # Layout
+//!
+//! One file. Bytes enter through [`EventStreamParser::feed`]; complete [`SseItem`]s (dispatched
+//! [`SseEvent`]s and comments) leave into the caller's queue. A chunk may end anywhere: inside a UTF-8
+//! sequence, inside a line, or between the CR and LF of a CRLF pair; the parser keeps what it needs (the
+//! partial line, "the last byte was CR") until the next chunk. It departs from the specification in one way
+//! only, on purpose: comment lines are surfaced as [`SseItem::Comment`] instead of being ignored, because
+//! tests assert on heartbeats and on the hub's opening comment.
 
 use std::collections::VecDeque;
 
@@ -24,6 +33,9 @@ pub struct SseEvent {
     pub data: String,
     /// The value of a valid (all-digits) `retry` field inside this event's block, if any.
     pub retry: Option<u64>,
+    /// The name of every field line of this event's block, in order, ignored and invalid ones included
+    /// (`["id", "data", "data"]`): a check that no input injects a field looks here.
+    pub fields: Vec<String>,
 }
 
 /// What a stream yields: dispatched events and comment lines.
@@ -51,6 +63,7 @@ pub struct EventStreamParser {
     last_event_id: String,
     block_id: Option<String>,
     block_retry: Option<u64>,
+    block_fields: Vec<String>,
     reconnection_time: Option<u64>,
 }
 
@@ -122,6 +135,7 @@ impl EventStreamParser {
     }
 
     fn field(&mut self, field: &str, value: &str) {
+        self.block_fields.push(field.to_owned());
         match field {
             "event" => self.event_type = value.to_owned(),
             "data" => {
@@ -147,6 +161,7 @@ impl EventStreamParser {
     fn dispatch(&mut self, out: &mut VecDeque<SseItem>) {
         let id = self.block_id.take();
         let retry = self.block_retry.take();
+        let fields = std::mem::take(&mut self.block_fields);
         let event_type = std::mem::take(&mut self.event_type);
         let mut data = std::mem::take(&mut self.data);
         if data.is_empty() {
@@ -165,6 +180,7 @@ impl EventStreamParser {
             },
             data,
             retry,
+            fields,
         }));
     }
 }
@@ -173,13 +189,15 @@ impl EventStreamParser {
 mod tests {
     use super::*;
 
-    fn event(data: &str) -> SseEvent {
+    /// A plain event: `data`, dispatched from a block whose field lines were `fields`.
+    fn event(fields: &[&str], data: &str) -> SseEvent {
         SseEvent {
             id: None,
             last_event_id: String::new(),
             event_type: "message".to_owned(),
             data: data.to_owned(),
             retry: None,
+            fields: fields.iter().map(|f| f.to_string()).collect(),
         }
     }
 
@@ -205,7 +223,7 @@ mod tests {
     #[test]
     fn a_simple_event_with_id() {
         let items = parse(b"id: urn:1\ndata: hello\n\n");
-        let mut expected = event("hello");
+        let mut expected = event(&["id", "data"], "hello");
         expected.id = Some("urn:1".into());
         expected.last_event_id = "urn:1".into();
         assert_eq!(items, vec![SseItem::Event(expected)]);
@@ -215,21 +233,30 @@ mod tests {
     fn multi_line_data_is_joined_with_lf_and_the_last_lf_dropped() {
         assert_eq!(
             parse(b"data: a\ndata:b\ndata:  c\n\n"),
-            vec![SseItem::Event(event("a\nb\n c"))]
+            vec![SseItem::Event(event(&["data"; 3], "a\nb\n c"))]
         );
     }
 
     #[test]
     fn crlf_cr_and_lf_all_end_lines() {
         let items = parse(b"data: one\r\ndata: two\rdata: three\n\r\n");
-        assert_eq!(items, vec![SseItem::Event(event("one\ntwo\nthree"))]);
+        assert_eq!(
+            items,
+            vec![SseItem::Event(event(&["data"; 3], "one\ntwo\nthree"))]
+        );
         // CR then LF split across chunks is one line end, not an empty line in between.
         let mut parser = EventStreamParser::new();
         assert!(parser.feed_collect(b"data: x\r").is_empty());
         assert!(parser.feed_collect(b"\n").is_empty());
-        assert_eq!(parser.feed_collect(b"\r"), vec![SseItem::Event(event("x"))]);
+        assert_eq!(
+            parser.feed_collect(b"\r"),
+            vec![SseItem::Event(event(&["data"], "x"))]
+        );
         // Two CRs are two line ends: the event is dispatched.
-        assert_eq!(parse(b"data: y\r\r"), vec![SseItem::Event(event("y"))]);
+        assert_eq!(
+            parse(b"data: y\r\r"),
+            vec![SseItem::Event(event(&["data"], "y"))]
+        );
     }
 
     #[test]
@@ -241,7 +268,7 @@ mod tests {
                 SseItem::Comment(String::new()),
                 SseItem::Comment(" heartbeat".into()),
                 SseItem::Comment("mid".into()),
-                SseItem::Event(event("a\nb")),
+                SseItem::Event(event(&["data", "data"], "a\nb")),
             ]
         );
     }
@@ -265,7 +292,7 @@ mod tests {
         assert!(parser.feed_collect(b"id: 7\nevent: x\n\n").is_empty());
         assert_eq!(parser.last_event_id(), "7");
         let items = parser.feed_collect(b"data: after\n\n");
-        let mut expected = event("after");
+        let mut expected = event(&["data"], "after");
         expected.last_event_id = "7".into();
         assert_eq!(
             items,
@@ -278,7 +305,10 @@ mod tests {
     fn an_empty_data_field_dispatches_an_empty_event() {
         assert_eq!(
             parse(b"data\n\ndata:\n\n"),
-            vec![SseItem::Event(event("")), SseItem::Event(event(""))]
+            vec![
+                SseItem::Event(event(&["data"], "")),
+                SseItem::Event(event(&["data"], ""))
+            ]
         );
     }
 
@@ -288,7 +318,7 @@ mod tests {
         parser.feed_collect(b"id: a\n\nid: b\0c\n\n");
         assert_eq!(parser.last_event_id(), "a");
         let items = parser.feed_collect(b"id\ndata: x\n\n");
-        let mut expected = event("x");
+        let mut expected = event(&["id", "data"], "x");
         expected.id = Some(String::new());
         assert_eq!(items, vec![SseItem::Event(expected)]);
         assert_eq!(parser.last_event_id(), "");
@@ -310,7 +340,10 @@ mod tests {
     fn only_one_leading_space_is_stripped_and_colons_in_values_are_kept() {
         assert_eq!(
             parse(b"data:  two spaces\ndata: a:b: c\n\n"),
-            vec![SseItem::Event(event(" two spaces\na:b: c"))]
+            vec![SseItem::Event(event(
+                &["data", "data"],
+                " two spaces\na:b: c"
+            ))]
         );
     }
 
@@ -318,7 +351,7 @@ mod tests {
     fn unknown_fields_are_ignored_and_field_names_are_case_sensitive() {
         assert_eq!(
             parse(b"Data: no\nfoo: bar\ndata: yes\n\n"),
-            vec![SseItem::Event(event("yes"))]
+            vec![SseItem::Event(event(&["Data", "foo", "data"], "yes"))]
         );
     }
 
@@ -326,7 +359,7 @@ mod tests {
     fn a_leading_bom_is_stripped_once() {
         assert_eq!(
             parse(b"\xEF\xBB\xBFdata: x\n\n"),
-            vec![SseItem::Event(event("x"))]
+            vec![SseItem::Event(event(&["data"], "x"))]
         );
         // A second BOM is part of the field name, which then is not "data".
         assert!(parse(b"\xEF\xBB\xBF\xEF\xBB\xBFdata: x\n\n").is_empty());
@@ -335,7 +368,27 @@ mod tests {
     #[test]
     fn utf8_split_across_chunks_decodes_whole() {
         let input = "data: héllo ✓\n\n".as_bytes();
-        assert_eq!(parse(input), vec![SseItem::Event(event("héllo ✓"))]);
+        assert_eq!(
+            parse(input),
+            vec![SseItem::Event(event(&["data"], "héllo ✓"))]
+        );
+    }
+
+    #[test]
+    fn fields_name_every_field_line_of_the_dispatched_block_only() {
+        let items = parse(b"id: 1\n\nevent: x\nfoo\n: note\ndata: a\nretry: soon\n\ndata: b\n\n");
+        let fields: Vec<Vec<&str>> = items
+            .iter()
+            .filter_map(|item| match item {
+                SseItem::Event(e) => Some(e.fields.iter().map(String::as_str).collect()),
+                SseItem::Comment(_) => None,
+            })
+            .collect();
+        // The `id` block dispatched nothing and its field is forgotten; a comment is no field.
+        assert_eq!(
+            fields,
+            [vec!["event", "foo", "data", "retry"], vec!["data"]]
+        );
     }
 
     #[test]
