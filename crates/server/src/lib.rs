@@ -18,6 +18,7 @@
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
 //! - [`error`]: request failures and their HTTP answers.
+//! - [`healthcheck`]: `quicksilver healthcheck`, the container runtime's probe of a running hub.
 //! - [`connection`]: the accept loop, one closable task per connection.
 //! - [`lean`]: the lean HTTP/1.1 path for subscriptions (request head classification, response
 //!   framing; no I/O).
@@ -30,6 +31,7 @@ pub mod cors;
 pub mod debug_page;
 pub mod discovery;
 pub mod error;
+pub mod healthcheck;
 pub mod hub;
 pub mod jwks;
 pub mod lean;
