@@ -133,7 +133,7 @@ write_upstream() {
 upstream() {
     (($# > 0)) || { echo "usage: $0 upstream PORT..." >&2; exit 2; }
     write_upstream "$@"
-    nginx -c "$dir/nginx.conf" -p "$dir" -s reload
+    nginx -c "$dir/nginx.conf" -p "$dir" -s reload 2>>"$dir/nginx-error.log"
 }
 
 stop_pidfile() {
