@@ -14,7 +14,13 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home quicksilver
 COPY --from=build /src/target/release/quicksilver /usr/local/bin/quicksilver
 USER 10001:10001
-ENV QUICKSILVER_LISTEN=0.0.0.0:3000
-EXPOSE 3000
-HEALTHCHECK --interval=10s --timeout=2s CMD ["/bin/sh", "-c", "exec 3<>/dev/tcp/127.0.0.1/3000 && printf 'GET /healthz HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q '200 OK' <&3"]
+# The hub on 3000; /metrics, /healthz and /readyz also on 9090, a listener of their own, so probes
+# and scrapes do not queue behind subscribers during a reconnection storm.
+ENV QUICKSILVER_LISTEN=0.0.0.0:3000 \
+    QUICKSILVER_METRICS_ADDR=0.0.0.0:9090
+EXPOSE 3000 9090
+# The binary probes itself: no shell, curl or /dev/tcp needed (a distroless base would do). It
+# reads the two addresses above and asks GET /healthz on the metrics one; exit 0 means 200.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["/usr/local/bin/quicksilver", "healthcheck"]
 ENTRYPOINT ["/usr/local/bin/quicksilver"]

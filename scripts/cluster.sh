@@ -6,6 +6,7 @@
 #   scripts/cluster.sh up [--redis-cluster]   # build, start everything, print the URLs
 #   scripts/cluster.sh status                 # what runs, and each node's /readyz
 #   scripts/cluster.sh down                   # stop everything started by `up`
+#   scripts/cluster.sh upstream PORT...       # route nginx to these node ports only (reload)
 #
 # Ports (override with environment variables): nginx NGINX_PORT=8080, nodes NODE_PORTS="3001 3002
 # 3003", Redis REDIS_PORT=6391 (cluster: REDIS_PORT, +1, +2). State, logs and pid files live in
@@ -66,16 +67,15 @@ up() {
         redis_args+=(--redis-url "redis://127.0.0.1:$redis_port")
     fi
 
-    local upstream=""
     for port in "${node_ports[@]}"; do
         MERCURE_JWT_KEY="$jwt_key" "$bin" --listen "127.0.0.1:$port" "${redis_args[@]}" \
             ${QUICKSILVER_EXTRA_ARGS:-} >"$dir/node-$port.log" 2>&1 &
         echo $! >"$dir/node-$port.pid"
-        upstream+="    server 127.0.0.1:$port max_fails=1 fail_timeout=5s;"$'\n'
     done
     for port in "${node_ports[@]}"; do
         wait_for "node on $port" curl -sf "http://127.0.0.1:$port/readyz"
     done
+    write_upstream "${node_ports[@]}"
 
     cat >"$dir/nginx.conf" <<CONF
 worker_processes ${NGINX_WORKERS:-1};
@@ -88,12 +88,26 @@ http {
     client_body_temp_path $dir/nginx-tmp;
     proxy_temp_path $dir/nginx-tmp;
     upstream quicksilver {
-$upstream        keepalive 64;
+        # The nodes' ports; "cluster.sh upstream" rewrites this file and reloads.
+        include $dir/upstream.conf;
+        keepalive 64;
     }
     server {
         # A reconnection storm overflows nginx's default backlog (511); dropped SYNs wait 1-7 s.
         listen 127.0.0.1:$nginx_port backlog=16384;
         include $repo_root/deploy/nginx/mercure.conf;
+        # A development cluster: the debug page and the nodes' health through nginx as well
+        # (mercure.conf, the production location block, routes only the hub's public paths).
+        location = / {
+            proxy_pass http://quicksilver;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+        location = /healthz {
+            proxy_pass http://quicksilver;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
     }
 }
 CONF
@@ -101,6 +115,25 @@ CONF
     nginx -c "$dir/nginx.conf" -p "$dir"
     wait_for "nginx on $nginx_port" curl -sf "http://127.0.0.1:$nginx_port/healthz"
     echo "cluster up: hub http://127.0.0.1:$nginx_port/.well-known/mercure (nodes ${node_ports[*]}, logs in $dir)"
+}
+
+# write_upstream <port...>: the nginx upstream servers, one per node port.
+write_upstream() {
+    local port
+    : >"$dir/upstream.conf.new"
+    for port in "$@"; do
+        echo "server 127.0.0.1:$port max_fails=1 fail_timeout=5s;" >>"$dir/upstream.conf.new"
+    done
+    mv "$dir/upstream.conf.new" "$dir/upstream.conf"
+}
+
+# upstream <port...>: routes new requests to these nodes only, as a Service's endpoints change
+# when pods turn ready or start terminating. nginx reloads gracefully: open streams stay on the
+# old workers until they end.
+upstream() {
+    (($# > 0)) || { echo "usage: $0 upstream PORT..." >&2; exit 2; }
+    write_upstream "$@"
+    nginx -c "$dir/nginx.conf" -p "$dir" -s reload 2>>"$dir/nginx-error.log"
 }
 
 stop_pidfile() {
@@ -139,5 +172,6 @@ case "${1:-}" in
     up) shift; up "$@" ;;
     down) down ;;
     status) status ;;
-    *) echo "usage: $0 up [--redis-cluster] | status | down" >&2; exit 2 ;;
+    upstream) shift; upstream "$@" ;;
+    *) echo "usage: $0 up [--redis-cluster] | status | down | upstream PORT..." >&2; exit 2 ;;
 esac

@@ -2,6 +2,7 @@
 """Judges and charts a soak run written by scripts/soak.sh (standard library only).
 
     soak-report.py OUT_DIR [--harness-exit N] [--duration S] [--restart-every S]
+                   [--rollouts N --rollout-settings TEXT] [--max-reconnects N]
 
 Reads OUT_DIR/{samples,redis,events}.csv and loadtest.json; writes OUT_DIR/rss.svg and
 OUT_DIR/summary.md; exits 1 when the soak fails:
@@ -14,7 +15,12 @@ OUT_DIR/summary.md; exits 1 when the soak fails:
   third by more than 20 % AND by more than 20 MiB (both, so neither noise on a small heap nor a
   few MiB on a big one fail it). Segments shorter than 6 samples are not judged. Redis
   used_memory over the whole run is judged by the same rule (history is capped, so it must
-  plateau too).
+  plateau too);
+- with --max-reconnects N, a subscriber that opened more than N connections after its first (a
+  rolling update that replaces every pod at once must move each client once).
+
+With --rollouts, the summary also times each rolling update from the events soak.sh recorded and
+shows how many subscribers reconnected how many times.
 """
 
 import argparse
@@ -27,7 +33,7 @@ from pathlib import Path
 GROWTH_RATIO = 0.20
 GROWTH_BYTES = 20 * 1024 * 1024
 MIN_SAMPLES = 6
-COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"]
+COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
 
 
 def read_csv(path):
@@ -63,6 +69,9 @@ def main():
     ap.add_argument("--harness-exit", type=int, default=0)
     ap.add_argument("--duration", type=int, default=0)
     ap.add_argument("--restart-every", type=int, default=0)
+    ap.add_argument("--rollouts", type=int, default=0)
+    ap.add_argument("--rollout-settings", default="")
+    ap.add_argument("--max-reconnects", type=int, default=None)
     args = ap.parse_args()
     out = args.out
 
@@ -111,6 +120,12 @@ def main():
                 failures.append(f"{acc[key]} updates {key.replace('_', ' ')}")
         if report.get("loss_detected") and not any("updates" in f for f in failures):
             failures.append("the harness detected loss")
+        spread = {int(k): v for k, v in (acc.get("subscribers_by_reconnects") or {}).items()}
+        if args.max_reconnects is not None and spread:
+            over = sum(v for k, v in spread.items() if k > args.max_reconnects)
+            if over:
+                failures.append(f"{over} subscribers reconnected more than {args.max_reconnects} times "
+                                f"(most: {max(spread)})")
 
     # Per-segment memory verdicts.
     seg_rows = []
@@ -145,6 +160,30 @@ def main():
     for f in failures:
         print(f"SOAK FAILURE: {f}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def rollout_timeline(events, t0):
+    """(start, first ready, end, most old pods draining at once) of each rolling update, in
+    seconds since the harness started. A pod drains from its SIGTERM until it exits."""
+    rows, current, draining, most = [], None, set(), 0
+    for e in events:
+        t = float(e["unix_s"]) - t0
+        kind = e["event"]
+        if kind == "rollout-start":
+            current, draining, most = [t, None], set(), 0
+        elif current is None:
+            continue
+        elif kind == "ready" and current[1] is None:
+            current[1] = t
+        elif kind == "stop-TERM":
+            draining.add(e["port"])
+            most = max(most, len(draining))
+        elif kind in ("exited", "forced-kill"):
+            draining.discard(e["port"])
+        elif kind == "rollout-end":
+            rows.append((current[0], current[1] if current[1] is not None else t, t, most))
+            current = None
+    return rows
 
 
 def write_svg(path, ports, names, segments, redis, restarts):
@@ -189,10 +228,12 @@ def write_svg(path, ports, names, segments, redis, restarts):
     panel(1, "Subscribers per node (/metrics quicksilver_subscribers)", sub_series, 1, "")
     panel(2, "Redis used_memory", [("#ff7f0e", redis, "redis")], 1048576, " MiB")
     legend_y = top + 3 * (panel_h + gap) - 20
+    step = 160 if len(ports) <= 3 else 110
     for i, p in enumerate(ports):
-        parts.append(f'<rect x="{left + i * 160}" y="{legend_y - 9}" width="12" height="10" fill="{COLORS[i]}"/>')
-        parts.append(f'<text x="{left + i * 160 + 16}" y="{legend_y}" font-size="11">{names[p]}</text>')
-    parts.append(f'<text x="{left + 3 * 160}" y="{legend_y}" font-size="11">x axis: minutes since the harness started</text>')
+        parts.append(f'<rect x="{left + i * step}" y="{legend_y - 9}" width="12" height="10" fill="{COLORS[i % len(COLORS)]}"/>')
+        parts.append(f'<text x="{left + i * step + 16}" y="{legend_y}" font-size="11">{names[p]}</text>')
+    legend_y += 16 if len(ports) > 3 else 0
+    parts.append(f'<text x="{left + (0 if len(ports) > 3 else 3 * step)}" y="{legend_y}" font-size="11">x axis: minutes since the harness started</text>')
     height = legend_y + 10
     svg = (
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
@@ -218,7 +259,9 @@ def write_summary(out, args, ports, names, seg_rows, redis, redis_growth, restar
             f"{sc.get('editor_rate')} update/s each ({cfg.get('publishers')} publishing lanes, "
             f"{'private' if sc.get('private') else 'public'} updates, {cfg.get('payload_bytes')}-byte payloads); "
             f"subscribers and publishers through nginx ({', '.join(cfg.get('sub_urls', []))}); "
-            f"one node restarted every {args.restart_every} s, in turn."
+            + (f"a rolling update of the 3 nodes every {args.restart_every} s ({args.rollouts} in all; "
+               f"{args.rollout_settings})." if args.rollouts else
+               f"one node restarted every {args.restart_every} s, in turn.")
         )
         lines.append("")
         pub = report["publish"]
@@ -235,12 +278,37 @@ def write_summary(out, args, ports, names, seg_rows, redis, redis_growth, restar
             f"p99.9 {d['latency']['p999_ms']:.1f} ms, max {d['latency']['max_ms']:.0f} ms; "
             f"{d['deliveries_per_second']:.0f} deliveries/s; publish round trip p50 {pub['latency']['p50_ms']:.1f} ms.",
         ]
+        spread = {int(k): v for k, v in (acc.get("subscribers_by_reconnects") or {}).items()}
+        if spread:
+            subs = sum(spread.values())
+            mean = sum(k * v for k, v in spread.items()) / subs
+            lines.append("")
+            lines.append(
+                "Reconnections per subscriber: "
+                + ", ".join(f"{v} subscribers {k}" for k, v in sorted(spread.items()))
+                + f" (mean {mean:.2f}, most {max(spread)}"
+                + (f"; {mean / args.rollouts:.2f} per rolling update" if args.rollouts else "")
+                + ")."
+            )
         if pub.get("errors"):
             lines.append("")
             lines.append("Publish errors (first few): " + "; ".join(f"`{e}`" for e in pub["errors"][:5]))
         if acc.get("examples"):
             lines.append("")
             lines.append("Problem examples: " + "; ".join(f"`{e}`" for e in acc["examples"][:5]))
+        lines.append("")
+    events = read_csv(out / "events.csv")
+    t0 = next(float(e["unix_s"]) for e in events if e["event"] == "loadtest-start")
+    rollout_rows = rollout_timeline(events, t0)
+    if rollout_rows:
+        lines += [
+            "## Rolling updates",
+            "",
+            "| # | started (s) | first new pod ready (s) | last old pod gone (s) | took (s) | old pods draining at once (most) |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [f"| {i} | {a:.1f} | {r:.1f} | {b:.1f} | {b - a:.1f} | {c} |"
+                  for i, (a, r, b, c) in enumerate(rollout_rows, 1)]
         lines.append("")
     lines += [
         "## Restarts",

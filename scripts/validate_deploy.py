@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
-"""Offline checks of the deployment files: the Helm chart (helm/quicksilver) and the plain
-manifests (k8s/). No cluster, no `helm` binary, no network.
+"""Offline checks of the deployment files: the Helm chart (helm/quicksilver), the plain manifests
+(k8s/), the Dockerfile, docker-compose.cluster.yml and the nginx configuration. No cluster, no
+`helm` binary, no Docker engine, no network.
 
 What runs, in order (each line of the summary is one check):
   1. values.yaml: every key documented by a `# --` comment (on itself or an ancestor), and every
@@ -8,18 +9,22 @@ What runs, in order (each line of the summary is one check):
   2. `helm lint` of the chart (Helm's own engine, from the helm-python-sdk wheel), strict.
   3. Renders with the default values and with the value sets below; each rendered document must
      parse (duplicate YAML keys refused), pass kubernetes-validate's strict schemas for the oldest
-     Kubernetes the chart supports and the newest known, and hang together (selectors match pod
-     labels, references point at rendered objects, the grace period covers preStop + drain, SSE
-     annotations on the Ingress, several pods only with the Redis transport).
-     Kinds from CRDs (ServiceMonitor) have no bundled schema: they are parsed and checked by hand.
+     Kubernetes the chart supports and the newest known, hang together (selectors match pod
+     labels, references point at rendered objects) and follow the production policy of
+     scripts/deploy_policy.py (rollouts, stopping, probes on the metrics port, internal endpoints
+     never routed, stream-friendly routes, the bundled Redis). Each set has expectations of its own.
+     Kinds from CRDs (ServiceMonitor, HTTPRoute) have no bundled schema: they are checked by hand.
   4. Invalid value sets: the render must fail (schema or the chart's own `fail` checks).
-  5. k8s/base files one by one, and k8s/overlays/example built as kustomize would: with `kustomize`
-     or `kubectl kustomize` when one is installed, and always with the small builder below (which
-     handles resources, namespace, replicas, images and strategic-merge patches, the features the
-     overlay uses); when both ran their outputs must agree.
-  6. When a quicksilver binary is at hand (target/release or target/debug, or $QUICKSILVER_BIN),
-     every QUICKSILVER_*/MERCURE_* variable the files set must be one it knows (`--help`), apart from
-     the settings announced but not yet in the binary (COMING_SOON).
+  5. k8s/base and k8s/redis are the chart rendered with k8s/values.yaml: they must be exactly what
+     a fresh render gives (`--write-k8s` rewrites them). Then k8s/base alone, and
+     k8s/overlays/example built as kustomize would (with `kustomize` or `kubectl kustomize` when
+     one is installed, and always with the small builder below, which handles resources,
+     namespace, images and strategic-merge patches; both outputs must agree), get the checks of 3.
+  6. The Dockerfile, the compose file and the nginx location blocks against the same policy.
+  7. When a quicksilver binary is at hand (target/release or target/debug, or $QUICKSILVER_BIN):
+     every QUICKSILVER_*/MERCURE_* variable the files set is one it knows; every setting it has is
+     reachable from the chart's values; the README's configuration table lists exactly its flags
+     with their variables.
 
 Exit status 0 when every check passed; the last line reads "N passed, N failed".
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import difflib
 import json
 import os
 import re
@@ -44,6 +50,8 @@ import helm_python as helm
 import kubernetes_validate as kv
 from kubernetes_validate.utils import SchemaNotFoundError
 
+import deploy_policy as policy
+
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "helm" / "quicksilver"
 K8S = ROOT / "k8s"
@@ -51,24 +59,17 @@ RELEASE = "qs"
 NAMESPACE = "mercure"
 
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest with schemas.
-KUBE_VERSIONS = ["1.25", kv.utils.major_minor(kv.utils.latest_version())]
+KUBE_VERSIONS = ["1.27", kv.utils.major_minor(kv.utils.latest_version())]
 
-# Settings the chart writes that the hub will have but may not have yet (checked softly in step 6).
-COMING_SOON = {
-    "QUICKSILVER_METRICS_ADDR",
-    "QUICKSILVER_MAX_CONNECTIONS",
-    "QUICKSILVER_CONFIG",
-    "QUICKSILVER_DRAIN_WINDOW",
-    "QUICKSILVER_DRAIN_RETRY",
-    "OTEL_EXPORTER_OTLP_ENDPOINT",
-    "OTEL_SERVICE_NAME",
-}
+# Variables the chart sets that are read by the OpenTelemetry SDK, not by a flag (step 7).
+SDK_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
 
-SSE_ANNOTATIONS = {
-    "nginx.ingress.kubernetes.io/proxy-buffering": "off",
-    "nginx.ingress.kubernetes.io/proxy-read-timeout": "86400",
-    "nginx.ingress.kubernetes.io/proxy-http-version": "1.1",
-}
+# Settings of the binary the chart has no value for, on purpose (step 7): the chart always sets
+# the publisher's and the subscriber's key separately.
+NOT_IN_CHART = {"MERCURE_JWT_KEY", "MERCURE_JWT_ALG"}
+
+# The hub's own grace after its drain (crates/server: SHUTDOWN_GRACE), for the stopping rules.
+SHUTDOWN_GRACE = policy.hub_shutdown_grace(ROOT)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,7 +79,8 @@ SSE_ANNOTATIONS = {
 # Valid sets: name -> (values, kube versions to validate against, expectations on the output).
 VALUE_SETS: dict[str, dict[str, Any]] = {
     "default": {"values": {}},
-    # A: an external Redis whose URL lives in an existing Secret, three pods, keys given.
+    # A: an external Redis whose URL lives in an existing Secret, three pods, keys given, one extra
+    # pod at a time during rollouts (minReadySeconds then keeps drains apart).
     "A-external-redis": {
         "values": {
             "replicaCount": 3,
@@ -87,26 +89,33 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "auth": {"existingSecret": "my-jwt"},
             "hub": {"redisTransport": {"partitions": 4}, "corsOrigins": ["https://app.example.com"]},
             "podAntiAffinity": "hard",
+            "updateStrategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
         },
     },
-    # B: Ingress, HPA and ServiceMonitor on, bundled Redis with a password and no PVC, metrics port,
-    # OTLP, a TOML file, the built-in preStop sleep action (Kubernetes 1.30+).
+    # B: Ingress (default paths on one host, own paths on another), HPA on CPU and subscribers,
+    # ServiceMonitor, bundled Redis with an explicit maxmemory and no PVC, OTLP, a TOML file, a
+    # bigger body limit, the built-in preStop sleep action (Kubernetes 1.30+).
     "B-ingress-hpa-monitor": {
         "values": {
             "ingress": {
                 "enabled": True,
                 "className": "nginx",
                 "annotations": {"cert-manager.io/cluster-issuer": "letsencrypt"},
-                "hosts": [{"host": "mercure.example.com", "paths": [{"path": "/", "pathType": "Prefix"}]}],
+                "hosts": [{"host": "mercure.example.com"},
+                          {"host": "hub.example.org",
+                           "paths": [{"path": "/.well-known/mercure", "pathType": "Prefix"}]}],
                 "tls": [{"secretName": "mercure-tls", "hosts": ["mercure.example.com"]}],
             },
             "autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 12,
-                            "targetMemoryUtilizationPercentage": 80},
+                            "targetMemoryUtilizationPercentage": 80, "targetSubscribersPerPod": 5000},
             "serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}},
-            "redis": {"enabled": True, "auth": {"enabled": True}, "persistence": {"enabled": False},
-                      "maxmemory": "256mb"},
-            "hub": {"metrics": {"port": 9090}, "otel": {"endpoint": "http://otel-collector:4317"},
-                    "maxConnections": 50000, "configFile": "# quicksilver.toml\n"},
+            "redis": {"enabled": True, "persistence": {"enabled": False}, "maxmemory": "256mb"},
+            "hub": {"metrics": {"port": 9100}, "otel": {"endpoint": "http://otel-collector:4317"},
+                    "maxConnections": 50000, "configFile": "# quicksilver.toml\n",
+                    "maxBodySize": 4194304, "historyCacheSize": 5000, "shards": 4,
+                    "issuers": ["https://id.example.com jwks_uri=https://id.example.com/jwks.json"],
+                    "resourceIdentifier": "https://mercure.example.com/.well-known/mercure",
+                    "publishOrigins": ["https://app.example.com"]},
             "auth": {"publisherJwtKey": "publisher-secret", "subscriberJwtKey": "subscriber-secret"},
             "lifecycle": {"useSleepAction": True},
         },
@@ -116,6 +125,23 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
     "C-single-memory": {
         "values": {"replicaCount": 1, "hub": {"transport": "memory"}, "redis": {"enabled": False},
                    "podDisruptionBudget": {"enabled": False}},
+    },
+    # D: Gateway API route, an external Redis over TLS with its CA mounted from a Secret, metrics
+    # reachable from the monitoring namespace only, a LoadBalancer Service.
+    "D-gateway-tls-redis": {
+        "values": {
+            "redis": {"enabled": False},
+            "externalRedis": {"url": "rediss://:secret@redis.example.com:6380"},
+            "hub": {"redisTransport": {"tlsCaFile": "/etc/redis-ca/ca.crt"}},
+            "extraVolumes": [{"name": "redis-ca", "secret": {"secretName": "redis-ca"}}],
+            "extraVolumeMounts": [{"name": "redis-ca", "mountPath": "/etc/redis-ca", "readOnly": True}],
+            "httpRoute": {"enabled": True,
+                          "parentRefs": [{"name": "public", "namespace": "gateway-system"}],
+                          "hostnames": ["mercure.example.com"]},
+            "networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {
+                "kubernetes.io/metadata.name": "monitoring"}}}]},
+            "service": {"type": "LoadBalancer"},
+        },
     },
 }
 
@@ -129,12 +155,23 @@ INVALID_SETS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
      {"externalRedis": {"url": "redis://redis.example.com:6379"}}, helm.HelmValuesError, "externalRedis"),
     ("schema: redis transport without any Redis", {"redis": {"enabled": False}},
      helm.HelmValuesError, "anyOf"),
+    ("schema: no metrics port", {"hub": {"metrics": {"port": None}}}, helm.HelmValuesError,
+     "/hub/metrics"),
     ("fail: 3 pods on the memory transport",
      {"replicaCount": 3, "hub": {"transport": "memory"}, "redis": {"enabled": False}},
      helm.HelmRenderError, "hub.transport"),
     ("fail: autoscaling on the memory transport",
      {"replicaCount": 1, "hub": {"transport": "memory"}, "redis": {"enabled": False},
       "autoscaling": {"enabled": True}}, helm.HelmRenderError, "hub.transport=redis"),
+    ("fail: termination margin within the hub's shutdown grace",
+     {"lifecycle": {"terminationMarginSeconds": 10}}, helm.HelmRenderError, "terminationMarginSeconds"),
+    ("fail: HTTPRoute without a Gateway", {"httpRoute": {"enabled": True}}, helm.HelmRenderError,
+     "parentRefs"),
+    ("fail: autoscaling without a metric",
+     {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
+     helm.HelmRenderError, "at least one metric"),
+    ("fail: maxmemory not derivable from the memory limit",
+     {"redis": {"resources": {"limits": {"memory": "0.5Gi"}}}}, helm.HelmRenderError, "redis.maxmemory"),
 ]
 
 
@@ -229,6 +266,8 @@ def ident(doc: dict) -> str:
 # Schema validation and consistency of a set of objects
 # --------------------------------------------------------------------------------------------
 
+# API groups under k8s.io that are CRDs, not built into Kubernetes (no bundled schema).
+CRD_GROUPS = ("gateway.networking.k8s.io/",)
 K8S_GROUP = re.compile(r"^([a-z0-9.]*\.k8s\.io/|v1$|apps/|batch/|autoscaling/|policy/)")
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -256,7 +295,7 @@ def validate_objects(docs: list[tuple[str, dict]], versions: list[str], notes: l
             try:
                 kv.validate(doc, version, strict=True)
             except SchemaNotFoundError:
-                if K8S_GROUP.match(doc["apiVersion"]):
+                if K8S_GROUP.match(doc["apiVersion"]) and not doc["apiVersion"].startswith(CRD_GROUPS):
                     problems.append(f"{source}: {ident(doc)}: no schema for {doc['apiVersion']} "
                                     f"in Kubernetes {version}")
                 else:
@@ -273,8 +312,18 @@ def validate_objects(docs: list[tuple[str, dict]], versions: list[str], notes: l
 
 
 def check_crd(source: str, doc: dict) -> list[str]:
-    """The few things a ServiceMonitor must have."""
+    """The few things a ServiceMonitor or an HTTPRoute must have (the policy checks the rest)."""
     problems = []
+    if doc["kind"] == "HTTPRoute":
+        spec = doc.get("spec") or {}
+        if doc["apiVersion"] != "gateway.networking.k8s.io/v1":
+            problems.append(f"{source}: {ident(doc)}: apiVersion gateway.networking.k8s.io/v1 expected")
+        for rule in spec.get("rules") or []:
+            for ref in rule.get("backendRefs") or []:
+                if not isinstance(ref.get("port"), int):
+                    problems.append(f"{source}: {ident(doc)}: backendRefs need a port number")
+        if not spec.get("rules"):
+            problems.append(f"{source}: {ident(doc)}: no rules")
     if doc["kind"] == "ServiceMonitor":
         spec = doc.get("spec") or {}
         if not (spec.get("selector") or {}).get("matchLabels"):
@@ -291,13 +340,6 @@ def by_kind(docs: list[tuple[str, dict]], kind: str) -> list[dict]:
 
 def selects(selector: dict, labels: dict) -> bool:
     return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
-
-
-def duration_seconds(text: str) -> int:
-    m = re.fullmatch(r"\s*(\d+)\s*(s|m|h)?\s*", str(text))
-    if not m:
-        raise ValueError(f"cannot read duration {text!r}")
-    return int(m.group(1)) * {"s": 1, None: 1, "m": 60, "h": 3600}[m.group(2)]
 
 
 def consistency(docs: list[tuple[str, dict]], external: set[str] = frozenset()) -> list[str]:
@@ -371,22 +413,6 @@ def consistency(docs: list[tuple[str, dict]], external: set[str] = frozenset()) 
         if ("Deployment", h["spec"]["scaleTargetRef"]["name"]) not in names:
             problems.append(f"{ident(h)}: scale target not defined")
 
-    # Stopping: the grace period covers the preStop sleep, the drain window and a margin.
-    pre_stop = (container.get("lifecycle") or {}).get("preStop") or {}
-    if "sleep" in pre_stop:
-        sleep = int(pre_stop["sleep"]["seconds"])
-    elif pre_stop.get("exec", {}).get("command", [None])[0] == "/bin/sleep":
-        sleep = int(pre_stop["exec"]["command"][1])
-    else:
-        sleep = None
-        problems.append("hub container has no preStop sleep")
-    drain = duration_seconds(env.get("QUICKSILVER_DRAIN_WINDOW", "30s"))
-    grace = hub_pod.get("terminationGracePeriodSeconds", 30)
-    if sleep is not None and grace <= sleep + drain:
-        problems.append(f"terminationGracePeriodSeconds {grace} <= preStop {sleep}s + drain {drain}s")
-    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
-        if ((container.get(probe) or {}).get("httpGet") or {}).get("path") != path:
-            problems.append(f"hub {probe} is not GET {path}")
     sc = container.get("securityContext") or {}
     if not sc.get("readOnlyRootFilesystem") or sc.get("allowPrivilegeEscalation") is not False:
         problems.append("hub container: read-only root filesystem and no privilege escalation expected")
@@ -399,18 +425,6 @@ def consistency(docs: list[tuple[str, dict]], external: set[str] = frozenset()) 
     for s in services.values():
         if not any(selects(s["spec"].get("selector"), labels) for labels in all_pod_labels):
             problems.append(f"{ident(s)}: selector matches no pod template")
-    for ing in by_kind(docs, "Ingress"):
-        annotations = ing["metadata"].get("annotations") or {}
-        for k, v in SSE_ANNOTATIONS.items():
-            if annotations.get(k) != v:
-                problems.append(f"{ident(ing)}: annotation {k}: {v!r} expected for SSE")
-        for rule in ing["spec"]["rules"]:
-            for p in rule["http"]["paths"]:
-                svc = p["backend"]["service"]
-                if svc["name"] not in services:
-                    problems.append(f"{ident(ing)}: backend Service {svc['name']} not defined")
-                elif svc["port"].get("name") not in {x.get("name") for x in services[svc["name"]]["spec"]["ports"]}:
-                    problems.append(f"{ident(ing)}: backend port {svc['port']} not on the Service")
     for sm in by_kind(docs, "ServiceMonitor"):
         matched = [s for s in services.values()
                    if selects(sm["spec"]["selector"]["matchLabels"], s["metadata"].get("labels") or {})]
@@ -424,8 +438,12 @@ def consistency(docs: list[tuple[str, dict]], external: set[str] = frozenset()) 
         if not any(selects(pdb["spec"]["selector"]["matchLabels"], labels) for labels in all_pod_labels):
             problems.append(f"{ident(pdb)}: selector matches no pod template")
     for np in by_kind(docs, "NetworkPolicy"):
-        if not any(selects(np["spec"]["podSelector"]["matchLabels"], labels) for labels in all_pod_labels):
+        selector = np["spec"]["podSelector"]["matchLabels"]
+        if not any(selects(selector, labels) for labels in all_pod_labels):
             problems.append(f"{ident(np)}: podSelector matches no pod template")
+        if selector.get("app.kubernetes.io/component") != "redis":
+            continue
+        # Redis lets the hub pods in, by their labels.
         for rule in np["spec"].get("ingress") or []:
             for peer in rule.get("from") or []:
                 sel = (peer.get("podSelector") or {}).get("matchLabels")
@@ -521,9 +539,9 @@ def check_values_docs() -> str:
 # Chart checks
 # --------------------------------------------------------------------------------------------
 
-def render(values: dict) -> list[tuple[str, dict]]:
+def render(values: dict, release: str = RELEASE) -> list[tuple[str, dict]]:
     with helm.Chart.load(str(CHART)) as chart:
-        out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+        out = chart.render(values, name=release, namespace=NAMESPACE, is_install=True)
     docs = []
     for path, text in sorted(out.items()):
         if path.endswith("NOTES.txt"):
@@ -548,38 +566,100 @@ def check_lint() -> str:
     return f"{len(VALUE_SETS)} value sets, no warnings" + (f" ({infos} info messages)" if infos else "")
 
 
+def production_policy(docs: list[tuple[str, dict]]) -> list[str]:
+    """scripts/deploy_policy.py's rules for Kubernetes objects."""
+    objects = [d for _, d in docs]
+    return (policy.check_hub(objects, SHUTDOWN_GRACE) + policy.check_routes(objects)
+            + policy.check_redis(objects))
+
+
 def expectations(name: str, docs: list[tuple[str, dict]]) -> list[str]:
-    """What each value set must produce beyond general validity."""
+    """What each value set must produce beyond general validity and the policy."""
     kinds = [d["kind"] for _, d in docs]
-    hub = next(d for d in by_kind(docs, "Deployment"))
-    env = {e["name"]: e for e in hub["spec"]["template"]["spec"]["containers"][0].get("env") or []}
-    cm = by_kind(docs, "ConfigMap")[0]["data"]
+    objects = [d for _, d in docs]
+    hub = policy.hub_deployment(objects)
+    pod = hub["spec"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0].get("env") or []}
+    cm = next(d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == hub["metadata"]["name"])["data"]
+    redis = next((d for d in by_kind(docs, "StatefulSet")), None)
+    redis_args = redis["spec"]["template"]["spec"]["containers"][0]["args"] if redis else []
     p = []
+
+    def expect(ok: bool, what: str) -> None:
+        if not ok:
+            p.append(f"{name}: {what}")
+
     if name == "default":
-        p += [] if hub["spec"].get("replicas") == 2 else ["default: 2 replicas expected"]
-        p += [] if "StatefulSet" in kinds else ["default: bundled Redis StatefulSet expected"]
-        p += [] if cm.get("QUICKSILVER_TRANSPORT") == "redis" else ["default: redis transport expected"]
+        expect(hub["spec"].get("replicas") == 2, "2 replicas expected")
+        expect(redis is not None, "bundled Redis StatefulSet expected")
+        expect(cm.get("QUICKSILVER_TRANSPORT") == "redis", "redis transport expected")
+        # Internal endpoints kept inside, rollouts that move each client once.
+        expect(cm.get("QUICKSILVER_DEBUG_PAGE") == "false", "debug page off by default")
+        expect(cm.get("QUICKSILVER_METRICS_ADDR") == "0.0.0.0:9090", "metrics listener on 9090 by default")
+        strategy = hub["spec"]["strategy"]["rollingUpdate"]
+        expect(strategy == {"maxSurge": "100%", "maxUnavailable": 0}, f"maxSurge 100%, maxUnavailable 0; got {strategy}")
+        expect(hub["spec"].get("minReadySeconds") == 40, "minReadySeconds = preStop 10 s + drain 30 s")
+        expect(pod["terminationGracePeriodSeconds"] == 60, "grace = 10 + 30 + 20")
+        pdb = by_kind(docs, "PodDisruptionBudget")[0]["spec"]
+        expect(pdb.get("unhealthyPodEvictionPolicy") == "AlwaysAllow", "PDB unhealthyPodEvictionPolicy AlwaysAllow")
+        policies = {d["metadata"]["name"] for d in by_kind(docs, "NetworkPolicy")}
+        expect(policies == {"qs-quicksilver", "qs-quicksilver-redis"}, f"NetworkPolicies for hub and Redis; got {policies}")
+        metrics_svc = [s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "qs-quicksilver-metrics"]
+        expect(bool(metrics_svc) and metrics_svc[0]["spec"]["type"] == "ClusterIP", "a ClusterIP metrics Service")
+        main_svc = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "qs-quicksilver")
+        expect([x["name"] for x in main_svc["spec"]["ports"]] == ["http"], "the hub Service carries the hub port only")
+        # Bundled Redis: password, maxmemory from the 512Mi limit, pinned image.
+        expect("--requirepass" in redis_args, "Redis password on by default")
+        expect("REDIS_PASSWORD" in env, "the hub's Redis URL carries the password")
+        expect(redis_args[redis_args.index("--maxmemory") + 1] == str(512 * 1048576 * 70 // 100)
+               if "--maxmemory" in redis_args else False, "maxmemory = 70% of 512Mi")
     if name == "A-external-redis":
-        p += [] if hub["spec"].get("replicas") == 3 else ["A: 3 replicas expected"]
-        p += [] if "StatefulSet" not in kinds else ["A: no bundled Redis expected"]
+        expect(hub["spec"].get("replicas") == 3, "3 replicas expected")
+        expect(redis is None, "no bundled Redis expected")
         ref = (env.get("QUICKSILVER_REDIS_URL") or {}).get("valueFrom", {}).get("secretKeyRef")
-        p += [] if ref == {"name": "my-redis", "key": "url"} else [f"A: Redis URL from my-redis/url expected, got {ref}"]
-        p += [] if "Secret" not in kinds else ["A: no chart Secret expected (all secrets existing)"]
-        p += [] if cm.get("QUICKSILVER_REDIS_PARTITIONS") == "4" else ["A: 4 partitions expected"]
+        expect(ref == {"name": "my-redis", "key": "url"}, f"Redis URL from my-redis/url expected, got {ref}")
+        expect("Secret" not in kinds, "no chart Secret expected (all secrets existing)")
+        expect(cm.get("QUICKSILVER_REDIS_PARTITIONS") == "4", "4 partitions expected")
+        expect(hub["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 1, "maxSurge 1 as set")
     if name == "B-ingress-hpa-monitor":
         for kind in ("Ingress", "HorizontalPodAutoscaler", "ServiceMonitor", "StatefulSet"):
-            p += [] if kind in kinds else [f"B: {kind} expected"]
-        p += [] if "replicas" not in hub["spec"] else ["B: replicas must be left to the HPA"]
-        ing = by_kind(docs, "Ingress")[0]["metadata"]["annotations"]
-        p += [] if "cert-manager.io/cluster-issuer" in ing else ["B: user annotations lost"]
-        p += [] if "REDIS_PASSWORD" in env else ["B: Redis password env expected"]
-        p += [] if cm.get("QUICKSILVER_METRICS_ADDR") == "0.0.0.0:9090" else ["B: metrics address expected"]
+            expect(kind in kinds, f"{kind} expected")
+        ing = by_kind(docs, "Ingress")[0]
+        annotations = ing["metadata"]["annotations"]
+        expect("cert-manager.io/cluster-issuer" in annotations, "user annotations kept")
+        expect(annotations.get(policy.NGINX_BODY_SIZE) == "4194304", "body size follows hub.maxBodySize")
+        paths = {r["host"]: [x["path"] for x in r["http"]["paths"]] for r in ing["spec"]["rules"]}
+        expect(paths == {"mercure.example.com": [policy.HUB_PATH, policy.METADATA_PATH],
+                         "hub.example.org": [policy.HUB_PATH]}, f"default and own paths; got {paths}")
+        expect(cm.get("QUICKSILVER_METRICS_ADDR") == "0.0.0.0:9100", "metrics address from hub.metrics.port")
         sm = by_kind(docs, "ServiceMonitor")[0]
-        p += [] if sm["spec"]["endpoints"][0]["port"] == "metrics" else ["B: ServiceMonitor must scrape metrics port"]
+        expect(sm["spec"]["endpoints"][0]["port"] == "metrics", "ServiceMonitor scrapes the metrics port")
+        hpa = by_kind(docs, "HorizontalPodAutoscaler")[0]["spec"]["metrics"]
+        pods_metric = [m for m in hpa if m["type"] == "Pods"]
+        expect(len(hpa) == 3 and pods_metric and pods_metric[0]["pods"]["metric"]["name"] == "quicksilver_subscribers"
+               and pods_metric[0]["pods"]["target"] == {"type": "AverageValue", "averageValue": "5000"},
+               f"CPU, memory and subscribers per pod; got {hpa}")
+        expect(redis_args[redis_args.index("--maxmemory") + 1] == "256mb", "explicit maxmemory kept")
     if name == "C-single-memory":
-        p += [] if cm.get("QUICKSILVER_TRANSPORT") == "memory" else ["C: memory transport expected"]
-        p += [] if "QUICKSILVER_REDIS_URL" not in cm and "QUICKSILVER_REDIS_URL" not in env else ["C: no Redis URL expected"]
-        p += [] if "StatefulSet" not in kinds else ["C: no Redis expected"]
+        expect(cm.get("QUICKSILVER_TRANSPORT") == "memory", "memory transport expected")
+        expect("QUICKSILVER_REDIS_URL" not in cm and "QUICKSILVER_REDIS_URL" not in env, "no Redis URL expected")
+        expect(redis is None, "no Redis expected")
+    if name == "D-gateway-tls-redis":
+        route = by_kind(docs, "HTTPRoute")
+        expect(len(route) == 1, "an HTTPRoute expected")
+        if route:
+            rule = route[0]["spec"]["rules"][0]
+            expect([m["path"]["value"] for m in rule["matches"]] == [policy.HUB_PATH, policy.METADATA_PATH],
+                   "hub paths only")
+            expect(route[0]["spec"]["hostnames"] == ["mercure.example.com"], "hostnames kept")
+        expect(cm.get("QUICKSILVER_REDIS_TLS_CA") == "/etc/redis-ca/ca.crt", "Redis CA file set")
+        mounts = pod["containers"][0]["volumeMounts"]
+        expect(any(m["name"] == "redis-ca" for m in mounts) and any(v["name"] == "redis-ca" for v in pod["volumes"]),
+               "the CA volume mounted")
+        hub_np = next(d for d in by_kind(docs, "NetworkPolicy") if d["metadata"]["name"] == "qs-quicksilver")
+        metrics_rule = hub_np["spec"]["ingress"][1]
+        expect(metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"},
+               "metrics port limited to the monitoring namespace")
     return p
 
 
@@ -588,9 +668,11 @@ def check_render(name: str, spec: dict, notes: list[str], envs: set[str]) -> str
     versions = spec.get("kube_versions", KUBE_VERSIONS)
     problems = validate_objects(docs, versions, notes)
     external = {v for v in (spec["values"].get("auth", {}).get("existingSecret"),
-                            spec["values"].get("externalRedis", {}).get("existingSecret")) if v}
+                            spec["values"].get("externalRedis", {}).get("existingSecret"),
+                            "redis-ca") if v}
     if not problems:
         problems += consistency(docs, external)
+        problems += production_policy(docs)
         problems += expectations(name, docs)
     require(problems)
     envs |= env_names(docs)
@@ -729,6 +811,113 @@ def normalized(objects: list[dict]) -> dict[str, Any]:
     return {ident(o): norm(o) for o in objects}
 
 
+# --------------------------------------------------------------------------------------------
+# k8s/ generated from the chart
+# --------------------------------------------------------------------------------------------
+
+K8S_VALUES = K8S / "values.yaml"
+# Generated directories: name -> which objects of the render go there (by component label).
+GENERATED_DIRS = {"base": lambda component: component != "redis",
+                  "redis": lambda component: component == "redis"}
+# Labels that say "Helm manages this": not true of objects applied with kubectl.
+HELM_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def without_release(doc: dict) -> dict:
+    """A rendered object as a kustomize base holds it: no namespace (overlays set it), no labels
+    claiming Helm manages it, no checksum annotations."""
+    doc = copy.deepcopy(doc)
+    doc["metadata"].pop("namespace", None)
+    metas = [doc["metadata"], ((doc.get("spec") or {}).get("template") or {}).get("metadata")]
+    metas += [t.get("metadata") for t in (doc.get("spec") or {}).get("volumeClaimTemplates") or []]
+    for meta in metas:
+        for label in HELM_LABELS:
+            ((meta or {}).get("labels") or {}).pop(label, None)
+        # The chart rolls pods when its ConfigMap changes through checksum annotations; a patch
+        # in an overlay would leave them stale, so the base has none (see k8s/README.md).
+        annotations = (meta or {}).get("annotations") or {}
+        for key in [k for k in annotations if k.startswith("checksum/")]:
+            del annotations[key]
+        if meta is not None and "annotations" in meta and not meta["annotations"]:
+            del meta["annotations"]
+    return doc
+
+
+def k8s_files() -> dict[str, str]:
+    """Every generated file under k8s/ (relative path -> text): the chart rendered with
+    k8s/values.yaml, the hub's objects into base/, and rendered once more with the bundled Redis on,
+    its objects into redis/."""
+    values = yaml.load(K8S_VALUES.read_text(), Loader=StrictLoader) or {}
+    renders = {
+        "base": render(values, release="quicksilver"),
+        "redis": render(deep_merge(values, {"redis": {"enabled": True},
+                                            "externalRedis": {"url": "", "existingSecret": ""}}),
+                        release="quicksilver"),
+    }
+    files = {}
+    for directory, keep in GENERATED_DIRS.items():
+        by_template: dict[str, list[dict]] = {}
+        for source, doc in renders[directory]:
+            component = ((doc.get("metadata") or {}).get("labels") or {}).get("app.kubernetes.io/component")
+            if keep(component):
+                by_template.setdefault(Path(source).name, []).append(without_release(doc))
+        for name, docs in sorted(by_template.items()):
+            header = (f"# Generated from helm/quicksilver/templates/{name} with k8s/values.yaml by\n"
+                      f"# `scripts/validate-deploy.sh --write-k8s`: change the chart or the values, not this file.\n")
+            files[f"{directory}/{name}"] = header + yaml.safe_dump_all(docs, sort_keys=False, width=1000)
+        kustomization = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+                         "resources": sorted(by_template)}
+        files[f"{directory}/kustomization.yaml"] = (
+            "# Generated by `scripts/validate-deploy.sh --write-k8s` (see k8s/README.md).\n"
+            + yaml.safe_dump(kustomization, sort_keys=False))
+    return files
+
+
+def write_k8s() -> str:
+    files = k8s_files()
+    for directory in GENERATED_DIRS:
+        d = K8S / directory
+        d.mkdir(exist_ok=True)
+        for old in d.glob("*.yaml"):
+            if f"{directory}/{old.name}" not in files:
+                old.unlink()
+    for rel, text in files.items():
+        (K8S / rel).write_text(text)
+    return f"wrote {len(files)} files under k8s/ ({', '.join(GENERATED_DIRS)})"
+
+
+def check_k8s_generated() -> str:
+    """k8s/base and k8s/redis are exactly a fresh render of the chart with k8s/values.yaml."""
+    files = k8s_files()
+    problems = []
+    on_disk = {f"{d}/{f.name}" for d in GENERATED_DIRS for f in (K8S / d).glob("*.yaml")}
+    for rel in sorted(on_disk - set(files)):
+        problems.append(f"k8s/{rel}: not generated from the chart (remove it, or add it to the chart)")
+    for rel in sorted(files):
+        path = K8S / rel
+        current = path.read_text() if path.exists() else ""
+        if current != files[rel]:
+            diff = list(difflib.unified_diff(current.splitlines(), files[rel].splitlines(),
+                                             f"k8s/{rel} (committed)", f"k8s/{rel} (chart)", lineterm="", n=1))
+            shown = "\n          ".join(diff[:30]) + ("\n          …" if len(diff) > 30 else "")
+            problems.append(f"k8s/{rel} differs from the chart's render:\n          {shown}")
+    if problems:
+        problems.append("regenerate with `scripts/validate-deploy.sh --write-k8s` and commit the result")
+    require(problems)
+    return f"{len(files)} files in k8s/{{{','.join(GENERATED_DIRS)}}} match the chart rendered with k8s/values.yaml"
+
+
+# The Secret the generated manifests expect (created by the operator; see k8s/README.md).
+K8S_SECRET = "quicksilver"
+
+
 def check_base_files(notes: list[str]) -> str:
     docs = []
     files = sorted((K8S / "base").glob("*.yaml"))
@@ -737,7 +926,8 @@ def check_base_files(notes: list[str]) -> str:
             docs += load_docs(f.read_text(), f"k8s/base/{f.name}")
     problems = validate_objects(docs, KUBE_VERSIONS, notes)
     if not problems:
-        problems += consistency(docs)
+        problems += consistency(docs, {K8S_SECRET})
+        problems += production_policy(docs)
     require(problems)
     return f"{len(docs)} objects in {len(files) - 1} files, Kubernetes {' and '.join(KUBE_VERSIONS)}"
 
@@ -747,7 +937,8 @@ def check_overlay(directory: Path, notes: list[str], envs: set[str], use_tool: b
     docs = [(f"{directory.relative_to(ROOT)} (built)", o) for o in built]
     problems = validate_objects(docs, KUBE_VERSIONS, notes)
     if not problems:
-        problems += consistency(docs)
+        problems += consistency(docs, {K8S_SECRET})
+        problems += production_policy(docs)
     detail = f"{len(built)} objects, Kubernetes {' and '.join(KUBE_VERSIONS)}"
     real = real_kustomize(directory) if use_tool else None
     if real is None:
@@ -769,38 +960,92 @@ def check_overlay(directory: Path, notes: list[str], envs: set[str], use_tool: b
 
 
 # --------------------------------------------------------------------------------------------
-# Environment variables against the binary
+# Containers outside Kubernetes: Dockerfile, compose, nginx
+# --------------------------------------------------------------------------------------------
+
+def check_containers() -> str:
+    compose = yaml.load((ROOT / "docker-compose.cluster.yml").read_text(), Loader=StrictLoader)
+    nginx = {f"deploy/nginx/{n}": (ROOT / "deploy" / "nginx" / n).read_text()
+             for n in ("mercure.conf", "compose.conf")}
+    drain = yaml.safe_load((CHART / "values.yaml").read_text())["hub"]["drainWindowSeconds"]
+    problems = (policy.check_dockerfile((ROOT / "Dockerfile").read_text())
+                + policy.check_compose(compose, drain, SHUTDOWN_GRACE)
+                + policy.check_nginx(nginx))
+    require(problems)
+    return "Dockerfile, docker-compose.cluster.yml, " + ", ".join(nginx)
+
+
+# --------------------------------------------------------------------------------------------
+# The binary's settings against the files and the README
 # --------------------------------------------------------------------------------------------
 
 def find_binary() -> Path | None:
     candidates = [os.environ.get("QUICKSILVER_BIN"), ROOT / "target/release/quicksilver",
                   ROOT / "target/debug/quicksilver"]
+    if os.environ.get("CARGO_TARGET_DIR"):
+        target = Path(os.environ["CARGO_TARGET_DIR"])
+        candidates[1:1] = [target / "release/quicksilver", target / "debug/quicksilver"]
     for c in candidates:
         if c and Path(c).is_file() and os.access(c, os.X_OK):
             return Path(c)
     return None
 
 
-def check_env_names(envs: set[str], notes: list[str]) -> str:
+def binary_settings(notes: list[str]) -> tuple[Path, dict[str, str]] | None:
+    """(binary, {flag: env var}) from `--help`, or None (with a note) when there is no usable binary."""
     binary = find_binary()
-    ours = {e for e in envs if re.match(r"(QUICKSILVER|MERCURE|OTEL)_", e)}
     if binary is None:
-        notes.append("no quicksilver binary built: environment variable names not checked against --help")
-        return "skipped (no binary)"
+        notes.append("no quicksilver binary built: settings not checked against --help")
+        return None
     proc = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
-    known = set(re.findall(r"\[env: ([A-Z0-9_]+)", proc.stdout))
-    if proc.returncode != 0 or not known:
+    settings = {}
+    # Each option starts a line with its flags; its `[env: NAME=…]` follows, possibly wrapped.
+    for block in re.split(r"\n(?=\s{2,6}(?:-\w, )?--)", proc.stdout):
+        flag = re.match(r"\s*(?:-\w, )?(--[a-z0-9-]+)", block)
+        env = re.search(r"\[env:\s*([A-Z0-9_]+)[=\]]", block)
+        if flag and env:
+            settings[flag.group(1)] = env.group(1)
+    if proc.returncode != 0 or not settings:
         # Not this script's business (a binary being rebuilt, say): say so and move on.
-        notes.append(f"{binary} --help failed or listed no variables: names not checked")
-        return "skipped (binary unusable)"
-    unknown = sorted(ours - known - COMING_SOON)
-    pending = sorted((ours & COMING_SOON) - known)
-    require([f"{e} is set by the deployment files but unknown to {binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary}"
-             for e in unknown])
-    if pending:
-        notes.append(f"not yet in this binary (announced, set anyway): {', '.join(pending)}")
-    return (f"{len(ours) - len(pending)} variables known to {binary.name} --help"
-            + (f", {len(pending)} announced and not in it yet" if pending else ""))
+        notes.append(f"{binary} --help failed or listed no variables: settings not checked")
+        return None
+    return binary, settings
+
+
+def check_env_names(envs: set[str], notes: list[str]) -> str:
+    found = binary_settings(notes)
+    if found is None:
+        return "skipped (no usable binary)"
+    binary, settings = found
+    known = set(settings.values())
+    ours = {e for e in envs if re.match(r"(QUICKSILVER|MERCURE|OTEL)_", e)}
+    name = binary.relative_to(ROOT) if binary.is_relative_to(ROOT) else binary
+    problems = [f"{e} is set by the deployment files but unknown to {name}"
+                for e in sorted(ours - known - SDK_VARIABLES)]
+    problems += [f"{e} (`{flag}`) has no chart value: add one to values.yaml (or to NOT_IN_CHART, saying why)"
+                 for flag, e in sorted(settings.items()) if e not in envs and e not in NOT_IN_CHART]
+    require(problems)
+    return (f"{len(ours & known)} variables known to {binary.name} --help; all {len(known) - len(NOT_IN_CHART)} "
+            f"of its settings reachable from the chart")
+
+
+def check_readme_settings(notes: list[str]) -> str:
+    """The README's configuration table lists exactly the binary's flags, each with its variable."""
+    found = binary_settings(notes)
+    if found is None:
+        return "skipped (no usable binary)"
+    _, settings = found
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = dict(re.findall(r"^\| `(--[a-z0-9-]+)` \| `([A-Z0-9_]+)` \|", section, re.M))
+    problems = [f"README configuration table lacks `{flag}` ({env})"
+                for flag, env in sorted(settings.items()) if flag not in rows]
+    problems += [f"README configuration table lists `{flag}`, which the binary does not have"
+                 for flag in sorted(set(rows) - set(settings))]
+    problems += [f"README: `{flag}` is `{rows[flag]}` in the table but `{env}` in --help"
+                 for flag, env in sorted(settings.items()) if flag in rows and rows[flag] != env]
+    require(problems)
+    return f"{len(rows)} flags, the same as --help"
 
 
 # --------------------------------------------------------------------------------------------
@@ -811,6 +1056,8 @@ def main() -> int:
     parser.add_argument("--dump", metavar="DIR", help="write every rendered/built set to DIR")
     parser.add_argument("--no-kustomize", action="store_true",
                         help="build overlays with the script's builder only, even if kustomize is installed")
+    parser.add_argument("--write-k8s", action="store_true",
+                        help="regenerate k8s/base and k8s/redis from the chart, then check as usual")
     args = parser.parse_args()
 
     helm.disable_logging()
@@ -819,6 +1066,8 @@ def main() -> int:
     envs: set[str] = set()
     print(f"Helm SDK {helm.helm_sdk_version()}, kubernetes-validate {kv.__version__}, "
           f"schemas for Kubernetes {', '.join(sorted(set(KUBE_VERSIONS + ['1.30'])))}")
+    if args.write_k8s:
+        print(write_k8s())
 
     results.check("values.yaml documented key by key", check_values_docs)
     results.check("helm lint --strict", check_lint)
@@ -826,12 +1075,15 @@ def main() -> int:
         results.check(f"render {name}", lambda name=name, spec=spec: check_render(name, spec, notes, envs))
     for name, values, error, text in INVALID_SETS:
         results.check(f"reject {name}", lambda v=values, e=error, t=text: check_invalid(v, e, t))
+    results.check("k8s/ generated from the chart", check_k8s_generated)
     results.check("k8s/base manifests", lambda: check_base_files(notes))
     for overlay in sorted((K8S / "overlays").iterdir()):
         if (overlay / "kustomization.yaml").exists():
             results.check(f"k8s/overlays/{overlay.name} build",
                           lambda o=overlay: check_overlay(o, notes, envs, not args.no_kustomize))
-    results.check("environment variable names", lambda: check_env_names(envs, notes))
+    results.check("Dockerfile, compose and nginx", check_containers)
+    results.check("environment variable names and chart coverage", lambda: check_env_names(envs, notes))
+    results.check("README configuration table", lambda: check_readme_settings(notes))
 
     if args.dump:
         out = Path(args.dump)

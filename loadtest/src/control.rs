@@ -5,6 +5,7 @@
 //! free for diagnostics). A worker whose stdin closes takes it as an abort, so no worker outlives
 //! its parent.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -115,6 +116,10 @@ pub(crate) struct Accounting {
     /// Reconnections that failed (refused, timed out, an error status) and were retried.
     #[serde(default)]
     pub(crate) reconnect_failures: u64,
+    /// Subscribers by the number of connections they opened after their first (how often each
+    /// client had to move: a rolling update should move each one once).
+    #[serde(default)]
+    pub(crate) subscribers_by_reconnects: BTreeMap<u64, u64>,
     /// A few subscribers with problems, described.
     pub(crate) examples: Vec<String>,
 }
@@ -138,6 +143,12 @@ impl Accounting {
         self.reconnects += other.reconnects;
         self.disconnects += other.disconnects;
         self.reconnect_failures += other.reconnect_failures;
+        for (reconnects, subscribers) in &other.subscribers_by_reconnects {
+            *self
+                .subscribers_by_reconnects
+                .entry(*reconnects)
+                .or_default() += subscribers;
+        }
         for e in &other.examples {
             if self.examples.len() < 10 {
                 self.examples.push(e.clone());

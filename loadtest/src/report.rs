@@ -248,6 +248,18 @@ impl Report {
             "connections {} reconnects ({} failed and retried), {} ended by the hub",
             a.reconnects, a.reconnect_failures, a.disconnects
         );
+        if a.reconnects > 0 {
+            let spread: Vec<String> = a
+                .subscribers_by_reconnects
+                .iter()
+                .map(|(reconnects, subscribers)| format!("{subscribers} × {reconnects}"))
+                .collect();
+            let _ = writeln!(
+                o,
+                "            reconnects per subscriber: {}",
+                spread.join(", ")
+            );
+        }
         if let Some(r) = &self.resume {
             let _ = writeln!(
                 o,

@@ -337,6 +337,7 @@ pub(crate) fn judge(report: &SubscriberReport, manifest: &IndexedManifest) -> Ac
         reconnects: u64::from(report.reconnects),
         disconnects: u64::from(report.disconnects),
         reconnect_failures: u64::from(report.reconnect_failures),
+        subscribers_by_reconnects: [(u64::from(report.reconnects), 1)].into(),
         ..Accounting::default()
     };
     let mut judge_entry = |e: &SequenceEntry| {

@@ -22,6 +22,7 @@
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
 //! - [`error`]: request failures and their HTTP answers, among them the status and
 //!   `WWW-Authenticate` challenge of every authentication failure.
+//! - [`healthcheck`]: `quicksilver healthcheck`, the container runtime's probe of a running hub.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
@@ -30,6 +31,7 @@ pub mod cors;
 pub mod debug_page;
 pub mod discovery;
 pub mod error;
+pub mod healthcheck;
 pub mod hub;
 pub mod jwks;
 pub mod metrics;

@@ -1,17 +1,40 @@
 //! The `quicksilver` binary: reads the configuration, sets up logging (and tracing, when the
 //! OpenTelemetry variables ask for it), serves until SIGTERM/SIGINT.
+//!
+//! `quicksilver healthcheck [--url URL] [--ready]` probes a running hub instead (see
+//! [`quicksilver_server::healthcheck`]); it is picked before the hub's configuration is read and
+//! never starts the async runtime.
+
+use std::process::ExitCode;
 
 use quicksilver_server::config::Config;
+use quicksilver_server::healthcheck;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let config = match Config::from_args(std::env::args_os()) {
+fn main() -> ExitCode {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == healthcheck::SUBCOMMAND) {
+        return healthcheck::run(args.into_iter().skip(1));
+    }
+    let config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => e.exit(),
     };
-    // Held to the end: dropping it flushes the traces still queued.
-    let _telemetry = quicksilver_server::telemetry::init(config.log_format, &config.log)?;
-    quicksilver_server::serve(config, shutdown_signal()).await
+    match serve(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs the hub on a multi-threaded runtime until a shutdown signal.
+fn serve(config: Config) -> anyhow::Result<()> {
+    tokio::runtime::Runtime::new()?.block_on(async {
+        // Held to the end: dropping it flushes the traces still queued.
+        let _telemetry = quicksilver_server::telemetry::init(config.log_format, &config.log)?;
+        quicksilver_server::serve(config, shutdown_signal()).await
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT (Ctrl-C).

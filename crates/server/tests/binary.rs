@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use quicksilver_testkit::free_port;
 use quicksilver_testkit::hub::HubProcess;
 use quicksilver_testkit::sse::SseClient;
 use quicksilver_testkit::token::publisher_token;
@@ -117,4 +118,132 @@ fn help_lists_every_setting() {
         assert!(text.contains(flag), "--help lacks {flag}");
     }
     assert!(text.contains("MERCURE_PUBLISHER_JWT_KEY") && text.contains("QUICKSILVER_LISTEN"));
+}
+
+/// The runtime stage of the repository's `Dockerfile`, as Docker runs its health check: the
+/// image's `ENV` settings and the `HEALTHCHECK` command (exec form).
+struct ImageHealthcheck {
+    env: Vec<(String, String)>,
+    command: Vec<String>,
+}
+
+impl ImageHealthcheck {
+    fn from_dockerfile() -> Self {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../Dockerfile");
+        let text = std::fs::read_to_string(path).expect("the repository's Dockerfile");
+        let joined = text.replace("\\\n", " ");
+        let (_, stage) = joined.rsplit_once("\nFROM ").expect("a runtime stage");
+        let mut env = Vec::new();
+        let mut command = None;
+        for line in stage.lines().map(str::trim) {
+            if let Some(pairs) = line.strip_prefix("ENV ") {
+                for pair in pairs.split_whitespace() {
+                    let (k, v) = pair.split_once('=').expect("ENV in the KEY=VALUE form");
+                    env.push((k.to_string(), v.to_string()));
+                }
+            } else if let Some(rest) = line.strip_prefix("HEALTHCHECK ") {
+                let (_, cmd) = rest.split_once("CMD ").expect("HEALTHCHECK … CMD");
+                let argv: Vec<String> =
+                    serde_json::from_str(cmd.trim()).expect("HEALTHCHECK CMD in the exec form");
+                command = Some(argv);
+            }
+        }
+        let command = command.expect("a HEALTHCHECK in the runtime stage");
+        assert!(
+            command[0].ends_with("/quicksilver"),
+            "the health check runs the hub's own binary, not a shell: {command:?}"
+        );
+        ImageHealthcheck { env, command }
+    }
+
+    /// Runs the command with this machine's binary, only the image's environment, and the image's
+    /// ports `3000` / `9090` moved to `main` / `metrics`; `extra` arguments are appended.
+    fn run(&self, main: u16, metrics: u16, extra: &[&str]) -> std::process::Output {
+        let env = self.env.iter().map(|(k, v)| {
+            let v = match v.parse::<std::net::SocketAddr>() {
+                Ok(mut addr) => {
+                    match addr.port() {
+                        3000 => addr.set_port(main),
+                        9090 => addr.set_port(metrics),
+                        other => panic!("{k}: unexpected port {other} in the image"),
+                    }
+                    addr.to_string()
+                }
+                Err(_) => v.clone(),
+            };
+            (k.clone(), v)
+        });
+        std::process::Command::new(BIN)
+            .args(&self.command[1..])
+            .args(extra)
+            .env_clear()
+            .envs(env)
+            .output()
+            .expect("run the health check")
+    }
+}
+
+#[test]
+fn the_image_health_check_passes_on_a_serving_hub_and_fails_otherwise() {
+    let check = ImageHealthcheck::from_dockerfile();
+    let (main, metrics) = (free_port(), free_port());
+    let refused = check.run(main, metrics, &[]);
+    assert!(!refused.status.success(), "nothing listens yet");
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "1, never Docker's reserved 2"
+    );
+
+    // The image's settings, as flags (HubProcess keeps the test's QUICKSILVER_* out of the child).
+    let (main_addr, metrics_addr) = (format!("127.0.0.1:{main}"), format!("127.0.0.1:{metrics}"));
+    let hub_args = [
+        "--jwt-key",
+        TEST_JWT_KEY,
+        "--listen",
+        main_addr.as_str(),
+        "--metrics-addr",
+        metrics_addr.as_str(),
+    ];
+    let mut hub = HubProcess::spawn(BIN, &hub_args);
+    let healthy = check.run(main, metrics, &[]);
+    let stdout = String::from_utf8_lossy(&healthy.stdout);
+    assert!(
+        healthy.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&healthy.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("127.0.0.1:{metrics}/healthz: HTTP/1.1 200")),
+        "probes the metrics listener: {stdout}"
+    );
+    assert!(check.run(main, metrics, &["--ready"]).status.success());
+    hub.kill();
+    let _ = hub.wait_exit(Duration::from_secs(5));
+
+    // Alive but not ready: the Redis it needs is not there. Liveness passes, readiness fails.
+    let redis_url = format!("redis://127.0.0.1:{}", free_port());
+    let mut args = hub_args.to_vec();
+    args.extend(["--transport", "redis", "--redis-url", redis_url.as_str()]);
+    let _unready = HubProcess::spawn(BIN, &args);
+    assert!(check.run(main, metrics, &[]).status.success());
+    let not_ready = check.run(main, metrics, &["--ready"]);
+    assert_eq!(not_ready.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&not_ready.stderr);
+    assert!(stderr.contains("503"), "{stderr}");
+    drop(_unready);
+
+    // A listener that takes connections and never answers (a hung process): the probe gives up
+    // by itself, well within Docker's own --timeout.
+    let silent = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let started = std::time::Instant::now();
+    let hung = check.run(main, silent_port, &[]);
+    assert_eq!(hung.status.code(), Some(1));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the probe must not hang"
+    );
+    let stderr = String::from_utf8_lossy(&hung.stderr);
+    assert!(stderr.contains("no answer within"), "{stderr}");
 }

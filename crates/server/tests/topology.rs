@@ -128,20 +128,34 @@ async fn cluster_script_runs_three_nodes_behind_nginx() {
 
 #[test]
 fn compose_file_is_valid_and_a_broken_one_is_not() {
-    let check = |file: &std::path::Path| {
-        Command::new("docker-compose")
-            .arg("-f")
+    // The file has no fallback key: compose refuses to start without both.
+    let check = |file: &std::path::Path, keys: bool| {
+        let mut cmd = Command::new("docker-compose");
+        cmd.arg("-f")
             .arg(file)
             .args(["config", "-q"])
-            .output()
+            .env_remove("MERCURE_PUBLISHER_JWT_KEY")
+            .env_remove("MERCURE_SUBSCRIBER_JWT_KEY");
+        if keys {
+            cmd.env("MERCURE_PUBLISHER_JWT_KEY", "publisher-key")
+                .env("MERCURE_SUBSCRIBER_JWT_KEY", "subscriber-key");
+        }
+        cmd.output()
             .expect("docker-compose is installed by scripts/install-test-deps.sh")
     };
     let compose = repo_root().join("docker-compose.cluster.yml");
-    let out = check(&compose);
+    let out = check(&compose, true);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+    let keyless = check(&compose, false);
+    assert!(!keyless.status.success(), "no key, no hub");
+    assert!(
+        String::from_utf8_lossy(&keyless.stderr).contains("MERCURE_PUBLISHER_JWT_KEY"),
+        "{}",
+        String::from_utf8_lossy(&keyless.stderr)
     );
 
     let text = std::fs::read_to_string(&compose).unwrap();
@@ -153,7 +167,7 @@ fn compose_file_is_valid_and_a_broken_one_is_not() {
     )
     .unwrap();
     assert!(
-        !check(&broken).status.success(),
+        !check(&broken, true).status.success(),
         "a misspelt key must be rejected"
     );
 }

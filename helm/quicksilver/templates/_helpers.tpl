@@ -55,6 +55,19 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 app.kubernetes.io/component: hub
 {{- end }}
 
+{{/* Labels of the metrics Service: the hub's, with its own component so a ServiceMonitor finds it alone. */}}
+{{- define "quicksilver.metricsLabels" -}}
+{{ include "quicksilver.commonLabels" . }}
+{{ include "quicksilver.metricsSelectorLabels" . }}
+{{- end }}
+
+{{/* What a ServiceMonitor selects the metrics Service by. */}}
+{{- define "quicksilver.metricsSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "quicksilver.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: metrics
+{{- end }}
+
 {{/* Labels of the bundled Redis' resources. */}}
 {{- define "quicksilver.redis.labels" -}}
 {{ include "quicksilver.commonLabels" . }}
@@ -142,6 +155,43 @@ spread over it), then a margin for the last writes and the process exit.
 {{- end }}
 
 {{/*
+Seconds a new pod must stay ready before the Deployment counts it available and may stop the next
+old pod: by default the time an old pod takes to leave (preStop sleep, then the drain window). With
+maxSurge 1, Kubernetes does not count terminating pods, so without this the next old pod would
+start draining while the previous one still does, and their clients would pile onto each other.
+*/}}
+{{- define "quicksilver.minReadySeconds" -}}
+{{- if kindIs "invalid" .Values.minReadySeconds }}
+{{- add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.hub.drainWindowSeconds) }}
+{{- else }}
+{{- int .Values.minReadySeconds }}
+{{- end }}
+{{- end }}
+
+{{/*
+The bundled Redis' maxmemory: redis.maxmemory, or 70% of its container's memory limit in bytes
+(the rest covers the append-only file rewrite's copy-on-write pages and client buffers), or
+nothing when neither is set. Redis then refuses writes (noeviction) before the kernel OOM-kills it.
+*/}}
+{{- define "quicksilver.redis.maxmemory" -}}
+{{- $r := .Values.redis }}
+{{- if $r.maxmemory }}
+{{- $r.maxmemory }}
+{{- else }}
+{{- $limit := toString (dig "limits" "memory" "" ($r.resources | default dict)) }}
+{{- if $limit }}
+{{- if not (regexMatch "^[0-9]+(k|Ki|M|Mi|G|Gi|T|Ti)?$" $limit) }}
+{{- fail (printf "redis.resources.limits.memory %q: cannot derive maxmemory from it; set redis.maxmemory (e.g. \"256mb\")." $limit) }}
+{{- end }}
+{{- $units := dict "" 1 "k" 1000 "Ki" 1024 "M" 1000000 "Mi" 1048576 "G" 1000000000 "Gi" 1073741824 "T" 1000000000000 "Ti" 1099511627776 }}
+{{- $number := regexReplaceAll "[A-Za-z]+$" $limit "" }}
+{{- $unit := regexReplaceAll "^[0-9]+" $limit "" }}
+{{- div (mul (int64 $number) (int64 (get $units $unit)) 70) 100 }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Checks the schema cannot express (or cannot explain well); a failed check stops the render with a
 message saying what to change. Included by the Deployment, so every render runs it.
 */}}
@@ -176,5 +226,17 @@ message saying what to change. Included by the Deployment, so every render runs 
 {{- end }}
 {{- if and .Values.ingress.enabled (not .Values.ingress.hosts) }}
 {{- fail "ingress.enabled needs at least one entry in ingress.hosts." }}
+{{- end }}
+{{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
+{{- fail "httpRoute.enabled needs httpRoute.parentRefs: the Gateway(s) the route attaches to." }}
+{{- end }}
+{{- if le (int .Values.lifecycle.terminationMarginSeconds) 10 }}
+{{- fail (printf "lifecycle.terminationMarginSeconds is %d: after its drain window the hub waits up to 10 s for the last connections and then publishes the end of its subscriptions; a margin of 10 s or less lets SIGKILL cut that short. Use more than 10." (int .Values.lifecycle.terminationMarginSeconds)) }}
+{{- end }}
+{{- if .Values.autoscaling.enabled }}
+{{- $a := .Values.autoscaling }}
+{{- if and (kindIs "invalid" $a.targetCPUUtilizationPercentage) (kindIs "invalid" $a.targetMemoryUtilizationPercentage) (kindIs "invalid" $a.targetSubscribersPerPod) (not $a.extraMetrics) }}
+{{- fail "autoscaling.enabled needs at least one metric: targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage, targetSubscribersPerPod or extraMetrics." }}
+{{- end }}
 {{- end }}
 {{- end }}
