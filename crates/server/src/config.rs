@@ -118,6 +118,12 @@ pub struct Config {
     )]
     pub subscription_event_rate: u32,
 
+    /// The most bytes of history a node keeps in memory per Redis stream, and reads for one
+    /// reconnecting subscriber: large updates are kept and replayed in fewer numbers (the
+    /// subscriber is told `earliest` when its resume point is past them).
+    #[arg(long, env = "QUICKSILVER_HISTORY_MAX_BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub history_max_bytes: usize,
+
     /// Updates each node keeps in memory per stream to answer reconnections without asking Redis
     /// (default: the history size, at most 100000).
     #[arg(long, env = "QUICKSILVER_HISTORY_CACHE_SIZE")]

@@ -187,6 +187,7 @@ impl Hub {
                         // encoded body bounds the decoded one.
                         max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
                         read_budget: config.redis_read_budget,
+                        history_max_bytes: config.history_max_bytes,
                         tls_ca_file: config.redis_tls_ca.clone(),
                         ..RedisConfig::default()
                     })

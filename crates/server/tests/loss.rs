@@ -449,3 +449,205 @@ async fn subscription_events_are_paced_and_a_subscription_past_the_patience_is_r
     assert_eq!(big.status(), 503);
     assert!(big.headers().contains_key("retry-after"));
 }
+
+/// A subscriber that behaves like a browser's EventSource: it reads its stream and, when the
+/// stream ends or breaks, reconnects with `Last-Event-ID` to the next node that answers; it notes
+/// every time a resume was answered with `earliest` (it was told it may have missed updates).
+struct Follower {
+    received: std::sync::Arc<parking_lot::Mutex<Vec<u64>>>,
+    told: std::sync::Arc<std::sync::atomic::AtomicU32>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Follower {
+    async fn start(nodes: Vec<String>, first: usize, query: &'static str) -> Follower {
+        use std::sync::atomic::Ordering;
+        let received = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let told = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
+        let task = {
+            let (received, told, stop) = (received.clone(), told.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut opened = Some(opened_tx);
+                let mut last: Option<String> = None;
+                let mut i = first;
+                while !stop.load(Ordering::Relaxed) {
+                    let url = format!("{}?{query}", nodes[i % nodes.len()]);
+                    let headers: Vec<(&str, &str)> = last
+                        .as_deref()
+                        .map(|id| vec![("Last-Event-ID", id)])
+                        .unwrap_or_default();
+                    let mut stream = match SseClient::new().open(&url, &headers).await {
+                        Ok(s) if s.status() == 200 => s,
+                        _ => {
+                            i += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    if last.is_some()
+                        && stream
+                            .headers()
+                            .get("last-event-id")
+                            .is_some_and(|v| v == "earliest")
+                    {
+                        told.fetch_add(1, Ordering::Relaxed);
+                    }
+                    if let Some(tx) = opened.take() {
+                        let _ = tx.send(());
+                    }
+                    while !stop.load(Ordering::Relaxed) {
+                        match stream.next_event(Duration::from_millis(500)).await {
+                            Ok(e) => {
+                                if let Some(seq) = e.id.as_deref().and_then(|s| s.parse().ok()) {
+                                    received.lock().push(seq);
+                                }
+                                last = e.id.or(last);
+                            }
+                            Err(quicksilver_testkit::sse::SseError::Timeout(_)) => {}
+                            Err(_) => break,
+                        }
+                    }
+                    i += 1;
+                }
+            })
+        };
+        let _ = tokio::time::timeout(WAIT, opened_rx).await;
+        Follower {
+            received,
+            told,
+            stop,
+            task,
+        }
+    }
+
+    fn received(&self) -> Vec<u64> {
+        self.received.lock().clone()
+    }
+
+    async fn stop(self) -> (Vec<u64>, u32) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let _ = self.task.await;
+        (
+            self.received.lock().clone(),
+            self.told.load(std::sync::atomic::Ordering::Relaxed),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failing_over_under_load_loses_nothing_silently() {
+    let mut cluster = quicksilver_testkit::RedisCluster::start_with_replicas(3, 1);
+    let seeds = cluster.urls().join(",");
+    let extra = [
+        "--redis-cluster",
+        "--redis-partitions",
+        "3",
+        "--redis-timeout",
+        "2s",
+        "--history-size",
+        "100000",
+    ];
+    let hubs: Vec<HubProcess> = (0..2).map(|_| node(&seeds, &extra)).collect();
+    let c = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap_or_else(|e| panic!("{e}"));
+    for hub in &hubs {
+        wait_ready(&c, hub).await;
+    }
+    let urls: Vec<String> = hubs.iter().map(HubProcess::mercure_url).collect();
+    let mut followers = Vec::new();
+    for i in 0..4 {
+        followers.push(
+            Follower::start(
+                urls.clone(),
+                i % 2,
+                "topic=https%3A%2F%2Fex.com%2Ft%2F%7Bn%7D",
+            )
+            .await,
+        );
+    }
+    let token = mercure_token(KEY, &["*"], &[], None);
+    let acked = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let publishing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let publisher = {
+        let (c, urls, token, acked, publishing) = (
+            c.clone(),
+            urls.clone(),
+            token.clone(),
+            acked.clone(),
+            publishing.clone(),
+        );
+        tokio::spawn(async move {
+            let mut seq = 0u64;
+            while publishing.load(std::sync::atomic::Ordering::Relaxed) {
+                seq += 1;
+                let topic = format!("https://ex.com/t/{}", seq % 6);
+                let status = c
+                    .post(&urls[seq as usize % 2])
+                    .bearer_auth(&token)
+                    .form(&[("topic", topic.as_str()), ("id", &seq.to_string())])
+                    .send()
+                    .await
+                    .map_or(0, |r| r.status().as_u16());
+                if status == 200 {
+                    acked.lock().push(seq);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // A graceful failover: a replica takes over its master's slots.
+    let replica = cluster.replicas()[0];
+    let _: String = cluster.nodes()[replica]
+        .query(&["CLUSTER", "FAILOVER"])
+        .unwrap_or_else(|e| panic!("failover: {e}"));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // A crash: a master dies; its replica is promoted once the cluster sees it gone.
+    let victim = cluster
+        .masters()
+        .into_iter()
+        .find(|&m| m != replica)
+        .unwrap_or_else(|| panic!("no other master"));
+    cluster.nodes_mut()[victim].kill();
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    publishing.store(false, std::sync::atomic::Ordering::Relaxed);
+    publisher.await.unwrap_or_else(|e| panic!("{e}"));
+    let acked = acked.lock().clone();
+    assert!(
+        acked.len() > 500,
+        "only {} publishes acknowledged",
+        acked.len()
+    );
+    // Every follower gets every acknowledged update, or was told it may have missed some.
+    let settle = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < settle
+        && !followers.iter().all(|f| {
+            let got: std::collections::HashSet<u64> = f.received().into_iter().collect();
+            acked.iter().all(|a| got.contains(a))
+        })
+    {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut summary = Vec::new();
+    for f in followers {
+        let (got, told) = f.stop().await;
+        let set: std::collections::HashSet<u64> = got.iter().copied().collect();
+        let missing = acked.iter().filter(|a| !set.contains(a)).count();
+        let duplicates = got.len() - set.len();
+        summary.push(format!(
+            "acknowledged {}, delivered {}, missing {missing}, duplicates {duplicates}, told {told}",
+            acked.len(),
+            set.len()
+        ));
+        assert!(
+            missing == 0 || told > 0,
+            "{missing} acknowledged updates missing and the subscriber was never told"
+        );
+    }
+    eprintln!("failover under load:\n{}", summary.join("\n"));
+}

@@ -496,11 +496,12 @@ fn generate_tls_files(dir: &Path) -> Result<(), RedisError> {
     Ok(())
 }
 
-/// A Redis Cluster of cluster-enabled [`RedisServer`]s, all masters, slots split evenly by
-/// `redis-cli --cluster create`. Dropping it kills every node.
+/// A Redis Cluster of cluster-enabled [`RedisServer`]s, slots split evenly over the masters by
+/// `redis-cli --cluster create`, with replicas when asked. Dropping it kills every node.
 #[derive(Debug)]
 pub struct RedisCluster {
     nodes: Vec<RedisServer>,
+    replicas: usize,
 }
 
 impl RedisCluster {
@@ -512,11 +513,26 @@ impl RedisCluster {
 
     /// [`RedisCluster::start`], returning why it failed.
     pub fn try_start(masters: usize) -> Result<RedisCluster, RedisError> {
+        Self::try_start_with_replicas(masters, 0)
+    }
+
+    /// A cluster of `masters` masters with `replicas` replicas each (so a master can fail over),
+    /// once every node reports `cluster_state:ok`. Panics with the reason if it cannot.
+    pub fn start_with_replicas(masters: usize, replicas: usize) -> RedisCluster {
+        Self::try_start_with_replicas(masters, replicas)
+            .unwrap_or_else(|e| panic!("starting a Redis Cluster failed: {e}"))
+    }
+
+    /// [`RedisCluster::start_with_replicas`], returning why it failed.
+    pub fn try_start_with_replicas(
+        masters: usize,
+        replicas: usize,
+    ) -> Result<RedisCluster, RedisError> {
         assert!(
             masters >= 3,
             "redis-cli --cluster create needs at least 3 masters"
         );
-        let nodes = (0..masters)
+        let nodes = (0..masters * (1 + replicas))
             .map(|_| {
                 RedisServer::try_start_with(RedisOptions {
                     cluster: true,
@@ -524,7 +540,7 @@ impl RedisCluster {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let cluster = RedisCluster { nodes };
+        let cluster = RedisCluster { nodes, replicas };
         cluster.create()?;
         cluster.wait_ok(CLUSTER_TIMEOUT)?;
         Ok(cluster)
@@ -581,7 +597,30 @@ impl RedisCluster {
         }
     }
 
-    /// Runs `redis-cli --cluster create … --cluster-replicas 0 --cluster-yes`, bounded by
+    /// The indexes of the nodes that are masters now (a failover changes them).
+    pub fn masters(&self) -> Vec<usize> {
+        self.roles("master")
+    }
+
+    /// The indexes of the nodes that are replicas now.
+    pub fn replicas(&self) -> Vec<usize> {
+        self.roles("slave")
+    }
+
+    fn roles(&self, role: &str) -> Vec<usize> {
+        let wanted = format!("role:{role}");
+        self.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, node)| {
+                node.query::<String>(&["INFO", "replication"])
+                    .is_ok_and(|info| info.lines().any(|l| l.trim() == wanted))
+            })
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// Runs `redis-cli --cluster create … --cluster-replicas N --cluster-yes`, bounded by
     /// [`CLUSTER_TIMEOUT`]; its output goes to a file in the first node's directory, so no pipe can fill.
     fn create(&self) -> Result<(), RedisError> {
         let output_path = self.nodes[0].dir().join("cluster-create.out");
@@ -591,7 +630,11 @@ impl RedisCluster {
             .arg("--cluster")
             .arg("create")
             .args(self.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .args([
+                "--cluster-replicas",
+                &self.replicas.to_string(),
+                "--cluster-yes",
+            ])
             .stdin(Stdio::null())
             .stdout(output.try_clone()?)
             .stderr(output);

@@ -91,8 +91,8 @@ use quicksilver_protocol::{Position, Update};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{
-    RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_READ_BUDGET,
-    DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
+    RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_HISTORY_MAX_BYTES,
+    DEFAULT_READ_BUDGET, DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
 };
 /// The stream entry codec, public for the codec benchmark.
 pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryError};
@@ -180,9 +180,15 @@ impl RedisTransport {
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
             caches: (0..settings.partitions)
-                .map(|_| RwLock::new(TailCache::new(settings.cache_capacity)))
+                .map(|_| {
+                    RwLock::new(TailCache::new(
+                        settings.cache_capacity,
+                        settings.history_max_bytes,
+                    ))
+                })
                 .chain(std::iter::once(RwLock::new(TailCache::new(
                     settings.event_cache_capacity,
+                    settings.history_max_bytes,
                 ))))
                 .collect(),
             health: Health::new(settings.partitions),

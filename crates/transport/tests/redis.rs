@@ -952,3 +952,103 @@ async fn events_are_handed_over_after_the_update_they_follow_on_every_node_and_i
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn megabyte_updates_are_read_and_replayed_within_byte_bounds() {
+    let redis = RedisServer::start();
+    bounded(async {
+        // A node that can store 1 MiB updates: its reads ask for 16 MiB at most, and it keeps and
+        // replays 8 MiB of history.
+        let sized = |url: String| RedisConfig {
+            max_entry_bytes: (1 << 20) + 4096,
+            read_budget: 16 << 20,
+            history_max_bytes: 8 << 20,
+            history_size: 1_000,
+            command_timeout: Duration::from_secs(5),
+            ..config(url)
+        };
+        let (a, mut rx_a) = node(sized(redis.url())).await;
+        let data = "x".repeat(1 << 20);
+        for i in 0..40 {
+            a.publish(update(&format!("m{i}"), &["/big"], &data))
+                .await
+                .unwrap();
+        }
+        assert_eq!(receive(&mut rx_a, 40).await.len(), 40);
+        // A node starting now warms from 40 MiB of stream within its bounds and becomes ready.
+        let (b, mut rx_b) = node(sized(redis.url())).await;
+        a.publish(update("after", &["/big"], "small"))
+            .await
+            .unwrap();
+        assert_eq!(ids(&receive(&mut rx_b, 1).await), ["after"]);
+        // History holds about 8 MiB of memory (an update holds its data and its frame): the newest
+        // few. A resume from the start is past it, as if
+        // trimmed (`earliest`, nothing replayed); `earliest` replays what it holds.
+        let gone = b.history("m0").await.unwrap();
+        assert!(gone.anchor.is_none() && gone.entries.is_empty());
+        let all = b.history("earliest").await.unwrap();
+        let replayed = reply_ids(&all);
+        assert!(
+            (3..=9).contains(&replayed.len()),
+            "{} replayed",
+            replayed.len()
+        );
+        assert_eq!(replayed.last(), Some(&"after"));
+        // A resume close to the end is whole.
+        let recent = b.history("m38").await.unwrap();
+        assert_eq!(recent.anchor.as_deref(), Some("m38"));
+        assert_eq!(reply_ids(&recent), ["m39", "after"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_stored_twice_by_a_retry_is_delivered_and_replayed_once() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        t.publish(update("before", &["/t"], "data")).await.unwrap();
+        assert_eq!(ids(&receive(&mut rx, 1).await), ["before"]);
+        // What a client library's retry after a failover leaves behind: the same entry (same
+        // publish, same nonce) appended twice.
+        let payload = quicksilver_transport::redis::encode_entry(
+            &update("once", &["/t"], "data"),
+            1,
+            None,
+            0x5eed,
+        )
+        .unwrap();
+        let key = t.stream_keys()[0].clone();
+        let client = redis::Client::open(redis.url()).unwrap();
+        let mut conn = client.get_connection().unwrap();
+        for _ in 0..2 {
+            let _: String = redis::cmd("XADD")
+                .arg(&key)
+                .arg("*")
+                .arg("v")
+                .arg("1")
+                .arg("u")
+                .arg(&payload)
+                .query(&mut conn)
+                .unwrap();
+        }
+        t.publish(update("after", &["/t"], "data")).await.unwrap();
+        assert_eq!(ids(&receive(&mut rx, 2).await), ["once", "after"]);
+        assert_eq!(t.stats().duplicates_suppressed, 1);
+        assert_eq!(
+            reply_ids(&t.history("before").await.unwrap()),
+            ["once", "after"]
+        );
+        // Another node, reading the stream from Redis, skips it too.
+        let (other, _rx) = node(RedisConfig {
+            tail_cache_size: Some(1),
+            ..config(redis.url())
+        })
+        .await;
+        assert_eq!(
+            reply_ids(&other.history("before").await.unwrap()),
+            ["once", "after"]
+        );
+    })
+    .await;
+}

@@ -28,6 +28,14 @@ pub(crate) struct TailCache {
     /// Whether the cache holds every entry the stream retained when it was last filled, and has
     /// evicted nothing since: then nothing older exists in Redis either.
     complete: bool,
+    /// The most bytes it holds (see [`approx_bytes`]): large updates evict sooner.
+    max_bytes: usize,
+    bytes: usize,
+}
+
+/// What an entry costs in memory, about: its SSE frame, its data and a little bookkeeping.
+pub(crate) fn approx_bytes(entry: &Envelope) -> usize {
+    entry.frame.len() + entry.update.data.len() + 256
 }
 
 /// A copy of part of the cache, taken under the lock.
@@ -39,18 +47,23 @@ pub(crate) struct CacheSlice {
     /// Entries that belong after the start may be gone (evicted past the stream's retention):
     /// the reply must then say so (see `history`).
     pub(crate) incomplete: bool,
+    /// The run reached the byte budget: what precedes it counts as gone.
+    pub(crate) full: bool,
 }
 
 impl TailCache {
-    /// An empty cache of `capacity` entries. It is complete until the reader says otherwise: an
-    /// empty cache before the first warm-up only answers once the reader has filled it.
-    pub(crate) fn new(capacity: usize) -> Self {
+    /// An empty cache of at most `capacity` entries and `max_bytes` bytes. It is incomplete
+    /// until the reader says otherwise: an empty cache before the first warm-up only answers once
+    /// the reader has filled it.
+    pub(crate) fn new(capacity: usize, max_bytes: usize) -> Self {
         Self {
             capacity,
             entries: VecDeque::new(),
             first_ordinal: 0,
             ids: HashMap::new(),
             complete: false,
+            max_bytes,
+            bytes: 0,
         }
     }
 
@@ -65,6 +78,7 @@ impl TailCache {
         self.entries.clear();
         self.ids.clear();
         self.first_ordinal = 0;
+        self.bytes = 0;
         self.complete = complete;
         for entry in entries {
             self.push(entry);
@@ -83,8 +97,11 @@ impl TailCache {
             .entry(id)
             .and_modify(|(_, count)| *count += 1)
             .or_insert((ordinal, 1));
+        self.bytes += approx_bytes(&entry);
         self.entries.push_back(entry);
-        while self.entries.len() > self.capacity {
+        while self.entries.len() > self.capacity
+            || (self.bytes > self.max_bytes && self.entries.len() > 1)
+        {
             self.evict_oldest();
             self.complete = false;
         }
@@ -102,6 +119,7 @@ impl TailCache {
         let Some(old) = self.entries.pop_front() else {
             return;
         };
+        self.bytes = self.bytes.saturating_sub(approx_bytes(&old));
         let evicted = self.first_ordinal;
         self.first_ordinal += 1;
         let id = old.update.id.as_str();
@@ -188,6 +206,7 @@ impl TailCache {
             entries: self.entries.range(start..).cloned().collect(),
             last: self.last(),
             incomplete: false,
+            full: false,
         }
     }
 
@@ -225,7 +244,7 @@ mod tests {
 
     #[test]
     fn finds_and_slices_after_an_id() {
-        let mut c = TailCache::new(3);
+        let mut c = TailCache::new(3, usize::MAX);
         for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
             c.push(env(id, i as u64 + 1));
         }
@@ -247,7 +266,7 @@ mod tests {
 
     #[test]
     fn reused_ids_resolve_to_the_earliest_retained() {
-        let mut c = TailCache::new(4);
+        let mut c = TailCache::new(4, usize::MAX);
         for (i, id) in ["x", "a", "x", "b"].iter().enumerate() {
             c.push(env(id, i as u64 + 1));
         }
@@ -260,8 +279,38 @@ mod tests {
     }
 
     #[test]
+    fn large_entries_evict_by_bytes() {
+        let big = |id: &str, ms: u64| {
+            let update = Update {
+                id: id.into(),
+                topics: vec!["t".into()],
+                data: "x".repeat(1000),
+                private: false,
+                event_type: None,
+                retry: None,
+            };
+            Arc::new(Envelope::new(Position::new(0, ms, 0), update, 0))
+        };
+        let one = approx_bytes(&big("a", 1));
+        let mut c = TailCache::new(100, one * 3);
+        c.reset(Vec::new(), true);
+        for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
+            c.push(big(id, i as u64 + 1));
+        }
+        assert_eq!(ids(&c.all()), vec!["b", "c", "d"]);
+        assert!(
+            !c.covers_history(100),
+            "evicted: older entries are in Redis"
+        );
+        // One entry larger than the whole budget is still kept, alone.
+        let mut tiny = TailCache::new(100, 10);
+        tiny.push(big("huge", 1));
+        assert_eq!(ids(&tiny.all()), vec!["huge"]);
+    }
+
+    #[test]
     fn reset_and_age_pruning() {
-        let mut c = TailCache::new(10);
+        let mut c = TailCache::new(10, usize::MAX);
         c.reset(vec![env("a", 1), env("b", 2), env("c", 3)], true);
         assert!(c.covers_history(100));
         c.prune_older_than(3);

@@ -113,6 +113,21 @@ pub(crate) struct Tail {
     pub(crate) entries: Vec<StreamId>,
     /// The stream holds nothing older than `entries[0]` (it ran out before the limit).
     pub(crate) exhausted: bool,
+    /// The read stopped at its byte budget: older entries exist that were not read.
+    pub(crate) over_budget: bool,
+}
+
+/// The bytes of a raw entry's field values, about what it takes once read.
+fn raw_bytes(entry: &StreamId) -> usize {
+    entry
+        .map
+        .values()
+        .map(|v| match v {
+            Value::BulkString(b) => b.len(),
+            _ => 16,
+        })
+        .sum::<usize>()
+        + entry.id.len()
 }
 
 /// Where reading a stream's tail backwards starts.
@@ -135,6 +150,19 @@ pub(crate) async fn read_tail(
     limit: usize,
     batch: usize,
 ) -> Result<Tail, CallError> {
+    read_tail_within(via, key, end, limit, batch, usize::MAX).await
+}
+
+/// [`read_tail`], stopping once the entries read take `budget` bytes (the newest entries within
+/// it are kept; at least one).
+pub(crate) async fn read_tail_within(
+    via: &mut Via<'_>,
+    key: &str,
+    end: TailEnd,
+    limit: usize,
+    batch: usize,
+    budget: usize,
+) -> Result<Tail, CallError> {
     let mut newest_first: Vec<StreamId> = Vec::new();
     let mut end = match end {
         TailEnd::Newest => "+".to_string(),
@@ -142,7 +170,9 @@ pub(crate) async fn read_tail(
         TailEnd::Before(p) => format!("({}", p.stream_id()),
     };
     let mut exhausted = false;
-    while newest_first.len() < limit {
+    let mut over_budget = false;
+    let mut bytes = 0usize;
+    'read: while newest_first.len() < limit {
         let count = batch.max(1).min(limit - newest_first.len());
         let mut cmd = redis::cmd("XREVRANGE");
         cmd.arg(key).arg(&end).arg("-").arg("COUNT").arg(count);
@@ -151,7 +181,14 @@ pub(crate) async fn read_tail(
         if let Some(oldest) = reply.ids.last() {
             end = format!("({}", oldest.id);
         }
-        newest_first.extend(reply.ids);
+        for entry in reply.ids {
+            bytes += raw_bytes(&entry);
+            if bytes > budget && !newest_first.is_empty() {
+                over_budget = true;
+                break 'read;
+            }
+            newest_first.push(entry);
+        }
         if got < count {
             exhausted = true;
             break;
@@ -161,6 +198,7 @@ pub(crate) async fn read_tail(
     Ok(Tail {
         entries: newest_first,
         exhausted,
+        over_budget,
     })
 }
 

@@ -21,6 +21,9 @@ pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(1);
 /// Longest accepted [`RedisConfig::batch_window`].
 pub const MAX_BATCH_WINDOW: Duration = Duration::from_secs(1);
 
+/// Default [`RedisConfig::history_max_bytes`].
+pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
+
 /// Default [`RedisConfig::read_budget`].
 pub const DEFAULT_READ_BUDGET: usize = 16 * 1024 * 1024;
 
@@ -79,6 +82,9 @@ pub struct RedisConfig {
     /// PEM file of the certificate authorities trusted for `rediss://` servers, instead of the
     /// system's roots (a private CA is the usual case for Redis). Read once, at start.
     pub tls_ca_file: Option<std::path::PathBuf>,
+    /// The most bytes of history a node holds per stream in its tail cache, and reads for one
+    /// history reply: large updates are kept (and replayed) in fewer numbers.
+    pub history_max_bytes: usize,
     /// The largest stream entry publishes can create, in bytes (the server's maximum body size
     /// plus the entry's framing). Reads are sized from it.
     pub max_entry_bytes: usize,
@@ -120,6 +126,7 @@ impl Default for RedisConfig {
             command_timeout: Duration::from_secs(2),
             resume_margin: Duration::from_secs(5),
             tls_ca_file: None,
+            history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             max_entry_bytes: 1024 * 1024 + 64 * 1024,
             read_budget: DEFAULT_READ_BUDGET,
         }
@@ -173,6 +180,8 @@ pub(crate) struct Settings {
     pub(crate) tls_ca: Option<Vec<u8>>,
     /// Entries one read or scan command asks for (see [`RedisConfig::read_budget`]).
     pub(crate) read_count: usize,
+    /// See [`RedisConfig::history_max_bytes`].
+    pub(crate) history_max_bytes: usize,
 }
 
 impl Settings {
@@ -238,6 +247,7 @@ impl Settings {
             resume_margin: config.resume_margin,
             tls_ca,
             read_count: (config.read_budget / config.max_entry_bytes).clamp(1, MAX_READ_COUNT),
+            history_max_bytes: config.history_max_bytes.max(1),
         })
     }
 

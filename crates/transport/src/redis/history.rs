@@ -39,7 +39,7 @@ use std::sync::Arc;
 
 use quicksilver_protocol::{Envelope, Position, EARLIEST};
 
-use super::cache::CacheSlice;
+use super::cache::{approx_bytes, CacheSlice};
 use super::commands::{self, TailEnd, Via};
 use super::connection::CallError;
 use super::singleflight::Joined;
@@ -157,6 +157,7 @@ fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
                 entries: Vec::new(),
                 last: Some(mark),
                 incomplete: false,
+                full: false,
             },
             Some(_) => return None,
             // The snapshot saw nothing of this partition: all it holds now is newer, if it holds
@@ -343,12 +344,13 @@ async fn from_redis(shared: &Shared, last_event_id: &str) -> Result<Resolution, 
         .enumerate()
         .map(|(index, mut window)| {
             let start = start_for(shared, index, anchor);
-            window.incomplete = !holds_all_after(
-                window.entries.first(),
-                window.entries.len(),
-                retained(shared, index),
-                start,
-            );
+            let len = if window.full {
+                usize::MAX
+            } else {
+                window.entries.len()
+            };
+            window.incomplete =
+                !holds_all_after(window.entries.first(), len, retained(shared, index), start);
             let begin = window.entries.partition_point(before(start));
             window.entries.drain(..begin);
             window
@@ -416,7 +418,13 @@ async fn load_window(shared: &Shared, index: usize) -> Result<CacheSlice, CallEr
     };
     let need = history_size.saturating_sub(cached.entries.len());
     let end = first.map_or(TailEnd::Newest, TailEnd::Before);
-    let older = commands::read_tail(&mut via, key, end, need, shared.settings.read_count).await?;
+    let budget = shared
+        .settings
+        .history_max_bytes
+        .saturating_sub(cached.entries.iter().map(|e| approx_bytes(e)).sum());
+    let older =
+        commands::read_tail_within(&mut via, key, end, need, shared.settings.read_count, budget)
+            .await?;
     // A publish retried after it had been stored left a second entry with the same nonce: readers
     // skip it (so the cache never holds it), and so does history, keeping the first.
     let mut seen = std::collections::HashSet::new();
@@ -435,6 +443,8 @@ async fn load_window(shared: &Shared, index: usize) -> Result<CacheSlice, CallEr
         entries,
         last,
         incomplete: false,
+        // Stopped by the byte budget: the window counts as full (what precedes it as gone).
+        full: older.over_budget,
     })
 }
 
@@ -515,12 +525,12 @@ mod tests {
         let p0 = CacheSlice {
             entries: vec![env("a", 0, 10), env("c", 0, 30)],
             last: Some(Position::new(0, 30, 0)),
-            incomplete: false,
+            ..CacheSlice::default()
         };
         let p1 = CacheSlice {
             entries: vec![env("b", 1, 20), env("d", 1, 30)],
             last: Some(Position::new(1, 40, 0)),
-            incomplete: false,
+            ..CacheSlice::default()
         };
         let empty = CacheSlice::default();
         let r = assemble(3, Some("x".into()), vec![p0, p1, empty], Some(15));
