@@ -25,15 +25,28 @@ use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::hub::Hub;
 
-/// Labels of the HTTP responses counter.
+/// Labels of the HTTP responses counter. Every value comes from a closed set, so nothing a client
+/// sends becomes a new time series: the route is one of the router's templates or `other`, the
+/// method one the hub serves or `other`, the status one the hub chose.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
-    /// The matched route (`/.well-known/mercure`, `/healthz`, …; `unmatched` otherwise).
+    /// The matched route template (`/.well-known/mercure`, `/healthz`, …; `other` otherwise).
     pub route: String,
-    /// The request method.
-    pub method: String,
+    /// The request method: one of [`METHODS`], else `other`.
+    pub method: &'static str,
     /// The response status code.
     pub status: u16,
+}
+
+/// The methods counted under their own name; any other is counted as `other`.
+pub const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "OPTIONS"];
+
+/// The label of `method`: its name if the hub serves it, else `other`.
+fn method_label(method: &http::Method) -> &'static str {
+    METHODS
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
 }
 
 /// The metrics recorded on request paths.
@@ -319,8 +332,8 @@ pub async fn count_responses(State(hub): State<Hub>, request: Request, next: Nex
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let method = method_label(request.method());
     let response = next.run(request).await;
     hub.metrics()
         .responses
