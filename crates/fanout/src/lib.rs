@@ -48,7 +48,7 @@ pub use clock::now_ms;
 pub use index::ShardIndex;
 pub use resume::Resume;
 pub use stats::FanoutStats;
-pub use subscriber::{Access, CutOff, Subscriber, SubscriberSpec};
+pub use subscriber::{Access, CutOff, CutOffReason, Subscriber, SubscriberSpec};
 
 /// Fan-out settings.
 #[derive(Clone, Debug)]
@@ -149,7 +149,7 @@ impl Fanout {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let shard = &self.inner.shards[i];
         let key = shard.index.lock().insert(spec, self.inner.queue_capacity);
-        Subscriber::new(key, shard.index.clone())
+        Subscriber::new(key, shard.index.clone(), self.inner.stats.clone())
     }
 
     /// Hands one stored update to every shard, in order. Waits when a shard is backed up, which

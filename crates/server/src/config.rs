@@ -256,10 +256,44 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_SHARDS")]
     pub shards: Option<usize>,
 
-    /// Maximum number of subscribers on this node; more are refused with 503 so the load balancer
-    /// sends them elsewhere (`0`: 95% of the process's open-file limit).
+    /// Maximum number of TCP connections on this node's listener; more are answered at once with
+    /// 503 and `Retry-After` so the load balancer sends them elsewhere (`0`: 95% of the process's
+    /// open-file limit).
     #[arg(long, env = "QUICKSILVER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Maximum number of subscribers on this node, a subset of the connections; more are refused
+    /// with 503 (`0`: as many as `--max-connections`).
+    #[arg(long, env = "QUICKSILVER_MAX_SUBSCRIBERS", default_value_t = 0)]
+    pub max_subscribers: usize,
+
+    /// Maximum number of connections one client address may hold (through `--trusted-proxies`:
+    /// subscriber streams of the address they forward); more are answered 429 (`0`: no limit).
+    #[arg(
+        long,
+        env = "QUICKSILVER_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_client: usize,
+
+    /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For`, `-Host` and
+    /// `-Proto` headers are believed; from any other peer they are ignored.
+    #[arg(long, env = "QUICKSILVER_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0.., value_parser = crate::client::parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// A connection without a request in progress (an HTTP/2 connection without open streams, an
+    /// idle kept-alive HTTP/1.1 one) is closed after this (`0`: never).
+    #[arg(long, env = "QUICKSILVER_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Streams one HTTP/2 connection may have open at once.
+    #[arg(long, env = "QUICKSILVER_HTTP2_MAX_STREAMS", default_value_t = 100)]
+    pub http2_max_streams: u32,
+
+    /// Interval of HTTP/2 keep-alive pings; a connection that leaves one unanswered this long is
+    /// closed (`0`: no pings).
+    #[arg(long, env = "QUICKSILVER_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keep_alive: Duration,
 
     /// Time a client has to send a complete request head after connecting (or, on a kept-alive
     /// connection, after the previous response); slower connections are closed, so clients

@@ -21,6 +21,7 @@ use quicksilver_transport::{
     SubscriptionRegistry, Transport, UpdateSink,
 };
 
+use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
@@ -44,6 +45,8 @@ pub struct HubSettings {
     pub subscribe_limits: SubscribeLimits,
     /// Maximum publish body size in bytes.
     pub max_body_size: usize,
+    /// Maximum number of TCP connections on this node.
+    pub max_connections: usize,
     /// Maximum number of subscribers on this node.
     pub max_subscribers: usize,
     /// Time over which streams are closed when draining.
@@ -54,6 +57,16 @@ pub struct HubSettings {
     pub subscriptions: bool,
     /// Time a connection has to send a complete request head (`None`: unlimited).
     pub header_read_timeout: Option<Duration>,
+    /// Time a connection without a request in progress is kept (`None`: forever).
+    pub idle_timeout: Option<Duration>,
+    /// How long a connection's writes may stay blocked (the dispatch timeout; `None`: forever).
+    pub write_stall_timeout: Option<Duration>,
+    /// Proxies whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Streams one HTTP/2 connection may carry at once.
+    pub http2_max_streams: u32,
+    /// HTTP/2 ping interval and timeout (`None`: no pings).
+    pub http2_keep_alive: Option<Duration>,
 }
 
 /// Handle to the hub's shared state.
@@ -74,6 +87,8 @@ struct HubInner {
     started: AtomicBool,
     subscriptions: Option<Arc<Subscriptions>>,
     last_event: Arc<LastEvent>,
+    /// Connections and streams held per client address (`--max-connections-per-client`).
+    clients: Arc<ClientCounts>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -196,6 +211,10 @@ impl Hub {
             .subscriptions
             .then(|| Arc::new(Subscriptions::start(registry, transport.clone())));
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
+        let max_connections = match config.max_connections {
+            0 => default_max_connections(),
+            n => n,
+        };
         let settings = HubSettings {
             anonymous: config.anonymous,
             heartbeat: non_zero(config.heartbeat),
@@ -209,14 +228,20 @@ impl Hub {
                 max_pattern_len: config.max_selector_length,
             },
             max_body_size: config.max_body_size,
-            max_subscribers: match config.max_connections {
-                0 => default_max_subscribers(),
-                n => n,
+            max_connections,
+            max_subscribers: match config.max_subscribers {
+                0 => max_connections,
+                n => n.min(max_connections),
             },
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
             subscriptions: config.subscriptions,
             header_read_timeout: non_zero(config.header_read_timeout),
+            idle_timeout: non_zero(config.idle_timeout),
+            write_stall_timeout: non_zero(config.dispatch_timeout),
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+            http2_max_streams: config.http2_max_streams.max(1),
+            http2_keep_alive: non_zero(config.http2_keep_alive),
         };
         let metrics = Metrics::new(
             fanout.clone(),
@@ -235,6 +260,7 @@ impl Hub {
                 started: AtomicBool::new(false),
                 subscriptions,
                 last_event,
+                clients: ClientCounts::new(config.max_connections_per_client),
             }),
         })
     }
@@ -257,6 +283,11 @@ impl Hub {
     /// The token verifiers.
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    /// Connections and streams held per client address.
+    pub fn clients(&self) -> &Arc<ClientCounts> {
+        &self.inner.clients
     }
 
     /// The node's metrics.
@@ -346,9 +377,9 @@ impl Hub {
     }
 }
 
-/// 95% of the open-file limit (`Max open files` in `/proc/self/limits`): each subscriber holds one
-/// socket, and the rest is kept for publishers, Redis connections and the listener.
-fn default_max_subscribers() -> usize {
+/// 95% of the open-file limit (`Max open files` in `/proc/self/limits`): each connection holds one
+/// socket, and the rest is kept for Redis connections, the listeners, refusals and files.
+fn default_max_connections() -> usize {
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|text| {

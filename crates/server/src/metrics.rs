@@ -17,13 +17,14 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quicksilver_fanout::Fanout;
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::hub::Hub;
+use crate::sse::accept::ConnectionMetrics;
 
 /// Labels of the HTTP responses counter. Every value comes from a closed set, so nothing a client
 /// sends becomes a new time series: the route is one of the router's templates or `other`, the
@@ -62,10 +63,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// HTTP responses by route, method and status.
     pub responses: Family<ResponseLabels, Counter>,
-    /// Open client connections on the main listener.
-    pub connections: Gauge,
-    /// Requests answered on the lean HTTP/1.1 path (every other request is served by hyper).
-    pub lean_requests: Counter,
+    /// The accept loop's connection metrics (open connections, lean requests, refusals, closes).
+    pub connection: ConnectionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -92,17 +91,36 @@ impl Metrics {
         let publish_duration = Histogram::new(latency_buckets());
         let delivery_latency = Histogram::new(latency_buckets());
         let responses = Family::<ResponseLabels, Counter>::default();
-        let connections = Gauge::default();
-        let lean_requests = Counter::default();
+        let connection = ConnectionMetrics::default();
         registry.register(
             "connections",
             "Open client connections on the main listener",
-            connections.clone(),
+            connection.open.clone(),
         );
         registry.register(
             "lean_requests",
             "Requests answered on the lean HTTP/1.1 path, without hyper's per-connection buffers",
-            lean_requests.clone(),
+            connection.lean_requests.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 because the node held --max-connections",
+            connection.refused.clone(),
+        );
+        registry.register(
+            "connections_refused_per_client",
+            "Connections answered 429 because their client address held --max-connections-per-client",
+            connection.refused_per_client.clone(),
+        );
+        registry.register(
+            "connections_write_stalled",
+            "Connections closed because their writes stayed blocked longer than the dispatch timeout",
+            connection.write_stalls.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed after --idle-timeout without a request in progress",
+            connection.idle_closed.clone(),
         );
         registry.register(
             "updates_published",
@@ -141,8 +159,7 @@ impl Metrics {
             publish_duration,
             delivery_latency,
             responses,
-            connections,
-            lean_requests,
+            connection,
         }
     }
 
@@ -223,6 +240,12 @@ impl Collector for HubCollector {
             "slow_subscriber_disconnections",
             "Subscribers cut off because their queue was full",
             s.lagged_disconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "stalled_writer_disconnections",
+            "Subscribers cut off because their writes stayed blocked longer than the dispatch timeout (also counted as slow)",
+            s.stalled_disconnects.load(Ordering::Relaxed),
         )?;
         counter(
             &mut encoder,

@@ -11,10 +11,12 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{HeaderMap, HeaderValue, Method};
 use quicksilver_fanout::{Access, Resume, SubscriberSpec};
 use quicksilver_protocol::{parse_subscribe_query, EARLIEST};
 
+use crate::client::{client_ip, Peer};
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::sse::{EndReason, SubscriberStream};
@@ -26,6 +28,7 @@ const STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// Handles a subscription request.
 pub async fn subscribe(
     State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
@@ -51,6 +54,17 @@ pub async fn subscribe(
             "this node holds its maximum number of subscribers, retry on another".into(),
         ));
     }
+    // Connections through a trusted proxy are shared by many clients: each client's streams are
+    // counted under its forwarded address instead (direct connections are counted on accept).
+    let peer = peer.map(|Extension(peer)| peer);
+    let client_slot = match client_ip(peer, &headers, &settings.trusted_proxies) {
+        Some(ip) if hub.clients().is_limited() && settings.trusted_proxies.trusts(peer) => {
+            Some(hub.clients().acquire(ip).ok_or_else(|| {
+                HubError::TooManyRequests("too many connections from this client address".into())
+            })?)
+        }
+        _ => None,
+    };
     let query = parse_subscribe_query(
         raw_query.as_deref().unwrap_or(""),
         &settings.subscribe_limits,
@@ -155,8 +169,9 @@ pub async fn subscribe(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
-            // Ends the subscriptions (events, registry).
+            // Ends the subscriptions (events, registry) and frees the client's slot.
             drop(held);
+            drop(client_slot);
         },
     )
     .with_closing_retry(settings.drain_retry)
