@@ -26,7 +26,8 @@
 //! - `queue`: a subscriber's bounded queue (a mutex'd `VecDeque`, empty and unallocated while idle).
 //! - [`subscriber`]: what a subscriber asked for ([`SubscriberSpec`]), its private access
 //!   ([`Access`]), the [`Subscriber`] handle whose drop unregisters it, and its [`CutOff`].
-//! - [`resume`]: replay then live ([`Resume`]).
+//! - [`resume`]: replay then live ([`Resume`]), and the node's bound on replay batches in flight
+//!   ([`ReplayBudget`]).
 //! - [`clock`]: the millisecond clock of alarms and timeouts.
 //! - [`stats`]: counters and gauges read by the metrics endpoint.
 
@@ -46,7 +47,7 @@ use tokio::sync::mpsc;
 
 pub use clock::now_ms;
 pub use index::ShardIndex;
-pub use resume::Resume;
+pub use resume::{ReplayBudget, Resume};
 pub use stats::FanoutStats;
 pub use subscriber::{Access, CutOff, CutOffReason, Subscriber, SubscriberSpec};
 

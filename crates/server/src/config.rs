@@ -252,6 +252,11 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
 
+    /// Bytes of replay batches (history frames joined into one write for a resuming subscriber)
+    /// the node holds at once; beyond it, replays send frames one at a time, uncopied.
+    #[arg(long, env = "QUICKSILVER_MAX_REPLAY_BUFFER", default_value_t = 64 * 1024 * 1024)]
+    pub max_replay_buffer: usize,
+
     /// Number of fan-out shards (default: the number of CPU cores).
     #[arg(long, env = "QUICKSILVER_SHARDS")]
     pub shards: Option<usize>,

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::auth::Authenticator;
 use async_trait::async_trait;
-use quicksilver_fanout::{Fanout, FanoutConfig};
+use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
 use quicksilver_transport::Gap;
 use quicksilver_transport::{
@@ -89,6 +89,8 @@ struct HubInner {
     last_event: Arc<LastEvent>,
     /// Connections and streams held per client address (`--max-connections-per-client`).
     clients: Arc<ClientCounts>,
+    /// Replay batches in flight (`--max-replay-buffer`).
+    replay_budget: Arc<ReplayBudget>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -243,10 +245,12 @@ impl Hub {
             http2_max_streams: config.http2_max_streams.max(1),
             http2_keep_alive: non_zero(config.http2_keep_alive),
         };
+        let replay_budget = ReplayBudget::new(config.max_replay_buffer);
         let metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
             subscriptions.as_ref().map(|s| s.registry_handle()),
+            replay_budget.clone(),
         );
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -261,6 +265,7 @@ impl Hub {
                 subscriptions,
                 last_event,
                 clients: ClientCounts::new(config.max_connections_per_client),
+                replay_budget,
             }),
         })
     }
@@ -288,6 +293,11 @@ impl Hub {
     /// Connections and streams held per client address.
     pub fn clients(&self) -> &Arc<ClientCounts> {
         &self.inner.clients
+    }
+
+    /// The bound on replay batches in flight, shared by every resuming subscriber.
+    pub fn replay_budget(&self) -> &Arc<ReplayBudget> {
+        &self.inner.replay_budget
     }
 
     /// The node's metrics.

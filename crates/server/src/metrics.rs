@@ -20,7 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use quicksilver_fanout::Fanout;
+use quicksilver_fanout::{Fanout, ReplayBudget};
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::hub::Hub;
@@ -84,6 +84,7 @@ impl Metrics {
         fanout: Fanout,
         transport: Arc<dyn Transport>,
         subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
+        replay_budget: Arc<ReplayBudget>,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         let published = Counter::default();
@@ -151,6 +152,7 @@ impl Metrics {
             fanout,
             transport,
             subscriptions,
+            replay_budget,
         }));
         Self {
             registry,
@@ -176,6 +178,7 @@ struct HubCollector {
     fanout: Fanout,
     transport: Arc<dyn Transport>,
     subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
+    replay_budget: Arc<ReplayBudget>,
 }
 
 impl std::fmt::Debug for HubCollector {
@@ -252,6 +255,18 @@ impl Collector for HubCollector {
             "gap_disconnections",
             "Subscriber streams ended because updates were lost before this node read them",
             s.gap_disconnects.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "replay_buffer_bytes",
+            "Bytes of replay batches held now (bounded by --max-replay-buffer)",
+            self.replay_budget.used() as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "replay_unbatched_frames",
+            "History frames replayed one at a time because --max-replay-buffer was spent",
+            self.replay_budget.unbatched(),
         )?;
         let t = self.transport.stats();
         gauge(

@@ -134,9 +134,12 @@ pub async fn subscribe(
             .history(last_event_id)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
-        resume = Some(Resume::new(history.entries, &history.high_water, |e| {
-            spec.accepts(hub.selectors(), e)
-        }));
+        resume = Some(
+            Resume::new(history.entries, &history.high_water, |e| {
+                spec.accepts(hub.selectors(), e)
+            })
+            .with_budget(hub.replay_budget().clone()),
+        );
         anchor_header = Some(history.anchor.unwrap_or_else(|| EARLIEST.to_string()));
     }
 
