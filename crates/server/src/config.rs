@@ -252,6 +252,17 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
 
+    /// Memory the node's compiled topic selectors (URI templates, URL patterns) may take, in
+    /// bytes; each distinct selector is compiled once and shared by every subscriber that sends
+    /// it. A subscription that would take them past this is refused with 503.
+    #[arg(long, env = "QUICKSILVER_MAX_SELECTOR_MEMORY", default_value_t = 64 * 1024 * 1024)]
+    pub max_selector_memory: usize,
+
+    /// Memory one subscription's own compiled selectors (those no one else on the node holds) may
+    /// take, in bytes; more is refused with 413.
+    #[arg(long, env = "QUICKSILVER_MAX_SUBSCRIPTION_SELECTOR_MEMORY", default_value_t = 1024 * 1024)]
+    pub max_subscription_selector_memory: usize,
+
     /// Bytes of replay batches (history frames joined into one write for a resuming subscriber)
     /// the node holds at once; beyond it, replays send frames one at a time, uncopied.
     #[arg(long, env = "QUICKSILVER_MAX_REPLAY_BUFFER", default_value_t = 64 * 1024 * 1024)]

@@ -43,6 +43,8 @@ pub struct HubSettings {
     pub publish_limits: PublishLimits,
     /// Subscription query limits.
     pub subscribe_limits: SubscribeLimits,
+    /// Bytes one subscription's own compiled selectors may take.
+    pub max_subscription_selector_memory: usize,
     /// Maximum publish body size in bytes.
     pub max_body_size: usize,
     /// Maximum number of TCP connections on this node.
@@ -91,6 +93,8 @@ struct HubInner {
     clients: Arc<ClientCounts>,
     /// Replay batches in flight (`--max-replay-buffer`).
     replay_budget: Arc<ReplayBudget>,
+    /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
+    compiling: Arc<tokio::sync::Semaphore>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -153,7 +157,7 @@ impl UpdateSink for FanoutSink {
 impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let selectors = Arc::new(SelectorStore::default());
+        let selectors = Arc::new(SelectorStore::default().with_budget(config.max_selector_memory));
         let auth = crate::auth::authenticator(config, selectors.clone())?;
         let fanout = Fanout::start(
             &FanoutConfig {
@@ -229,6 +233,7 @@ impl Hub {
                 max_matchers: config.max_selectors,
                 max_pattern_len: config.max_selector_length,
             },
+            max_subscription_selector_memory: config.max_subscription_selector_memory,
             max_body_size: config.max_body_size,
             max_connections,
             max_subscribers: match config.max_subscribers {
@@ -251,6 +256,7 @@ impl Hub {
             transport.clone(),
             subscriptions.as_ref().map(|s| s.registry_handle()),
             replay_budget.clone(),
+            selectors.clone(),
         );
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -266,6 +272,9 @@ impl Hub {
                 last_event,
                 clients: ClientCounts::new(config.max_connections_per_client),
                 replay_budget,
+                compiling: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
             }),
         })
     }
@@ -293,6 +302,11 @@ impl Hub {
     /// Connections and streams held per client address.
     pub fn clients(&self) -> &Arc<ClientCounts> {
         &self.inner.clients
+    }
+
+    /// Permits to compile selectors off the reactor (one per core).
+    pub fn compiling(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.compiling
     }
 
     /// The bound on replay batches in flight, shared by every resuming subscriber.

@@ -21,6 +21,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use quicksilver_fanout::{Fanout, ReplayBudget};
+use quicksilver_protocol::SelectorStore;
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::hub::Hub;
@@ -63,6 +64,8 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// HTTP responses by route, method and status.
     pub responses: Family<ResponseLabels, Counter>,
+    /// Subscriptions refused because their selectors were over a memory budget.
+    pub selectors_refused: Counter,
     /// The accept loop's connection metrics (open connections, lean requests, refusals, closes).
     pub connection: ConnectionMetrics,
 }
@@ -85,6 +88,7 @@ impl Metrics {
         transport: Arc<dyn Transport>,
         subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
         replay_budget: Arc<ReplayBudget>,
+        selectors: Arc<SelectorStore>,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         let published = Counter::default();
@@ -102,6 +106,12 @@ impl Metrics {
             "lean_requests",
             "Requests answered on the lean HTTP/1.1 path, without hyper's per-connection buffers",
             connection.lean_requests.clone(),
+        );
+        let selectors_refused = Counter::default();
+        registry.register(
+            "selector_budget_refusals",
+            "Subscriptions refused because their selectors would exceed --max-selector-memory (503) or --max-subscription-selector-memory (413)",
+            selectors_refused.clone(),
         );
         registry.register(
             "connections_refused",
@@ -153,6 +163,7 @@ impl Metrics {
             transport,
             subscriptions,
             replay_budget,
+            selectors,
         }));
         Self {
             registry,
@@ -162,6 +173,7 @@ impl Metrics {
             delivery_latency,
             responses,
             connection,
+            selectors_refused,
         }
     }
 
@@ -179,6 +191,7 @@ struct HubCollector {
     transport: Arc<dyn Transport>,
     subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
     replay_budget: Arc<ReplayBudget>,
+    selectors: Arc<SelectorStore>,
 }
 
 impl std::fmt::Debug for HubCollector {
@@ -255,6 +268,12 @@ impl Collector for HubCollector {
             "gap_disconnections",
             "Subscriber streams ended because updates were lost before this node read them",
             s.gap_disconnects.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "selector_memory_bytes",
+            "Estimated memory of the live compiled topic selectors (bounded by --max-selector-memory)",
+            self.selectors.memory_used() as i64,
         )?;
         gauge(
             &mut encoder,

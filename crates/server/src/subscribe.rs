@@ -14,7 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use http::{HeaderMap, HeaderValue, Method};
 use quicksilver_fanout::{Access, Resume, SubscriberSpec};
-use quicksilver_protocol::{parse_subscribe_query, EARLIEST};
+use quicksilver_protocol::subscribe::{MatchType, Matcher};
+use quicksilver_protocol::{parse_subscribe_query, Selector, SelectorError, EARLIEST};
 
 use crate::client::{client_ip, Peer};
 use crate::error::HubError;
@@ -92,23 +93,7 @@ pub async fn subscribe(
         }
     };
 
-    let mut selectors = Vec::with_capacity(query.matchers.len());
-    for matcher in &query.matchers {
-        let selector = match matcher.kind {
-            quicksilver_protocol::subscribe::MatchType::TopicSelector => {
-                hub.selectors().compile(&matcher.pattern)
-            }
-            quicksilver_protocol::subscribe::MatchType::Exact => Ok(
-                quicksilver_protocol::Selector::exact_topic(&matcher.pattern),
-            ),
-            // Relative patterns resolve against this hub's URL, as seen by the request.
-            quicksilver_protocol::subscribe::MatchType::UrlPattern => hub
-                .selectors()
-                .compile_url_pattern(&matcher.pattern, Some(&identity.hub_url)),
-        }
-        .map_err(|e| HubError::BadRequest(e.to_string()))?;
-        selectors.push(selector);
-    }
+    let selectors = compile_selectors(&hub, &query.matchers, &identity.hub_url).await?;
     let spec = SubscriberSpec { selectors, access };
 
     // The header wins over the query parameters, as the SSE and Mercure specifications say.
@@ -190,6 +175,72 @@ pub async fn subscribe(
         h.insert("mercure-last-event-id", value);
     }
     Ok(response)
+}
+
+/// Compiles a subscription's selectors through the node's selector store, sharing what is already
+/// compiled. Compiling a template or URL pattern takes tens of microseconds, so a subscription
+/// that has one is compiled on the blocking pool, a core's worth at a time, not on the reactor
+/// that serves every stream. Selectors compiled for this subscription alone are charged to it
+/// (`--max-subscription-selector-memory`, 413 past it); the store refuses what would take the
+/// node past its budget (`--max-selector-memory`, 503).
+async fn compile_selectors(
+    hub: &Hub,
+    matchers: &[Matcher],
+    hub_url: &str,
+) -> Result<Vec<Selector>, HubError> {
+    let costly = matchers.iter().any(|m| match m.kind {
+        MatchType::TopicSelector => m.pattern.contains('{'),
+        MatchType::UrlPattern => true,
+        MatchType::Exact => false,
+    });
+    if !costly {
+        return compile_all(hub, matchers, hub_url);
+    }
+    let _permit = hub
+        .compiling()
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| HubError::Unavailable("the hub is shutting down".into()))?;
+    let (job_hub, matchers, hub_url) = (hub.clone(), matchers.to_vec(), hub_url.to_string());
+    tokio::task::spawn_blocking(move || compile_all(&job_hub, &matchers, &hub_url))
+        .await
+        .map_err(|_| HubError::Unavailable("selector compilation failed".into()))?
+}
+
+fn compile_all(hub: &Hub, matchers: &[Matcher], hub_url: &str) -> Result<Vec<Selector>, HubError> {
+    let budget = hub.settings().max_subscription_selector_memory;
+    let mut own_bytes = 0usize;
+    let mut selectors = Vec::with_capacity(matchers.len());
+    for matcher in matchers {
+        let compiled = match matcher.kind {
+            MatchType::TopicSelector => hub.selectors().compile_fresh(&matcher.pattern),
+            MatchType::Exact => Ok((Selector::exact_topic(&matcher.pattern), false)),
+            // Relative patterns resolve against this hub's URL, as seen by the request.
+            MatchType::UrlPattern => hub
+                .selectors()
+                .compile_url_pattern_fresh(&matcher.pattern, Some(hub_url)),
+        };
+        let (selector, fresh) = compiled.map_err(|e| match e {
+            SelectorError::OverBudget { .. } => {
+                hub.metrics().selectors_refused.inc();
+                HubError::Unavailable(e.to_string())
+            }
+            e => HubError::BadRequest(e.to_string()),
+        })?;
+        if fresh {
+            own_bytes += selector.approx_memory();
+            if own_bytes > budget {
+                hub.metrics().selectors_refused.inc();
+                return Err(HubError::TooLarge(format!(
+                    "the topic selectors of this subscription take more than {budget} bytes to \
+                     compile; share selectors with other subscribers or send fewer"
+                )));
+            }
+        }
+        selectors.push(selector);
+    }
+    Ok(selectors)
 }
 
 /// One subscription per matcher of the request, all with the same new subscriber id, each with

@@ -291,23 +291,47 @@ impl Refusal {
     }
 }
 
-/// Answers a refused connection with `answer` and closes it, without reading its request: the
-/// answer goes out with the first write (a new socket's send buffer takes it whole), then the
-/// write side is closed and what the client sent is read and dropped for a moment, so closing
-/// does not reset the connection before the client read the answer.
+/// Answers a refused connection with `answer` and closes it: the request head is awaited (briefly,
+/// and into a small buffer) so HTTP clients see an answer to their request, the answer goes out
+/// with one write (a new socket's send buffer takes it whole), then the write side is closed and
+/// what else the client sent is read and dropped for a moment, so that closing does not reset the
+/// connection before the client read the answer. At most [`MAX_REFUSALS_IN_FLIGHT`] at once.
 fn refuse(stream: TcpStream, refusals: &Arc<tokio::sync::Semaphore>, answer: Refusal) {
     let Ok(permit) = refusals.clone().try_acquire_owned() else {
         return;
     };
     tokio::spawn(async move {
         let mut stream = stream;
+        let mut buf = [0u8; 2048];
+        let mut seen = 0usize;
+        let mut tail = [0u8; 4];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        // Only the last four bytes matter to find the head's end.
+                        for &b in &buf[..n] {
+                            tail = [tail[1], tail[2], tail[3], b];
+                            if &tail == b"\r\n\r\n" {
+                                return;
+                            }
+                        }
+                        seen += n;
+                        if seen >= head::MAX_HEAD_BYTES {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
         if stream.try_write(&answer.encode()).is_err() {
             return;
         }
         let _ = stream.shutdown().await;
-        let mut sink = [0u8; 1024];
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut sink).await {
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
                 if n == 0 {
                     break;
                 }
