@@ -189,9 +189,16 @@ pub struct Config {
 
     /// The hub's resource identifier: the audience (`aud`) access tokens must name. Unset, it is
     /// derived from each request as `SCHEME://HOST/.well-known/mercure` (`X-Forwarded-Proto` /
-    /// `X-Forwarded-Host` honoured), so a hub reachable under several names needs no setting.
+    /// `X-Forwarded-Host` honoured from `--trusted-proxies` only), within `--public-url`.
     #[arg(long, env = "MERCURE_RESOURCE_IDENTIFIER")]
     pub resource_identifier: Option<String>,
+
+    /// The origins the hub is reached at (`https://hub.example.com`, repeatable or
+    /// comma-separated): a request for any other origin (its `Host`, or what a trusted proxy
+    /// forwards) is answered 421, so a token minted for another hub of the same issuer is never
+    /// accepted here. Unset, every origin is served.
+    #[arg(long, env = "QUICKSILVER_PUBLIC_URL", value_delimiter = ',', num_args = 0.., value_parser = crate::auth::parse_public_url)]
+    pub public_url: Vec<String>,
 
     /// Accept the pre-standardization generation too: tokens with the `mercure` claim, the
     /// `authorization` query parameter and the `--cookie-name` cookie. `false` leaves a hub that

@@ -65,6 +65,9 @@ pub enum HubError {
     /// (503 with `Retry-After`).
     #[error("{0}")]
     Unavailable(String),
+    /// The request names an origin this hub does not serve (421).
+    #[error("{0}")]
+    Misdirected(String),
     /// The client holds its share of a limit (429 with `Retry-After`).
     #[error("{0}")]
     TooManyRequests(String),
@@ -81,6 +84,7 @@ impl IntoResponse for HubError {
             HubError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HubError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            HubError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();

@@ -72,7 +72,7 @@ pub async fn subscribe(
     )
     .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
-    let identity = hub.auth().identity(&headers);
+    let identity = hub.auth().identity(&headers, peer)?;
     let subscriber = hub
         .auth()
         .subscriber(&method, &headers, raw_query.as_deref(), &identity)?;

@@ -293,7 +293,15 @@ async fn access_tokens_publish_and_failures_follow_error_responses() {
 
 #[tokio::test]
 async fn audience_is_derived_from_the_request_when_not_configured() {
-    let hub = TestHub::start(&["--issuer", ISSUER, "--anonymous"]).await;
+    // The test client stands for the TLS-terminating proxy: its forwarded headers are believed.
+    let hub = TestHub::start(&[
+        "--issuer",
+        ISSUER,
+        "--anonymous",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
     let c = client();
     // reqwest sends `Host: 127.0.0.1:PORT`.
     let derived = hub.hub_url();

@@ -12,6 +12,7 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use quicksilver_auth::Generation;
 use serde_json::{json, Value};
@@ -20,6 +21,7 @@ use super::document::{
     document_generation, in_collection, parse_api_path, subscriptions_path, ApiTarget,
     LEGACY_CONTEXT,
 };
+use crate::client::Peer;
 use crate::discovery::hub_link;
 use crate::error::HubError;
 use crate::hub::Hub;
@@ -27,6 +29,7 @@ use crate::hub::Hub;
 /// Handles a subscription API request.
 pub async fn subscriptions(
     State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     uri: Uri,
@@ -36,7 +39,7 @@ pub async fn subscriptions(
             "the subscription API is not enabled on this hub".into(),
         ));
     };
-    let identity = hub.auth().identity(&headers);
+    let identity = hub.auth().identity(&headers, peer.map(|Extension(p)| p))?;
     let Some(subscriber) = hub
         .auth()
         .subscriber(&method, &headers, uri.query(), &identity)?
