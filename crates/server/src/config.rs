@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_READ_BUDGET", default_value_t = 16 * 1024 * 1024)]
     pub redis_read_budget: usize,
 
+    /// History lookups that may talk to Redis at once (scans of retained history for resuming
+    /// subscribers, catch-up checks of unknown ids); others wait up to `--redis-timeout`, then get
+    /// 503.
+    #[arg(long, env = "QUICKSILVER_REDIS_MAX_HISTORY_SCANS", default_value_t = 8)]
+    pub redis_max_history_scans: usize,
+
     /// Also drop history older than this (`0`: keep by count only).
     #[arg(long, env = "QUICKSILVER_HISTORY_MAX_AGE", default_value = "0", value_parser = parse_duration)]
     pub history_max_age: Duration,

@@ -200,6 +200,7 @@ impl Hub {
                         // encoded body bounds the decoded one.
                         max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
                         read_budget: config.redis_read_budget,
+                        max_history_scans: config.redis_max_history_scans,
                         tls_ca_file: config.redis_tls_ca.clone(),
                         ..RedisConfig::default()
                     })

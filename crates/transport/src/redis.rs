@@ -149,6 +149,8 @@ pub(crate) struct Shared {
     /// Index = partition: the newest position the reader has read and cached (`None` before its
     /// first warm-up). History waits on it before calling an id unknown (see `history`).
     progress: Vec<tokio::sync::watch::Sender<Option<Position>>>,
+    /// History lookups talking to Redis at once (`max_history_scans`).
+    scans: tokio::sync::Semaphore,
 }
 
 impl RedisTransport {
@@ -175,6 +177,7 @@ impl RedisTransport {
             progress: (0..settings.partitions)
                 .map(|_| tokio::sync::watch::channel(None).0)
                 .collect(),
+            scans: tokio::sync::Semaphore::new(settings.max_history_scans),
             settings,
         };
         Ok(Self {

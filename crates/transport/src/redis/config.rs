@@ -83,6 +83,9 @@ pub struct RedisConfig {
     /// `read_budget / max_entry_bytes` entries (at least 1, at most 512), so a reply stays bounded
     /// in Redis's output buffer and in this node's memory however large updates are.
     pub read_budget: usize,
+    /// History lookups that may talk to Redis at once (scans of the retained history, and the
+    /// catch-up checks of unknown ids); others wait up to the command timeout, then fail.
+    pub max_history_scans: usize,
 }
 
 impl RedisConfig {
@@ -118,6 +121,7 @@ impl Default for RedisConfig {
             tls_ca_file: None,
             max_entry_bytes: 1024 * 1024 + 64 * 1024,
             read_budget: DEFAULT_READ_BUDGET,
+            max_history_scans: 8,
         }
     }
 }
@@ -163,6 +167,8 @@ pub(crate) struct Settings {
     pub(crate) tls_ca: Option<Vec<u8>>,
     /// Entries one read or scan command asks for (see [`RedisConfig::read_budget`]).
     pub(crate) read_count: usize,
+    /// See [`RedisConfig::max_history_scans`].
+    pub(crate) max_history_scans: usize,
 }
 
 impl Settings {
@@ -222,6 +228,7 @@ impl Settings {
             resume_margin: config.resume_margin,
             tls_ca,
             read_count: (config.read_budget / config.max_entry_bytes).clamp(1, MAX_READ_COUNT),
+            max_history_scans: config.max_history_scans.max(1),
         })
     }
 
