@@ -229,6 +229,15 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_SUBSCRIPTION_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub subscription_lease: Duration,
 
+    /// Subscriptions one response of the subscription API lists at most; a longer list is served
+    /// in pages, each with a `Link: <…?after=ID>; rel="next"` header to the next.
+    #[arg(
+        long,
+        env = "QUICKSILVER_SUBSCRIPTIONS_PAGE_SIZE",
+        default_value_t = 1000
+    )]
+    pub subscriptions_page_size: usize,
+
     /// Serve the debug page at `/` (subscribe and publish from a browser with a pasted token; it
     /// holds no secret and exposes nothing the hub's API does not).
     #[arg(long, env = "QUICKSILVER_DEBUG_PAGE", default_value_t = true, action = clap::ArgAction::Set)]

@@ -57,6 +57,8 @@ pub struct HubSettings {
     pub drain_retry: Duration,
     /// Whether subscription events and the subscription API are on.
     pub subscriptions: bool,
+    /// Subscriptions one subscription API response lists at most.
+    pub subscriptions_page_size: usize,
     /// Time a connection has to send a complete request head (`None`: unlimited).
     pub header_read_timeout: Option<Duration>,
     /// Time a connection without a request in progress is kept (`None`: forever).
@@ -244,6 +246,7 @@ impl Hub {
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
             subscriptions: config.subscriptions,
+            subscriptions_page_size: config.subscriptions_page_size.max(1),
             header_read_timeout: non_zero(config.header_read_timeout),
             idle_timeout: non_zero(config.idle_timeout),
             write_stall_timeout: non_zero(config.dispatch_timeout),

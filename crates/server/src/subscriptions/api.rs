@@ -9,6 +9,10 @@
 //! `lastEventID` at their root. Both carry the cursor as `ETag` too, and a matching
 //! `If-None-Match` is answered `304`: any change of the subscriptions is a subscription event,
 //! which moves the cursor. An unknown subscription is `404`.
+//!
+//! A list is served in pages of at most `--subscriptions-page-size` documents, in id order: a page
+//! that is not the last carries `Link: <…?after=ID>; rel="next"`, whose `after` names the page's
+//! last id, so however many subscriptions the cluster holds, one response stays bounded.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
@@ -96,6 +100,7 @@ pub async fn subscriptions(
         .collect();
     documents.sort_by(|a, b| a.0.cmp(&b.0));
 
+    let mut next_page = None;
     let body = match &target {
         ApiTarget::One(id) => {
             let Some((_, mut doc)) = documents.into_iter().find(|(d, _)| d == id) else {
@@ -107,12 +112,24 @@ pub async fn subscriptions(
             doc
         }
         ApiTarget::All | ApiTarget::Collection(_) => {
-            let list: Vec<Value> = documents
+            // One page: the documents after the `after` id, in id order, at most the page size.
+            let after = query_param(uri.query(), "after");
+            let page_size = hub.settings().subscriptions_page_size;
+            let mut page: Vec<(String, Value)> = documents
                 .into_iter()
                 .filter(|(id, _)| match &target {
                     ApiTarget::Collection(c) => in_collection(id, c),
                     _ => true,
                 })
+                .filter(|(id, _)| after.as_deref().is_none_or(|after| id.as_str() > after))
+                .take(page_size + 1)
+                .collect();
+            if page.len() > page_size {
+                page.truncate(page_size);
+                next_page = page.last().map(|(id, _)| id.clone());
+            }
+            let list: Vec<Value> = page
+                .into_iter()
                 .map(|(_, mut doc)| {
                     // The collection's root carries the context once.
                     if let Some(o) = doc.as_object_mut() {
@@ -141,14 +158,30 @@ pub async fn subscriptions(
             }
         }
     };
-    let response = (StatusCode::OK, body.to_string()).into_response();
-    Ok(with_headers(
-        response,
+    let mut response = with_headers(
+        (StatusCode::OK, body.to_string()).into_response(),
         generation,
         &identity.hub_url,
         &cursor,
         &etag,
-    ))
+    );
+    if let Some(after) = next_page {
+        let next = format!(
+            "<{path}?after={}>; rel=\"next\"",
+            percent_encoding::utf8_percent_encode(&after, percent_encoding::NON_ALPHANUMERIC)
+        );
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            response.headers_mut().append(header::LINK, v);
+        }
+    }
+    Ok(response)
+}
+
+/// The first value of query parameter `name`, decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn with_headers(
