@@ -18,7 +18,10 @@
 //! subscriber), a stream sets an alarm ([`Subscriber::set_alarm`], a millisecond stamp in its
 //! shared state) and each shard task, on a coarse tick ([`FanoutConfig::alarm_tick`]), wakes the
 //! streams whose alarm is due. One `Interval` per shard serves every subscriber of the shard. Stamps
-//! come from [`now_ms`], which reads Tokio's clock, so tests pause time instead of sleeping.
+//! come from [`now_ms`], which reads Tokio's clock, so tests pause time instead of sleeping. A
+//! writer blocked on a full socket uses the same alarm through its [`CutOff`]: it asks to be woken
+//! when its write will have been blocked for the dispatch timeout, or at the stream's deadline, so a
+//! stalled stream is ended on time whether or not updates arrive.
 //!
 //! # Layout
 //! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.

@@ -612,12 +612,20 @@ async fn serve_hyper(io: Rewind, peer: Peer, shared: &ServeContext) {
         () = idle(&active, shared.options.idle_timeout) => {
             shared.metrics.idle_closed.inc();
             tracing::debug!("closing an idle connection");
+            // Told to go away (HTTP/2: GOAWAY), but not waited for long: a graceful HTTP/2 close
+            // waits for the client to answer a ping, which a hostile client never does.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
+            return;
         }
         () = shared.shutdown.cancelled() => {}
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
+
+/// How long an idle connection told to go away may take to close before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Requests in progress on one hyper connection, for its idle timeout.
 #[derive(Default)]
