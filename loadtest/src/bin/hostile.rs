@@ -19,7 +19,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 #[derive(Parser)]
-#[command(name = "quicksilver-hostile", about = "Hostile clients and a latency probe for one hub")]
+#[command(
+    name = "quicksilver-hostile",
+    about = "Hostile clients and a latency probe for one hub"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -264,7 +267,10 @@ async fn one(
         return;
     }
     // Held: read (for kinds that read) or not, until the hub closes it or the hold ends.
-    let reads = matches!(kind, Kind::Subscribers | Kind::Templates | Kind::H2Idle | Kind::Silent);
+    let reads = matches!(
+        kind,
+        Kind::Subscribers | Kind::Templates | Kind::H2Idle | Kind::Silent
+    );
     let left = until.saturating_duration_since(Instant::now());
     let closed = tokio::time::timeout(left, async {
         if reads {
@@ -420,7 +426,12 @@ async fn probe(addr: SocketAddr, jwt_key: &str, rate: u64, duration: u64) -> any
              Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
             body.len()
         );
-        match tokio::time::timeout(Duration::from_secs(10), publish_on(&mut publisher, &request)).await {
+        match tokio::time::timeout(
+            Duration::from_secs(10),
+            publish_on(&mut publisher, &request),
+        )
+        .await
+        {
             Ok(Ok(true)) => published += 1,
             Ok(Ok(false)) => failed += 1,
             _ => {
