@@ -68,8 +68,9 @@ up() {
     fi
 
     for port in "${node_ports[@]}"; do
+        # nginx on this machine is the proxy whose X-Forwarded-* headers the nodes believe.
         MERCURE_JWT_KEY="$jwt_key" "$bin" --listen "127.0.0.1:$port" "${redis_args[@]}" \
-            ${QUICKSILVER_EXTRA_ARGS:-} >"$dir/node-$port.log" 2>&1 &
+            --trusted-proxies 127.0.0.1 ${QUICKSILVER_EXTRA_ARGS:-} >"$dir/node-$port.log" 2>&1 &
         echo $! >"$dir/node-$port.pid"
     done
     for port in "${node_ports[@]}"; do

@@ -103,7 +103,10 @@ impl ShardIndex {
     ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
         let id = self.next_id;
-        let state = Arc::new(SubscriberState::new(queue_capacity));
+        let state = Arc::new(SubscriberState::new(
+            queue_capacity,
+            self.dispatch_timeout_ms.unwrap_or(0),
+        ));
         let slot = self.entries.vacant_key();
         for selector in &spec.selectors {
             match selector.kind() {

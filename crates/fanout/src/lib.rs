@@ -18,7 +18,10 @@
 //! subscriber), a stream sets an alarm ([`Subscriber::set_alarm`], a millisecond stamp in its
 //! shared state) and each shard task, on a coarse tick ([`FanoutConfig::alarm_tick`]), wakes the
 //! streams whose alarm is due. One `Interval` per shard serves every subscriber of the shard. Stamps
-//! come from [`now_ms`], which reads Tokio's clock, so tests pause time instead of sleeping.
+//! come from [`now_ms`], which reads Tokio's clock, so tests pause time instead of sleeping. A
+//! writer blocked on a full socket uses the same alarm through its [`CutOff`]: it asks to be woken
+//! when its write will have been blocked for the dispatch timeout, or at the stream's deadline, so a
+//! stalled stream is ended on time whether or not updates arrive.
 //!
 //! # Layout
 //! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.
@@ -26,7 +29,8 @@
 //! - `queue`: a subscriber's bounded queue (a mutex'd `VecDeque`, empty and unallocated while idle).
 //! - [`subscriber`]: what a subscriber asked for ([`SubscriberSpec`]), its private access
 //!   ([`Access`]), the [`Subscriber`] handle whose drop unregisters it, and its [`CutOff`].
-//! - [`resume`]: replay then live ([`Resume`]).
+//! - [`resume`]: replay then live ([`Resume`]), and the node's bound on replay batches in flight
+//!   ([`ReplayBudget`]).
 //! - [`clock`]: the millisecond clock of alarms and timeouts.
 //! - [`stats`]: counters and gauges read by the metrics endpoint.
 
@@ -46,9 +50,9 @@ use tokio::sync::mpsc;
 
 pub use clock::now_ms;
 pub use index::ShardIndex;
-pub use resume::Resume;
+pub use resume::{ReplayBudget, Resume};
 pub use stats::FanoutStats;
-pub use subscriber::{Access, CutOff, Subscriber, SubscriberSpec};
+pub use subscriber::{Access, CutOff, CutOffReason, Subscriber, SubscriberSpec};
 
 /// Fan-out settings.
 #[derive(Clone, Debug)]
@@ -149,7 +153,7 @@ impl Fanout {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let shard = &self.inner.shards[i];
         let key = shard.index.lock().insert(spec, self.inner.queue_capacity);
-        Subscriber::new(key, shard.index.clone())
+        Subscriber::new(key, shard.index.clone(), self.inner.stats.clone())
     }
 
     /// Hands one stored update to every shard, in order. Waits when a shard is backed up, which

@@ -13,11 +13,19 @@
 //! Once a live update past the covered position has been seen in a partition, every later one is
 //! past it too (a partition's order is the reader's order), so the mark is dropped; when no mark
 //! and no history is left, the resume is [done](Resume::is_done) and its owner can free it.
+//!
+//! History entries are shared (`Arc`) with the history cache and with every other subscriber
+//! replaying them; what a replay copies is its batches, several frames joined into one write.
+//! A slow reader holds its current batch until its socket takes it, so a storm of slow resuming
+//! readers could hold one batch each: 19,000 of them, over a gigabyte. A [`ReplayBudget`] bounds
+//! the batches in flight on a node: each batch is charged while its memory lives, and once the
+//! budget is spent, replays send their frames one at a time, uncopied, until batches are freed.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quicksilver_protocol::{Envelope, Position};
 
 /// The replay of one resuming subscriber and the positions it covered.
@@ -29,6 +37,72 @@ pub struct Resume {
     covered: Vec<Position>,
     /// Entries the replay started with.
     replayed: usize,
+    /// What batches are charged to (`None`: not bounded).
+    budget: Option<Arc<ReplayBudget>>,
+}
+
+/// The bytes of replay batches a node may hold at once (see the module documentation). Shared by
+/// every [`Resume`] of the node.
+#[derive(Debug)]
+pub struct ReplayBudget {
+    max: usize,
+    used: AtomicUsize,
+    /// Frames sent alone, uncopied, because the budget was spent.
+    unbatched: AtomicU64,
+}
+
+impl ReplayBudget {
+    /// A budget of `max` bytes of batches in flight.
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            used: AtomicUsize::new(0),
+            unbatched: AtomicU64::new(0),
+        })
+    }
+
+    /// Bytes of batches alive now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The budget in bytes.
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Frames replayed alone because the budget was spent.
+    pub fn unbatched(&self) -> u64 {
+        self.unbatched.load(Ordering::Relaxed)
+    }
+
+    fn try_charge(&self, bytes: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                let after = used.checked_add(bytes)?;
+                (after <= self.max).then_some(after)
+            })
+            .is_ok()
+    }
+}
+
+/// A batch's memory, charged to its budget until the last `Bytes` pointing into it is dropped.
+struct ChargedBatch {
+    bytes: Vec<u8>,
+    budget: Arc<ReplayBudget>,
+    charged: usize,
+}
+
+impl AsRef<[u8]> for ChargedBatch {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
+    }
+}
+
+impl Drop for ChargedBatch {
+    fn drop(&mut self) {
+        self.budget.used.fetch_sub(self.charged, Ordering::AcqRel);
+    }
 }
 
 impl Resume {
@@ -56,7 +130,14 @@ impl Resume {
             replayed: pending.len(),
             pending,
             covered,
+            budget: None,
         }
+    }
+
+    /// Charges this replay's batches to `budget`.
+    pub fn with_budget(mut self, budget: Arc<ReplayBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// How many entries the replay holds in all (sent or not).
@@ -68,27 +149,43 @@ impl Resume {
     /// `None` once the history is sent.
     pub fn next_batch(&mut self, max_bytes: usize) -> Option<Bytes> {
         let first = self.pending.pop_front()?;
-        if self
-            .pending
-            .front()
-            .is_none_or(|next| first.frame.len() + next.frame.len() > max_bytes)
-        {
-            return Some(first.frame.clone());
-        }
-        let mut batch = BytesMut::with_capacity(max_bytes.min(first.frame.len() * 8));
-        batch.extend_from_slice(&first.frame);
-        while let Some(next) = self.pending.front() {
-            if batch.len() + next.frame.len() > max_bytes {
+        // How many of the frames that follow fit in the batch, and its size.
+        let mut size = first.frame.len();
+        let mut more = 0;
+        for next in &self.pending {
+            if size + next.frame.len() > max_bytes {
                 break;
             }
+            size += next.frame.len();
+            more += 1;
+        }
+        if more == 0 {
+            return Some(first.frame.clone());
+        }
+        if let Some(budget) = &self.budget {
+            if !budget.try_charge(size) {
+                // Spent: this frame goes alone, shared with the history, copying nothing.
+                budget.unbatched.fetch_add(1, Ordering::Relaxed);
+                return Some(first.frame.clone());
+            }
+        }
+        let mut batch = Vec::with_capacity(size);
+        batch.extend_from_slice(&first.frame);
+        for next in self.pending.drain(..more) {
             batch.extend_from_slice(&next.frame);
-            self.pending.pop_front();
         }
         if self.pending.is_empty() {
             // The history's memory goes as soon as it is sent, not when the stream ends.
             self.pending = VecDeque::new();
         }
-        Some(batch.freeze())
+        Some(match &self.budget {
+            Some(budget) => Bytes::from_owner(ChargedBatch {
+                bytes: batch,
+                budget: budget.clone(),
+                charged: size,
+            }),
+            None => Bytes::from(batch),
+        })
     }
 
     /// Whether history frames are still to be sent.
@@ -230,5 +327,36 @@ mod tests {
         }
         assert_eq!(rest, 6);
         assert!(!resume.has_pending());
+    }
+
+    #[test]
+    fn batches_are_charged_while_alive_and_frames_go_alone_once_the_budget_is_spent() {
+        let history: Vec<_> = (1..=8).map(|seq| envelope(0, seq, "t")).collect();
+        let frame = history[0].frame.len();
+        // Room for one batch of two frames.
+        let budget = ReplayBudget::new(2 * frame + frame / 2);
+        let mut a = Resume::new(history.clone(), &[], |_| true).with_budget(budget.clone());
+        let mut b = Resume::new(history, &[], |_| true).with_budget(budget.clone());
+        let held = a.next_batch(2 * frame).expect("a batch");
+        assert_eq!(ids(&held), ["id-0-1", "id-0-2"]);
+        assert_eq!(budget.used(), 2 * frame);
+        // Spent: the next replay sends single frames, shared and uncopied.
+        let single = b.next_batch(2 * frame).expect("a frame");
+        assert_eq!(ids(&single), ["id-0-1"]);
+        assert_eq!(budget.unbatched(), 1);
+        assert_eq!(budget.used(), 2 * frame);
+        // Once the held batch is written and dropped, batching resumes.
+        drop(held);
+        assert_eq!(budget.used(), 0);
+        let batch = b.next_batch(2 * frame).expect("a batch");
+        assert_eq!(ids(&batch), ["id-0-2", "id-0-3"]);
+        drop(batch);
+        // Whatever is sent, nothing is lost or repeated.
+        let mut rest = Vec::new();
+        while let Some(frames) = b.next_batch(2 * frame) {
+            rest.extend(ids(&frames));
+        }
+        assert_eq!(rest, ["id-0-4", "id-0-5", "id-0-6", "id-0-7", "id-0-8"]);
+        assert_eq!(budget.used(), 0);
     }
 }

@@ -10,6 +10,9 @@ pub struct FanoutStats {
     pub delivered: AtomicU64,
     /// Subscribers cut off because their queue was full.
     pub lagged_disconnects: AtomicU64,
+    /// Subscribers cut off because their writer stayed blocked on a full socket for longer than the
+    /// dispatch timeout (also counted in `lagged_disconnects`).
+    pub stalled_disconnects: AtomicU64,
     /// Subscribers whose stream was ended because updates were lost before this node read them.
     pub gap_disconnects: AtomicU64,
     /// Subscribers currently registered.

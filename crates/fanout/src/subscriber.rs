@@ -4,15 +4,19 @@
 //! The [`Subscriber`] is the receiving end of the subscriber's bounded queue ([`crate::queue`]).
 //! Dropping it (the client went away, the response ended) unregisters the subscriber from its
 //! shard, so a closed connection costs nothing after its drop. Its [`CutOff`] lets whoever writes
-//! the subscriber's stream to a socket see, while a write is blocked, that the fan-out gave up on
-//! it.
+//! the subscriber's stream to a socket see, while a write is blocked, that the stream must end: the
+//! fan-out gave up on it, the write has been blocked longer than the dispatch timeout, or the
+//! stream's deadline (maximum connection life, token expiry) passed. The shard's alarm tick wakes
+//! a blocked writer for those times whether or not updates arrive.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use crate::clock::now_ms;
 use crate::index::{ShardIndex, SubscriberKey};
 use crate::queue::Queue;
+use crate::stats::FanoutStats;
 use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 
@@ -59,17 +63,34 @@ pub(crate) struct SubscriberState {
     /// When the stream wants to be woken even if no update comes ([`crate::now_ms`]); 0 for
     /// never. The shard's alarm tick clears it when it wakes the stream.
     pub(crate) alarm_ms: AtomicU64,
+    /// When the stream must end ([`crate::now_ms`]: its maximum life or its token's expiry); 0 for
+    /// never. A writer blocked on a full socket is ended at this time too.
+    pub(crate) deadline_ms: AtomicU64,
+    /// How long a write may stay blocked before the stream is cut off (the dispatch timeout, in
+    /// milliseconds; 0: no limit).
+    pub(crate) stall_ms: u64,
 }
 
 impl SubscriberState {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, stall_ms: u64) -> Self {
         Self {
             queue: Queue::new(capacity),
             lagged: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
             waiting_since_ms: AtomicU64::new(0),
             alarm_ms: AtomicU64::new(0),
+            deadline_ms: AtomicU64::new(0),
+            stall_ms,
         }
+    }
+
+    /// Asks for the alarm to ring at `at_ms` at the latest, keeping an earlier one already set.
+    fn arm_alarm_by(&self, at_ms: u64) {
+        let _ = self
+            .alarm_ms
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |current| {
+                (current == 0 || at_ms < current).then_some(at_ms)
+            });
     }
 }
 
@@ -79,6 +100,7 @@ pub struct Subscriber {
     key: SubscriberKey,
     state: Arc<SubscriberState>,
     index: Arc<Mutex<ShardIndex>>,
+    stats: Arc<FanoutStats>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -93,8 +115,14 @@ impl Subscriber {
     pub(crate) fn new(
         (key, state): (SubscriberKey, Arc<SubscriberState>),
         index: Arc<Mutex<ShardIndex>>,
+        stats: Arc<FanoutStats>,
     ) -> Self {
-        Self { key, state, index }
+        Self {
+            key,
+            state,
+            index,
+            stats,
+        }
     }
 
     fn drained(&self) {
@@ -143,8 +171,15 @@ impl Subscriber {
         self.state.alarm_ms.store(at_ms, Ordering::Relaxed);
     }
 
-    /// Whether the fan-out cut this subscriber off as too slow (queue full, or updates waiting
-    /// longer than the dispatch timeout).
+    /// Sets when the stream must end ([`crate::now_ms`]; `0`: never): its maximum life or its
+    /// token's expiry. The stream ends itself at that time; [`CutOff`] ends a writer blocked on a
+    /// full socket at that time too.
+    pub fn set_deadline(&self, at_ms: u64) {
+        self.state.deadline_ms.store(at_ms, Ordering::Relaxed);
+    }
+
+    /// Whether the fan-out cut this subscriber off as too slow (queue full, updates waiting
+    /// longer than the dispatch timeout, or its writer blocked that long).
     pub fn was_cut_off(&self) -> bool {
         self.state.lagged.load(Ordering::Relaxed)
     }
@@ -158,7 +193,10 @@ impl Subscriber {
     /// A handle for whoever writes this subscriber's stream, to watch for a cut-off while a write
     /// is blocked.
     pub fn cut_off(&self) -> CutOff {
-        CutOff(self.state.clone())
+        CutOff {
+            state: self.state.clone(),
+            stats: self.stats.clone(),
+        }
     }
 }
 
@@ -169,16 +207,34 @@ impl Drop for Subscriber {
     }
 }
 
-/// Tells the writer of one subscriber's stream that the fan-out cut the subscriber off as too
-/// slow (queue full, or updates waiting longer than the dispatch timeout).
+/// Tells the writer of one subscriber's stream, while a write is blocked, that the stream must
+/// end: the fan-out cut the subscriber off as too slow (queue full, or updates waiting longer than
+/// the dispatch timeout), the write itself has been blocked for longer than the dispatch timeout,
+/// or the stream's deadline (maximum connection life, token expiry) passed.
 ///
-/// A writer blocked on a full socket polls no updates, so it would only learn of the cut-off when
-/// the client reads again: the socket, the bytes already written to it and the queued updates
-/// would stay for as long as the client likes. Polling this while the write is blocked ends that
-/// wait at once. It is one `Arc`, cloned from the [`Subscriber`]: one per stream, so on a
-/// connection carrying several streams (HTTP/2) a cut-off ends only its own.
+/// A writer blocked on a full socket polls no updates, so without this it would learn of none of
+/// that until the client reads again: the socket, the bytes already written to it, its replay
+/// batch and its queued updates would stay for as long as the client likes, even with no new
+/// update to trigger the dispatch timeout. Polling this while the write is blocked arms the
+/// subscriber's alarm for the stall limit and the deadline, which the shard's tick rings. It is
+/// cloned from the [`Subscriber`]: one per stream, so on a connection carrying several streams
+/// (HTTP/2) a cut-off ends only its own.
 #[derive(Clone)]
-pub struct CutOff(Arc<SubscriberState>);
+pub struct CutOff {
+    state: Arc<SubscriberState>,
+    stats: Arc<FanoutStats>,
+}
+
+/// Why a [`CutOff`] ended a blocked writer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CutOffReason {
+    /// The fan-out cut the subscriber off (queue full, or updates waiting too long).
+    TooSlow,
+    /// The write stayed blocked for longer than the dispatch timeout.
+    Stalled,
+    /// The stream's deadline passed (maximum connection life or token expiry).
+    Deadline,
+}
 
 impl std::fmt::Debug for CutOff {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -189,20 +245,49 @@ impl std::fmt::Debug for CutOff {
 impl CutOff {
     /// Whether the subscriber was cut off.
     pub fn is_cut_off(&self) -> bool {
-        self.0.lagged.load(Ordering::Relaxed)
+        self.state.lagged.load(Ordering::Relaxed)
     }
 
-    /// `Ready` once the subscriber is cut off; otherwise registers `cx`'s waker, which the cut-off
-    /// wakes. It shares the queue's single waker slot: call it from the task that polls the
-    /// subscriber's stream (its writer), which is the only task waiting on that queue.
-    pub fn poll_cut_off(&self, cx: &mut Context<'_>) -> Poll<()> {
+    /// `Ready` once the stream must end; otherwise registers `cx`'s waker, which a cut-off wakes.
+    /// `blocked_since_ms` is when the writer's current write blocked ([`crate::now_ms`]), or 0 if
+    /// it is not blocked: only a blocked writer is ended for a stall or a deadline (a writer that
+    /// makes progress polls its stream, which ends itself at its deadline), and only then is the
+    /// alarm armed. It shares the queue's single waker slot: call it from the task that polls the
+    /// subscriber's stream (its writer), the only task waiting on that queue.
+    pub fn poll_cut_off(&self, cx: &mut Context<'_>, blocked_since_ms: u64) -> Poll<CutOffReason> {
         // Registered before the flag is read: the shard sets the flag and then closes the queue,
         // which wakes, so a cut-off between the two steps is not missed.
-        self.0.queue.register(cx);
+        self.state.queue.register(cx);
         if self.is_cut_off() {
-            Poll::Ready(())
-        } else {
-            Poll::Pending
+            return Poll::Ready(CutOffReason::TooSlow);
         }
+        if blocked_since_ms == 0 {
+            return Poll::Pending;
+        }
+        let now = now_ms();
+        let deadline = self.state.deadline_ms.load(Ordering::Relaxed);
+        if deadline != 0 && now >= deadline {
+            return Poll::Ready(CutOffReason::Deadline);
+        }
+        let stall = self.state.stall_ms;
+        if stall != 0 {
+            let limit = blocked_since_ms.saturating_add(stall);
+            if now >= limit {
+                // Counted with the other slow subscribers, and flagged so the stream's end says so.
+                self.state.lagged.store(true, Ordering::Relaxed);
+                self.stats
+                    .lagged_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                self.stats
+                    .stalled_disconnects
+                    .fetch_add(1, Ordering::Relaxed);
+                return Poll::Ready(CutOffReason::Stalled);
+            }
+            self.state.arm_alarm_by(limit);
+        }
+        if deadline != 0 {
+            self.state.arm_alarm_by(deadline);
+        }
+        Poll::Pending
     }
 }

@@ -307,16 +307,16 @@ async fn a_cut_off_wakes_and_tells_the_writer_of_its_stream_only() {
     let woken = Arc::new(Wakeups::default());
     let waker = std::task::Waker::from(woken.clone());
     let mut cx = std::task::Context::from_waker(&waker);
-    assert!(slow_cut.poll_cut_off(&mut cx).is_pending());
+    assert!(slow_cut.poll_cut_off(&mut cx, 0).is_pending());
     for seq in 1..=3 {
         f.dispatch(envelope(seq, &["t"], false)).await;
         assert_eq!(next(&mut other).await, Some(seq));
     }
     // The third update found the slow queue full: cut off, and its watcher woken.
     assert!(woken.count() >= 1);
-    assert!(slow_cut.poll_cut_off(&mut cx).is_ready());
+    assert!(slow_cut.poll_cut_off(&mut cx, 0).is_ready());
     assert!(slow_cut.is_cut_off());
     assert!(!other_cut.is_cut_off());
-    assert!(other_cut.poll_cut_off(&mut cx).is_pending());
+    assert!(other_cut.poll_cut_off(&mut cx, 0).is_pending());
     drop(slow);
 }

@@ -58,6 +58,12 @@ pub enum SelectorError {
     /// A `match_type` naming no matcher type this hub supports.
     #[error("unsupported matcher type {0:?}")]
     UnsupportedMatchType(String),
+    /// Compiling it would take the node's compiled selectors past their memory budget.
+    #[error("this node's compiled topic selectors are at their memory budget ({budget} bytes), retry later or on another node")]
+    OverBudget {
+        /// The budget in bytes.
+        budget: usize,
+    },
 }
 
 /// What kind of selector this is; also the label of the subscriptions-by-kind metric.
@@ -93,6 +99,8 @@ pub struct Selector(Arc<Inner>);
 struct Inner {
     raw: Box<str>,
     matcher: Compiled,
+    /// What this selector is charged to the store's memory budget, given back when it goes.
+    charge: Option<store::Charge>,
 }
 
 /// What a selector was compiled to.
@@ -165,6 +173,7 @@ impl Selector {
         Self(Arc::new(Inner {
             raw: raw.into(),
             matcher,
+            charge: None,
         }))
     }
 
@@ -195,6 +204,17 @@ impl Selector {
             Compiled::UrlPattern(m) => Some(m.base()),
             _ => None,
         }
+    }
+
+    /// A rough estimate of the heap this selector holds, in bytes: its text and its compiled
+    /// matcher. What the [`SelectorStore`]'s memory budget charges it.
+    pub fn approx_memory(&self) -> usize {
+        let compiled = match &self.0.matcher {
+            Compiled::Template(t) => t.approx_memory(),
+            Compiled::UrlPattern(m) => m.approx_memory() + m.base().len(),
+            Compiled::Wildcard | Compiled::Exact => 0,
+        };
+        std::mem::size_of::<Inner>() + self.0.raw.len() + compiled
     }
 
     /// Whether this is `*`.

@@ -172,6 +172,12 @@ pub enum TemplateError {
 #[derive(Debug, Clone)]
 pub struct UriTemplate {
     regex: Regex,
+    /// The literal text before the first expression and after the last: every expansion starts
+    /// and ends with them, so a topic that does not is refused with two byte comparisons instead
+    /// of a regular-expression search (a node may hold thousands of templates, each tried on every
+    /// update).
+    prefix: Box<str>,
+    suffix: Box<str>,
     approx_memory: usize,
 }
 
@@ -198,8 +204,22 @@ impl UriTemplate {
                 Part::Expression(_) => 0,
             })
             .sum();
+        let literal = |p: &Part<'_>| match p {
+            Part::Literal(l) => Some(l.to_string()),
+            Part::Expression(_) => None,
+        };
+        let prefix: String = parts.iter().map_while(literal).collect();
+        let suffix: String = if parts.iter().any(|p| matches!(p, Part::Expression(_))) {
+            let mut tail: Vec<String> = parts.iter().rev().map_while(literal).collect();
+            tail.reverse();
+            tail.concat()
+        } else {
+            String::new()
+        };
         Ok(Self {
             regex,
+            prefix: prefix.into(),
+            suffix: suffix.into(),
             approx_memory: BASE_MEMORY
                 + value_copies * VALUE_MEMORY
                 + literal_bytes * LITERAL_BYTE_MEMORY,
@@ -208,7 +228,10 @@ impl UriTemplate {
 
     /// Whether `topic` is (or may be) an expansion of this template; the whole topic must match.
     pub fn is_match(&self, topic: &str) -> bool {
-        self.regex.is_match(topic)
+        topic.starts_with(&*self.prefix)
+            && topic.ends_with(&*self.suffix)
+            && topic.len() >= self.prefix.len() + self.suffix.len()
+            && self.regex.is_match(topic)
     }
 
     /// The generated regular expression, for logs and debugging.

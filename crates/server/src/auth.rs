@@ -10,7 +10,11 @@
 //! A token naming an unknown `kid` nudges the JWK Set refresh ([`crate::jwks`]).
 //!
 //! The audience a current token must name is the hub's resource identifier: `--resource-identifier`
-//! when set, else derived from the request ([`RequestIdentity`]).
+//! when set, else derived from the request ([`RequestIdentity`]). What a request says of the hub's
+//! address is client input: `Host` is the client's, and `X-Forwarded-Host` / `-Proto` are believed
+//! only from `--trusted-proxies` (any client can send them). With `--public-url`, only the listed
+//! origins are served (421 otherwise), so a token minted for another hub of the same issuer cannot
+//! be replayed here by naming that hub in `Host`.
 //!
 //! Failures become [`HubError::Auth`]; how they are answered (status, `WWW-Authenticate: Bearer`
 //! challenge, the pre-standardization answers kept for legacy requests) is decided in
@@ -27,6 +31,7 @@ use quicksilver_auth::{
 };
 use quicksilver_protocol::SelectorStore;
 
+use crate::client::{Peer, TrustedProxies};
 use crate::config::{Config, IssuerSpec};
 use crate::error::{AuthRefusal, HubError};
 use crate::jwks::JwksSource;
@@ -38,6 +43,9 @@ pub struct Authenticator {
     subscribers: Verifier,
     store: Arc<SelectorStore>,
     resource_identifier: Option<String>,
+    /// The origins served (`--public-url`; empty: any), lowercase `scheme://host[:port]`.
+    public_origins: Vec<String>,
+    trusted_proxies: TrustedProxies,
     authorization_servers: Vec<String>,
     access_token_cookie: String,
     jwks: Vec<JwksSource>,
@@ -179,6 +187,8 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
         subscribers,
         store,
         resource_identifier: config.resource_identifier.clone(),
+        public_origins: config.public_url.clone(),
+        trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
         authorization_servers: issuers
             .iter()
             .filter(|i| i.authorization_server)
@@ -196,10 +206,26 @@ fn unverifiable_key() -> anyhow::Result<KeySpec> {
 }
 
 impl Authenticator {
-    /// The hub's identity for a request with these headers.
-    pub fn identity(&self, headers: &HeaderMap) -> RequestIdentity {
-        let derived = derived_hub_url(headers);
-        match &self.resource_identifier {
+    /// The hub's identity for a request with these headers, from `peer`; `421` when the request
+    /// names an origin outside `--public-url`.
+    pub fn identity(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<Peer>,
+    ) -> Result<RequestIdentity, HubError> {
+        let origin = request_origin(headers, self.trusted_proxies.trusts(peer));
+        if !self.public_origins.is_empty()
+            && !self
+                .public_origins
+                .iter()
+                .any(|o| o.eq_ignore_ascii_case(&origin))
+        {
+            return Err(HubError::Misdirected(format!(
+                "this hub does not serve {origin}"
+            )));
+        }
+        let derived = format!("{origin}{HUB_PATH}");
+        Ok(match &self.resource_identifier {
             Some(resource) => RequestIdentity {
                 resource: resource.clone(),
                 // A configured identifier that is the hub's URL is also the base of relative
@@ -214,7 +240,7 @@ impl Authenticator {
                 resource: derived.clone(),
                 hub_url: derived,
             },
-        }
+        })
     }
 
     /// Issuers advertised as authorization servers.
@@ -312,10 +338,11 @@ impl Authenticator {
     }
 }
 
-/// `SCHEME://HOST/.well-known/mercure` of the request: the scheme from `X-Forwarded-Proto` (the hub
-/// itself serves plain HTTP behind a TLS-terminating proxy), the host from `X-Forwarded-Host`, else
-/// `Host`. A missing or malformed host gives `localhost`.
-pub fn derived_hub_url(headers: &HeaderMap) -> String {
+/// `SCHEME://HOST` of the request: the scheme from `X-Forwarded-Proto` (the hub itself serves
+/// plain HTTP behind a TLS-terminating proxy) and the host from `X-Forwarded-Host` when the request
+/// comes from a trusted proxy (`forwarded`), else `http` and `Host`. A missing or malformed host
+/// gives `localhost`.
+pub fn request_origin(headers: &HeaderMap, forwarded: bool) -> String {
     let first = |name: &str| {
         headers
             .get(name)
@@ -324,16 +351,27 @@ pub fn derived_hub_url(headers: &HeaderMap) -> String {
             .map(str::trim)
             .filter(|v| !v.is_empty())
     };
-    let scheme = match first("x-forwarded-proto") {
+    let scheme = match first("x-forwarded-proto").filter(|_| forwarded) {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
         _ => "http",
     };
     let valid = |h: &&str| h.parse::<http::uri::Authority>().is_ok() && !h.contains('@');
     let host = first("x-forwarded-host")
+        .filter(|_| forwarded)
         .filter(valid)
         .or_else(|| first("host").filter(valid))
         .unwrap_or("localhost");
-    format!("{scheme}://{host}{HUB_PATH}")
+    format!("{scheme}://{}", host.to_ascii_lowercase())
+}
+
+/// Parses a `--public-url` entry into the origin it names (`scheme://host[:port]`, lowercase,
+/// without a default port).
+pub fn parse_public_url(text: &str) -> Result<String, String> {
+    let url = url::Url::parse(text.trim()).map_err(|e| format!("{text:?}: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
+        return Err(format!("{text:?} is not an http(s) URL"));
+    }
+    Ok(url.origin().ascii_serialization())
 }
 
 #[cfg(test)]
@@ -341,25 +379,35 @@ mod tests {
     use super::*;
 
     #[test]
-    fn hub_url_is_derived_from_forwarded_headers_then_host() {
+    fn the_origin_is_derived_from_forwarded_headers_of_trusted_proxies_only() {
         let mut h = HeaderMap::new();
-        assert_eq!(derived_hub_url(&h), "http://localhost/.well-known/mercure");
-        h.insert("host", "hub.example.com:8080".parse().unwrap());
-        assert_eq!(
-            derived_hub_url(&h),
-            "http://hub.example.com:8080/.well-known/mercure"
-        );
+        assert_eq!(request_origin(&h, true), "http://localhost");
+        h.insert("host", "Hub.example.com:8080".parse().unwrap());
+        assert_eq!(request_origin(&h, true), "http://hub.example.com:8080");
         h.insert("x-forwarded-proto", "https, http".parse().unwrap());
         h.insert("x-forwarded-host", "public.example.com".parse().unwrap());
-        assert_eq!(
-            derived_hub_url(&h),
-            "https://public.example.com/.well-known/mercure"
-        );
+        assert_eq!(request_origin(&h, true), "https://public.example.com");
+        // From anyone else, forwarded headers are the client's word and are ignored.
+        assert_eq!(request_origin(&h, false), "http://hub.example.com:8080");
         h.insert("x-forwarded-host", "evil.example/path".parse().unwrap());
         assert_eq!(
-            derived_hub_url(&h),
-            "https://hub.example.com:8080/.well-known/mercure",
+            request_origin(&h, true),
+            "https://hub.example.com:8080",
             "a forwarded host that is not an authority is ignored"
         );
+    }
+
+    #[test]
+    fn public_urls_are_origins() {
+        assert_eq!(
+            parse_public_url("https://Hub.Example.com:443/.well-known/mercure").unwrap(),
+            "https://hub.example.com"
+        );
+        assert_eq!(
+            parse_public_url("http://localhost:3000").unwrap(),
+            "http://localhost:3000"
+        );
+        assert!(parse_public_url("hub.example.com").is_err());
+        assert!(parse_public_url("ftp://hub.example.com").is_err());
     }
 }

@@ -94,6 +94,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_READ_BUDGET", default_value_t = 16 * 1024 * 1024)]
     pub redis_read_budget: usize,
 
+    /// History lookups that may talk to Redis at once (scans of retained history for resuming
+    /// subscribers, catch-up checks of unknown ids); others wait up to `--redis-timeout`, then get
+    /// 503.
+    #[arg(long, env = "QUICKSILVER_REDIS_MAX_HISTORY_SCANS", default_value_t = 8)]
+    pub redis_max_history_scans: usize,
+
     /// Also drop history older than this (`0`: keep by count only).
     #[arg(long, env = "QUICKSILVER_HISTORY_MAX_AGE", default_value = "0", value_parser = parse_duration)]
     pub history_max_age: Duration,
@@ -215,9 +221,16 @@ pub struct Config {
 
     /// The hub's resource identifier: the audience (`aud`) access tokens must name. Unset, it is
     /// derived from each request as `SCHEME://HOST/.well-known/mercure` (`X-Forwarded-Proto` /
-    /// `X-Forwarded-Host` honoured), so a hub reachable under several names needs no setting.
+    /// `X-Forwarded-Host` honoured from `--trusted-proxies` only), within `--public-url`.
     #[arg(long, env = "MERCURE_RESOURCE_IDENTIFIER")]
     pub resource_identifier: Option<String>,
+
+    /// The origins the hub is reached at (`https://hub.example.com`, repeatable or
+    /// comma-separated): a request for any other origin (its `Host`, or what a trusted proxy
+    /// forwards) is answered 421, so a token minted for another hub of the same issuer is never
+    /// accepted here. Unset, every origin is served.
+    #[arg(long, env = "QUICKSILVER_PUBLIC_URL", value_delimiter = ',', num_args = 0.., value_parser = crate::auth::parse_public_url)]
+    pub public_url: Vec<String>,
 
     /// Accept the pre-standardization generation too: tokens with the `mercure` claim, the
     /// `authorization` query parameter and the `--cookie-name` cookie. `false` leaves a hub that
@@ -241,6 +254,15 @@ pub struct Config {
     /// published by another node.
     #[arg(long, env = "QUICKSILVER_SUBSCRIPTION_LEASE", default_value = "15s", value_parser = parse_duration)]
     pub subscription_lease: Duration,
+
+    /// Subscriptions one response of the subscription API lists at most; a longer list is served
+    /// in pages, each with a `Link: <…?after=ID>; rel="next"` header to the next.
+    #[arg(
+        long,
+        env = "QUICKSILVER_SUBSCRIPTIONS_PAGE_SIZE",
+        default_value_t = 1000
+    )]
+    pub subscriptions_page_size: usize,
 
     /// Serve the debug page at `/` (subscribe and publish from a browser with a pasted token; it
     /// holds no secret and exposes nothing the hub's API does not).
@@ -278,14 +300,64 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_SUBSCRIBER_QUEUE", default_value_t = 1024)]
     pub subscriber_queue: usize,
 
+    /// Memory the node's compiled topic selectors (URI templates, URL patterns) may take, in
+    /// bytes; each distinct selector is compiled once and shared by every subscriber that sends
+    /// it. A subscription that would take them past this is refused with 503.
+    #[arg(long, env = "QUICKSILVER_MAX_SELECTOR_MEMORY", default_value_t = 64 * 1024 * 1024)]
+    pub max_selector_memory: usize,
+
+    /// Memory one subscription's own compiled selectors (those no one else on the node holds) may
+    /// take, in bytes; more is refused with 413.
+    #[arg(long, env = "QUICKSILVER_MAX_SUBSCRIPTION_SELECTOR_MEMORY", default_value_t = 1024 * 1024)]
+    pub max_subscription_selector_memory: usize,
+
+    /// Bytes of replay batches (history frames joined into one write for a resuming subscriber)
+    /// the node holds at once; beyond it, replays send frames one at a time, uncopied.
+    #[arg(long, env = "QUICKSILVER_MAX_REPLAY_BUFFER", default_value_t = 64 * 1024 * 1024)]
+    pub max_replay_buffer: usize,
+
     /// Number of fan-out shards (default: the number of CPU cores).
     #[arg(long, env = "QUICKSILVER_SHARDS")]
     pub shards: Option<usize>,
 
-    /// Maximum number of subscribers on this node; more are refused with 503 so the load balancer
-    /// sends them elsewhere (`0`: 95% of the process's open-file limit).
+    /// Maximum number of TCP connections on this node's listener; more are answered at once with
+    /// 503 and `Retry-After` so the load balancer sends them elsewhere (`0`: 95% of the process's
+    /// open-file limit).
     #[arg(long, env = "QUICKSILVER_MAX_CONNECTIONS", default_value_t = 0)]
     pub max_connections: usize,
+
+    /// Maximum number of subscribers on this node, a subset of the connections; more are refused
+    /// with 503 (`0`: as many as `--max-connections`).
+    #[arg(long, env = "QUICKSILVER_MAX_SUBSCRIBERS", default_value_t = 0)]
+    pub max_subscribers: usize,
+
+    /// Maximum number of connections one client address may hold (through `--trusted-proxies`:
+    /// subscriber streams of the address they forward); more are answered 429 (`0`: no limit).
+    #[arg(
+        long,
+        env = "QUICKSILVER_MAX_CONNECTIONS_PER_CLIENT",
+        default_value_t = 0
+    )]
+    pub max_connections_per_client: usize,
+
+    /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For`, `-Host` and
+    /// `-Proto` headers are believed; from any other peer they are ignored.
+    #[arg(long, env = "QUICKSILVER_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0.., value_parser = crate::client::parse_network)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+
+    /// A connection without a request in progress (an HTTP/2 connection without open streams, an
+    /// idle kept-alive HTTP/1.1 one) is closed after this (`0`: never).
+    #[arg(long, env = "QUICKSILVER_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Streams one HTTP/2 connection may have open at once.
+    #[arg(long, env = "QUICKSILVER_HTTP2_MAX_STREAMS", default_value_t = 100)]
+    pub http2_max_streams: u32,
+
+    /// Interval of HTTP/2 keep-alive pings; a connection that leaves one unanswered this long is
+    /// closed (`0`: no pings).
+    #[arg(long, env = "QUICKSILVER_HTTP2_KEEP_ALIVE", default_value = "20s", value_parser = parse_duration)]
+    pub http2_keep_alive: Duration,
 
     /// Time a client has to send a complete request head after connecting (or, on a kept-alive
     /// connection, after the previous response); slower connections are closed, so clients

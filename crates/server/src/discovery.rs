@@ -8,18 +8,26 @@
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use http::{header, HeaderMap, HeaderValue};
 use quicksilver_auth::ProtectedResourceMetadata;
 
+use crate::client::Peer;
 use crate::hub::Hub;
 
 /// The metadata path for the default hub URL.
 pub const METADATA_PATH: &str = "/.well-known/oauth-protected-resource/.well-known/mercure";
 
 /// `GET /.well-known/oauth-protected-resource/.well-known/mercure`.
-pub async fn metadata(State(hub): State<Hub>, headers: HeaderMap) -> Response {
-    let identity = hub.auth().identity(&headers);
+pub async fn metadata(
+    State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
+    headers: HeaderMap,
+) -> Response {
+    let identity = match hub.auth().identity(&headers, peer.map(|Extension(p)| p)) {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
     let document = ProtectedResourceMetadata {
         authorization_servers: hub.auth().authorization_servers().to_vec(),
         mercure_cookie: Some(hub.auth().access_token_cookie().to_string()),

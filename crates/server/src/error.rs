@@ -61,9 +61,16 @@ pub enum HubError {
     /// Wrong content type (415).
     #[error("{0}")]
     UnsupportedMediaType(String),
-    /// The transport cannot store or read now; retry later (503 with `Retry-After`).
+    /// The transport cannot store or read now, or the node is at one of its limits; retry later
+    /// (503 with `Retry-After`).
     #[error("{0}")]
     Unavailable(String),
+    /// The request names an origin this hub does not serve (421).
+    #[error("{0}")]
+    Misdirected(String),
+    /// The client holds its share of a limit (429 with `Retry-After`).
+    #[error("{0}")]
+    TooManyRequests(String),
 }
 
 impl IntoResponse for HubError {
@@ -76,6 +83,8 @@ impl IntoResponse for HubError {
             HubError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             HubError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            HubError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            HubError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();
@@ -86,7 +95,7 @@ impl IntoResponse for HubError {
         if let HubError::Auth(refusal) = &self {
             headers.insert(header::WWW_AUTHENTICATE, refusal.challenge());
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

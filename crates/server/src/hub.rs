@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use crate::auth::Authenticator;
 use async_trait::async_trait;
-use quicksilver_fanout::{Fanout, FanoutConfig};
+use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
 use quicksilver_transport::Gap;
 use quicksilver_transport::{
@@ -21,6 +21,7 @@ use quicksilver_transport::{
     SubscriptionRegistry, Transport, UpdateSink,
 };
 
+use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::subscriptions::Subscriptions;
@@ -46,8 +47,12 @@ pub struct HubSettings {
     pub publish_limits: PublishLimits,
     /// Subscription query limits.
     pub subscribe_limits: SubscribeLimits,
+    /// Bytes one subscription's own compiled selectors may take.
+    pub max_subscription_selector_memory: usize,
     /// Maximum publish body size in bytes.
     pub max_body_size: usize,
+    /// Maximum number of TCP connections on this node.
+    pub max_connections: usize,
     /// Maximum number of subscribers on this node.
     pub max_subscribers: usize,
     /// Time over which streams are closed when draining.
@@ -56,8 +61,20 @@ pub struct HubSettings {
     pub drain_retry: Duration,
     /// Whether subscription events and the subscription API are on.
     pub subscriptions: bool,
+    /// Subscriptions one subscription API response lists at most.
+    pub subscriptions_page_size: usize,
     /// Time a connection has to send a complete request head (`None`: unlimited).
     pub header_read_timeout: Option<Duration>,
+    /// Time a connection without a request in progress is kept (`None`: forever).
+    pub idle_timeout: Option<Duration>,
+    /// How long a connection's writes may stay blocked (the dispatch timeout; `None`: forever).
+    pub write_stall_timeout: Option<Duration>,
+    /// Proxies whose `X-Forwarded-*` headers are believed.
+    pub trusted_proxies: TrustedProxies,
+    /// Streams one HTTP/2 connection may carry at once.
+    pub http2_max_streams: u32,
+    /// HTTP/2 ping interval and timeout (`None`: no pings).
+    pub http2_keep_alive: Option<Duration>,
 }
 
 /// Handle to the hub's shared state.
@@ -78,6 +95,12 @@ struct HubInner {
     started: AtomicBool,
     subscriptions: Option<Arc<Subscriptions>>,
     last_event: Arc<LastEvent>,
+    /// Connections and streams held per client address (`--max-connections-per-client`).
+    clients: Arc<ClientCounts>,
+    /// Replay batches in flight (`--max-replay-buffer`).
+    replay_budget: Arc<ReplayBudget>,
+    /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
+    compiling: Arc<tokio::sync::Semaphore>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -140,7 +163,7 @@ impl UpdateSink for FanoutSink {
 impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
-        let selectors = Arc::new(SelectorStore::default());
+        let selectors = Arc::new(SelectorStore::default().with_budget(config.max_selector_memory));
         let auth = crate::auth::authenticator(config, selectors.clone())?;
         let fanout = Fanout::start(
             &FanoutConfig {
@@ -188,6 +211,7 @@ impl Hub {
                         max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
                         read_budget: config.redis_read_budget,
                         history_max_bytes: config.history_max_bytes,
+                        max_history_scans: config.redis_max_history_scans,
                         tls_ca_file: config.redis_tls_ca.clone(),
                         ..RedisConfig::default()
                     })
@@ -212,6 +236,10 @@ impl Hub {
             ))
         });
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
+        let max_connections = match config.max_connections {
+            0 => default_max_connections(),
+            n => n,
+        };
         let settings = HubSettings {
             anonymous: config.anonymous,
             heartbeat: non_zero(config.heartbeat),
@@ -224,20 +252,31 @@ impl Hub {
                 max_matchers: config.max_selectors,
                 max_pattern_len: config.max_selector_length,
             },
+            max_subscription_selector_memory: config.max_subscription_selector_memory,
             max_body_size: config.max_body_size,
-            max_subscribers: match config.max_connections {
-                0 => default_max_subscribers(),
-                n => n,
+            max_connections,
+            max_subscribers: match config.max_subscribers {
+                0 => max_connections,
+                n => n.min(max_connections),
             },
             drain_window: config.drain_window,
             drain_retry: config.drain_retry,
             subscriptions: config.subscriptions,
+            subscriptions_page_size: config.subscriptions_page_size.max(1),
             header_read_timeout: non_zero(config.header_read_timeout),
+            idle_timeout: non_zero(config.idle_timeout),
+            write_stall_timeout: non_zero(config.dispatch_timeout),
+            trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+            http2_max_streams: config.http2_max_streams.max(1),
+            http2_keep_alive: non_zero(config.http2_keep_alive),
         };
+        let replay_budget = ReplayBudget::new(config.max_replay_buffer);
         let metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
             subscriptions.as_ref().map(|s| s.registry_handle()),
+            replay_budget.clone(),
+            selectors.clone(),
         );
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -251,6 +290,11 @@ impl Hub {
                 started: AtomicBool::new(false),
                 subscriptions,
                 last_event,
+                clients: ClientCounts::new(config.max_connections_per_client),
+                replay_budget,
+                compiling: Arc::new(tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                )),
             }),
         })
     }
@@ -273,6 +317,21 @@ impl Hub {
     /// The token verifiers.
     pub fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    /// Connections and streams held per client address.
+    pub fn clients(&self) -> &Arc<ClientCounts> {
+        &self.inner.clients
+    }
+
+    /// Permits to compile selectors off the reactor (one per core).
+    pub fn compiling(&self) -> &Arc<tokio::sync::Semaphore> {
+        &self.inner.compiling
+    }
+
+    /// The bound on replay batches in flight, shared by every resuming subscriber.
+    pub fn replay_budget(&self) -> &Arc<ReplayBudget> {
+        &self.inner.replay_budget
     }
 
     /// The node's metrics.
@@ -362,9 +421,9 @@ impl Hub {
     }
 }
 
-/// 95% of the open-file limit (`Max open files` in `/proc/self/limits`): each subscriber holds one
-/// socket, and the rest is kept for publishers, Redis connections and the listener.
-fn default_max_subscribers() -> usize {
+/// 95% of the open-file limit (`Max open files` in `/proc/self/limits`): each connection holds one
+/// socket, and the rest is kept for Redis connections, the listeners, refusals and files.
+fn default_max_connections() -> usize {
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|text| {

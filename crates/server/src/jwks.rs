@@ -11,7 +11,9 @@
 //! `file://` sets are read once at start-up, where an unreadable or invalid file refuses to start
 //! the hub, and then re-read like remote ones (a mounted Kubernetes secret changes in place).
 //! Remote sets are fetched in the background from the start: until the first fetch succeeds, the
-//! issuer's tokens are refused as signed with an unknown key.
+//! issuer's tokens are refused as signed with an unknown key. A set is read up to
+//! [`MAX_JWKS_BYTES`] and no further (a remote set chunk by chunk, whatever length it announces),
+//! and a fetch never follows a redirect from `https` to `http`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,6 +27,9 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 
 /// The largest JWK Set accepted, in bytes.
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
+
+/// Redirects followed when fetching a JWK Set.
+const MAX_REDIRECTS: usize = 5;
 
 /// How long one fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -106,7 +111,11 @@ struct Refresher {
 
 impl Refresher {
     async fn run(self) {
-        let client = match reqwest::Client::builder().timeout(FETCH_TIMEOUT).build() {
+        let client = match reqwest::Client::builder()
+            .timeout(FETCH_TIMEOUT)
+            .redirect(no_downgrade())
+            .build()
+        {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(issuer = %self.issuer, error = %e, "cannot build the JWKS HTTP client");
@@ -150,22 +159,56 @@ impl Refresher {
 
     async fn fetch(&self, client: &reqwest::Client) -> anyhow::Result<KeySet> {
         let bytes = match &self.location {
-            Location::File(path) => tokio::fs::read(path).await?,
+            Location::File(path) => {
+                let file = tokio::fs::File::open(path).await?;
+                let mut bytes = Vec::new();
+                // One byte more than allowed tells an oversized file from one of the limit's size.
+                tokio::io::AsyncReadExt::read_to_end(
+                    &mut tokio::io::AsyncReadExt::take(file, MAX_JWKS_BYTES as u64 + 1),
+                    &mut bytes,
+                )
+                .await?;
+                if bytes.len() > MAX_JWKS_BYTES {
+                    anyhow::bail!("JWK Set larger than {MAX_JWKS_BYTES} bytes");
+                }
+                bytes
+            }
             Location::Http(url) => {
-                let response = client.get(url).send().await?.error_for_status()?;
+                let mut response = client.get(url).send().await?.error_for_status()?;
                 if response
                     .content_length()
                     .is_some_and(|n| n > MAX_JWKS_BYTES as u64)
                 {
                     anyhow::bail!("JWK Set larger than {MAX_JWKS_BYTES} bytes");
                 }
-                let body = response.bytes().await?;
-                if body.len() > MAX_JWKS_BYTES {
-                    anyhow::bail!("JWK Set larger than {MAX_JWKS_BYTES} bytes");
+                // Read chunk by chunk and stopped at the limit: a server that announces no length
+                // (or lies about it) cannot make the hub hold more.
+                let mut body = Vec::new();
+                while let Some(chunk) = response.chunk().await? {
+                    if body.len() + chunk.len() > MAX_JWKS_BYTES {
+                        anyhow::bail!("JWK Set larger than {MAX_JWKS_BYTES} bytes");
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                body.to_vec()
+                body
             }
         };
         Ok(KeySet::from_jwks(&bytes)?)
     }
+}
+
+/// Follows at most a few redirects, and never from `https` to `http`: keys fetched over TLS must
+/// not be swapped for keys anyone on the path could forge.
+fn no_downgrade() -> reqwest::redirect::Policy {
+    reqwest::redirect::Policy::custom(|attempt| {
+        let downgrade = attempt.url().scheme() == "http"
+            && attempt.previous().iter().any(|u| u.scheme() == "https");
+        if downgrade {
+            attempt.error("refusing a redirect from https to http")
+        } else if attempt.previous().len() >= MAX_REDIRECTS {
+            attempt.error("too many redirects")
+        } else {
+            attempt.follow()
+        }
+    })
 }

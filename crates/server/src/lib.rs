@@ -17,6 +17,8 @@
 //! - [`sse`]: the subscriber's way out: the accept loop and connection tasks, the lean HTTP/1.1
 //!   path, the stream writer and a subscriber's SSE response body.
 //! - [`subscriptions`]: subscription events and the subscription API, cluster-wide.
+//! - [`client`]: who a request comes from (the peer, or behind `--trusted-proxies` the forwarded
+//!   address) and how many connections each client address holds.
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
@@ -26,6 +28,7 @@
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
+pub mod client;
 pub mod config;
 pub mod cors;
 pub mod debug_page;
@@ -163,25 +166,25 @@ impl Server {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
         let Server { hub, app, listener } = self;
-        let connection_metrics = sse::accept::ConnectionMetrics {
-            open: hub.metrics().connections.clone(),
-            lean_requests: hub.metrics().lean_requests.clone(),
+        let connection_metrics = hub.metrics().connection.clone();
+        let settings = hub.settings();
+        let options = sse::accept::ServeOptions {
+            grace: SHUTDOWN_GRACE,
+            header_read_timeout: settings.header_read_timeout,
+            write_stall_timeout: settings.write_stall_timeout,
+            idle_timeout: settings.idle_timeout,
+            max_connections: settings.max_connections,
+            client_counts: hub.clients().clone(),
+            trusted_proxies: settings.trusted_proxies.clone(),
+            http2_max_streams: settings.http2_max_streams,
+            http2_keep_alive: settings.http2_keep_alive,
         };
         let closing = hub.clone();
-        let header_read_timeout = hub.settings().header_read_timeout;
         let stop = async move {
             shutdown.await;
             hub.drain().await;
         };
-        sse::accept::serve(
-            listener,
-            app,
-            stop,
-            SHUTDOWN_GRACE,
-            connection_metrics,
-            header_read_timeout,
-        )
-        .await;
+        sse::accept::serve(listener, app, stop, connection_metrics, options).await;
         closing.close().await;
         tracing::info!("hub stopped");
         Ok(())

@@ -17,23 +17,38 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use quicksilver_fanout::Fanout;
+use quicksilver_fanout::{Fanout, ReplayBudget};
+use quicksilver_protocol::SelectorStore;
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::hub::Hub;
+use crate::sse::accept::ConnectionMetrics;
 
-/// Labels of the HTTP responses counter.
+/// Labels of the HTTP responses counter. Every value comes from a closed set, so nothing a client
+/// sends becomes a new time series: the route is one of the router's templates or `other`, the
+/// method one the hub serves or `other`, the status one the hub chose.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResponseLabels {
-    /// The matched route (`/.well-known/mercure`, `/healthz`, …; `unmatched` otherwise).
+    /// The matched route template (`/.well-known/mercure`, `/healthz`, …; `other` otherwise).
     pub route: String,
-    /// The request method.
-    pub method: String,
+    /// The request method: one of [`METHODS`], else `other`.
+    pub method: &'static str,
     /// The response status code.
     pub status: u16,
+}
+
+/// The methods counted under their own name; any other is counted as `other`.
+pub const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "OPTIONS"];
+
+/// The label of `method`: its name if the hub serves it, else `other`.
+fn method_label(method: &http::Method) -> &'static str {
+    METHODS
+        .into_iter()
+        .find(|m| *m == method.as_str())
+        .unwrap_or("other")
 }
 
 /// The metrics recorded on request paths.
@@ -49,10 +64,10 @@ pub struct Metrics {
     pub delivery_latency: Histogram,
     /// HTTP responses by route, method and status.
     pub responses: Family<ResponseLabels, Counter>,
-    /// Open client connections on the main listener.
-    pub connections: Gauge,
-    /// Requests answered on the lean HTTP/1.1 path (every other request is served by hyper).
-    pub lean_requests: Counter,
+    /// Subscriptions refused because their selectors were over a memory budget.
+    pub selectors_refused: Counter,
+    /// The accept loop's connection metrics (open connections, lean requests, refusals, closes).
+    pub connection: ConnectionMetrics,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -72,6 +87,8 @@ impl Metrics {
         fanout: Fanout,
         transport: Arc<dyn Transport>,
         subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
+        replay_budget: Arc<ReplayBudget>,
+        selectors: Arc<SelectorStore>,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         let published = Counter::default();
@@ -79,17 +96,42 @@ impl Metrics {
         let publish_duration = Histogram::new(latency_buckets());
         let delivery_latency = Histogram::new(latency_buckets());
         let responses = Family::<ResponseLabels, Counter>::default();
-        let connections = Gauge::default();
-        let lean_requests = Counter::default();
+        let connection = ConnectionMetrics::default();
         registry.register(
             "connections",
             "Open client connections on the main listener",
-            connections.clone(),
+            connection.open.clone(),
         );
         registry.register(
             "lean_requests",
             "Requests answered on the lean HTTP/1.1 path, without hyper's per-connection buffers",
-            lean_requests.clone(),
+            connection.lean_requests.clone(),
+        );
+        let selectors_refused = Counter::default();
+        registry.register(
+            "selector_budget_refusals",
+            "Subscriptions refused because their selectors would exceed --max-selector-memory (503) or --max-subscription-selector-memory (413)",
+            selectors_refused.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections answered 503 because the node held --max-connections",
+            connection.refused.clone(),
+        );
+        registry.register(
+            "connections_refused_per_client",
+            "Connections answered 429 because their client address held --max-connections-per-client",
+            connection.refused_per_client.clone(),
+        );
+        registry.register(
+            "connections_write_stalled",
+            "Connections closed because their writes stayed blocked longer than the dispatch timeout",
+            connection.write_stalls.clone(),
+        );
+        registry.register(
+            "connections_idle_closed",
+            "Connections closed after --idle-timeout without a request in progress",
+            connection.idle_closed.clone(),
         );
         registry.register(
             "updates_published",
@@ -120,6 +162,8 @@ impl Metrics {
             fanout,
             transport,
             subscriptions,
+            replay_budget,
+            selectors,
         }));
         Self {
             registry,
@@ -128,8 +172,8 @@ impl Metrics {
             publish_duration,
             delivery_latency,
             responses,
-            connections,
-            lean_requests,
+            connection,
+            selectors_refused,
         }
     }
 
@@ -146,6 +190,8 @@ struct HubCollector {
     fanout: Fanout,
     transport: Arc<dyn Transport>,
     subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
+    replay_budget: Arc<ReplayBudget>,
+    selectors: Arc<SelectorStore>,
 }
 
 impl std::fmt::Debug for HubCollector {
@@ -213,9 +259,33 @@ impl Collector for HubCollector {
         )?;
         counter(
             &mut encoder,
+            "stalled_writer_disconnections",
+            "Subscribers cut off because their writes stayed blocked longer than the dispatch timeout (also counted as slow)",
+            s.stalled_disconnects.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
             "gap_disconnections",
             "Subscriber streams ended because updates were lost before this node read them",
             s.gap_disconnects.load(Ordering::Relaxed),
+        )?;
+        gauge(
+            &mut encoder,
+            "selector_memory_bytes",
+            "Estimated memory of the live compiled topic selectors (bounded by --max-selector-memory)",
+            self.selectors.memory_used() as i64,
+        )?;
+        gauge(
+            &mut encoder,
+            "replay_buffer_bytes",
+            "Bytes of replay batches held now (bounded by --max-replay-buffer)",
+            self.replay_budget.used() as i64,
+        )?;
+        counter(
+            &mut encoder,
+            "replay_unbatched_frames",
+            "History frames replayed one at a time because --max-replay-buffer was spent",
+            self.replay_budget.unbatched(),
         )?;
         let t = self.transport.stats();
         gauge(
@@ -319,8 +389,8 @@ pub async fn count_responses(State(hub): State<Hub>, request: Request, next: Nex
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string());
-    let method = request.method().as_str().to_string();
+        .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
+    let method = method_label(request.method());
     let response = next.run(request).await;
     hub.metrics()
         .responses

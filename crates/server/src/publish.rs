@@ -18,10 +18,12 @@ use std::time::Duration;
 use axum::body::{Body, Bytes};
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use quicksilver_protocol::{parse_publish_form, publish::PublishError};
 use tracing::Instrument;
 
+use crate::client::Peer;
 use crate::error::HubError;
 use crate::hub::Hub;
 
@@ -32,13 +34,15 @@ pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// Handles a publish request.
 pub async fn publish(
     State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
 ) -> Result<Response, HubError> {
     let span = crate::telemetry::publish_span(&headers);
-    let outcome = authorize_and_store(hub, method, headers, query, body)
+    let peer = peer.map(|Extension(peer)| peer);
+    let outcome = authorize_and_store(hub, peer, method, headers, query, body)
         .instrument(span.clone())
         .await;
     crate::telemetry::record_outcome(&span, &outcome);
@@ -47,12 +51,13 @@ pub async fn publish(
 
 async fn authorize_and_store(
     hub: Hub,
+    peer: Option<Peer>,
     method: Method,
     headers: HeaderMap,
     query: Option<String>,
     body: Body,
 ) -> Result<Response, HubError> {
-    let identity = hub.auth().identity(&headers);
+    let identity = hub.auth().identity(&headers, peer)?;
     let publisher = hub
         .auth()
         .publisher(&method, &headers, query.as_deref(), &identity)?;

@@ -11,10 +11,13 @@ use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{HeaderMap, HeaderValue, Method};
 use quicksilver_fanout::{Access, Resume, SubscriberSpec};
-use quicksilver_protocol::{parse_subscribe_query, EARLIEST};
+use quicksilver_protocol::subscribe::{MatchType, Matcher};
+use quicksilver_protocol::{parse_subscribe_query, Selector, SelectorError, EARLIEST};
 
+use crate::client::{client_ip, Peer};
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::sse::{EndReason, SubscriberStream};
@@ -26,6 +29,7 @@ const STARTUP_WAIT: Duration = Duration::from_secs(5);
 /// Handles a subscription request.
 pub async fn subscribe(
     State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
@@ -51,13 +55,24 @@ pub async fn subscribe(
             "this node holds its maximum number of subscribers, retry on another".into(),
         ));
     }
+    // Connections through a trusted proxy are shared by many clients: each client's streams are
+    // counted under its forwarded address instead (direct connections are counted on accept).
+    let peer = peer.map(|Extension(peer)| peer);
+    let client_slot = match client_ip(peer, &headers, &settings.trusted_proxies) {
+        Some(ip) if hub.clients().is_limited() && settings.trusted_proxies.trusts(peer) => {
+            Some(hub.clients().acquire(ip).ok_or_else(|| {
+                HubError::TooManyRequests("too many connections from this client address".into())
+            })?)
+        }
+        _ => None,
+    };
     let query = parse_subscribe_query(
         raw_query.as_deref().unwrap_or(""),
         &settings.subscribe_limits,
     )
     .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
-    let identity = hub.auth().identity(&headers);
+    let identity = hub.auth().identity(&headers, peer)?;
     let subscriber = hub
         .auth()
         .subscriber(&method, &headers, raw_query.as_deref(), &identity)?;
@@ -78,23 +93,7 @@ pub async fn subscribe(
         }
     };
 
-    let mut selectors = Vec::with_capacity(query.matchers.len());
-    for matcher in &query.matchers {
-        let selector = match matcher.kind {
-            quicksilver_protocol::subscribe::MatchType::TopicSelector => {
-                hub.selectors().compile(&matcher.pattern)
-            }
-            quicksilver_protocol::subscribe::MatchType::Exact => Ok(
-                quicksilver_protocol::Selector::exact_topic(&matcher.pattern),
-            ),
-            // Relative patterns resolve against this hub's URL, as seen by the request.
-            quicksilver_protocol::subscribe::MatchType::UrlPattern => hub
-                .selectors()
-                .compile_url_pattern(&matcher.pattern, Some(&identity.hub_url)),
-        }
-        .map_err(|e| HubError::BadRequest(e.to_string()))?;
-        selectors.push(selector);
-    }
+    let selectors = compile_selectors(&hub, &query.matchers, &identity.hub_url).await?;
     let spec = SubscriberSpec { selectors, access };
 
     // The header wins over the query parameters, as the SSE and Mercure specifications say.
@@ -120,9 +119,12 @@ pub async fn subscribe(
             .history(last_event_id)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
-        resume = Some(Resume::new(history.entries, &history.high_water, |e| {
-            spec.accepts(hub.selectors(), e)
-        }));
+        resume = Some(
+            Resume::new(history.entries, &history.high_water, |e| {
+                spec.accepts(hub.selectors(), e)
+            })
+            .with_budget(hub.replay_budget().clone()),
+        );
         anchor_header = Some(history.anchor.unwrap_or_else(|| EARLIEST.to_string()));
     }
 
@@ -160,8 +162,9 @@ pub async fn subscribe(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
-            // Ends the subscriptions (events, registry).
+            // Ends the subscriptions (events, registry) and frees the client's slot.
             drop(held);
+            drop(client_slot);
         },
     )
     .with_closing_retry(settings.drain_retry)
@@ -177,6 +180,72 @@ pub async fn subscribe(
         h.insert("mercure-last-event-id", value);
     }
     Ok(response)
+}
+
+/// Compiles a subscription's selectors through the node's selector store, sharing what is already
+/// compiled. Compiling a template or URL pattern takes tens of microseconds, so a subscription
+/// that has one is compiled on the blocking pool, a core's worth at a time, not on the reactor
+/// that serves every stream. Selectors compiled for this subscription alone are charged to it
+/// (`--max-subscription-selector-memory`, 413 past it); the store refuses what would take the
+/// node past its budget (`--max-selector-memory`, 503).
+async fn compile_selectors(
+    hub: &Hub,
+    matchers: &[Matcher],
+    hub_url: &str,
+) -> Result<Vec<Selector>, HubError> {
+    let costly = matchers.iter().any(|m| match m.kind {
+        MatchType::TopicSelector => m.pattern.contains('{'),
+        MatchType::UrlPattern => true,
+        MatchType::Exact => false,
+    });
+    if !costly {
+        return compile_all(hub, matchers, hub_url);
+    }
+    let _permit = hub
+        .compiling()
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|_| HubError::Unavailable("the hub is shutting down".into()))?;
+    let (job_hub, matchers, hub_url) = (hub.clone(), matchers.to_vec(), hub_url.to_string());
+    tokio::task::spawn_blocking(move || compile_all(&job_hub, &matchers, &hub_url))
+        .await
+        .map_err(|_| HubError::Unavailable("selector compilation failed".into()))?
+}
+
+fn compile_all(hub: &Hub, matchers: &[Matcher], hub_url: &str) -> Result<Vec<Selector>, HubError> {
+    let budget = hub.settings().max_subscription_selector_memory;
+    let mut own_bytes = 0usize;
+    let mut selectors = Vec::with_capacity(matchers.len());
+    for matcher in matchers {
+        let compiled = match matcher.kind {
+            MatchType::TopicSelector => hub.selectors().compile_fresh(&matcher.pattern),
+            MatchType::Exact => Ok((Selector::exact_topic(&matcher.pattern), false)),
+            // Relative patterns resolve against this hub's URL, as seen by the request.
+            MatchType::UrlPattern => hub
+                .selectors()
+                .compile_url_pattern_fresh(&matcher.pattern, Some(hub_url)),
+        };
+        let (selector, fresh) = compiled.map_err(|e| match e {
+            SelectorError::OverBudget { .. } => {
+                hub.metrics().selectors_refused.inc();
+                HubError::Unavailable(e.to_string())
+            }
+            e => HubError::BadRequest(e.to_string()),
+        })?;
+        if fresh {
+            own_bytes += selector.approx_memory();
+            if own_bytes > budget {
+                hub.metrics().selectors_refused.inc();
+                return Err(HubError::TooLarge(format!(
+                    "the topic selectors of this subscription take more than {budget} bytes to \
+                     compile; share selectors with other subscribers or send fewer"
+                )));
+            }
+        }
+        selectors.push(selector);
+    }
+    Ok(selectors)
 }
 
 /// One subscription per matcher of the request, all with the same new subscriber id, each with

@@ -253,7 +253,15 @@ async fn failures_follow_the_error_responses() {
 
 #[tokio::test]
 async fn audience_is_derived_from_the_request_when_not_configured() {
-    let hub = spawn_hub(&["--issuer", ISSUER, "--anonymous"]).await;
+    // The test client stands for the TLS-terminating proxy: its forwarded headers are believed.
+    let hub = spawn_hub(&[
+        "--issuer",
+        ISSUER,
+        "--anonymous",
+        "--trusted-proxies",
+        "127.0.0.1",
+    ])
+    .await;
     // reqwest sends `Host: 127.0.0.1:PORT`.
     let derived = hub.mercure_url();
     let fields = [("topic", "a"), ("data", "x")];

@@ -416,7 +416,7 @@ async fn a_slow_subscriber_is_cut_off_while_a_fast_one_keeps_receiving() {
 
 #[tokio::test]
 async fn subscribers_beyond_the_node_limit_are_refused_with_503() {
-    let hub = spawn_hub(&["--anonymous", "--max-connections", "2"]).await;
+    let hub = spawn_hub(&["--anonymous", "--max-subscribers", "2"]).await;
     let c = http_client();
     let url = format!("{}?topic=t", hub.mercure_url());
     let _a = SseClient::subscribe(&url, &[]).await;

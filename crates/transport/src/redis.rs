@@ -151,6 +151,8 @@ pub(crate) struct Shared {
     /// first warm-up). History waits on it before calling an id unknown (see `history`); events
     /// are published following partition 0's.
     progress: Vec<tokio::sync::watch::Sender<Option<Position>>>,
+    /// History lookups talking to Redis at once (`max_history_scans`).
+    scans: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -197,6 +199,7 @@ impl RedisTransport {
             progress: (0..=settings.partitions)
                 .map(|_| tokio::sync::watch::channel(None).0)
                 .collect(),
+            scans: tokio::sync::Semaphore::new(settings.max_history_scans),
             settings,
         };
         Ok(Self {

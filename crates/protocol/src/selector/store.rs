@@ -7,10 +7,23 @@
 //! node. URL-pattern selectors, whose match parses the topic as a URL (about 800 ns), also have
 //! their results cached, keyed by `(selector, topic)`. Both caches are probed with borrowed keys,
 //! so the hot path (same selectors, same topics) never allocates.
+//!
+//! The cache alone would not bound memory: a selector evicted from it stays alive in every
+//! subscription that holds it, and a client sending distinct selectors would make the node hold
+//! one compiled copy per connection. So every selector the store compiles is also interned while
+//! alive (a map of weak references, keyed like the cache): whoever asks for the same text gets the
+//! same compiled selector, evicted from the cache or not, and each live selector is charged once to
+//! the store's memory budget ([`SelectorStore::with_budget`]) until its last holder drops it. A
+//! compile that would take the live selectors past the budget first lets the cache go (what only
+//! the cache held is freed), and if that is not enough it is refused
+//! ([`SelectorError::OverBudget`]).
 
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
-use super::{Compiled, Selector, SelectorError};
+use super::{Compiled, Inner, Selector, SelectorError};
 use crate::url_pattern::UrlPatternLimits;
 
 impl Selector {
@@ -157,11 +170,42 @@ impl quick_cache::Weighter<MatchKey, bool> for MatchWeighter {
     }
 }
 
+/// The memory the live compiled selectors of a store take, against its budget.
+#[derive(Debug)]
+struct Ledger {
+    used: AtomicUsize,
+    budget: usize,
+}
+
+/// One live selector's share of its store's [`Ledger`], given back when the selector is dropped.
+#[derive(Debug)]
+pub(super) struct Charge {
+    bytes: usize,
+    ledger: Arc<Ledger>,
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.ledger.used.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Every live selector the store compiled, by key, so the same text is compiled once however many
+/// hold it. Dead entries are swept when the map has doubled since the last sweep.
+#[derive(Default)]
+struct Interned {
+    live: HashMap<Key, Weak<Inner>>,
+    sweep_at: usize,
+}
+
 /// Bounded caches of compiled selectors and of template and URL-pattern match results, shared by a
-/// whole node, plus the limits URL patterns are compiled within.
+/// whole node, the interned live selectors and their memory budget, plus the limits URL patterns
+/// are compiled within.
 pub struct SelectorStore {
     compiled: quick_cache::sync::Cache<Key, Selector, CompiledWeighter>,
     matches: quick_cache::sync::Cache<MatchKey, bool, MatchWeighter>,
+    interned: Mutex<Interned>,
+    ledger: Arc<Ledger>,
     url_pattern_limits: UrlPatternLimits,
 }
 
@@ -170,6 +214,7 @@ impl std::fmt::Debug for SelectorStore {
         f.debug_struct("SelectorStore")
             .field("compiled", &self.compiled.len())
             .field("matches", &self.matches.len())
+            .field("memory_used", &self.memory_used())
             .field("url_pattern_limits", &self.url_pattern_limits)
             .finish()
     }
@@ -204,7 +249,104 @@ impl SelectorStore {
                 match_capacity as u64,
                 MatchWeighter,
             ),
+            interned: Mutex::new(Interned::default()),
+            ledger: Arc::new(Ledger {
+                used: AtomicUsize::new(0),
+                budget: usize::MAX,
+            }),
             url_pattern_limits: UrlPatternLimits::default(),
+        }
+    }
+
+    /// This store, holding live compiled selectors within `bytes` (as estimated by
+    /// [`Selector::approx_memory`]). Set it before the store is shared.
+    pub fn with_budget(mut self, bytes: usize) -> Self {
+        self.ledger = Arc::new(Ledger {
+            used: AtomicUsize::new(0),
+            budget: bytes,
+        });
+        self
+    }
+
+    /// Bytes the live compiled selectors take now (see [`SelectorStore::with_budget`]).
+    pub fn memory_used(&self) -> usize {
+        self.ledger.used.load(Ordering::Relaxed)
+    }
+
+    /// The memory budget of live compiled selectors, in bytes.
+    pub fn memory_budget(&self) -> usize {
+        self.ledger.budget
+    }
+
+    /// Compiles with `compile` the selector of `key`, unless a live one is found: in the cache, or
+    /// interned. Returns it and whether it was compiled now (what only this caller holds).
+    fn get_or_compile(
+        &self,
+        key: KeyRef<'_>,
+        compile: impl FnOnce() -> Result<Selector, SelectorError>,
+    ) -> Result<(Selector, bool), SelectorError> {
+        if let Some(s) = self.compiled.get(&key) {
+            return Ok((s, false));
+        }
+        if let Some(s) = self.find_interned(key) {
+            self.compiled.insert(key.owned(), s.clone());
+            return Ok((s, false));
+        }
+        let mut selector = compile()?;
+        let bytes = selector.approx_memory();
+        if !self.try_charge(bytes) {
+            // Let go of what only the cache holds, then try once more.
+            self.compiled.clear();
+            if !self.try_charge(bytes) {
+                return Err(SelectorError::OverBudget {
+                    budget: self.ledger.budget,
+                });
+            }
+        }
+        let charge = Charge {
+            bytes,
+            ledger: self.ledger.clone(),
+        };
+        match Arc::get_mut(&mut selector.0) {
+            Some(inner) => inner.charge = Some(charge),
+            // Freshly compiled, so never shared; were it, its charge is given back at once.
+            None => drop(charge),
+        }
+        self.intern(key, &selector);
+        self.compiled.insert(key.owned(), selector.clone());
+        Ok((selector, true))
+    }
+
+    fn try_charge(&self, bytes: usize) -> bool {
+        let budget = self.ledger.budget;
+        self.ledger
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                let after = used.checked_add(bytes)?;
+                (after <= budget).then_some(after)
+            })
+            .is_ok()
+    }
+
+    fn find_interned(&self, key: KeyRef<'_>) -> Option<Selector> {
+        // An owned key, allocated only when the cache missed (a compile is near anyway).
+        let owned = key.owned();
+        let interned = self.interned.lock().unwrap_or_else(|e| e.into_inner());
+        interned
+            .live
+            .get(&owned)
+            .and_then(Weak::upgrade)
+            .map(Selector)
+    }
+
+    fn intern(&self, key: KeyRef<'_>, selector: &Selector) {
+        let mut interned = self.interned.lock().unwrap_or_else(|e| e.into_inner());
+        interned
+            .live
+            .insert(key.owned(), Arc::downgrade(&selector.0));
+        if interned.live.len() >= interned.sweep_at {
+            interned.live.retain(|_, weak| weak.strong_count() > 0);
+            interned.sweep_at = (interned.live.len() * 2).max(64);
         }
     }
 
@@ -220,19 +362,20 @@ impl SelectorStore {
         &self.url_pattern_limits
     }
 
-    /// Compiles a pre-standardization selector, reusing a cached compilation when there is one.
+    /// Compiles a pre-standardization selector, reusing a live compilation when there is one.
     pub fn compile(&self, raw: &str) -> Result<Selector, SelectorError> {
+        self.compile_fresh(raw).map(|(s, _)| s)
+    }
+
+    /// [`SelectorStore::compile`], also telling whether the selector was compiled for this call
+    /// (no one else held it): what a subscription alone costs.
+    pub fn compile_fresh(&self, raw: &str) -> Result<(Selector, bool), SelectorError> {
         let key = KeyRef {
             syntax: Syntax::TopicSelector,
             base: "",
             raw,
         };
-        if let Some(s) = self.compiled.get(&key) {
-            return Ok(s);
-        }
-        let s = Selector::compile(raw)?;
-        self.compiled.insert(key.owned(), s.clone());
-        Ok(s)
+        self.get_or_compile(key, || Selector::compile(raw))
     }
 
     /// Compiles a URL pattern resolved against `base` (see [`Selector::url_pattern`]) within this
@@ -242,6 +385,17 @@ impl SelectorStore {
         pattern: &str,
         base: Option<&str>,
     ) -> Result<Selector, SelectorError> {
+        self.compile_url_pattern_fresh(pattern, base)
+            .map(|(s, _)| s)
+    }
+
+    /// [`SelectorStore::compile_url_pattern`], also telling whether the selector was compiled for
+    /// this call (see [`SelectorStore::compile_fresh`]).
+    pub fn compile_url_pattern_fresh(
+        &self,
+        pattern: &str,
+        base: Option<&str>,
+    ) -> Result<(Selector, bool), SelectorError> {
         // Checked before the lookup too, so an oversized pattern is not even hashed.
         if pattern.len() > self.url_pattern_limits.max_len {
             return Err(SelectorError::TooLong {
@@ -253,12 +407,9 @@ impl SelectorStore {
             base: base.unwrap_or(crate::url_pattern::FALLBACK_BASE_URL),
             raw: pattern,
         };
-        if let Some(s) = self.compiled.get(&key) {
-            return Ok(s);
-        }
-        let s = Selector::url_pattern_with_limits(pattern, base, &self.url_pattern_limits)?;
-        self.compiled.insert(key.owned(), s.clone());
-        Ok(s)
+        self.get_or_compile(key, || {
+            Selector::url_pattern_with_limits(pattern, base, &self.url_pattern_limits)
+        })
     }
 
     /// Whether `topic` matches `selector`; URL-pattern results are cached.
@@ -403,5 +554,43 @@ mod tests {
         assert_eq!(w(&small), 1);
         assert!(w(&large) > 1);
         assert_eq!(w(&sel("https://example.com/books/1")), 1);
+    }
+
+    #[test]
+    fn live_selectors_are_shared_and_held_within_the_budget() {
+        let one = sel("https://example.com/a/{id}").approx_memory();
+        // A cache of one entry, and a budget of three selectors.
+        let store = SelectorStore::new(1, 16).with_budget(3 * one + one / 2);
+        let compile = |i: usize| store.compile_fresh(&format!("https://example.com/{i}/{{id}}"));
+        let (a, fresh) = compile(1).unwrap();
+        assert!(fresh);
+        let (b, _) = compile(2).unwrap();
+        // Evicted from the one-entry cache, but still live: the same compilation comes back.
+        let (again, fresh) = compile(1).unwrap();
+        assert!(!fresh);
+        assert!(Arc::ptr_eq(&a.0, &again.0));
+        let (c, _) = compile(3).unwrap();
+        assert!(store.memory_used() <= store.memory_budget());
+        // A fourth distinct selector does not fit while the three are held.
+        assert_eq!(
+            compile(4).map(|(s, _)| s.raw().to_string()),
+            Err(SelectorError::OverBudget {
+                budget: store.memory_budget()
+            })
+        );
+        // Let one go: its memory is given back and the fourth fits.
+        drop((b, again));
+        let (d, fresh) = compile(4).unwrap();
+        assert!(fresh);
+        drop((a, c, d));
+        // Only what the cache still holds is charged.
+        assert!(
+            store.memory_used() <= one + one / 2,
+            "{}",
+            store.memory_used()
+        );
+        // What only the cache held is let go when the budget is needed.
+        let held: Vec<_> = (10..13).map(|i| compile(i).unwrap().0).collect();
+        assert_eq!(held.len(), 3);
     }
 }

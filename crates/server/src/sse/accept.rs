@@ -33,6 +33,19 @@
 //! The listener is bound with a large backlog so a reconnection storm (thousands of clients of a
 //! dead node arriving at once) waits in the kernel's queue instead of being dropped and retried
 //! after the SYN timeout.
+//!
+//! # Limits
+//! Every connection holds a file descriptor, so the loop bounds them: beyond `--max-connections`
+//! (and, per client address, `--max-connections-per-client`; see [`crate::client`]) a new
+//! connection is answered at once with a canned `503` (`429` for one address over its share) and
+//! `Retry-After`, then closed, instead of failing `accept` once the process runs out of
+//! descriptors; the metrics listener, apart from this one, keeps answering `/healthz`, `/readyz`
+//! and `/metrics`. A hyper-served connection with no request in progress for `--idle-timeout` is
+//! closed (HTTP/2 included, which hyper otherwise keeps forever), HTTP/2 connections are pinged
+//! (`--http2-keep-alive`) and carry at most `--http2-max-streams` streams, each with a bounded
+//! send buffer. A connection whose writes stay blocked for longer than the dispatch timeout (a
+//! client that pipelines requests and never reads the answers, or an HTTP/2 client that stopped
+//! reading altogether) is closed too: its socket accepted nothing for that long.
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -51,15 +64,17 @@ use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use quicksilver_fanout::CutOff;
+use quicksilver_fanout::{now_ms, CutOff};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::head::{self, Framing, Head};
 use super::writer::StreamWriter;
+use crate::client::{ClientCounts, ClientSlot, Peer, TrustedProxies};
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 65_535;
@@ -86,48 +101,115 @@ pub struct ConnectionMetrics {
     pub open: Gauge,
     /// Requests answered on the lean path.
     pub lean_requests: Counter,
+    /// Connections refused because the node held `--max-connections`.
+    pub refused: Counter,
+    /// Connections refused because their client address held `--max-connections-per-client`.
+    pub refused_per_client: Counter,
+    /// Connections closed because their writes stayed blocked past the limit.
+    pub write_stalls: Counter,
+    /// Connections closed after `--idle-timeout` without a request in progress.
+    pub idle_closed: Counter,
 }
+
+/// How the accept loop bounds connections (see the module's "Limits").
+#[derive(Clone, Debug)]
+pub struct ServeOptions {
+    /// After `stop`, how long open connections may take to finish.
+    pub grace: Duration,
+    /// How long a client may take to send a request head (`None`: no limit).
+    pub header_read_timeout: Option<Duration>,
+    /// A connection whose writes stay blocked this long is closed (`None`: no limit).
+    pub write_stall_timeout: Option<Duration>,
+    /// A hyper-served connection without a request in progress this long is closed (`None`: never).
+    pub idle_timeout: Option<Duration>,
+    /// Connections the node holds at most; more are answered `503`.
+    pub max_connections: usize,
+    /// Connections (and, through trusted proxies, streams) one client address holds at most.
+    pub client_counts: Arc<ClientCounts>,
+    /// Peers whose connections are counted by the client addresses they forward, not their own.
+    pub trusted_proxies: TrustedProxies,
+    /// Streams one HTTP/2 connection may carry at once.
+    pub http2_max_streams: u32,
+    /// Interval of HTTP/2 pings, and how long one may go unanswered (`None`: no pings).
+    pub http2_keep_alive: Option<Duration>,
+}
+
+impl Default for ServeOptions {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(10),
+            header_read_timeout: Some(Duration::from_secs(10)),
+            write_stall_timeout: None,
+            idle_timeout: None,
+            max_connections: usize::MAX,
+            client_counts: ClientCounts::new(0),
+            trusted_proxies: TrustedProxies::default(),
+            http2_max_streams: 100,
+            http2_keep_alive: None,
+        }
+    }
+}
+
+/// Bytes hyper may buffer for one HTTP/2 stream that the client's flow control holds back: a
+/// stream whose client stops granting window (hyper then stops polling its body) holds at most
+/// this plus its own queue, and its connection's other streams go on.
+const HTTP2_STREAM_SEND_BUFFER: usize = 64 * 1024;
+
+/// hyper's HTTP/1 read buffer limit: room for a request head (see [`head::MAX_HEAD_BYTES`]) and
+/// body chunks; pipelined requests beyond it wait in the socket, not in memory.
+const HTTP1_READ_BUFFER: usize = 64 * 1024;
+
+/// Refusals (a canned answer, then a brief wait for the client to read it) in progress at once;
+/// beyond this, a refused connection is closed without an answer, so a flood cannot turn the
+/// refusals themselves into held descriptors.
+const MAX_REFUSALS_IN_FLIGHT: usize = 512;
 
 /// What every connection task shares.
 struct ServeContext {
     app: Router,
     builder: auto::Builder<TokioExecutor>,
-    /// How long a client may take to send a request head (`None`: no limit).
-    header_read_timeout: Option<Duration>,
+    options: ServeOptions,
     /// Cancelled when the server stops: hyper connections finish their request and close, lean
     /// connections close once their response ends (the drain has ended the streams by then).
     shutdown: CancellationToken,
-    lean_requests: Counter,
+    metrics: ConnectionMetrics,
 }
 
 /// Serves `app` on `listener` until `stop` resolves, then lets open connections finish for at most
-/// `grace`. A connection that does not send a complete request head within `header_read_timeout`
-/// (`None`: no limit) is closed.
+/// `options.grace`, within the limits of `options`.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     stop: impl Future<Output = ()>,
-    grace: Duration,
     metrics: ConnectionMetrics,
-    header_read_timeout: Option<Duration>,
+    options: ServeOptions,
 ) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+        .header_read_timeout(options.header_read_timeout)
+        .max_buf_size(HTTP1_READ_BUFFER);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(options.http2_max_streams)
+        .max_send_buf_size(HTTP2_STREAM_SEND_BUFFER)
+        .keep_alive_interval(options.http2_keep_alive)
+        .keep_alive_timeout(options.http2_keep_alive.unwrap_or(Duration::from_secs(20)));
+    let grace = options.grace;
     let shared = Arc::new(ServeContext {
         app,
         builder,
-        header_read_timeout,
+        options,
         shutdown: CancellationToken::new(),
-        lean_requests: metrics.lean_requests,
+        metrics,
     });
+    let refusals = Arc::new(tokio::sync::Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     let tracker = TaskTracker::new();
     tokio::pin!(stop);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
@@ -139,13 +221,34 @@ pub async fn serve(
             },
             () = &mut stop => break,
         };
+        let open = &shared.metrics.open;
+        if usize::try_from(open.get()).unwrap_or(0) >= shared.options.max_connections {
+            shared.metrics.refused.inc();
+            refuse(stream, &refusals, REFUSED_FULL);
+            continue;
+        }
+        // Behind a trusted proxy the peer speaks for many clients: they are counted per stream
+        // by the subscribe handler instead.
+        let slot = if shared.options.trusted_proxies.contains(peer.ip()) {
+            None
+        } else {
+            match shared.options.client_counts.acquire(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    shared.metrics.refused_per_client.inc();
+                    refuse(stream, &refusals, REFUSED_CLIENT);
+                    continue;
+                }
+            }
+        };
         // Updates are small and latency matters more than packet count: no Nagle delay.
         let _ = stream.set_nodelay(true);
-        let open = metrics.open.clone();
+        let open = open.clone();
         open.inc();
         let shared = shared.clone();
         tracker.spawn(async move {
-            connection(stream, &shared).await;
+            connection(stream, Peer(peer), &shared).await;
+            drop::<Option<ClientSlot>>(slot);
             open.dec();
         });
     }
@@ -160,6 +263,85 @@ pub async fn serve(
     }
 }
 
+/// A refusal: its status line and its reason.
+#[derive(Clone, Copy)]
+struct Refusal(&'static str, &'static str);
+
+/// The answer to a connection refused because the node is full.
+const REFUSED_FULL: Refusal = Refusal(
+    "503 Service Unavailable",
+    "this node holds its maximum number of connections, retry on another\n",
+);
+
+/// The answer to a connection refused because its client address holds its share.
+const REFUSED_CLIENT: Refusal = Refusal(
+    "429 Too Many Requests",
+    "too many connections from this client address\n",
+);
+
+impl Refusal {
+    fn encode(self) -> Vec<u8> {
+        let Refusal(status, reason) = self;
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
+             connection: close\r\ncontent-length: {}\r\n\r\n{reason}",
+            reason.len()
+        )
+        .into_bytes()
+    }
+}
+
+/// Answers a refused connection with `answer` and closes it: the request head is awaited (briefly,
+/// and into a small buffer) so HTTP clients see an answer to their request, the answer goes out
+/// with one write (a new socket's send buffer takes it whole), then the write side is closed and
+/// what else the client sent is read and dropped for a moment, so that closing does not reset the
+/// connection before the client read the answer. At most [`MAX_REFUSALS_IN_FLIGHT`] at once.
+fn refuse(stream: TcpStream, refusals: &Arc<tokio::sync::Semaphore>, answer: Refusal) {
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let mut stream = stream;
+        let mut buf = [0u8; 2048];
+        let mut seen = 0usize;
+        let mut tail = [0u8; 4];
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            loop {
+                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        // Only the last four bytes matter to find the head's end.
+                        for &b in &buf[..n] {
+                            tail = [tail[1], tail[2], tail[3], b];
+                            if &tail == b"\r\n\r\n" {
+                                return;
+                            }
+                        }
+                        seen += n;
+                        if seen >= head::MAX_HEAD_BYTES {
+                            return;
+                        }
+                    }
+                }
+            }
+        })
+        .await;
+        if stream.try_write(&answer.encode()).is_err() {
+            return;
+        }
+        let _ = stream.shutdown().await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        drop(permit);
+    });
+}
+
 /// Serves one connection: its subscriptions on the lean path, and from the first request that is
 /// not one, everything through hyper.
 ///
@@ -167,21 +349,24 @@ pub async fn serve(
 /// in (reading the head under its timeout, routing, encoding the response head) runs in boxed
 /// futures freed before the stream starts, and the stream itself is written by [`StreamWriter`], a
 /// hand-written future of a few words.
-async fn connection(mut stream: TcpStream, shared: &ServeContext) {
+async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
     let mut read = Vec::new();
+    // The first head within the header read timeout; a kept-alive connection's next one within
+    // the idle timeout too, when that is shorter.
+    let mut head_timeout = shared.options.header_read_timeout;
     loop {
-        let Some(next) = Box::pin(next_head(&mut stream, read, shared.header_read_timeout)).await
-        else {
+        let Some(next) = Box::pin(next_head(&mut stream, read, head_timeout)).await else {
             return;
         };
-        let (request, rest) = match next {
+        let (mut request, rest) = match next {
             NextRequest::Lean { request, rest } => (request, rest),
             NextRequest::Hyper(read) => {
                 // Boxed so that a lean stream's task does not carry room for hyper's state.
-                Box::pin(serve_hyper(Rewind::new(stream, read), shared)).await;
+                Box::pin(serve_hyper(Rewind::new(stream, read), peer, shared)).await;
                 return;
             }
         };
+        request.extensions_mut().insert(peer);
         let keep_alive = match Box::pin(respond(&mut stream, shared, request)).await {
             Ok(Answer::Done { keep_alive }) => keep_alive,
             Ok(Answer::Stream {
@@ -202,6 +387,13 @@ async fn connection(mut stream: TcpStream, shared: &ServeContext) {
             return;
         }
         read = rest;
+        head_timeout = match (
+            shared.options.header_read_timeout,
+            shared.options.idle_timeout,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
     }
 }
 
@@ -285,7 +477,7 @@ async fn respond(
     shared: &ServeContext,
     request: Box<http::Request<()>>,
 ) -> std::io::Result<Answer> {
-    shared.lean_requests.inc();
+    shared.metrics.lean_requests.inc();
     let (parts, ()) = (*request).into_parts();
     let request = http::Request::from_parts(parts, axum::body::Body::empty());
     // Boxed: the router's future is large and only needed until the response exists; inline, it
@@ -364,7 +556,7 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, with upgrades).
-async fn serve_hyper(io: Rewind, shared: &ServeContext) {
+async fn serve_hyper(io: Rewind, peer: Peer, shared: &ServeContext) {
     let app = shared.app.clone();
     // Cancelled when hyper has read a request head (it calls the service then).
     let started = CancellationToken::new();
@@ -372,16 +564,28 @@ async fn serve_hyper(io: Rewind, shared: &ServeContext) {
     // The cut-off of the HTTP/1 subscriber stream hyper is writing, if any (see the module docs).
     let watched: Arc<Mutex<Option<CutOff>>> = Arc::default();
     let watch = watched.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+    let stall = io.stall.clone();
+    let active = Arc::new(Active::default());
+    let in_progress = active.clone();
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         first_request.cancel();
+        request.extensions_mut().insert(peer);
         let http1 = request.version() < http::Version::HTTP_2;
         let watch = watch.clone();
+        let request_guard = in_progress.begin();
         let response = app.clone().oneshot(request);
         async move {
             let response = response.await?;
             if http1 {
                 *watch.lock() = response.extensions().get::<CutOff>().cloned();
             }
+            // The request stays in progress until its response body is done with.
+            let response = response.map(|body| {
+                axum::body::Body::new(InProgress {
+                    body,
+                    _guard: request_guard,
+                })
+            });
             Ok::<_, std::convert::Infallible>(response)
         }
     });
@@ -393,26 +597,179 @@ async fn serve_hyper(io: Rewind, shared: &ServeContext) {
     );
     tokio::select! {
         _ = connection.as_mut() => return,
-        () = no_request_within(&started, shared.header_read_timeout) => {
+        () = no_request_within(&started, shared.options.header_read_timeout) => {
             tracing::debug!("closing a connection that sent no complete request in time");
             return;
         }
-        // The subscriber stream written here was cut off by the fan-out: drop the connection.
-        () = cut_off(&watched) => return,
+        // The subscriber stream written here must end (cut off, stalled, or past its deadline):
+        // drop the connection.
+        () = cut_off(&watched, &stall) => return,
+        () = stalled(&stall, shared.options.write_stall_timeout) => {
+            shared.metrics.write_stalls.inc();
+            tracing::debug!("closing a connection whose writes stayed blocked");
+            return;
+        }
+        () = idle(&active, shared.options.idle_timeout) => {
+            shared.metrics.idle_closed.inc();
+            tracing::debug!("closing an idle connection");
+            // Told to go away (HTTP/2: GOAWAY), but not waited for long: a graceful HTTP/2 close
+            // waits for the client to answer a ping, which a hostile client never does.
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(IDLE_CLOSE_GRACE, connection).await;
+            return;
+        }
         () = shared.shutdown.cancelled() => {}
     }
     connection.as_mut().graceful_shutdown();
     let _ = connection.await;
 }
 
-/// Resolves once the watched stream is cut off. With nothing watched it registers no waker: it is
-/// polled again with the rest of the connection task, which is woken by whatever hyper waits on,
-/// and a stream once watched is woken by its cut-off.
-fn cut_off(watched: &Mutex<Option<CutOff>>) -> impl Future<Output = ()> + '_ {
+/// How long an idle connection told to go away may take to close before it is dropped.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Requests in progress on one hyper connection, for its idle timeout.
+#[derive(Default)]
+struct Active {
+    count: std::sync::atomic::AtomicUsize,
+    /// Notified when the count goes to or from zero.
+    changed: Notify,
+}
+
+impl Active {
+    fn begin(self: &Arc<Self>) -> ActiveGuard {
+        if self.count.fetch_add(1, std::sync::atomic::Ordering::AcqRel) == 0 {
+            self.changed.notify_waiters();
+        }
+        ActiveGuard(self.clone())
+    }
+}
+
+/// One request in progress; dropped with its response body.
+struct ActiveGuard(Arc<Active>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if self
+            .0
+            .count
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            self.0.changed.notify_waiters();
+        }
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is dropped.
+struct InProgress {
+    body: axum::body::Body,
+    _guard: ActiveGuard,
+}
+
+impl http_body::Body for InProgress {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, axum::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Resolves once the connection has had no request in progress for `timeout` (never without one).
+async fn idle(active: &Active, timeout: Option<Duration>) {
+    let Some(timeout) = timeout else {
+        return std::future::pending().await;
+    };
+    loop {
+        let changed = active.changed.notified();
+        tokio::pin!(changed);
+        // Registered before the count is read, so a change in between is not missed.
+        changed.as_mut().enable();
+        if active.count.load(std::sync::atomic::Ordering::Acquire) == 0 {
+            tokio::select! {
+                () = tokio::time::sleep(timeout) => return,
+                () = changed => {}
+            }
+        } else {
+            changed.await;
+        }
+    }
+}
+
+/// Resolves once the watched stream must end (see [`CutOff::poll_cut_off`]; `stall` says whether
+/// hyper's write is blocked). With nothing watched it registers no waker: it is polled again with
+/// the rest of the connection task, which is woken by whatever hyper waits on, and a stream once
+/// watched is woken by its cut-off or its alarm.
+fn cut_off<'a>(
+    watched: &'a Mutex<Option<CutOff>>,
+    stall: &'a WriteStall,
+) -> impl Future<Output = ()> + 'a {
     std::future::poll_fn(move |cx| match &*watched.lock() {
-        Some(cut_off) => cut_off.poll_cut_off(cx),
+        Some(cut_off) => cut_off.poll_cut_off(cx, stall.since_ms()).map(|_| ()),
         None => Poll::Pending,
     })
+}
+
+/// Resolves once a write has stayed blocked for `limit` (never without one).
+async fn stalled(stall: &WriteStall, limit: Option<Duration>) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    let limit_ms = quicksilver_fanout::clock::millis(limit);
+    loop {
+        let since = stall.since_ms();
+        if since == 0 {
+            stall.blocked.notified().await;
+            continue;
+        }
+        let blocked_for = now_ms().saturating_sub(since);
+        if blocked_for >= limit_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(limit_ms - blocked_for)).await;
+    }
+}
+
+/// Whether a connection's writes are blocked, and since when, shared by its socket ([`Rewind`])
+/// and the watchers of the connection task.
+#[derive(Default)]
+struct WriteStall {
+    /// When the current write blocked ([`now_ms`]); 0 while writes go through.
+    since_ms: std::sync::atomic::AtomicU64,
+    /// Notified when a write blocks after going through.
+    blocked: Notify,
+}
+
+impl WriteStall {
+    fn since_ms(&self) -> u64 {
+        self.since_ms.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Records the outcome of a write.
+    fn record<T>(&self, poll: Poll<T>) -> Poll<T> {
+        use std::sync::atomic::Ordering;
+        match poll {
+            Poll::Pending => {
+                if self.since_ms.load(Ordering::Relaxed) == 0 {
+                    self.since_ms.store(now_ms(), Ordering::Relaxed);
+                    self.blocked.notify_one();
+                }
+            }
+            Poll::Ready(_) => self.since_ms.store(0, Ordering::Relaxed),
+        }
+        poll
+    }
 }
 
 /// Resolves if `started` is not cancelled within `timeout`; never resolves otherwise (or without a
@@ -430,15 +787,20 @@ async fn no_request_within(started: &CancellationToken, timeout: Option<Duration
 }
 
 /// A TCP stream that first yields bytes already read from it, so hyper parses the connection from
-/// its start.
+/// its start, and that records whether its writes are blocked.
 struct Rewind {
     prefix: Bytes,
     inner: TcpStream,
+    stall: Arc<WriteStall>,
 }
 
 impl Rewind {
     fn new(inner: TcpStream, prefix: Bytes) -> Self {
-        Self { prefix, inner }
+        Self {
+            prefix,
+            inner,
+            stall: Arc::default(),
+        }
     }
 }
 
@@ -464,7 +826,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.stall.record(poll)
     }
 
     fn poll_write_vectored(
@@ -472,7 +835,8 @@ impl AsyncWrite for Rewind {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let poll = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.stall.record(poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -533,9 +897,12 @@ mod tests {
             async move {
                 let _ = stopped.await;
             },
-            Duration::from_secs(1),
             metrics.clone(),
-            Some(Duration::from_secs(5)),
+            ServeOptions {
+                grace: Duration::from_secs(1),
+                header_read_timeout: Some(Duration::from_secs(5)),
+                ..ServeOptions::default()
+            },
         ));
         let socket = TcpStream::connect(addr)
             .await

@@ -81,13 +81,16 @@ impl SubscriberStream {
         on_end: impl FnOnce(EndReason) + Send + 'static,
     ) -> Self {
         let now = now_ms();
+        let deadline_ms = max_life.map(|d| now.saturating_add(millis(d)));
+        // Shared with the stream's cut-off, so a writer blocked on a full socket ends then too.
+        subscriber.set_deadline(deadline_ms.unwrap_or(0));
         Self {
             started: false,
             resume: resume.filter(|r| !r.is_done()).map(Box::new),
             subscriber,
             heartbeat_ms: heartbeat.map(millis),
             last_write_ms: now,
-            deadline_ms: max_life.map(|d| now.saturating_add(millis(d))),
+            deadline_ms,
             ended: None,
             closing_retry: None,
             latency: None,
@@ -193,7 +196,15 @@ impl SubscriberStream {
 impl Drop for SubscriberStream {
     fn drop(&mut self) {
         if let Some(on_end) = self.on_end.take() {
-            on_end(self.ended.unwrap_or(EndReason::ClientGone));
+            // A stream dropped before it ended was given up by its writer (or the client left).
+            let reason = self.ended.unwrap_or(if self.subscriber.was_cut_off() {
+                EndReason::TooSlow
+            } else if self.deadline_ms.is_some_and(|at| now_ms() >= at) {
+                EndReason::WriteTimeout
+            } else {
+                EndReason::ClientGone
+            });
+            on_end(reason);
         }
     }
 }

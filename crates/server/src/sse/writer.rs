@@ -11,8 +11,11 @@
 //! While it waits for the next frame it peeks at the socket, so a client that closes its end is
 //! noticed at once (as hyper notices it), without taking the bytes of a pipelined next request.
 //! While a write is blocked (the client stopped reading), it watches the stream's [`CutOff`]: a
-//! cut-off ends the wait at once instead of keeping the socket and its unsent bytes for as long as
-//! the client likes.
+//! cut-off by the fan-out, a write blocked for longer than the dispatch timeout, or the stream's
+//! deadline (maximum connection life, token expiry) ends the wait, whether or not updates arrive
+//! (the shard's alarm tick wakes the writer for those times), instead of keeping the socket, its
+//! unsent bytes and its replay batch for as long as the client likes. Dropping the writer drops the
+//! body, and with it whatever the stream still held.
 
 use std::future::Future;
 use std::io::IoSlice;
@@ -21,7 +24,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http_body::Body as _;
-use quicksilver_fanout::CutOff;
+use quicksilver_fanout::{CutOff, CutOffReason};
 use tokio::io::{AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -50,7 +53,7 @@ impl Socket for TcpStream {
 
 /// Writes one streamed response (see the module documentation). Resolves `Ok` once the last chunk
 /// is written, or with an error when the client went away, the socket failed or the stream was
-/// cut off (`ConnectionAborted`).
+/// cut off (`ConnectionAborted`; `TimedOut` when its write stalled or its deadline passed).
 pub struct StreamWriter<'a, S> {
     socket: &'a mut S,
     /// The stream's cut-off, watched while a write is blocked (responses that are not subscriber
@@ -64,6 +67,8 @@ pub struct StreamWriter<'a, S> {
     /// Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
     /// the bytes stay in the socket for whoever serves the connection after this response.
     client_spoke: bool,
+    /// When the current write blocked ([`quicksilver_fanout::now_ms`]); 0 while writes go through.
+    blocked_since_ms: u64,
 }
 
 /// The bytes a [`StreamWriter`] has yet to write, in order: the response head (until written),
@@ -152,6 +157,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
             },
             ended: false,
             client_spoke: false,
+            blocked_since_ms: 0,
         }
     }
 
@@ -187,13 +193,26 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()))
                 }
-                Poll::Ready(Ok(n)) => self.out.advance(n),
+                Poll::Ready(Ok(n)) => {
+                    self.blocked_since_ms = 0;
+                    self.out.advance(n);
+                }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Pending => {
-                    // The client is not reading: end the wait if the fan-out gives up on it.
+                    // The client is not reading: end the wait when the stream must end.
                     if let Some(cut_off) = &self.cut_off {
-                        if cut_off.poll_cut_off(cx).is_ready() {
-                            return Poll::Ready(Err(std::io::ErrorKind::ConnectionAborted.into()));
+                        if self.blocked_since_ms == 0 {
+                            self.blocked_since_ms = quicksilver_fanout::now_ms();
+                        }
+                        if let Poll::Ready(reason) = cut_off.poll_cut_off(cx, self.blocked_since_ms)
+                        {
+                            let kind = match reason {
+                                CutOffReason::TooSlow => std::io::ErrorKind::ConnectionAborted,
+                                CutOffReason::Stalled | CutOffReason::Deadline => {
+                                    std::io::ErrorKind::TimedOut
+                                }
+                            };
+                            return Poll::Ready(Err(kind.into()));
                         }
                     }
                     return Poll::Pending;

@@ -9,9 +9,14 @@
 //! `lastEventID` at their root. Both carry the cursor as `ETag` too, and a matching
 //! `If-None-Match` is answered `304`: any change of the subscriptions is a subscription event,
 //! which moves the cursor. An unknown subscription is `404`.
+//!
+//! A list is served in pages of at most `--subscriptions-page-size` documents, in id order: a page
+//! that is not the last carries `Link: <…?after=ID>; rel="next"`, whose `after` names the page's
+//! last id, so however many subscriptions the cluster holds, one response stays bounded.
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use quicksilver_auth::Generation;
 use serde_json::{json, Value};
@@ -20,6 +25,7 @@ use super::document::{
     document_generation, in_collection, parse_api_path, subscriptions_path, ApiTarget,
     LEGACY_CONTEXT,
 };
+use crate::client::Peer;
 use crate::discovery::hub_link;
 use crate::error::HubError;
 use crate::hub::Hub;
@@ -27,6 +33,7 @@ use crate::hub::Hub;
 /// Handles a subscription API request.
 pub async fn subscriptions(
     State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     uri: Uri,
@@ -36,7 +43,7 @@ pub async fn subscriptions(
             "the subscription API is not enabled on this hub".into(),
         ));
     };
-    let identity = hub.auth().identity(&headers);
+    let identity = hub.auth().identity(&headers, peer.map(|Extension(p)| p))?;
     let Some(subscriber) = hub
         .auth()
         .subscriber(&method, &headers, uri.query(), &identity)?
@@ -93,6 +100,7 @@ pub async fn subscriptions(
         .collect();
     documents.sort_by(|a, b| a.0.cmp(&b.0));
 
+    let mut next_page = None;
     let body = match &target {
         ApiTarget::One(id) => {
             let Some((_, mut doc)) = documents.into_iter().find(|(d, _)| d == id) else {
@@ -104,12 +112,24 @@ pub async fn subscriptions(
             doc
         }
         ApiTarget::All | ApiTarget::Collection(_) => {
-            let list: Vec<Value> = documents
+            // One page: the documents after the `after` id, in id order, at most the page size.
+            let after = query_param(uri.query(), "after");
+            let page_size = hub.settings().subscriptions_page_size;
+            let mut page: Vec<(String, Value)> = documents
                 .into_iter()
                 .filter(|(id, _)| match &target {
                     ApiTarget::Collection(c) => in_collection(id, c),
                     _ => true,
                 })
+                .filter(|(id, _)| after.as_deref().is_none_or(|after| id.as_str() > after))
+                .take(page_size + 1)
+                .collect();
+            if page.len() > page_size {
+                page.truncate(page_size);
+                next_page = page.last().map(|(id, _)| id.clone());
+            }
+            let list: Vec<Value> = page
+                .into_iter()
                 .map(|(_, mut doc)| {
                     // The collection's root carries the context once.
                     if let Some(o) = doc.as_object_mut() {
@@ -138,14 +158,30 @@ pub async fn subscriptions(
             }
         }
     };
-    let response = (StatusCode::OK, body.to_string()).into_response();
-    Ok(with_headers(
-        response,
+    let mut response = with_headers(
+        (StatusCode::OK, body.to_string()).into_response(),
         generation,
         &identity.hub_url,
         &cursor,
         &etag,
-    ))
+    );
+    if let Some(after) = next_page {
+        let next = format!(
+            "<{path}?after={}>; rel=\"next\"",
+            percent_encoding::utf8_percent_encode(&after, percent_encoding::NON_ALPHANUMERIC)
+        );
+        if let Ok(v) = HeaderValue::from_str(&next) {
+            response.headers_mut().append(header::LINK, v);
+        }
+    }
+    Ok(response)
+}
+
+/// The first value of query parameter `name`, decoded.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(query?.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 fn with_headers(

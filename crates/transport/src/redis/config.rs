@@ -92,6 +92,9 @@ pub struct RedisConfig {
     /// `read_budget / max_entry_bytes` entries (at least 1, at most 512), so a reply stays bounded
     /// in Redis's output buffer and in this node's memory however large updates are.
     pub read_budget: usize,
+    /// History lookups that may talk to Redis at once (scans of the retained history, and the
+    /// catch-up checks of unknown ids); others wait up to the command timeout, then fail.
+    pub max_history_scans: usize,
 }
 
 impl RedisConfig {
@@ -129,6 +132,7 @@ impl Default for RedisConfig {
             history_max_bytes: DEFAULT_HISTORY_MAX_BYTES,
             max_entry_bytes: 1024 * 1024 + 64 * 1024,
             read_budget: DEFAULT_READ_BUDGET,
+            max_history_scans: 8,
         }
     }
 }
@@ -182,6 +186,8 @@ pub(crate) struct Settings {
     pub(crate) read_count: usize,
     /// See [`RedisConfig::history_max_bytes`].
     pub(crate) history_max_bytes: usize,
+    /// See [`RedisConfig::max_history_scans`].
+    pub(crate) max_history_scans: usize,
 }
 
 impl Settings {
@@ -248,6 +254,7 @@ impl Settings {
             tls_ca,
             read_count: (config.read_budget / config.max_entry_bytes).clamp(1, MAX_READ_COUNT),
             history_max_bytes: config.history_max_bytes.max(1),
+            max_history_scans: config.max_history_scans.max(1),
         })
     }
 

@@ -34,6 +34,14 @@
 //!   ended when it was asked (waiting at most the command timeout): an id published moments ago
 //!   through another node is otherwise not yet in the cache, and the caller would be told
 //!   `earliest` and then receive, live, updates it already had.
+//!
+//! # Bounded
+//! An id the caches prove unknown (they hold the whole retained history, as they do by default)
+//! costs no scan, only the catch-up check, one command per partition. The Redis work of history
+//! lookups (scans and catch-up checks) is bounded: at most `max_history_scans` at once, each other
+//! caller waiting up to the command timeout for its turn and then failing (a `503` for the
+//! subscriber), so a flood of distinct made-up ids queues behind a few commands instead of
+//! sending Redis one scan each.
 
 use std::sync::Arc;
 
@@ -106,6 +114,7 @@ async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryRepl
     let (flight, joined) = shared
         .flights
         .run_or_join(last_event_id, move || async move {
+            let _turn = scan_turn(&slow).await?;
             from_redis(&slow, &id)
                 .await
                 .map(Arc::new)
@@ -119,6 +128,9 @@ async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryRepl
             None => {
                 // The cache moved on past the shared snapshot: this caller reads alone.
                 Counters::bump(&shared.counters.history_rescans);
+                let _turn = scan_turn(shared)
+                    .await
+                    .map_err(TransportError::Unavailable)?;
                 from_redis(shared, last_event_id)
                     .await
                     .map(Resolution::into_reply)
@@ -179,6 +191,9 @@ fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
 /// called; `true` when one had to catch up (a new lookup may then find more).
 async fn catch_up(shared: &Shared) -> bool {
     let deadline = tokio::time::Instant::now() + shared.settings.command_timeout;
+    let Ok(_turn) = scan_turn(shared).await else {
+        return false;
+    };
     let mut waited = false;
     for partition in 0..=shared.settings.partitions {
         let key = if partition == shared.events_partition() {
@@ -209,6 +224,14 @@ async fn catch_up(shared: &Shared) -> bool {
         }
     }
     waited
+}
+
+/// Waits (up to the command timeout) for a turn to talk to Redis for history (see "Bounded").
+async fn scan_turn(shared: &Shared) -> Result<tokio::sync::SemaphorePermit<'_>, String> {
+    match tokio::time::timeout(shared.settings.command_timeout, shared.scans.acquire()).await {
+        Ok(Ok(permit)) => Ok(permit),
+        _ => Err("too many history lookups in progress, retry in a moment".into()),
+    }
 }
 
 /// Where a replay starts: the anchor's position, and for an event the update it follows.

@@ -360,3 +360,99 @@ fn a_pipelined_request_is_left_for_whoever_serves_the_connection_next() {
     ));
     assert!(socket.written.ends_with(head::LAST_CHUNK));
 }
+
+/// A subscriber on a fan-out whose dispatch timeout is `dispatch_timeout` and whose alarms ring
+/// every 100 ms.
+fn subscriber_with_timeout(
+    dispatch_timeout: Option<std::time::Duration>,
+) -> (Fanout, quicksilver_fanout::Subscriber) {
+    let fanout = Fanout::start(
+        &FanoutConfig {
+            shards: 1,
+            subscriber_queue: 16,
+            dispatch_timeout,
+            alarm_tick: std::time::Duration::from_millis(100),
+            ..FanoutConfig::default()
+        },
+        Arc::new(SelectorStore::default()),
+    );
+    let subscriber = fanout.subscribe(SubscriberSpec {
+        selectors: vec![Selector::exact_topic("t")],
+        access: Access::None,
+    });
+    (fanout, subscriber)
+}
+
+/// Advances the paused clock by `by` in small steps, letting the shard's tick run.
+async fn advance(by: std::time::Duration) {
+    let step = std::time::Duration::from_millis(50);
+    let mut gone = std::time::Duration::ZERO;
+    while gone < by {
+        tokio::time::advance(step).await;
+        tokio::task::yield_now().await;
+        gone += step;
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_write_is_ended_by_the_dispatch_timeout_without_any_update() {
+    let (_fanout, subscriber) = subscriber_with_timeout(Some(std::time::Duration::from_secs(5)));
+    let mut socket = ScriptedSocket {
+        blocked: true,
+        ..ScriptedSocket::default()
+    };
+    let feed = Feed::default();
+    feed.push("a replay batch the client never reads");
+    let woken = Arc::new(Wakeups::default());
+    let waker = Waker::from(woken.clone());
+    let mut writer = StreamWriter::new(
+        &mut socket,
+        HEAD.to_vec(),
+        feed.body(),
+        Some(subscriber.cut_off()),
+    );
+    assert!(poll(&mut writer, &waker).is_pending());
+    advance(std::time::Duration::from_secs(4)).await;
+    assert!(poll(&mut writer, &waker).is_pending(), "ended early");
+    // No update arrives: the shard's alarm tick wakes the blocked writer once the limit passed.
+    let before = woken.0.load(Ordering::SeqCst);
+    advance(std::time::Duration::from_secs(2)).await;
+    assert!(woken.0.load(Ordering::SeqCst) > before, "never woken");
+    let Poll::Ready(Err(e)) = poll(&mut writer, &waker) else {
+        panic!("a write blocked past the dispatch timeout must end");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    assert!(subscriber.was_cut_off());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_blocked_write_is_ended_at_the_streams_deadline() {
+    let (_fanout, subscriber) = subscriber_with_timeout(None);
+    subscriber.set_deadline(quicksilver_fanout::now_ms() + 3_000);
+    let mut socket = ScriptedSocket {
+        blocked: true,
+        ..ScriptedSocket::default()
+    };
+    let feed = Feed::default();
+    feed.push("update");
+    let woken = Arc::new(Wakeups::default());
+    let waker = Waker::from(woken.clone());
+    let mut writer = StreamWriter::new(
+        &mut socket,
+        HEAD.to_vec(),
+        feed.body(),
+        Some(subscriber.cut_off()),
+    );
+    assert!(poll(&mut writer, &waker).is_pending());
+    advance(std::time::Duration::from_secs(2)).await;
+    assert!(poll(&mut writer, &waker).is_pending(), "ended early");
+    let before = woken.0.load(Ordering::SeqCst);
+    advance(std::time::Duration::from_millis(1_500)).await;
+    assert!(woken.0.load(Ordering::SeqCst) > before, "never woken");
+    let Poll::Ready(Err(e)) = poll(&mut writer, &waker) else {
+        panic!("a write blocked past the stream's deadline must end");
+    };
+    assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+    // A deadline is the stream's normal end, not a slow subscriber.
+    assert!(!subscriber.was_cut_off());
+}
