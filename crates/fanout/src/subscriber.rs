@@ -178,6 +178,12 @@ impl Subscriber {
         self.state.deadline_ms.store(at_ms, Ordering::Relaxed);
     }
 
+    /// When the stream must end ([`crate::now_ms`]), as set by [`Subscriber::set_deadline`];
+    /// `None` for never.
+    pub fn deadline(&self) -> Option<u64> {
+        Some(self.state.deadline_ms.load(Ordering::Relaxed)).filter(|&at| at != 0)
+    }
+
     /// Whether the fan-out cut this subscriber off as too slow (queue full, updates waiting
     /// longer than the dispatch timeout, or its writer blocked that long).
     pub fn was_cut_off(&self) -> bool {

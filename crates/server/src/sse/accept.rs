@@ -351,49 +351,65 @@ fn refuse(stream: TcpStream, refusals: &Arc<tokio::sync::Semaphore>, answer: Ref
 /// hand-written future of a few words.
 async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
     let mut read = Vec::new();
-    // The first head within the header read timeout; a kept-alive connection's next one within
-    // the idle timeout too, when that is shorter.
-    let mut head_timeout = shared.options.header_read_timeout;
+    let mut kept_alive = false;
     loop {
-        let Some(next) = Box::pin(next_head(&mut stream, read, head_timeout)).await else {
-            return;
+        // The first head within the header read timeout; a kept-alive connection's next one
+        // within the idle timeout too, when that is shorter.
+        let options = &shared.options;
+        let head_timeout = match (
+            kept_alive,
+            options.header_read_timeout,
+            options.idle_timeout,
+        ) {
+            (true, Some(a), Some(b)) => Some(a.min(b)),
+            (true, a, b) => a.or(b),
+            (false, a, _) => a,
         };
-        let (mut request, rest) = match next {
-            NextRequest::Lean { request, rest } => (request, rest),
-            NextRequest::Hyper(read) => {
+        let next = Box::pin(next_head(
+            &mut stream,
+            std::mem::take(&mut read),
+            head_timeout,
+        ))
+        .await;
+        let mut request = match next {
+            None => return,
+            Some(NextRequest::Lean { request, rest }) => {
+                read = rest;
+                request
+            }
+            Some(NextRequest::Hyper(read)) => {
                 // Boxed so that a lean stream's task does not carry room for hyper's state.
                 Box::pin(serve_hyper(Rewind::new(stream, read), peer, shared)).await;
                 return;
             }
         };
         request.extensions_mut().insert(peer);
-        let keep_alive = match Box::pin(respond(&mut stream, shared, request)).await {
-            Ok(Answer::Done { keep_alive }) => keep_alive,
+        // Built in a block of its own, so nothing of the answer but the writer stays in this
+        // task's state while the stream lasts (what every idle subscriber costs).
+        let (writer, keep_alive) = match Box::pin(respond(&mut stream, shared, request)).await {
+            Ok(Answer::Done { keep_alive }) => (None, keep_alive),
             Ok(Answer::Stream {
                 head,
                 body,
                 cut_off,
                 keep_alive,
-            }) => {
+            }) => (Some((head, body, cut_off)), keep_alive),
+            Err(_) => (None, false),
+        };
+        let keep_alive = match writer {
+            Some((head, body, cut_off)) => {
                 StreamWriter::new(&mut stream, head, body, cut_off)
                     .await
                     .is_ok()
                     && keep_alive
             }
-            Err(_) => false,
+            None => keep_alive,
         };
         if !keep_alive || shared.shutdown.is_cancelled() {
             let _ = stream.shutdown().await;
             return;
         }
-        read = rest;
-        head_timeout = match (
-            shared.options.header_read_timeout,
-            shared.options.idle_timeout,
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        kept_alive = true;
     }
 }
 

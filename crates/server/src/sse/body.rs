@@ -48,23 +48,26 @@ pub enum EndReason {
 }
 
 /// The body of a subscription response.
+///
+/// Every idle subscriber holds one, so it is kept small: times are `u32` milliseconds where they
+/// can be, and the stream's end (its maximum life or its token's expiry) lives in the
+/// subscriber's shared state, where the blocked-writer check reads it too.
 pub struct SubscriberStream {
     /// The preamble was sent.
     started: bool,
+    ended: Option<EndReason>,
+    /// Heartbeat interval in milliseconds (0: none).
+    heartbeat_ms: u32,
+    /// Sent as `retry:` (milliseconds) just before the stream ends because the hub closed or
+    /// interrupted it; encoded only then, so an idle stream holds no frame for it. `u32::MAX`:
+    /// none.
+    closing_retry: u32,
+    /// When something was last written ([`now_ms`]).
+    last_write_ms: u64,
     /// History to send first, and what it covered; `None` when the subscriber asked for none or
     /// once it is done (boxed: an idle stream without history should not carry room for it).
     resume: Option<Box<Resume>>,
     subscriber: Subscriber,
-    /// Heartbeat interval in milliseconds.
-    heartbeat_ms: Option<u64>,
-    /// When something was last written ([`now_ms`]).
-    last_write_ms: u64,
-    /// When the stream ends ([`now_ms`]): the maximum connection life or the token's expiry.
-    deadline_ms: Option<u64>,
-    ended: Option<EndReason>,
-    /// Sent as `retry:` (milliseconds) just before the stream ends because the hub closed or
-    /// interrupted it; encoded only then, so an idle stream holds no frame for it.
-    closing_retry: Option<u32>,
     /// Accept-to-write latency of live updates, when measured.
     latency: Option<Histogram>,
     on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
@@ -82,17 +85,16 @@ impl SubscriberStream {
     ) -> Self {
         let now = now_ms();
         let deadline_ms = max_life.map(|d| now.saturating_add(millis(d)));
-        // Shared with the stream's cut-off, so a writer blocked on a full socket ends then too.
+        // Kept in the subscriber's shared state, so a writer blocked on a full socket ends then too.
         subscriber.set_deadline(deadline_ms.unwrap_or(0));
         Self {
             started: false,
+            ended: None,
+            heartbeat_ms: heartbeat.map_or(0, |d| u32::try_from(millis(d)).unwrap_or(u32::MAX)),
+            closing_retry: u32::MAX,
+            last_write_ms: now,
             resume: resume.filter(|r| !r.is_done()).map(Box::new),
             subscriber,
-            heartbeat_ms: heartbeat.map(millis),
-            last_write_ms: now,
-            deadline_ms,
-            ended: None,
-            closing_retry: None,
             latency: None,
             on_end: Some(Box::new(on_end)),
         }
@@ -100,7 +102,7 @@ impl SubscriberStream {
 
     /// Tells the client, when the hub closes the stream, to reconnect after `retry`.
     pub fn with_closing_retry(mut self, retry: Duration) -> Self {
-        self.closing_retry = Some(u32::try_from(retry.as_millis()).unwrap_or(u32::MAX));
+        self.closing_retry = u32::try_from(retry.as_millis()).unwrap_or(u32::MAX - 1);
         self
     }
 
@@ -150,10 +152,11 @@ impl SubscriberStream {
 
     /// When the idle stream must next wake up by itself: its next heartbeat or its end.
     fn next_alarm(&self) -> u64 {
-        let heartbeat = self
-            .heartbeat_ms
-            .map(|interval| self.last_write_ms.saturating_add(interval));
-        match (heartbeat, self.deadline_ms) {
+        let heartbeat = (self.heartbeat_ms != 0).then(|| {
+            self.last_write_ms
+                .saturating_add(u64::from(self.heartbeat_ms))
+        });
+        match (heartbeat, self.subscriber.deadline()) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or(0),
         }
@@ -199,7 +202,7 @@ impl Drop for SubscriberStream {
             // A stream dropped before it ended was given up by its writer (or the client left).
             let reason = self.ended.unwrap_or(if self.subscriber.was_cut_off() {
                 EndReason::TooSlow
-            } else if self.deadline_ms.is_some_and(|at| now_ms() >= at) {
+            } else if self.subscriber.deadline().is_some_and(|at| now_ms() >= at) {
                 EndReason::WriteTimeout
             } else {
                 EndReason::ClientGone
@@ -236,7 +239,11 @@ impl Body for SubscriberStream {
             return Poll::Ready(Some(Ok(Frame::data(batch))));
         }
         let now = now_ms();
-        if this.deadline_ms.is_some_and(|deadline| now >= deadline) {
+        if this
+            .subscriber
+            .deadline()
+            .is_some_and(|deadline| now >= deadline)
+        {
             return this.end(EndReason::WriteTimeout);
         }
         loop {
@@ -252,7 +259,8 @@ impl Body for SubscriberStream {
                     if this.subscriber.was_cut_off() {
                         return this.end(EndReason::TooSlow);
                     }
-                    if let Some(retry) = this.closing_retry.take() {
+                    let retry = std::mem::replace(&mut this.closing_retry, u32::MAX);
+                    if retry != u32::MAX {
                         // Polled again after this frame: the queue is still closed, so it ends then.
                         return Poll::Ready(Some(Ok(Frame::data(sse::encode_retry(u64::from(
                             retry,
@@ -266,11 +274,14 @@ impl Body for SubscriberStream {
                 Poll::Pending => break,
             }
         }
-        if let Some(interval) = this.heartbeat_ms {
-            if now >= this.last_write_ms.saturating_add(interval) {
-                this.last_write_ms = now;
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
-            }
+        if this.heartbeat_ms != 0
+            && now
+                >= this
+                    .last_write_ms
+                    .saturating_add(u64::from(this.heartbeat_ms))
+        {
+            this.last_write_ms = now;
+            return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(sse::HEARTBEAT)))));
         }
         // The waker is registered with the queue (by `poll_recv` above), which the alarm wakes.
         this.subscriber.set_alarm(this.next_alarm());

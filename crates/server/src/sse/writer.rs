@@ -73,66 +73,106 @@ pub struct StreamWriter<'a, S> {
 
 /// The bytes a [`StreamWriter`] has yet to write, in order: the response head (until written),
 /// then the current chunk's size line, data and end, each advanced as bytes go out.
+///
+/// Kept small (it is part of every idle stream's task): the head is a boxed slice freed once
+/// written, the size line lives inline, and the chunk's end is a count of the `\r\n` bytes left.
+/// The last chunk is sent as data (`0\r\n\r\n`) with no size line or end.
 struct Unsent {
-    head: Vec<u8>,
-    size: head::ChunkHeader,
-    size_written: usize,
+    head: Box<[u8]>,
+    /// Bytes of `head` already written.
+    head_written: u32,
+    size: [u8; 18],
+    size_len: u8,
+    size_written: u8,
     data: Bytes,
-    tail: &'static [u8],
+    /// Bytes of the chunk's closing `\r\n` still to write (0 to 2).
+    crlf_left: u8,
 }
 
 impl Unsent {
+    fn new(head: Vec<u8>) -> Self {
+        Self {
+            head: head.into_boxed_slice(),
+            head_written: 0,
+            size: [0; 18],
+            size_len: 0,
+            size_written: 0,
+            data: Bytes::new(),
+            crlf_left: 0,
+        }
+    }
+
+    fn head_left(&self) -> &[u8] {
+        self.head
+            .get(self.head_written as usize..)
+            .unwrap_or_default()
+    }
+
     fn size_left(&self) -> &[u8] {
         self.size
-            .as_bytes()
-            .get(self.size_written..)
+            .get(usize::from(self.size_written)..usize::from(self.size_len))
             .unwrap_or_default()
+    }
+
+    fn crlf(&self) -> &'static [u8] {
+        &head::CHUNK_END[head::CHUNK_END.len() - usize::from(self.crlf_left)..]
     }
 
     /// Whether no chunk is waiting (the head may be).
     fn chunk_done(&self) -> bool {
-        self.size_left().is_empty() && self.data.is_empty() && self.tail.is_empty()
+        self.size_left().is_empty() && self.data.is_empty() && self.crlf_left == 0
     }
 
     fn is_empty(&self) -> bool {
-        self.head.is_empty() && self.chunk_done()
+        self.head_left().is_empty() && self.chunk_done()
     }
 
     /// Queues `data` as one chunk.
     fn set_chunk(&mut self, data: Bytes) {
-        self.size = head::chunk_header(data.len());
+        let line = head::chunk_header(data.len());
+        let line = line.as_bytes();
+        self.size[..line.len()].copy_from_slice(line);
+        self.size_len = line.len() as u8;
         self.size_written = 0;
         self.data = data;
-        self.tail = head::CHUNK_END;
+        self.crlf_left = head::CHUNK_END.len() as u8;
+    }
+
+    /// Queues the last chunk.
+    fn set_last_chunk(&mut self) {
+        self.size_len = 0;
+        self.size_written = 0;
+        self.data = Bytes::from_static(head::LAST_CHUNK);
+        self.crlf_left = 0;
     }
 
     /// The parts still to write, empty ones included.
     fn slices(&self) -> [IoSlice<'_>; 4] {
         [
-            IoSlice::new(&self.head),
+            IoSlice::new(self.head_left()),
             IoSlice::new(self.size_left()),
             IoSlice::new(&self.data),
-            IoSlice::new(self.tail),
+            IoSlice::new(self.crlf()),
         ]
     }
 
     /// Drops the first `n` bytes.
     fn advance(&mut self, mut n: usize) {
-        let take = n.min(self.head.len());
-        if take == self.head.len() {
+        let take = n.min(self.head_left().len());
+        self.head_written += take as u32;
+        if self.head_left().is_empty() && !self.head.is_empty() {
             // Freed: an idle stream keeps no head buffer.
-            self.head = Vec::new();
-        } else {
-            self.head.drain(..take);
+            self.head = Box::default();
+            self.head_written = 0;
         }
         n -= take;
         let take = n.min(self.size_left().len());
-        self.size_written += take;
+        self.size_written += take as u8;
         n -= take;
         let take = n.min(self.data.len());
         self.data.advance(take);
         n -= take;
-        self.tail = &self.tail[n.min(self.tail.len())..];
+        self.crlf_left -= n.min(usize::from(self.crlf_left)) as u8;
     }
 }
 
@@ -148,13 +188,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
             socket,
             cut_off,
             body,
-            out: Unsent {
-                head,
-                size: head::chunk_header(0),
-                size_written: usize::MAX,
-                data: Bytes::new(),
-                tail: &[],
-            },
+            out: Unsent::new(head),
             ended: false,
             client_spoke: false,
             blocked_since_ms: 0,
@@ -177,7 +211,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
                 }
                 None => {
                     self.ended = true;
-                    self.out.tail = head::LAST_CHUNK;
+                    self.out.set_last_chunk();
                     return Poll::Ready(Ok(()));
                 }
             }
