@@ -27,7 +27,7 @@ use quicksilver_auth::{
 };
 use quicksilver_protocol::SelectorStore;
 
-use crate::config::{Config, IssuerSpec};
+use crate::config::{Config, IssuerSpec, RoleKeys};
 use crate::error::{AuthRefusal, HubError};
 use crate::jwks::JwksSource;
 use crate::HUB_PATH;
@@ -90,46 +90,86 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
     let publisher_key = key("publisher", config.publisher_key())?;
     let subscriber_key = key("subscriber", config.subscriber_key())?;
 
-    let issuers = config
+    // `--issuer` values (the hub's keys or one JWK Set for both roles), then the `issuer` blocks of
+    // MERCURE_EXTRA_DIRECTIVES (keys per role): together, the trusted issuers.
+    let mut issuers = config
         .issuers
         .iter()
         .map(|s| IssuerSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
-    let mut jwks = Vec::new();
+    issuers.extend(config.issuer_blocks.iter().cloned());
+    let mut jwks: Vec<JwksSource> = Vec::new();
+    let mut jwks_uris: Vec<&str> = Vec::new();
     let mut publisher_issuers = Vec::new();
     let mut subscriber_issuers = Vec::new();
     for issuer in &issuers {
-        let trusted = |keys: Option<quicksilver_auth::IssuerKeys>| -> anyhow::Result<_> {
-            keys.map(|k| {
-                let trusted = TrustedIssuer::new(&issuer.id, k)?;
-                if issuer.algorithms.is_empty() {
-                    Ok(trusted)
-                } else {
-                    trusted.with_algorithms(&issuer.algorithms)
+        let uses_configured = [&issuer.publisher, &issuer.subscriber]
+            .into_iter()
+            .all(|k| matches!(k, RoleKeys::Configured));
+        if uses_configured && publisher_key.is_none() && subscriber_key.is_none() {
+            anyhow::bail!(
+                "--issuer {} has neither a jwks_uri nor a publisher/subscriber JWT key",
+                issuer.id
+            );
+        }
+        for (role, role_keys, configured, trusted_issuers) in [
+            (
+                "publisher",
+                &issuer.publisher,
+                &publisher_key,
+                &mut publisher_issuers,
+            ),
+            (
+                "subscriber",
+                &issuer.subscriber,
+                &subscriber_key,
+                &mut subscriber_issuers,
+            ),
+        ] {
+            let invalid = |e: &dyn std::fmt::Display| {
+                anyhow::anyhow!("invalid issuer {} ({role}): {e}", issuer.id)
+            };
+            let (keys, algorithms): (quicksilver_auth::IssuerKeys, &[String]) = match role_keys {
+                RoleKeys::Refused => continue,
+                RoleKeys::Configured => match configured {
+                    Some(key) => (key.clone().into(), &issuer.algorithms),
+                    None => continue,
+                },
+                RoleKeys::Jwt { key, algorithm } => (
+                    KeySpec::new(key, algorithm)
+                        .map_err(|e| invalid(&e))?
+                        .into(),
+                    &[],
+                ),
+                RoleKeys::Jwks { uri, algorithms } => {
+                    // One source per set, however many roles and issuers name it.
+                    let index = match jwks_uris.iter().position(|u| *u == uri.as_str()) {
+                        Some(index) => index,
+                        None => {
+                            jwks.push(JwksSource::open(&issuer.id, uri, config.jwks_refresh)?);
+                            jwks_uris.push(uri);
+                            jwks.len() - 1
+                        }
+                    };
+                    let source = &jwks[index];
+                    let algorithms = if algorithms.is_empty() {
+                        &issuer.algorithms
+                    } else {
+                        algorithms
+                    };
+                    (source.keys().into(), algorithms)
                 }
-            })
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("invalid --issuer {}: {e}", issuer.id))
-        };
-        match &issuer.jwks_uri {
-            Some(uri) => {
-                let source = JwksSource::open(&issuer.id, uri, config.jwks_refresh)?;
-                let keys = source.keys();
-                publisher_issuers.extend(trusted(Some(keys.clone().into()))?);
-                subscriber_issuers.extend(trusted(Some(keys.into()))?);
-                jwks.push(source);
-            }
-            None => {
-                if publisher_key.is_none() && subscriber_key.is_none() {
-                    anyhow::bail!(
-                        "--issuer {} has neither a jwks_uri nor a publisher/subscriber JWT key",
-                        issuer.id
-                    );
-                }
-                publisher_issuers.extend(trusted(publisher_key.clone().map(Into::into))?);
-                subscriber_issuers.extend(trusted(subscriber_key.clone().map(Into::into))?);
-            }
+            };
+            let trusted = TrustedIssuer::new(&issuer.id, keys).map_err(|e| invalid(&e))?;
+            let trusted = if algorithms.is_empty() {
+                trusted
+            } else {
+                trusted
+                    .with_algorithms(algorithms)
+                    .map_err(|e| invalid(&e))?
+            };
+            trusted_issuers.push(trusted);
         }
     }
 

@@ -124,6 +124,12 @@ impl Server {
     /// Builds the hub (starting its background tasks) and binds the listener (and the separate
     /// metrics listener, when configured).
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        for notice in &config.notices {
+            match notice.level {
+                config::NoticeLevel::Info => tracing::info!("{}", notice.message),
+                config::NoticeLevel::Warn => tracing::warn!("{}", notice.message),
+            }
+        }
         let hub = Hub::start(config)?;
         if let Some(addr) = config.metrics_addr {
             let listener = TcpListener::bind(addr)
