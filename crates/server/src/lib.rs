@@ -63,6 +63,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
     let mercure = get(subscribe::subscribe)
         .post(publish::publish)
+        // QUERY (subscribe with a body) and the 405 of every other method.
+        .fallback(subscribe::other_method)
         .layer(DefaultBodyLimit::max(hub.settings().max_body_size));
     let mut router = Router::new()
         .route(HUB_PATH, mercure)

@@ -1,4 +1,10 @@
-//! `GET /.well-known/mercure`: open a subscriber's event stream.
+//! `GET /.well-known/mercure` (and `QUERY`): open a subscriber's event stream.
+//!
+//! A `QUERY` request carries its parameters in an `application/x-www-form-urlencoded` body as
+//! well: the hub takes the union of the URL's and the body's (a subscription per matcher of
+//! either), and for the single-valued `last_event_id` the URL's value wins, the `Last-Event-ID`
+//! header winning over both. Its body is bounded like a publish body (`413` beyond). A token is
+//! never read from the body. Any other method than `GET`, `HEAD`, `POST` and `QUERY` is `405`.
 //!
 //! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
 //! subscriber is then registered in the fan-out *before* history is read, so every update stored
@@ -23,12 +29,57 @@ use crate::subscriptions::SubscriptionInfo;
 /// How long a subscriber arriving before the transport is ready waits for it.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
-/// Handles a subscription request.
+/// The `QUERY` method (a safe, idempotent request with a body).
+pub const QUERY: &str = "QUERY";
+
+/// Handles a subscription request (`GET`, `HEAD`).
 pub async fn subscribe(
     State(hub): State<Hub>,
     method: Method,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
+) -> Result<Response, HubError> {
+    let parameters = raw_query.clone().unwrap_or_default();
+    open(hub, method, headers, raw_query, &parameters).await
+}
+
+/// Handles the hub URL's other methods: `QUERY` subscribes with the body's parameters merged with
+/// the URL's; anything else is `405`.
+pub async fn other_method(
+    State(hub): State<Hub>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+    body: axum::body::Body,
+) -> Result<Response, HubError> {
+    if method.as_str() != QUERY {
+        let mut response = http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET,HEAD,POST,QUERY"),
+        );
+        return Ok(response);
+    }
+    let body = crate::publish::read_body(&headers, body, hub.settings().max_body_size).await?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| HubError::BadRequest("the QUERY body must be UTF-8".into()))?;
+    // The URL's parameters first: the parser keeps the first `last_event_id` it meets.
+    let parameters = match raw_query.as_deref() {
+        Some(q) if !q.is_empty() && !body.is_empty() => format!("{q}&{body}"),
+        Some(q) if !q.is_empty() => q.to_string(),
+        _ => body.to_string(),
+    };
+    open(hub, method, headers, raw_query, &parameters).await
+}
+
+/// Opens the stream for a request whose subscription parameters are `parameters` (a form-encoded
+/// string); a legacy token is only ever read from the URL's own query, `raw_query`.
+async fn open(
+    hub: Hub,
+    method: Method,
+    headers: HeaderMap,
+    raw_query: Option<String>,
+    parameters: &str,
 ) -> Result<Response, HubError> {
     if hub.is_shutting_down() {
         return Err(HubError::Unavailable("the hub is shutting down".into()));
@@ -51,11 +102,8 @@ pub async fn subscribe(
             "this node holds its maximum number of subscribers, retry on another".into(),
         ));
     }
-    let query = parse_subscribe_query(
-        raw_query.as_deref().unwrap_or(""),
-        &settings.subscribe_limits,
-    )
-    .map_err(|e| HubError::BadRequest(e.to_string()))?;
+    let query = parse_subscribe_query(parameters, &settings.subscribe_limits)
+        .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
     let identity = hub.auth().identity(&headers);
     let subscriber = hub
