@@ -4,8 +4,9 @@
 //! The request needs a token whose subscribe grants match the request's path (taken as a topic,
 //! query excluded); no token is `401`, a token without such a grant `403`. The token's generation
 //! picks the shape (see [`super`]): current tokens get `application/json` documents with the
-//! reconciliation cursor on the `Link` header (`last-event-id`, `type="mercure"`,
-//! `content-type="application/json"`); legacy tokens get `application/ld+json` documents with
+//! reconciliation cursor on the `Link` header, exactly as the reference hub sends it
+//! (`</.well-known/mercure>; rel="mercure"; last-event-id="…"; type="mercure";
+//! content-type="application/json"`); legacy tokens get `application/ld+json` documents with
 //! `lastEventID` at their root. Both carry the cursor as `ETag` too, and a matching
 //! `If-None-Match` is answered `304`: any change of the subscriptions is a subscription event,
 //! which moves the cursor. An unknown subscription is `404`.
@@ -73,7 +74,6 @@ pub async fn subscriptions(
         return Ok(with_headers(
             StatusCode::NOT_MODIFIED.into_response(),
             generation,
-            &identity.hub_url,
             &cursor,
             &etag,
         ));
@@ -139,19 +139,12 @@ pub async fn subscriptions(
         }
     };
     let response = (StatusCode::OK, body.to_string()).into_response();
-    Ok(with_headers(
-        response,
-        generation,
-        &identity.hub_url,
-        &cursor,
-        &etag,
-    ))
+    Ok(with_headers(response, generation, &cursor, &etag))
 }
 
 fn with_headers(
     mut response: Response,
     generation: Generation,
-    hub_url: &str,
     cursor: &str,
     etag: &str,
 ) -> Response {
@@ -159,8 +152,9 @@ fn with_headers(
     let (content_type, link) = match generation {
         Generation::Current => (
             "application/json",
+            // Relative, as the reference hub sends it: the hub on the request's own origin.
             hub_link(
-                hub_url,
+                crate::HUB_PATH,
                 &[
                     ("last-event-id", cursor),
                     ("type", super::EVENT_TYPE),
@@ -168,7 +162,7 @@ fn with_headers(
                 ],
             ),
         ),
-        Generation::Legacy => ("application/ld+json", hub_link(hub_url, &[])),
+        Generation::Legacy => ("application/ld+json", hub_link(crate::HUB_PATH, &[])),
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::LINK, link);
