@@ -23,6 +23,7 @@
 //! - [`error`]: request failures and their HTTP answers, among them the status and
 //!   `WWW-Authenticate` challenge of every authentication failure.
 //! - [`healthcheck`]: `quicksilver healthcheck`, the container runtime's probe of a running hub.
+//! - [`token`]: `quicksilver token`, which mints tokens in either generation.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
@@ -40,6 +41,7 @@ pub mod sse;
 pub mod subscribe;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod token;
 
 use std::future::Future;
 use std::time::Duration;
