@@ -28,6 +28,9 @@ pub use issuer::{IssuerSpec, RoleKeys};
 /// no key at all is configured (and by `quicksilver token --dev`).
 pub const DEV_KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
 
+/// The default name of the access token cookie (`--access-token-cookie`).
+pub const DEFAULT_ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -205,7 +208,7 @@ pub struct Config {
     #[arg(
         long,
         env = "QUICKSILVER_ACCESS_TOKEN_COOKIE",
-        default_value = "__Secure-mercure_access_token"
+        default_value = DEFAULT_ACCESS_TOKEN_COOKIE
     )]
     pub access_token_cookie: String,
 

@@ -23,6 +23,7 @@ use quicksilver_transport::{
 
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
+use crate::playground::PlaygroundSigner;
 use crate::subscriptions::Subscriptions;
 
 /// The longest a new subscription waits for its events' turn (`--subscription-event-rate`)
@@ -56,6 +57,8 @@ pub struct HubSettings {
     pub drain_retry: Duration,
     /// Whether subscription events and the subscription API are on.
     pub subscriptions: bool,
+    /// Whether the development playground is on (`--playground`).
+    pub playground: bool,
     /// Time a connection has to send a complete request head (`None`: unlimited).
     pub header_read_timeout: Option<Duration>,
 }
@@ -78,6 +81,7 @@ struct HubInner {
     started: AtomicBool,
     subscriptions: Option<Arc<Subscriptions>>,
     last_event: Arc<LastEvent>,
+    playground: Option<PlaygroundSigner>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -212,6 +216,7 @@ impl Hub {
         });
         let non_zero = |d: Duration| (!d.is_zero()).then_some(d);
         let settings = HubSettings {
+            playground: config.playground,
             anonymous: config.anonymous,
             heartbeat: non_zero(config.heartbeat),
             write_timeout: non_zero(config.write_timeout),
@@ -250,6 +255,7 @@ impl Hub {
                 started: AtomicBool::new(false),
                 subscriptions,
                 last_event,
+                playground: PlaygroundSigner::from_config(config),
             }),
         })
     }
@@ -282,6 +288,11 @@ impl Hub {
     /// The resolved settings.
     pub fn settings(&self) -> &HubSettings {
         &self.inner.settings
+    }
+
+    /// How the playground signs its token, when it is on and has a key to sign with.
+    pub fn playground_signer(&self) -> Option<&PlaygroundSigner> {
+        self.inner.playground.as_ref()
     }
 
     /// The active-subscriptions machinery, when `--subscriptions` is on.

@@ -12,7 +12,8 @@
 //!   ([`quicksilver_auth::Verifier::authenticate`]), and the hub's identity (resource identifier)
 //!   for each request; [`jwks`] keeps issuers' JWK Sets current.
 //! - [`discovery`]: the protected resource metadata document and the hub's `Link` header.
-//! - [`debug_page`]: the page at `/` for trying the hub from a browser.
+//! - [`debugger`]: the page at `/.well-known/mercure/debug/` for trying the hub from a browser;
+//!   [`playground`]: its development-only companion (a prefilled token, echo endpoints).
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
 //! - [`sse`]: the subscriber's way out: the accept loop and connection tasks, the lean HTTP/1.1
 //!   path, the stream writer and a subscriber's SSE response body.
@@ -29,13 +30,14 @@
 pub mod auth;
 pub mod config;
 pub mod cors;
-pub mod debug_page;
+pub mod debugger;
 pub mod discovery;
 pub mod error;
 pub mod healthcheck;
 pub mod hub;
 pub mod jwks;
 pub mod metrics;
+pub mod playground;
 pub mod publish;
 pub mod sse;
 pub mod subscribe;
@@ -80,7 +82,22 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
             get(subscriptions::api::subscriptions),
         );
     if config.debug_page {
-        router = router.route("/", get(debug_page::page));
+        router = router
+            .route(debugger::PATH, get(debugger::page))
+            .route(debugger::CONFIG_PATH, get(debugger::config))
+            .route(
+                debugger::PATH.trim_end_matches('/'),
+                get(debugger::redirect),
+            )
+            .route("/", get(debugger::redirect));
+    }
+    if config.playground {
+        router = router
+            .route(playground::TOKEN_PATH, get(playground::token))
+            .route(
+                &format!("{}{{*resource}}", playground::ECHO_PREFIX),
+                get(playground::echo),
+            );
     }
     Ok(router
         .route("/healthz", get(healthz))
