@@ -14,11 +14,13 @@
 //! - `config/file.rs`: the TOML configuration file.
 //! - `config/directives.rs`: `MERCURE_EXTRA_DIRECTIVES`, the reference's Caddyfile directives.
 //! - `config/server_name.rs`: `SERVER_NAME`, the reference's site address.
+//! - `config/reference_command.rs`: the reference image's command line (`caddy run --config …`).
 //! - `config/issuer.rs`: trusted issuers ([`IssuerSpec`]) and the `--issuer` mini-language.
 
 pub mod directives;
 mod file;
 mod issuer;
+pub mod reference_command;
 pub mod server_name;
 
 pub use directives::{Notice, NoticeLevel};

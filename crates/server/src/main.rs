@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use quicksilver_server::config::Config;
+use quicksilver_server::config::{reference_command, Config};
 use quicksilver_server::{healthcheck, token};
 
 fn main() -> ExitCode {
@@ -22,10 +22,21 @@ fn main() -> ExitCode {
     {
         return token::run(args.into_iter().skip(1));
     }
-    let config = match Config::from_args(args) {
+    // A compose file written for the reference hub's image passes its command line
+    // (`caddy run --config /etc/caddy/Caddyfile`) as arguments.
+    let (args, notice) = match reference_command::translate(&args) {
+        Ok(Some(translated)) => (translated.args, Some(translated.notice)),
+        Ok(None) => (args, None),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => e.exit(),
     };
+    config.notices.extend(notice);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -419,3 +419,48 @@ async fn token_output_is_accepted_by_the_hub_in_both_generations() {
     .expect_err("a PEM key with HMAC");
     assert!(e.contains("HMAC"), "{e}");
 }
+
+#[tokio::test]
+async fn the_symfony_recipes_command_line_starts_the_playground() {
+    // The recipe's service also says `command: /usr/bin/caddy run --config /etc/caddy/dev.Caddyfile`:
+    // the reference image's development Caddyfile, the playground here.
+    let hub = HubProcess::spawn_with_env(
+        BIN,
+        &[
+            "/usr/bin/caddy",
+            "run",
+            "--config",
+            "/etc/caddy/dev.Caddyfile",
+        ],
+        &symfony_recipe(),
+    );
+    assert!(hub.wait_for_output("is --playground here", WAIT).is_some());
+    let c = http_client();
+    // Anonymous subscribers, as in the development Caddyfile; the directive's CORS origin kept.
+    let es = SseClient::connect(
+        &format!("{}?topic=a", hub.mercure_url()),
+        &[("Origin", "http://127.0.0.1:8000")],
+    )
+    .await
+    .expect("anonymous subscribe");
+    assert_eq!(es.status(), 200);
+    assert_eq!(
+        es.header("access-control-allow-origin"),
+        Some("http://127.0.0.1:8000")
+    );
+    let debugger = c
+        .get(format!("{}/.well-known/mercure/debug/", hub.url()))
+        .send()
+        .await
+        .expect("debugger");
+    assert_eq!(debugger.status(), 200);
+
+    // A Caddyfile of one's own cannot be read: the hub says where its settings go.
+    let e = HubProcess::try_spawn(
+        BIN,
+        &["caddy", "run", "--config", "/srv/Caddyfile"],
+        &symfony_recipe(),
+    )
+    .expect_err("a custom Caddyfile is refused");
+    assert!(e.to_string().contains("MERCURE_EXTRA_DIRECTIVES"), "{e}");
+}
