@@ -149,12 +149,16 @@ async fn open(
     // Browsers send the id they last saw as UTF-8 bytes, and publishers may choose any id, so the
     // header is decoded as UTF-8 rather than restricted to visible ASCII (`to_str`): an id like
     // `urn:é` must resume, not silently start a fresh stream.
-    let last_event_id = headers
+    // A cursor sent empty (the header or a parameter) asks for nothing to replay, yet it was sent:
+    // the answer still carries the cursor, `earliest`, as the specification requires.
+    let header = headers
         .get("last-event-id")
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .or(query.last_event_id);
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+    let last_event_id = match (header, query.last_event_id) {
+        (Some(h), _) if !h.is_empty() => Some(h.to_string()),
+        (_, Some(q)) if !q.is_empty() => Some(q),
+        (h, q) => q.or(h.map(str::to_string)),
+    };
 
     // Registered first: from here on every update the reader hands over is queued for it, so the
     // history read below and the live queue overlap instead of leaving a gap.
@@ -162,7 +166,9 @@ async fn open(
 
     let mut resume = None;
     let mut anchor_header = None;
-    if let Some(last_event_id) = &last_event_id {
+    if last_event_id.as_deref() == Some("") {
+        anchor_header = Some(EARLIEST.to_string());
+    } else if let Some(last_event_id) = &last_event_id {
         let history = hub
             .transport()
             .history(last_event_id)

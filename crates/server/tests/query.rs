@@ -100,6 +100,25 @@ async fn the_url_cursor_wins_over_the_body_and_the_header_over_both() {
     )
     .await;
     assert_eq!(es.ids(3, WAIT).await.unwrap(), vec!["one", "two", "three"]);
+    // A cursor sent empty replays nothing but is answered, `earliest`.
+    for (url, headers) in [
+        (hub.mercure_url() + "?match=t", vec![("Last-Event-ID", "")]),
+        (hub.mercure_url() + "?match=t&last_event_id=", vec![]),
+    ] {
+        let mut es = SseClient::subscribe(&url, &headers).await;
+        assert_eq!(
+            es.header("mercure-last-event-id"),
+            Some("earliest"),
+            "{url}"
+        );
+        es.assert_no_event(SHORT).await;
+    }
+    let es = SseClient::subscribe(&(hub.mercure_url() + "?match=t"), &[]).await;
+    assert_eq!(
+        es.header("mercure-last-event-id"),
+        None,
+        "no cursor asked, none told"
+    );
 }
 
 #[tokio::test]
