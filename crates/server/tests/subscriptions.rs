@@ -334,8 +334,9 @@ async fn current_subscription_events_and_api() {
     )
     .await;
     assert_eq!(r.status(), 404);
+    // An unknown matcher type is a malformed request, as on the reference hub.
     let r = get(&c, &format!("{api}/regex/x"), &watcher_token, &[]).await;
-    assert_eq!(r.status(), 404);
+    assert_eq!(r.status(), 400);
 
     assert_eq!(
         metric(&c, hub.url(), "quicksilver_active_subscriptions").await,

@@ -57,8 +57,19 @@ pub async fn subscriptions(
     // Documents are served in the shape of the token's generation.
     let generation = subscriber.generation;
     let rest = path.strip_prefix(&subscriptions_path()).unwrap_or("/-");
-    let target = parse_api_path(rest, generation)
-        .ok_or_else(|| HubError::NotFound("no such subscription or collection".into()))?;
+    let target = parse_api_path(rest, generation).ok_or_else(|| {
+        // A current path names its matcher type first; an unknown one is a malformed request, as
+        // on the reference hub, not a missing resource.
+        let match_type = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+        if generation == Generation::Current
+            && !match_type.is_empty()
+            && !matches!(match_type, "exact" | "urlpattern")
+        {
+            HubError::BadRequest(format!("unknown matcher type {match_type:?}"))
+        } else {
+            HubError::NotFound("no such subscription or collection".into())
+        }
+    })?;
 
     // The cursor is read before the registry, so a change made in between shows as a newer event
     // the client will also receive by subscribing from this cursor.
