@@ -5,8 +5,9 @@
 //! a [`quicksilver_transport`] and delivered by the [`quicksilver_fanout`] to subscriber streams.
 //!
 //! # Layout
-//! - [`config`]: every flag and environment variable, with defaults; the configuration file and the
-//!   `--issuer` mini-language in their own files below it.
+//! - [`config`]: every flag and environment variable, with defaults; in their own files below it,
+//!   the configuration file, the reference hub's environment (`MERCURE_EXTRA_DIRECTIVES`,
+//!   `SERVER_NAME`, its image's command line) and trusted issuers (`--issuer`).
 //! - [`hub`]: the shared state and the wiring of transport reader → fan-out.
 //! - [`auth`]: the bridge from HTTP requests to the auth crate's one entry
 //!   ([`quicksilver_auth::Verifier::authenticate`]), and the hub's identity (resource identifier)
