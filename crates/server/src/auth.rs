@@ -3,10 +3,11 @@
 //!
 //! Publishers and subscribers may use different keys, so the [`Authenticator`] holds one
 //! [`Verifier`] per role. Each accepts current access tokens (`typ: at+jwt`) from the trusted
-//! issuers (`--issuer`) and, unless `--legacy false`, pre-standardization tokens verified with the
-//! role's key. A request goes through the auth crate's one entry, [`Verifier::authenticate`],
-//! which finds its token (the `Authorization` header, then (legacy only) the `authorization` query
-//! parameter, then the access token cookie, then (legacy only) the legacy cookie) and verifies it.
+//! issuers (`--issuer`, `issuer` blocks) and, unless `--legacy false`, pre-standardization tokens
+//! verified with the role's key (or the JWK Set of a `*_jwks_url` directive). A request goes
+//! through the auth crate's one entry, [`Verifier::authenticate`], which finds its token (the
+//! `Authorization` header, then (legacy only) the `authorization` query parameter, then the access
+//! token cookie, then (legacy only) the legacy cookie) and verifies it.
 //! A token naming an unknown `kid` nudges the JWK Set refresh ([`crate::jwks`]).
 //!
 //! The audience a current token must name is the hub's resource identifier: `--resource-identifier`
@@ -180,12 +181,43 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
         legacy_cookie_name: config.cookie_name.clone(),
         publish_origins,
     };
+    // A role's pre-standardization tokens are verified with its key, or with the JWK Set of the
+    // reference's 0.x `*_jwks_url` directives (which, as there, takes precedence over the key).
+    let mut sets: [Option<TokenVerifier>; 2] = [None, None];
+    let roles = [
+        ("publisher", config.legacy_jwks.publisher.as_deref()),
+        ("subscriber", config.legacy_jwks.subscriber.as_deref()),
+    ];
+    for (slot, (role, uri)) in sets.iter_mut().zip(roles) {
+        let Some(uri) = uri.filter(|_| config.legacy) else {
+            continue;
+        };
+        let index = match jwks_uris.iter().position(|u| *u == uri) {
+            Some(index) => index,
+            None => {
+                let label = format!("(pre-standardization {role}s)");
+                jwks.push(JwksSource::open(&label, uri, config.jwks_refresh)?);
+                jwks_uris.push(uri);
+                jwks.len() - 1
+            }
+        };
+        *slot = Some(
+            TokenVerifier::with_key_set(jwks[index].keys(), &[], VerifierOptions::default())
+                .map_err(|e| anyhow::anyhow!("{role} JWK Set {uri}: {e}"))?,
+        );
+    }
+    let [publisher_set, subscriber_set] = sets;
     // With legacy on but no key for a role, no legacy token can be valid; a verifier with a random
     // secret keeps the legacy extraction rules (query parameter, legacy cookie) for that role while
     // refusing every such token for its signature.
-    let legacy_verifier = |key: Option<KeySpec>| -> anyhow::Result<Option<TokenVerifier>> {
+    let legacy_verifier = |key: Option<KeySpec>,
+                           set: Option<TokenVerifier>|
+     -> anyhow::Result<Option<TokenVerifier>> {
         if !config.legacy {
             return Ok(None);
+        }
+        if set.is_some() {
+            return Ok(set);
         }
         let spec = match key {
             Some(spec) => spec,
@@ -193,24 +225,27 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
         };
         Ok(Some(TokenVerifier::new(spec, VerifierOptions::default())))
     };
-    let verifier =
-        |issuers: Vec<TrustedIssuer>, legacy_key: Option<KeySpec>| -> anyhow::Result<Verifier> {
-            let current = AccessTokenVerifier::new(issuers, AccessTokenOptions::default())
-                .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
-            Ok(Verifier::new(
-                current,
-                legacy_verifier(legacy_key)?,
-                credentials.clone(),
-            ))
-        };
+    let verifier = |issuers: Vec<TrustedIssuer>,
+                    legacy_key: Option<KeySpec>,
+                    legacy_set: Option<TokenVerifier>|
+     -> anyhow::Result<Verifier> {
+        let current = AccessTokenVerifier::new(issuers, AccessTokenOptions::default())
+            .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
+        Ok(Verifier::new(
+            current,
+            legacy_verifier(legacy_key, legacy_set)?,
+            credentials.clone(),
+        ))
+    };
     // Without any publisher key nor issuer, publishing is refused outright (clearer than "invalid
     // token"); subscribers then may only be anonymous, and a presented token is refused.
-    let publishers = if publisher_issuers.is_empty() && publisher_key.is_none() {
-        None
-    } else {
-        Some(verifier(publisher_issuers, publisher_key)?)
-    };
-    let subscribers = verifier(subscriber_issuers, subscriber_key)?;
+    let publishers =
+        if publisher_issuers.is_empty() && publisher_key.is_none() && publisher_set.is_none() {
+            None
+        } else {
+            Some(verifier(publisher_issuers, publisher_key, publisher_set)?)
+        };
+    let subscribers = verifier(subscriber_issuers, subscriber_key, subscriber_set)?;
     if publishers.is_none() {
         tracing::warn!("no publisher JWT key nor issuer configured (MERCURE_PUBLISHER_JWT_KEY, --issuer): every publish will be refused");
     }

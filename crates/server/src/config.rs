@@ -357,9 +357,24 @@ pub struct Config {
     #[arg(skip)]
     pub issuer_blocks: Vec<IssuerSpec>,
 
+    /// JWK Sets verifying pre-standardization tokens (`publisher_jwks_url`, `subscriber_jwks_url`
+    /// of `MERCURE_EXTRA_DIRECTIVES`), instead of the role's key.
+    #[arg(skip)]
+    pub legacy_jwks: LegacyJwks,
+
     /// What the configuration layers have to say, logged at start.
     #[arg(skip)]
     pub notices: Vec<Notice>,
+}
+
+/// JWK Sets for the pre-standardization generation, per role (the reference's 0.x
+/// `publisher_jwks_url` and `subscriber_jwks_url`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LegacyJwks {
+    /// Publishers' set.
+    pub publisher: Option<String>,
+    /// Subscribers' set.
+    pub subscriber: Option<String>,
 }
 
 /// Which transport stores and shares updates.
@@ -504,6 +519,7 @@ impl Config {
             None => reparse(&layered)?,
         };
         config.issuer_blocks = directives.issuers;
+        config.legacy_jwks = directives.legacy_jwks;
         config.cors_origins = split_list(&config.cors_origins);
         config.publish_origins = split_list(&config.publish_origins);
         config.redis_url = split_list(&config.redis_url);
@@ -532,6 +548,7 @@ impl Config {
         }
         let keyless = self.publisher_key().is_none()
             && self.subscriber_key().is_none()
+            && self.legacy_jwks == LegacyJwks::default()
             && self.issuers.is_empty()
             && self.issuer_blocks.is_empty();
         if keyless {

@@ -340,3 +340,56 @@ async fn transport_sets_the_history_kept() {
         es.assert_no_event(SHORT).await;
     }
 }
+
+#[tokio::test]
+async fn publisher_jwks_url_verifies_legacy_tokens_with_a_jwk_set() {
+    // The auth crate's test-only keys: a JWK Set of their public halves, and the EC private key.
+    const JWKS: &str = include_str!("../../auth/tests/fixtures/jwks.json");
+    const EC_PRIVATE: &str = include_str!("../../auth/tests/fixtures/ec_private.pem");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("jwks.json");
+    std::fs::write(&file, JWKS).unwrap();
+    let router = HubRouter::new(&[
+        "--extra-directives",
+        &format!("publisher_jwks_url file://{}", file.display()),
+    ]);
+    let sign = |alg, key: &quicksilver_testkit::token::EncodingKey, kid: &str| {
+        let mut header = quicksilver_testkit::token::Header::new(alg);
+        header.kid = Some(kid.into());
+        quicksilver_testkit::token::sign_with_header(
+            &header,
+            key,
+            &mercure_claims(&["*"], &[], None),
+        )
+    };
+    let es256 = sign(
+        quicksilver_testkit::token::Algorithm::ES256,
+        &quicksilver_testkit::token::EncodingKey::from_ec_pem(EC_PRIVATE.as_bytes()).unwrap(),
+        "ec-1",
+    );
+    let publish = async |token: &str| {
+        router
+            .publish(
+                &[
+                    ("Authorization", &format!("Bearer {token}")),
+                    ("Content-Type", FORM),
+                ],
+                "topic=a&data=b",
+            )
+            .await
+            .status
+    };
+    assert_eq!(publish(&es256).await, 200);
+    // The set's HMAC key is not an allowed algorithm, and the hub's own key no longer applies.
+    let oct = sign(
+        quicksilver_testkit::token::Algorithm::HS256,
+        &quicksilver_testkit::token::EncodingKey::from_secret(b"unused"),
+        "oct-1",
+    );
+    assert_eq!(publish(&oct).await, 401);
+    let with_the_key = sign_hs256(
+        quicksilver_testkit::TEST_JWT_KEY,
+        &mercure_claims(&["*"], &[], None),
+    );
+    assert_eq!(publish(&with_the_key).await, 401);
+}

@@ -30,6 +30,8 @@ pub struct Directives {
     pub settings: Vec<Setting>,
     /// `issuer` blocks.
     pub issuers: Vec<IssuerSpec>,
+    /// `publisher_jwks_url`, `subscriber_jwks_url`.
+    pub legacy_jwks: super::LegacyJwks,
     /// What to log once logging is set up.
     pub notices: Vec<Notice>,
 }
@@ -547,17 +549,29 @@ fn apply(
         }
         "publisher_jwks_url" | "subscriber_jwks_url" => {
             d.expect_args(1, 1)?;
-            return error(
-                line,
-                format!(
-                    "`{}`: pre-standardization tokens are verified with a static key here (`{}`); \
-                     for a JWK Set, trust its issuer with an `issuer ID {{ {} {{ jwks_uri URL }} }}` \
-                     block (current access tokens)",
-                    d.name(),
-                    d.name().replace("_jwks_url", "_jwt"),
-                    d.name().replace("_jwks_url", ""),
-                ),
-            );
+            let uri = d.args[0].text.clone();
+            if !["https://", "http://", "file://"]
+                .iter()
+                .any(|scheme| uri.starts_with(scheme))
+            {
+                return error(
+                    line,
+                    format!(
+                        "`{}`: {uri:?} is no https://, http:// or file:// URL",
+                        d.name()
+                    ),
+                );
+            }
+            let role = d.name().trim_end_matches("_jwks_url");
+            out.notices.push(Notice::info(format!(
+                "{SOURCE} line {line}: pre-standardization {role} tokens are verified with the JWK \
+                 Set {uri} (asymmetric algorithms), not with a {role} key"
+            )));
+            if role == "publisher" {
+                out.legacy_jwks.publisher = Some(uri);
+            } else {
+                out.legacy_jwks.subscriber = Some(uri);
+            }
         }
         "issuer" => out.issuers.push(issuer(d, env)?),
         "transport" => transport(d, out)?,

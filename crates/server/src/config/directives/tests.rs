@@ -307,14 +307,21 @@ fn subscriber_jwt() {
 
 #[test]
 fn publisher_and_subscriber_jwks_url() {
-    for directive in ["publisher_jwks_url", "subscriber_jwks_url"] {
-        let e = refused(&format!("{directive} https://idp.example/jwks"));
-        assert!(e.contains("line 1") && e.contains(directive), "{e}");
-        assert!(
-            e.contains("jwks_uri"),
-            "the error says what to do instead: {e}"
-        );
-    }
+    let c = config(
+        "publisher_jwks_url https://idp.example/jwks.json\nsubscriber_jwks_url file:///etc/jwks.json",
+        &[],
+    );
+    assert_eq!(
+        c.legacy_jwks.publisher.as_deref(),
+        Some("https://idp.example/jwks.json")
+    );
+    assert_eq!(
+        c.legacy_jwks.subscriber.as_deref(),
+        Some("file:///etc/jwks.json")
+    );
+    assert!(notices(&c).contains("verified with the JWK Set"));
+    let e = refused("publisher_jwks_url idp.example/jwks");
+    assert!(e.contains("line 1") && e.contains("no https://"), "{e}");
 }
 
 #[test]
