@@ -38,6 +38,13 @@ pub(super) fn args(
                     && id != "config"
             })
             .ok_or_else(|| file_error(format!("unknown key `{key}`")))?;
+        // The reference hub's environment is read before the file: in a file, settings go by
+        // their own names.
+        if matches!(arg.get_id().as_str(), "extra_directives" | "server_name") {
+            return Err(file_error(format!(
+                "`{key}` is read from the environment only: in this file, give the settings it stands for by their own keys"
+            )));
+        }
         if taken(arg.get_id().as_str()) {
             continue;
         }
@@ -118,6 +125,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("histroy_size"), "{err}");
+        std::fs::write(&file, "extra_directives = \"anonymous\"\n").unwrap();
+        let err = Config::from_args(["quicksilver", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("environment only"), "{err}");
         std::fs::write(&file, "history_size = \"many\"\n").unwrap();
         let err = Config::from_args(["quicksilver", "--config", path])
             .unwrap_err()
