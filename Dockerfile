@@ -14,9 +14,11 @@ RUN apt-get update \
     && useradd --system --uid 10001 --no-create-home quicksilver
 COPY --from=build /src/target/release/quicksilver /usr/local/bin/quicksilver
 USER 10001:10001
-# The hub on 3000; /metrics, /healthz and /readyz also on 9090, a listener of their own, so probes
-# and scrapes do not queue behind subscribers during a reconnection storm.
-ENV QUICKSILVER_LISTEN=0.0.0.0:3000 \
+# The hub on 3000, every interface; /metrics, /healthz and /readyz also on 9090, a listener of their
+# own, so probes and scrapes do not queue behind subscribers during a reconnection storm. The
+# address is given the way the reference hub's image takes it, SERVER_NAME, so that an environment
+# written for that image (SERVER_NAME=:80) moves the hub too; QUICKSILVER_LISTEN wins over both.
+ENV SERVER_NAME=:3000 \
     QUICKSILVER_METRICS_ADDR=0.0.0.0:9090
 EXPOSE 3000 9090
 # The binary probes itself: no shell, curl or /dev/tcp needed (a distroless base would do). It

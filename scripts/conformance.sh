@@ -1,21 +1,22 @@
 #!/usr/bin/env bash
 # Runs the reference Mercure conformance suite (conformance-tests/ in dunglas/mercure, Playwright)
 # against Quicksilver: a single node and/or a 3-node cluster behind nginx (scripts/cluster.sh),
-# with the suite of the repository's head (current specification) and/or of tag v0.24.2
-# (pre-standardization protocol). The suite's code is never copied into this repository: it is
+# with the suites of the repository's head and of tag v1.0.0-alpha.3 (current specification) and
+# of tag v0.24.2 (pre-standardization protocol). The suite's code is never copied into this repository: it is
 # extracted with `git archive` into .tmp/conformance/ and run with tests/conformance/playwright.config.cjs.
 #
-# Needs: a copy of https://github.com/dunglas/mercure (a full clone, so that the v0.24.2 tag is
+# Needs: a copy of https://github.com/dunglas/mercure (a full clone, so that the tags are
 # there: `git clone https://github.com/dunglas/mercure /some/where/mercure`; a bare mirror works
 # too), named with --mercure-repo or MERCURE_REPO,
 # node + npm (the npm registry, for `npm ci`), Chromium at /usr/bin/chromium (CHROMIUM_PATH;
 # Playwright's own browsers are not downloaded), and for the cluster redis-server and nginx.
 usage() {
     cat <<'USAGE'
-usage: scripts/conformance.sh [--version head|v0.24.2|both] [--topology single|cluster|both]
+usage: scripts/conformance.sh [--version head|v1.0.0-alpha.3|v0.24.2|all] [--topology single|cluster|both]
                               [--mercure-repo PATH] [--redis-cluster] [--no-build] [--quiet]
 
-  --version       suite to run: `head` (current spec, 10 tests) or `v0.24.2` (11 tests) [both]
+  --version       suite to run: `head` (the repository's head), `v1.0.0-alpha.3` (current spec, 10
+                  tests each) or `v0.24.2` (pre-standardization, 11 tests); repeatable [all three]
   --topology      `single` (one node, in-memory transport) or `cluster` (3 nodes + Redis + nginx
                   via scripts/cluster.sh) [both]
   --mercure-repo  a clone (or bare mirror) of https://github.com/dunglas/mercure [$MERCURE_REPO];
@@ -39,7 +40,8 @@ jwt_key="${MERCURE_JWT_KEY:-!ChangeThisMercureHubJWTSecretKey!}"
 issuer="https://localhost"
 resource="https://localhost/.well-known/mercure"
 
-versions=(head v0.24.2)
+versions=(head v1.0.0-alpha.3 v0.24.2)
+versions_given=false
 topologies=(single cluster)
 mercure_repo="${MERCURE_REPO:-}"
 redis_cluster=false
@@ -50,9 +52,12 @@ quiet=false
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --version)
+            $versions_given || versions=()
+            versions_given=true
             case "${2:-}" in
-                head | v0.24.2) versions=("$2") ;;
-                both) versions=(head v0.24.2) ;;
+                head | v1.0.0-alpha.3 | v0.24.2) versions+=("$2") ;;
+                all) versions+=(head v1.0.0-alpha.3 v0.24.2) ;;
+                both) versions+=(head v0.24.2) ;;
                 *) usage >&2; exit 2 ;;
             esac
             shift 2 ;;
@@ -93,6 +98,26 @@ fi
 
 free_port() { # a TCP port nobody listens on right now
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+redis_cluster_port() { # three consecutive free ports, and their cluster bus ports (+10000), under 55536
+    python3 - <<'PY'
+import random, socket
+def free(port):
+    s = socket.socket()
+    try:
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+for _ in range(1000):
+    base = random.randint(20000, 55533)
+    if all(free(p) for p in (base, base + 1, base + 2, base + 10000, base + 10001, base + 10002)):
+        print(base)
+        break
+PY
 }
 
 wait_http() { # wait_http <url>: retry for 10 s
@@ -155,7 +180,8 @@ start_single() { # sets base_url
 
 start_cluster() { # sets base_url (nginx)
     local nginx_port p1 p2 p3 redis_port up_args=()
-    nginx_port=$(free_port); p1=$(free_port); p2=$(free_port); p3=$(free_port); redis_port=$(free_port)
+    nginx_port=$(free_port); p1=$(free_port); p2=$(free_port); p3=$(free_port)
+    if $redis_cluster; then redis_port=$(redis_cluster_port); else redis_port=$(free_port); fi
     $redis_cluster && up_args+=(--redis-cluster)
     cluster_dir="$work/cluster"
     CLUSTER_DIR="$cluster_dir" "$repo_root/scripts/cluster.sh" down >/dev/null 2>&1 || true

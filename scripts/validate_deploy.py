@@ -65,8 +65,9 @@ KUBE_VERSIONS = ["1.27", kv.utils.major_minor(kv.utils.latest_version())]
 SDK_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
 
 # Settings of the binary the chart has no value for, on purpose (step 7): the chart always sets
-# the publisher's and the subscriber's key separately.
-NOT_IN_CHART = {"MERCURE_JWT_KEY", "MERCURE_JWT_ALG"}
+# the publisher's and the subscriber's key separately, and the listen address from hub.port
+# (SERVER_NAME is the reference hub's image's way of setting it).
+NOT_IN_CHART = {"MERCURE_JWT_KEY", "MERCURE_JWT_ALG", "SERVER_NAME"}
 
 # The hub's own grace after its drain (crates/server: SHUTDOWN_GRACE), for the stopping rules.
 SHUTDOWN_GRACE = policy.hub_shutdown_grace(ROOT)
@@ -145,6 +146,38 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "service": {"type": "LoadBalancer"},
         },
     },
+    # E: a values file written for the reference hub's chart (dunglas/mercure charts/mercure), its
+    # names and its Caddy-specific keys as they come, on this chart's defaults otherwise.
+    "E-reference-chart-values": {
+        "values": {
+            "publisherJwtKey": "publisher-secret", "publisherJwtAlg": "HS256",
+            "subscriberJwtKey": "subscriber-secret", "subscriberJwtAlg": "HS256",
+            "extraDirectives": "cors_origins https://app.example.com\nanonymous\ndebugger\nheartbeat 15s",
+            "extraEnvs": [{"name": "TZ", "value": "UTC"}],
+            "globalOptions": "", "caddyExtraConfig": "", "caddyExtraDirectives": "", "transportUrl": "",
+            "license": "", "adminPort": 2019,
+            "healthCheck": {"enabled": True, "readiness": {"periodSeconds": 5}},
+            "metrics": {"enabled": False, "port": 2019, "serviceMonitor": {"enabled": True}},
+            "terminationGracePeriodSeconds": 660, "progressDeadlineSeconds": 1800,
+            "deployment": {"annotations": {"example.com/team": "realtime"}},
+            "service": {"type": "NodePort", "port": 80, "targetPort": 80, "nodePort": 30080},
+            "networkPolicy": {"enabled": True, "policyTypes": [], "ingress": [], "egress": []},
+            "persistence": {"enabled": False, "size": "1Gi"},
+            "ciliumNetworkPolicy": {"enabled": False},
+            "topologySpreadConstraints": "",
+        },
+    },
+    # F: every hub setting away from the binary's default (those are written only when they
+    # differ, so that extraDirectives can set them), and the development playground.
+    "F-non-default-settings": {
+        "values": {
+            "hub": {"anonymous": True, "subscriptions": True, "debugPage": True, "heartbeat": "15s",
+                    "writeTimeout": "300s", "dispatchTimeout": "5s", "maxBodySize": 2097152,
+                    "accessTokenCookie": "mercure_access_token"},
+            "dev": True,
+            "existingSecret": "reference-style-secret",
+        },
+    },
 }
 
 # Invalid sets: name -> (values, exception class the render must raise, text its message contains).
@@ -172,6 +205,10 @@ INVALID_SETS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("fail: autoscaling without a metric",
      {"autoscaling": {"enabled": True, "targetCPUUtilizationPercentage": None}},
      helm.HelmRenderError, "at least one metric"),
+    ("fail: a grace period shorter than preStop + drain + margin", {"terminationGracePeriodSeconds": 30},
+     helm.HelmRenderError, "terminationGracePeriodSeconds=30"),
+    ("schema: an unknown top-level key (neither ours nor the reference chart's)", {"extraDirective": "x"},
+     helm.HelmValuesError, "extraDirective"),
     ("fail: maxmemory not derivable from the memory limit",
      {"redis": {"resources": {"limits": {"memory": "0.5Gi"}}}}, helm.HelmRenderError, "redis.maxmemory"),
 ]
@@ -662,6 +699,36 @@ def expectations(name: str, docs: list[tuple[str, dict]]) -> list[str]:
         metrics_rule = hub_np["spec"]["ingress"][1]
         expect(metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"},
                "metrics port limited to the monitoring namespace")
+    if name == "E-reference-chart-values":
+        secret = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "qs-quicksilver")["data"]
+        expect("extra-directives" in secret, "extraDirectives kept in the Secret")
+        ref = (env.get("MERCURE_EXTRA_DIRECTIVES") or {}).get("valueFrom", {}).get("secretKeyRef")
+        expect(ref == {"name": "qs-quicksilver", "key": "extra-directives"}, f"directives from the Secret; got {ref}")
+        # The directives set these; a variable of the chart would win over them.
+        for variable in ("QUICKSILVER_ANONYMOUS", "QUICKSILVER_DEBUG_PAGE", "QUICKSILVER_HEARTBEAT",
+                         "QUICKSILVER_CORS_ORIGINS"):
+            expect(variable not in cm, f"{variable} left to the directives")
+        expect(env.get("TZ", {}).get("value") == "UTC", "extraEnvs added")
+        expect("ServiceMonitor" in kinds, "metrics.serviceMonitor.enabled turns the ServiceMonitor on")
+        expect(pod["terminationGracePeriodSeconds"] == 660, "the grace period given")
+        expect(hub["spec"].get("progressDeadlineSeconds") == 1800, "the progress deadline given")
+        expect(hub["metadata"].get("annotations") == {"example.com/team": "realtime"}, "Deployment annotations")
+        main_svc = next(s for s in by_kind(docs, "Service") if s["metadata"]["name"] == "qs-quicksilver")
+        expect(main_svc["spec"]["ports"][0].get("nodePort") == 30080, "the node port given")
+        expect(main_svc["spec"]["ports"][0]["targetPort"] == "http", "the container port stays hub.port")
+    if name == "F-non-default-settings":
+        for variable, value in (("QUICKSILVER_ANONYMOUS", "true"), ("QUICKSILVER_SUBSCRIPTIONS", "true"),
+                                ("QUICKSILVER_DEBUG_PAGE", "true"), ("QUICKSILVER_HEARTBEAT", "15s"),
+                                ("QUICKSILVER_WRITE_TIMEOUT", "300s"), ("QUICKSILVER_DISPATCH_TIMEOUT", "5s"),
+                                ("QUICKSILVER_MAX_BODY_SIZE", "2097152"),
+                                ("QUICKSILVER_ACCESS_TOKEN_COOKIE", "mercure_access_token")):
+            expect(cm.get(variable) == value, f"{variable}={value} expected, got {cm.get(variable)}")
+        expect(env.get("QUICKSILVER_PLAYGROUND", {}).get("value") == "true", "dev turns the playground on")
+        ref = (env.get("MERCURE_EXTRA_DIRECTIVES") or {}).get("valueFrom", {}).get("secretKeyRef")
+        expect(ref == {"name": "reference-style-secret", "key": "extra-directives", "optional": True},
+               f"directives read from the existing Secret when it has them; got {ref}")
+        keys = (env.get("MERCURE_PUBLISHER_JWT_KEY") or {}).get("valueFrom", {}).get("secretKeyRef", {})
+        expect(keys.get("name") == "reference-style-secret", "keys from the existing Secret (reference name)")
     return p
 
 
@@ -670,6 +737,7 @@ def check_render(name: str, spec: dict, notes: list[str], envs: set[str]) -> str
     versions = spec.get("kube_versions", KUBE_VERSIONS)
     problems = validate_objects(docs, versions, notes)
     external = {v for v in (spec["values"].get("auth", {}).get("existingSecret"),
+                            spec["values"].get("existingSecret"),
                             spec["values"].get("externalRedis", {}).get("existingSecret"),
                             "redis-ca") if v}
     if not problems:

@@ -250,14 +250,15 @@ fn bearer_token(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case(BEARER).then_some(token)
 }
 
-/// Methods that cannot change state, so cannot be abused through a forged cross-site request.
+/// Methods that cannot change state, so cannot be abused through a forged cross-site request:
+/// among them `QUERY`, a subscription whose parameters are in the body (safe by definition).
 /// The reference hub checks POST only; every other state-changing method is held to the same rule
 /// here, so a route added later cannot forget it.
 fn is_safe(method: &Method) -> bool {
     matches!(
         *method,
         Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
-    )
+    ) || method.as_str() == "QUERY"
 }
 
 fn check_origin(headers: &HeaderMap, allowed: &PublishOrigins) -> Result<(), AuthError> {

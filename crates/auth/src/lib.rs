@@ -60,8 +60,8 @@
 //!   [`SharedKeySet`], through which the server rotates an issuer's keys.
 //! - [`details`]: the current generation's `authorization_details` claim, turned into grants.
 //! - [`key`]: [`KeySpec`], a configured key and its single algorithm, checked at start-up.
-//! - [`verifier`]: [`TokenVerifier`], the legacy generation's signature, algorithm and
-//!   validity-window checks.
+//! - [`verifier`]: [`TokenVerifier`], the legacy generation's signature (one configured key or a
+//!   JWK Set), algorithm and validity-window checks.
 //! - [`claims`]: the legacy `mercure` claim, turned into grants.
 //! - [`grants`]: [`Grants`] and the two checks, [`can_publish`] and [`Access::allows`] (the
 //!   private-update check the fan-out applies).
@@ -99,7 +99,8 @@ pub use key::{KeyError, KeySpec, DEFAULT_ALGORITHM};
 pub use metadata::{protected_resource_metadata_url, ProtectedResourceMetadata};
 pub use origin::{OriginError, PublishOrigins};
 pub use verifier::{
-    TokenVerifier, VerifierOptions, DEFAULT_MAX_SELECTORS_PER_CLAIM, DEFAULT_MAX_TOKEN_BYTES,
+    KeySetError, TokenVerifier, VerifierOptions, DEFAULT_MAX_SELECTORS_PER_CLAIM,
+    DEFAULT_MAX_TOKEN_BYTES,
 };
 
 /// A verified request: its grants, where its token was, and which generation it belongs to.

@@ -1,11 +1,14 @@
 //! Token verification: signature, algorithm, validity window, then the grant claims.
 //!
 //! A [`TokenVerifier`] is built once per role (publisher, subscriber) from a [`KeySpec`] and
-//! [`VerifierOptions`]. [`TokenVerifier::verify`] takes the compact JWS string and returns
-//! [`Grants`]; it does no I/O. In order:
+//! [`VerifierOptions`] — or, as the reference hub's 0.x `*_jwks_url` settings allow, from a JWK Set
+//! ([`TokenVerifier::with_key_set`]). [`TokenVerifier::verify`] takes the compact JWS string and
+//! returns [`Grants`]; it does no I/O. In order:
 //! 1. tokens longer than [`VerifierOptions::max_token_bytes`] are refused before decoding;
-//! 2. the header's `alg` must be the configured algorithm — so `none`, and an RS256 token offered
-//!    to an HS256 hub keyed with the RSA public key, fail — and the signature must verify;
+//! 2. the header's `alg` must be the configured algorithm (with a JWK Set: one of the allowed
+//!    algorithms, the asymmetric ones by default, and the key the `kid` names) — so `none`, and an
+//!    RS256 token offered to an HS256 hub keyed with the RSA public key, fail — and the signature
+//!    must verify;
 //! 3. `exp` and `nbf` are checked *when present*: tokens without `exp` are valid (browser tokens
 //!    minted by Symfony often have none), as on the reference hub;
 //! 4. the claims become [`Grants`] ([`crate::claims`]).
@@ -16,12 +19,14 @@ use std::fmt;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::errors::ErrorKind;
-use jsonwebtoken::Validation;
+use jsonwebtoken::{Algorithm, Validation};
 use quicksilver_protocol::SelectorStore;
 
 use crate::claims::MercureClaims;
 use crate::error::{AuthError, TokenRejection};
 use crate::grants::Grants;
+use crate::issuer::DEFAULT_ASYMMETRIC_ALGORITHMS;
+use crate::jwks::SharedKeySet;
 use crate::key::KeySpec;
 
 /// Default for [`VerifierOptions::max_token_bytes`]: 16 KiB, far above any real token (a token
@@ -55,44 +60,101 @@ impl Default for VerifierOptions {
     }
 }
 
-/// Verifies tokens for one role with one key and algorithm.
+/// Verifies tokens for one role with one key and algorithm, or with a JWK Set.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    key: KeySpec,
+    keys: Keys,
     options: VerifierOptions,
-    validation: Validation,
+}
+
+/// Where a [`TokenVerifier`]'s keys come from.
+#[derive(Clone)]
+enum Keys {
+    /// One configured key, and the validation pinned to its algorithm (boxed: it is several times
+    /// the size of the other variant).
+    Static {
+        key: KeySpec,
+        validation: Box<Validation>,
+    },
+    /// A JWK Set the server keeps current, and the algorithms accepted from it.
+    Set {
+        keys: SharedKeySet,
+        algorithms: Vec<Algorithm>,
+    },
 }
 
 impl fmt::Debug for TokenVerifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TokenVerifier")
-            .field("key", &self.key)
-            .field("options", &self.options)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("TokenVerifier");
+        match &self.keys {
+            Keys::Static { key, .. } => d.field("key", key),
+            Keys::Set { keys, algorithms } => d.field("keys", keys).field("algorithms", algorithms),
+        };
+        d.field("options", &self.options).finish_non_exhaustive()
     }
+}
+
+/// Why a key set verifier could not be built.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum KeySetError {
+    /// An algorithm name is unknown.
+    #[error("unknown algorithm {0:?}")]
+    UnknownAlgorithm(String),
+    /// No algorithm is allowed.
+    #[error("no algorithm is allowed")]
+    NoAlgorithms,
 }
 
 impl TokenVerifier {
     /// A verifier accepting tokens signed with `key`'s algorithm only.
     pub fn new(key: KeySpec, options: VerifierOptions) -> Self {
-        let mut validation = Validation::new(key.algorithm());
-        // Time claims are checked here rather than by jsonwebtoken, which skips an `exp` it cannot
-        // read as an integer (a fractional `exp` would then never expire).
-        validation.validate_exp = false;
-        validation.validate_nbf = false;
-        validation.validate_aud = false;
-        validation.required_spec_claims.clear();
-        validation.leeway = 0;
+        let validation = Box::new(validation(key.algorithm()));
         Self {
-            key,
+            keys: Keys::Static { key, validation },
             options,
-            validation,
         }
     }
 
-    /// The key in use.
-    pub fn key(&self) -> &KeySpec {
-        &self.key
+    /// A verifier accepting tokens signed by a key of `keys` (the one its `kid` names, or any when
+    /// it names none) with one of `algorithms` (empty: [`DEFAULT_ASYMMETRIC_ALGORITHMS`]; HMAC
+    /// keys of a set need their algorithm named here).
+    pub fn with_key_set(
+        keys: SharedKeySet,
+        algorithms: &[&str],
+        options: VerifierOptions,
+    ) -> Result<Self, KeySetError> {
+        let names = if algorithms.is_empty() {
+            DEFAULT_ASYMMETRIC_ALGORITHMS
+        } else {
+            algorithms
+        };
+        let mut parsed = Vec::new();
+        for name in names {
+            let alg = name
+                .parse::<Algorithm>()
+                .map_err(|_| KeySetError::UnknownAlgorithm(name.to_string()))?;
+            if !parsed.contains(&alg) {
+                parsed.push(alg);
+            }
+        }
+        if parsed.is_empty() {
+            return Err(KeySetError::NoAlgorithms);
+        }
+        Ok(Self {
+            keys: Keys::Set {
+                keys,
+                algorithms: parsed,
+            },
+            options,
+        })
+    }
+
+    /// The configured key, when the verifier has one rather than a JWK Set.
+    pub fn key(&self) -> Option<&KeySpec> {
+        match &self.keys {
+            Keys::Static { key, .. } => Some(key),
+            Keys::Set { .. } => None,
+        }
     }
 
     /// The options in use.
@@ -120,19 +182,65 @@ impl TokenVerifier {
         // Decoded as a JSON object first, as access tokens are: serde would also fill
         // `MercureClaims` from a JSON array (by position), and would skip ignored members without
         // checking their UTF-8. A payload must be a JSON object (RFC 7519).
-        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            token,
-            self.key.decoding_key(),
-            &self.validation,
-        )
-        .map_err(|e| rejection(e.kind()))?;
-        let claims: MercureClaims = crate::jws::from_object(data.claims)?;
+        let object = match &self.keys {
+            Keys::Static { key, validation } => {
+                jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                    token,
+                    key.decoding_key(),
+                    validation,
+                )
+                .map_err(|e| rejection(e.kind()))?
+                .claims
+            }
+            Keys::Set { keys, algorithms } => {
+                let header = crate::jws::header(token)?;
+                let alg = header
+                    .alg
+                    .as_deref()
+                    .and_then(|name| name.parse::<Algorithm>().ok())
+                    .filter(|alg| algorithms.contains(alg))
+                    .ok_or(TokenRejection::Algorithm)?;
+                let set = keys.load();
+                let candidates = set.candidates(header.kid.as_deref(), alg)?;
+                let validation = validation(alg);
+                let mut verified = None;
+                for key in candidates {
+                    match jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+                        token,
+                        key.decoding_key(),
+                        &validation,
+                    ) {
+                        Ok(data) => {
+                            verified = Some(data.claims);
+                            break;
+                        }
+                        // Only a bad signature moves on to the next key.
+                        Err(e) if matches!(e.kind(), ErrorKind::InvalidSignature) => continue,
+                        Err(e) => return Err(rejection(e.kind()).into()),
+                    }
+                }
+                verified.ok_or(TokenRejection::Signature)?
+            }
+        };
+        let claims: MercureClaims = crate::jws::from_object(object)?;
         check_validity_window(claims.exp, claims.nbf, now, self.options.leeway)?;
         let expires_at = claims.exp.and_then(to_system_time);
         Ok(claims
             .into_grants(store, self.options.max_selectors_per_claim)?
             .with_expires_at(expires_at))
     }
+}
+
+/// The signature check for `alg`. Time claims are checked here rather than by jsonwebtoken, which
+/// skips an `exp` it cannot read as an integer (a fractional `exp` would then never expire).
+fn validation(alg: Algorithm) -> Validation {
+    let mut validation = Validation::new(alg);
+    validation.validate_exp = false;
+    validation.validate_nbf = false;
+    validation.validate_aud = false;
+    validation.required_spec_claims.clear();
+    validation.leeway = 0;
+    validation
 }
 
 /// Checks `exp` and `nbf` (seconds since the epoch) against `now` with `leeway`, with the

@@ -216,11 +216,14 @@ fn cookie_publish_checks_the_origin() {
         AuthError::InvalidReferer
     );
     assert_eq!(post(&[]).unwrap_err(), AuthError::MissingOrigin);
-    // Safe methods are not checked.
+    // Safe methods are not checked, `QUERY` (a subscription with a body) among them.
     assert_eq!(
         source(&headers(&[("cookie", &cookie)]), Method::GET, &[], &cfg).unwrap(),
         ok
     );
+    let query = Method::from_bytes(b"QUERY").unwrap();
+    let cross_site = headers(&[("cookie", &cookie), ("origin", "https://evil.example.net")]);
+    assert_eq!(source(&cross_site, query, &[], &cfg).unwrap(), ok);
 }
 
 #[test]

@@ -414,3 +414,50 @@ fn token_without_mercure_claim_grants_nothing() {
     assert!(!can_publish(&store, &g, &topics(&["urn:a"])));
     assert!(!g.private_access().allows(&store, &topics(&["urn:a"])));
 }
+
+/// The reference hub's 0.x `publisher_jwks_url`: legacy tokens verified with a JWK Set, by `kid`,
+/// with the asymmetric algorithms only unless told otherwise, and the set replaceable at run time.
+#[test]
+fn legacy_tokens_verified_with_a_key_set() {
+    use quicksilver_auth::{KeySet, SharedKeySet};
+    let store = SelectorStore::default();
+    let rs256 = |kid: Option<&str>| {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = kid.map(str::to_string);
+        encode(
+            &header,
+            &publish_all(),
+            &EncodingKey::from_rsa_pem(RSA_PRIVATE.as_bytes()).unwrap(),
+        )
+        .unwrap()
+    };
+    let set = KeySet::new().with_key(Some("k1"), KeySpec::new(RSA_PUBLIC, "RS256").unwrap());
+    let shared = SharedKeySet::new(set);
+    let v = TokenVerifier::with_key_set(shared.clone(), &[], VerifierOptions::default()).unwrap();
+    assert!(v.key().is_none());
+    let grants = v
+        .verify(&store, &rs256(Some("k1")))
+        .expect("the named key verifies");
+    assert!(can_publish(&store, &grants, &topics(&["a"])));
+    assert!(
+        v.verify(&store, &rs256(None)).is_ok(),
+        "no kid: any key of the set"
+    );
+    assert_eq!(
+        rejection(v.verify(&store, &rs256(Some("k2")))),
+        TokenRejection::UnknownKey
+    );
+    // HMAC is not among the default algorithms: no confusion with the public key as a secret.
+    assert_eq!(
+        rejection(v.verify(&store, &hs256(&publish_all()))),
+        TokenRejection::Algorithm
+    );
+    // Rotation: the set is replaced, the verifier follows.
+    shared.replace(KeySet::new().with_key(Some("k2"), KeySpec::new(RSA_PUBLIC, "RS256").unwrap()));
+    assert!(v.verify(&store, &rs256(Some("k2"))).is_ok());
+    assert_eq!(
+        rejection(v.verify(&store, &rs256(Some("k1")))),
+        TokenRejection::UnknownKey
+    );
+    assert!(TokenVerifier::with_key_set(shared, &["RS999"], VerifierOptions::default()).is_err());
+}

@@ -38,7 +38,8 @@ pub struct Matcher {
 pub struct SubscribeQuery {
     /// Every requested matcher, in request order.
     pub matchers: Vec<Matcher>,
-    /// The cursor from the query (`last_event_id`, else `lastEventID`, else `Last-Event-ID`); the
+    /// The cursor from the query (`last_event_id`, else `lastEventID`, else `Last-Event-ID`; the
+    /// first non-empty one, else an empty string when only empty ones were sent); the
     /// `Last-Event-ID` header, when present, takes precedence over all of them.
     pub last_event_id: Option<String>,
     /// Values of the `authorization` query parameter (a token in the URL, pre-standardization only).
@@ -143,10 +144,15 @@ pub fn parse_subscribe_query(
     if out.matchers.is_empty() {
         return Err(SubscribeError::MissingTopic);
     }
-    out.last_event_id = [current_cursor, legacy_cursor, legacy_header_cursor]
-        .into_iter()
+    // A cursor sent empty still counts as sent (the answer then names the cursor `earliest`), but
+    // loses to any non-empty one.
+    let cursors = [current_cursor, legacy_cursor, legacy_header_cursor];
+    out.last_event_id = cursors
+        .iter()
         .flatten()
-        .find(|v| !v.is_empty());
+        .find(|v| !v.is_empty())
+        .or_else(|| cursors.iter().flatten().next())
+        .cloned();
     Ok(out)
 }
 
@@ -178,7 +184,22 @@ mod tests {
         assert_eq!(q.last_event_id.as_deref(), Some("new"));
         let q = parse("topic=a&Last-Event-ID=h").unwrap();
         assert_eq!(q.last_event_id.as_deref(), Some("h"));
-        assert_eq!(parse("topic=a&lastEventID=").unwrap().last_event_id, None);
+        assert_eq!(
+            parse("topic=a&lastEventID=")
+                .unwrap()
+                .last_event_id
+                .as_deref(),
+            Some(""),
+            "sent empty: answered, replays nothing"
+        );
+        assert_eq!(
+            parse("topic=a&last_event_id=&lastEventID=x")
+                .unwrap()
+                .last_event_id
+                .as_deref(),
+            Some("x")
+        );
+        assert_eq!(parse("topic=a").unwrap().last_event_id, None);
     }
 
     #[test]

@@ -3,10 +3,11 @@
 //!
 //! Publishers and subscribers may use different keys, so the [`Authenticator`] holds one
 //! [`Verifier`] per role. Each accepts current access tokens (`typ: at+jwt`) from the trusted
-//! issuers (`--issuer`) and, unless `--legacy false`, pre-standardization tokens verified with the
-//! role's key. A request goes through the auth crate's one entry, [`Verifier::authenticate`],
-//! which finds its token (the `Authorization` header, then (legacy only) the `authorization` query
-//! parameter, then the access token cookie, then (legacy only) the legacy cookie) and verifies it.
+//! issuers (`--issuer`, `issuer` blocks) and, unless `--legacy false`, pre-standardization tokens
+//! verified with the role's key (or the JWK Set of a `*_jwks_url` directive). A request goes
+//! through the auth crate's one entry, [`Verifier::authenticate`], which finds its token (the
+//! `Authorization` header, then (legacy only) the `authorization` query parameter, then the access
+//! token cookie, then (legacy only) the legacy cookie) and verifies it.
 //! A token naming an unknown `kid` nudges the JWK Set refresh ([`crate::jwks`]).
 //!
 //! The audience a current token must name is the hub's resource identifier: `--resource-identifier`
@@ -32,7 +33,7 @@ use quicksilver_auth::{
 use quicksilver_protocol::SelectorStore;
 
 use crate::client::{Peer, TrustedProxies};
-use crate::config::{Config, IssuerSpec};
+use crate::config::{Config, IssuerSpec, RoleKeys};
 use crate::error::{AuthRefusal, HubError};
 use crate::jwks::JwksSource;
 use crate::HUB_PATH;
@@ -98,46 +99,86 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
     let publisher_key = key("publisher", config.publisher_key())?;
     let subscriber_key = key("subscriber", config.subscriber_key())?;
 
-    let issuers = config
+    // `--issuer` values (the hub's keys or one JWK Set for both roles), then the `issuer` blocks of
+    // MERCURE_EXTRA_DIRECTIVES (keys per role): together, the trusted issuers.
+    let mut issuers = config
         .issuers
         .iter()
         .map(|s| IssuerSpec::parse(s))
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
-    let mut jwks = Vec::new();
+    issuers.extend(config.issuer_blocks.iter().cloned());
+    let mut jwks: Vec<JwksSource> = Vec::new();
+    let mut jwks_uris: Vec<&str> = Vec::new();
     let mut publisher_issuers = Vec::new();
     let mut subscriber_issuers = Vec::new();
     for issuer in &issuers {
-        let trusted = |keys: Option<quicksilver_auth::IssuerKeys>| -> anyhow::Result<_> {
-            keys.map(|k| {
-                let trusted = TrustedIssuer::new(&issuer.id, k)?;
-                if issuer.algorithms.is_empty() {
-                    Ok(trusted)
-                } else {
-                    trusted.with_algorithms(&issuer.algorithms)
+        let uses_configured = [&issuer.publisher, &issuer.subscriber]
+            .into_iter()
+            .all(|k| matches!(k, RoleKeys::Configured));
+        if uses_configured && publisher_key.is_none() && subscriber_key.is_none() {
+            anyhow::bail!(
+                "--issuer {} has neither a jwks_uri nor a publisher/subscriber JWT key",
+                issuer.id
+            );
+        }
+        for (role, role_keys, configured, trusted_issuers) in [
+            (
+                "publisher",
+                &issuer.publisher,
+                &publisher_key,
+                &mut publisher_issuers,
+            ),
+            (
+                "subscriber",
+                &issuer.subscriber,
+                &subscriber_key,
+                &mut subscriber_issuers,
+            ),
+        ] {
+            let invalid = |e: &dyn std::fmt::Display| {
+                anyhow::anyhow!("invalid issuer {} ({role}): {e}", issuer.id)
+            };
+            let (keys, algorithms): (quicksilver_auth::IssuerKeys, &[String]) = match role_keys {
+                RoleKeys::Refused => continue,
+                RoleKeys::Configured => match configured {
+                    Some(key) => (key.clone().into(), &issuer.algorithms),
+                    None => continue,
+                },
+                RoleKeys::Jwt { key, algorithm } => (
+                    KeySpec::new(key, algorithm)
+                        .map_err(|e| invalid(&e))?
+                        .into(),
+                    &[],
+                ),
+                RoleKeys::Jwks { uri, algorithms } => {
+                    // One source per set, however many roles and issuers name it.
+                    let index = match jwks_uris.iter().position(|u| *u == uri.as_str()) {
+                        Some(index) => index,
+                        None => {
+                            jwks.push(JwksSource::open(&issuer.id, uri, config.jwks_refresh)?);
+                            jwks_uris.push(uri);
+                            jwks.len() - 1
+                        }
+                    };
+                    let source = &jwks[index];
+                    let algorithms = if algorithms.is_empty() {
+                        &issuer.algorithms
+                    } else {
+                        algorithms
+                    };
+                    (source.keys().into(), algorithms)
                 }
-            })
-            .transpose()
-            .map_err(|e| anyhow::anyhow!("invalid --issuer {}: {e}", issuer.id))
-        };
-        match &issuer.jwks_uri {
-            Some(uri) => {
-                let source = JwksSource::open(&issuer.id, uri, config.jwks_refresh)?;
-                let keys = source.keys();
-                publisher_issuers.extend(trusted(Some(keys.clone().into()))?);
-                subscriber_issuers.extend(trusted(Some(keys.into()))?);
-                jwks.push(source);
-            }
-            None => {
-                if publisher_key.is_none() && subscriber_key.is_none() {
-                    anyhow::bail!(
-                        "--issuer {} has neither a jwks_uri nor a publisher/subscriber JWT key",
-                        issuer.id
-                    );
-                }
-                publisher_issuers.extend(trusted(publisher_key.clone().map(Into::into))?);
-                subscriber_issuers.extend(trusted(subscriber_key.clone().map(Into::into))?);
-            }
+            };
+            let trusted = TrustedIssuer::new(&issuer.id, keys).map_err(|e| invalid(&e))?;
+            let trusted = if algorithms.is_empty() {
+                trusted
+            } else {
+                trusted
+                    .with_algorithms(algorithms)
+                    .map_err(|e| invalid(&e))?
+            };
+            trusted_issuers.push(trusted);
         }
     }
 
@@ -148,12 +189,43 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
         legacy_cookie_name: config.cookie_name.clone(),
         publish_origins,
     };
+    // A role's pre-standardization tokens are verified with its key, or with the JWK Set of the
+    // reference's 0.x `*_jwks_url` directives (which, as there, takes precedence over the key).
+    let mut sets: [Option<TokenVerifier>; 2] = [None, None];
+    let roles = [
+        ("publisher", config.legacy_jwks.publisher.as_deref()),
+        ("subscriber", config.legacy_jwks.subscriber.as_deref()),
+    ];
+    for (slot, (role, uri)) in sets.iter_mut().zip(roles) {
+        let Some(uri) = uri.filter(|_| config.legacy) else {
+            continue;
+        };
+        let index = match jwks_uris.iter().position(|u| *u == uri) {
+            Some(index) => index,
+            None => {
+                let label = format!("(pre-standardization {role}s)");
+                jwks.push(JwksSource::open(&label, uri, config.jwks_refresh)?);
+                jwks_uris.push(uri);
+                jwks.len() - 1
+            }
+        };
+        *slot = Some(
+            TokenVerifier::with_key_set(jwks[index].keys(), &[], VerifierOptions::default())
+                .map_err(|e| anyhow::anyhow!("{role} JWK Set {uri}: {e}"))?,
+        );
+    }
+    let [publisher_set, subscriber_set] = sets;
     // With legacy on but no key for a role, no legacy token can be valid; a verifier with a random
     // secret keeps the legacy extraction rules (query parameter, legacy cookie) for that role while
     // refusing every such token for its signature.
-    let legacy_verifier = |key: Option<KeySpec>| -> anyhow::Result<Option<TokenVerifier>> {
+    let legacy_verifier = |key: Option<KeySpec>,
+                           set: Option<TokenVerifier>|
+     -> anyhow::Result<Option<TokenVerifier>> {
         if !config.legacy {
             return Ok(None);
+        }
+        if set.is_some() {
+            return Ok(set);
         }
         let spec = match key {
             Some(spec) => spec,
@@ -161,24 +233,27 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
         };
         Ok(Some(TokenVerifier::new(spec, VerifierOptions::default())))
     };
-    let verifier =
-        |issuers: Vec<TrustedIssuer>, legacy_key: Option<KeySpec>| -> anyhow::Result<Verifier> {
-            let current = AccessTokenVerifier::new(issuers, AccessTokenOptions::default())
-                .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
-            Ok(Verifier::new(
-                current,
-                legacy_verifier(legacy_key)?,
-                credentials.clone(),
-            ))
-        };
+    let verifier = |issuers: Vec<TrustedIssuer>,
+                    legacy_key: Option<KeySpec>,
+                    legacy_set: Option<TokenVerifier>|
+     -> anyhow::Result<Verifier> {
+        let current = AccessTokenVerifier::new(issuers, AccessTokenOptions::default())
+            .map_err(|e| anyhow::anyhow!("invalid --issuer: {e}"))?;
+        Ok(Verifier::new(
+            current,
+            legacy_verifier(legacy_key, legacy_set)?,
+            credentials.clone(),
+        ))
+    };
     // Without any publisher key nor issuer, publishing is refused outright (clearer than "invalid
     // token"); subscribers then may only be anonymous, and a presented token is refused.
-    let publishers = if publisher_issuers.is_empty() && publisher_key.is_none() {
-        None
-    } else {
-        Some(verifier(publisher_issuers, publisher_key)?)
-    };
-    let subscribers = verifier(subscriber_issuers, subscriber_key)?;
+    let publishers =
+        if publisher_issuers.is_empty() && publisher_key.is_none() && publisher_set.is_none() {
+            None
+        } else {
+            Some(verifier(publisher_issuers, publisher_key, publisher_set)?)
+        };
+    let subscribers = verifier(subscriber_issuers, subscriber_key, subscriber_set)?;
     if publishers.is_none() {
         tracing::warn!("no publisher JWT key nor issuer configured (MERCURE_PUBLISHER_JWT_KEY, --issuer): every publish will be refused");
     }

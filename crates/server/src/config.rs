@@ -2,16 +2,36 @@
 //!
 //! Each field's doc comment is its `--help` text. Names follow the reference hub where it has one
 //! (`MERCURE_PUBLISHER_JWT_KEY`, …) so existing deployments keep their environment; settings of our
-//! own use the `QUICKSILVER_` prefix. A flag beats its environment variable, which beats the file
-//! (`--config`), which beats the default.
+//! own use the `QUICKSILVER_` prefix. The reference's environment is read too: its site address
+//! (`SERVER_NAME`) and the directives of its `mercure` block (`MERCURE_EXTRA_DIRECTIVES`).
 //!
-//! - `config/file.rs`: the TOML configuration file, turned into the flags it stands for.
-//! - `config/issuer.rs`: the `--issuer` mini-language ([`IssuerSpec`]).
+//! Precedence, highest first: a flag; its environment variable; `SERVER_NAME` (for the listen
+//! address) and `MERCURE_EXTRA_DIRECTIVES`; the configuration file (`--config`); the default.
+//! Each lower layer is turned into the flags it stands for and given to clap only for the settings
+//! no higher layer set, so one parser validates everything and one struct holds the result.
+//! Trusted issuers add up instead: `--issuer` values and `issuer` blocks together.
+//!
+//! - `config/file.rs`: the TOML configuration file.
+//! - `config/directives.rs`: `MERCURE_EXTRA_DIRECTIVES`, the reference's Caddyfile directives.
+//! - `config/server_name.rs`: `SERVER_NAME`, the reference's site address.
+//! - `config/reference_command.rs`: the reference image's command line (`caddy run --config …`).
+//! - `config/issuer.rs`: trusted issuers ([`IssuerSpec`]) and the `--issuer` mini-language.
 
+pub mod directives;
 mod file;
 mod issuer;
+pub mod reference_command;
+pub mod server_name;
 
-pub use issuer::IssuerSpec;
+pub use directives::{Notice, NoticeLevel};
+pub use issuer::{IssuerSpec, RoleKeys};
+
+/// The key of the reference hub's quick start and development setups, used by `--playground` when
+/// no key at all is configured (and by `quicksilver token --dev`).
+pub const DEV_KEY: &str = "!ChangeThisMercureHubJWTSecretKey!";
+
+/// The default name of the access token cookie (`--access-token-cookie`).
+pub const DEFAULT_ACCESS_TOKEN_COOKIE: &str = "__Secure-mercure_access_token";
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -202,7 +222,7 @@ pub struct Config {
     #[arg(
         long,
         env = "QUICKSILVER_ACCESS_TOKEN_COOKIE",
-        default_value = "__Secure-mercure_access_token"
+        default_value = DEFAULT_ACCESS_TOKEN_COOKIE
     )]
     pub access_token_cookie: String,
 
@@ -392,6 +412,47 @@ pub struct Config {
     /// Log filter (`info`, `debug`, `quicksilver_server=debug,info`, …).
     #[arg(long, env = "QUICKSILVER_LOG", default_value = "info")]
     pub log: String,
+
+    /// The reference hub's site address (`:80`, `localhost`, `host:port`, `http://host`): sets the
+    /// listen address (its port, every interface; plain HTTP) when `--listen` is not given.
+    #[arg(long, env = "SERVER_NAME")]
+    pub server_name: Option<String>,
+
+    /// Directives of the reference hub's `mercure` block, one per line (`anonymous`,
+    /// `cors_origins https://app.example.com`, `issuer ID { … }`, …): each becomes the setting it
+    /// stands for, below flags and environment variables; an unknown directive refuses to start.
+    #[arg(long, env = "MERCURE_EXTRA_DIRECTIVES", hide_env_values = true)]
+    pub extra_directives: Option<String>,
+
+    /// INSECURE, development only: the debug page prefilled with an all-access token, echo
+    /// endpoints under `/playground/`, and `/` redirected to the debug page; turns on
+    /// `--anonymous` and `--subscriptions`, and, unless set, `*` CORS and publish origins, the
+    /// `mercure_access_token` cookie, and the well-known development key when no key is set.
+    #[arg(long, env = "QUICKSILVER_PLAYGROUND", default_value_t = false)]
+    pub playground: bool,
+
+    /// Issuers of `issuer` blocks (`MERCURE_EXTRA_DIRECTIVES`), beside `--issuer`.
+    #[arg(skip)]
+    pub issuer_blocks: Vec<IssuerSpec>,
+
+    /// JWK Sets verifying pre-standardization tokens (`publisher_jwks_url`, `subscriber_jwks_url`
+    /// of `MERCURE_EXTRA_DIRECTIVES`), instead of the role's key.
+    #[arg(skip)]
+    pub legacy_jwks: LegacyJwks,
+
+    /// What the configuration layers have to say, logged at start.
+    #[arg(skip)]
+    pub notices: Vec<Notice>,
+}
+
+/// JWK Sets for the pre-standardization generation, per role (the reference's 0.x
+/// `publisher_jwks_url` and `subscriber_jwks_url`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LegacyJwks {
+    /// Publishers' set.
+    pub publisher: Option<String>,
+    /// Subscribers' set.
+    pub subscriber: Option<String>,
 }
 
 /// Which transport stores and shares updates.
@@ -425,26 +486,158 @@ impl Config {
         I: IntoIterator<Item = T>,
         T: Into<std::ffi::OsString> + Clone,
     {
+        Self::from_args_and_env(args, &|name| std::env::var(name).ok())
+    }
+
+    /// [`Config::from_args`] with `env` answering the `{env.NAME}` placeholders of
+    /// `MERCURE_EXTRA_DIRECTIVES` (clap reads the flags' own variables itself).
+    pub fn from_args_and_env<I, T>(
+        args: I,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        use clap::parser::ValueSource;
+        use std::collections::HashSet;
+
         let args: Vec<std::ffi::OsString> = args.into_iter().map(Into::into).collect();
         let matches = Self::command().try_get_matches_from(&args)?;
+        // Settings given as a flag or as their own environment variable: no lower layer touches them.
+        let mut taken: HashSet<String> = Self::command()
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .filter(|id| {
+                matches!(
+                    matches.value_source(id),
+                    Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+                )
+            })
+            .collect();
+        let mut notices = Vec::new();
+
+        // SERVER_NAME and MERCURE_EXTRA_DIRECTIVES: the reference's environment.
+        let mut layered: Vec<String> = Vec::new();
+        if let Some(name) = matches.get_one::<String>("server_name") {
+            let site = server_name::parse(name).map_err(ConfigError::ServerName)?;
+            if taken.insert("listen".to_string()) {
+                layered.extend(["--listen".to_string(), site.listen.to_string()]);
+                notices.extend(site.notices);
+            } else {
+                notices.push(Notice::info(format!(
+                    "SERVER_NAME={name:?} is not used: --listen / QUICKSILVER_LISTEN is set"
+                )));
+            }
+        }
+        let directives = match matches.get_one::<String>("extra_directives") {
+            Some(text) => directives::parse(text, env)?,
+            None => directives::Directives::default(),
+        };
+        // Directives are assignments: a later one replaces an earlier one of the same setting.
+        let mut claimed: HashSet<&'static str> = HashSet::new();
+        let mut kept = Vec::new();
+        for setting in directives.settings.iter().rev() {
+            if let Some(id) = setting.ids.iter().find(|id| taken.contains(**id)) {
+                notices.push(Notice::info(format!(
+                    "{} line {}: `{}` is not used: --{} is set by a flag or environment variable",
+                    directives::SOURCE,
+                    setting.line,
+                    setting.directive,
+                    id.replace('_', "-"),
+                )));
+                continue;
+            }
+            if setting.ids.iter().any(|id| claimed.contains(id)) {
+                continue;
+            }
+            claimed.extend(setting.ids.iter().copied());
+            kept.push(setting);
+        }
+        kept.reverse();
+        for setting in &kept {
+            layered.extend(setting.args.iter().cloned());
+        }
+        taken.extend(claimed.iter().map(|id| id.to_string()));
+        notices.extend(directives.notices.iter().cloned());
+        let reparse = |layer: &[String]| {
+            let mut merged = Vec::with_capacity(args.len() + layer.len());
+            merged.extend(args.first().cloned());
+            merged.extend(layer.iter().map(Into::into));
+            merged.extend(args.iter().skip(1).cloned());
+            Self::try_parse_from(merged)
+        };
+        if !layered.is_empty() {
+            if let Err(e) = reparse(&layered) {
+                // Blame the directive whose arguments clap refuses.
+                let culprit = kept.iter().find(|s| reparse(&s.args).is_err());
+                return Err(ConfigError::Directives(directives::DirectiveError {
+                    line: culprit.map_or(0, |s| s.line),
+                    reason: format!(
+                        "`{}`: {}",
+                        culprit.map_or("?", |s| s.directive.as_str()),
+                        e.kind()
+                    ),
+                }));
+            }
+        }
+
+        // The configuration file, for what no layer above set.
         let mut config = match matches.get_one::<std::path::PathBuf>("config") {
             Some(path) => {
-                let from_file = file::args(path, &matches)?;
-                let mut merged = Vec::with_capacity(args.len() + from_file.len());
-                merged.extend(args.first().cloned());
-                merged.extend(from_file.into_iter().map(Into::into));
-                merged.extend(args.iter().skip(1).cloned());
-                Self::try_parse_from(merged).map_err(|e| ConfigError::File {
+                let (file_args, file_ids) = file::args(path, &|id| taken.contains(id))?;
+                layered.extend(file_args);
+                taken.extend(file_ids);
+                reparse(&layered).map_err(|e| ConfigError::File {
                     path: path.display().to_string(),
                     reason: e.to_string(),
                 })?
             }
-            None => Self::from_arg_matches(&matches)?,
+            None if layered.is_empty() => Self::from_arg_matches(&matches)?,
+            None => reparse(&layered)?,
         };
+        config.issuer_blocks = directives.issuers;
+        config.legacy_jwks = directives.legacy_jwks;
         config.cors_origins = split_list(&config.cors_origins);
         config.publish_origins = split_list(&config.publish_origins);
         config.redis_url = split_list(&config.redis_url);
+        if config.playground {
+            config.apply_playground(&|id| taken.contains(id), &mut notices);
+        }
+        config.notices = notices;
         Ok(config)
+    }
+
+    /// The permissive settings the playground needs: anonymous subscribers and subscription
+    /// events always; `*` origins, a cookie name usable over plain HTTP and the development key
+    /// unless set.
+    fn apply_playground(&mut self, taken: &dyn Fn(&str) -> bool, notices: &mut Vec<Notice>) {
+        self.anonymous = true;
+        self.subscriptions = true;
+        self.debug_page = true;
+        if !taken("cors_origins") && self.cors_origins.is_empty() {
+            self.cors_origins = vec!["*".into()];
+        }
+        if !taken("publish_origins") && self.publish_origins.is_empty() {
+            self.publish_origins = vec!["*".into()];
+        }
+        if !taken("access_token_cookie") {
+            self.access_token_cookie = "mercure_access_token".into();
+        }
+        let keyless = self.publisher_key().is_none()
+            && self.subscriber_key().is_none()
+            && self.legacy_jwks == LegacyJwks::default()
+            && self.issuers.is_empty()
+            && self.issuer_blocks.is_empty();
+        if keyless {
+            self.jwt_key = Some(DEV_KEY.into());
+            notices.push(Notice::warn(
+                "playground without any JWT key: using the well-known development key; never do this in production",
+            ));
+        }
+        notices.push(Notice::warn(
+            "playground is on (INSECURE, development only): anyone can fetch an all-access token from /.well-known/mercure/debug/playground-token",
+        ));
     }
 
     /// The publisher key and algorithm, falling back to `--jwt-key`.
@@ -470,6 +663,12 @@ pub enum ConfigError {
     /// A bad flag or environment variable (clap's message, with usage).
     #[error(transparent)]
     Cli(#[from] clap::Error),
+    /// Bad `MERCURE_EXTRA_DIRECTIVES`.
+    #[error(transparent)]
+    Directives(#[from] directives::DirectiveError),
+    /// A `SERVER_NAME` that cannot be listened on.
+    #[error("{0}")]
+    ServerName(String),
     /// A bad configuration file.
     #[error("configuration file {path}: {reason}")]
     File {
@@ -485,7 +684,7 @@ impl ConfigError {
     pub fn exit(self) -> ! {
         match self {
             ConfigError::Cli(e) => e.exit(),
-            ConfigError::File { .. } => {
+            ConfigError::File { .. } | ConfigError::Directives(_) | ConfigError::ServerName(_) => {
                 eprintln!("error: {self}");
                 std::process::exit(2)
             }

@@ -3,7 +3,8 @@
 //! Listed origins get their origin echoed with `Access-Control-Allow-Credentials: true` (cookies
 //! work); `*` allows every origin but without credentials, since reflecting arbitrary origins on a
 //! credentialed endpoint would let any site read a user's private updates. Preflights for `POST`
-//! with `Authorization` and for `Last-Event-ID` are answered; `Last-Event-ID` and
+//! and `QUERY` (a subscription with a body) with `Authorization` and for `Last-Event-ID` are
+//! answered; the `Link` header (the subscription API's cursor, discovery), `Last-Event-ID` and
 //! `Mercure-Last-Event-ID` response headers are exposed to scripts.
 
 use std::time::Duration;
@@ -16,8 +17,16 @@ pub fn layer(origins: &[String]) -> anyhow::Result<CorsLayer> {
     if origins.is_empty() {
         return Ok(CorsLayer::new());
     }
+    let query = Method::from_bytes(crate::subscribe::QUERY.as_bytes())
+        .map_err(|_| anyhow::anyhow!("QUERY is not a valid method name"))?;
     let base = CorsLayer::new()
-        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::POST,
+            Method::OPTIONS,
+            query,
+        ])
         .allow_headers([
             header::AUTHORIZATION,
             header::CACHE_CONTROL,

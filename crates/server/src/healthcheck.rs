@@ -10,8 +10,8 @@
 //!
 //! Where it knocks: `--url` when given; otherwise the address the hub itself was told to use,
 //! read from the same flags and environment variables (`--metrics-addr` /
-//! `QUICKSILVER_METRICS_ADDR` first, then `--listen` / `QUICKSILVER_LISTEN`), so an image sets its
-//! addresses once and the healthcheck follows them. The metrics listener comes first because it
+//! `QUICKSILVER_METRICS_ADDR` first, then `--listen` / `QUICKSILVER_LISTEN`, then the reference
+//! hub's `SERVER_NAME`), so an image sets its addresses once and the healthcheck follows them. The metrics listener comes first because it
 //! has its own accept queue: during a reconnection storm the main port's queue is full of
 //! subscribers and a probe there would time out on a healthy hub. An unspecified address
 //! (`0.0.0.0`, `[::]`) is probed on the loopback address of the same family.
@@ -57,9 +57,15 @@ pub struct HealthcheckArgs {
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     pub timeout: Duration,
 
-    /// The hub's listen address (the same setting as the hub's `--listen`).
-    #[arg(long, env = "QUICKSILVER_LISTEN", default_value = "127.0.0.1:3000")]
-    pub listen: SocketAddr,
+    /// The hub's listen address (the same setting as the hub's `--listen`; default
+    /// `127.0.0.1:3000`).
+    #[arg(long, env = "QUICKSILVER_LISTEN")]
+    pub listen: Option<SocketAddr>,
+
+    /// The reference hub's site address (the same setting as the hub's `--server-name`), used
+    /// when no listen address is given.
+    #[arg(long, env = "SERVER_NAME")]
+    pub server_name: Option<String>,
 
     /// The hub's separate metrics address, probed in preference to the listen address (the same
     /// setting as the hub's `--metrics-addr`).
@@ -97,6 +103,9 @@ pub enum ProbeError {
         /// What is wrong with it.
         reason: String,
     },
+    /// `SERVER_NAME` names no address to probe.
+    #[error("{0}")]
+    InvalidServerName(String),
     /// The host name resolved to no address.
     #[error("cannot resolve {host}: {reason}")]
     Resolve {
@@ -133,7 +142,16 @@ impl HealthcheckArgs {
         match &self.url {
             Some(url) => parse_url(url),
             None => {
-                let addr = loopback_if_unspecified(self.metrics_addr.unwrap_or(self.listen));
+                let listen = match (self.listen, &self.server_name) {
+                    (Some(listen), _) => listen,
+                    (None, Some(name)) => {
+                        crate::config::server_name::parse(name)
+                            .map_err(ProbeError::InvalidServerName)?
+                            .listen
+                    }
+                    (None, None) => SocketAddr::from(([127, 0, 0, 1], 3000)),
+                };
+                let addr = loopback_if_unspecified(self.metrics_addr.unwrap_or(listen));
                 let path = if self.ready { "/readyz" } else { "/healthz" };
                 Ok(Target {
                     authority: addr.to_string(),
@@ -356,6 +374,11 @@ mod tests {
         assert_eq!(t.host, "::1");
         let t = args(&["--listen", "10.1.2.3:3000"]).target().unwrap();
         assert_eq!(t.authority, "10.1.2.3:3000");
+        let t = HealthcheckArgs::try_parse_from(["healthcheck", "--server-name", ":8080"])
+            .unwrap()
+            .target()
+            .unwrap();
+        assert_eq!(t.to_string(), "http://127.0.0.1:8080/healthz");
     }
 
     #[test]

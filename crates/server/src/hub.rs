@@ -24,6 +24,7 @@ use quicksilver_transport::{
 use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
+use crate::playground::PlaygroundSigner;
 use crate::subscriptions::Subscriptions;
 
 /// The longest a new subscription waits for its events' turn (`--subscription-event-rate`)
@@ -63,6 +64,8 @@ pub struct HubSettings {
     pub subscriptions: bool,
     /// Subscriptions one subscription API response lists at most.
     pub subscriptions_page_size: usize,
+    /// Whether the development playground is on (`--playground`).
+    pub playground: bool,
     /// Time a connection has to send a complete request head (`None`: unlimited).
     pub header_read_timeout: Option<Duration>,
     /// Time a connection without a request in progress is kept (`None`: forever).
@@ -101,6 +104,7 @@ struct HubInner {
     replay_budget: Arc<ReplayBudget>,
     /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
     compiling: Arc<tokio::sync::Semaphore>,
+    playground: Option<PlaygroundSigner>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -241,6 +245,7 @@ impl Hub {
             n => n,
         };
         let settings = HubSettings {
+            playground: config.playground,
             anonymous: config.anonymous,
             heartbeat: non_zero(config.heartbeat),
             write_timeout: non_zero(config.write_timeout),
@@ -295,6 +300,7 @@ impl Hub {
                 compiling: Arc::new(tokio::sync::Semaphore::new(
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
+                playground: PlaygroundSigner::from_config(config),
             }),
         })
     }
@@ -342,6 +348,11 @@ impl Hub {
     /// The resolved settings.
     pub fn settings(&self) -> &HubSettings {
         &self.inner.settings
+    }
+
+    /// How the playground signs its token, when it is on and has a key to sign with.
+    pub fn playground_signer(&self) -> Option<&PlaygroundSigner> {
+        self.inner.playground.as_ref()
     }
 
     /// The active-subscriptions machinery, when `--subscriptions` is on.

@@ -5,14 +5,16 @@
 //! a [`quicksilver_transport`] and delivered by the [`quicksilver_fanout`] to subscriber streams.
 //!
 //! # Layout
-//! - [`config`]: every flag and environment variable, with defaults; the configuration file and the
-//!   `--issuer` mini-language in their own files below it.
+//! - [`config`]: every flag and environment variable, with defaults; in their own files below it,
+//!   the configuration file, the reference hub's environment (`MERCURE_EXTRA_DIRECTIVES`,
+//!   `SERVER_NAME`, its image's command line) and trusted issuers (`--issuer`).
 //! - [`hub`]: the shared state and the wiring of transport reader → fan-out.
 //! - [`auth`]: the bridge from HTTP requests to the auth crate's one entry
 //!   ([`quicksilver_auth::Verifier::authenticate`]), and the hub's identity (resource identifier)
 //!   for each request; [`jwks`] keeps issuers' JWK Sets current.
 //! - [`discovery`]: the protected resource metadata document and the hub's `Link` header.
-//! - [`debug_page`]: the page at `/` for trying the hub from a browser.
+//! - [`debugger`]: the page at `/.well-known/mercure/debug/` for trying the hub from a browser;
+//!   [`playground`]: its development-only companion (a prefilled token, echo endpoints).
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
 //! - [`sse`]: the subscriber's way out: the accept loop and connection tasks, the lean HTTP/1.1
 //!   path, the stream writer and a subscriber's SSE response body.
@@ -25,24 +27,27 @@
 //! - [`error`]: request failures and their HTTP answers, among them the status and
 //!   `WWW-Authenticate` challenge of every authentication failure.
 //! - [`healthcheck`]: `quicksilver healthcheck`, the container runtime's probe of a running hub.
+//! - [`token`]: `quicksilver token`, which mints tokens in either generation.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
 pub mod client;
 pub mod config;
 pub mod cors;
-pub mod debug_page;
+pub mod debugger;
 pub mod discovery;
 pub mod error;
 pub mod healthcheck;
 pub mod hub;
 pub mod jwks;
 pub mod metrics;
+pub mod playground;
 pub mod publish;
 pub mod sse;
 pub mod subscribe;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod token;
 
 use std::future::Future;
 use std::time::Duration;
@@ -66,6 +71,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
     let mercure = get(subscribe::subscribe)
         .post(publish::publish)
+        // QUERY (subscribe with a body) and the 405 of every other method.
+        .fallback(subscribe::other_method)
         .layer(DefaultBodyLimit::max(hub.settings().max_body_size));
     let mut router = Router::new()
         .route(HUB_PATH, mercure)
@@ -79,7 +86,22 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
             get(subscriptions::api::subscriptions),
         );
     if config.debug_page {
-        router = router.route("/", get(debug_page::page));
+        router = router
+            .route(debugger::PATH, get(debugger::page))
+            .route(debugger::CONFIG_PATH, get(debugger::config))
+            .route(
+                debugger::PATH.trim_end_matches('/'),
+                get(debugger::redirect),
+            )
+            .route("/", get(debugger::redirect));
+    }
+    if config.playground {
+        router = router
+            .route(playground::TOKEN_PATH, get(playground::token))
+            .route(
+                &format!("{}{{*resource}}", playground::ECHO_PREFIX),
+                get(playground::echo),
+            );
     }
     Ok(router
         .route("/healthz", get(healthz))
@@ -127,6 +149,12 @@ impl Server {
     /// Builds the hub (starting its background tasks) and binds the listener (and the separate
     /// metrics listener, when configured).
     pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        for notice in &config.notices {
+            match notice.level {
+                config::NoticeLevel::Info => tracing::info!("{}", notice.message),
+                config::NoticeLevel::Warn => tracing::warn!("{}", notice.message),
+            }
+        }
         let hub = Hub::start(config)?;
         if let Some(addr) = config.metrics_addr {
             let listener = TcpListener::bind(addr)

@@ -1,24 +1,42 @@
 //! The `quicksilver` binary: reads the configuration, sets up logging (and tracing, when the
 //! OpenTelemetry variables ask for it), serves until SIGTERM/SIGINT.
 //!
-//! `quicksilver healthcheck [--url URL] [--ready]` probes a running hub instead (see
-//! [`quicksilver_server::healthcheck`]); it is picked before the hub's configuration is read and
-//! never starts the async runtime.
+//! Two subcommands are picked before the hub's configuration is read, and never start the async
+//! runtime: `quicksilver healthcheck [--url URL] [--ready]` probes a running hub (see
+//! [`quicksilver_server::healthcheck`]), and `quicksilver token …` (or `mercure-token …`, the
+//! reference hub's name) mints a token for one (see [`quicksilver_server::token`]).
 
 use std::process::ExitCode;
 
-use quicksilver_server::config::Config;
-use quicksilver_server::healthcheck;
+use quicksilver_server::config::{reference_command, Config};
+use quicksilver_server::{healthcheck, token};
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if args.get(1).is_some_and(|a| a == healthcheck::SUBCOMMAND) {
         return healthcheck::run(args.into_iter().skip(1));
     }
-    let config = match Config::from_args(args) {
+    if args
+        .get(1)
+        .is_some_and(|a| a == token::SUBCOMMAND || a == token::REFERENCE_SUBCOMMAND)
+    {
+        return token::run(args.into_iter().skip(1));
+    }
+    // A compose file written for the reference hub's image passes its command line
+    // (`caddy run --config /etc/caddy/Caddyfile`) as arguments.
+    let (args, notice) = match reference_command::translate(&args) {
+        Ok(Some(translated)) => (translated.args, Some(translated.notice)),
+        Ok(None) => (args, None),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut config = match Config::from_args(args) {
         Ok(config) => config,
         Err(e) => e.exit(),
     };
+    config.notices.extend(notice);
     match serve(config) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

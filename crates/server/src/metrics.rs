@@ -41,7 +41,7 @@ pub struct ResponseLabels {
 }
 
 /// The methods counted under their own name; any other is counted as `other`.
-pub const METHODS: [&str; 4] = ["GET", "HEAD", "POST", "OPTIONS"];
+pub const METHODS: [&str; 5] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY"];
 
 /// The label of `method`: its name if the hub serves it, else `other`.
 fn method_label(method: &http::Method) -> &'static str {

@@ -118,7 +118,11 @@ async fn authorize_and_store(
 
 /// Reads the whole body: 413 over `limit` (declared or actual), 400 if it breaks off or is
 /// malformed (a bad chunk), 408 if it does not arrive within [`BODY_READ_TIMEOUT`].
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, HubError> {
+pub(crate) async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, HubError> {
     let too_large = || HubError::TooLarge(format!("the body exceeds {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)

@@ -1,4 +1,10 @@
-//! `GET /.well-known/mercure`: open a subscriber's event stream.
+//! `GET /.well-known/mercure` (and `QUERY`): open a subscriber's event stream.
+//!
+//! A `QUERY` request carries its parameters in an `application/x-www-form-urlencoded` body as
+//! well: the hub takes the union of the URL's and the body's (a subscription per matcher of
+//! either), and for the single-valued `last_event_id` the URL's value wins, the `Last-Event-ID`
+//! header winning over both. Its body is bounded like a publish body (`413` beyond). A token is
+//! never read from the body. Any other method than `GET`, `HEAD`, `POST` and `QUERY` is `405`.
 //!
 //! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
 //! subscriber is then registered in the fan-out *before* history is read, so every update stored
@@ -26,13 +32,62 @@ use crate::subscriptions::SubscriptionInfo;
 /// How long a subscriber arriving before the transport is ready waits for it.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
-/// Handles a subscription request.
+/// The `QUERY` method (a safe, idempotent request with a body).
+pub const QUERY: &str = "QUERY";
+
+/// Handles a subscription request (`GET`, `HEAD`).
 pub async fn subscribe(
     State(hub): State<Hub>,
     peer: Option<Extension<Peer>>,
     method: Method,
     headers: HeaderMap,
     RawQuery(raw_query): RawQuery,
+) -> Result<Response, HubError> {
+    let parameters = raw_query.clone().unwrap_or_default();
+    let peer = peer.map(|Extension(peer)| peer);
+    open(hub, peer, method, headers, raw_query, &parameters).await
+}
+
+/// Handles the hub URL's other methods: `QUERY` subscribes with the body's parameters merged with
+/// the URL's; anything else is `405`.
+pub async fn other_method(
+    State(hub): State<Hub>,
+    peer: Option<Extension<Peer>>,
+    method: Method,
+    headers: HeaderMap,
+    RawQuery(raw_query): RawQuery,
+    body: axum::body::Body,
+) -> Result<Response, HubError> {
+    if method.as_str() != QUERY {
+        let mut response = http::StatusCode::METHOD_NOT_ALLOWED.into_response();
+        response.headers_mut().insert(
+            http::header::ALLOW,
+            HeaderValue::from_static("GET,HEAD,POST,QUERY"),
+        );
+        return Ok(response);
+    }
+    let body = crate::publish::read_body(&headers, body, hub.settings().max_body_size).await?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| HubError::BadRequest("the QUERY body must be UTF-8".into()))?;
+    // The URL's parameters first: the parser keeps the first `last_event_id` it meets.
+    let parameters = match raw_query.as_deref() {
+        Some(q) if !q.is_empty() && !body.is_empty() => format!("{q}&{body}"),
+        Some(q) if !q.is_empty() => q.to_string(),
+        _ => body.to_string(),
+    };
+    let peer = peer.map(|Extension(peer)| peer);
+    open(hub, peer, method, headers, raw_query, &parameters).await
+}
+
+/// Opens the stream for a request whose subscription parameters are `parameters` (a form-encoded
+/// string); a legacy token is only ever read from the URL's own query, `raw_query`.
+async fn open(
+    hub: Hub,
+    peer: Option<Peer>,
+    method: Method,
+    headers: HeaderMap,
+    raw_query: Option<String>,
+    parameters: &str,
 ) -> Result<Response, HubError> {
     if hub.is_shutting_down() {
         return Err(HubError::Unavailable("the hub is shutting down".into()));
@@ -57,7 +112,6 @@ pub async fn subscribe(
     }
     // Connections through a trusted proxy are shared by many clients: each client's streams are
     // counted under its forwarded address instead (direct connections are counted on accept).
-    let peer = peer.map(|Extension(peer)| peer);
     let client_slot = match client_ip(peer, &headers, &settings.trusted_proxies) {
         Some(ip) if hub.clients().is_limited() && settings.trusted_proxies.trusts(peer) => {
             Some(hub.clients().acquire(ip).ok_or_else(|| {
@@ -66,11 +120,8 @@ pub async fn subscribe(
         }
         _ => None,
     };
-    let query = parse_subscribe_query(
-        raw_query.as_deref().unwrap_or(""),
-        &settings.subscribe_limits,
-    )
-    .map_err(|e| HubError::BadRequest(e.to_string()))?;
+    let query = parse_subscribe_query(parameters, &settings.subscribe_limits)
+        .map_err(|e| HubError::BadRequest(e.to_string()))?;
 
     let identity = hub.auth().identity(&headers, peer)?;
     let subscriber = hub
@@ -100,12 +151,16 @@ pub async fn subscribe(
     // Browsers send the id they last saw as UTF-8 bytes, and publishers may choose any id, so the
     // header is decoded as UTF-8 rather than restricted to visible ASCII (`to_str`): an id like
     // `urn:é` must resume, not silently start a fresh stream.
-    let last_event_id = headers
+    // A cursor sent empty (the header or a parameter) asks for nothing to replay, yet it was sent:
+    // the answer still carries the cursor, `earliest`, as the specification requires.
+    let header = headers
         .get("last-event-id")
-        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok())
-        .filter(|v| !v.is_empty())
-        .map(str::to_string)
-        .or(query.last_event_id);
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok());
+    let last_event_id = match (header, query.last_event_id) {
+        (Some(h), _) if !h.is_empty() => Some(h.to_string()),
+        (_, Some(q)) if !q.is_empty() => Some(q),
+        (h, q) => q.or(h.map(str::to_string)),
+    };
 
     // Registered first: from here on every update the reader hands over is queued for it, so the
     // history read below and the live queue overlap instead of leaving a gap.
@@ -113,7 +168,9 @@ pub async fn subscribe(
 
     let mut resume = None;
     let mut anchor_header = None;
-    if let Some(last_event_id) = &last_event_id {
+    if last_event_id.as_deref() == Some("") {
+        anchor_header = Some(EARLIEST.to_string());
+    } else if let Some(last_event_id) = &last_event_id {
         let history = hub
             .transport()
             .history(last_event_id)

@@ -414,8 +414,10 @@ async fn discovery_metadata_and_debug_page() {
             "mercure_subscriptions": true,
         })
     );
+    // The debugger lives under the hub's path; `/` leads there.
     let r = c.get(format!("{}/", hub.url())).send().await.expect("page");
     assert_eq!(r.status(), 200);
+    assert_eq!(r.url().path(), "/.well-known/mercure/debug/");
     assert!(r.headers()["content-type"]
         .to_str()
         .expect("ASCII")

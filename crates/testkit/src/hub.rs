@@ -100,7 +100,8 @@ impl std::fmt::Debug for HubProcess {
 }
 
 impl HubProcess {
-    /// Starts `bin` with `args` (plus `--listen 127.0.0.1:0` unless `args` has `--listen`) and waits until
+    /// Starts `bin` with `args` (plus `--listen 127.0.0.1:0` unless `args` has `--listen` or the
+    /// environment given names the address: `QUICKSILVER_LISTEN`, `SERVER_NAME`) and waits until
     /// it listens. Panics with the hub's output if it does not: in a test, that is the message one wants.
     ///
     /// In a crate that builds the binary, `bin` is `env!("CARGO_BIN_EXE_quicksilver")`.
@@ -119,8 +120,8 @@ impl HubProcess {
 
     /// Starts the hub, returning why it failed instead of panicking (for tests of start-up errors).
     ///
-    /// The child's environment is the test's, minus every `QUICKSILVER_*` and `MERCURE_*` variable (so a
-    /// developer's shell cannot change a test), plus `env`.
+    /// The child's environment is the test's, minus every `QUICKSILVER_*` and `MERCURE_*` variable and
+    /// `SERVER_NAME` (so a developer's shell cannot change a test), plus `env`.
     pub fn try_spawn(
         bin: impl AsRef<Path>,
         args: &[&str],
@@ -132,7 +133,10 @@ impl HubProcess {
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        let listen = if has_listen_flag(&args) {
+        let names_address = env
+            .iter()
+            .any(|(k, _)| k == "QUICKSILVER_LISTEN" || k == "SERVER_NAME");
+        let listen = if has_listen_flag(&args) || names_address {
             None
         } else {
             Some("127.0.0.1:0".to_owned())
@@ -314,7 +318,7 @@ fn start(
         .stderr(Stdio::piped());
     for (key, _) in std::env::vars_os() {
         let key = key.to_string_lossy();
-        if key.starts_with("QUICKSILVER_") || key.starts_with("MERCURE_") {
+        if key.starts_with("QUICKSILVER_") || key.starts_with("MERCURE_") || key == "SERVER_NAME" {
             command.env_remove(&*key);
         }
     }

@@ -82,7 +82,27 @@ impl SseClient {
     /// most [`CONNECT_TIMEOUT`] for the response head. Any status is returned as a stream: check
     /// [`SseStream::status`] first.
     pub async fn open(&self, url: &str, headers: &[(&str, &str)]) -> Result<SseStream, SseError> {
-        let mut request = self.http.get(url);
+        self.send(self.http.get(url), headers).await
+    }
+
+    /// `method url` with `headers` and `body`, as [`SseClient::open`]: for a subscription that sends
+    /// its parameters in the body (`QUERY`).
+    pub async fn open_with(
+        &self,
+        method: reqwest::Method,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: String,
+    ) -> Result<SseStream, SseError> {
+        self.send(self.http.request(method, url).body(body), headers)
+            .await
+    }
+
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        headers: &[(&str, &str)],
+    ) -> Result<SseStream, SseError> {
         for (name, value) in headers {
             request = request.header(*name, *value);
         }

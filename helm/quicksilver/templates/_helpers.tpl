@@ -99,9 +99,42 @@ app.kubernetes.io/component: redis
 {{- end }}
 {{- end }}
 
+{{/*
+The JWT settings: this chart's auth.* values, or the reference chart's top-level names when set
+(a values file written for the reference chart installs this one).
+*/}}
+{{- define "quicksilver.auth.existingSecret" -}}
+{{- .Values.existingSecret | default .Values.auth.existingSecret }}
+{{- end }}
+{{- define "quicksilver.auth.publisherJwtKey" -}}
+{{- .Values.publisherJwtKey | default .Values.auth.publisherJwtKey }}
+{{- end }}
+{{- define "quicksilver.auth.publisherJwtAlg" -}}
+{{- .Values.publisherJwtAlg | default .Values.auth.publisherJwtAlg }}
+{{- end }}
+{{- define "quicksilver.auth.subscriberJwtKey" -}}
+{{- .Values.subscriberJwtKey | default .Values.auth.subscriberJwtKey }}
+{{- end }}
+{{- define "quicksilver.auth.subscriberJwtAlg" -}}
+{{- .Values.subscriberJwtAlg | default .Values.auth.subscriberJwtAlg }}
+{{- end }}
+
 {{/* Secret holding the JWT keys. */}}
 {{- define "quicksilver.jwtSecretName" -}}
-{{- default (include "quicksilver.fullname" .) .Values.auth.existingSecret }}
+{{- default (include "quicksilver.fullname" .) (include "quicksilver.auth.existingSecret" .) }}
+{{- end }}
+
+{{/*
+MERCURE_EXTRA_DIRECTIVES: extraDirectives, kept in the chart's Secret; else, with an existing Secret
+(the reference chart's layout), its optional `extra-directives` key.
+*/}}
+{{- define "quicksilver.secretHasDirectives" -}}
+{{- if .Values.extraDirectives }}true{{ end }}
+{{- end }}
+
+{{/* "true" when extraDirectives turns the debug page on (the debugger or playground directive). */}}
+{{- define "quicksilver.directivesWantDebugger" -}}
+{{- if regexMatch "(?m)^\\s*(debugger|playground)\\s*(#.*)?$" (toString .Values.extraDirectives) }}true{{ end }}
 {{- end }}
 
 {{/* "true" when the hub reaches Redis at all. */}}
@@ -121,7 +154,7 @@ app.kubernetes.io/component: redis
 
 {{/* "true" when the chart creates its Secret. */}}
 {{- define "quicksilver.createSecret" -}}
-{{- if or (not .Values.auth.existingSecret) (include "quicksilver.secretHasRedisUrl" .) (include "quicksilver.secretHasRedisPassword" .) }}true{{ end }}
+{{- if or (not (include "quicksilver.auth.existingSecret" .)) (include "quicksilver.secretHasRedisUrl" .) (include "quicksilver.secretHasRedisPassword" .) (include "quicksilver.secretHasDirectives" .) }}true{{ end }}
 {{- end }}
 
 {{/* Secret and key of the bundled Redis' password. */}}
@@ -151,7 +184,14 @@ the preStop hook, so it covers the preStop sleep, then the drain window (SIGTERM
 spread over it), then a margin for the last writes and the process exit.
 */}}
 {{- define "quicksilver.terminationGracePeriodSeconds" -}}
-{{- add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.hub.drainWindowSeconds) (int .Values.lifecycle.terminationMarginSeconds) }}
+{{- $needed := add (int .Values.lifecycle.preStopSleepSeconds) (int .Values.hub.drainWindowSeconds) (int .Values.lifecycle.terminationMarginSeconds) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- $needed }}
+{{- else if lt (int .Values.terminationGracePeriodSeconds) (int $needed) }}
+{{- fail (printf "terminationGracePeriodSeconds=%d is shorter than the preStop sleep + drain window + lifecycle.terminationMarginSeconds (%d): pods would be killed while their clients drain" (int .Values.terminationGracePeriodSeconds) (int $needed)) }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -235,7 +275,7 @@ message saying what to change. Included by the Deployment, so every render runs 
 {{- end }}
 {{- if .Values.autoscaling.enabled }}
 {{- $a := .Values.autoscaling }}
-{{- if and (kindIs "invalid" $a.targetCPUUtilizationPercentage) (kindIs "invalid" $a.targetMemoryUtilizationPercentage) (kindIs "invalid" $a.targetSubscribersPerPod) (not $a.extraMetrics) }}
+{{- if and (kindIs "invalid" $a.targetCPUUtilizationPercentage) (kindIs "invalid" $a.targetMemoryUtilizationPercentage) (kindIs "invalid" $a.targetSubscribersPerPod) (not $a.extraMetrics) (not $a.customMetrics) }}
 {{- fail "autoscaling.enabled needs at least one metric: targetCPUUtilizationPercentage, targetMemoryUtilizationPercentage, targetSubscribersPerPod or extraMetrics." }}
 {{- end }}
 {{- end }}

@@ -2,19 +2,20 @@
 //! into the command-line arguments it stands for, so clap parses and validates it exactly like
 //! flags and one struct holds the result.
 //!
-//! A key given as a flag or an environment variable is skipped (they win over the file); an unknown
-//! key refuses the whole file, naming it.
+//! A key already set by a layer above the file (a flag, an environment variable, `SERVER_NAME`,
+//! `MERCURE_EXTRA_DIRECTIVES`) is skipped: they win over the file. An unknown key refuses the
+//! whole file, naming it.
 
 use clap::CommandFactory;
 
 use super::{Config, ConfigError};
 
-/// Turns the settings of a TOML file into command-line arguments, for the keys that were given
-/// neither as a flag nor as an environment variable.
+/// Turns the settings of a TOML file into command-line arguments, for the keys whose clap id
+/// `taken` does not hold; returns the arguments and the ids they set.
 pub(super) fn args(
     path: &std::path::Path,
-    matches: &clap::ArgMatches,
-) -> Result<Vec<String>, ConfigError> {
+    taken: &dyn Fn(&str) -> bool,
+) -> Result<(Vec<String>, Vec<String>), ConfigError> {
     let file_error = |reason: String| ConfigError::File {
         path: path.display().to_string(),
         reason,
@@ -25,6 +26,7 @@ pub(super) fn args(
         .map_err(|e: toml::de::Error| file_error(e.to_string()))?;
     let command = Config::command();
     let mut out = Vec::new();
+    let mut ids = Vec::new();
     for (key, value) in table {
         let id = key.replace('-', "_");
         let arg = command
@@ -36,13 +38,17 @@ pub(super) fn args(
                     && id != "config"
             })
             .ok_or_else(|| file_error(format!("unknown key `{key}`")))?;
-        let explicit = matches!(
-            matches.value_source(arg.get_id().as_str()),
-            Some(clap::parser::ValueSource::CommandLine | clap::parser::ValueSource::EnvVariable)
-        );
-        if explicit {
+        // The reference hub's environment is read before the file: in a file, settings go by
+        // their own names.
+        if matches!(arg.get_id().as_str(), "extra_directives" | "server_name") {
+            return Err(file_error(format!(
+                "`{key}` is read from the environment only: in this file, give the settings it stands for by their own keys"
+            )));
+        }
+        if taken(arg.get_id().as_str()) {
             continue;
         }
+        ids.push(arg.get_id().to_string());
         let flag = format!("--{}", arg.get_long().unwrap_or(&id));
         let takes_value = arg.get_action().takes_values();
         match value {
@@ -63,7 +69,7 @@ pub(super) fn args(
             }
         }
     }
-    Ok(out)
+    Ok((out, ids))
 }
 
 fn scalar(key: &str, value: toml::Value) -> Result<String, String> {
@@ -119,6 +125,11 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("histroy_size"), "{err}");
+        std::fs::write(&file, "extra_directives = \"anonymous\"\n").unwrap();
+        let err = Config::from_args(["quicksilver", "--config", path])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("environment only"), "{err}");
         std::fs::write(&file, "history_size = \"many\"\n").unwrap();
         let err = Config::from_args(["quicksilver", "--config", path])
             .unwrap_err()

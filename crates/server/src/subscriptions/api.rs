@@ -4,8 +4,9 @@
 //! The request needs a token whose subscribe grants match the request's path (taken as a topic,
 //! query excluded); no token is `401`, a token without such a grant `403`. The token's generation
 //! picks the shape (see [`super`]): current tokens get `application/json` documents with the
-//! reconciliation cursor on the `Link` header (`last-event-id`, `type="mercure"`,
-//! `content-type="application/json"`); legacy tokens get `application/ld+json` documents with
+//! reconciliation cursor on the `Link` header, exactly as the reference hub sends it
+//! (`</.well-known/mercure>; rel="mercure"; last-event-id="…"; type="mercure";
+//! content-type="application/json"`); legacy tokens get `application/ld+json` documents with
 //! `lastEventID` at their root. Both carry the cursor as `ETag` too, and a matching
 //! `If-None-Match` is answered `304`: any change of the subscriptions is a subscription event,
 //! which moves the cursor. An unknown subscription is `404`.
@@ -63,8 +64,19 @@ pub async fn subscriptions(
     // Documents are served in the shape of the token's generation.
     let generation = subscriber.generation;
     let rest = path.strip_prefix(&subscriptions_path()).unwrap_or("/-");
-    let target = parse_api_path(rest, generation)
-        .ok_or_else(|| HubError::NotFound("no such subscription or collection".into()))?;
+    let target = parse_api_path(rest, generation).ok_or_else(|| {
+        // A current path names its matcher type first; an unknown one is a malformed request, as
+        // on the reference hub, not a missing resource.
+        let match_type = rest.trim_start_matches('/').split('/').next().unwrap_or("");
+        if generation == Generation::Current
+            && !match_type.is_empty()
+            && !matches!(match_type, "exact" | "urlpattern")
+        {
+            HubError::BadRequest(format!("unknown matcher type {match_type:?}"))
+        } else {
+            HubError::NotFound("no such subscription or collection".into())
+        }
+    })?;
 
     // The cursor is read before the registry, so a change made in between shows as a newer event
     // the client will also receive by subscribing from this cursor.
@@ -80,7 +92,6 @@ pub async fn subscriptions(
         return Ok(with_headers(
             StatusCode::NOT_MODIFIED.into_response(),
             generation,
-            &identity.hub_url,
             &cursor,
             &etag,
         ));
@@ -161,7 +172,6 @@ pub async fn subscriptions(
     let mut response = with_headers(
         (StatusCode::OK, body.to_string()).into_response(),
         generation,
-        &identity.hub_url,
         &cursor,
         &etag,
     );
@@ -187,7 +197,6 @@ fn query_param(query: Option<&str>, name: &str) -> Option<String> {
 fn with_headers(
     mut response: Response,
     generation: Generation,
-    hub_url: &str,
     cursor: &str,
     etag: &str,
 ) -> Response {
@@ -195,8 +204,9 @@ fn with_headers(
     let (content_type, link) = match generation {
         Generation::Current => (
             "application/json",
+            // Relative, as the reference hub sends it: the hub on the request's own origin.
             hub_link(
-                hub_url,
+                crate::HUB_PATH,
                 &[
                     ("last-event-id", cursor),
                     ("type", super::EVENT_TYPE),
@@ -204,7 +214,7 @@ fn with_headers(
                 ],
             ),
         ),
-        Generation::Legacy => ("application/ld+json", hub_link(hub_url, &[])),
+        Generation::Legacy => ("application/ld+json", hub_link(crate::HUB_PATH, &[])),
     };
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     headers.insert(header::LINK, link);
