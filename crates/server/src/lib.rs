@@ -103,10 +103,16 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
                 get(playground::echo),
             );
     }
+    if config.metrics_addr.is_none() {
+        // With a listener of their own (`--metrics-addr`), the internal endpoints are only
+        // there: what the public port answers is the hub, and probes and scrapes are not held up
+        // by its limits or its accept queue during a reconnection storm.
+        router = router
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics::metrics));
+    }
     Ok(router
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics::metrics))
         .layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             metrics::count_responses,

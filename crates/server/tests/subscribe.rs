@@ -445,15 +445,28 @@ async fn a_token_expiry_ends_the_connection() {
 }
 
 #[tokio::test]
-async fn metrics_on_a_separate_listener() {
+async fn metrics_on_a_separate_listener_and_only_there() {
     let port = quicksilver_testkit::free_port();
     let addr = format!("127.0.0.1:{port}");
-    let _hub = spawn_hub(&["--metrics-addr", &addr]).await;
-    let subscribers = metric(
-        &http_client(),
-        &format!("http://{addr}"),
-        "quicksilver_subscribers",
-    )
-    .await;
+    let hub = spawn_hub(&["--metrics-addr", &addr]).await;
+    let c = http_client();
+    let subscribers = metric(&c, &format!("http://{addr}"), "quicksilver_subscribers").await;
     assert_eq!(subscribers, Some(0.0));
+    for path in ["/healthz", "/readyz"] {
+        let own = c
+            .get(format!("http://{addr}{path}"))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(own.status(), 200, "{path} on the metrics listener");
+    }
+    // The public port answers the hub, not its internals.
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        let public = c
+            .get(format!("{}{path}", hub.url()))
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(public.status(), 404, "{path} on the main port");
+    }
 }
