@@ -7,14 +7,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use quicksilver_testkit::hub::{is_ready, HubProcess};
 use quicksilver_testkit::redis::{RedisOptions, RedisServer};
-use quicksilver_testkit::sse::{SseClient, SseError};
+use quicksilver_testkit::sse::SseClient;
 use quicksilver_testkit::token::{mercure_token, publisher_token};
-use quicksilver_testkit::{wait_until, TEST_JWT_KEY};
+use quicksilver_testkit::{wait_until, Followed, Follower, TEST_JWT_KEY};
 
 const BIN: &str = env!("CARGO_BIN_EXE_quicksilver");
 
@@ -72,98 +71,11 @@ fn numbered_topic(n: u64) -> String {
     format!("https%3A%2F%2Fex.com%2Ft%2F{n}")
 }
 
-/// A subscriber behaving like a browser's EventSource: it reads its stream and, when the stream
-/// ends or breaks, reconnects with `Last-Event-ID` to the next node of `nodes` that answers.
-struct Follower {
-    received: Arc<Mutex<Vec<u64>>>,
-    reconnections: Arc<Mutex<u32>>,
-    stop: Arc<AtomicBool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Follower {
-    /// Starts following topic `t`, connected to `nodes[first]`; returns once the first stream is open.
-    async fn start(nodes: Vec<String>, first: usize) -> Follower {
-        Self::start_with(nodes, first, "topic=t").await
-    }
-
-    /// Starts following the selectors of `query`, connected to `nodes[first]`.
-    async fn start_with(nodes: Vec<String>, first: usize, query: &'static str) -> Follower {
-        let received = Arc::new(Mutex::new(Vec::new()));
-        let reconnections = Arc::new(Mutex::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (opened_tx, opened_rx) = tokio::sync::oneshot::channel();
-        let task = {
-            let (received, reconnections, stop) =
-                (received.clone(), reconnections.clone(), stop.clone());
-            tokio::spawn(async move {
-                let sse = SseClient::new();
-                let mut opened_tx = Some(opened_tx);
-                let mut last_id: Option<String> = None;
-                let mut i = first;
-                let deadline = Instant::now() + Duration::from_secs(120);
-                while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                    let url = format!("{}/.well-known/mercure?{query}", nodes[i % nodes.len()]);
-                    let headers: Vec<(&str, &str)> = match &last_id {
-                        Some(id) => vec![("Last-Event-ID", id.as_str())],
-                        None => vec![],
-                    };
-                    let mut stream = match sse.open(&url, &headers).await {
-                        Ok(s) if s.status() == 200 => s,
-                        _ => {
-                            i += 1;
-                            tokio::time::sleep(Duration::from_millis(100)).await;
-                            continue;
-                        }
-                    };
-                    if let Some(tx) = opened_tx.take() {
-                        let _ = tx.send(());
-                    } else {
-                        *reconnections.lock() += 1;
-                    }
-                    loop {
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                        match stream.next_event(Duration::from_millis(200)).await {
-                            Ok(event) => {
-                                if let Some(id) = event.id {
-                                    received.lock().push(id.parse().expect("numeric id"));
-                                    last_id = Some(id);
-                                }
-                            }
-                            Err(SseError::Timeout(_)) => continue,
-                            Err(_) => break,
-                        }
-                    }
-                    // The stream ended (node killed or draining): like a browser, try the next node.
-                    i += 1;
-                }
-            })
-        };
-        tokio::time::timeout(Duration::from_secs(10), opened_rx)
-            .await
-            .expect("subscriber connected")
-            .expect("subscriber task alive");
-        Follower {
-            received,
-            reconnections,
-            stop,
-            task,
-        }
-    }
-
-    fn received(&self) -> Vec<u64> {
-        self.received.lock().clone()
-    }
-
-    async fn stop(self) -> (Vec<u64>, u32) {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.task.await;
-        let r = self.received.lock().clone();
-        let n = *self.reconnections.lock();
-        (r, n)
-    }
+/// The Mercure endpoints of the nodes at `urls`.
+fn endpoints(urls: &[String]) -> Vec<String> {
+    urls.iter()
+        .map(|u| format!("{u}/.well-known/mercure"))
+        .collect()
 }
 
 /// Asserts `received` is strictly increasing (in order, no duplicate) and holds every acked update.
@@ -204,7 +116,7 @@ async fn every_node_delivers_every_update_in_the_same_order() {
     let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
     let mut followers = Vec::new();
     for i in 0..9 {
-        followers.push(Follower::start(urls.clone(), i % 3).await);
+        followers.push(Follower::start(endpoints(&urls), i % 3, "topic=t").await);
     }
     let c = client();
     let token = publisher_token();
@@ -233,7 +145,7 @@ async fn every_node_delivers_every_update_in_the_same_order() {
     let reference = followers[0].received();
     assert_eq!(reference.len(), 300);
     for f in followers {
-        let (got, _) = f.stop().await;
+        let got = f.stop().await.received;
         assert_eq!(got, reference, "two subscribers saw different orders");
     }
 }
@@ -245,7 +157,7 @@ async fn subscribers_of_a_killed_node_resume_on_others_without_loss() {
     let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
     let mut followers = Vec::new();
     for i in 0..30 {
-        followers.push(Follower::start(urls.clone(), i % 3).await);
+        followers.push(Follower::start(endpoints(&urls), i % 3, "topic=t").await);
     }
     let c = client();
     let token = publisher_token();
@@ -275,7 +187,11 @@ async fn subscribers_of_a_killed_node_resume_on_others_without_loss() {
     wait_all_received(&followers, &acked, Duration::from_secs(30)).await;
     let mut resumed = 0;
     for (i, f) in followers.into_iter().enumerate() {
-        let (got, reconnections) = f.stop().await;
+        let Followed {
+            received: got,
+            reconnections,
+            ..
+        } = f.stop().await;
         assert_complete(&format!("subscriber {i}"), &got, &acked);
         if i % 3 == 2 {
             assert!(
@@ -298,7 +214,7 @@ async fn redis_restart_loses_no_acknowledged_update() {
     let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
     let mut followers = Vec::new();
     for i in 0..6 {
-        followers.push(Follower::start(urls.clone(), i % 2).await);
+        followers.push(Follower::start(endpoints(&urls), i % 2, "topic=t").await);
     }
     let c = client();
     let token = publisher_token();
@@ -346,7 +262,7 @@ async fn redis_restart_loses_no_acknowledged_update() {
     );
     wait_all_received(&followers, &acked, Duration::from_secs(30)).await;
     for (i, f) in followers.into_iter().enumerate() {
-        let (got, _) = f.stop().await;
+        let got = f.stop().await.received;
         assert_complete(&format!("subscriber {i}"), &got, &acked);
     }
     drop(nodes);
@@ -427,7 +343,7 @@ async fn a_node_cut_off_from_redis_catches_up_when_the_link_returns() {
     // Subscribers of the isolated node only (they must not move: they stay connected through the cut).
     let mut followers = Vec::new();
     for _ in 0..5 {
-        followers.push(Follower::start(urls.clone(), 0).await);
+        followers.push(Follower::start(endpoints(&urls), 0, "topic=t").await);
     }
     let c = client();
     let token = publisher_token();
@@ -458,7 +374,11 @@ async fn a_node_cut_off_from_redis_catches_up_when_the_link_returns() {
     .await;
     wait_all_received(&followers, &acked, Duration::from_secs(20)).await;
     for (i, f) in followers.into_iter().enumerate() {
-        let (got, reconnections) = f.stop().await;
+        let Followed {
+            received: got,
+            reconnections,
+            ..
+        } = f.stop().await;
         assert_complete(&format!("subscriber {i}"), &got, &acked);
         assert_eq!(
             reconnections, 0,
@@ -477,8 +397,8 @@ async fn partitioned_over_a_redis_cluster_a_killed_node_loses_nothing() {
     let mut followers = Vec::new();
     for i in 0..12 {
         followers.push(
-            Follower::start_with(
-                urls.clone(),
+            Follower::start(
+                endpoints(&urls),
                 i % 3,
                 "topic=https%3A%2F%2Fex.com%2Ft%2F%7Bn%7D",
             )
@@ -522,7 +442,7 @@ async fn partitioned_over_a_redis_cluster_a_killed_node_loses_nothing() {
     .await;
     let mut duplicates = 0;
     for (i, f) in followers.into_iter().enumerate() {
-        let (got, _) = f.stop().await;
+        let got = f.stop().await.received;
         let mut seen = std::collections::HashSet::new();
         let mut last_per_topic = vec![0u64; topics as usize];
         for seq in got {
@@ -554,7 +474,7 @@ async fn a_draining_node_hands_its_subscribers_to_the_others_without_loss() {
     urls.extend(others.iter().map(|n| n.url().to_string()));
     let mut followers = Vec::new();
     for _ in 0..20 {
-        followers.push(Follower::start(urls.clone(), 0).await);
+        followers.push(Follower::start(endpoints(&urls), 0, "topic=t").await);
     }
     let c = client();
     let token = publisher_token();
@@ -577,7 +497,11 @@ async fn a_draining_node_hands_its_subscribers_to_the_others_without_loss() {
     assert_eq!(acked.len(), 300);
     wait_all_received(&followers, &acked, Duration::from_secs(30)).await;
     for (i, f) in followers.into_iter().enumerate() {
-        let (got, reconnections) = f.stop().await;
+        let Followed {
+            received: got,
+            reconnections,
+            ..
+        } = f.stop().await;
         assert_complete(&format!("subscriber {i}"), &got, &acked);
         assert!(reconnections >= 1, "subscriber {i} moved to another node");
     }
@@ -597,8 +521,8 @@ async fn a_redis_cluster_master_outage_is_survived() {
     let mut followers = Vec::new();
     for i in 0..4 {
         followers.push(
-            Follower::start_with(
-                urls.clone(),
+            Follower::start(
+                endpoints(&urls),
                 i % 2,
                 "topic=https%3A%2F%2Fex.com%2Ft%2F%7Bn%7D",
             )
@@ -663,7 +587,11 @@ async fn a_redis_cluster_master_outage_is_survived() {
     )
     .await;
     for f in followers {
-        let (got, reconnections) = f.stop().await;
+        let Followed {
+            received: got,
+            reconnections,
+            ..
+        } = f.stop().await;
         // The master came back without its data (no persistence): the partition it held was
         // recreated, and each node told its subscribers once when its reader found that (they
         // resumed; nothing was lost): at most one reconnection per node.

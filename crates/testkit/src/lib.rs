@@ -18,6 +18,9 @@
 //! - [`redis`] runs `redis-server` processes (single, with AOF, cluster-enabled, TLS with ACL users) in
 //!   temporary directories on free ports, forms a Redis Cluster from several of them, and talks to them
 //!   with the `redis` crate.
+//! - [`follower`]: a subscriber that reconnects across a cluster's nodes with `Last-Event-ID`, as a
+//!   browser does, and records what it received, how often it reconnected and how often it was told
+//!   (`earliest`) that it may have missed updates.
 //! - [`browser`] drives `tests/browser/eventsource-cookie.mjs`: headless Chromium opening an `EventSource`
 //!   with the `mercureAuthorization` cookie against a hub on another origin.
 //! - This file: [`wait_until`] and [`poll_until`] (the one way to wait for a condition), the [`update`]
@@ -46,6 +49,7 @@ use std::time::Duration;
 use quicksilver_protocol::Update;
 
 pub mod browser;
+pub mod follower;
 pub mod hub;
 #[cfg(feature = "in-process")]
 pub mod in_process;
@@ -53,6 +57,7 @@ pub mod redis;
 pub mod sse;
 pub mod token;
 
+pub use follower::{Followed, Follower};
 pub use hub::{publish, HubProcess};
 #[cfg(feature = "in-process")]
 pub use in_process::{spawn_hub, Answer, HubRouter, InProcessHub};
