@@ -17,7 +17,7 @@ use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
 
 use crate::clock::now_ms;
-use crate::queue::PushError;
+use crate::queue::{PushError, Pushed};
 use crate::stats::FanoutStats;
 use crate::subscriber::{SubscriberSpec, SubscriberState};
 
@@ -257,8 +257,9 @@ impl ShardIndex {
     }
 
     /// Offers one update to every matching subscriber of this shard; cuts off those whose queue is
-    /// full and forgets those whose handle is gone.
-    pub(crate) fn deliver(&mut self, envelope: &Arc<Envelope>) {
+    /// full and forgets those whose handle is gone. With `direct`, an update may be written to a
+    /// subscriber's socket by this call ([`crate::direct`]).
+    pub(crate) fn deliver(&mut self, envelope: &Arc<Envelope>, direct: bool) {
         self.stamp += 1;
         let mut offer = Offer {
             now_ms: self.dispatch_timeout_ms.map_or(0, |_| now_ms()),
@@ -268,6 +269,8 @@ impl ShardIndex {
             store: &self.store,
             entries: &mut self.entries,
             delivered: 0,
+            written_directly: 0,
+            direct,
             dropped: Vec::new(),
         };
         let topics = &envelope.update.topics;
@@ -282,8 +285,12 @@ impl ShardIndex {
                 set.iter().for_each(|slot| offer.offer(*slot));
             }
         }
-        let (delivered, dropped) = (offer.delivered, offer.dropped);
+        let (delivered, written_directly, dropped) =
+            (offer.delivered, offer.written_directly, offer.dropped);
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        self.stats
+            .written_directly
+            .fetch_add(written_directly, Ordering::Relaxed);
         for (slot, lagged) in dropped {
             if lagged {
                 self.stats
@@ -321,6 +328,10 @@ struct Offer<'a> {
     store: &'a SelectorStore,
     entries: &'a mut Slab<Entry>,
     delivered: u64,
+    /// Of those, written to the socket by this shard.
+    written_directly: u64,
+    /// Whether updates may be written to sockets directly.
+    direct: bool,
     /// Slots to remove after the pass, with whether the subscriber lagged (else its handle is gone).
     dropped: Vec<(usize, bool)>,
 }
@@ -354,8 +365,12 @@ impl Offer<'_> {
                     .store(self.now_ms, Ordering::Relaxed);
             }
         }
-        match entry.state.queue.push(self.envelope.clone()) {
-            Ok(()) => self.delivered += 1,
+        match entry.state.queue.push(self.envelope, self.direct) {
+            Ok(Pushed::Queued) => self.delivered += 1,
+            Ok(Pushed::Written) => {
+                self.delivered += 1;
+                self.written_directly += 1;
+            }
             Err(PushError::Full) => self.dropped.push((slot, true)),
             Err(PushError::Closed) => self.dropped.push((slot, false)),
         }
@@ -421,10 +436,10 @@ mod tests {
         assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 4);
         assert_eq!(stats.matchers_exact.load(Ordering::Relaxed), 1);
 
-        index.deliver(&envelope(1, &["/books/1"]));
-        index.deliver(&envelope(2, &["https://hub.example.com/books/2"]));
-        index.deliver(&envelope(3, &["/books/3/chapters/1"]));
-        index.deliver(&envelope(4, &["https://other.example/books/4"]));
+        index.deliver(&envelope(1, &["/books/1"]), false);
+        index.deliver(&envelope(2, &["https://hub.example.com/books/2"]), false);
+        index.deliver(&envelope(3, &["/books/3/chapters/1"]), false);
+        index.deliver(&envelope(4, &["https://other.example/books/4"]), false);
         assert_eq!(received(&mut rx_a), [1, 2]);
         assert_eq!(received(&mut rx_b), [1, 2]);
         // A relative topic resolves against each pattern's own base, so `/books/1` matches there too.
@@ -435,7 +450,7 @@ mod tests {
         index.remove(a);
         assert_eq!(index.url_patterns.len(), 3);
         assert_eq!(stats.matchers_urlpattern.load(Ordering::Relaxed), 3);
-        index.deliver(&envelope(5, &["/books/5"]));
+        index.deliver(&envelope(5, &["/books/5"]), false);
         assert_eq!(received(&mut rx_b), [5]);
         index.clear();
         assert!(index.url_patterns.is_empty());

@@ -10,7 +10,8 @@
 //! subscriber whose queue is full is cut off and counted: its writer sees it through [`CutOff`],
 //! the client reconnects with its last event id and catches up from history, so the hub never
 //! buffers without bound and others never wait. A resuming subscriber's history and its live
-//! queue meet in [`Resume`].
+//! queue meet in [`Resume`]. A subscriber that keeps up is written to by the shard itself, without
+//! a queue entry or a wakeup of its stream's task ([`direct`]).
 //!
 //! # Timers without timers
 //! An idle stream still has deadlines: a heartbeat to send, a maximum connection life, a token's
@@ -27,6 +28,8 @@
 //! - [`Fanout`] (this file): the handle the server and the transport reader share; owns the shard tasks.
 //! - [`index`]: one shard's subscriber index ([`ShardIndex`]) and the offering of an update.
 //! - `queue`: a subscriber's bounded queue (a mutex'd `VecDeque`, empty and unallocated while idle).
+//! - [`direct`]: live updates written to the socket by the shard itself while the stream's writer
+//!   has nothing to write ([`DirectWrites`], [`DirectSink`]).
 //! - [`subscriber`]: what a subscriber asked for ([`SubscriberSpec`]), its private access
 //!   ([`Access`]), the [`Subscriber`] handle whose drop unregisters it, and its [`CutOff`].
 //! - [`resume`]: replay then live ([`Resume`]), and the node's bound on replay batches in flight
@@ -35,6 +38,7 @@
 //! - [`stats`]: counters and gauges read by the metrics endpoint.
 
 pub mod clock;
+pub mod direct;
 pub mod index;
 pub(crate) mod queue;
 pub mod resume;
@@ -49,6 +53,7 @@ use quicksilver_protocol::{Envelope, SelectorStore};
 use tokio::sync::mpsc;
 
 pub use clock::now_ms;
+pub use direct::{DirectSink, DirectWrites, Sent};
 pub use index::ShardIndex;
 pub use resume::{ReplayBudget, Resume};
 pub use stats::FanoutStats;
@@ -237,9 +242,13 @@ async fn run_shard(
                     break;
                 }
                 let mut index = index.lock();
+                // One update in hand: the shard keeps up, and writes to sockets itself where it
+                // can. More: it is behind, and queues them all, so each stream's writer sends
+                // what is queued for it in one write rather than the shard one write per update.
+                let direct = n == 1;
                 for input in batch.drain(..) {
                     match input {
-                        ShardInput::Update(envelope) => index.deliver(&envelope),
+                        ShardInput::Update(envelope) => index.deliver(&envelope, direct),
                         ShardInput::Interrupt => {
                             let ended = index.interrupt_all();
                             if ended > 0 {

@@ -7,13 +7,24 @@
 //! state. The shard pushes under the lock and wakes the stream only if the stream is waiting, so
 //! a burst queued before the stream runs costs one wakeup; the stream takes everything queued in
 //! one lock. The lock is only ever held for a push or a pop, never across an `.await`.
+//!
+//! **Written straight to the socket.** While the stream's writer has nothing left to write and
+//! waits for the next update, it may open the queue's direct way ([`crate::direct`]): a push that
+//! finds the queue empty and the way open writes the update to the socket itself, without a queue
+//! entry or a wakeup. The way is opened and closed under this lock, and only ever while the queue
+//! is empty, so the socket has one writer at a time and updates keep their order: whatever does
+//! not go out whole (the socket is full) is left for the writer, which is woken and closes the way
+//! before it writes anything else.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use parking_lot::Mutex;
 use quicksilver_protocol::Envelope;
+
+use crate::direct::{DirectSink, Sent};
 
 /// A queue that held more than this and then drained gives its memory back, so one burst does not
 /// leave every subscriber of a busy topic holding a large buffer forever.
@@ -45,6 +56,26 @@ struct Inner {
     closed: bool,
     /// The stream is gone: pushes are refused.
     receiver_gone: bool,
+    /// The stream sends no history any more, so a live update needs no filtering before it is
+    /// written: the direct way may be opened.
+    live_only: bool,
+    /// The direct way is open: a push into the empty queue writes to `sink`.
+    direct_open: bool,
+    /// The stream's socket, attached by its writer when it can take direct writes.
+    sink: Option<Arc<dyn DirectSink>>,
+    /// What a direct write left unsent (the socket took only part of it); the writer sends it
+    /// before anything else. Boxed: rare, and every idle subscriber carries the field.
+    unsent: Option<Box<Bytes>>,
+}
+
+/// What became of a pushed update.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Pushed {
+    /// Queued for the stream.
+    Queued,
+    /// Written to the socket directly (all of it, or what the socket did not take left for the
+    /// writer).
+    Written,
 }
 
 impl Queue {
@@ -56,24 +87,76 @@ impl Queue {
         }
     }
 
-    /// Appends `envelope`, waking the stream if it waits.
-    pub(crate) fn push(&self, envelope: Arc<Envelope>) -> Result<(), PushError> {
-        let waker = {
+    /// Appends `envelope` (or, with `direct` and the direct way open, writes it to the socket),
+    /// waking the stream if it waits and has something to do.
+    pub(crate) fn push(&self, envelope: &Arc<Envelope>, direct: bool) -> Result<Pushed, PushError> {
+        let (waker, pushed) = {
             let mut inner = self.inner.lock();
             if inner.receiver_gone || inner.closed {
                 return Err(PushError::Closed);
             }
-            if inner.items.len() >= self.capacity {
-                return Err(PushError::Full);
+            if inner.direct_open && direct {
+                match inner.sink.as_ref().map(|sink| sink.try_send(envelope)) {
+                    Some(Sent::All) => return Ok(Pushed::Written),
+                    Some(Sent::Part(rest)) => {
+                        inner.direct_open = false;
+                        inner.unsent = Some(Box::new(rest));
+                        (inner.waker.take(), Pushed::Written)
+                    }
+                    // The socket is full or failed: the writer takes over and finds out.
+                    Some(Sent::Blocked | Sent::Failed) | None => {
+                        inner.direct_open = false;
+                        inner.items.push_back(envelope.clone());
+                        (inner.waker.take(), Pushed::Queued)
+                    }
+                }
+            } else {
+                if inner.items.len() >= self.capacity {
+                    return Err(PushError::Full);
+                }
+                // Queued: the writer writes again, so the shard must not.
+                inner.direct_open = false;
+                inner.items.push_back(envelope.clone());
+                (inner.waker.take(), Pushed::Queued)
             }
-            inner.items.push_back(envelope);
-            inner.waker.take()
         };
         // Woken outside the lock, so the woken task does not find it held.
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        Ok(pushed)
+    }
+
+    /// Attaches the socket direct writes go to (see the module documentation).
+    pub(crate) fn attach(&self, sink: Arc<dyn DirectSink>) {
+        self.inner.lock().sink = Some(sink);
+    }
+
+    /// Marks the stream as sending no more history: live updates may be written directly.
+    pub(crate) fn set_live_only(&self) {
+        self.inner.lock().live_only = true;
+    }
+
+    /// Opens the direct way if the queue is empty and a socket is attached; the writer calls it
+    /// with nothing left to write. Returns whether it opened.
+    pub(crate) fn open_direct(&self) -> bool {
+        let mut inner = self.inner.lock();
+        let open = inner.live_only
+            && inner.sink.is_some()
+            && inner.items.is_empty()
+            && inner.unsent.is_none()
+            && !inner.closed
+            && !inner.receiver_gone;
+        inner.direct_open = open;
+        open
+    }
+
+    /// Closes the direct way (the writer is about to write) and takes what a direct write left
+    /// unsent, which must go out first.
+    pub(crate) fn close_direct(&self) -> Option<Bytes> {
+        let mut inner = self.inner.lock();
+        inner.direct_open = false;
+        inner.unsent.take().map(|rest| *rest)
     }
 
     /// Wakes the stream if it waits, without giving it anything (its alarm rang).
@@ -117,6 +200,10 @@ impl Queue {
         inner.receiver_gone = true;
         inner.waker = None;
         inner.items = VecDeque::new();
+        // The socket goes back to its connection, which may serve more requests on it.
+        inner.direct_open = false;
+        inner.sink = None;
+        inner.unsent = None;
     }
 
     /// Takes the next update, or registers `cx`'s waker; `Ready(None)` once closed and drained.
@@ -206,9 +293,9 @@ mod tests {
         let waker = Waker::from(count.clone());
         let mut cx = Context::from_waker(&waker);
         assert!(q.poll_pop(&mut cx).is_pending());
-        q.push(envelope(1)).unwrap();
-        q.push(envelope(2)).unwrap();
-        assert_eq!(q.push(envelope(3)), Err(PushError::Full));
+        q.push(&envelope(1), false).unwrap();
+        q.push(&envelope(2), false).unwrap();
+        assert_eq!(q.push(&envelope(3), false), Err(PushError::Full));
         // Two pushes while waiting: one wakeup.
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         assert!(q.has_queued());
@@ -219,9 +306,9 @@ mod tests {
             [1, 2]
         );
         assert!(q.try_pop().is_none());
-        q.push(envelope(4)).unwrap();
+        q.push(&envelope(4), true).unwrap();
         q.close();
-        assert_eq!(q.push(envelope(5)), Err(PushError::Closed));
+        assert_eq!(q.push(&envelope(5), true), Err(PushError::Closed));
         assert!(matches!(q.poll_pop(&mut cx), Poll::Ready(Some(e)) if e.position.seq == 4));
         assert!(matches!(q.poll_pop(&mut cx), Poll::Ready(None)));
     }
@@ -230,11 +317,78 @@ mod tests {
     fn a_gone_receiver_refuses_pushes_and_memory_is_returned() {
         let q = Queue::new(1000);
         for i in 0..200 {
-            q.push(envelope(i)).unwrap();
+            q.push(&envelope(i), true).unwrap();
         }
         while q.try_pop().is_some() {}
         assert_eq!(q.inner.lock().items.capacity(), 0);
         q.drop_receiver();
-        assert_eq!(q.push(envelope(1)), Err(PushError::Closed));
+        assert_eq!(q.push(&envelope(1), true), Err(PushError::Closed));
+    }
+
+    /// A sink that answers what the test scripted, and records what it took.
+    #[derive(Debug, Default)]
+    struct ScriptedSink {
+        answers: Mutex<VecDeque<Sent>>,
+        taken: Mutex<Vec<u64>>,
+    }
+
+    impl DirectSink for ScriptedSink {
+        fn try_send(&self, envelope: &Envelope) -> Sent {
+            let answer = self.answers.lock().pop_front().unwrap_or(Sent::All);
+            if answer != Sent::Blocked && answer != Sent::Failed {
+                self.taken.lock().push(envelope.position.seq);
+            }
+            answer
+        }
+    }
+
+    #[test]
+    fn the_direct_way_opens_only_when_nothing_is_left_and_closes_on_the_first_miss() {
+        let q = Queue::new(10);
+        let count = Arc::new(Count::default());
+        let waker = Waker::from(count.clone());
+        let mut cx = Context::from_waker(&waker);
+        let sink = Arc::new(ScriptedSink::default());
+        // No socket, then history still to filter: closed.
+        assert!(!q.open_direct());
+        q.attach(sink.clone());
+        assert!(!q.open_direct());
+        q.set_live_only();
+        // Something queued: closed.
+        q.push(&envelope(1), true).unwrap();
+        assert!(!q.open_direct());
+        assert!(q.try_pop().is_some());
+        assert!(q.poll_pop(&mut cx).is_pending());
+        assert!(q.open_direct());
+        // Written whole: no queue entry, no wakeup.
+        assert_eq!(q.push(&envelope(2), true), Ok(Pushed::Written));
+        assert_eq!(count.0.load(Ordering::Relaxed), 0);
+        // Written in part: the rest is the writer's, which is woken; the way is closed.
+        sink.answers
+            .lock()
+            .push_back(Sent::Part(Bytes::from_static(b"rest")));
+        assert_eq!(q.push(&envelope(3), true), Ok(Pushed::Written));
+        assert_eq!(count.0.load(Ordering::Relaxed), 1);
+        assert_eq!(q.push(&envelope(4), true), Ok(Pushed::Queued));
+        assert_eq!(q.close_direct(), Some(Bytes::from_static(b"rest")));
+        assert_eq!(q.try_pop().map(|e| e.position.seq), Some(4));
+        // Blocked: queued for the writer, which is woken.
+        assert!(q.poll_pop(&mut cx).is_pending());
+        assert!(q.open_direct());
+        sink.answers.lock().push_back(Sent::Blocked);
+        assert_eq!(q.push(&envelope(5), true), Ok(Pushed::Queued));
+        assert_eq!(count.0.load(Ordering::Relaxed), 2);
+        assert_eq!(q.close_direct(), None);
+        assert_eq!(q.try_pop().map(|e| e.position.seq), Some(5));
+        // Behind (the shard holds several updates): queued, the way closed, the writer woken.
+        assert!(q.poll_pop(&mut cx).is_pending());
+        assert!(q.open_direct());
+        assert_eq!(q.push(&envelope(6), false), Ok(Pushed::Queued));
+        assert_eq!(q.push(&envelope(7), true), Ok(Pushed::Queued));
+        assert_eq!(count.0.load(Ordering::Relaxed), 3);
+        assert_eq!(*sink.taken.lock(), [2, 3]);
+        // The stream gone, the socket is let go.
+        q.drop_receiver();
+        assert_eq!(Arc::strong_count(&sink), 1);
     }
 }

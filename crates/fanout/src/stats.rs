@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 pub struct FanoutStats {
     /// Updates handed to subscriber queues (one per subscriber per update).
     pub delivered: AtomicU64,
+    /// Of those, written to the subscriber's socket by the shard itself ([`crate::direct`]).
+    pub written_directly: AtomicU64,
     /// Subscribers cut off because their queue was full.
     pub lagged_disconnects: AtomicU64,
     /// Subscribers cut off because their writer stayed blocked on a full socket for longer than the

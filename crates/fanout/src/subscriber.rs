@@ -196,6 +196,20 @@ impl Subscriber {
         self.state.interrupted.load(Ordering::Relaxed)
     }
 
+    /// Tells the fan-out that the stream sends no more history, so live updates need no filtering
+    /// and may be written to the socket directly ([`crate::direct`]).
+    pub fn set_live_only(&self) {
+        self.state.queue.set_live_only();
+    }
+
+    /// A handle for whoever writes this subscriber's stream to a socket, to let the fan-out write
+    /// live updates to it directly while the writer has nothing to write ([`crate::direct`]).
+    pub fn direct_writes(&self) -> crate::direct::DirectWrites {
+        crate::direct::DirectWrites {
+            state: self.state.clone(),
+        }
+    }
+
     /// A handle for whoever writes this subscriber's stream, to watch for a cut-off while a write
     /// is blocked.
     pub fn cut_off(&self) -> CutOff {

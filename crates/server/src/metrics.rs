@@ -96,7 +96,10 @@ impl Metrics {
         let publish_duration = Histogram::new(latency_buckets());
         let delivery_latency = Histogram::new(latency_buckets());
         let responses = Family::<ResponseLabels, Counter>::default();
-        let connection = ConnectionMetrics::default();
+        let connection = ConnectionMetrics {
+            delivery_latency: Some(delivery_latency.clone()),
+            ..ConnectionMetrics::default()
+        };
         registry.register(
             "connections",
             "Open client connections on the main listener",
@@ -248,8 +251,14 @@ impl Collector for HubCollector {
         counter(
             &mut encoder,
             "updates_delivered",
-            "Updates handed to subscriber queues (one per subscriber per update)",
+            "Updates handed to subscribers (one per subscriber per update)",
             s.delivered.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "updates_written_directly",
+            "Of the updates delivered, those the fan-out wrote to the subscriber's socket itself, without waking its stream",
+            s.written_directly.load(Ordering::Relaxed),
         )?;
         counter(
             &mut encoder,

@@ -64,7 +64,8 @@ use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use quicksilver_fanout::{now_ms, CutOff};
+use prometheus_client::metrics::histogram::Histogram;
+use quicksilver_fanout::{now_ms, CutOff, DirectWrites};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
@@ -73,7 +74,7 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::head::{self, Framing, Head};
-use super::writer::StreamWriter;
+use super::writer::{LeanSocket, SharedSocket, StreamWriter};
 use crate::client::{ClientCounts, ClientSlot, Peer, TrustedProxies};
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
@@ -109,6 +110,8 @@ pub struct ConnectionMetrics {
     pub write_stalls: Counter,
     /// Connections closed after `--idle-timeout` without a request in progress.
     pub idle_closed: Counter,
+    /// Accept-to-write latency of live updates the fan-out writes to lean sockets directly.
+    pub delivery_latency: Option<Histogram>,
 }
 
 /// How the accept loop bounds connections (see the module's "Limits").
@@ -392,16 +395,28 @@ async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
                 head,
                 body,
                 cut_off,
+                direct,
                 keep_alive,
-            }) => (Some((head, body, cut_off)), keep_alive),
+            }) => (Some((head, body, cut_off, direct)), keep_alive),
             Err(_) => (None, false),
         };
         let keep_alive = match writer {
-            Some((head, body, cut_off)) => {
-                StreamWriter::new(&mut stream, head, body, cut_off)
+            Some((head, body, cut_off, direct)) => {
+                // Shared with the subscriber's shard while the stream lasts (direct writes).
+                let lean = LeanSocket::new(stream, shared.metrics.delivery_latency.clone());
+                if let Some(direct) = &direct {
+                    direct.attach(lean.clone());
+                }
+                let mut socket = SharedSocket(lean);
+                let written = StreamWriter::new(&mut socket, head, body, cut_off, direct)
                     .await
-                    .is_ok()
-                    && keep_alive
+                    .is_ok();
+                // The writer and its subscriber are gone, and with them the shard's hold.
+                match LeanSocket::into_inner(socket.0) {
+                    Some(back) => stream = back,
+                    None => return,
+                }
+                written && keep_alive
             }
             None => keep_alive,
         };
@@ -482,6 +497,7 @@ enum Answer {
         head: Vec<u8>,
         body: axum::body::Body,
         cut_off: Option<CutOff>,
+        direct: Option<DirectWrites>,
         keep_alive: bool,
     },
 }
@@ -507,6 +523,7 @@ async fn respond(
         framing,
         keep_alive,
         cut_off,
+        direct,
         mut body,
     } = head_of(response);
     match framing {
@@ -536,6 +553,7 @@ async fn respond(
                 head,
                 body,
                 cut_off,
+                direct,
                 keep_alive,
             });
         }
@@ -550,6 +568,7 @@ struct EncodedResponse {
     framing: Framing,
     keep_alive: bool,
     cut_off: Option<CutOff>,
+    direct: Option<DirectWrites>,
     body: axum::body::Body,
 }
 
@@ -567,6 +586,7 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
         framing,
         keep_alive: !head::closes_connection(&parts.headers),
         cut_off: parts.extensions.get::<CutOff>().cloned(),
+        direct: parts.extensions.get::<DirectWrites>().cloned(),
         body,
     }
 }

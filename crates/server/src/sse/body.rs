@@ -12,8 +12,11 @@
 //! waits it sets an alarm for its next heartbeat or its end, which its shard's tick rings (see
 //! `quicksilver_fanout`'s "Timers without timers"). An idle subscriber thus costs no timer entry.
 //!
-//! As a response ([`IntoResponse`]) it carries the SSE headers and its subscriber's [`CutOff`] in
-//! the response's extensions, where the writer of the stream finds it.
+//! As a response ([`IntoResponse`]) it carries the SSE headers, and its subscriber's [`CutOff`] and
+//! [`DirectWrites`](quicksilver_fanout::DirectWrites) in the response's extensions, where the writer of the stream finds them. Once
+//! its history is sent it tells the fan-out so ([`Subscriber::set_live_only`]): from then on, while
+//! the writer has nothing to write, the shard writes live updates to the socket itself, and this
+//! body sees only the updates that did not go out that way.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -87,13 +90,17 @@ impl SubscriberStream {
         let deadline_ms = max_life.map(|d| now.saturating_add(millis(d)));
         // Kept in the subscriber's shared state, so a writer blocked on a full socket ends then too.
         subscriber.set_deadline(deadline_ms.unwrap_or(0));
+        let resume = resume.filter(|r| !r.is_done()).map(Box::new);
+        if resume.is_none() {
+            subscriber.set_live_only();
+        }
         Self {
             started: false,
             ended: None,
             heartbeat_ms: heartbeat.map_or(0, |d| u32::try_from(millis(d)).unwrap_or(u32::MAX)),
             closing_retry: u32::MAX,
             last_write_ms: now,
-            resume: resume.filter(|r| !r.is_done()).map(Box::new),
+            resume,
             subscriber,
             latency: None,
             on_end: Some(Box::new(on_end)),
@@ -130,6 +137,7 @@ impl SubscriberStream {
         let covered = resume.covers(envelope);
         if resume.is_done() {
             self.resume = None;
+            self.subscriber.set_live_only();
         }
         covered
     }
@@ -302,6 +310,7 @@ impl IntoResponse for SubscriberStream {
     /// [`CutOff`] in its extensions for the stream's writer.
     fn into_response(self) -> Response {
         let cut_off = self.cut_off();
+        let direct = self.subscriber.direct_writes();
         let mut response = (StatusCode::OK, axum::body::Body::new(self)).into_response();
         let h = response.headers_mut();
         h.insert(
@@ -317,6 +326,7 @@ impl IntoResponse for SubscriberStream {
         // nginx and other proxies would otherwise buffer the stream.
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response.extensions_mut().insert(cut_off);
+        response.extensions_mut().insert(direct);
         response
     }
 }

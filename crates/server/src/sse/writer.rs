@@ -16,15 +16,26 @@
 //! (the shard's alarm tick wakes the writer for those times), instead of keeping the socket, its
 //! unsent bytes and its replay batch for as long as the client likes. Dropping the writer drops the
 //! body, and with it whatever the stream still held.
+//!
+//! On a plain TCP connection the socket is a [`LeanSocket`], shared with the subscriber's shard:
+//! while the writer has nothing to write it opens the fan-out's direct way
+//! ([`quicksilver_fanout::direct`]) and goes to sleep; the shard then writes each live update to
+//! the socket itself, as one chunk, and wakes the writer only when the socket did not take it all
+//! (the writer closes the way and sends the rest first) or something else needs the writer. A
+//! subscriber that keeps up thus costs one write per update and no wakeup of its task.
 
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use std::sync::Arc;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 use http_body::Body as _;
-use quicksilver_fanout::{CutOff, CutOffReason};
+use prometheus_client::metrics::histogram::Histogram;
+use quicksilver_fanout::{CutOff, CutOffReason, DirectSink, DirectWrites, Sent};
+use quicksilver_protocol::Envelope;
 use tokio::io::{AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
@@ -51,6 +62,125 @@ impl Socket for TcpStream {
     }
 }
 
+/// A plain TCP connection's socket while it carries a subscriber's stream, shared by the stream's
+/// writer and, through the fan-out's direct way, the subscriber's shard (see the module
+/// documentation). The connection takes the socket back ([`LeanSocket::into_inner`]) once the
+/// stream ended.
+#[derive(Debug)]
+pub struct LeanSocket {
+    socket: TcpStream,
+    /// Accept-to-write latency of live updates written directly, when measured (the body measures
+    /// the others).
+    latency: Option<Histogram>,
+}
+
+impl LeanSocket {
+    /// Shares `socket`.
+    pub fn new(socket: TcpStream, latency: Option<Histogram>) -> Arc<Self> {
+        Arc::new(Self { socket, latency })
+    }
+
+    /// The socket, once nothing else holds it (the stream's subscriber is gone, which detaches it
+    /// from the fan-out); `None` if something still does.
+    pub fn into_inner(this: Arc<Self>) -> Option<TcpStream> {
+        Arc::into_inner(this).map(|shared| shared.socket)
+    }
+}
+
+impl DirectSink for LeanSocket {
+    fn try_send(&self, envelope: &Envelope) -> Sent {
+        let frame = &envelope.frame;
+        let size = head::chunk_header(frame.len());
+        let slices = [
+            IoSlice::new(size.as_bytes()),
+            IoSlice::new(frame),
+            IoSlice::new(head::CHUNK_END),
+        ];
+        let total = size.as_bytes().len() + frame.len() + head::CHUNK_END.len();
+        let sent = match self.socket.try_write_vectored(&slices) {
+            Ok(0) => return Sent::Failed,
+            Ok(n) if n == total => Sent::All,
+            Ok(n) => {
+                // Rare (the socket's buffer filled mid-chunk): the rest, copied, for the writer.
+                let mut rest = BytesMut::with_capacity(total - n);
+                for part in [size.as_bytes(), frame, head::CHUNK_END] {
+                    rest.put_slice(part);
+                }
+                rest.advance(n);
+                Sent::Part(rest.freeze())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Sent::Blocked,
+            Err(_) => return Sent::Failed,
+        };
+        if let Some(h) = &self.latency {
+            if envelope.accepted_at_micros > 0 {
+                let now = quicksilver_transport::now_micros();
+                h.observe(now.saturating_sub(envelope.accepted_at_micros) as f64 / 1e6);
+            }
+        }
+        sent
+    }
+}
+
+/// The writer's handle on a [`LeanSocket`]: the socket's own `AsyncWrite` and peek, through the
+/// shared reference.
+pub struct SharedSocket(pub Arc<LeanSocket>);
+
+impl AsyncWrite for SharedSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let socket = &self.0.socket;
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let socket = &self.0.socket;
+        loop {
+            std::task::ready!(socket.poll_write_ready(cx))?;
+            match socket.try_write_vectored(bufs) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
+            }
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // The connection shuts the socket down once it has it back.
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Socket for SharedSocket {
+    fn poll_peek(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        self.0.socket.poll_peek(cx, buf)
+    }
+}
+
 /// Writes one streamed response (see the module documentation). Resolves `Ok` once the last chunk
 /// is written, or with an error when the client went away, the socket failed or the stream was
 /// cut off (`ConnectionAborted`; `TimedOut` when its write stalled or its deadline passed).
@@ -59,6 +189,11 @@ pub struct StreamWriter<'a, S> {
     /// The stream's cut-off, watched while a write is blocked (responses that are not subscriber
     /// streams have none).
     cut_off: Option<CutOff>,
+    /// The fan-out's direct way to the socket, opened while nothing is left to write (streams
+    /// whose socket is not shared with the fan-out have none).
+    direct: Option<DirectWrites>,
+    /// The direct way was opened when the writer last went to sleep.
+    direct_open: bool,
     body: axum::body::Body,
     /// What is still to be written.
     out: Unsent,
@@ -138,6 +273,14 @@ impl Unsent {
         self.crlf_left = head::CHUNK_END.len() as u8;
     }
 
+    /// Queues bytes that are already framed (what a direct write left unsent).
+    fn set_framed(&mut self, bytes: Bytes) {
+        self.size_len = 0;
+        self.size_written = 0;
+        self.data = bytes;
+        self.crlf_left = 0;
+    }
+
     /// Queues the last chunk.
     fn set_last_chunk(&mut self) {
         self.size_len = 0;
@@ -177,16 +320,20 @@ impl Unsent {
 }
 
 impl<'a, S: Socket> StreamWriter<'a, S> {
-    /// A writer of `head` (an encoded response head) and then `body`, chunked, to `socket`.
+    /// A writer of `head` (an encoded response head) and then `body`, chunked, to `socket`. With
+    /// `direct`, the socket must be the one attached to it ([`DirectWrites::attach`]).
     pub fn new(
         socket: &'a mut S,
         head: Vec<u8>,
         body: axum::body::Body,
         cut_off: Option<CutOff>,
+        direct: Option<DirectWrites>,
     ) -> Self {
         Self {
             socket,
             cut_off,
+            direct,
+            direct_open: false,
             body,
             out: Unsent::new(head),
             ended: false,
@@ -274,6 +421,13 @@ impl<S: Socket> Future for StreamWriter<'_, S> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
+        if std::mem::take(&mut this.direct_open) {
+            // Woken: the writer writes again, so the shard must not; what the shard could not
+            // write whole goes first.
+            if let Some(rest) = this.direct.as_ref().and_then(DirectWrites::close) {
+                this.out.set_framed(rest);
+            }
+        }
         loop {
             if this.out.chunk_done() {
                 if this.ended {
@@ -294,6 +448,9 @@ impl<S: Socket> Future for StreamWriter<'_, S> {
                             Poll::Pending => {}
                         }
                     }
+                    // Nothing to write, and the body's waker registered with the queue: the shard
+                    // may write live updates itself until something wakes this task.
+                    this.direct_open = this.direct.as_ref().is_some_and(DirectWrites::open);
                     return Poll::Pending;
                 }
             }

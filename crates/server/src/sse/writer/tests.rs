@@ -170,7 +170,7 @@ fn partial_writes_send_every_byte_once_and_in_order() {
     feed.push("hello");
     feed.push("world!");
     feed.end();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
     assert!(matches!(
         poll(&mut writer, Waker::noop()),
         Poll::Ready(Ok(()))
@@ -186,7 +186,7 @@ fn the_head_goes_out_with_a_ready_first_frame_in_one_write() {
     let mut socket = ScriptedSocket::default();
     let feed = Feed::default();
     feed.push(":\n\n");
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     drop(writer);
     assert_eq!(socket.writes, 1);
@@ -197,7 +197,7 @@ fn the_head_goes_out_with_a_ready_first_frame_in_one_write() {
 fn a_head_is_not_held_back_when_no_frame_is_ready() {
     let mut socket = ScriptedSocket::default();
     let feed = Feed::default();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     feed.push("x");
     assert!(poll(&mut writer, Waker::noop()).is_pending());
@@ -217,7 +217,7 @@ fn a_blocked_write_waits_and_resumes_where_it_stopped() {
     feed.push("abc");
     let body = feed.body();
     {
-        let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), body, None);
+        let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), body, None, None);
         for _ in 0..3 {
             assert!(poll(&mut writer, Waker::noop()).is_pending());
         }
@@ -284,6 +284,7 @@ async fn a_blocked_write_ends_as_soon_as_its_stream_is_cut_off() {
         HEAD.to_vec(),
         feed.body(),
         Some(subscriber.cut_off()),
+        None,
     );
     assert!(poll(&mut writer, &waker).is_pending());
     // The queue holds one update; the second overflows it and the fan-out cuts the subscriber off.
@@ -319,6 +320,7 @@ async fn a_cut_off_ends_only_its_own_stream() {
         HEAD.to_vec(),
         feed.body(),
         Some(other.cut_off()),
+        None,
     );
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     fanout.dispatch(update(1)).await;
@@ -335,7 +337,7 @@ fn a_client_that_closes_its_end_ends_the_stream() {
         ..ScriptedSocket::default()
     };
     let feed = Feed::default();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
     let Poll::Ready(Err(e)) = poll(&mut writer, Waker::noop()) else {
         panic!("a closed client must end the stream");
     };
@@ -349,7 +351,7 @@ fn a_pipelined_request_is_left_for_whoever_serves_the_connection_next() {
         ..ScriptedSocket::default()
     };
     let feed = Feed::default();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
     // The client spoke: not mistaken for a close, and no longer watched.
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     assert!(writer.client_spoke);
@@ -410,6 +412,7 @@ async fn a_blocked_write_is_ended_by_the_dispatch_timeout_without_any_update() {
         HEAD.to_vec(),
         feed.body(),
         Some(subscriber.cut_off()),
+        None,
     );
     assert!(poll(&mut writer, &waker).is_pending());
     advance(std::time::Duration::from_secs(4)).await;
@@ -442,6 +445,7 @@ async fn a_blocked_write_is_ended_at_the_streams_deadline() {
         HEAD.to_vec(),
         feed.body(),
         Some(subscriber.cut_off()),
+        None,
     );
     assert!(poll(&mut writer, &waker).is_pending());
     advance(std::time::Duration::from_secs(2)).await;
@@ -455,4 +459,159 @@ async fn a_blocked_write_is_ended_at_the_streams_deadline() {
     assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     // A deadline is the stream's normal end, not a slow subscriber.
     assert!(!subscriber.was_cut_off());
+}
+
+/// An update of topic `t` whose data is `len` bytes.
+fn sized_update(seq: u64, len: usize) -> Arc<Envelope> {
+    Arc::new(Envelope::new(
+        Position::new(0, 0, seq),
+        Update {
+            id: format!("id-{seq}"),
+            topics: vec!["t".into()],
+            data: "x".repeat(len),
+            private: false,
+            event_type: None,
+            retry: None,
+        },
+        0,
+    ))
+}
+
+/// Reads a chunked SSE stream until `want` events arrived; returns their ids in order.
+async fn read_event_ids(socket: &mut TcpStream, want: usize) -> Vec<String> {
+    use tokio::io::AsyncReadExt;
+    let mut raw = Vec::new();
+    // Where the next chunk starts in `raw` (after the response head).
+    let mut next_chunk = HEAD.len();
+    let mut text = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        // Unchunk what arrived (a chunk cut short waits for more bytes).
+        while let Some(line_end) = raw
+            .get(next_chunk..)
+            .and_then(|rest| rest.windows(2).position(|w| w == b"\r\n"))
+        {
+            let rest = &raw[next_chunk..];
+            let size = std::str::from_utf8(&rest[..line_end])
+                .ok()
+                .and_then(|s| usize::from_str_radix(s, 16).ok())
+                .unwrap_or_else(|| panic!("a chunk size line: {:?}", &rest[..line_end]));
+            let start = line_end + 2;
+            if rest.len() < start + size + 2 {
+                break;
+            }
+            assert_eq!(&rest[start + size..start + size + 2], b"\r\n", "chunk end");
+            text.push_str(
+                std::str::from_utf8(&rest[start..start + size]).unwrap_or_else(|e| panic!("{e}")),
+            );
+            next_chunk += start + size + 2;
+        }
+        let ids: Vec<String> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(str::to_owned)
+            .collect();
+        if ids.len() >= want {
+            return ids;
+        }
+        let n = socket
+            .read(&mut buf)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(n > 0, "the stream ended after {} events", ids.len());
+        raw.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// The fan-out writes to the socket itself while the writer sleeps, and the writer takes over when
+/// the socket fills: over a real connection with small buffers and a client that reads late, every
+/// update still arrives once, in order and framed, and both ways were used.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_and_queued_writes_take_turns_without_loss_or_reordering() {
+    use tokio::net::TcpSocket;
+    let listener = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    listener
+        .set_recv_buffer_size(4096)
+        .unwrap_or_else(|e| panic!("{e}"));
+    listener
+        .bind("127.0.0.1:0".parse().unwrap_or_else(|e| panic!("{e}")))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let listener = listener.listen(8).unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    let writer_side = TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    writer_side
+        .set_send_buffer_size(4096)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let writer_side = writer_side
+        .connect(addr)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (mut client, _) = listener.accept().await.unwrap_or_else(|e| panic!("{e}"));
+
+    let fanout = Fanout::start(
+        &FanoutConfig {
+            shards: 1,
+            subscriber_queue: 100_000,
+            ..FanoutConfig::default()
+        },
+        Arc::new(SelectorStore::default()),
+    );
+    let subscriber = fanout.subscribe(SubscriberSpec {
+        selectors: vec![Selector::exact_topic("t")],
+        access: Access::None,
+    });
+    let direct = subscriber.direct_writes();
+    let cut_off = subscriber.cut_off();
+    let body = crate::sse::body::SubscriberStream::new(subscriber, None, None, None, |_| {});
+    let lean = LeanSocket::new(writer_side, None);
+    direct.attach(lean.clone());
+    let writer = tokio::spawn(async move {
+        let mut socket = SharedSocket(lean);
+        let result = StreamWriter::new(
+            &mut socket,
+            HEAD.to_vec(),
+            axum::body::Body::new(body),
+            Some(cut_off),
+            Some(direct),
+        )
+        .await;
+        // The subscriber is gone with the writer: the socket is the connection's again.
+        (result, LeanSocket::into_inner(socket.0).is_some())
+    });
+    // Let the writer send the head and go to sleep with the direct way open.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+
+    const UPDATES: u64 = 1_000;
+    let reader = tokio::spawn(async move {
+        // Reads late: the first updates fill both buffers.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let ids = read_event_ids(&mut client, UPDATES as usize).await;
+        // Kept open: a client that leaves ends the stream with an error.
+        (ids, client)
+    });
+    for seq in 1..=UPDATES {
+        // Sizes from a few bytes to more than the socket's buffer, so writes go out whole, in part
+        // or not at all.
+        fanout
+            .dispatch(sized_update(seq, (seq as usize * 37) % 6000))
+            .await;
+        // The first half in a burst (the shard is behind, and the client not reading yet); the
+        // second one at a time, which the shard writes itself while the socket takes them.
+        if seq > UPDATES / 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+    let (ids, _client) = reader.await.unwrap_or_else(|e| panic!("{e}"));
+    let want: Vec<String> = (1..=UPDATES).map(|s| format!("id-{s}")).collect();
+    assert_eq!(ids, want);
+    let direct = fanout.stats().written_directly.load(Ordering::Relaxed);
+    assert!(direct > 0, "no update was written directly");
+    assert!(
+        direct < UPDATES,
+        "every update was written directly: the writer never took over"
+    );
+    fanout.close_all();
+    let (result, socket_back) = writer.await.unwrap_or_else(|e| panic!("{e}"));
+    assert!(result.is_ok(), "{result:?}");
+    assert!(socket_back, "the socket was not handed back");
 }

@@ -1,0 +1,81 @@
+//! The direct way out: a live update written to the subscriber's socket by the shard that offers
+//! it, when the stream's writer has nothing left to write.
+//!
+//! Without it every delivery costs a wakeup of the stream's task, a poll of its body and writer,
+//! and two locks of its queue, on top of the one write the kernel needs. With it, a subscriber
+//! that keeps up (its queue empty, its socket taking what it is given) costs the shard one lock
+//! and one non-blocking write per update, as a hand-written fan-out loop would.
+//!
+//! The writer owns the socket and decides when the way is open ([`DirectWrites::open`]): only with
+//! nothing of its own left to write, after the stream's history was sent (a live update must then
+//! not be filtered), and only while the queue is empty. The moment a write does not go out whole,
+//! or the writer is woken for any reason (a heartbeat, an alarm, the client speaking), the way
+//! closes and the writer goes on as without it, sending first what the direct write left unsent
+//! ([`DirectWrites::close`]). All of it happens under the subscriber's queue lock, so there is one
+//! writer of the socket at a time and updates keep their order.
+//!
+//! What the socket is, and how an update is framed on it (an HTTP/1.1 chunk), is the server's
+//! business: it implements [`DirectSink`].
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use quicksilver_protocol::Envelope;
+
+use crate::subscriber::SubscriberState;
+
+/// A socket the fan-out may write an update to without waiting.
+pub trait DirectSink: Send + Sync + std::fmt::Debug {
+    /// Writes `envelope`'s frame, framed for the connection, without blocking.
+    fn try_send(&self, envelope: &Envelope) -> Sent;
+}
+
+/// What became of a direct write.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sent {
+    /// All of it was written.
+    All,
+    /// Only part was written: these are the framed bytes still to write, in order, before anything
+    /// else.
+    Part(Bytes),
+    /// Nothing was written: the socket is full.
+    Blocked,
+    /// The socket failed; nothing was written (the writer finds the error itself).
+    Failed,
+}
+
+/// The writer's side of the direct way of one subscriber (see the module documentation). Taken
+/// from the [`crate::Subscriber`] with [`crate::Subscriber::direct_writes`].
+#[derive(Clone)]
+pub struct DirectWrites {
+    pub(crate) state: Arc<SubscriberState>,
+}
+
+impl std::fmt::Debug for DirectWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectWrites").finish_non_exhaustive()
+    }
+}
+
+impl DirectWrites {
+    /// Attaches the socket direct writes go to; until then the way never opens. The subscriber's
+    /// handle detaches it when it is dropped (the stream ended), so the socket can serve the
+    /// connection's next request.
+    pub fn attach(&self, sink: Arc<dyn DirectSink>) {
+        self.state.queue.attach(sink);
+    }
+
+    /// Opens the way, if the stream's history is sent, a socket is attached and nothing is queued.
+    /// Call it with nothing left to write, after the stream's body returned `Pending` (so the
+    /// waker that a partial write or a blocked socket wakes is registered). Returns whether it
+    /// opened.
+    pub fn open(&self) -> bool {
+        self.state.queue.open_direct()
+    }
+
+    /// Closes the way before the writer writes anything itself, and returns what a direct write
+    /// left unsent: it must be written first, as it is (already framed).
+    pub fn close(&self) -> Option<Bytes> {
+        self.state.queue.close_direct()
+    }
+}
