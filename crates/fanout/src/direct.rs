@@ -11,7 +11,9 @@
 //! not be filtered), and only while the queue is empty. The moment a write does not go out whole,
 //! or the writer is woken for any reason (a heartbeat, an alarm, the client speaking), the way
 //! closes and the writer goes on as without it, sending first what the direct write left unsent
-//! ([`DirectWrites::close`]). All of it happens under the subscriber's queue lock, so there is one
+//! ([`DirectWrites::close`]: the update is kept at the head of the queue with a count of the bytes
+//! that went out, so a partial write costs no copy and an idle subscriber no buffer). All of it
+//! happens under the subscriber's queue lock, so there is one
 //! writer of the socket at a time and updates keep their order.
 //!
 //! What the socket is, and how an update is framed on it (an HTTP/1.1 chunk), is the server's
@@ -19,7 +21,6 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use quicksilver_protocol::Envelope;
 
 use crate::subscriber::SubscriberState;
@@ -35,33 +36,34 @@ pub trait DirectSink: Send + Sync + std::fmt::Debug {
 pub enum Sent {
     /// All of it was written.
     All,
-    /// Only part was written: these are the framed bytes still to write, in order, before anything
-    /// else.
-    Part(Bytes),
+    /// Only this many bytes (of the framed update) were written: the writer sends the rest before
+    /// anything else.
+    Part(usize),
     /// Nothing was written: the socket is full.
     Blocked,
     /// The socket failed; nothing was written (the writer finds the error itself).
     Failed,
 }
 
-/// The writer's side of the direct way of one subscriber (see the module documentation). Taken
-/// from the [`crate::Subscriber`] with [`crate::Subscriber::direct_writes`].
-#[derive(Clone)]
-pub struct DirectWrites {
-    pub(crate) state: Arc<SubscriberState>,
+/// The direct way of one subscriber as its stream's writer sees it (see the module
+/// documentation), borrowed from the stream's [`crate::CutOff`]
+/// ([`crate::CutOff::direct_writes`]): what holds the writer's side of the cut-off holds this too.
+#[derive(Clone, Copy)]
+pub struct DirectWrites<'a> {
+    pub(crate) state: &'a SubscriberState,
 }
 
-impl std::fmt::Debug for DirectWrites {
+impl std::fmt::Debug for DirectWrites<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DirectWrites").finish_non_exhaustive()
     }
 }
 
-impl DirectWrites {
+impl DirectWrites<'_> {
     /// Attaches the socket direct writes go to; until then the way never opens. The subscriber's
     /// handle detaches it when it is dropped (the stream ended), so the socket can serve the
     /// connection's next request.
-    pub fn attach(&self, sink: Arc<dyn DirectSink>) {
+    pub fn attach(self, sink: Arc<dyn DirectSink>) {
         self.state.queue.attach(sink);
     }
 
@@ -69,13 +71,14 @@ impl DirectWrites {
     /// Call it with nothing left to write, after the stream's body returned `Pending` (so the
     /// waker that a partial write or a blocked socket wakes is registered). Returns whether it
     /// opened.
-    pub fn open(&self) -> bool {
+    pub fn open(self) -> bool {
         self.state.queue.open_direct()
     }
 
-    /// Closes the way before the writer writes anything itself, and returns what a direct write
-    /// left unsent: it must be written first, as it is (already framed).
-    pub fn close(&self) -> Option<Bytes> {
+    /// Closes the way before the writer writes anything itself, and returns the update a direct
+    /// write sent only part of, with how many of its framed bytes went out: the rest must be
+    /// written first.
+    pub fn close(self) -> Option<(Arc<Envelope>, usize)> {
         self.state.queue.close_direct()
     }
 }

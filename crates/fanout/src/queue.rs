@@ -20,7 +20,6 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
 use parking_lot::Mutex;
 use quicksilver_protocol::Envelope;
 
@@ -63,9 +62,9 @@ struct Inner {
     direct_open: bool,
     /// The stream's socket, attached by its writer when it can take direct writes.
     sink: Option<Arc<dyn DirectSink>>,
-    /// What a direct write left unsent (the socket took only part of it); the writer sends it
-    /// before anything else. Boxed: rare, and every idle subscriber carries the field.
-    unsent: Option<Box<Bytes>>,
+    /// Bytes of the update at the head of `items` that a direct write sent (the socket took only
+    /// part of it); 0 when none. The writer sends the rest before anything else.
+    partial: u32,
 }
 
 /// What became of a pushed update.
@@ -98,9 +97,11 @@ impl Queue {
             if inner.direct_open && direct {
                 match inner.sink.as_ref().map(|sink| sink.try_send(envelope)) {
                     Some(Sent::All) => return Ok(Pushed::Written),
-                    Some(Sent::Part(rest)) => {
+                    Some(Sent::Part(written)) => {
                         inner.direct_open = false;
-                        inner.unsent = Some(Box::new(rest));
+                        inner.items.push_back(envelope.clone());
+                        // An update is at most the publish body limit, far below 4 GiB.
+                        inner.partial = u32::try_from(written).unwrap_or(u32::MAX);
                         (inner.waker.take(), Pushed::Written)
                     }
                     // The socket is full or failed: the writer takes over and finds out.
@@ -144,19 +145,22 @@ impl Queue {
         let open = inner.live_only
             && inner.sink.is_some()
             && inner.items.is_empty()
-            && inner.unsent.is_none()
             && !inner.closed
             && !inner.receiver_gone;
         inner.direct_open = open;
         open
     }
 
-    /// Closes the direct way (the writer is about to write) and takes what a direct write left
-    /// unsent, which must go out first.
-    pub(crate) fn close_direct(&self) -> Option<Bytes> {
+    /// Closes the direct way (the writer is about to write) and takes the update a direct write
+    /// sent only part of, with the count of its bytes that went out: the rest must go out first.
+    pub(crate) fn close_direct(&self) -> Option<(Arc<Envelope>, usize)> {
         let mut inner = self.inner.lock();
         inner.direct_open = false;
-        inner.unsent.take().map(|rest| *rest)
+        if inner.partial == 0 {
+            return None;
+        }
+        let written = std::mem::take(&mut inner.partial) as usize;
+        pop(&mut inner).map(|envelope| (envelope, written))
     }
 
     /// Wakes the stream if it waits, without giving it anything (its alarm rang).
@@ -203,7 +207,7 @@ impl Queue {
         // The socket goes back to its connection, which may serve more requests on it.
         inner.direct_open = false;
         inner.sink = None;
-        inner.unsent = None;
+        inner.partial = 0;
     }
 
     /// Takes the next update, or registers `cx`'s waker; `Ready(None)` once closed and drained.
@@ -364,13 +368,12 @@ mod tests {
         assert_eq!(q.push(&envelope(2), true), Ok(Pushed::Written));
         assert_eq!(count.0.load(Ordering::Relaxed), 0);
         // Written in part: the rest is the writer's, which is woken; the way is closed.
-        sink.answers
-            .lock()
-            .push_back(Sent::Part(Bytes::from_static(b"rest")));
+        sink.answers.lock().push_back(Sent::Part(7));
         assert_eq!(q.push(&envelope(3), true), Ok(Pushed::Written));
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
         assert_eq!(q.push(&envelope(4), true), Ok(Pushed::Queued));
-        assert_eq!(q.close_direct(), Some(Bytes::from_static(b"rest")));
+        let (partial, written) = q.close_direct().unwrap();
+        assert_eq!((partial.position.seq, written), (3, 7));
         assert_eq!(q.try_pop().map(|e| e.position.seq), Some(4));
         // Blocked: queued for the writer, which is woken.
         assert!(q.poll_pop(&mut cx).is_pending());
@@ -378,7 +381,7 @@ mod tests {
         sink.answers.lock().push_back(Sent::Blocked);
         assert_eq!(q.push(&envelope(5), true), Ok(Pushed::Queued));
         assert_eq!(count.0.load(Ordering::Relaxed), 2);
-        assert_eq!(q.close_direct(), None);
+        assert!(q.close_direct().is_none());
         assert_eq!(q.try_pop().map(|e| e.position.seq), Some(5));
         // Behind (the shard holds several updates): queued, the way closed, the writer woken.
         assert!(q.poll_pop(&mut cx).is_pending());

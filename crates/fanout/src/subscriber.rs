@@ -202,14 +202,6 @@ impl Subscriber {
         self.state.queue.set_live_only();
     }
 
-    /// A handle for whoever writes this subscriber's stream to a socket, to let the fan-out write
-    /// live updates to it directly while the writer has nothing to write ([`crate::direct`]).
-    pub fn direct_writes(&self) -> crate::direct::DirectWrites {
-        crate::direct::DirectWrites {
-            state: self.state.clone(),
-        }
-    }
-
     /// A handle for whoever writes this subscriber's stream, to watch for a cut-off while a write
     /// is blocked.
     pub fn cut_off(&self) -> CutOff {
@@ -263,6 +255,12 @@ impl std::fmt::Debug for CutOff {
 }
 
 impl CutOff {
+    /// The stream's direct way ([`crate::direct`]): the writer that watches this cut-off may let
+    /// the fan-out write live updates to its socket while it has nothing to write.
+    pub fn direct_writes(&self) -> crate::direct::DirectWrites<'_> {
+        crate::direct::DirectWrites { state: &self.state }
+    }
+
     /// Whether the subscriber was cut off.
     pub fn is_cut_off(&self) -> bool {
         self.state.lagged.load(Ordering::Relaxed)

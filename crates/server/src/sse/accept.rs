@@ -65,7 +65,7 @@ use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
-use quicksilver_fanout::{now_ms, CutOff, DirectWrites};
+use quicksilver_fanout::{now_ms, CutOff};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::Notify;
@@ -395,20 +395,19 @@ async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
                 head,
                 body,
                 cut_off,
-                direct,
                 keep_alive,
-            }) => (Some((head, body, cut_off, direct)), keep_alive),
+            }) => (Some((head, body, cut_off)), keep_alive),
             Err(_) => (None, false),
         };
         let keep_alive = match writer {
-            Some((head, body, cut_off, direct)) => {
+            Some((head, body, cut_off)) => {
                 // Shared with the subscriber's shard while the stream lasts (direct writes).
                 let lean = LeanSocket::new(stream, shared.metrics.delivery_latency.clone());
-                if let Some(direct) = &direct {
-                    direct.attach(lean.clone());
-                }
+                let direct = cut_off
+                    .as_ref()
+                    .map(|c| c.direct_writes().attach(lean.clone()));
                 let mut socket = SharedSocket(lean);
-                let written = StreamWriter::new(&mut socket, head, body, cut_off, direct)
+                let written = StreamWriter::new(&mut socket, head, body, cut_off, direct.is_some())
                     .await
                     .is_ok();
                 // The writer and its subscriber are gone, and with them the shard's hold.
@@ -497,7 +496,6 @@ enum Answer {
         head: Vec<u8>,
         body: axum::body::Body,
         cut_off: Option<CutOff>,
-        direct: Option<DirectWrites>,
         keep_alive: bool,
     },
 }
@@ -523,7 +521,6 @@ async fn respond(
         framing,
         keep_alive,
         cut_off,
-        direct,
         mut body,
     } = head_of(response);
     match framing {
@@ -553,7 +550,6 @@ async fn respond(
                 head,
                 body,
                 cut_off,
-                direct,
                 keep_alive,
             });
         }
@@ -568,7 +564,6 @@ struct EncodedResponse {
     framing: Framing,
     keep_alive: bool,
     cut_off: Option<CutOff>,
-    direct: Option<DirectWrites>,
     body: axum::body::Body,
 }
 
@@ -586,7 +581,6 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
         framing,
         keep_alive: !head::closes_connection(&parts.headers),
         cut_off: parts.extensions.get::<CutOff>().cloned(),
-        direct: parts.extensions.get::<DirectWrites>().cloned(),
         body,
     }
 }

@@ -12,8 +12,9 @@
 //! waits it sets an alarm for its next heartbeat or its end, which its shard's tick rings (see
 //! `quicksilver_fanout`'s "Timers without timers"). An idle subscriber thus costs no timer entry.
 //!
-//! As a response ([`IntoResponse`]) it carries the SSE headers, and its subscriber's [`CutOff`] and
-//! [`DirectWrites`](quicksilver_fanout::DirectWrites) in the response's extensions, where the writer of the stream finds them. Once
+//! As a response ([`IntoResponse`]) it carries the SSE headers, and its subscriber's [`CutOff`] in
+//! the response's extensions, where the writer of the stream finds it (and, through it, the
+//! fan-out's direct way to the socket). Once
 //! its history is sent it tells the fan-out so ([`Subscriber::set_live_only`]): from then on, while
 //! the writer has nothing to write, the shard writes live updates to the socket itself, and this
 //! body sees only the updates that did not go out that way.
@@ -310,7 +311,6 @@ impl IntoResponse for SubscriberStream {
     /// [`CutOff`] in its extensions for the stream's writer.
     fn into_response(self) -> Response {
         let cut_off = self.cut_off();
-        let direct = self.subscriber.direct_writes();
         let mut response = (StatusCode::OK, axum::body::Body::new(self)).into_response();
         let h = response.headers_mut();
         h.insert(
@@ -326,7 +326,6 @@ impl IntoResponse for SubscriberStream {
         // nginx and other proxies would otherwise buffer the stream.
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
         response.extensions_mut().insert(cut_off);
-        response.extensions_mut().insert(direct);
         response
     }
 }

@@ -31,10 +31,10 @@ use std::task::{Context, Poll};
 
 use std::sync::Arc;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use http_body::Body as _;
 use prometheus_client::metrics::histogram::Histogram;
-use quicksilver_fanout::{CutOff, CutOffReason, DirectSink, DirectWrites, Sent};
+use quicksilver_fanout::{CutOff, CutOffReason, DirectSink, Sent};
 use quicksilver_protocol::Envelope;
 use tokio::io::{AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -100,15 +100,8 @@ impl DirectSink for LeanSocket {
         let sent = match self.socket.try_write_vectored(&slices) {
             Ok(0) => return Sent::Failed,
             Ok(n) if n == total => Sent::All,
-            Ok(n) => {
-                // Rare (the socket's buffer filled mid-chunk): the rest, copied, for the writer.
-                let mut rest = BytesMut::with_capacity(total - n);
-                for part in [size.as_bytes(), frame, head::CHUNK_END] {
-                    rest.put_slice(part);
-                }
-                rest.advance(n);
-                Sent::Part(rest.freeze())
-            }
+            // The socket's buffer filled mid-chunk: the writer sends the rest.
+            Ok(n) => Sent::Part(n),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Sent::Blocked,
             Err(_) => return Sent::Failed,
         };
@@ -189,9 +182,9 @@ pub struct StreamWriter<'a, S> {
     /// The stream's cut-off, watched while a write is blocked (responses that are not subscriber
     /// streams have none).
     cut_off: Option<CutOff>,
-    /// The fan-out's direct way to the socket, opened while nothing is left to write (streams
-    /// whose socket is not shared with the fan-out have none).
-    direct: Option<DirectWrites>,
+    /// The socket is attached to the fan-out's direct way ([`CutOff::direct_writes`]), which the
+    /// writer opens while nothing is left to write.
+    direct: bool,
     /// The direct way was opened when the writer last went to sleep.
     direct_open: bool,
     body: axum::body::Body,
@@ -273,14 +266,6 @@ impl Unsent {
         self.crlf_left = head::CHUNK_END.len() as u8;
     }
 
-    /// Queues bytes that are already framed (what a direct write left unsent).
-    fn set_framed(&mut self, bytes: Bytes) {
-        self.size_len = 0;
-        self.size_written = 0;
-        self.data = bytes;
-        self.crlf_left = 0;
-    }
-
     /// Queues the last chunk.
     fn set_last_chunk(&mut self) {
         self.size_len = 0;
@@ -321,13 +306,14 @@ impl Unsent {
 
 impl<'a, S: Socket> StreamWriter<'a, S> {
     /// A writer of `head` (an encoded response head) and then `body`, chunked, to `socket`. With
-    /// `direct`, the socket must be the one attached to it ([`DirectWrites::attach`]).
+    /// `direct`, `socket` is the one attached to `cut_off`'s direct way
+    /// ([`quicksilver_fanout::DirectWrites::attach`]).
     pub fn new(
         socket: &'a mut S,
         head: Vec<u8>,
         body: axum::body::Body,
         cut_off: Option<CutOff>,
-        direct: Option<DirectWrites>,
+        direct: bool,
     ) -> Self {
         Self {
             socket,
@@ -423,9 +409,14 @@ impl<S: Socket> Future for StreamWriter<'_, S> {
         let this = &mut *self;
         if std::mem::take(&mut this.direct_open) {
             // Woken: the writer writes again, so the shard must not; what the shard could not
-            // write whole goes first.
-            if let Some(rest) = this.direct.as_ref().and_then(DirectWrites::close) {
-                this.out.set_framed(rest);
+            // write whole goes first, from where the shard stopped.
+            if let Some((partial, written)) = this
+                .cut_off
+                .as_ref()
+                .and_then(|c| c.direct_writes().close())
+            {
+                this.out.set_chunk(partial.frame.clone());
+                this.out.advance(written);
             }
         }
         loop {
@@ -450,7 +441,11 @@ impl<S: Socket> Future for StreamWriter<'_, S> {
                     }
                     // Nothing to write, and the body's waker registered with the queue: the shard
                     // may write live updates itself until something wakes this task.
-                    this.direct_open = this.direct.as_ref().is_some_and(DirectWrites::open);
+                    this.direct_open = this.direct
+                        && this
+                            .cut_off
+                            .as_ref()
+                            .is_some_and(|c| c.direct_writes().open());
                     return Poll::Pending;
                 }
             }

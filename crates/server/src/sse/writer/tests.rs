@@ -170,7 +170,7 @@ fn partial_writes_send_every_byte_once_and_in_order() {
     feed.push("hello");
     feed.push("world!");
     feed.end();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, false);
     assert!(matches!(
         poll(&mut writer, Waker::noop()),
         Poll::Ready(Ok(()))
@@ -186,7 +186,7 @@ fn the_head_goes_out_with_a_ready_first_frame_in_one_write() {
     let mut socket = ScriptedSocket::default();
     let feed = Feed::default();
     feed.push(":\n\n");
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, false);
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     drop(writer);
     assert_eq!(socket.writes, 1);
@@ -197,7 +197,7 @@ fn the_head_goes_out_with_a_ready_first_frame_in_one_write() {
 fn a_head_is_not_held_back_when_no_frame_is_ready() {
     let mut socket = ScriptedSocket::default();
     let feed = Feed::default();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, false);
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     feed.push("x");
     assert!(poll(&mut writer, Waker::noop()).is_pending());
@@ -217,7 +217,7 @@ fn a_blocked_write_waits_and_resumes_where_it_stopped() {
     feed.push("abc");
     let body = feed.body();
     {
-        let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), body, None, None);
+        let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), body, None, false);
         for _ in 0..3 {
             assert!(poll(&mut writer, Waker::noop()).is_pending());
         }
@@ -284,7 +284,7 @@ async fn a_blocked_write_ends_as_soon_as_its_stream_is_cut_off() {
         HEAD.to_vec(),
         feed.body(),
         Some(subscriber.cut_off()),
-        None,
+        false,
     );
     assert!(poll(&mut writer, &waker).is_pending());
     // The queue holds one update; the second overflows it and the fan-out cuts the subscriber off.
@@ -320,7 +320,7 @@ async fn a_cut_off_ends_only_its_own_stream() {
         HEAD.to_vec(),
         feed.body(),
         Some(other.cut_off()),
-        None,
+        false,
     );
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     fanout.dispatch(update(1)).await;
@@ -337,7 +337,7 @@ fn a_client_that_closes_its_end_ends_the_stream() {
         ..ScriptedSocket::default()
     };
     let feed = Feed::default();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, false);
     let Poll::Ready(Err(e)) = poll(&mut writer, Waker::noop()) else {
         panic!("a closed client must end the stream");
     };
@@ -351,7 +351,7 @@ fn a_pipelined_request_is_left_for_whoever_serves_the_connection_next() {
         ..ScriptedSocket::default()
     };
     let feed = Feed::default();
-    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, None);
+    let mut writer = StreamWriter::new(&mut socket, HEAD.to_vec(), feed.body(), None, false);
     // The client spoke: not mistaken for a close, and no longer watched.
     assert!(poll(&mut writer, Waker::noop()).is_pending());
     assert!(writer.client_spoke);
@@ -412,7 +412,7 @@ async fn a_blocked_write_is_ended_by_the_dispatch_timeout_without_any_update() {
         HEAD.to_vec(),
         feed.body(),
         Some(subscriber.cut_off()),
-        None,
+        false,
     );
     assert!(poll(&mut writer, &waker).is_pending());
     advance(std::time::Duration::from_secs(4)).await;
@@ -445,7 +445,7 @@ async fn a_blocked_write_is_ended_at_the_streams_deadline() {
         HEAD.to_vec(),
         feed.body(),
         Some(subscriber.cut_off()),
-        None,
+        false,
     );
     assert!(poll(&mut writer, &waker).is_pending());
     advance(std::time::Duration::from_secs(2)).await;
@@ -560,11 +560,10 @@ async fn direct_and_queued_writes_take_turns_without_loss_or_reordering() {
         selectors: vec![Selector::exact_topic("t")],
         access: Access::None,
     });
-    let direct = subscriber.direct_writes();
     let cut_off = subscriber.cut_off();
     let body = crate::sse::body::SubscriberStream::new(subscriber, None, None, None, |_| {});
     let lean = LeanSocket::new(writer_side, None);
-    direct.attach(lean.clone());
+    cut_off.direct_writes().attach(lean.clone());
     let writer = tokio::spawn(async move {
         let mut socket = SharedSocket(lean);
         let result = StreamWriter::new(
@@ -572,7 +571,7 @@ async fn direct_and_queued_writes_take_turns_without_loss_or_reordering() {
             HEAD.to_vec(),
             axum::body::Body::new(body),
             Some(cut_off),
-            Some(direct),
+            true,
         )
         .await;
         // The subscriber is gone with the writer: the socket is the connection's again.
