@@ -6,7 +6,9 @@
 //! subscriber's task holds for as long as its stream lasts, and an `async fn`'s state keeps room
 //! for every local of every await point. It holds no buffer between writes: the unsent bytes are
 //! the head (freed once written) and the current frame (a shared `Bytes`), with the chunk's size
-//! line on the stack, written with one vectored write when the socket takes it all.
+//! line on the stack, written with one vectored write when the socket takes it all, then flushed
+//! (a no-op on TCP; a TLS socket, [`super::tls::TlsSocket`], keeps the records it encrypted until
+//! the socket takes them, and nothing else would push them out before the next update).
 //!
 //! While it waits for the next frame it peeks at the socket, so a client that closes its end is
 //! noticed at once (as hyper notices it), without taking the bytes of a pipelined next request.
@@ -67,6 +69,9 @@ pub struct StreamWriter<'a, S> {
     /// Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
     /// the bytes stay in the socket for whoever serves the connection after this response.
     client_spoke: bool,
+    /// Everything written has been flushed: a TLS socket keeps what it encrypted until the socket
+    /// takes it, and must be flushed once no further write follows (a no-op on TCP).
+    flushed: bool,
     /// When the current write blocked ([`quicksilver_fanout::now_ms`]); 0 while writes go through.
     blocked_since_ms: u64,
 }
@@ -191,6 +196,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
             out: Unsent::new(head),
             ended: false,
             client_spoke: false,
+            flushed: true,
             blocked_since_ms: 0,
         }
     }
@@ -218,7 +224,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
         }
     }
 
-    /// Writes what is unsent, with as few system calls as the socket allows.
+    /// Writes what is unsent, with as few system calls as the socket allows, then flushes it.
     fn poll_write_unsent(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.out.is_empty() {
             let slices = self.out.slices();
@@ -229,31 +235,42 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.blocked_since_ms = 0;
+                    self.flushed = false;
                     self.out.advance(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // The client is not reading: end the wait when the stream must end.
-                    if let Some(cut_off) = &self.cut_off {
-                        if self.blocked_since_ms == 0 {
-                            self.blocked_since_ms = quicksilver_fanout::now_ms();
-                        }
-                        if let Poll::Ready(reason) = cut_off.poll_cut_off(cx, self.blocked_since_ms)
-                        {
-                            let kind = match reason {
-                                CutOffReason::TooSlow => std::io::ErrorKind::ConnectionAborted,
-                                CutOffReason::Stalled | CutOffReason::Deadline => {
-                                    std::io::ErrorKind::TimedOut
-                                }
-                            };
-                            return Poll::Ready(Err(kind.into()));
-                        }
-                    }
-                    return Poll::Pending;
+                Poll::Pending => return self.poll_blocked(cx),
+            }
+        }
+        if !self.flushed {
+            match Pin::new(&mut *self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.blocked_since_ms = 0;
+                    self.flushed = true;
                 }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.poll_blocked(cx),
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// A write (or flush) is blocked: the client is not reading. Ends the wait with an error when
+    /// the stream must end, else stays `Pending`.
+    fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(cut_off) = &self.cut_off {
+            if self.blocked_since_ms == 0 {
+                self.blocked_since_ms = quicksilver_fanout::now_ms();
+            }
+            if let Poll::Ready(reason) = cut_off.poll_cut_off(cx, self.blocked_since_ms) {
+                let kind = match reason {
+                    CutOffReason::TooSlow => std::io::ErrorKind::ConnectionAborted,
+                    CutOffReason::Stalled | CutOffReason::Deadline => std::io::ErrorKind::TimedOut,
+                };
+                return Poll::Ready(Err(kind.into()));
+            }
+        }
+        Poll::Pending
     }
 
     /// Whether the idle client closed its end (`Ready(true)`) or sent something (`Ready(false)`).
@@ -276,13 +293,18 @@ impl<S: Socket> Future for StreamWriter<'_, S> {
         let this = &mut *self;
         loop {
             if this.out.chunk_done() {
-                if this.ended {
-                    // The last chunk (and everything before it) is written.
-                    return Poll::Ready(Ok(()));
-                }
                 // The head goes out with the first frame when that is ready at once (the
-                // preamble is), in one write; otherwise alone.
-                if this.poll_next_chunk(cx)?.is_pending() && this.out.is_empty() {
+                // preamble is), in one write; otherwise alone. Unflushed bytes are flushed
+                // before the writer waits for a frame or ends.
+                if this.ended {
+                    if this.flushed {
+                        // The last chunk (and everything before it) is written.
+                        return Poll::Ready(Ok(()));
+                    }
+                } else if this.poll_next_chunk(cx)?.is_pending()
+                    && this.out.is_empty()
+                    && this.flushed
+                {
                     if !this.client_spoke {
                         match this.poll_client_gone(cx) {
                             Poll::Ready(true) => {
