@@ -468,16 +468,31 @@ mod tests {
         let mut h = HeaderMap::new();
         assert_eq!(request_origin(&h, true, "http"), "http://localhost");
         h.insert("host", "Hub.example.com:8080".parse().unwrap());
-        assert_eq!(request_origin(&h, true, "http"), "http://hub.example.com:8080");
+        assert_eq!(
+            request_origin(&h, true, "http"),
+            "http://hub.example.com:8080"
+        );
         h.insert("x-forwarded-proto", "https, http".parse().unwrap());
         h.insert("x-forwarded-host", "public.example.com".parse().unwrap());
-        assert_eq!(request_origin(&h, true, "http"), "https://public.example.com");
+        assert_eq!(
+            request_origin(&h, true, "http"),
+            "https://public.example.com"
+        );
         // From anyone else, forwarded headers are the client's word and are ignored.
-        assert_eq!(request_origin(&h, false, "http"), "http://hub.example.com:8080");
+        assert_eq!(
+            request_origin(&h, false, "http"),
+            "http://hub.example.com:8080"
+        );
         // A hub serving TLS itself is reached over HTTPS, unless a trusted proxy says otherwise.
-        assert_eq!(request_origin(&h, false, "https"), "https://hub.example.com:8080");
+        assert_eq!(
+            request_origin(&h, false, "https"),
+            "https://hub.example.com:8080"
+        );
         h.insert("x-forwarded-proto", "http".parse().unwrap());
-        assert_eq!(request_origin(&h, true, "https"), "http://public.example.com");
+        assert_eq!(
+            request_origin(&h, true, "https"),
+            "http://public.example.com"
+        );
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("x-forwarded-host", "evil.example/path".parse().unwrap());
         assert_eq!(

@@ -532,9 +532,7 @@ impl Config {
         // SERVER_NAME and MERCURE_EXTRA_DIRECTIVES: the reference's environment.
         let mut layered: Vec<String> = Vec::new();
         if let Some(name) = matches.get_one::<String>("server_name") {
-            let tls = matches
-                .get_one::<std::path::PathBuf>("tls_cert")
-                .is_some();
+            let tls = matches.get_one::<std::path::PathBuf>("tls_cert").is_some();
             let site = server_name::parse(name, tls).map_err(ConfigError::ServerName)?;
             if taken.insert("listen".to_string()) {
                 layered.extend(["--listen".to_string(), site.listen.to_string()]);

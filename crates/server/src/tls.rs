@@ -371,8 +371,7 @@ mod tests {
         write(dir.path(), &cert_b, &cert_b);
         let e = Tls::load(&c, &k, TlsMetrics::default()).unwrap_err();
         assert!(matches!(e, TlsError::Key { .. }), "{e}");
-        let e = Tls::load(&dir.path().join("missing.pem"), &k, TlsMetrics::default())
-            .unwrap_err();
+        let e = Tls::load(&dir.path().join("missing.pem"), &k, TlsMetrics::default()).unwrap_err();
         assert!(e.to_string().contains("missing.pem"), "{e}");
     }
 

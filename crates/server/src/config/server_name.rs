@@ -264,13 +264,26 @@ mod tests {
         };
         assert_eq!(served("localhost"), ("0.0.0.0:443".into(), false));
         assert_eq!(served("hub.example.com"), ("0.0.0.0:443".into(), false));
-        assert_eq!(served("https://hub.example.com"), ("0.0.0.0:443".into(), false));
-        assert_eq!(served("hub.example.com:8443"), ("0.0.0.0:8443".into(), false));
+        assert_eq!(
+            served("https://hub.example.com"),
+            ("0.0.0.0:443".into(), false)
+        );
+        assert_eq!(
+            served("hub.example.com:8443"),
+            ("0.0.0.0:8443".into(), false)
+        );
         assert_eq!(served("127.0.0.1:8443"), ("127.0.0.1:8443".into(), false));
         // What the reference would serve in plain text is served over HTTPS, with a warning.
         assert_eq!(served(":80"), ("0.0.0.0:80".into(), true));
-        assert_eq!(served("http://hub.example.com"), ("0.0.0.0:80".into(), true));
+        assert_eq!(
+            served("http://hub.example.com"),
+            ("0.0.0.0:80".into(), true)
+        );
         let site = parse("localhost", true).unwrap();
-        assert!(site.notices[0].message.contains("HTTPS"), "{:?}", site.notices);
+        assert!(
+            site.notices[0].message.contains("HTTPS"),
+            "{:?}",
+            site.notices
+        );
     }
 }

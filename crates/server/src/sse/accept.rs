@@ -399,8 +399,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How a TLS connection's handshake ended.
 enum Handshake {
-    /// A session, ready for requests.
-    Done(TlsSocket),
+    /// A session, ready for requests (boxed: a session is over a kilobyte, the others a word).
+    Done(Box<TlsSocket>),
     /// The client sent plain HTTP.
     Plaintext(TcpStream),
     /// The client left, or the handshake failed.
@@ -421,7 +421,7 @@ async fn handshake(stream: TcpStream, tls: &Tls) -> Handshake {
         return Handshake::Plaintext(stream);
     }
     match tls.acceptor().accept(stream).await {
-        Ok(session) => Handshake::Done(TlsSocket::new(session)),
+        Ok(session) => Handshake::Done(Box::new(TlsSocket::new(session))),
         Err(e) => {
             tls.metrics().handshake_failures.inc();
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -452,7 +452,7 @@ async fn tls_connection(stream: TcpStream, peer: Peer, shared: &ServeContext, tl
         None => Box::pin(handshake(stream, tls)).await,
     };
     let socket = match shaken {
-        Handshake::Done(socket) => socket,
+        Handshake::Done(socket) => *socket,
         Handshake::Plaintext(stream) => {
             tls.metrics().plaintext_refused.inc();
             answer_and_close(stream, REFUSED_PLAINTEXT).await;
@@ -714,12 +714,12 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
 }
 
 /// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, with upgrades); hyper must have
-/// a request head within `first_request`.
+/// a request head within `request_within`.
 async fn serve_hyper<S: ClientSocket>(
     io: Rewind<S>,
     peer: Peer,
     shared: &ServeContext,
-    first_request: Option<Duration>,
+    request_within: Option<Duration>,
 ) {
     let app = shared.app.clone();
     // Cancelled when hyper has read a request head (it calls the service then).
@@ -761,7 +761,7 @@ async fn serve_hyper<S: ClientSocket>(
     );
     tokio::select! {
         _ = connection.as_mut() => return,
-        () = no_request_within(&started, first_request) => {
+        () = no_request_within(&started, request_within) => {
             tracing::debug!("closing a connection that sent no complete request in time");
             return;
         }
