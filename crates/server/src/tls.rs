@@ -139,6 +139,9 @@ struct Seen {
 #[derive(Clone)]
 pub struct Tls {
     acceptor: tokio_rustls::TlsAcceptor,
+    /// The same, offering HTTP/1.1 only: a refused connection is answered in HTTP/1.1, which a
+    /// client that agreed on HTTP/2 could not read.
+    refusal_acceptor: tokio_rustls::TlsAcceptor,
     slot: Arc<CertificateSlot>,
     cert_path: Arc<Path>,
     key_path: Arc<Path>,
@@ -172,15 +175,18 @@ impl Tls {
             })?
             .with_no_client_auth()
             .with_cert_resolver(slot.clone());
-        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         // Resumption by stateless tickets (keys rotated every few hours, held in memory only):
         // clients reconnecting after `--write-timeout` or a drain resume their session instead
         // of a full handshake, without a per-session cache on the node.
         if let Ok(ticketer) = rustls::crypto::ring::Ticketer::new() {
             config.ticketer = ticketer;
         }
+        let mut refusal = config.clone();
+        refusal.alpn_protocols = vec![ALPN_HTTP1.to_vec()];
+        config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP1.to_vec()];
         Ok(Self {
             acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            refusal_acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(refusal)),
             slot,
             cert_path: Arc::from(cert),
             key_path: Arc::from(key),
@@ -195,6 +201,11 @@ impl Tls {
     /// The acceptor that runs a connection's handshake.
     pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
         &self.acceptor
+    }
+
+    /// The acceptor of a connection that is refused (HTTP/1.1 only, so it can read the answer).
+    pub fn refusal_acceptor(&self) -> &tokio_rustls::TlsAcceptor {
+        &self.refusal_acceptor
     }
 
     /// The listener's TLS metrics.

@@ -383,3 +383,25 @@ async fn server_name_with_a_certificate_serves_https() {
     let event = stream.next_event(WAIT).await.unwrap();
     assert_eq!(event.id.as_deref(), Some(id.as_str()));
 }
+
+#[tokio::test]
+async fn a_full_node_refuses_a_tls_connection_with_an_answer_it_can_read() {
+    let ca = TestCa::new("test authority");
+    let files = CertificateFiles::new(&ca.issue(&["127.0.0.1"]));
+    let hub = tls_hub(&files, &["--max-connections", "1"]).await;
+    let _held = subscribe(&ca.client(), &hub, "t").await;
+
+    // The client offers HTTP/2 too; the refusal is agreed on HTTP/1.1 and answered so.
+    let refused = ca
+        .client()
+        .get(format!("{}?topic=t", hub.mercure_url()))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the refusal over TLS: {e}"));
+    assert_eq!(refused.version(), reqwest::Version::HTTP_11);
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+}

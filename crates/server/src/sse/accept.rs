@@ -336,7 +336,8 @@ fn refuse(
         match tls {
             None => answer_and_close(stream, answer).await,
             Some(tls) => {
-                let handshake = tokio::time::timeout(REFUSAL_WAIT, tls.acceptor().accept(stream));
+                let handshake =
+                    tokio::time::timeout(REFUSAL_WAIT, tls.refusal_acceptor().accept(stream));
                 if let Ok(Ok(session)) = handshake.await {
                     answer_and_close(TlsSocket::new(session), answer).await;
                 }
