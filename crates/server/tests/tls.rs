@@ -405,3 +405,70 @@ async fn a_full_node_refuses_a_tls_connection_with_an_answer_it_can_read() {
         Some(&b"1"[..])
     );
 }
+
+#[tokio::test]
+async fn a_tls_subscriber_that_stops_reading_is_cut_off() {
+    use tokio_rustls::rustls;
+    let ca = TestCa::new("test authority");
+    let files = CertificateFiles::new(&ca.issue(&["127.0.0.1"]));
+    let hub = tls_hub(&files, &["--subscriber-queue", "8"]).await;
+
+    // A TLS client that sends its request and never reads what comes back.
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_der = {
+        use rustls::pki_types::pem::PemObject;
+        rustls::pki_types::CertificateDer::from_pem_slice(ca.pem().as_bytes()).unwrap()
+    };
+    roots.add(ca_der).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = TcpStream::connect(hub.addr()).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut stalled = connector.connect(name, tcp).await.unwrap();
+    stalled
+        .write_all(b"GET /.well-known/mercure?topic=t HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    stalled.flush().await.unwrap();
+    let client = ca.http1_client();
+    wait_until("the stalled subscriber to be connected", WAIT, async || {
+        metric(&client, hub.url(), "quicksilver_subscribers").await == Some(1.0)
+    })
+    .await;
+
+    // Far more than the socket buffers on both sides and the session's own hold.
+    let data = "x".repeat(256 * 1024);
+    for i in 0..100 {
+        let id = format!("u{i}");
+        let (status, _) = publish(
+            &client,
+            hub.url(),
+            &publisher_token(),
+            &[("topic", "t"), ("id", &id), ("data", &data)],
+        )
+        .await;
+        assert_eq!(status, 200);
+        if metric(&client, hub.url(), "quicksilver_subscribers").await == Some(0.0) {
+            break;
+        }
+    }
+    wait_until("the stalled subscriber to be cut off", WAIT, async || {
+        metric(&client, hub.url(), "quicksilver_subscribers").await == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &client,
+            hub.url(),
+            "quicksilver_slow_subscriber_disconnections_total"
+        )
+        .await,
+        Some(1.0)
+    );
+    drop(stalled);
+}

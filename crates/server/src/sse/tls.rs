@@ -9,10 +9,13 @@
 //! errors are reported as they come. The rest of what the client sent stays decrypted in rustls
 //! until read.
 //!
-//! Writes go through rustls, which takes a whole write into its own buffer (64 KiB at most) and
-//! then writes to the socket as far as it can: [`StreamWriter`] flushes after each chunk so the
-//! bytes leave that buffer even when no further write comes, and a write that rustls cannot take
-//! is `Pending` like a full socket's, which is what the write-stall detection watches.
+//! Writes go through rustls, which encrypts them into its own buffer (at most
+//! [`MAX_UNSENT_TLS`]) and then writes to the socket as far as it can: [`StreamWriter`] flushes
+//! after each chunk so the bytes leave that buffer even when no further write comes, and a write
+//! that rustls cannot take is `Pending` like a full socket's, which is what the write-stall
+//! detection watches. The bound is lower than rustls' own (64 KiB): a subscriber that stops
+//! reading holds what the kernel's send buffer holds for a plain one, plus this, in the hub's
+//! memory.
 //!
 //! [`StreamWriter`]: super::writer::StreamWriter
 
@@ -26,6 +29,10 @@ use tokio_rustls::server::TlsStream;
 
 use super::writer::Socket;
 
+/// The most encrypted bytes a session holds that the socket has not taken: one full TLS record
+/// (16 KiB of data) and its framing, so a record is never split for want of room.
+pub const MAX_UNSENT_TLS: usize = 16 * 1024 + 256;
+
 /// A server-side TLS stream with a one-byte look-ahead (see the module documentation).
 pub struct TlsSocket {
     inner: TlsStream<TcpStream>,
@@ -35,7 +42,8 @@ pub struct TlsSocket {
 
 impl TlsSocket {
     /// Wraps a stream whose handshake is done.
-    pub fn new(inner: TlsStream<TcpStream>) -> Self {
+    pub fn new(mut inner: TlsStream<TcpStream>) -> Self {
+        inner.get_mut().1.set_buffer_limit(Some(MAX_UNSENT_TLS));
         Self {
             inner,
             peeked: None,
