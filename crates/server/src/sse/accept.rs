@@ -30,6 +30,17 @@
 //! HTTP/1-or-HTTP/2 detection, which has no timeout of its own, and an HTTP/2 client could send its
 //! preface and then no request.
 //!
+//! # TLS
+//! With `--tls-cert` every connection first completes a TLS handshake ([`crate::tls`]), under the
+//! same header read timeout as its first request head (the two share one deadline: a client that
+//! connects and never finishes its handshake is closed like one that never sends a head). A
+//! client whose first byte is a letter speaks plain HTTP to this port: it is answered `400` in
+//! plain text rather than with a TLS alert it cannot read. After the handshake, a session that
+//! agreed on HTTP/2 by ALPN goes to hyper; any other is served as a plain connection is, the lean
+//! path included, over [`TlsSocket`]. Every limit below applies before the handshake (the counts)
+//! or after it (timeouts, stalls) alike; a refused connection is answered inside a handshake that
+//! offers HTTP/1.1 only, so the client can read the canned answer.
+//!
 //! The listener is bound with a large backlog so a reconnection storm (thousands of clients of a
 //! dead node arriving at once) waits in the kernel's queue instead of being dropped and retried
 //! after the SYN timeout.
