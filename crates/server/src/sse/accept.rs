@@ -411,8 +411,8 @@ const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// How a TLS connection's handshake ended.
 enum Handshake {
-    /// A session, ready for requests (boxed: a session is over a kilobyte, the others a word).
-    Done(Box<TlsSocket>),
+    /// A session, ready for requests.
+    Done(TlsSocket),
     /// The client sent plain HTTP.
     Plaintext(TcpStream),
     /// The client left, or the handshake failed.
@@ -433,7 +433,7 @@ async fn handshake(stream: TcpStream, tls: &Tls) -> Handshake {
         return Handshake::Plaintext(stream);
     }
     match tls.acceptor().accept(stream).await {
-        Ok(session) => Handshake::Done(Box::new(TlsSocket::new(session))),
+        Ok(session) => Handshake::Done(TlsSocket::new(session)),
         Err(e) => {
             tls.metrics().handshake_failures.inc();
             tracing::debug!(error = %e, "TLS handshake failed");
@@ -464,7 +464,7 @@ async fn tls_connection(stream: TcpStream, peer: Peer, shared: &ServeContext, tl
         None => Box::pin(handshake(stream, tls)).await,
     };
     let socket = match shaken {
-        Handshake::Done(socket) => *socket,
+        Handshake::Done(socket) => socket,
         Handshake::Plaintext(stream) => {
             tls.metrics().plaintext_refused.inc();
             answer_and_close(stream, REFUSED_PLAINTEXT).await;

@@ -35,7 +35,9 @@ pub const MAX_UNSENT_TLS: usize = 16 * 1024 + 256;
 
 /// A server-side TLS stream with a one-byte look-ahead (see the module documentation).
 pub struct TlsSocket {
-    inner: TlsStream<TcpStream>,
+    /// Boxed: the session is over a kilobyte, and a connection task's future would otherwise
+    /// keep room for it in more than one of its states.
+    inner: Box<TlsStream<TcpStream>>,
     /// A byte of application data read by [`Socket::poll_peek`], not yet handed to a reader.
     peeked: Option<u8>,
 }
@@ -45,7 +47,7 @@ impl TlsSocket {
     pub fn new(mut inner: TlsStream<TcpStream>) -> Self {
         inner.get_mut().1.set_buffer_limit(Some(MAX_UNSENT_TLS));
         Self {
-            inner,
+            inner: Box::new(inner),
             peeked: None,
         }
     }
