@@ -178,6 +178,14 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "existingSecret": "reference-style-secret",
         },
     },
+    # G: the pods serve TLS themselves (a Secret from cert-manager) behind a TCP load balancer,
+    # no Ingress or Gateway: HTTP/2 to browsers straight from the pods.
+    "G-tls-on-the-pods": {
+        "values": {
+            "hub": {"tls": {"secretName": "mercure-tls"}},
+            "service": {"type": "LoadBalancer"},
+        },
+    },
 }
 
 # Invalid sets: name -> (values, exception class the render must raise, text its message contains).
@@ -195,6 +203,9 @@ INVALID_SETS: list[tuple[str, dict[str, Any], type[Exception], str]] = [
     ("fail: 3 pods on the memory transport",
      {"replicaCount": 3, "hub": {"transport": "memory"}, "redis": {"enabled": False}},
      helm.HelmRenderError, "hub.transport"),
+    ("fail: TLS on the pods behind an Ingress",
+     {"hub": {"tls": {"secretName": "mercure-tls"}}, "ingress": {"enabled": True,
+      "hosts": [{"host": "mercure.example.com"}]}}, helm.HelmRenderError, "hub.tls.secretName"),
     ("fail: autoscaling on the memory transport",
      {"replicaCount": 1, "hub": {"transport": "memory"}, "redis": {"enabled": False},
       "autoscaling": {"enabled": True}}, helm.HelmRenderError, "hub.transport=redis"),
@@ -699,6 +710,17 @@ def expectations(name: str, docs: list[tuple[str, dict]]) -> list[str]:
         metrics_rule = hub_np["spec"]["ingress"][1]
         expect(metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "monitoring"},
                "metrics port limited to the monitoring namespace")
+    if name == "G-tls-on-the-pods":
+        expect(cm.get("QUICKSILVER_TLS_CERT") == "/etc/quicksilver-tls/tls.crt"
+               and cm.get("QUICKSILVER_TLS_KEY") == "/etc/quicksilver-tls/tls.key", "certificate files set")
+        mounts = pod["containers"][0]["volumeMounts"]
+        expect(any(m["name"] == "tls" and m["mountPath"] == "/etc/quicksilver-tls" and m.get("readOnly")
+                   for m in mounts), "the TLS Secret mounted read-only")
+        expect(any(v["name"] == "tls" and v.get("secret", {}).get("secretName") == "mercure-tls"
+                   for v in pod["volumes"]), "the TLS volume from hub.tls.secretName")
+        expect("Ingress" not in kinds and "HTTPRoute" not in kinds, "nothing in front of the pods")
+    if name == "default":
+        expect("QUICKSILVER_TLS_CERT" not in cm, "plain HTTP by default")
     if name == "E-reference-chart-values":
         secret = next(d for d in by_kind(docs, "Secret") if d["metadata"]["name"] == "qs-quicksilver")["data"]
         expect("extra-directives" in secret, "extraDirectives kept in the Secret")
@@ -739,6 +761,7 @@ def check_render(name: str, spec: dict, notes: list[str], envs: set[str]) -> str
     external = {v for v in (spec["values"].get("auth", {}).get("existingSecret"),
                             spec["values"].get("existingSecret"),
                             spec["values"].get("externalRedis", {}).get("existingSecret"),
+                            spec["values"].get("hub", {}).get("tls", {}).get("secretName"),
                             "redis-ca") if v}
     if not problems:
         problems += consistency(docs, external)

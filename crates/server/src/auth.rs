@@ -47,6 +47,8 @@ pub struct Authenticator {
     /// The origins served (`--public-url`; empty: any), lowercase `scheme://host[:port]`.
     public_origins: Vec<String>,
     trusted_proxies: TrustedProxies,
+    /// The scheme the hub's own listener serves: `https` with `--tls-cert`, else `http`.
+    listener_scheme: &'static str,
     authorization_servers: Vec<String>,
     access_token_cookie: String,
     jwks: Vec<JwksSource>,
@@ -264,6 +266,11 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
         resource_identifier: config.resource_identifier.clone(),
         public_origins: config.public_url.clone(),
         trusted_proxies: TrustedProxies::new(config.trusted_proxies.clone()),
+        listener_scheme: if config.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        },
         authorization_servers: issuers
             .iter()
             .filter(|i| i.authorization_server)
@@ -288,7 +295,8 @@ impl Authenticator {
         headers: &HeaderMap,
         peer: Option<Peer>,
     ) -> Result<RequestIdentity, HubError> {
-        let origin = request_origin(headers, self.trusted_proxies.trusts(peer));
+        let forwarded = self.trusted_proxies.trusts(peer);
+        let origin = request_origin(headers, forwarded, self.listener_scheme);
         if !self.public_origins.is_empty()
             && !self
                 .public_origins
@@ -415,9 +423,10 @@ impl Authenticator {
 
 /// `SCHEME://HOST` of the request: the scheme from `X-Forwarded-Proto` (the hub itself serves
 /// plain HTTP behind a TLS-terminating proxy) and the host from `X-Forwarded-Host` when the request
-/// comes from a trusted proxy (`forwarded`), else `http` and `Host`. A missing or malformed host
-/// gives `localhost`.
-pub fn request_origin(headers: &HeaderMap, forwarded: bool) -> String {
+/// comes from a trusted proxy (`forwarded`), else the scheme of the hub's own listener
+/// (`listener_scheme`: `http`, or `https` when it serves TLS) and `Host`. A missing or malformed
+/// host gives `localhost`.
+pub fn request_origin(headers: &HeaderMap, forwarded: bool, listener_scheme: &str) -> String {
     let first = |name: &str| {
         headers
             .get(name)
@@ -428,7 +437,8 @@ pub fn request_origin(headers: &HeaderMap, forwarded: bool) -> String {
     };
     let scheme = match first("x-forwarded-proto").filter(|_| forwarded) {
         Some(p) if p.eq_ignore_ascii_case("https") => "https",
-        _ => "http",
+        Some(_) => "http",
+        None => listener_scheme,
     };
     let valid = |h: &&str| h.parse::<http::uri::Authority>().is_ok() && !h.contains('@');
     let host = first("x-forwarded-host")
@@ -456,17 +466,37 @@ mod tests {
     #[test]
     fn the_origin_is_derived_from_forwarded_headers_of_trusted_proxies_only() {
         let mut h = HeaderMap::new();
-        assert_eq!(request_origin(&h, true), "http://localhost");
+        assert_eq!(request_origin(&h, true, "http"), "http://localhost");
         h.insert("host", "Hub.example.com:8080".parse().unwrap());
-        assert_eq!(request_origin(&h, true), "http://hub.example.com:8080");
+        assert_eq!(
+            request_origin(&h, true, "http"),
+            "http://hub.example.com:8080"
+        );
         h.insert("x-forwarded-proto", "https, http".parse().unwrap());
         h.insert("x-forwarded-host", "public.example.com".parse().unwrap());
-        assert_eq!(request_origin(&h, true), "https://public.example.com");
+        assert_eq!(
+            request_origin(&h, true, "http"),
+            "https://public.example.com"
+        );
         // From anyone else, forwarded headers are the client's word and are ignored.
-        assert_eq!(request_origin(&h, false), "http://hub.example.com:8080");
+        assert_eq!(
+            request_origin(&h, false, "http"),
+            "http://hub.example.com:8080"
+        );
+        // A hub serving TLS itself is reached over HTTPS, unless a trusted proxy says otherwise.
+        assert_eq!(
+            request_origin(&h, false, "https"),
+            "https://hub.example.com:8080"
+        );
+        h.insert("x-forwarded-proto", "http".parse().unwrap());
+        assert_eq!(
+            request_origin(&h, true, "https"),
+            "http://public.example.com"
+        );
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("x-forwarded-host", "evil.example/path".parse().unwrap());
         assert_eq!(
-            request_origin(&h, true),
+            request_origin(&h, true, "http"),
             "https://hub.example.com:8080",
             "a forwarded host that is not an authority is ignored"
         );

@@ -385,6 +385,17 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
     pub header_read_timeout: Duration,
 
+    /// PEM file of the certificate chain to serve HTTPS with (the node's certificate first), with
+    /// `--tls-key`: the listener then speaks TLS only, HTTP/2 or HTTP/1.1 as agreed by ALPN. Both
+    /// files are read again when they change (checked every second): new connections get the new
+    /// certificate, open ones keep going.
+    #[arg(long, env = "QUICKSILVER_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+
+    /// PEM file of the private key of `--tls-cert` (PKCS#8, RSA or EC).
+    #[arg(long, env = "QUICKSILVER_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+
     /// Also serve `/metrics` on this separate address (e.g. `0.0.0.0:9090`), besides the main one.
     #[arg(long, env = "QUICKSILVER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -414,7 +425,8 @@ pub struct Config {
     pub log: String,
 
     /// The reference hub's site address (`:80`, `localhost`, `host:port`, `http://host`): sets the
-    /// listen address (its port, every interface; plain HTTP) when `--listen` is not given.
+    /// listen address (its port, every interface) when `--listen` is not given; served over HTTPS
+    /// with `--tls-cert` (a host name without a port then listens on 443), plain HTTP without.
     #[arg(long, env = "SERVER_NAME")]
     pub server_name: Option<String>,
 
@@ -520,7 +532,8 @@ impl Config {
         // SERVER_NAME and MERCURE_EXTRA_DIRECTIVES: the reference's environment.
         let mut layered: Vec<String> = Vec::new();
         if let Some(name) = matches.get_one::<String>("server_name") {
-            let site = server_name::parse(name).map_err(ConfigError::ServerName)?;
+            let tls = matches.get_one::<std::path::PathBuf>("tls_cert").is_some();
+            let site = server_name::parse(name, tls).map_err(ConfigError::ServerName)?;
             if taken.insert("listen".to_string()) {
                 layered.extend(["--listen".to_string(), site.listen.to_string()]);
                 notices.extend(site.notices);

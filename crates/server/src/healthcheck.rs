@@ -8,6 +8,11 @@
 //! a blocking [`std::net::TcpStream`] with one deadline over connect, write and read is all it
 //! needs, so it costs a few milliseconds and no memory worth naming.
 //!
+//! A hub that serves TLS itself (`--tls-cert`) is probed over HTTPS, unless the probe goes to its
+//! metrics listener, which is always plain HTTP. The probe does not verify the certificate: it
+//! asks a process on this machine whether it serves, not who it is, and a certificate issued for
+//! the public name would not match the loopback address it knocks on anyway.
+//!
 //! Where it knocks: `--url` when given; otherwise the address the hub itself was told to use,
 //! read from the same flags and environment variables (`--metrics-addr` /
 //! `QUICKSILVER_METRICS_ADDR` first, then `--listen` / `QUICKSILVER_LISTEN`, then the reference
@@ -21,7 +26,9 @@
 use std::ffi::OsString;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -43,7 +50,7 @@ const MAX_STATUS_LINE: usize = 1024;
     max_term_width = 100
 )]
 pub struct HealthcheckArgs {
-    /// URL to probe (`http://HOST:PORT/PATH`). Default: `/healthz` (or `/readyz` with `--ready`) on
+    /// URL to probe (`http://HOST:PORT/PATH` or `https://…`). Default: `/healthz` (or `/readyz` with `--ready`) on
     /// the metrics address when one is set, otherwise on the listen address.
     #[arg(long)]
     pub url: Option<String>,
@@ -71,11 +78,20 @@ pub struct HealthcheckArgs {
     /// setting as the hub's `--metrics-addr`).
     #[arg(long, env = "QUICKSILVER_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// The hub's certificate (the same setting as the hub's `--tls-cert`): when set, the listen
+    /// address is probed over HTTPS (the metrics address stays plain HTTP). Only whether it is set
+    /// matters; the file is not read.
+    #[arg(long, env = "QUICKSILVER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
 }
 
-/// Where a probe goes: the address to connect to and what the request line and `Host` say.
+/// Where a probe goes: the address to connect to, whether over TLS, and what the request line
+/// and `Host` say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// Over HTTPS.
+    pub tls: bool,
     /// `HOST:PORT` (a name or an IP literal; names are resolved when probing).
     pub authority: String,
     /// The host name alone, for resolution.
@@ -88,14 +104,15 @@ pub struct Target {
 
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "http://{}{}", self.authority, self.path)
+        let scheme = if self.tls { "https" } else { "http" };
+        write!(f, "{scheme}://{}{}", self.authority, self.path)
     }
 }
 
 /// Why a probe did not find the hub healthy.
 #[derive(Debug, thiserror::Error)]
 pub enum ProbeError {
-    /// `--url` is not an `http://` URL with a host.
+    /// `--url` is not an `http://` or `https://` URL with a host.
     #[error("invalid --url {url:?}: {reason}")]
     InvalidUrl {
         /// The URL given.
@@ -125,9 +142,12 @@ pub enum ProbeError {
     /// The deadline passed before a status line arrived.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    /// Reading or writing failed after connecting.
+    /// Reading or writing failed after connecting (a failed TLS handshake included).
     #[error("connection failed: {0}")]
     Io(std::io::Error),
+    /// The TLS client could not be set up for this host.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// What came back is not an HTTP/1.x status line.
     #[error("not an HTTP answer: {0:?}")]
     NotHttp(String),
@@ -142,18 +162,24 @@ impl HealthcheckArgs {
         match &self.url {
             Some(url) => parse_url(url),
             None => {
+                let listener_tls = self.tls_cert.is_some();
                 let listen = match (self.listen, &self.server_name) {
                     (Some(listen), _) => listen,
                     (None, Some(name)) => {
-                        crate::config::server_name::parse(name)
+                        crate::config::server_name::parse(name, listener_tls)
                             .map_err(ProbeError::InvalidServerName)?
                             .listen
                     }
                     (None, None) => SocketAddr::from(([127, 0, 0, 1], 3000)),
                 };
-                let addr = loopback_if_unspecified(self.metrics_addr.unwrap_or(listen));
+                let (addr, tls) = match self.metrics_addr {
+                    Some(metrics) => (metrics, false),
+                    None => (listen, listener_tls),
+                };
+                let addr = loopback_if_unspecified(addr);
                 let path = if self.ready { "/readyz" } else { "/healthz" };
                 Ok(Target {
+                    tls,
                     authority: addr.to_string(),
                     host: addr.ip().to_string(),
                     port: addr.port(),
@@ -226,7 +252,7 @@ pub fn probe(target: &Target, timeout: Duration) -> Result<String, ProbeError> {
             Err(e) => last_error = Some((*addr, e)),
         }
     }
-    let mut stream = match (stream, last_error) {
+    let stream = match (stream, last_error) {
         (Some(s), _) => s,
         (None, Some((addr, source))) => return Err(ProbeError::Connect { addr, source }),
         (None, None) => {
@@ -243,12 +269,23 @@ pub fn probe(target: &Target, timeout: Duration) -> Result<String, ProbeError> {
             ProbeError::Io(e)
         }
     };
-    stream.set_write_timeout(Some(remaining()?)).map_err(io)?;
+    // The socket's timeouts are set through this handle while `connection` (a TLS session over
+    // the same socket, or the socket itself) reads and writes.
+    let socket = stream.try_clone().map_err(io)?;
+    let mut connection: Box<dyn ReadWrite> = if target.tls {
+        Box::new(rustls::StreamOwned::new(tls_client(&target.host)?, stream))
+    } else {
+        Box::new(stream)
+    };
+    // Over TLS the handshake happens in this first write (and the reads after it).
+    socket.set_write_timeout(Some(remaining()?)).map_err(io)?;
+    socket.set_read_timeout(Some(remaining()?)).map_err(io)?;
     let request = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUser-Agent: quicksilver-healthcheck\r\nConnection: close\r\n\r\n",
         target.path, target.authority
     );
-    stream.write_all(request.as_bytes()).map_err(io)?;
+    connection.write_all(request.as_bytes()).map_err(io)?;
+    connection.flush().map_err(io)?;
 
     // Only the status line matters; read until its end (or the deadline, or a size bound).
     let mut head = Vec::with_capacity(128);
@@ -260,8 +297,8 @@ pub fn probe(target: &Target, timeout: Duration) -> Result<String, ProbeError> {
         if head.len() >= MAX_STATUS_LINE {
             return Err(ProbeError::NotHttp(lossy_prefix(&head)));
         }
-        stream.set_read_timeout(Some(remaining()?)).map_err(io)?;
-        match stream.read(&mut buf).map_err(io)? {
+        socket.set_read_timeout(Some(remaining()?)).map_err(io)?;
+        match connection.read(&mut buf).map_err(io)? {
             0 => return Err(ProbeError::NotHttp(lossy_prefix(&head))),
             n => head.extend_from_slice(&buf[..n]),
         }
@@ -271,6 +308,78 @@ pub fn probe(target: &Target, timeout: Duration) -> Result<String, ProbeError> {
         Some(200) => Ok(line),
         Some(_) => Err(ProbeError::Status(line)),
         None => Err(ProbeError::NotHttp(line)),
+    }
+}
+
+/// A connection the probe talks over: a TCP stream, or a TLS session on one.
+trait ReadWrite: Read + Write {}
+
+impl<T: Read + Write> ReadWrite for T {}
+
+/// A TLS client session for `host` that offers HTTP/1.1 only and accepts any certificate (see the
+/// module documentation).
+fn tls_client(host: &str) -> Result<rustls::ClientConnection, ProbeError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ProbeError::Tls(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let name = rustls::pki_types::ServerName::try_from(host.to_string())
+        .map_err(|e| ProbeError::Tls(format!("{host}: {e}")))?;
+    rustls::ClientConnection::new(Arc::new(config), name)
+        .map_err(|e| ProbeError::Tls(e.to_string()))
+}
+
+/// Accepts whatever certificate the hub presents, but still checks that the hub holds its key
+/// (the handshake's signatures), as any TLS session requires.
+#[derive(Debug)]
+struct AnyCertificate(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AnyCertificate {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
     }
 }
 
@@ -285,23 +394,27 @@ fn status_code(line: &str) -> Option<u16> {
     code.parse().ok()
 }
 
-/// Parses `--url`: `http://` only (the health endpoints are never served over TLS by the hub).
+/// Parses `--url`: `http://` or `https://`.
 fn parse_url(text: &str) -> Result<Target, ProbeError> {
     let invalid = |reason: &str| ProbeError::InvalidUrl {
         url: text.to_string(),
         reason: reason.to_string(),
     };
     let url = url::Url::parse(text).map_err(|e| invalid(&e.to_string()))?;
-    if url.scheme() != "http" {
-        return Err(invalid("only http:// is supported"));
-    }
+    let tls = match url.scheme() {
+        "http" => false,
+        "https" => true,
+        _ => return Err(invalid("only http:// and https:// are supported")),
+    };
     let host = match url.host() {
         Some(url::Host::Domain(d)) => d.to_string(),
         Some(url::Host::Ipv4(ip)) => ip.to_string(),
         Some(url::Host::Ipv6(ip)) => ip.to_string(),
         None => return Err(invalid("no host")),
     };
-    let port = url.port_or_known_default().unwrap_or(80);
+    let port = url
+        .port_or_known_default()
+        .unwrap_or(if tls { 443 } else { 80 });
     let authority = match url.host() {
         Some(url::Host::Ipv6(ip)) => format!("[{ip}]:{port}"),
         _ => format!("{host}:{port}"),
@@ -312,6 +425,7 @@ fn parse_url(text: &str) -> Result<Target, ProbeError> {
         path.push_str(query);
     }
     Ok(Target {
+        tls,
         authority,
         host,
         port,
@@ -382,7 +496,33 @@ mod tests {
     }
 
     #[test]
-    fn url_is_taken_as_given_and_only_http() {
+    fn a_tls_listener_is_probed_over_https_and_the_metrics_listener_over_http() {
+        let t = args(&["--tls-cert", "/certs/tls.crt"]).target().unwrap();
+        assert_eq!(t.to_string(), "https://127.0.0.1:3000/healthz");
+        let t = args(&[
+            "--tls-cert",
+            "/certs/tls.crt",
+            "--metrics-addr",
+            "0.0.0.0:9090",
+        ])
+        .target()
+        .unwrap();
+        assert_eq!(t.to_string(), "http://127.0.0.1:9090/healthz");
+        let t = HealthcheckArgs::try_parse_from([
+            "healthcheck",
+            "--server-name",
+            "hub.example.com",
+            "--tls-cert",
+            "/certs/tls.crt",
+        ])
+        .unwrap()
+        .target()
+        .unwrap();
+        assert_eq!(t.to_string(), "https://127.0.0.1:443/healthz");
+    }
+
+    #[test]
+    fn url_is_taken_as_given_over_http_or_https() {
         let t = args(&["--url", "http://localhost:8080/readyz?x=1", "--ready"])
             .target()
             .unwrap();
@@ -392,8 +532,12 @@ mod tests {
         );
         let t = args(&["--url", "http://[::1]/healthz"]).target().unwrap();
         assert_eq!((t.authority.as_str(), t.port), ("[::1]:80", 80));
+        let t = args(&["--url", "https://hub.example/healthz"])
+            .target()
+            .unwrap();
+        assert_eq!((t.tls, t.port), (true, 443));
         for bad in [
-            "https://a.example/healthz",
+            "ftp://a.example/healthz",
             "127.0.0.1:3000/healthz",
             "http://",
         ] {

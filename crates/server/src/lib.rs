@@ -18,6 +18,8 @@
 //! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
 //! - [`sse`]: the subscriber's way out: the accept loop and connection tasks, the lean HTTP/1.1
 //!   path, the stream writer and a subscriber's SSE response body.
+//! - [`tls`]: the listener's certificate (`--tls-cert`, `--tls-key`), reloaded when its files
+//!   change, and ALPN (HTTP/2 for browsers that reach a node directly).
 //! - [`subscriptions`]: subscription events and the subscription API, cluster-wide.
 //! - [`client`]: who a request comes from (the peer, or behind `--trusted-proxies` the forwarded
 //!   address) and how many connections each client address holds.
@@ -47,6 +49,7 @@ pub mod sse;
 pub mod subscribe;
 pub mod subscriptions;
 pub mod telemetry;
+pub mod tls;
 pub mod token;
 
 use std::future::Future;
@@ -141,6 +144,7 @@ pub struct Server {
     hub: Hub,
     app: Router,
     listener: TcpListener,
+    tls: Option<tls::Tls>,
 }
 
 impl std::fmt::Debug for Server {
@@ -178,14 +182,31 @@ impl Server {
             });
         }
         let app = router(hub.clone(), config)?;
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => {
+                let metrics = hub.metrics().connection.tls.clone();
+                Some(tls::Tls::load(cert, key, metrics)?)
+            }
+            _ => None,
+        };
         let listener = sse::accept::bind(config.listen)
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
-        Ok(Self { hub, app, listener })
+        Ok(Self {
+            hub,
+            app,
+            listener,
+            tls,
+        })
     }
 
     /// The address actually bound.
     pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Whether the listener serves TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// The hub this server serves.
@@ -199,7 +220,14 @@ impl Server {
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let Server { hub, app, listener } = self;
+        let Server {
+            hub,
+            app,
+            listener,
+            tls,
+        } = self;
+        // Reads the certificate files again while the server runs.
+        let reloading = tls.clone().map(|tls| tokio::spawn(tls.watch()));
         let connection_metrics = hub.metrics().connection.clone();
         let settings = hub.settings();
         let options = sse::accept::ServeOptions {
@@ -212,6 +240,7 @@ impl Server {
             trusted_proxies: settings.trusted_proxies.clone(),
             http2_max_streams: settings.http2_max_streams,
             http2_keep_alive: settings.http2_keep_alive,
+            tls,
         };
         let closing = hub.clone();
         let stop = async move {
@@ -219,6 +248,9 @@ impl Server {
             hub.drain().await;
         };
         sse::accept::serve(listener, app, stop, connection_metrics, options).await;
+        if let Some(reloading) = reloading {
+            reloading.abort();
+        }
         closing.close().await;
         tracing::info!("hub stopped");
         Ok(())
@@ -226,14 +258,16 @@ impl Server {
 }
 
 /// Runs the hub of `config` until `shutdown` resolves. Prints `quicksilver listening on
-/// http://ADDR` on standard output once bound (scripts and tests wait for that line).
+/// http://ADDR` (`https://` with `--tls-cert`) on standard output once bound (scripts and tests
+/// wait for that line).
 pub async fn serve(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let server = Server::bind(&config).await?;
     let addr = server.local_addr()?;
-    println!("quicksilver listening on http://{addr}");
+    let scheme = if server.is_tls() { "https" } else { "http" };
+    println!("quicksilver listening on {scheme}://{addr}");
     tracing::info!(%addr, transport = server.hub().transport().name(), "hub started");
     server.run(shutdown).await
 }

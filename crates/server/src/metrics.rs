@@ -137,6 +137,31 @@ impl Metrics {
             connection.idle_closed.clone(),
         );
         registry.register(
+            "tls_handshake_failures",
+            "TLS handshakes that failed (a client that is not TLS, or refused the certificate or protocols)",
+            connection.tls.handshake_failures.clone(),
+        );
+        registry.register(
+            "tls_handshake_timeouts",
+            "Connections closed because their TLS handshake did not finish within --header-read-timeout",
+            connection.tls.handshake_timeouts.clone(),
+        );
+        registry.register(
+            "tls_plaintext_requests",
+            "Plain-HTTP requests to the TLS listener, answered 400",
+            connection.tls.plaintext_refused.clone(),
+        );
+        registry.register(
+            "tls_certificate_reloads",
+            "Certificates loaded again after --tls-cert or --tls-key changed",
+            connection.tls.reloads.clone(),
+        );
+        registry.register(
+            "tls_certificate_reload_failures",
+            "Changed --tls-cert / --tls-key files that could not be used (the previous certificate stays)",
+            connection.tls.reload_failures.clone(),
+        );
+        registry.register(
             "updates_published",
             "Updates acknowledged to publishers",
             published.clone(),

@@ -16,15 +16,19 @@
 //! of a kept-alive connection (a load balancer reusing its upstream connections) is read the same
 //! way, so every subscription of the connection is lean.
 //!
+//! On the TLS listener (`--tls-cert`) a connection first completes its handshake; HTTP/2 (agreed
+//! by ALPN) goes to hyper, HTTP/1.1 takes the same lean path over the TLS session ([`tls`]).
+//!
 //! SSE frames themselves are encoded once per update by the protocol crate
 //! ([`quicksilver_protocol::sse`]) and shared by every subscriber: nothing here encodes events.
 //!
 //! # Layout
-//! - [`accept`]: the listener, the accept loop, one task per connection, the head-read timeout and
-//!   the hand-off to hyper.
+//! - [`accept`]: the listener, the accept loop, one task per connection, the TLS handshake, the
+//!   head-read timeout and the hand-off to hyper.
 //! - [`head`]: HTTP/1.1 request head classification, response head encoding and chunk framing (pure).
 //! - [`writer`]: writes a streamed response to a socket, chunk by chunk, until it ends, the client
 //!   leaves or the stream is cut off.
+//! - [`tls`]: a TLS session as the lean path writes to and watches it.
 //! - [`body`]: a subscriber's SSE response body ([`SubscriberStream`]).
 //!
 //! [`CutOff`]: quicksilver_fanout::CutOff
@@ -32,6 +36,7 @@
 pub mod accept;
 pub mod body;
 pub mod head;
+pub mod tls;
 pub mod writer;
 
 pub use body::{EndReason, SubscriberStream};

@@ -2,7 +2,7 @@
 //! signals, several nodes behind a proxy, a node killed mid-stream.
 //!
 //! [`HubProcess::spawn`] adds `--listen 127.0.0.1:0` (unless the caller passed `--listen`), waits for the
-//! hub's `quicksilver listening on http://…` line on stdout, and from then on two threads drain the child's
+//! hub's `quicksilver listening on http://…` (or `https://…`) line on stdout, and from then on two threads drain the child's
 //! stdout and stderr into a bounded in-memory log (a hub blocked on a full pipe would be a test bug of
 //! ours). The log is printed when a test panics while the handle is alive, and is searchable with
 //! [`HubProcess::wait_for_output`]. The child is SIGKILLed when the handle drops.
@@ -141,10 +141,15 @@ impl HubProcess {
         } else {
             Some("127.0.0.1:0".to_owned())
         };
-        let (child, log, addr) = start(&bin, &args, listen.as_deref(), &env, START_TIMEOUT)?;
+        let Started {
+            child,
+            log,
+            addr,
+            url,
+        } = start(&bin, &args, listen.as_deref(), &env, START_TIMEOUT)?;
         Ok(HubProcess {
             child,
-            url: format!("http://{addr}"),
+            url,
             bin,
             args,
             env,
@@ -153,7 +158,7 @@ impl HubProcess {
         })
     }
 
-    /// The hub's origin, `http://127.0.0.1:PORT` (no trailing slash).
+    /// The hub's origin, `http://127.0.0.1:PORT` (`https://` when it serves TLS; no trailing slash).
     pub fn url(&self) -> &str {
         &self.url
     }
@@ -241,11 +246,11 @@ impl HubProcess {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             match start(&self.bin, &args, Some(&listen), &self.env, START_TIMEOUT) {
-                Ok((child, log, addr)) => {
-                    self.child = child;
-                    self.log = log;
-                    self.addr = addr;
-                    self.url = format!("http://{addr}");
+                Ok(started) => {
+                    self.child = started.child;
+                    self.log = started.log;
+                    self.addr = started.addr;
+                    self.url = started.url;
                     return;
                 }
                 Err(e) if Instant::now() < deadline && matches!(e, HubError::Exited { .. }) => {
@@ -299,14 +304,23 @@ impl Drop for HubProcess {
     }
 }
 
-/// Starts the child and waits until it listens: returns it, its log, and its address.
+/// A child that listens.
+struct Started {
+    child: Child,
+    log: Arc<OutputLog>,
+    addr: SocketAddr,
+    /// Its origin, as the listening line says it.
+    url: String,
+}
+
+/// Starts the child and waits until it listens.
 fn start(
     bin: &Path,
     args: &[String],
     listen: Option<&str>,
     env: &[(String, String)],
     timeout: Duration,
-) -> Result<(Child, Arc<OutputLog>, SocketAddr), HubError> {
+) -> Result<Started, HubError> {
     let mut command = Command::new(bin);
     if let Some(listen) = listen {
         command.arg("--listen").arg(listen);
@@ -345,10 +359,16 @@ fn start(
             let url = line.trim_end()[LISTENING_PREFIX.len()..].trim();
             let addr = url
                 .strip_prefix("http://")
+                .or_else(|| url.strip_prefix("https://"))
                 .and_then(|rest| rest.trim_end_matches('/').parse::<SocketAddr>().ok())
                 .ok_or_else(|| HubError::BadListeningLine(line.clone()));
             return match addr {
-                Ok(addr) => Ok((child, log, addr)),
+                Ok(addr) => Ok(Started {
+                    url: url.trim_end_matches('/').to_string(),
+                    child,
+                    log,
+                    addr,
+                }),
                 Err(e) => {
                     let _ = child.kill();
                     let _ = child.wait();

@@ -56,6 +56,7 @@ pub async fn spawn_hub(args: &[&str]) -> InProcessHub {
     let addr = server
         .local_addr()
         .unwrap_or_else(|e| panic!("the in-process hub has no address: {e}"));
+    let scheme = if server.is_tls() { "https" } else { "http" };
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         server
@@ -68,14 +69,14 @@ pub async fn spawn_hub(args: &[&str]) -> InProcessHub {
     });
     InProcessHub {
         addr,
-        url: format!("http://{addr}"),
+        url: format!("{scheme}://{addr}"),
         stop: Some(stop),
         task: Some(task),
     }
 }
 
 impl InProcessHub {
-    /// The hub's origin, `http://127.0.0.1:PORT` (no trailing slash).
+    /// The hub's origin, `http://127.0.0.1:PORT` (`https://` when it serves TLS; no trailing slash).
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -21,6 +21,8 @@
 //! - [`follower`]: a subscriber that reconnects across a cluster's nodes with `Last-Event-ID`, as a
 //!   browser does, and records what it received, how often it reconnected and how often it was told
 //!   (`earliest`) that it may have missed updates.
+//! - [`tls`]: a certificate authority made in the test, server certificates it signs, their PEM files
+//!   (replaced as a renewal does) and HTTPS clients that trust it, for hubs serving TLS themselves.
 //! - [`browser`] drives `tests/browser/eventsource-cookie.mjs`: headless Chromium opening an `EventSource`
 //!   with the `mercureAuthorization` cookie against a hub on another origin.
 //! - This file: [`wait_until`] and [`poll_until`] (the one way to wait for a condition), the [`update`]
@@ -55,6 +57,7 @@ pub mod hub;
 pub mod in_process;
 pub mod redis;
 pub mod sse;
+pub mod tls;
 pub mod token;
 
 pub use follower::{Followed, Follower};
@@ -63,6 +66,7 @@ pub use hub::{publish, HubProcess};
 pub use in_process::{spawn_hub, Answer, HubRouter, InProcessHub};
 pub use redis::{RedisCluster, RedisServer};
 pub use sse::{SseClient, SseEvent, SseItem, SseStream};
+pub use tls::{CertificateFiles, TestCa};
 pub use token::{mercure_token, TEST_JWT_KEY};
 
 /// A generous bound for something that should happen promptly (a delivery, a connection), sized for a loaded

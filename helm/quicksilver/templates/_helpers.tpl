@@ -267,6 +267,9 @@ message saying what to change. Included by the Deployment, so every render runs 
 {{- if and .Values.ingress.enabled (not .Values.ingress.hosts) }}
 {{- fail "ingress.enabled needs at least one entry in ingress.hosts." }}
 {{- end }}
+{{- if and .Values.hub.tls.secretName (or .Values.ingress.enabled .Values.httpRoute.enabled) }}
+{{- fail "hub.tls.secretName makes the pods serve HTTPS only, which an Ingress or HTTPRoute in front would have to speak to its backends: terminate TLS there instead (ingress.tls, the Gateway's listener) and leave hub.tls.secretName empty, or expose the pods through a TCP load balancer (service.type=LoadBalancer) without ingress.enabled or httpRoute.enabled." }}
+{{- end }}
 {{- if and .Values.httpRoute.enabled (not .Values.httpRoute.parentRefs) }}
 {{- fail "httpRoute.enabled needs httpRoute.parentRefs: the Gateway(s) the route attaches to." }}
 {{- end }}

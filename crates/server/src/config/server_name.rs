@@ -3,11 +3,16 @@
 //!
 //! The reference is a Caddy server: its site address (`:80`, `localhost`, `hub.example.com:8080`,
 //! `http://hub.example.com`, several separated by commas or spaces) says which port to serve and
-//! which `Host` to answer, on every interface. Quicksilver serves plain HTTP on one listener, so
-//! the address keeps its port (`80` when it has none), binds every interface (`0.0.0.0`) unless
-//! every address is the same IP literal, and answers whatever the `Host`. Where Caddy would have
-//! served HTTPS (a host name without the `http://` scheme or port 80, or `https://`), a notice
-//! says that TLS is expected in front of the hub.
+//! which `Host` to answer, on every interface, and whether to serve HTTPS: Caddy does for a host
+//! name without the `http://` scheme or port 80, and for `https://`. Quicksilver serves one
+//! listener, so the address keeps its port, binds every interface (`0.0.0.0`) unless every
+//! address is the same IP literal, and answers whatever the `Host`.
+//!
+//! With a certificate (`--tls-cert`, `--tls-key`) the listener serves HTTPS, and an address Caddy
+//! would serve over HTTPS without a port gets Caddy's port, `443`; a plain-HTTP address
+//! (`http://…`, `:80`) is served over HTTPS all the same, with a notice. Without one the listener
+//! serves plain HTTP, a port-less address gets `80`, and where Caddy would have served HTTPS a
+//! notice says to give a certificate or to terminate TLS in front of the hub.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
@@ -22,8 +27,8 @@ pub struct SiteAddress {
     pub notices: Vec<Notice>,
 }
 
-/// Reads a `SERVER_NAME` value.
-pub fn parse(value: &str) -> Result<SiteAddress, String> {
+/// Reads a `SERVER_NAME` value, for a listener that serves TLS (`tls`) or plain HTTP.
+pub fn parse(value: &str, tls: bool) -> Result<SiteAddress, String> {
     let addresses: Vec<&str> = value
         .split(|c: char| c == ',' || c.is_whitespace())
         .filter(|a| !a.is_empty())
@@ -34,9 +39,10 @@ pub fn parse(value: &str) -> Result<SiteAddress, String> {
     let mut port = None;
     let mut ip: Option<Option<IpAddr>> = None;
     let mut tls_expected = Vec::new();
+    let mut plain_expected = Vec::new();
     let mut hosts = Vec::new();
     for address in &addresses {
-        let site = site(address)?;
+        let site = site(address, tls)?;
         match port {
             None => port = Some(site.port),
             Some(p) if p != site.port => {
@@ -55,6 +61,8 @@ pub fn parse(value: &str) -> Result<SiteAddress, String> {
         });
         if site.tls {
             tls_expected.push(*address);
+        } else {
+            plain_expected.push(*address);
         }
         if !site.host.is_empty() && this_ip.is_none() {
             hosts.push(site.host.clone());
@@ -70,14 +78,22 @@ pub fn parse(value: &str) -> Result<SiteAddress, String> {
         ip.flatten().unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         port,
     );
+    let protocol = if tls { "HTTPS" } else { "plain HTTP" };
     let mut notices = vec![Notice::info(format!(
-        "SERVER_NAME={value:?}: listening on {listen}, plain HTTP"
+        "SERVER_NAME={value:?}: listening on {listen}, {protocol}"
     ))];
-    if !tls_expected.is_empty() {
+    if tls && !plain_expected.is_empty() {
+        notices.push(Notice::warn(format!(
+            "SERVER_NAME {}: the reference hub would serve plain HTTP here; with --tls-cert and \
+             --tls-key Quicksilver serves HTTPS only, on port {port}",
+            plain_expected.join(", ")
+        )));
+    }
+    if !tls && !tls_expected.is_empty() {
         notices.push(Notice::warn(format!(
             "SERVER_NAME {}: the reference hub would serve HTTPS here; Quicksilver serves plain HTTP \
-             on port {port}: terminate TLS at the load balancer or proxy in front of it (or use \
-             `:{port}` / `http://…` to say so)",
+             on port {port}: give it a certificate (--tls-cert, --tls-key) or terminate TLS at the \
+             load balancer or proxy in front of it (or use `:{port}` / `http://…` to say so)",
             tls_expected.join(", ")
         )));
     }
@@ -98,8 +114,9 @@ struct Site {
     has_path: bool,
 }
 
-/// One Caddy site address: `[scheme://][host][:port][/path]`.
-fn site(address: &str) -> Result<Site, String> {
+/// One Caddy site address: `[scheme://][host][:port][/path]`, for a listener that serves TLS
+/// (`tls_served`) or plain HTTP.
+fn site(address: &str, tls_served: bool) -> Result<Site, String> {
     let bad = |why: &str| format!("SERVER_NAME address {address:?}: {why}");
     let (scheme, rest) = match address.split_once("://") {
         Some((scheme, rest)) => (Some(scheme.to_ascii_lowercase()), rest),
@@ -141,13 +158,6 @@ fn site(address: &str) -> Result<Site, String> {
                 .map_err(|_| bad("the port must be a number from 0 to 65535"))
         })
         .transpose()?;
-    let port = match explicit_port {
-        Some(p) => p,
-        None => match scheme.as_deref() {
-            Some("https") => 443,
-            _ => 80,
-        },
-    };
     if !host.is_empty() && host.parse::<IpAddr>().is_err() && !is_host_name(&host) {
         return Err(bad("not a host name"));
     }
@@ -156,6 +166,13 @@ fn site(address: &str) -> Result<Site, String> {
         Some("https") => true,
         Some(_) => false,
         None => !host.is_empty() && explicit_port != Some(80),
+    };
+    // Without a port, Caddy's: 443 for HTTPS, which this listener serves with a certificate or
+    // when `https://` says so; 80 otherwise.
+    let port = match explicit_port {
+        Some(p) => p,
+        None if scheme.as_deref() == Some("https") || (tls && tls_served) => 443,
+        None => 80,
     };
     Ok(Site {
         host,
@@ -180,11 +197,11 @@ mod tests {
     use crate::config::directives::NoticeLevel;
 
     fn listen(value: &str) -> String {
-        parse(value).unwrap().listen.to_string()
+        parse(value, false).unwrap().listen.to_string()
     }
 
     fn warns(value: &str) -> bool {
-        parse(value)
+        parse(value, false)
             .unwrap()
             .notices
             .iter()
@@ -233,7 +250,40 @@ mod tests {
             "{$HOST}",
             "exa$mple.com",
         ] {
-            assert!(parse(bad).is_err(), "{bad:?} was accepted");
+            assert!(parse(bad, false).is_err(), "{bad:?} was accepted");
+            assert!(parse(bad, true).is_err(), "{bad:?} was accepted");
         }
+    }
+
+    #[test]
+    fn with_a_certificate_the_addresses_caddy_serves_over_https_are_served_over_https() {
+        let served = |value: &str| {
+            let site = parse(value, true).unwrap();
+            let warned = site.notices.iter().any(|n| n.level == NoticeLevel::Warn);
+            (site.listen.to_string(), warned)
+        };
+        assert_eq!(served("localhost"), ("0.0.0.0:443".into(), false));
+        assert_eq!(served("hub.example.com"), ("0.0.0.0:443".into(), false));
+        assert_eq!(
+            served("https://hub.example.com"),
+            ("0.0.0.0:443".into(), false)
+        );
+        assert_eq!(
+            served("hub.example.com:8443"),
+            ("0.0.0.0:8443".into(), false)
+        );
+        assert_eq!(served("127.0.0.1:8443"), ("127.0.0.1:8443".into(), false));
+        // What the reference would serve in plain text is served over HTTPS, with a warning.
+        assert_eq!(served(":80"), ("0.0.0.0:80".into(), true));
+        assert_eq!(
+            served("http://hub.example.com"),
+            ("0.0.0.0:80".into(), true)
+        );
+        let site = parse("localhost", true).unwrap();
+        assert!(
+            site.notices[0].message.contains("HTTPS"),
+            "{:?}",
+            site.notices
+        );
     }
 }

@@ -30,6 +30,17 @@
 //! HTTP/1-or-HTTP/2 detection, which has no timeout of its own, and an HTTP/2 client could send its
 //! preface and then no request.
 //!
+//! # TLS
+//! With `--tls-cert` every connection first completes a TLS handshake ([`crate::tls`]), under the
+//! same header read timeout as its first request head (the two share one deadline: a client that
+//! connects and never finishes its handshake is closed like one that never sends a head). A
+//! client whose first byte is a letter speaks plain HTTP to this port: it is answered `400` in
+//! plain text rather than with a TLS alert it cannot read. After the handshake, a session that
+//! agreed on HTTP/2 by ALPN goes to hyper; any other is served as a plain connection is, the lean
+//! path included, over [`TlsSocket`]. Every limit below applies before the handshake (the counts)
+//! or after it (timeouts, stalls) alike; a refused connection is answered inside a handshake that
+//! offers HTTP/1.1 only, so the client can read the canned answer.
+//!
 //! The listener is bound with a large backlog so a reconnection storm (thousands of clients of a
 //! dead node arriving at once) waits in the kernel's queue instead of being dropped and retried
 //! after the SYN timeout.
@@ -74,8 +85,10 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use super::head::{self, Framing, Head};
-use super::writer::{LeanSocket, SharedSocket, StreamWriter};
+use super::tls::TlsSocket;
+use super::writer::{LeanSocket, SharedSocket, Socket, StreamWriter};
 use crate::client::{ClientCounts, ClientSlot, Peer, TrustedProxies};
+use crate::tls::Tls;
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
 const LISTEN_BACKLOG: u32 = 65_535;
@@ -112,6 +125,8 @@ pub struct ConnectionMetrics {
     pub idle_closed: Counter,
     /// Accept-to-write latency of live updates the fan-out writes to lean sockets directly.
     pub delivery_latency: Option<Histogram>,
+    /// The TLS listener's handshakes and certificate reloads.
+    pub tls: crate::tls::TlsMetrics,
 }
 
 /// How the accept loop bounds connections (see the module's "Limits").
@@ -135,6 +150,8 @@ pub struct ServeOptions {
     pub http2_max_streams: u32,
     /// Interval of HTTP/2 pings, and how long one may go unanswered (`None`: no pings).
     pub http2_keep_alive: Option<Duration>,
+    /// Serve TLS only, with this certificate (`None`: plain HTTP).
+    pub tls: Option<Tls>,
 }
 
 impl Default for ServeOptions {
@@ -149,6 +166,7 @@ impl Default for ServeOptions {
             trusted_proxies: TrustedProxies::default(),
             http2_max_streams: 100,
             http2_keep_alive: None,
+            tls: None,
         }
     }
 }
@@ -227,7 +245,7 @@ pub async fn serve(
         let open = &shared.metrics.open;
         if usize::try_from(open.get()).unwrap_or(0) >= shared.options.max_connections {
             shared.metrics.refused.inc();
-            refuse(stream, &refusals, REFUSED_FULL);
+            refuse(stream, &refusals, REFUSED_FULL, &shared.options.tls);
             continue;
         }
         // Behind a trusted proxy the peer speaks for many clients: they are counted per stream
@@ -239,7 +257,7 @@ pub async fn serve(
                 Some(slot) => Some(slot),
                 None => {
                     shared.metrics.refused_per_client.inc();
-                    refuse(stream, &refusals, REFUSED_CLIENT);
+                    refuse(stream, &refusals, REFUSED_CLIENT, &shared.options.tls);
                     continue;
                 }
             }
@@ -250,7 +268,17 @@ pub async fn serve(
         open.inc();
         let shared = shared.clone();
         tracker.spawn(async move {
-            connection(stream, Peer(peer), &shared).await;
+            match &shared.options.tls {
+                None => {
+                    let first_head = shared.options.header_read_timeout;
+                    // Shared with the shard of whichever subscriber it carries (direct writes).
+                    let latency = shared.metrics.delivery_latency.clone();
+                    let socket = SharedSocket(LeanSocket::new(stream, latency));
+                    connection(socket, Peer(peer), &shared, first_head).await;
+                }
+                // Boxed: a plain connection's task keeps no room for a TLS session.
+                Some(tls) => Box::pin(tls_connection(stream, Peer(peer), &shared, tls)).await,
+            }
             drop::<Option<ClientSlot>>(slot);
             open.dec();
         });
@@ -266,27 +294,37 @@ pub async fn serve(
     }
 }
 
-/// A refusal: its status line and its reason.
+/// A refusal: its status line, its reason, and whether to retry after a second.
 #[derive(Clone, Copy)]
-struct Refusal(&'static str, &'static str);
+struct Refusal(&'static str, &'static str, bool);
 
 /// The answer to a connection refused because the node is full.
 const REFUSED_FULL: Refusal = Refusal(
     "503 Service Unavailable",
     "this node holds its maximum number of connections, retry on another\n",
+    true,
 );
 
 /// The answer to a connection refused because its client address holds its share.
 const REFUSED_CLIENT: Refusal = Refusal(
     "429 Too Many Requests",
     "too many connections from this client address\n",
+    true,
+);
+
+/// The answer to a plain-HTTP request on the TLS listener.
+const REFUSED_PLAINTEXT: Refusal = Refusal(
+    "400 Bad Request",
+    "this port serves HTTPS only: use https://\n",
+    false,
 );
 
 impl Refusal {
     fn encode(self) -> Vec<u8> {
-        let Refusal(status, reason) = self;
+        let Refusal(status, reason, retry) = self;
+        let retry = if retry { "retry-after: 1\r\n" } else { "" };
         format!(
-            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\n\
+            "HTTP/1.1 {status}\r\ncontent-type: text/plain; charset=utf-8\r\n{retry}\
              connection: close\r\ncontent-length: {}\r\n\r\n{reason}",
             reason.len()
         )
@@ -294,56 +332,165 @@ impl Refusal {
     }
 }
 
-/// Answers a refused connection with `answer` and closes it: the request head is awaited (briefly,
-/// and into a small buffer) so HTTP clients see an answer to their request, the answer goes out
-/// with one write (a new socket's send buffer takes it whole), then the write side is closed and
-/// what else the client sent is read and dropped for a moment, so that closing does not reset the
-/// connection before the client read the answer. At most [`MAX_REFUSALS_IN_FLIGHT`] at once.
-fn refuse(stream: TcpStream, refusals: &Arc<tokio::sync::Semaphore>, answer: Refusal) {
+/// How long a refused connection may take to send its request head (and, on the TLS listener,
+/// to finish its handshake first), and then to read the answer.
+const REFUSAL_WAIT: Duration = Duration::from_secs(1);
+
+/// Answers a refused connection with `answer` and closes it (see [`answer_and_close`]), on the
+/// TLS listener after a handshake (bounded by [`REFUSAL_WAIT`]): a TLS client reads an answer only
+/// inside a session. At most [`MAX_REFUSALS_IN_FLIGHT`] at once.
+fn refuse(
+    stream: TcpStream,
+    refusals: &Arc<tokio::sync::Semaphore>,
+    answer: Refusal,
+    tls: &Option<Tls>,
+) {
     let Ok(permit) = refusals.clone().try_acquire_owned() else {
         return;
     };
+    let tls = tls.clone();
     tokio::spawn(async move {
-        let mut stream = stream;
-        let mut buf = [0u8; 2048];
-        let mut seen = 0usize;
-        let mut tail = [0u8; 4];
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            loop {
-                match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => {
-                        // Only the last four bytes matter to find the head's end.
-                        for &b in &buf[..n] {
-                            tail = [tail[1], tail[2], tail[3], b];
-                            if &tail == b"\r\n\r\n" {
-                                return;
-                            }
-                        }
-                        seen += n;
-                        if seen >= head::MAX_HEAD_BYTES {
-                            return;
-                        }
-                    }
+        match tls {
+            None => answer_and_close(stream, answer).await,
+            Some(tls) => {
+                let handshake =
+                    tokio::time::timeout(REFUSAL_WAIT, tls.refusal_acceptor().accept(stream));
+                if let Ok(Ok(session)) = handshake.await {
+                    answer_and_close(TlsSocket::new(session), answer).await;
                 }
             }
-        })
-        .await;
-        if stream.try_write(&answer.encode()).is_err() {
-            return;
         }
-        let _ = stream.shutdown().await;
-        let _ = tokio::time::timeout(Duration::from_secs(1), async {
-            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
-                if n == 0 {
-                    break;
-                }
-            }
-        })
-        .await;
         drop(permit);
     });
 }
+
+/// Answers `answer` to a connection and closes it: the request head is awaited (briefly, and
+/// into a small buffer) so HTTP clients see an answer to their request, the answer goes out with
+/// one write (a new socket's send buffer takes it whole), then the write side is closed and what
+/// else the client sent is read and dropped for a moment, so that closing does not reset the
+/// connection before the client read the answer.
+async fn answer_and_close<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S, answer: Refusal) {
+    let mut buf = [0u8; 2048];
+    let mut seen = 0usize;
+    let mut tail = [0u8; 4];
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        loop {
+            match tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => {
+                    // Only the last four bytes matter to find the head's end.
+                    for &b in &buf[..n] {
+                        tail = [tail[1], tail[2], tail[3], b];
+                        if &tail == b"\r\n\r\n" {
+                            return;
+                        }
+                    }
+                    seen += n;
+                    if seen >= head::MAX_HEAD_BYTES {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    let written = tokio::time::timeout(REFUSAL_WAIT, async {
+        stream.write_all(&answer.encode()).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        return;
+    }
+    let _ = tokio::time::timeout(REFUSAL_WAIT, async {
+        while let Ok(n) = tokio::io::AsyncReadExt::read(&mut stream, &mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+/// The first byte of a TLS record that carries a handshake message (a client hello starts so).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
+/// How a TLS connection's handshake ended.
+enum Handshake {
+    /// A session, ready for requests.
+    Done(TlsSocket),
+    /// The client sent plain HTTP.
+    Plaintext(TcpStream),
+    /// The client left, or the handshake failed.
+    Failed,
+}
+
+/// Runs a new connection's TLS handshake. A client whose first byte is a letter speaks plain HTTP
+/// to this port: it is handed back to be answered in plain text rather than with a TLS alert it
+/// cannot read.
+async fn handshake(stream: TcpStream, tls: &Tls) -> Handshake {
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first).await {
+        Ok(1..) => {}
+        // Left without a word (a TCP health check): nothing failed.
+        Ok(0) | Err(_) => return Handshake::Failed,
+    }
+    if first[0] != TLS_HANDSHAKE_RECORD && first[0].is_ascii_alphabetic() {
+        return Handshake::Plaintext(stream);
+    }
+    match tls.acceptor().accept(stream).await {
+        Ok(session) => Handshake::Done(TlsSocket::new(session)),
+        Err(e) => {
+            tls.metrics().handshake_failures.inc();
+            tracing::debug!(error = %e, "TLS handshake failed");
+            Handshake::Failed
+        }
+    }
+}
+
+/// Serves one connection of the TLS listener: the handshake, then, by the protocol agreed by
+/// ALPN, HTTP/2 through hyper or HTTP/1.1 as [`connection`] serves plain ones.
+///
+/// The handshake counts against the header read timeout: a client that opens a connection and
+/// never finishes its handshake holds a socket and a task exactly like one that never sends its
+/// head, so the handshake and the first request head share one deadline.
+async fn tls_connection(stream: TcpStream, peer: Peer, shared: &ServeContext, tls: &Tls) {
+    let limit = shared.options.header_read_timeout;
+    let started = tokio::time::Instant::now();
+    // Boxed: the handshake's state is freed once it is done.
+    let shaken = match limit {
+        Some(limit) => match tokio::time::timeout(limit, Box::pin(handshake(stream, tls))).await {
+            Ok(shaken) => shaken,
+            Err(_) => {
+                tls.metrics().handshake_timeouts.inc();
+                tracing::debug!("closing a connection whose TLS handshake did not finish in time");
+                return;
+            }
+        },
+        None => Box::pin(handshake(stream, tls)).await,
+    };
+    let socket = match shaken {
+        Handshake::Done(socket) => socket,
+        Handshake::Plaintext(stream) => {
+            tls.metrics().plaintext_refused.inc();
+            answer_and_close(stream, REFUSED_PLAINTEXT).await;
+            return;
+        }
+        Handshake::Failed => return,
+    };
+    let first_head = limit.map(|limit| limit.saturating_sub(started.elapsed()));
+    if socket.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+        let io = Rewind::new(socket, Bytes::new());
+        Box::pin(serve_hyper(io, peer, shared, first_head)).await;
+    } else {
+        connection(socket, peer, shared, first_head).await;
+    }
+}
+
+/// What a connection is served over: a TCP stream, or a TLS session on one ([`TlsSocket`]).
+trait ClientSocket: Socket + AsyncRead + Send + 'static {}
+
+impl<S: Socket + AsyncRead + Send + 'static> ClientSocket for S {}
 
 /// Serves one connection: its subscriptions on the lean path, and from the first request that is
 /// not one, everything through hyper.
@@ -352,12 +499,18 @@ fn refuse(stream: TcpStream, refusals: &Arc<tokio::sync::Semaphore>, answer: Ref
 /// in (reading the head under its timeout, routing, encoding the response head) runs in boxed
 /// futures freed before the stream starts, and the stream itself is written by [`StreamWriter`], a
 /// hand-written future of a few words.
-async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
+async fn connection<S: ClientSocket>(
+    mut stream: S,
+    peer: Peer,
+    shared: &ServeContext,
+    first_head: Option<Duration>,
+) {
     let mut read = Vec::new();
     let mut kept_alive = false;
     loop {
-        // The first head within the header read timeout; a kept-alive connection's next one
-        // within the idle timeout too, when that is shorter.
+        // The first head within `first_head` (the header read timeout, less the TLS handshake);
+        // a kept-alive connection's next one within the header read timeout, and within the idle
+        // timeout too, when that is shorter.
         let options = &shared.options;
         let head_timeout = match (
             kept_alive,
@@ -366,7 +519,7 @@ async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
         ) {
             (true, Some(a), Some(b)) => Some(a.min(b)),
             (true, a, b) => a.or(b),
-            (false, a, _) => a,
+            (false, _, _) => first_head,
         };
         let next = Box::pin(next_head(
             &mut stream,
@@ -382,7 +535,8 @@ async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
             }
             Some(NextRequest::Hyper(read)) => {
                 // Boxed so that a lean stream's task does not carry room for hyper's state.
-                Box::pin(serve_hyper(Rewind::new(stream, read), peer, shared)).await;
+                let io = Rewind::new(stream, read);
+                Box::pin(serve_hyper(io, peer, shared, head_timeout)).await;
                 return;
             }
         };
@@ -401,21 +555,19 @@ async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
         };
         let keep_alive = match writer {
             Some((head, body, cut_off)) => {
-                // Shared with the subscriber's shard while the stream lasts (direct writes).
-                let lean = LeanSocket::new(stream, shared.metrics.delivery_latency.clone());
-                let direct = cut_off
-                    .as_ref()
-                    .map(|c| c.direct_writes().attach(lean.clone()));
-                let mut socket = SharedSocket(lean);
-                let written = StreamWriter::new(&mut socket, head, body, cut_off, direct.is_some())
+                // A socket the fan-out can write to is lent to the subscriber's shard while the
+                // stream lasts; the subscriber's end (with the writer's) takes it back.
+                let direct = match (&cut_off, stream.direct_sink()) {
+                    (Some(cut_off), Some(sink)) => {
+                        cut_off.direct_writes().attach(sink);
+                        true
+                    }
+                    _ => false,
+                };
+                StreamWriter::new(&mut stream, head, body, cut_off, direct)
                     .await
-                    .is_ok();
-                // The writer and its subscriber are gone, and with them the shard's hold.
-                match LeanSocket::into_inner(socket.0) {
-                    Some(back) => stream = back,
-                    None => return,
-                }
-                written && keep_alive
+                    .is_ok()
+                    && keep_alive
             }
             None => keep_alive,
         };
@@ -429,8 +581,8 @@ async fn connection(mut stream: TcpStream, peer: Peer, shared: &ServeContext) {
 
 /// Reads the next request head, within `timeout` when there is one; `read` holds bytes of it read
 /// earlier (pipelined after the previous request). `None` when the client left or took too long.
-async fn next_head(
-    stream: &mut TcpStream,
+async fn next_head<S: ClientSocket>(
+    stream: &mut S,
     read: Vec<u8>,
     timeout: Option<Duration>,
 ) -> Option<NextRequest> {
@@ -459,10 +611,13 @@ enum NextRequest {
 
 /// Reads until a request head is complete (or shown to be one for hyper), starting with the bytes
 /// in `buf`. `None` when the client left first.
-async fn read_head(stream: &mut TcpStream, mut buf: Vec<u8>) -> Option<NextRequest> {
+async fn read_head<S: ClientSocket>(stream: &mut S, mut buf: Vec<u8>) -> Option<NextRequest> {
     if buf.is_empty() {
         // A client that connected (or kept its connection) but sends nothing yet costs no buffer.
-        stream.readable().await.ok()?;
+        let mut probe = [0u8; 1];
+        std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut probe)))
+            .await
+            .ok()?;
     }
     loop {
         match head::classify(&buf, crate::HUB_PATH) {
@@ -502,8 +657,8 @@ enum Answer {
 
 /// Answers a lean request through the router. A response of known length (an error, a redirect) is
 /// written here; a streamed one is handed back to be written by [`StreamWriter`].
-async fn respond(
-    stream: &mut TcpStream,
+async fn respond<S: AsyncWrite + Unpin>(
+    stream: &mut S,
     shared: &ServeContext,
     request: Box<http::Request<()>>,
 ) -> std::io::Result<Answer> {
@@ -585,8 +740,14 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
     }
 }
 
-/// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, with upgrades).
-async fn serve_hyper(io: Rewind, peer: Peer, shared: &ServeContext) {
+/// Serves the rest of a connection with hyper (HTTP/1 or HTTP/2, with upgrades); hyper must have
+/// a request head within `request_within`.
+async fn serve_hyper<S: ClientSocket>(
+    io: Rewind<S>,
+    peer: Peer,
+    shared: &ServeContext,
+    request_within: Option<Duration>,
+) {
     let app = shared.app.clone();
     // Cancelled when hyper has read a request head (it calls the service then).
     let started = CancellationToken::new();
@@ -627,7 +788,7 @@ async fn serve_hyper(io: Rewind, peer: Peer, shared: &ServeContext) {
     );
     tokio::select! {
         _ = connection.as_mut() => return,
-        () = no_request_within(&started, shared.options.header_read_timeout) => {
+        () = no_request_within(&started, request_within) => {
             tracing::debug!("closing a connection that sent no complete request in time");
             return;
         }
@@ -816,16 +977,16 @@ async fn no_request_within(started: &CancellationToken, timeout: Option<Duration
     std::future::pending::<()>().await
 }
 
-/// A TCP stream that first yields bytes already read from it, so hyper parses the connection from
-/// its start, and that records whether its writes are blocked.
-struct Rewind {
+/// A connection's stream that first yields bytes already read from it, so hyper parses the
+/// connection from its start, and that records whether its writes are blocked.
+struct Rewind<S> {
     prefix: Bytes,
-    inner: TcpStream,
+    inner: S,
     stall: Arc<WriteStall>,
 }
 
-impl Rewind {
-    fn new(inner: TcpStream, prefix: Bytes) -> Self {
+impl<S> Rewind<S> {
+    fn new(inner: S, prefix: Bytes) -> Self {
         Self {
             prefix,
             inner,
@@ -834,7 +995,7 @@ impl Rewind {
     }
 }
 
-impl AsyncRead for Rewind {
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -850,7 +1011,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

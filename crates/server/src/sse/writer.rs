@@ -6,7 +6,9 @@
 //! subscriber's task holds for as long as its stream lasts, and an `async fn`'s state keeps room
 //! for every local of every await point. It holds no buffer between writes: the unsent bytes are
 //! the head (freed once written) and the current frame (a shared `Bytes`), with the chunk's size
-//! line on the stack, written with one vectored write when the socket takes it all.
+//! line on the stack, written with one vectored write when the socket takes it all, then flushed
+//! (a no-op on TCP; a TLS socket, [`super::tls::TlsSocket`], keeps the records it encrypted until
+//! the socket takes them, and nothing else would push them out before the next update).
 //!
 //! While it waits for the next frame it peeks at the socket, so a client that closes its end is
 //! noticed at once (as hyper notices it), without taking the bytes of a pipelined next request.
@@ -36,7 +38,7 @@ use http_body::Body as _;
 use prometheus_client::metrics::histogram::Histogram;
 use quicksilver_fanout::{CutOff, CutOffReason, DirectSink, Sent};
 use quicksilver_protocol::Envelope;
-use tokio::io::{AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::head;
@@ -50,6 +52,13 @@ pub trait Socket: AsyncWrite + Unpin {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<usize>>;
+
+    /// The socket as the fan-out may write to it directly ([`quicksilver_fanout::direct`]), if it
+    /// can be shared so (a plain TCP connection's [`SharedSocket`]; not a TLS session, whose
+    /// writes go through its own state).
+    fn direct_sink(&self) -> Option<Arc<dyn DirectSink>> {
+        None
+    }
 }
 
 impl Socket for TcpStream {
@@ -62,10 +71,9 @@ impl Socket for TcpStream {
     }
 }
 
-/// A plain TCP connection's socket while it carries a subscriber's stream, shared by the stream's
-/// writer and, through the fan-out's direct way, the subscriber's shard (see the module
-/// documentation). The connection takes the socket back ([`LeanSocket::into_inner`]) once the
-/// stream ended.
+/// A plain TCP connection's socket, shared by the connection's task and, while it carries a
+/// subscriber's stream, that subscriber's shard through the fan-out's direct way (see the module
+/// documentation). The subscriber's end detaches it from the fan-out.
 #[derive(Debug)]
 pub struct LeanSocket {
     socket: TcpStream,
@@ -78,12 +86,6 @@ impl LeanSocket {
     /// Shares `socket`.
     pub fn new(socket: TcpStream, latency: Option<Histogram>) -> Arc<Self> {
         Arc::new(Self { socket, latency })
-    }
-
-    /// The socket, once nothing else holds it (the stream's subscriber is gone, which detaches it
-    /// from the fan-out); `None` if something still does.
-    pub fn into_inner(this: Arc<Self>) -> Option<TcpStream> {
-        Arc::into_inner(this).map(|shared| shared.socket)
     }
 }
 
@@ -115,9 +117,30 @@ impl DirectSink for LeanSocket {
     }
 }
 
-/// The writer's handle on a [`LeanSocket`]: the socket's own `AsyncWrite` and peek, through the
-/// shared reference.
+/// The connection's handle on its [`LeanSocket`]: the socket's reads, writes and peeks through the
+/// shared reference (as Tokio's own `TcpStream` does them: wait for readiness, try, repeat).
 pub struct SharedSocket(pub Arc<LeanSocket>);
+
+impl AsyncRead for SharedSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let socket = &self.0.socket;
+        loop {
+            std::task::ready!(socket.poll_read_ready(cx))?;
+            match socket.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
 
 impl AsyncWrite for SharedSocket {
     fn poll_write(
@@ -158,9 +181,13 @@ impl AsyncWrite for SharedSocket {
         Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // The connection shuts the socket down once it has it back.
-        Poll::Ready(Ok(()))
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match Arc::get_mut(&mut self.0) {
+            Some(lean) => Pin::new(&mut lean.socket).poll_shutdown(cx),
+            // Still lent to a shard (a stream that did not end cleanly): the socket closes when
+            // the last holder lets it go.
+            None => Poll::Ready(Ok(())),
+        }
     }
 }
 
@@ -171,6 +198,10 @@ impl Socket for SharedSocket {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<usize>> {
         self.0.socket.poll_peek(cx, buf)
+    }
+
+    fn direct_sink(&self) -> Option<Arc<dyn DirectSink>> {
+        Some(self.0.clone())
     }
 }
 
@@ -195,6 +226,9 @@ pub struct StreamWriter<'a, S> {
     /// Set once the client sent bytes (a next request): stop watching for EOF then, as hyper does;
     /// the bytes stay in the socket for whoever serves the connection after this response.
     client_spoke: bool,
+    /// Everything written has been flushed: a TLS socket keeps what it encrypted until the socket
+    /// takes it, and must be flushed once no further write follows (a no-op on TCP).
+    flushed: bool,
     /// When the current write blocked ([`quicksilver_fanout::now_ms`]); 0 while writes go through.
     blocked_since_ms: u64,
 }
@@ -324,6 +358,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
             out: Unsent::new(head),
             ended: false,
             client_spoke: false,
+            flushed: true,
             blocked_since_ms: 0,
         }
     }
@@ -351,7 +386,7 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
         }
     }
 
-    /// Writes what is unsent, with as few system calls as the socket allows.
+    /// Writes what is unsent, with as few system calls as the socket allows, then flushes it.
     fn poll_write_unsent(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while !self.out.is_empty() {
             let slices = self.out.slices();
@@ -362,31 +397,42 @@ impl<'a, S: Socket> StreamWriter<'a, S> {
                 }
                 Poll::Ready(Ok(n)) => {
                     self.blocked_since_ms = 0;
+                    self.flushed = false;
                     self.out.advance(n);
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Pending => {
-                    // The client is not reading: end the wait when the stream must end.
-                    if let Some(cut_off) = &self.cut_off {
-                        if self.blocked_since_ms == 0 {
-                            self.blocked_since_ms = quicksilver_fanout::now_ms();
-                        }
-                        if let Poll::Ready(reason) = cut_off.poll_cut_off(cx, self.blocked_since_ms)
-                        {
-                            let kind = match reason {
-                                CutOffReason::TooSlow => std::io::ErrorKind::ConnectionAborted,
-                                CutOffReason::Stalled | CutOffReason::Deadline => {
-                                    std::io::ErrorKind::TimedOut
-                                }
-                            };
-                            return Poll::Ready(Err(kind.into()));
-                        }
-                    }
-                    return Poll::Pending;
+                Poll::Pending => return self.poll_blocked(cx),
+            }
+        }
+        if !self.flushed {
+            match Pin::new(&mut *self.socket).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.blocked_since_ms = 0;
+                    self.flushed = true;
                 }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return self.poll_blocked(cx),
             }
         }
         Poll::Ready(Ok(()))
+    }
+
+    /// A write (or flush) is blocked: the client is not reading. Ends the wait with an error when
+    /// the stream must end, else stays `Pending`.
+    fn poll_blocked(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(cut_off) = &self.cut_off {
+            if self.blocked_since_ms == 0 {
+                self.blocked_since_ms = quicksilver_fanout::now_ms();
+            }
+            if let Poll::Ready(reason) = cut_off.poll_cut_off(cx, self.blocked_since_ms) {
+                let kind = match reason {
+                    CutOffReason::TooSlow => std::io::ErrorKind::ConnectionAborted,
+                    CutOffReason::Stalled | CutOffReason::Deadline => std::io::ErrorKind::TimedOut,
+                };
+                return Poll::Ready(Err(kind.into()));
+            }
+        }
+        Poll::Pending
     }
 
     /// Whether the idle client closed its end (`Ready(true)`) or sent something (`Ready(false)`).
@@ -421,13 +467,18 @@ impl<S: Socket> Future for StreamWriter<'_, S> {
         }
         loop {
             if this.out.chunk_done() {
-                if this.ended {
-                    // The last chunk (and everything before it) is written.
-                    return Poll::Ready(Ok(()));
-                }
                 // The head goes out with the first frame when that is ready at once (the
-                // preamble is), in one write; otherwise alone.
-                if this.poll_next_chunk(cx)?.is_pending() && this.out.is_empty() {
+                // preamble is), in one write; otherwise alone. Unflushed bytes are flushed
+                // before the writer waits for a frame or ends.
+                if this.ended {
+                    if this.flushed {
+                        // The last chunk (and everything before it) is written.
+                        return Poll::Ready(Ok(()));
+                    }
+                } else if this.poll_next_chunk(cx)?.is_pending()
+                    && this.out.is_empty()
+                    && this.flushed
+                {
                     if !this.client_spoke {
                         match this.poll_client_gone(cx) {
                             Poll::Ready(true) => {
