@@ -37,6 +37,16 @@ pub fn encode_update(update: &Update) -> Bytes {
     buf.freeze()
 }
 
+/// `frame` as one HTTP/1.1 chunk: its length in hex and CRLF, the frame, CRLF.
+pub fn chunked(frame: &[u8]) -> Bytes {
+    let size = format!("{:X}\r\n", frame.len());
+    let mut buf = BytesMut::with_capacity(size.len() + frame.len() + 2);
+    buf.put_slice(size.as_bytes());
+    buf.put_slice(frame);
+    buf.put_slice(b"\r\n");
+    buf.freeze()
+}
+
 /// Encodes a `retry:` field alone, telling clients how soon to reconnect (used when draining).
 pub fn encode_retry(ms: u64) -> Bytes {
     Bytes::from(format!("retry: {ms}\n\n"))
@@ -71,6 +81,12 @@ fn split_lines(data: &str) -> impl Iterator<Item = &str> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_frame_as_one_chunk() {
+        assert_eq!(&chunked(b"data: x\n\n")[..], b"9\r\ndata: x\n\n\r\n");
+        assert_eq!(&chunked(&[b'a'; 300])[..5], b"12C\r\n");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

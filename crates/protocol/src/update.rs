@@ -42,8 +42,12 @@ pub struct Envelope {
     pub position: Position,
     /// The update itself (topics and privacy are needed to decide who receives it).
     pub update: Update,
-    /// The complete SSE event (`id:`, `event:`, `retry:`, `data:` lines and the blank line).
+    /// The complete SSE event (`id:`, `event:`, `retry:`, `data:` lines and the blank line); a
+    /// slice of `chunk`.
     pub frame: Bytes,
+    /// The same event as one HTTP/1.1 chunk (its size line, the frame, CRLF), encoded once so
+    /// that a socket is written the update with one plain write ([`sse::chunked`]).
+    pub chunk: Bytes,
     /// When the publishing node accepted the update, in microseconds since the Unix epoch; used for
     /// delivery latency metrics. `0` when unknown.
     pub accepted_at_micros: u64,
@@ -72,10 +76,15 @@ impl Envelope {
     /// Wraps a stored update, encoding its SSE frame.
     pub fn new(position: Position, update: Update, accepted_at_micros: u64) -> Self {
         let frame = sse::encode_update(&update);
+        let chunk = sse::chunked(&frame);
+        // The frame is the chunk's data: shared, not copied twice.
+        let start = chunk.len() - frame.len() - 2;
+        let frame = chunk.slice(start..start + frame.len());
         Self {
             position,
             update,
             frame,
+            chunk,
             accepted_at_micros,
             trace_context: None,
             follows: None,
