@@ -105,6 +105,7 @@ start_quicksilver() { # start_quicksilver [memory]
 # Finds (or builds) floorhub; without it, drops it from HUBS and says so.
 find_floorhub() {
     FLOORHUB_BIN=$FLOORHUB_TARGET/release/floorhub
+    FLOORHUB=$(cd "$FLOORHUB" 2>/dev/null && pwd || echo "$FLOORHUB")
     if [ ! -f "$FLOORHUB/Cargo.toml" ]; then
         echo "floorhub not found at $FLOORHUB (set FLOORHUB=<its directory>): the floor column is left out" >&2
         FLOOR_NOTE="floorhub was not found at $FLOORHUB: no floor column in this run."
