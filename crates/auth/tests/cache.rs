@@ -58,7 +58,7 @@ fn current(exp: u64) -> String {
 fn verifier(capacity: usize) -> (Verifier, SharedKeySet) {
     let keys = SharedKeySet::new(KeySet::from_key(KeySpec::new(SECRET, "HS256").unwrap()));
     let issuer = TrustedIssuer::new(ISSUER, keys.clone()).unwrap();
-    let issuer = issuer.with_algorithms(&["HS256"]).unwrap();
+    let issuer = issuer.with_algorithms(["HS256"]).unwrap();
     let current = AccessTokenVerifier::new([issuer], AccessTokenOptions::default()).unwrap();
     let legacy = TokenVerifier::new(
         KeySpec::new(SECRET, "HS256").unwrap(),
