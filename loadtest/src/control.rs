@@ -117,11 +117,27 @@ pub(crate) struct Accounting {
     #[serde(default)]
     pub(crate) reconnect_failures: u64,
     /// Subscribers by the number of connections they opened after their first (how often each
-    /// client had to move: a rolling update should move each one once).
-    #[serde(default)]
+    /// client had to move: a rolling update should move each one once). Read back through
+    /// [`number_keys`]: inside the internally tagged [`Event`], serde cannot read a map's number
+    /// keys back from JSON's string keys by itself.
+    #[serde(default, deserialize_with = "number_keys")]
     pub(crate) subscribers_by_reconnects: BTreeMap<u64, u64>,
     /// A few subscribers with problems, described.
     pub(crate) examples: Vec<String>,
+}
+
+/// A JSON object of counts whose keys are numbers written as strings (`{"0": 7}`).
+fn number_keys<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<BTreeMap<u64, u64>, D::Error> {
+    BTreeMap::<String, u64>::deserialize(deserializer)?
+        .into_iter()
+        .map(|(key, count)| {
+            key.parse()
+                .map(|key| (key, count))
+                .map_err(|_| serde::de::Error::custom(format!("{key:?} is not a count")))
+        })
+        .collect()
 }
 
 impl Accounting {
@@ -237,4 +253,28 @@ pub(crate) async fn serve_stdio() -> anyhow::Result<()> {
     let outcome = crate::worker::run(spec, command_rx, event_tx, true).await;
     writer.await??;
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_result_survives_the_trip_to_the_parent() {
+        let result = WorkerResult {
+            accounting: Accounting {
+                subscribers_by_reconnects: [(0, 7), (2, 1)].into(),
+                ..Accounting::default()
+            },
+            ..WorkerResult::default()
+        };
+        let line = serde_json::to_string(&Event::Result(Box::new(result))).unwrap();
+        let Event::Result(back) = serde_json::from_str(&line).unwrap() else {
+            panic!("not a result: {line}");
+        };
+        assert_eq!(
+            back.accounting.subscribers_by_reconnects,
+            [(0, 7), (2, 1)].into()
+        );
+    }
 }

@@ -44,9 +44,10 @@ use serde_json::Value;
 use crate::details::{self, DetailLimits};
 use crate::error::{AuthError, TokenRejection};
 use crate::grants::Grants;
-use crate::issuer::{IssuerError, TrustedIssuer};
+use crate::issuer::{IssuerError, IssuerKeys, TrustedIssuer};
+use crate::jwks::SharedKeySet;
 use crate::jws;
-use crate::verifier::{check_validity_window, rejection, to_system_time, DEFAULT_MAX_TOKEN_BYTES};
+use crate::verifier::{rejection, to_system_time, Validity, DEFAULT_MAX_TOKEN_BYTES};
 
 /// Who the hub is, for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -201,6 +202,28 @@ impl AccessTokenVerifier {
         hub: &HubIdentity<'_>,
         now: SystemTime,
     ) -> Result<VerifiedAccessToken, AuthError> {
+        self.verify_window_at(store, token, hub, now)
+            .map(|(verified, _)| verified)
+    }
+
+    /// The JWK Sets the server may replace under this verifier (the trusted issuers' shared sets).
+    pub(crate) fn key_sets(&self) -> impl Iterator<Item = &SharedKeySet> {
+        self.issuers
+            .values()
+            .filter_map(|issuer| match issuer.keys() {
+                IssuerKeys::Shared(shared) => Some(shared),
+                IssuerKeys::Fixed(_) => None,
+            })
+    }
+
+    /// Verifies `token` as of `now` and returns it with the validity window it holds in.
+    pub(crate) fn verify_window_at(
+        &self,
+        store: &SelectorStore,
+        token: &str,
+        hub: &HubIdentity<'_>,
+        now: SystemTime,
+    ) -> Result<(VerifiedAccessToken, Validity), AuthError> {
         if token.len() > self.options.max_token_bytes {
             return Err(AuthError::TokenTooLong {
                 max: self.options.max_token_bytes,
@@ -236,7 +259,12 @@ impl AccessTokenVerifier {
             return Err(TokenRejection::Issuer.into());
         }
         let exp = claims.exp.ok_or(TokenRejection::MissingExpiry)?;
-        check_validity_window(Some(exp), claims.nbf, now, self.options.leeway)?;
+        let validity = Validity {
+            exp: Some(exp),
+            nbf: claims.nbf,
+            leeway: self.options.leeway,
+        };
+        validity.check(now)?;
         let audience_ok = !hub.resource.is_empty()
             && claims
                 .aud
@@ -253,11 +281,12 @@ impl AccessTokenVerifier {
             &self.options.details,
         )?
         .with_expires_at(to_system_time(exp));
-        Ok(VerifiedAccessToken {
+        let verified = VerifiedAccessToken {
             grants,
             issuer: issuer.identifier().to_string(),
             subject: claims.sub,
-        })
+        };
+        Ok((verified, validity))
     }
 }
 

@@ -31,11 +31,13 @@
 //! the reason, and the generation of the token presented (read once per request, here). How the
 //! failure is answered (status, `WWW-Authenticate`) is the server's decision.
 
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use quicksilver_protocol::SelectorStore;
 
 use crate::access::{AccessTokenVerifier, HubIdentity};
+use crate::cache::{TokenCache, TokenCacheStats, Verified};
 use crate::error::{AuthError, AuthFailure, TokenRejection};
 use crate::extract::{extract, CredentialConfig, ExtractedToken, RequestParts, TokenSource};
 use crate::jws;
@@ -76,6 +78,8 @@ pub struct Verifier {
     current: AccessTokenVerifier,
     legacy: Option<TokenVerifier>,
     config: CredentialConfig,
+    /// Verified tokens remembered ([`Verifier::with_token_cache`]); clones share it.
+    cache: Option<Arc<TokenCache>>,
 }
 
 impl Verifier {
@@ -90,7 +94,28 @@ impl Verifier {
             current,
             legacy,
             config,
+            cache: None,
         }
+    }
+
+    /// Remembers up to `capacity` verified tokens ([`crate::cache`]); `0` verifies every token
+    /// every time.
+    pub fn with_token_cache(mut self, capacity: usize) -> Self {
+        self.cache = (capacity > 0).then(|| {
+            let key_sets = self
+                .current
+                .key_sets()
+                .chain(self.legacy.as_ref().and_then(TokenVerifier::key_set))
+                .cloned()
+                .collect();
+            Arc::new(TokenCache::new(capacity, key_sets))
+        });
+        self
+    }
+
+    /// The token cache's counts, when it has one.
+    pub fn token_cache_stats(&self) -> Option<TokenCacheStats> {
+        self.cache.as_ref().map(|cache| cache.stats())
     }
 
     /// Whether legacy tokens are accepted.
@@ -116,8 +141,33 @@ impl Verifier {
         let Some(found) = found else {
             return Ok(None);
         };
+        let source = found.source;
+        let lookup = match &self.cache {
+            Some(cache) => match cache.find(found.token, hub, now) {
+                Ok(known) => {
+                    return authenticated(&known, source)
+                        .map(Some)
+                        .map_err(|error| AuthFailure {
+                            error,
+                            generation: Some(known.generation),
+                        })
+                }
+                Err(lookup) => Some(lookup),
+            },
+            None => None,
+        };
         let generation = token_generation(found.token);
-        self.verify(store, found, generation, hub, now)
+        let verified = self
+            .verify(store, found, generation, hub, now)
+            .map_err(|error| AuthFailure {
+                error,
+                generation: Some(generation),
+            })?;
+        let verified = Arc::new(verified);
+        if let (Some(cache), Some(lookup)) = (&self.cache, lookup) {
+            cache.remember(lookup, Arc::clone(&verified));
+        }
+        authenticated(&verified, source)
             .map(Some)
             .map_err(|error| AuthFailure {
                 error,
@@ -125,7 +175,8 @@ impl Verifier {
             })
     }
 
-    /// Verifies a found token of `generation` with that generation's rules.
+    /// Verifies a found token of `generation` with that generation's rules (the carrier's rules,
+    /// which do not depend on the signature, are [`authenticated`]'s).
     fn verify(
         &self,
         store: &SelectorStore,
@@ -133,42 +184,63 @@ impl Verifier {
         generation: Generation,
         hub: &HubIdentity<'_>,
         now: SystemTime,
-    ) -> Result<Authenticated, AuthError> {
+    ) -> Result<Verified, AuthError> {
         match (generation, &self.legacy) {
             (Generation::Legacy, Some(legacy)) => {
-                let grants = legacy.verify_at(store, found.token, now).map_err(|e| {
-                    // An access token whose issuer forgot `typ` fails here with a signature or
-                    // key error; name the real mistake for the operator's logs instead.
-                    if jws::has_claim(found.token, "authorization_details") {
-                        AuthError::InvalidToken(TokenRejection::Type)
-                    } else {
-                        e
-                    }
-                })?;
-                Ok(Authenticated {
+                let (grants, validity) =
+                    legacy
+                        .verify_window_at(store, found.token, now)
+                        .map_err(|e| {
+                            // An access token whose issuer forgot `typ` fails here with a signature or
+                            // key error; name the real mistake for the operator's logs instead.
+                            if jws::has_claim(found.token, "authorization_details") {
+                                AuthError::InvalidToken(TokenRejection::Type)
+                            } else {
+                                e
+                            }
+                        })?;
+                Ok(Verified {
                     grants,
-                    source: found.source,
                     generation: Generation::Legacy,
                     issuer: None,
                     subject: None,
+                    validity,
                 })
             }
+            // Refused before anything is decoded: the carrier decides, whatever the signature.
             (Generation::Current, _) if found.source == TokenSource::Query => {
                 Err(AuthError::TokenInUrl)
             }
             // Current tokens, and with legacy off every token (refused for its `typ`).
             _ => {
-                let verified = self.current.verify_at(store, found.token, hub, now)?;
-                Ok(Authenticated {
+                let (verified, validity) =
+                    self.current
+                        .verify_window_at(store, found.token, hub, now)?;
+                Ok(Verified {
                     grants: verified.grants,
-                    source: found.source,
                     generation: Generation::Current,
                     issuer: Some(verified.issuer),
                     subject: verified.subject,
+                    validity,
                 })
             }
         }
     }
+}
+
+/// A verified token as found at `source`: a current token is never accepted from the URL (checked
+/// again here because a remembered verification may have been made for another carrier).
+fn authenticated(verified: &Verified, source: TokenSource) -> Result<Authenticated, AuthError> {
+    if verified.generation == Generation::Current && source == TokenSource::Query {
+        return Err(AuthError::TokenInUrl);
+    }
+    Ok(Authenticated {
+        grants: verified.grants.clone(),
+        source,
+        generation: verified.generation,
+        issuer: verified.issuer.clone(),
+        subject: verified.subject.clone(),
+    })
 }
 
 #[cfg(test)]

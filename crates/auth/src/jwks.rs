@@ -24,6 +24,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -251,7 +252,15 @@ impl KeySet {
 /// An issuer's key set that the server may replace at any time (after refetching its JWK Set).
 /// Clones share the same set.
 #[derive(Clone)]
-pub struct SharedKeySet(Arc<RwLock<Arc<KeySet>>>);
+pub struct SharedKeySet(Arc<SharedSlot>);
+
+/// The current set, and how many times it was replaced: remembered verifications
+/// ([`crate::cache`]) compare that count to know whether the keys that admitted a token may
+/// since have gone.
+struct SharedSlot {
+    set: RwLock<Arc<KeySet>>,
+    replaced: AtomicU64,
+}
 
 impl fmt::Debug for SharedKeySet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -262,17 +271,28 @@ impl fmt::Debug for SharedKeySet {
 impl SharedKeySet {
     /// A handle on `set`.
     pub fn new(set: KeySet) -> Self {
-        Self(Arc::new(RwLock::new(Arc::new(set))))
+        Self(Arc::new(SharedSlot {
+            set: RwLock::new(Arc::new(set)),
+            replaced: AtomicU64::new(0),
+        }))
     }
 
     /// The current set. Verification loads it once per token.
     pub fn load(&self) -> Arc<KeySet> {
-        Arc::clone(&self.0.read())
+        Arc::clone(&self.0.set.read())
     }
 
     /// Swaps in `set` for every later verification and returns the previous one.
     pub fn replace(&self, set: KeySet) -> Arc<KeySet> {
-        std::mem::replace(&mut *self.0.write(), Arc::new(set))
+        let previous = std::mem::replace(&mut *self.0.set.write(), Arc::new(set));
+        // After the swap: a verification that reads the new count also sees the new set.
+        self.0.replaced.fetch_add(1, Ordering::Release);
+        previous
+    }
+
+    /// How many times the set was replaced.
+    pub fn replacements(&self) -> u64 {
+        self.0.replaced.load(Ordering::Acquire)
     }
 }
 

@@ -7,7 +7,8 @@
 //! the bearer may publish and which private updates it may receive ([`Access`]) — or as an
 //! [`AuthFailure`]: an [`AuthError`] whose text is safe to show the client, and the generation of
 //! the token presented. How a failure is answered over HTTP is the server's business. Nothing here
-//! performs I/O (JWK Sets arrive as bytes fetched by the server), keeps a token, or prints one:
+//! performs I/O (JWK Sets arrive as bytes fetched by the server), keeps a token (the token cache
+//! keeps digests), or prints one:
 //! every type that could hold a token or key implements `Debug` by hand.
 //!
 //! A hub accepting both generations builds one [`Verifier`] per role:
@@ -51,6 +52,8 @@
 //! # Layout
 //! - [`generation`]: [`Generation`] and [`Verifier`], the one entry, which finds a request's
 //!   token, tells the generations apart and verifies each with its own rules.
+//! - [`cache`]: the verified tokens a [`Verifier`] remembers (by digest, never the token), used
+//!   while their validity window holds and their keys were not replaced.
 //! - [`extract`]: where a request carries its token ([`RequestParts`], [`CredentialConfig`]), in
 //!   one order for both generations.
 //! - [`origin`]: [`PublishOrigins`], the CSRF check for publishing with a cookie.
@@ -69,6 +72,7 @@
 //! - [`error`]: [`AuthError`], why a request was refused, and [`AuthFailure`].
 
 pub mod access;
+pub mod cache;
 pub mod claims;
 pub mod details;
 pub mod error;
@@ -84,6 +88,7 @@ pub mod origin;
 pub mod verifier;
 
 pub use access::{AccessTokenOptions, AccessTokenVerifier, HubIdentity, VerifiedAccessToken};
+pub use cache::{TokenCacheStats, MAX_CACHED_TOKEN_BYTES};
 pub use details::{DetailLimits, AUTHORIZATION_DETAIL_TYPE};
 pub use error::{AuthError, AuthFailure, TokenRejection};
 pub use extract::{

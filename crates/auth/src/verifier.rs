@@ -174,6 +174,17 @@ impl TokenVerifier {
         token: &str,
         now: SystemTime,
     ) -> Result<Grants, AuthError> {
+        self.verify_window_at(store, token, now)
+            .map(|(grants, _)| grants)
+    }
+
+    /// Verifies `token` as of `now` and returns its grants with the validity window they hold in.
+    pub(crate) fn verify_window_at(
+        &self,
+        store: &SelectorStore,
+        token: &str,
+        now: SystemTime,
+    ) -> Result<(Grants, Validity), AuthError> {
         if token.len() > self.options.max_token_bytes {
             return Err(AuthError::TokenTooLong {
                 max: self.options.max_token_bytes,
@@ -223,11 +234,42 @@ impl TokenVerifier {
             }
         };
         let claims: MercureClaims = crate::jws::from_object(object)?;
-        check_validity_window(claims.exp, claims.nbf, now, self.options.leeway)?;
+        let validity = Validity {
+            exp: claims.exp,
+            nbf: claims.nbf,
+            leeway: self.options.leeway,
+        };
+        validity.check(now)?;
         let expires_at = claims.exp.and_then(to_system_time);
-        Ok(claims
+        let grants = claims
             .into_grants(store, self.options.max_selectors_per_claim)?
-            .with_expires_at(expires_at))
+            .with_expires_at(expires_at);
+        Ok((grants, validity))
+    }
+
+    /// The JWK Set this verifier reads, if it has one rather than a configured key.
+    pub(crate) fn key_set(&self) -> Option<&SharedKeySet> {
+        match &self.keys {
+            Keys::Static { .. } => None,
+            Keys::Set { keys, .. } => Some(keys),
+        }
+    }
+}
+
+/// A verified token's validity window: its `exp` and `nbf` (seconds since the epoch) and the
+/// leeway of the verifier that accepted it, so a remembered verification can be checked again
+/// with exactly the rules that admitted it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Validity {
+    pub(crate) exp: Option<f64>,
+    pub(crate) nbf: Option<f64>,
+    pub(crate) leeway: Duration,
+}
+
+impl Validity {
+    /// Whether the window holds at `now` ([`check_validity_window`]).
+    pub(crate) fn check(&self, now: SystemTime) -> Result<(), TokenRejection> {
+        check_validity_window(self.exp, self.nbf, now, self.leeway)
     }
 }
 

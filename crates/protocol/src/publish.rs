@@ -187,17 +187,55 @@ pub fn is_reserved_topic(topic: &str) -> bool {
     if topic == "*" {
         return true;
     }
-    let Ok(base) = url::Url::parse("https://hub.invalid/.well-known/mercure") else {
-        return false;
-    };
     // Decode unreserved characters first so `%6D` and friends cannot hide the reserved path; the URL
     // parser then removes dot segments.
     let decoded = decode_unreserved(topic);
-    let Ok(resolved) = base.join(&decoded) else {
+    !cannot_name_hub_path(&decoded) && resolves_to_hub_path(&decoded)
+}
+
+/// The resolution itself: `decoded` against the hub URL, then its path.
+fn resolves_to_hub_path(decoded: &str) -> bool {
+    static BASE: std::sync::OnceLock<Option<url::Url>> = std::sync::OnceLock::new();
+    let Some(base) = BASE
+        .get_or_init(|| url::Url::parse("https://hub.invalid/.well-known/mercure").ok())
+        .as_ref()
+    else {
+        return false;
+    };
+    let Ok(resolved) = base.join(decoded) else {
         return false;
     };
     let path = resolved.path();
     path == HUB_PATH || path.starts_with("/.well-known/mercure/")
+}
+
+/// A cheap proof that `decoded` cannot resolve to the hub's path, which spares most topics the
+/// URL parser (publishing calls this for every topic of every update): an absolute URL whose text
+/// does not contain `well-known` in any case. The parser creates no letters in a path (it
+/// percent-decodes nothing there; unreserved escapes were decoded before), so without that text
+/// the path cannot be the hub's. Only what the parser would read without the hub URL as a base
+/// qualifies: a scheme, and for the base's own scheme (`https:`) an authority (`https:mercure`
+/// is relative to a base of that scheme); tabs and newlines, which the parser drops, send the
+/// topic to the full resolution.
+fn cannot_name_hub_path(decoded: &str) -> bool {
+    let Some((scheme, rest)) = decoded.split_once(':') else {
+        return false;
+    };
+    let scheme_ok = scheme
+        .as_bytes()
+        .first()
+        .is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'));
+    if !scheme_ok || (scheme.eq_ignore_ascii_case("https") && !rest.starts_with("//")) {
+        return false;
+    }
+    let bytes = decoded.as_bytes();
+    !bytes.iter().any(|b| matches!(b, b'\t' | b'\n' | b'\r'))
+        && !bytes
+            .windows(b"well-known".len())
+            .any(|w| w.eq_ignore_ascii_case(b"well-known"))
 }
 
 fn decode_unreserved(s: &str) -> String {
@@ -311,6 +349,27 @@ mod tests {
             "https://example.com/.well-known/mercure-foo",
         ] {
             assert!(!is_reserved_topic(t), "{t} should be allowed");
+        }
+        // Relative to the hub URL although they carry its scheme, and cut by the parser.
+        for t in [
+            "https:mercure",
+            "HTTPS:mercure/x",
+            "https://hub.example/.well-\tknown/mercure",
+        ] {
+            assert!(is_reserved_topic(t), "{t:?} should be reserved");
+        }
+    }
+
+    proptest::proptest! {
+        /// The shortcut never answers differently from the resolution.
+        #[test]
+        fn the_shortcut_agrees_with_the_resolution(
+            topic in "(https?:|urn:|HTTPS:|x-y\\.z:|c:)?(//?|\\\\)?(hub\\.example|\\.|\\.\\.|well-known|WELL-known|wel\\tl-known|mercure|%6D|%2e|/|\\?|#|\\t|\\n| )*"
+        ) {
+            let decoded = decode_unreserved(&topic);
+            if cannot_name_hub_path(&decoded) {
+                proptest::prop_assert!(!resolves_to_hub_path(&decoded), "{:?}", topic);
+            }
         }
     }
 }

@@ -28,7 +28,7 @@ use http::{HeaderMap, Method};
 use quicksilver_auth::{
     protected_resource_metadata_url, AccessTokenOptions, AccessTokenVerifier, AuthError,
     Authenticated, CredentialConfig, Generation, HubIdentity, KeySpec, PublishOrigins,
-    RequestParts, TokenVerifier, TrustedIssuer, Verifier, VerifierOptions,
+    RequestParts, TokenCacheStats, TokenVerifier, TrustedIssuer, Verifier, VerifierOptions,
 };
 use quicksilver_protocol::SelectorStore;
 
@@ -245,7 +245,8 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
             current,
             legacy_verifier(legacy_key, legacy_set)?,
             credentials.clone(),
-        ))
+        )
+        .with_token_cache(config.token_cache_size))
     };
     // Without any publisher key nor issuer, publishing is refused outright (clearer than "invalid
     // token"); subscribers then may only be anonymous, and a presented token is refused.
@@ -336,6 +337,14 @@ impl Authenticator {
         &self.access_token_cookie
     }
 
+    /// A handle reading the verified-token caches' counts (for the metrics).
+    pub fn token_caches(&self) -> TokenCaches {
+        TokenCaches {
+            publishers: self.publishers.clone(),
+            subscribers: self.subscribers.clone(),
+        }
+    }
+
     /// Whether pre-standardization tokens are accepted.
     pub fn legacy_enabled(&self) -> bool {
         self.subscribers.legacy_enabled()
@@ -418,6 +427,29 @@ impl Authenticator {
             self.legacy_enabled(),
             identity.metadata_url(),
         )
+    }
+}
+
+/// The verifiers whose token caches ([`quicksilver_auth::cache`], `--token-cache-size`) the metrics
+/// read at scrape time; they share their caches with the [`Authenticator`]'s.
+#[derive(Clone, Debug)]
+pub struct TokenCaches {
+    publishers: Option<Verifier>,
+    subscribers: Verifier,
+}
+
+impl TokenCaches {
+    /// Each role's counts (`publisher`, `subscriber`), for the roles with a cache.
+    pub fn stats(&self) -> Vec<(&'static str, TokenCacheStats)> {
+        let publishers = self
+            .publishers
+            .as_ref()
+            .and_then(Verifier::token_cache_stats);
+        let subscribers = self.subscribers.token_cache_stats();
+        [("publisher", publishers), ("subscriber", subscribers)]
+            .into_iter()
+            .filter_map(|(role, stats)| stats.map(|s| (role, s)))
+            .collect()
     }
 }
 

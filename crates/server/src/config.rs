@@ -258,6 +258,11 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_LEGACY", default_value_t = true, action = clap::ArgAction::Set)]
     pub legacy: bool,
 
+    /// Verified tokens each role (publishers, subscribers) remembers, so a token presented again
+    /// is not verified again while it is valid and its keys unchanged (`0`: verify every time).
+    #[arg(long, env = "QUICKSILVER_TOKEN_CACHE_SIZE", default_value_t = 4096)]
+    pub token_cache_size: usize,
+
     /// How often JWK Sets of `--issuer … jwks_uri=` are fetched again (key rotation); a token
     /// naming an unknown `kid` also triggers a fetch, at most every 10 s.
     #[arg(long, env = "QUICKSILVER_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]

@@ -282,6 +282,7 @@ impl Hub {
             subscriptions.as_ref().map(|s| s.registry_handle()),
             replay_budget.clone(),
             selectors.clone(),
+            auth.token_caches(),
         );
         Ok(Self {
             inner: Arc::new(HubInner {

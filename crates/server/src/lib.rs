@@ -15,7 +15,8 @@
 //! - [`discovery`]: the protected resource metadata document and the hub's `Link` header.
 //! - [`debugger`]: the page at `/.well-known/mercure/debug/` for trying the hub from a browser;
 //!   [`playground`]: its development-only companion (a prefilled token, echo endpoints).
-//! - [`publish`] and [`subscribe`]: the two Mercure endpoints.
+//! - [`publish`] and [`subscribe`]: the two Mercure endpoints; [`ids`]: the random `urn:uuid:`
+//!   identifiers they give updates and subscribers.
 //! - [`sse`]: the subscriber's way out: the accept loop and connection tasks, the lean HTTP/1.1
 //!   path, the stream writer and a subscriber's SSE response body.
 //! - [`tls`]: the listener's certificate (`--tls-cert`, `--tls-key`), reloaded when its files
@@ -41,6 +42,7 @@ pub mod discovery;
 pub mod error;
 pub mod healthcheck;
 pub mod hub;
+pub mod ids;
 pub mod jwks;
 pub mod metrics;
 pub mod playground;

@@ -24,6 +24,7 @@ use quicksilver_fanout::{Fanout, ReplayBudget};
 use quicksilver_protocol::SelectorStore;
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
+use crate::auth::TokenCaches;
 use crate::hub::Hub;
 use crate::sse::accept::ConnectionMetrics;
 
@@ -89,6 +90,7 @@ impl Metrics {
         subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
         replay_budget: Arc<ReplayBudget>,
         selectors: Arc<SelectorStore>,
+        token_caches: TokenCaches,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         let published = Counter::default();
@@ -192,6 +194,7 @@ impl Metrics {
             subscriptions,
             replay_budget,
             selectors,
+            token_caches,
         }));
         Self {
             registry,
@@ -220,6 +223,7 @@ struct HubCollector {
     subscriptions: Option<Arc<dyn SubscriptionRegistry>>,
     replay_budget: Arc<ReplayBudget>,
     selectors: Arc<SelectorStore>,
+    token_caches: TokenCaches,
 }
 
 impl std::fmt::Debug for HubCollector {
@@ -249,6 +253,42 @@ impl Collector for HubCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
         let s = self.fanout.stats();
         let load = |a: &std::sync::atomic::AtomicI64| a.load(Ordering::Relaxed);
+        let token_caches = self.token_caches.stats();
+        for (name, help, value) in [
+            (
+                "token_cache_hits",
+                "Tokens found in the verified-token cache and used without verifying them again",
+                (|s: &quicksilver_auth::TokenCacheStats| s.hits) as fn(&_) -> u64,
+            ),
+            (
+                "token_cache_misses",
+                "Tokens verified in full (not in the verified-token cache, expired, or under replaced keys)",
+                |s| s.misses,
+            ),
+        ] {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for (role, stats) in &token_caches {
+                let labels = [("role", *role)];
+                ConstCounter::new(value(stats)).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "token_cache_entries",
+                "Verified tokens remembered (bounded by --token-cache-size per role)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for (role, stats) in &token_caches {
+                let labels = [("role", *role)];
+                ConstGauge::new(stats.entries as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
         gauge(
             &mut encoder,
             "subscribers",

@@ -75,16 +75,14 @@ async fn authorize_and_store(
 
     let settings = hub.settings();
     let body = read_body(&headers, body, settings.max_body_size).await?;
-    let update = parse_publish_form(&body, &settings.publish_limits, || {
-        format!("urn:uuid:{}", uuid::Uuid::new_v4())
-    })
-    .map_err(|e: PublishError| {
-        if e.is_size_limit() {
-            HubError::TooLarge(e.to_string())
-        } else {
-            HubError::BadRequest(e.to_string())
-        }
-    })?;
+    let update = parse_publish_form(&body, &settings.publish_limits, crate::ids::random_urn)
+        .map_err(|e: PublishError| {
+            if e.is_size_limit() {
+                HubError::TooLarge(e.to_string())
+            } else {
+                HubError::BadRequest(e.to_string())
+            }
+        })?;
 
     if !quicksilver_auth::can_publish(hub.selectors(), &publisher.grants, &update.topics) {
         return Err(hub.auth().forbidden(

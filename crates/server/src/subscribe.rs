@@ -314,7 +314,7 @@ fn subscription_infos(
 ) -> Vec<SubscriptionInfo> {
     use quicksilver_auth::Generation;
     use quicksilver_protocol::subscribe::MatchType;
-    let subscriber = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let subscriber = crate::ids::random_urn();
     matchers
         .iter()
         .map(|m| {

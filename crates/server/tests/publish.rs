@@ -253,3 +253,51 @@ async fn metrics_count_what_happened() {
         assert_eq!(metric(&c, hub.url(), name).await, Some(value), "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_publisher_token_presented_again_is_taken_from_the_token_cache() {
+    let c = http_client();
+    let publisher = publisher_token();
+    let hub = spawn_hub(&[]).await;
+    for _ in 0..3 {
+        let (status, _) = publish(&c, hub.url(), &publisher, &[("topic", "t")]).await;
+        assert_eq!(status, 200);
+    }
+    // A forged token is verified (and refused) every time, never remembered.
+    let (status, _) = publish(
+        &c,
+        hub.url(),
+        &mercure_token("another-key-another-key-another-key", &["*"], &[], None),
+        &[("topic", "t")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    for (name, value) in [
+        (
+            "quicksilver_token_cache_hits_total{role=\"publisher\"}",
+            2.0,
+        ),
+        (
+            "quicksilver_token_cache_misses_total{role=\"publisher\"}",
+            2.0,
+        ),
+        ("quicksilver_token_cache_entries{role=\"publisher\"}", 1.0),
+    ] {
+        assert_eq!(metric(&c, hub.url(), name).await, Some(value), "{name}");
+    }
+
+    let uncached = spawn_hub(&["--token-cache-size", "0"]).await;
+    for _ in 0..2 {
+        let (status, _) = publish(&c, uncached.url(), &publisher, &[("topic", "t")]).await;
+        assert_eq!(status, 200);
+    }
+    assert_eq!(
+        metric(
+            &c,
+            uncached.url(),
+            "quicksilver_token_cache_hits_total{role=\"publisher\"}"
+        )
+        .await,
+        None
+    );
+}
