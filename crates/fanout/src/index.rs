@@ -335,6 +335,15 @@ impl Offer<'_> {
         }
         entry.last_stamp = self.stamp;
         let update = &self.envelope.update;
+        if self.envelope.copies.is_some() {
+            // Stored once per partition of its topics: this subscriber takes only the copy of the
+            // partition of the first topic it matches (the others reach it too when this node reads
+            // their partitions).
+            let first = entry.spec.first_match(self.store, self.envelope);
+            if !first.is_some_and(|i| self.envelope.is_copy_for(i)) {
+                return;
+            }
+        }
         if update.private && !entry.spec.access.allows(self.store, &update.topics) {
             return;
         }
