@@ -402,6 +402,41 @@ mod tests {
     }
 
     #[test]
+    fn an_update_stored_in_several_partitions_reaches_each_subscriber_once() {
+        let store = Arc::new(SelectorStore::default());
+        let stats = Arc::new(FanoutStats::default());
+        let mut index = ShardIndex::new(store.clone(), stats, None);
+        let mut subscribe = |selectors: Vec<Selector>| {
+            let spec = SubscriberSpec {
+                selectors,
+                access: Access::None,
+            };
+            index.insert(spec, 16).1
+        };
+        let mut canonical = subscribe(vec![Selector::exact_topic("/a")]);
+        let mut alternate = subscribe(vec![Selector::exact_topic("/b")]);
+        let mut both = subscribe(vec![
+            Selector::exact_topic("/b"),
+            Selector::exact_topic("/a"),
+        ]);
+        let mut everything = subscribe(vec![Selector::exact_topic("*")]);
+        // "/a" lives in partition 1, "/b" in partition 4: one copy in each.
+        let copy = |partition: u16, seq: u64| {
+            let update = envelope(seq, &["/a", "/b"]).update.clone();
+            let mut e = Envelope::new(Position::new(partition, 0, seq), update, 0);
+            e.copies = Some(Arc::from([1u16, 4]));
+            Arc::new(e)
+        };
+        index.deliver(&copy(1, 1));
+        index.deliver(&copy(4, 2));
+        assert_eq!(received(&mut canonical), [1]);
+        assert_eq!(received(&mut alternate), [2]);
+        // The first of the update's topics it matches is "/a", whatever its selectors' order.
+        assert_eq!(received(&mut both), [1]);
+        assert_eq!(received(&mut everything), [1]);
+    }
+
+    #[test]
     fn url_pattern_selectors_are_grouped_by_text_and_base() {
         let store = Arc::new(SelectorStore::default());
         let stats = Arc::new(FanoutStats::default());
