@@ -194,6 +194,8 @@ pub struct TransportStats {
     pub gaps: u64,
     /// Updates lost before this node's readers read them, as far as they could be counted.
     pub missed_entries: u64,
+    /// Partitions this node reads now (a transport that reads everything: all of them).
+    pub partitions_read: u64,
 }
 
 /// A place updates are stored, ordered and read back.

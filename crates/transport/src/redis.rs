@@ -559,6 +559,7 @@ impl Transport for RedisTransport {
             epoch_changes: s.epoch_changes,
             gaps: s.trimmed_gaps + s.rollbacks + s.recreations,
             missed_entries: s.missed_entries,
+            partitions_read: self.readers.reading() as u64,
         }
     }
 
