@@ -41,8 +41,10 @@ cpu_ticks() { # utime + stime of a process
     awk '{print $14 + $15}' "/proc/$1/stat"
 }
 cmdstat() { # cmdstat <port> <command> <field>: calls or usec of a command since the last reset
-    redis-cli -p "$1" info commandstats | tr -d '\r' |
-        sed -n "s/^cmdstat_$2:.*$3=\([0-9]*\).*/\1/p" | head -1 | sed 's/^$/0/'
+    local value
+    value=$(redis-cli -p "$1" info commandstats | tr -d '\r' | sed -n "s/^cmdstat_$2://p" |
+        tr ',' '\n' | sed -n "s/^$3=//p")
+    echo "${value:-0}"
 }
 
 export CLUSTER_DIR QUICKSILVER_BIN="$BIN/quicksilver" MERCURE_JWT_KEY="$KEY" NGINX_WORKERS=1
@@ -95,10 +97,10 @@ for scenario in $SCENARIOS; do
             rows+=("$(awk -v s="$scenario" -v r="$ROUTING" -v n="$n" -v cpu="$cpu" -v t="$TICKS" \
                 -v xadd="$xadd" -v xread="$xread" -v xus="$xread_usec" -v lost="$lost" \
                 -v d="$deliveries" -v rp="$read_partitions" 'BEGIN {
-                    per = xadd > 0 ? cpu / t * 1e6 / xadd : 0;
+                    per = 0; calls = 0; usec = 0;
+                    if (xadd > 0) { per = cpu / t * 1e6 / xadd; calls = xread / xadd; usec = xus / xadd }
                     printf "| %s | %s | %d | %d | %.0f | %.2f | %.1f | %d | %s | %s |",
-                        s, r, n, xadd, per, xadd > 0 ? xread / xadd : 0,
-                        xadd > 0 ? xus / xadd : 0, rp, d, lost }')")
+                        s, r, n, xadd, per, calls, usec, rp, d, lost }')")
             "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
         done
     done

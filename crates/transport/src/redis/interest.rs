@@ -59,8 +59,9 @@ enum SinkState {
 struct Slot {
     /// Subscribers (holds) that need the partition.
     holders: usize,
-    /// Counts the reader's starts, so that a lingering stop never stops a later reader.
-    run: u64,
+    /// Counts the times the partition was taken or left idle, so that a lingering stop acts only if
+    /// nothing happened since the release that scheduled it.
+    idle_epoch: u64,
     running: Option<Run>,
     /// Whether the last stopped reader has ended; the next one waits for it (they share the
     /// partition's tail cache).
@@ -141,8 +142,8 @@ impl Readers {
             };
             let mut slot = slot.lock();
             slot.holders += 1;
+            slot.idle_epoch += 1;
             if slot.running.is_none() {
-                slot.run += 1;
                 let after = slot.ended.take();
                 slot.running = Some(self.spawn(partition, sink.clone(), after));
             }
@@ -195,13 +196,14 @@ impl Readers {
             let Some(slot) = self.slots.get(usize::from(partition)) else {
                 continue;
             };
-            let run = {
+            let epoch = {
                 let mut slot = slot.lock();
                 slot.holders = slot.holders.saturating_sub(1);
                 if slot.holders > 0 {
                     continue;
                 }
-                slot.run
+                slot.idle_epoch += 1;
+                slot.idle_epoch
             };
             match &runtime {
                 Some(runtime) if !linger.is_zero() => {
@@ -209,22 +211,23 @@ impl Readers {
                     runtime.spawn(async move {
                         tokio::select! {
                             _ = readers.shutdown.cancelled() => {}
-                            _ = tokio::time::sleep(linger) => readers.stop_if_idle(partition, run),
+                            _ = tokio::time::sleep(linger) => readers.stop_if_idle(partition, epoch),
                         }
                     });
                 }
-                _ => self.stop_if_idle(partition, run),
+                _ => self.stop_if_idle(partition, epoch),
             }
         }
     }
 
-    /// Stops the partition's reader if nobody held the partition since run `run` was released.
-    fn stop_if_idle(&self, partition: u16, run: u64) {
+    /// Stops the partition's reader if nobody took or left the partition since the release that
+    /// made it idle at `epoch`.
+    fn stop_if_idle(&self, partition: u16, epoch: u64) {
         let Some(slot) = self.slots.get(usize::from(partition)) else {
             return;
         };
         let mut slot = slot.lock();
-        if slot.holders > 0 || slot.run != run {
+        if slot.holders > 0 || slot.idle_epoch != epoch {
             return;
         }
         if let Some(running) = slot.running.take() {
