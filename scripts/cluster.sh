@@ -13,6 +13,9 @@
 # CLUSTER_DIR (default .tmp/cluster). The JWT key is MERCURE_JWT_KEY (default: the demo key).
 # NGINX_WORKERS (default 1): nginx worker processes; each proxied subscriber takes two of a
 # worker's file descriptors, so more than ~9,000 subscribers through nginx need several.
+# ROUTING (default topic): `topic` routes each subscription by its first topic (consistent hash of
+# the `topic` query parameter; requests without one spread at random), so a topic's subscribers
+# gather on one node and each node reads few Redis partitions; `round-robin` spreads every request.
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -78,6 +81,12 @@ up() {
     done
     write_upstream "${node_ports[@]}"
 
+    local balance
+    case "${ROUTING:-topic}" in
+        topic) balance='hash $mercure_route consistent;' ;;
+        round-robin) balance='# round-robin' ;;
+        *) echo "cluster: ROUTING must be topic or round-robin" >&2; exit 2 ;;
+    esac
     cat >"$dir/nginx.conf" <<CONF
 worker_processes ${NGINX_WORKERS:-1};
 worker_rlimit_nofile 20000;
@@ -88,7 +97,13 @@ http {
     access_log off;
     client_body_temp_path $dir/nginx-tmp;
     proxy_temp_path $dir/nginx-tmp;
+    # Topic-affine routing (ROUTING=topic): see deploy/nginx/compose.conf.
+    map \$arg_topic \$mercure_route {
+        ""      \$request_id;
+        default \$arg_topic;
+    }
     upstream quicksilver {
+        $balance
         # The nodes' ports; "cluster.sh upstream" rewrites this file and reloads.
         include $dir/upstream.conf;
         keepalive 64;

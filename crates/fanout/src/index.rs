@@ -346,6 +346,15 @@ impl Offer<'_> {
         }
         entry.last_stamp = self.stamp;
         let update = &self.envelope.update;
+        if self.envelope.copies.is_some() {
+            // Stored once per partition of its topics: this subscriber takes only the copy of the
+            // partition of the first topic it matches (the others reach it too when this node reads
+            // their partitions).
+            let first = entry.spec.first_match(self.store, self.envelope);
+            if !first.is_some_and(|i| self.envelope.is_copy_for(i)) {
+                return;
+            }
+        }
         if update.private && !entry.spec.access.allows(self.store, &update.topics) {
             return;
         }
@@ -405,6 +414,41 @@ mod tests {
         std::iter::from_fn(|| rx.queue.try_pop())
             .map(|e| e.position.seq)
             .collect()
+    }
+
+    #[test]
+    fn an_update_stored_in_several_partitions_reaches_each_subscriber_once() {
+        let store = Arc::new(SelectorStore::default());
+        let stats = Arc::new(FanoutStats::default());
+        let mut index = ShardIndex::new(store.clone(), stats, None);
+        let mut subscribe = |selectors: Vec<Selector>| {
+            let spec = SubscriberSpec {
+                selectors,
+                access: Access::None,
+            };
+            index.insert(spec, 16).1
+        };
+        let mut canonical = subscribe(vec![Selector::exact_topic("/a")]);
+        let mut alternate = subscribe(vec![Selector::exact_topic("/b")]);
+        let mut both = subscribe(vec![
+            Selector::exact_topic("/b"),
+            Selector::exact_topic("/a"),
+        ]);
+        let mut everything = subscribe(vec![Selector::exact_topic("*")]);
+        // "/a" lives in partition 1, "/b" in partition 4: one copy in each.
+        let copy = |partition: u16, seq: u64| {
+            let update = envelope(seq, &["/a", "/b"]).update.clone();
+            let mut e = Envelope::new(Position::new(partition, 0, seq), update, 0);
+            e.copies = Some(Arc::from([1u16, 4]));
+            Arc::new(e)
+        };
+        index.deliver(&copy(1, 1));
+        index.deliver(&copy(4, 2));
+        assert_eq!(received(&mut canonical), [1]);
+        assert_eq!(received(&mut alternate), [2]);
+        // The first of the update's topics it matches is "/a", whatever its selectors' order.
+        assert_eq!(received(&mut both), [1]);
+        assert_eq!(received(&mut everything), [1]);
     }
 
     #[test]

@@ -40,10 +40,21 @@ impl SubscriberSpec {
     /// when replaying history).
     pub fn accepts(&self, store: &SelectorStore, envelope: &Envelope) -> bool {
         let topics = &envelope.update.topics;
-        let wanted = topics
-            .iter()
-            .any(|t| self.selectors.iter().any(|s| store.matches(s, t)));
+        let wanted = match self.first_match(store, envelope) {
+            Some(first) => envelope.is_copy_for(first),
+            None => false,
+        };
         wanted && (!envelope.update.private || self.access.allows(store, topics))
+    }
+
+    /// The index of the first of the update's topics that one of this subscriber's selectors
+    /// matches, if any.
+    pub fn first_match(&self, store: &SelectorStore, envelope: &Envelope) -> Option<usize> {
+        envelope
+            .update
+            .topics
+            .iter()
+            .position(|t| self.selectors.iter().any(|s| store.matches(s, t)))
     }
 }
 

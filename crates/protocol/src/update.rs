@@ -58,6 +58,13 @@ pub struct Envelope {
     /// in its own stream so that it never pushes real updates out of history): the position in the
     /// main order it comes right after. `None` for updates of the main order.
     pub follows: Option<Position>,
+    /// For an update stored once per partition its topics hash to (a partitioned transport, an
+    /// update whose alternate topics live in other partitions than its canonical topic): the
+    /// partition of each topic, index as `update.topics`. Each copy is for the subscribers whose
+    /// first matching topic lives in the copy's partition (see [`Envelope::is_copy_for`]), so a
+    /// node that reads several of those partitions still delivers the update once to each
+    /// subscriber, in the order of one partition. `None` for an update stored once.
+    pub copies: Option<std::sync::Arc<[u16]>>,
 }
 
 /// The W3C trace context (`traceparent`, and `tracestate` when there is one) of the span that
@@ -88,6 +95,17 @@ impl Envelope {
             accepted_at_micros,
             trace_context: None,
             follows: None,
+            copies: None,
+        }
+    }
+
+    /// Whether this envelope is the copy a subscriber takes whose first matching topic (in the
+    /// update's order) is `topics[first_match]`: always for an update stored once, otherwise only
+    /// the copy stored in that topic's partition.
+    pub fn is_copy_for(&self, first_match: usize) -> bool {
+        match &self.copies {
+            None => true,
+            Some(partitions) => partitions.get(first_match) == Some(&self.position.partition),
         }
     }
 }

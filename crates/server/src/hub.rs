@@ -217,6 +217,8 @@ impl Hub {
                         history_max_bytes: config.history_max_bytes,
                         max_history_scans: config.redis_max_history_scans,
                         tls_ca_file: config.redis_tls_ca.clone(),
+                        // A node reads only the partitions its subscribers may match.
+                        read_on_interest: true,
                         ..RedisConfig::default()
                     })
                     .map_err(|e| anyhow::anyhow!("{e}"))?;

@@ -374,6 +374,12 @@ impl Collector for HubCollector {
             "Stream entries stored but not yet read by this node",
             t.reader_lag as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "transport_partitions_read",
+            "Partitions (streams of updates) this node reads now: those its subscribers may match",
+            t.partitions_read as i64,
+        )?;
         counter(
             &mut encoder,
             "transport_reader_reconnects",

@@ -9,7 +9,11 @@
 //! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
 //! subscriber is then registered in the fan-out *before* history is read, so every update stored
 //! after the history read arrives live; a [`Resume`] built from the read tells the stream which
-//! live updates the history already covered. The handler answers with the subscriber's
+//! live updates the history already covered. Between the two, the subscriber's interest is given to
+//! the transport ([`Scope`]: its exact topics, or everything when a selector is a `*`, a template
+//! or a URL pattern): a partitioned transport then reads what it may match, and answers once that
+//! reading has found its place, so the history read and the live queue still meet without a gap.
+//! The interest is held for the life of the stream. The handler answers with the subscriber's
 //! [`SubscriberStream`], whose headers go out with the preamble comment immediately (see
 //! [`crate::sse`] for how it reaches the socket).
 
@@ -20,8 +24,10 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use http::{HeaderMap, HeaderValue, Method};
 use quicksilver_fanout::{Access, Resume, SubscriberSpec};
+use quicksilver_protocol::selector::SelectorKind;
 use quicksilver_protocol::subscribe::{MatchType, Matcher};
 use quicksilver_protocol::{parse_subscribe_query, Selector, SelectorError, EARLIEST};
+use quicksilver_transport::Scope;
 
 use crate::client::{client_ip, Peer};
 use crate::error::HubError;
@@ -145,6 +151,7 @@ async fn open(
     };
 
     let selectors = compile_selectors(&hub, &query.matchers, &identity.hub_url).await?;
+    let scope = scope_of(&selectors);
     let spec = SubscriberSpec { selectors, access };
 
     // The header wins over the query parameters, as the SSE and Mercure specifications say.
@@ -165,6 +172,12 @@ async fn open(
     // Registered first: from here on every update the reader hands over is queued for it, so the
     // history read below and the live queue overlap instead of leaving a gap.
     let subscriber = hub.fanout().subscribe(spec.clone());
+    // Then the transport reads what it may match (see the module docs), before history is read.
+    let interest = hub
+        .transport()
+        .interest(&scope)
+        .await
+        .map_err(|e| HubError::Unavailable(e.to_string()))?;
 
     let mut resume = None;
     let mut anchor_header = None;
@@ -173,7 +186,7 @@ async fn open(
     } else if let Some(last_event_id) = &last_event_id {
         let history = hub
             .transport()
-            .history(last_event_id)
+            .history_within(last_event_id, &interest)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
         resume = Some(
@@ -219,9 +232,11 @@ async fn open(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
-            // Ends the subscriptions (events, registry) and frees the client's slot.
+            // Ends the subscriptions (events, registry), frees the client's slot and lets the
+            // transport stop reading what no other subscriber needs.
             drop(held);
             drop(client_slot);
+            drop(interest);
         },
     )
     .with_closing_retry(settings.drain_retry)
@@ -237,6 +252,21 @@ async fn open(
         h.insert("mercure-last-event-id", value);
     }
     Ok(response)
+}
+
+/// What a subscriber with `selectors` may match, for the transport: its exact topics, or
+/// everything when one selector may match any topic.
+fn scope_of(selectors: &[Selector]) -> Scope {
+    let mut topics = Vec::with_capacity(selectors.len());
+    for selector in selectors {
+        match selector.kind() {
+            SelectorKind::Exact => topics.push(selector.raw().to_string()),
+            SelectorKind::Wildcard | SelectorKind::Template | SelectorKind::UrlPattern => {
+                return Scope::All
+            }
+        }
+    }
+    Scope::Topics(topics)
 }
 
 /// Compiles a subscription's selectors through the node's selector store, sharing what is already

@@ -463,6 +463,86 @@ async fn partitioned_over_a_redis_cluster_a_killed_node_loses_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_subscribers_of_a_partitioned_hub_read_on_interest_and_lose_nothing_across_a_kill() {
+    // Every node reads only the partitions of its subscribers' exact topics; updates with an
+    // alternate topic are stored in that topic's partition too. Subscribers of a document and of
+    // the alternate topic follow across a killed node: each gets its updates once, in order.
+    let redis = RedisServer::start();
+    let extra = ["--redis-partitions", "16"];
+    let mut nodes: Vec<HubProcess> = (0..3).map(|_| node(&redis.url(), &extra)).collect();
+    let urls: Vec<String> = nodes.iter().map(|n| n.url().to_string()).collect();
+    let documents = 6u64;
+    let alternate = "https%3A%2F%2Fex.com%2Fall";
+    let mut followers = Vec::new();
+    for n in 0..documents {
+        let query = format!("topic={}", numbered_topic(n));
+        followers.push(Follower::start(endpoints(&urls), n as usize % 3, &query).await);
+    }
+    for i in 0..2 {
+        let query = format!("topic={alternate}");
+        followers.push(Follower::start(endpoints(&urls), i + 1, &query).await);
+    }
+    let c = client();
+    let token = publisher_token();
+    let publisher = {
+        let (c, urls, token) = (c.clone(), urls.clone(), token.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for seq in 1..=300u64 {
+                let mut topic = numbered_topic(seq % documents);
+                if seq % 4 == 0 {
+                    topic = format!("{topic}&topic={alternate}");
+                }
+                // Node 1 is killed midway: publish to the others.
+                let node = &urls[[0, 2][seq as usize % 2]];
+                if try_publish_to(&c, node, &token, &topic, seq).await == Some(200) {
+                    acked.push(seq);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            acked
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    nodes[1].kill();
+    let acked = publisher.await.unwrap();
+    assert!(acked.len() > 250, "{} acked", acked.len());
+    let wanted = |i: usize| -> Vec<u64> {
+        acked
+            .iter()
+            .copied()
+            .filter(|seq| {
+                if i < documents as usize {
+                    seq % documents == i as u64
+                } else {
+                    seq % 4 == 0
+                }
+            })
+            .collect()
+    };
+    wait_until(
+        "every subscriber to receive its acknowledged updates",
+        Duration::from_secs(30),
+        async || {
+            followers.iter().enumerate().all(|(i, f)| {
+                let got = f.received();
+                wanted(i).iter().all(|a| got.contains(a))
+            })
+        },
+    )
+    .await;
+    for (i, f) in followers.into_iter().enumerate() {
+        let Followed { received, told, .. } = f.stop().await;
+        assert_eq!(
+            told, 0,
+            "subscriber {i} was told it may have missed updates"
+        );
+        // Once each, in order, and nothing else: one partition per exact topic.
+        assert_eq!(received, wanted(i), "subscriber {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_draining_node_hands_its_subscribers_to_the_others_without_loss() {
     let redis = RedisServer::start();
     let mut draining = node(

@@ -244,6 +244,19 @@ async fn the_readers_of_every_node_join_the_publishers_trace() {
         .await;
     }
 
+    // A subscriber of the topic on each node: a node reads only what its subscribers may match.
+    let token = quicksilver_testkit::token::mercure_token(TEST_JWT_KEY, &[], &["a"], None);
+    let bearer = format!("Bearer {token}");
+    let mut subscribers = Vec::new();
+    for node in [&node_a, &node_b] {
+        let url = format!("{}?topic=a", node.mercure_url());
+        subscribers.push(
+            quicksilver_testkit::SseClient::connect(&url, &[("Authorization", &bearer)])
+                .await
+                .expect("subscribed"),
+        );
+    }
+
     let traceparent = format!("00-{TRACE_ID}-{PARENT_ID}-01");
     publish_with(&node_a, &[("traceparent", &traceparent)], "topic=a&data=x").await;
 
@@ -254,6 +267,7 @@ async fn the_readers_of_every_node_join_the_publishers_trace() {
         publish.span_context.trace_id(),
         TraceId::from_hex(TRACE_ID).unwrap()
     );
+    drop(subscribers);
     node_a.shutdown().await;
     node_b.shutdown().await;
 }

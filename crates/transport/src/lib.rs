@@ -7,7 +7,8 @@
 //! nodes deliver in the same order. [`Transport::history`] answers reconnecting subscribers.
 //!
 //! # Layout
-//! - [`Transport`], [`UpdateSink`], [`HistoryReply`] and [`TransportError`] (this file).
+//! - [`Transport`], [`UpdateSink`], [`HistoryReply`], [`TransportError`], and the [`Scope`] and
+//!   [`Interest`] that tell a transport what its node must read (this file).
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
@@ -116,6 +117,63 @@ pub struct HistoryReply {
     pub high_water: Vec<Position>,
 }
 
+/// What a subscriber may match, as far as choosing what its node reads goes (see
+/// [`Transport::interest`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// Any update: a subscriber with a `*`, URI template or URL pattern selector. On a partitioned
+    /// transport it makes its node read every partition.
+    All,
+    /// Only updates with at least one of these exact topics (canonical or alternate).
+    Topics(Vec<String>),
+}
+
+/// A subscriber's hold on the reading it needs: while it lives, its node's reader(s) deliver every
+/// update the subscriber's [`Scope`] may match. Dropping it lets the transport stop reading what no
+/// one else holds. It also bounds history lookups to what it covers
+/// ([`Transport::history_within`]).
+pub struct Interest {
+    /// The history streams (partitions, and the subscription events' index) it covers; `None`:
+    /// every stream.
+    streams: Option<Arc<[u16]>>,
+    /// Whatever the transport releases when the hold is dropped.
+    _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl std::fmt::Debug for Interest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Interest")
+            .field("streams", &self.streams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Interest {
+    /// A hold on everything that holds nothing: for a transport that reads everything anyway.
+    pub fn everything() -> Self {
+        Self {
+            streams: None,
+            _hold: None,
+        }
+    }
+
+    /// A hold covering `streams` (`None`: all), releasing `hold` when dropped.
+    pub fn new(
+        streams: Option<Vec<u16>>,
+        hold: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> Self {
+        Self {
+            streams: streams.map(Into::into),
+            _hold: hold,
+        }
+    }
+
+    /// The history streams it covers; `None` for all of them.
+    pub fn streams(&self) -> Option<&[u16]> {
+        self.streams.as_deref()
+    }
+}
+
 /// Counters a transport exposes to the metrics endpoint; zeros where a transport has no such thing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TransportStats {
@@ -136,6 +194,8 @@ pub struct TransportStats {
     pub gaps: u64,
     /// Updates lost before this node's readers read them, as far as they could be counted.
     pub missed_entries: u64,
+    /// Partitions this node reads now (a transport that reads everything: all of them).
+    pub partitions_read: u64,
 }
 
 /// A place updates are stored, ordered and read back.
@@ -159,8 +219,31 @@ pub trait Transport: Send + Sync + 'static {
     /// entries and no anchor: the client is told `earliest` rather than left silently behind.
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError>;
 
-    /// Starts this node's reader(s), which hand every stored update to `sink` in transport order
-    /// until the transport is closed.
+    /// The retained updates after `last_event_id` in the streams `interest` covers: what a
+    /// subscriber holding `interest` may match (the caller filters by topic and access). Cheaper
+    /// than [`Transport::history`] on a partitioned transport, and sound while only the streams
+    /// the node holds an interest in are read.
+    async fn history_within(
+        &self,
+        last_event_id: &str,
+        interest: &Interest,
+    ) -> Result<HistoryReply, TransportError> {
+        let _ = interest;
+        self.history(last_event_id).await
+    }
+
+    /// Makes this node read what a subscriber of `scope` may match, until the returned [`Interest`]
+    /// is dropped. Returns once that reading has found its place: every update stored from then on
+    /// reaches the sink; what was stored before is history. A transport that reads everything
+    /// anyway answers at once.
+    async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {
+        let _ = scope;
+        Ok(Interest::everything())
+    }
+
+    /// Starts this node's reader(s), which hand stored updates to `sink` in transport order until
+    /// the transport is closed: every update, or (a transport reading on interest) those that the
+    /// held [`Interest`]s may match.
     fn start_reader(&self, sink: Arc<dyn UpdateSink>);
 
     /// Whether the transport can currently store and read updates (readiness probe).

@@ -274,6 +274,7 @@ impl Transport for MemoryTransport {
         TransportStats {
             history_cache_hits: self.history_hits.load(Ordering::Relaxed),
             history_cache_misses: self.history_misses.load(Ordering::Relaxed),
+            partitions_read: 1,
             ..TransportStats::default()
         }
     }

@@ -9,9 +9,10 @@
 //! [`TransportError::Unavailable`] (the server answers 503 with `Retry-After`). A publish that timed out
 //! may still have been stored: a publisher retrying it can produce a duplicate.
 //!
-//! Every node runs one reader task per stream, each on its own connection (`XREAD BLOCK`), that
-//! appends what it reads to the node's tail cache and then hands it to the fan-out, in stream order.
-//! The publishing node receives its own updates the same way, so every node delivers the same order.
+//! A node runs one reader task per partition it reads, each on its own connection (`XREAD BLOCK`),
+//! that appends what it reads to the node's tail cache and then hands it to the fan-out, in stream
+//! order. The publishing node receives its own updates the same way, so every node delivers the
+//! same order.
 //!
 //! # Partitions
 //! With `partitions = 1` there is one stream, `<prefix>:updates`, and one total order; this works
@@ -20,6 +21,34 @@
 //! `<prefix>:{<tag>}` with tags chosen so the streams spread evenly over the cluster's hash slots.
 //! Order then holds per partition: updates of one topic keep their order, updates of different
 //! topics in different partitions may be seen in different relative orders by different nodes.
+//!
+//! **Alternate topics.** A subscriber of an exact topic must find, in that topic's partition,
+//! every update it may match, including those for which the topic is an alternate. So an update
+//! whose topics hash to several partitions is stored once in each of them (one `XADD` per
+//! partition, the publish acknowledged once all are stored), every copy carrying the partition of
+//! each of the update's topics (see `entry`). A subscriber takes only the copy stored in the
+//! partition of the first of the update's topics it matches
+//! ([`quicksilver_protocol::Envelope::is_copy_for`], applied
+//! by the fan-out and by replay), so it gets the update once even on a node that reads several of
+//! those partitions, and every update it gets through a given exact topic comes from that
+//! topic's partition, in that partition's one order, on every node. An update stored once (one
+//! topic, or all its topics in one partition, and always with one partition) has no copies. The
+//! cost is one more `XADD` (and one more entry of history) per extra partition an update's topics
+//! reach. Nodes of a version before this rule store an update once, in its canonical topic's
+//! partition, and read every partition; during a rolling upgrade their subscribers of an
+//! alternate topic may get an update once per copy.
+//!
+//! # Reading on interest
+//! With `read_on_interest` (the server's choice), a node reads only the partitions its subscribers
+//! may match: a subscriber's exact topics name one partition each (an exact topic that is a
+//! subscription topic adds partition 0, whose reader also reads the subscription events); a `*`,
+//! URI template or URL pattern selector may match any topic, so one such subscriber makes its
+//! node read every partition. A reader starts when the first subscriber needing its partition
+//! arrives, and stops `idle_reader_linger` after the last one left; a subscriber is answered once
+//! the readers it needs have found their place, so nothing is missed between its registration and
+//! its history lookup (see `interest`). History lookups read only the streams of the subscriber's
+//! partitions. A node's Redis work then follows the topics of its subscribers rather than the
+//! whole hub's traffic, which is what topic-affine routing at the load balancer makes small.
 //!
 //! **Resuming in partitioned mode.** A last event id names an update stored in one partition `p`.
 //! The replay holds every retained update of `p` after it (exactly as with one partition) and, for
@@ -56,8 +85,8 @@
 //! fell further behind than the stream retains) logs and counts that too ([`RedisStats::trimmed_gaps`]).
 //!
 //! # Readiness
-//! [`Transport::is_ready`] is true once the readers are started, every reader is connected, and the
-//! shared connections reach Redis (checked by publishes and a `PING` every second).
+//! [`Transport::is_ready`] is true once the readers are started, no running reader is failing (and,
+//! reading every partition, each has connected once), and the shared connections reach Redis (checked by publishes and a `PING` every second).
 //!
 //! # Layout
 //! - `config`: [`RedisConfig`] and its validation.
@@ -65,6 +94,7 @@
 //! - `entry`: the versioned stream entry format.
 //! - `connection` and `pool`: plain or cluster connections, timeouts, the shared connections.
 //! - `commands`: the Redis commands sent and their replies.
+//! - `interest`: which partitions this node reads; starting and stopping their readers.
 //! - `reader`: one partition's reader task. `cache`: the tail cache it fills.
 //! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
 //! - `status`: readiness flags and [`RedisStats`].
@@ -75,6 +105,7 @@ mod config;
 mod connection;
 mod entry;
 mod history;
+mod interest;
 mod keys;
 pub(crate) mod pool;
 mod reader;
@@ -92,7 +123,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{
     RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_HISTORY_MAX_BYTES,
-    DEFAULT_READ_BUDGET, DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
+    DEFAULT_IDLE_READER_LINGER, DEFAULT_READ_BUDGET, DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
 };
 /// The stream entry codec, public for the codec benchmark.
 pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryError};
@@ -102,13 +133,16 @@ pub use status::RedisStats;
 use cache::TailCache;
 use config::Settings;
 use connection::{CallError, Connector};
+use interest::{Hold, Readers};
 use keys::StreamKeys;
 use pool::ConnectionPool;
-use reader::StreamReader;
 use singleflight::SingleFlight;
-use status::{Counters, Health};
+use status::{Counters, Health, ReaderState};
 
-use crate::{now_micros, HistoryReply, Transport, TransportError, TransportStats, UpdateSink};
+use crate::{
+    now_micros, HistoryReply, Interest, Scope, Transport, TransportError, TransportStats,
+    UpdateSink,
+};
 
 /// How often the shared connections are checked with `PING` for readiness.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -117,6 +151,9 @@ const PING_EVERY: Duration = Duration::from_secs(1);
 /// stops its reader and health tasks.
 pub struct RedisTransport {
     shared: Arc<Shared>,
+    readers: Arc<Readers>,
+    /// Every partition, held for the node's life when it does not read on interest.
+    permanent: parking_lot::Mutex<Option<Hold>>,
     shutdown: CancellationToken,
     closed: AtomicBool,
 }
@@ -160,6 +197,39 @@ impl Shared {
     pub(crate) fn events_partition(&self) -> u16 {
         self.settings.partitions
     }
+
+    /// The history streams (cache indexes) partition `partition`'s reader fills: its updates, and
+    /// for partition 0 the subscription events too.
+    pub(crate) fn streams_of(&self, partition: u16) -> impl Iterator<Item = usize> {
+        let events = (partition == 0).then_some(usize::from(self.events_partition()));
+        std::iter::once(usize::from(partition)).chain(events)
+    }
+
+    /// Forgets what a stopped reader read: its caches are emptied (not complete: history asks
+    /// Redis), its position and lag cleared.
+    pub(crate) fn forget(&self, partition: u16) {
+        for index in self.streams_of(partition) {
+            if let Some(cache) = self.caches.get(index) {
+                cache.write().reset(Vec::new(), false);
+            }
+            if let Some(progress) = self.progress.get(index) {
+                progress.send_replace(None);
+            }
+        }
+        if let Some(lag) = self.lags.get(usize::from(partition)) {
+            lag.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How long a subscriber waits, at most, for the readers it needs to find their place, in command
+/// timeouts (a first connection warms the tail cache in a few commands).
+const POSITION_WAIT_TIMEOUTS: u32 = 3;
+
+/// Whether `topic` may be a subscription event's topic (`…/.well-known/mercure/subscriptions…`),
+/// whose stream partition 0's reader reads.
+fn is_subscription_topic(topic: &str) -> bool {
+    topic.contains("/.well-known/mercure/subscriptions")
 }
 
 impl RedisTransport {
@@ -202,17 +272,78 @@ impl RedisTransport {
             scans: tokio::sync::Semaphore::new(settings.max_history_scans),
             settings,
         };
+        let shared = Arc::new(shared);
+        let shutdown = CancellationToken::new();
+        let starting_state = if shared.settings.read_on_interest {
+            // A reader starting for a subscriber does not make the node unready: the subscriber
+            // waits for it.
+            ReaderState::Idle
+        } else {
+            ReaderState::Connecting
+        };
         Ok(Self {
-            shared: Arc::new(shared),
-            shutdown: CancellationToken::new(),
+            readers: Readers::new(shared.clone(), shutdown.child_token(), starting_state),
+            permanent: parking_lot::Mutex::new(None),
+            shared,
+            shutdown,
             closed: AtomicBool::new(false),
         })
+    }
+
+    /// The partitions a subscriber of `scope` may match (see "Reading on interest").
+    pub fn partitions_for(&self, scope: &Scope) -> Vec<u16> {
+        let partitions = self.shared.settings.partitions;
+        match scope {
+            Scope::All => (0..partitions).collect(),
+            Scope::Topics(topics) => {
+                let mut out: Vec<u16> = topics
+                    .iter()
+                    .map(|t| keys::partition_of(t, partitions))
+                    .chain(topics.iter().any(|t| is_subscription_topic(t)).then_some(0))
+                    .collect();
+                out.sort_unstable();
+                out.dedup();
+                out
+            }
+        }
+    }
+
+    /// How many partitions this node reads now.
+    pub fn partitions_read(&self) -> usize {
+        self.readers.reading()
+    }
+
+    /// Stores `payload` in `partition`; the position, or why not.
+    async fn store(&self, partition: u16, payload: &[u8]) -> Result<Position, TransportError> {
+        let shared = &self.shared;
+        let settings = &shared.settings;
+        let key = &shared.keys[usize::from(partition)].stream;
+        let xadd = commands::xadd(key, settings.stream_len, payload);
+        let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
+            None => shared.pool.query(&xadd).await,
+            Some(min_ms) => {
+                // XADD takes one trim strategy; the age limit is a second command in the same
+                // round trip.
+                let mut pipe = redis::pipe();
+                pipe.add_command(xadd)
+                    .add_command(commands::xtrim_minid(key, min_ms))
+                    .ignore();
+                shared
+                    .pool
+                    .query_pipeline::<(String,)>(&pipe)
+                    .await
+                    .map(|(id,)| id)
+            }
+        };
+        self.stored(partition, stored)
     }
 
     /// Stops the readers; later publishes fail with [`TransportError::Closed`].
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
         self.shutdown.cancel();
+        self.readers.close();
+        self.permanent.lock().take();
     }
 
     /// Counters since creation (for metrics).
@@ -246,11 +377,11 @@ impl RedisTransport {
     }
 
     /// An entry's payload for `update`, with a fresh nonce: a retried `XADD` of it is recognised.
-    fn encode(&self, update: &Update) -> Result<Vec<u8>, TransportError> {
+    fn encode(&self, update: &Update, copies: Option<&[u16]>) -> Result<Vec<u8>, TransportError> {
         let trace_context = crate::trace_context::current();
         // Never 0 (which means "none").
         let nonce = fastrand::u64(1..);
-        entry::encode(update, now_micros(), trace_context.as_ref(), nonce)
+        entry::encode_copy(update, now_micros(), trace_context.as_ref(), nonce, copies)
             .map_err(|e| TransportError::Corrupt(e.to_string()))
     }
 
@@ -295,6 +426,7 @@ impl RedisTransport {
 impl Drop for RedisTransport {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        self.readers.close();
     }
 }
 
@@ -309,29 +441,33 @@ impl Transport for RedisTransport {
         if self.closed.load(Ordering::Relaxed) {
             return Err(TransportError::Closed);
         }
-        let shared = &self.shared;
-        let settings = &shared.settings;
-        let partition = keys::partition_of(update.canonical_topic(), settings.partitions);
-        let key = &shared.keys[usize::from(partition)].stream;
-        let payload = self.encode(&update)?;
-        let xadd = commands::xadd(key, settings.stream_len, &payload);
-        let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
-            None => shared.pool.query(&xadd).await,
-            Some(min_ms) => {
-                // XADD takes one trim strategy; the age limit is a second command in the same
-                // round trip.
-                let mut pipe = redis::pipe();
-                pipe.add_command(xadd)
-                    .add_command(commands::xtrim_minid(key, min_ms))
-                    .ignore();
-                shared
-                    .pool
-                    .query_pipeline::<(String,)>(&pipe)
-                    .await
-                    .map(|(id,)| id)
+        let partitions = self.shared.settings.partitions;
+        let home = keys::partition_of(update.canonical_topic(), partitions);
+        let copies: Vec<u16> = update
+            .topics
+            .iter()
+            .map(|t| keys::partition_of(t, partitions))
+            .collect();
+        if copies.iter().all(|&p| p == home) {
+            let payload = self.encode(&update, None)?;
+            return self.store(home, &payload).await;
+        }
+        // Stored once per partition of its topics (see "Alternate topics"), all copies at once;
+        // acknowledged when every copy is stored, its position the canonical topic's copy's.
+        let payload = self.encode(&update, Some(&copies))?;
+        let mut targets = copies.clone();
+        targets.sort_unstable();
+        targets.dedup();
+        let stored =
+            futures_util::future::join_all(targets.iter().map(|&p| self.store(p, &payload))).await;
+        let mut home_position = None;
+        for (partition, result) in targets.iter().zip(stored) {
+            let position = result?;
+            if *partition == home {
+                home_position = Some(position);
             }
-        };
-        self.stored(partition, stored)
+        }
+        home_position.ok_or_else(|| TransportError::Corrupt("no copy in the home partition".into()))
     }
 
     #[tracing::instrument(
@@ -344,7 +480,7 @@ impl Transport for RedisTransport {
             return Err(TransportError::Closed);
         }
         let shared = &self.shared;
-        let payload = self.encode(&update)?;
+        let payload = self.encode(&update, None)?;
         let keys = &shared.keys[0];
         let cmd = commands::xadd_event(
             &keys.events,
@@ -357,17 +493,48 @@ impl Transport for RedisTransport {
     }
 
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
-        history::history(&self.shared, last_event_id).await
+        // Every stream: sound only while every reader runs, so hold them all meanwhile.
+        let interest = self.interest(&Scope::All).await?;
+        self.history_within(last_event_id, &interest).await
+    }
+
+    async fn history_within(
+        &self,
+        last_event_id: &str,
+        interest: &Interest,
+    ) -> Result<HistoryReply, TransportError> {
+        history::history(&self.shared, last_event_id, interest.streams()).await
+    }
+
+    async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {
+        if self.closed.load(Ordering::Relaxed) {
+            return Err(TransportError::Closed);
+        }
+        if !self.shared.settings.read_on_interest {
+            return Ok(Interest::everything());
+        }
+        let partitions = self.partitions_for(scope);
+        let streams: Vec<u16> = partitions
+            .iter()
+            .flat_map(|&p| self.shared.streams_of(p))
+            .map(|i| i as u16)
+            .collect();
+        let wait = self.shared.settings.command_timeout * POSITION_WAIT_TIMEOUTS;
+        let hold = self.readers.acquire(partitions, wait).await?;
+        Ok(Interest::new(Some(streams), Some(Box::new(hold))))
     }
 
     fn start_reader(&self, sink: Arc<dyn UpdateSink>) {
-        if !self.shared.health.start() {
+        if !self.shared.health.start() || !self.readers.set_sink(sink) {
             tracing::warn!("redis transport readers already started");
             return;
         }
-        for partition in 0..self.shared.settings.partitions {
-            let reader = StreamReader::new(self.shared.clone(), partition, sink.clone());
-            tokio::spawn(reader.run(self.shutdown.child_token()));
+        if !self.shared.settings.read_on_interest {
+            let all = (0..self.shared.settings.partitions).collect();
+            match self.readers.hold(all) {
+                Ok((hold, _)) => *self.permanent.lock() = Some(hold),
+                Err(e) => tracing::error!(error = %e, "cannot start the redis readers"),
+            }
         }
         self.spawn_health_check();
     }
@@ -392,6 +559,7 @@ impl Transport for RedisTransport {
             epoch_changes: s.epoch_changes,
             gaps: s.trimmed_gaps + s.rollbacks + s.recreations,
             missed_entries: s.missed_entries,
+            partitions_read: self.readers.reading() as u64,
         }
     }
 

@@ -27,6 +27,9 @@ pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Default [`RedisConfig::read_budget`].
 pub const DEFAULT_READ_BUDGET: usize = 16 * 1024 * 1024;
 
+/// Default [`RedisConfig::idle_reader_linger`].
+pub const DEFAULT_IDLE_READER_LINGER: Duration = Duration::from_secs(10);
+
 /// Most entries one read or one history scan command asks for, however small entries are.
 pub(crate) const MAX_READ_COUNT: usize = 512;
 
@@ -95,6 +98,14 @@ pub struct RedisConfig {
     /// History lookups that may talk to Redis at once (scans of the retained history, and the
     /// catch-up checks of unknown ids); others wait up to the command timeout, then fail.
     pub max_history_scans: usize,
+    /// Read only the partitions that the node's subscribers may match (see the `redis` module
+    /// docs, "Reading on interest"): a reader starts when a subscriber needs its partition and
+    /// stops `idle_reader_linger` after the last one left. `false`: every partition is read from
+    /// the start, whatever the subscribers.
+    pub read_on_interest: bool,
+    /// How long a partition's reader keeps reading after its last interested subscriber left, so
+    /// that subscribers coming and going (reconnections) do not restart it each time.
+    pub idle_reader_linger: Duration,
 }
 
 impl RedisConfig {
@@ -133,6 +144,8 @@ impl Default for RedisConfig {
             max_entry_bytes: 1024 * 1024 + 64 * 1024,
             read_budget: DEFAULT_READ_BUDGET,
             max_history_scans: 8,
+            read_on_interest: false,
+            idle_reader_linger: DEFAULT_IDLE_READER_LINGER,
         }
     }
 }
@@ -188,6 +201,10 @@ pub(crate) struct Settings {
     pub(crate) history_max_bytes: usize,
     /// See [`RedisConfig::max_history_scans`].
     pub(crate) max_history_scans: usize,
+    /// See [`RedisConfig::read_on_interest`].
+    pub(crate) read_on_interest: bool,
+    /// See [`RedisConfig::idle_reader_linger`].
+    pub(crate) idle_reader_linger: Duration,
 }
 
 impl Settings {
@@ -255,6 +272,8 @@ impl Settings {
             read_count: (config.read_budget / config.max_entry_bytes).clamp(1, MAX_READ_COUNT),
             history_max_bytes: config.history_max_bytes.max(1),
             max_history_scans: config.max_history_scans.max(1),
+            read_on_interest: config.read_on_interest,
+            idle_reader_linger: config.idle_reader_linger,
         })
     }
 

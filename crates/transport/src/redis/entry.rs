@@ -70,6 +70,9 @@ struct EntryV1Ref<'a> {
     /// Added later still: omitted when 0 (none).
     #[serde(skip_serializing_if = "is_zero")]
     nonce: u64,
+    /// Added with partitioned reading: omitted for an update stored once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    copies: Option<&'a [u16]>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -86,6 +89,8 @@ struct EntryV1 {
     trace_context: Option<TraceContext>,
     #[serde(default)]
     nonce: u64,
+    #[serde(default)]
+    copies: Option<Vec<u16>>,
 }
 
 /// A decoded entry: the envelope, and the nonce of the publish that wrote it (0: none).
@@ -102,11 +107,24 @@ pub fn encode(
     trace_context: Option<&TraceContext>,
     nonce: u64,
 ) -> Result<Vec<u8>, EntryError> {
+    encode_copy(update, accepted_at_micros, trace_context, nonce, None)
+}
+
+/// The `u` field of the copies of an update stored in several partitions: `copies` holds the
+/// partition of each of its topics (see the module docs); `None` for an update stored once.
+pub(crate) fn encode_copy(
+    update: &Update,
+    accepted_at_micros: u64,
+    trace_context: Option<&TraceContext>,
+    nonce: u64,
+    copies: Option<&[u16]>,
+) -> Result<Vec<u8>, EntryError> {
     Ok(rmp_serde::to_vec_named(&EntryV1Ref {
         update,
         accepted_at_micros,
         trace_context,
         nonce,
+        copies,
     })?)
 }
 
@@ -148,6 +166,12 @@ fn decode_v1(position: Position, payload: &[u8]) -> Result<Decoded, EntryError> 
     let stored: EntryV1 = rmp_serde::from_slice(payload)?;
     let mut envelope = Envelope::new(position, stored.update, stored.accepted_at_micros);
     envelope.trace_context = stored.trace_context;
+    // A copies list that does not fit the topics is ignored: the copy is then delivered like an
+    // update stored once (a duplicate at worst, never a loss).
+    envelope.copies = stored
+        .copies
+        .filter(|c| c.len() == envelope.update.topics.len())
+        .map(Into::into);
     Ok(Decoded {
         envelope,
         nonce: stored.nonce,
@@ -187,6 +211,29 @@ mod tests {
                 .collect::<HashMap<_, _>>(),
             ..StreamId::default()
         }
+    }
+
+    #[test]
+    fn copies_round_trip_and_single_entries_have_none() {
+        let bytes = encode_copy(&update(), 1, None, 7, Some(&[3, 1])).unwrap();
+        let e = entry("5-0", &[("v", b"1".to_vec()), ("u", bytes)]);
+        let env = decode(1, &e).unwrap().envelope;
+        assert_eq!(env.copies.as_deref(), Some(&[3u16, 1][..]));
+        assert!(
+            env.is_copy_for(1),
+            "the alternate topic's copy is in partition 1"
+        );
+        assert!(
+            !env.is_copy_for(0),
+            "the canonical topic's copy is in partition 3"
+        );
+        let single = encode(&update(), 1, None, 7).unwrap();
+        let e = entry("5-0", &[("v", b"1".to_vec()), ("u", single)]);
+        assert!(decode(1, &e).unwrap().envelope.copies.is_none());
+        // A list that does not fit the topics is ignored rather than hiding the update.
+        let odd = encode_copy(&update(), 1, None, 7, Some(&[3])).unwrap();
+        let e = entry("5-0", &[("v", b"1".to_vec()), ("u", odd)]);
+        assert!(decode(1, &e).unwrap().envelope.copies.is_none());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //! answers from that. Identical concurrent slow paths are merged into one by last event id
 //! (single-flight).
 //!
+//! A lookup reads only the streams of the caller's interest (the partitions its subscriber may
+//! match, see `interest`; every stream for a caller without one), which are exactly the streams
+//! this node's running readers fill.
+//!
 //! Replies are assembled the same way on both paths, stream by stream:
 //! - the stream holding the anchor (the earliest retained occurrence of the id): the entries after
 //!   it;
@@ -17,7 +21,10 @@
 //!   exactly what the subscriber had not seen);
 //! - with several partitions, every other stream its entries at or after the anchor's stream time
 //!   minus the resume margin (see the `redis` module docs for what that guarantees), except that
-//!   partition 0 and the events stream keep the exact rule between them.
+//!   partition 0 and the events stream keep the exact rule between them; and a stream holding a
+//!   copy of the anchor's update (its topics span several partitions, see the `redis` module
+//!   docs) takes, exactly, the entries after that copy: the subscriber had that copy or the
+//!   anchor's, and in either case everything before both.
 //!
 //! The merged reply is in the order nodes hand entries over: with one partition, each event right
 //! after the update it follows; with several, `(stream time, partition, sequence)`. Each stream
@@ -85,37 +92,59 @@ impl Resolution {
 }
 
 /// The retained updates after `last_event_id` (see the module docs).
+///
+/// `scope` lists the streams read (cache indexes: partitions, and the events' index); `None`
+/// reads every stream.
 pub(crate) async fn history(
     shared: &Arc<Shared>,
     last_event_id: &str,
+    scope: Option<&[u16]>,
 ) -> Result<HistoryReply, TransportError> {
     if shared.settings.history_size == 0 {
         return Ok(HistoryReply::default());
     }
-    let reply = lookup(shared, last_event_id).await?;
+    let reply = lookup(shared, last_event_id, scope).await?;
     if reply.anchor.is_some() || last_event_id == EARLIEST {
         return Ok(reply);
     }
     // Unknown so far: perhaps only because this node has not read it yet.
-    if catch_up(shared).await {
-        return lookup(shared, last_event_id).await;
+    if catch_up(shared, scope).await {
+        return lookup(shared, last_event_id, scope).await;
     }
     Ok(reply)
 }
 
+/// Whether stream `index` is among those `scope` reads.
+fn in_scope(scope: Option<&[u16]>, index: usize) -> bool {
+    scope.is_none_or(|s| s.iter().any(|&i| usize::from(i) == index))
+}
+
 /// One lookup: the caches, else a (shared) scan of Redis.
-async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryReply, TransportError> {
-    if let Some(resolution) = from_cache(shared, last_event_id) {
+async fn lookup(
+    shared: &Arc<Shared>,
+    last_event_id: &str,
+    scope: Option<&[u16]>,
+) -> Result<HistoryReply, TransportError> {
+    if let Some(resolution) = from_cache(shared, last_event_id, scope) {
         Counters::bump(&shared.counters.history_cache_hits);
         return Ok(resolution.into_reply());
     }
     let slow = shared.clone();
     let id = last_event_id.to_string();
+    let owned_scope: Option<Vec<u16>> = scope.map(<[u16]>::to_vec);
+    // Callers of different scopes read different streams: they share a scan only with their own.
+    let key = match scope {
+        None => last_event_id.to_string(),
+        Some(streams) => {
+            let streams: Vec<String> = streams.iter().map(u16::to_string).collect();
+            format!("{last_event_id}\u{0}{}", streams.join(","))
+        }
+    };
     let (flight, joined) = shared
         .flights
-        .run_or_join(last_event_id, move || async move {
+        .run_or_join(&key, move || async move {
             let _turn = scan_turn(&slow).await?;
-            from_redis(&slow, &id)
+            from_redis(&slow, &id, owned_scope.as_deref())
                 .await
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
@@ -123,7 +152,7 @@ async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryRepl
         .await;
     match flight {
         Some(Ok(resolution)) if joined == Joined(false) => Ok(resolution.to_reply()),
-        Some(Ok(resolution)) => match top_up(shared, &resolution) {
+        Some(Ok(resolution)) => match top_up(shared, &resolution, scope) {
             Some(reply) => Ok(reply),
             None => {
                 // The cache moved on past the shared snapshot: this caller reads alone.
@@ -131,7 +160,7 @@ async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryRepl
                 let _turn = scan_turn(shared)
                     .await
                     .map_err(TransportError::Unavailable)?;
-                from_redis(shared, last_event_id)
+                from_redis(shared, last_event_id, scope)
                     .await
                     .map(Resolution::into_reply)
                     .map_err(TransportError::from)
@@ -144,7 +173,7 @@ async fn lookup(shared: &Arc<Shared>, last_event_id: &str) -> Result<HistoryRepl
 
 /// A shared snapshot, completed with everything the readers cached after its high-water marks;
 /// `None` when a cache no longer holds a mark (evicted or reset since).
-fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
+fn top_up(shared: &Shared, resolution: &Resolution, scope: Option<&[u16]>) -> Option<HistoryReply> {
     let mut reply = resolution.to_reply();
     if reply.anchor.is_none() {
         // Unknown id (or `earliest` answered from a snapshot): nothing was promised after it.
@@ -154,6 +183,9 @@ fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
     }
     let mut high_water = Vec::with_capacity(shared.caches.len());
     for (q, cache) in shared.caches.iter().enumerate() {
+        if !in_scope(scope, q) {
+            continue;
+        }
         let cache = cache.read();
         let mark = resolution
             .high_water
@@ -189,13 +221,16 @@ fn top_up(shared: &Shared, resolution: &Resolution) -> Option<HistoryReply> {
 
 /// Waits (at most the command timeout) for every reader to reach where its stream ended when
 /// called; `true` when one had to catch up (a new lookup may then find more).
-async fn catch_up(shared: &Shared) -> bool {
+async fn catch_up(shared: &Shared, scope: Option<&[u16]>) -> bool {
     let deadline = tokio::time::Instant::now() + shared.settings.command_timeout;
     let Ok(_turn) = scan_turn(shared).await else {
         return false;
     };
     let mut waited = false;
     for partition in 0..=shared.settings.partitions {
+        if !in_scope(scope, usize::from(partition)) {
+            continue;
+        }
         let key = if partition == shared.events_partition() {
             &shared.keys[0].events
         } else {
@@ -254,8 +289,9 @@ pub(crate) enum Start {
     Following(Position),
 }
 
-/// Where stream `index` (a partition, or the events at index `partitions`) starts for `anchor`.
-fn start_for(shared: &Shared, index: usize, anchor: Option<Anchor>) -> Start {
+/// Where stream `index` (a partition, or the events at index `partitions`) starts for `anchor`,
+/// whose update also has a copy at each of `copies` (see the module docs).
+fn start_for(shared: &Shared, index: usize, anchor: Option<Anchor>, copies: &[Position]) -> Start {
     let Some(anchor) = anchor else {
         return Start::All;
     };
@@ -263,6 +299,9 @@ fn start_for(shared: &Shared, index: usize, anchor: Option<Anchor>) -> Start {
     let home = usize::from(anchor.position.partition);
     if index == home {
         return Start::After(anchor.position);
+    }
+    if let Some(copy) = copies.iter().find(|c| usize::from(c.partition) == index) {
+        return Start::After(*copy);
     }
     match (anchor.follows, index) {
         // After an event: partition 0's updates after the one it follows.
@@ -282,17 +321,42 @@ fn retained(shared: &Shared, index: usize) -> usize {
     }
 }
 
+/// The copies of the anchor's update among `occurrences` (the first occurrence of the anchor's id in
+/// each stream read): entries stored by the same publish in other partitions, which carry a copies
+/// list and are within the resume margin of the anchor (an id reused later is not a copy).
+fn copies_of(
+    shared: &Shared,
+    anchor: Option<Anchor>,
+    occurrences: &[Arc<Envelope>],
+) -> Vec<Position> {
+    let Some(anchor) = anchor else {
+        return Vec::new();
+    };
+    let margin = shared.settings.resume_margin.as_millis() as u64;
+    occurrences
+        .iter()
+        .filter(|e| e.copies.is_some() && e.position.partition != anchor.position.partition)
+        .filter(|e| e.position.ms.abs_diff(anchor.position.ms) <= margin)
+        .map(|e| e.position)
+        .collect()
+}
+
 /// The fast path: `None` when the caches cannot answer alone.
-fn from_cache(shared: &Shared, last_event_id: &str) -> Option<Resolution> {
+fn from_cache(shared: &Shared, last_event_id: &str, scope: Option<&[u16]>) -> Option<Resolution> {
     let cutoff = shared.settings.age_cutoff_ms();
+    let mut occurrences = Vec::new();
     let anchor = if last_event_id == EARLIEST {
         None
     } else {
         let mut found: Option<Anchor> = None;
         let mut all_covered = true;
         for (index, cache) in shared.caches.iter().enumerate() {
+            if !in_scope(scope, index) {
+                continue;
+            }
             let cache = cache.read();
             if let Some(entry) = cache.find(last_event_id) {
+                occurrences.push(entry.clone());
                 let candidate = Anchor {
                     position: entry.position,
                     follows: entry.follows,
@@ -316,9 +380,13 @@ fn from_cache(shared: &Shared, last_event_id: &str) -> Option<Resolution> {
         }
         Some(anchor)
     };
+    let copies = copies_of(shared, anchor, &occurrences);
     let mut parts = Vec::with_capacity(shared.caches.len());
     for (index, cache) in shared.caches.iter().enumerate() {
-        let start = start_for(shared, index, anchor);
+        if !in_scope(scope, index) {
+            continue;
+        }
+        let start = start_for(shared, index, anchor, &copies);
         // `None` when the cache does not reach back far enough (the anchor may also have been
         // evicted since it was found): the slow path answers then.
         parts.push(cache.read().select(start, retained(shared, index))?);
@@ -333,25 +401,33 @@ fn from_cache(shared: &Shared, last_event_id: &str) -> Option<Resolution> {
 }
 
 /// The slow path: each stream's retained history, from its cache and Redis.
-async fn from_redis(shared: &Shared, last_event_id: &str) -> Result<Resolution, CallError> {
+async fn from_redis(
+    shared: &Shared,
+    last_event_id: &str,
+    scope: Option<&[u16]>,
+) -> Result<Resolution, CallError> {
     Counters::bump(&shared.counters.history_redis_scans);
     let cutoff = shared.settings.age_cutoff_ms();
     let mut windows = Vec::with_capacity(shared.caches.len());
-    for index in 0..shared.caches.len() {
+    for index in (0..shared.caches.len()).filter(|&i| in_scope(scope, i)) {
         let mut window = load_window(shared, index).await?;
         if let Some(cutoff) = cutoff {
             if index != usize::from(shared.events_partition()) {
                 window.entries.retain(|e| e.position.ms >= cutoff);
             }
         }
-        windows.push(window);
+        windows.push((index, window));
     }
+    let occurrences: Vec<Arc<Envelope>> = windows
+        .iter()
+        .filter_map(|(_, w)| w.entries.iter().find(|e| e.update.id == last_event_id))
+        .cloned()
+        .collect();
     let anchor = if last_event_id == EARLIEST {
         None
     } else {
-        let found = windows
+        let found = occurrences
             .iter()
-            .filter_map(|w| w.entries.iter().find(|e| e.update.id == last_event_id))
             .map(|e| Anchor {
                 position: e.position,
                 follows: e.follows,
@@ -362,11 +438,11 @@ async fn from_redis(shared: &Shared, last_event_id: &str) -> Result<Resolution, 
         };
         Some(anchor)
     };
+    let copies = copies_of(shared, anchor, &occurrences);
     let parts = windows
         .into_iter()
-        .enumerate()
         .map(|(index, mut window)| {
-            let start = start_for(shared, index, anchor);
+            let start = start_for(shared, index, anchor, &copies);
             let len = if window.full {
                 usize::MAX
             } else {

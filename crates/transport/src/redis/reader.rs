@@ -60,7 +60,7 @@ use tracing::Instrument;
 
 use super::commands::{self, StreamInfo, TailEnd, Via};
 use super::connection::{CallError, Conn};
-use super::status::Counters;
+use super::status::{Counters, ReaderState};
 use super::Shared;
 use crate::{Gap, GapCause, UpdateSink};
 
@@ -110,6 +110,9 @@ pub(crate) struct StreamReader {
     events_caught_up: bool,
     /// Publish nonces of the entries read lately (see [`RECENT_NONCES`]).
     recent: RecentNonces,
+    /// Set once the reader has found its place in its streams (its first connection warmed the
+    /// caches): subscribers waiting for this reader to start are then served.
+    positioned: tokio::sync::watch::Sender<bool>,
 }
 
 /// Where a reader is in one stream.
@@ -147,7 +150,12 @@ struct Repeats {
 }
 
 impl StreamReader {
-    pub(crate) fn new(shared: Arc<Shared>, partition: u16, sink: Arc<dyn UpdateSink>) -> Self {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        partition: u16,
+        sink: Arc<dyn UpdateSink>,
+        positioned: tokio::sync::watch::Sender<bool>,
+    ) -> Self {
         let keys = &shared.keys[usize::from(partition)];
         let updates = Cursor::new(&keys.stream, partition);
         let events = (partition == 0).then(|| Cursor::new(&keys.events, shared.events_partition()));
@@ -165,6 +173,7 @@ impl StreamReader {
             events_floor: None,
             events_caught_up: true,
             recent: RecentNonces::default(),
+            positioned,
         }
     }
 
@@ -179,7 +188,9 @@ impl StreamReader {
                     Ok(never) => match never {},
                 },
             };
-            self.shared.health.set_reader(self.partition, false);
+            self.shared
+                .health
+                .set_reader(self.partition, ReaderState::Failing);
             Counters::bump(&self.shared.counters.reader_errors);
             let delay = backoff.next();
             tracing::warn!(
@@ -193,7 +204,9 @@ impl StreamReader {
                 _ = tokio::time::sleep(delay) => {}
             }
         }
-        self.shared.health.set_reader(self.partition, false);
+        self.shared
+            .health
+            .set_reader(self.partition, ReaderState::Idle);
     }
 
     /// The cursors, updates first.
@@ -225,7 +238,11 @@ impl StreamReader {
             Some(_) => self.checked = true,
         }
         self.epoch = Some(epoch);
-        shared.health.set_reader(self.partition, true);
+        shared
+            .health
+            .set_reader(self.partition, ReaderState::Connected);
+        // Positioned: what is stored from now on is read live (see `interest`).
+        self.positioned.send_replace(true);
         backoff.reset();
         tracing::debug!(partition = self.partition, stream = %keys.stream, "redis reader connected");
 

@@ -4,20 +4,38 @@
 //! flip the pool's. Counters are plain atomics read as a [`RedisStats`] snapshot (for metrics and for
 //! tests that assert, say, that a history request cost no Redis round trip).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 
-/// Readiness: the pool reaches Redis and every reader is connected.
+/// Readiness: the pool reaches Redis and no running reader is failing.
 pub(crate) struct Health {
     pool_ok: AtomicBool,
-    readers: Vec<AtomicBool>,
+    /// Index = partition: a [`ReaderState`] as `u8`.
+    readers: Vec<AtomicU8>,
     started: AtomicBool,
+}
+
+/// Where a partition's reader stands, as readiness sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum ReaderState {
+    /// Not running (no subscriber of this node needs the partition): not counted.
+    Idle = 0,
+    /// Running, not connected yet: counted as not ready (a node reading every partition is ready
+    /// once all its readers have found their place).
+    Connecting = 1,
+    /// Running and reading.
+    Connected = 2,
+    /// Running, failed, reconnecting.
+    Failing = 3,
 }
 
 impl Health {
     pub(crate) fn new(partitions: u16) -> Self {
         Self {
             pool_ok: AtomicBool::new(false),
-            readers: (0..partitions).map(|_| AtomicBool::new(false)).collect(),
+            readers: (0..partitions)
+                .map(|_| AtomicU8::new(ReaderState::Idle as u8))
+                .collect(),
             started: AtomicBool::new(false),
         }
     }
@@ -26,9 +44,9 @@ impl Health {
         self.pool_ok.store(ok, Ordering::Relaxed);
     }
 
-    pub(crate) fn set_reader(&self, partition: u16, connected: bool) {
+    pub(crate) fn set_reader(&self, partition: u16, state: ReaderState) {
         if let Some(flag) = self.readers.get(usize::from(partition)) {
-            flag.store(connected, Ordering::Relaxed);
+            flag.store(state as u8, Ordering::Relaxed);
         }
     }
 
@@ -38,9 +56,13 @@ impl Health {
     }
 
     pub(crate) fn is_ready(&self) -> bool {
+        let settled = |r: &AtomicU8| {
+            let state = r.load(Ordering::Relaxed);
+            state == ReaderState::Idle as u8 || state == ReaderState::Connected as u8
+        };
         self.started.load(Ordering::Acquire)
             && self.pool_ok.load(Ordering::Relaxed)
-            && self.readers.iter().all(|r| r.load(Ordering::Relaxed))
+            && self.readers.iter().all(settled)
     }
 }
 
