@@ -442,8 +442,8 @@ mod tests {
             e.copies = Some(Arc::from([1u16, 4]));
             Arc::new(e)
         };
-        index.deliver(&copy(1, 1));
-        index.deliver(&copy(4, 2));
+        index.deliver(&copy(1, 1), false);
+        index.deliver(&copy(4, 2), false);
         assert_eq!(received(&mut canonical), [1]);
         assert_eq!(received(&mut alternate), [2]);
         // The first of the update's topics it matches is "/a", whatever its selectors' order.
