@@ -209,10 +209,17 @@ impl ShardIndex {
         }
     }
 
-    /// Ends every subscriber's stream after what it already holds, marked as interrupted (updates
-    /// were lost before this node read them); returns how many.
-    pub(crate) fn interrupt_all(&mut self) -> usize {
-        let slots: Vec<usize> = self.entries.iter().map(|(slot, _)| slot).collect();
+    /// Ends the stream of every subscriber registered up to `registered_up_to` (see
+    /// [`ShardIndex::last_registered`]) after what it already holds, marked as interrupted
+    /// (updates were lost before this node read them); returns how many. Those registered later
+    /// read their history after the loss was found, so it cannot be a hole for them.
+    pub(crate) fn interrupt_all(&mut self, registered_up_to: u64) -> usize {
+        let slots: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.id <= registered_up_to)
+            .map(|(slot, _)| slot)
+            .collect();
         for &slot in &slots {
             // Flagged before the entry goes: dropping it closes the queue, which wakes the stream.
             self.entries[slot]
@@ -225,6 +232,11 @@ impl ShardIndex {
             .gap_disconnects
             .fetch_add(slots.len() as u64, Ordering::Relaxed);
         slots.len()
+    }
+
+    /// The registration number of the newest subscriber (they grow with each registration).
+    pub(crate) fn last_registered(&self) -> u64 {
+        self.next_id
     }
 
     /// Closes one subscriber (any), returning whether there was one.

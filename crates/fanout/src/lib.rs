@@ -99,9 +99,9 @@ struct Shard {
 enum ShardInput {
     /// An update to offer.
     Update(Arc<Envelope>),
-    /// Updates were lost before the reader read them: end every stream (see
-    /// [`Fanout::interrupt_all`]).
-    Interrupt,
+    /// Updates were lost before the reader read them: end every stream registered up to this
+    /// registration number (see [`Fanout::interrupt_all`]).
+    Interrupt(u64),
 }
 
 /// Handle to the node's fan-out. Cloning is cheap. The shard tasks end when the last handle is
@@ -179,7 +179,13 @@ impl Fanout {
     /// they missed something, instead of silently going on after the hole.
     pub async fn interrupt_all(&self) {
         for shard in &self.inner.shards {
-            let _ = shard.inbox.send(ShardInput::Interrupt).await;
+            // Only the subscribers registered by now: one that registers later reads its
+            // history after the loss, while this message waits behind the shard's updates.
+            let registered_up_to = shard.index.lock().last_registered();
+            let _ = shard
+                .inbox
+                .send(ShardInput::Interrupt(registered_up_to))
+                .await;
         }
     }
 
@@ -249,8 +255,8 @@ async fn run_shard(
                 for input in batch.drain(..) {
                     match input {
                         ShardInput::Update(envelope) => index.deliver(&envelope, direct),
-                        ShardInput::Interrupt => {
-                            let ended = index.interrupt_all();
+                        ShardInput::Interrupt(registered_up_to) => {
+                            let ended = index.interrupt_all(registered_up_to);
                             if ended > 0 {
                                 tracing::debug!(ended, "streams interrupted by a history gap");
                             }

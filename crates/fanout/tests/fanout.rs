@@ -320,3 +320,24 @@ async fn a_cut_off_wakes_and_tells_the_writer_of_its_stream_only() {
     assert!(other_cut.poll_cut_off(&mut cx, 0).is_pending());
     drop(slow);
 }
+
+#[tokio::test]
+async fn an_interruption_ends_the_streams_registered_before_it_and_not_those_after() {
+    // One shard on this single-threaded runtime: it runs only when the test awaits.
+    let (f, store) = fanout(1, 16);
+    let mut before = f.subscribe(spec(&store, &["t"], Access::None));
+    f.dispatch(envelope(1, &["t"], false)).await;
+    f.interrupt_all().await;
+    // Registered after the loss was found, while the interruption still waits in the shard's
+    // inbox: its history is read after the loss, so the loss is no hole for it.
+    let mut after = f.subscribe(spec(&store, &["t"], Access::None));
+    f.dispatch(envelope(2, &["t"], false)).await;
+    assert_eq!(next(&mut before).await, Some(1));
+    assert_eq!(next(&mut before).await, None);
+    assert!(before.was_interrupted());
+    // (It also gets update 1, which the shard had not offered yet when it registered: the
+    // server's replay-then-live filter drops what its history covered.)
+    assert_eq!(next(&mut after).await, Some(1));
+    assert_eq!(next(&mut after).await, Some(2));
+    assert!(!after.was_interrupted());
+}
