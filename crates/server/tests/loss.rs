@@ -556,7 +556,7 @@ async fn a_cluster_failing_over_under_load_loses_nothing_silently() {
     wait_until(
         "the cluster to be whole after the failover",
         Duration::from_secs(60),
-        async || cluster_is_whole(&cluster),
+        async || cluster.is_whole(),
     )
     .await;
     every_topic_acked(last_acked(), "after the failover").await;
@@ -566,7 +566,7 @@ async fn a_cluster_failing_over_under_load_loses_nothing_silently() {
     let victim = cluster
         .masters()
         .into_iter()
-        .find(|&m| m != replica && has_a_replica(&cluster, m))
+        .find(|&m| m != replica && cluster.has_online_replica(m))
         .unwrap_or_else(|| panic!("no other master with a replica"));
     cluster.nodes_mut()[victim].kill();
     every_topic_acked(last_acked(), "after the crash").await;
@@ -604,22 +604,4 @@ async fn a_cluster_failing_over_under_load_loses_nothing_silently() {
         );
     }
     eprintln!("failover under load:\n{}", summary.join("\n"));
-}
-
-/// Whether every node of `cluster` says the cluster is in a good state (every slot served).
-fn cluster_is_whole(cluster: &quicksilver_testkit::RedisCluster) -> bool {
-    cluster.nodes().iter().all(|node| {
-        node.query::<String>(&["CLUSTER", "INFO"])
-            .is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_state:ok"))
-    })
-}
-
-/// Whether the master at `master` has a replica connected to it.
-fn has_a_replica(cluster: &quicksilver_testkit::RedisCluster, master: usize) -> bool {
-    cluster.nodes()[master]
-        .query::<String>(&["INFO", "replication"])
-        .is_ok_and(|info| {
-            info.lines()
-                .any(|l| l.trim().starts_with("slave0:") && l.contains("state=online"))
-        })
 }

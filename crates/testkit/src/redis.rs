@@ -607,6 +607,24 @@ impl RedisCluster {
         self.roles("slave")
     }
 
+    /// Whether every node says the cluster is in a good state (every slot served).
+    pub fn is_whole(&self) -> bool {
+        self.nodes.iter().all(|node| {
+            node.query::<String>(&["CLUSTER", "INFO"])
+                .is_ok_and(|info| info.lines().any(|l| l.trim() == "cluster_state:ok"))
+        })
+    }
+
+    /// Whether the master at index `master` has a replica connected to it.
+    pub fn has_online_replica(&self, master: usize) -> bool {
+        self.nodes[master]
+            .query::<String>(&["INFO", "replication"])
+            .is_ok_and(|info| {
+                info.lines()
+                    .any(|l| l.trim().starts_with("slave0:") && l.contains("state=online"))
+            })
+    }
+
     fn roles(&self, role: &str) -> Vec<usize> {
         let wanted = format!("role:{role}");
         self.nodes

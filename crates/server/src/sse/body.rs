@@ -122,10 +122,7 @@ impl SubscriberStream {
 
     fn observe(&self, envelope: &Envelope, now_micros: u64) {
         if let Some(h) = &self.latency {
-            if envelope.accepted_at_micros > 0 {
-                let micros = now_micros.saturating_sub(envelope.accepted_at_micros);
-                h.observe(micros as f64 / 1e6);
-            }
+            observe_latency(h, envelope, now_micros);
         }
     }
 
@@ -202,6 +199,16 @@ impl SubscriberStream {
             }
         }
         chunk.map(BytesMut::freeze).or(single)
+    }
+}
+
+/// Records in `histogram` how long `envelope` took from its acceptance by the publishing node to
+/// `now_micros`, when its acceptance time is known. Both ways out (this body, and the fan-out's
+/// direct writes) measure the same way.
+pub(super) fn observe_latency(histogram: &Histogram, envelope: &Envelope, now_micros: u64) {
+    if envelope.accepted_at_micros > 0 {
+        let micros = now_micros.saturating_sub(envelope.accepted_at_micros);
+        histogram.observe(micros as f64 / 1e6);
     }
 }
 

@@ -61,16 +61,6 @@ pub trait Socket: AsyncWrite + Unpin {
     }
 }
 
-impl Socket for TcpStream {
-    fn poll_peek(
-        &mut self,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<usize>> {
-        TcpStream::poll_peek(self, cx, buf)
-    }
-}
-
 /// A plain TCP connection's socket, shared by the connection's task and, while it carries a
 /// subscriber's stream, that subscriber's shard through the fan-out's direct way (see the module
 /// documentation). The subscriber's end detaches it from the fan-out.
@@ -101,10 +91,7 @@ impl DirectSink for LeanSocket {
             Err(_) => return Sent::Failed,
         };
         if let Some(h) = &self.latency {
-            if envelope.accepted_at_micros > 0 {
-                let now = quicksilver_transport::now_micros();
-                h.observe(now.saturating_sub(envelope.accepted_at_micros) as f64 / 1e6);
-            }
+            super::body::observe_latency(h, envelope, quicksilver_transport::now_micros());
         }
         sent
     }
