@@ -19,6 +19,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod retention;
 pub mod subscriptions;
 pub mod trace_context;
 
@@ -31,6 +32,7 @@ use thiserror::Error;
 
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
+pub use retention::{ClassSet, Retention, RetentionError, Window};
 pub use subscriptions::{
     MemoryRegistry, OrphanHandler, RedisSubscriptionRegistry, RegistryOptions, RegistryStats,
     SubscriptionRecord, SubscriptionRegistry,
@@ -126,6 +128,16 @@ pub enum Scope {
     All,
     /// Only updates with at least one of these exact topics (canonical or alternate).
     Topics(Vec<String>),
+    /// Updates with one of these exact topics, or with a topic starting with one of these
+    /// prefixes (the literal starts of a subscriber's URI templates). Reads every partition, as
+    /// [`Scope::All`] does; history reads only the retention classes such topics may belong to
+    /// (see [`retention`]).
+    Matching {
+        /// Exact topics.
+        topics: Vec<String>,
+        /// Literal starts of URI templates.
+        prefixes: Vec<String>,
+    },
 }
 
 /// A subscriber's hold on the reading it needs: while it lives, its node's reader(s) deliver every
@@ -136,6 +148,9 @@ pub struct Interest {
     /// The history streams (partitions, and the subscription events' index) it covers; `None`:
     /// every stream.
     streams: Option<Arc<[u16]>>,
+    /// What its subscriber may match, which bounds the retention classes history reads (`None`:
+    /// anything).
+    scope: Option<Arc<Scope>>,
     /// Whatever the transport releases when the hold is dropped.
     _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -144,6 +159,7 @@ impl std::fmt::Debug for Interest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interest")
             .field("streams", &self.streams)
+            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +169,7 @@ impl Interest {
     pub fn everything() -> Self {
         Self {
             streams: None,
+            scope: None,
             _hold: None,
         }
     }
@@ -164,13 +181,25 @@ impl Interest {
     ) -> Self {
         Self {
             streams: streams.map(Into::into),
+            scope: None,
             _hold: hold,
         }
+    }
+
+    /// The same hold, for a subscriber of `scope`.
+    pub fn with_scope(mut self, scope: Scope) -> Self {
+        self.scope = Some(Arc::new(scope));
+        self
     }
 
     /// The history streams it covers; `None` for all of them.
     pub fn streams(&self) -> Option<&[u16]> {
         self.streams.as_deref()
+    }
+
+    /// What its subscriber may match; `None`: anything.
+    pub fn scope(&self) -> Option<&Scope> {
+        self.scope.as_deref()
     }
 }
 
@@ -237,8 +266,15 @@ pub trait Transport: Send + Sync + 'static {
     /// reaches the sink; what was stored before is history. A transport that reads everything
     /// anyway answers at once.
     async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {
-        let _ = scope;
-        Ok(Interest::everything())
+        Ok(Interest::everything().with_scope(scope.clone()))
+    }
+
+    /// Applies retention rules (see [`retention`]) to the updates published from now on, and to
+    /// history reads. Classes whose window is still named keep their history; the history of a
+    /// class no rule names any more is no longer read. A transport without per-topic retention
+    /// ignores it.
+    fn set_retention(&self, retention: Arc<Retention>) {
+        let _ = retention;
     }
 
     /// Starts this node's reader(s), which hand stored updates to `sink` in transport order until

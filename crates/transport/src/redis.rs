@@ -294,7 +294,7 @@ impl RedisTransport {
     pub fn partitions_for(&self, scope: &Scope) -> Vec<u16> {
         let partitions = self.shared.settings.partitions;
         match scope {
-            Scope::All => (0..partitions).collect(),
+            Scope::All | Scope::Matching { .. } => (0..partitions).collect(),
             Scope::Topics(topics) => {
                 let mut out: Vec<u16> = topics
                     .iter()
