@@ -100,6 +100,63 @@ pub(crate) fn xadd_event(events: &str, updates: &str, max_len: usize, payload: &
     cmd
 }
 
+/// Stores an update in a partition's stream (`KEYS[1]`) and in the history streams of its
+/// retention classes there (`KEYS[2..]`, same hash slot), each copy under the partition stream's
+/// new id, so a position means the same entry in all of them (see `crate::retention`).
+/// `ARGV[1]`: the partition stream's `MAXLEN ~`; `ARGV[2]`: the format version; `ARGV[3]`: the
+/// payload; `ARGV[4]`: the classes' tags (the `r` field, every class of the update's topics here,
+/// those keeping no history included); then, per class stream, its `MAXLEN ~`, its `MINID ~` (`0`:
+/// no age limit) and the expiry it is given (milliseconds, `0`: none). A class stream that already
+/// holds a later id belongs to a partition stream since recreated (its positions mean nothing
+/// now): it is emptied first. Returns the new id.
+const XADD_RETAINED_SCRIPT: &str = "\
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'r', ARGV[4], 'u', ARGV[3])
+for k = 2, #KEYS do
+  local a = 5 + (k - 2) * 3
+  local ok = redis.pcall('XADD', KEYS[k], 'MAXLEN', '~', ARGV[a], id, 'v', ARGV[2], 'u', ARGV[3])
+  if type(ok) == 'table' and ok.err then
+    redis.call('DEL', KEYS[k])
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[a], id, 'v', ARGV[2], 'u', ARGV[3])
+  end
+  if ARGV[a + 1] ~= '0' then redis.call('XTRIM', KEYS[k], 'MINID', '~', ARGV[a + 1]) end
+  if ARGV[a + 2] ~= '0' then redis.call('PEXPIRE', KEYS[k], ARGV[a + 2]) end
+end
+return id";
+
+/// One retention class's history stream, as a publish writes it.
+pub(crate) struct ClassStream<'a> {
+    pub(crate) key: &'a str,
+    /// `MAXLEN ~`.
+    pub(crate) max_len: usize,
+    /// `MINID ~`: entries older than this are dropped (`None`: no age limit).
+    pub(crate) min_ms: Option<u64>,
+    /// The stream expires this long after its last write (`None`: never).
+    pub(crate) expire_ms: Option<u64>,
+}
+
+/// The `EVAL` of [`XADD_RETAINED_SCRIPT`]: an update into `stream` (trimmed to `max_len`),
+/// tagged with `tags`, and into each of `classes`.
+pub(crate) fn xadd_retained(
+    stream: &str,
+    max_len: usize,
+    payload: &[u8],
+    tags: &str,
+    classes: &[ClassStream<'_>],
+) -> Cmd {
+    let mut cmd = redis::cmd("EVAL");
+    cmd.arg(XADD_RETAINED_SCRIPT).arg(1 + classes.len()).arg(stream);
+    for class in classes {
+        cmd.arg(class.key);
+    }
+    cmd.arg(max_len).arg(FORMAT_V1).arg(payload).arg(tags);
+    for class in classes {
+        cmd.arg(class.max_len)
+            .arg(class.min_ms.unwrap_or(0))
+            .arg(class.expire_ms.unwrap_or(0));
+    }
+    cmd
+}
+
 /// `XTRIM <key> MINID ~ <ms>`: drops entries older than `min_ms`.
 pub(crate) fn xtrim_minid(key: &str, min_ms: u64) -> Cmd {
     let mut cmd = redis::cmd("XTRIM");
@@ -358,16 +415,28 @@ pub(crate) async fn read_checked(
         .collect())
 }
 
-/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`; each
-/// comes with the nonce of the publish that wrote it (0: none).
+/// A decoded entry, shared.
+pub(crate) struct ReadEntry {
+    pub(crate) envelope: Arc<Envelope>,
+    /// The nonce of the publish that wrote it (0: none).
+    pub(crate) nonce: u64,
+    /// The retention classes it was stored for (comma-separated tags), when it says.
+    pub(crate) classes: Option<Box<str>>,
+}
+
+/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`.
 pub(crate) fn decode_all(
     partition: u16,
     raw: Vec<StreamId>,
     mut on_skip: impl FnMut(&StreamId, EntryError),
-) -> Vec<(Arc<Envelope>, u64)> {
+) -> Vec<ReadEntry> {
     raw.into_iter()
         .filter_map(|id| match entry::decode(partition, &id) {
-            Ok(decoded) => Some((Arc::new(decoded.envelope), decoded.nonce)),
+            Ok(decoded) => Some(ReadEntry {
+                envelope: Arc::new(decoded.envelope),
+                nonce: decoded.nonce,
+                classes: decoded.classes,
+            }),
             Err(e) => {
                 on_skip(&id, e);
                 None
