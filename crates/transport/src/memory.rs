@@ -294,15 +294,12 @@ impl Store {
         self.classes = retention
             .classes()
             .iter()
-            .map(|class| {
-                match old
-                    .iter()
-                    .position(|r| r.tag.as_ref() == Some(class.tag()))
-                {
+            .map(
+                |class| match old.iter().position(|r| r.tag.as_ref() == Some(class.tag())) {
                     Some(index) => old.swap_remove(index),
                     None => Ring::new(Some(class.tag().clone()), class.window(), numbered),
-                }
-            })
+                },
+            )
             .collect();
         self.retention = retention;
     }
@@ -686,7 +683,10 @@ mod tests {
         assert!(notes.entries.is_empty());
         assert!(within(&t, "n1", topics(&[NOTE])).await.anchor.is_none());
         // Kept for its alternate topic's class, and replayed once to whoever reads both.
-        assert_eq!(ids(&within(&t, EARLIEST, topics(&[DOC])).await), vec!["both"]);
+        assert_eq!(
+            ids(&within(&t, EARLIEST, topics(&[DOC])).await),
+            vec!["both"]
+        );
         assert_eq!(ids(&t.history(EARLIEST).await.unwrap()), vec!["both"]);
         // A document subscriber that may match notifications missed n2: told so.
         let mixed = within(&t, "both", topics(&[DOC, NOTE])).await;
@@ -698,7 +698,10 @@ mod tests {
             topics: vec![],
             prefixes: vec!["https://example.com/documents/".into()],
         };
-        assert_eq!(within(&t, "both", template).await.anchor.as_deref(), Some("both"));
+        assert_eq!(
+            within(&t, "both", template).await.anchor.as_deref(),
+            Some("both")
+        );
     }
 
     #[tokio::test]
@@ -724,7 +727,10 @@ mod tests {
         t.publish(on("kept", &["t"])).await.unwrap();
         tokio::time::sleep(std::time::Duration::from_millis(60)).await;
         t.publish(on("new", &[DOC])).await.unwrap();
-        assert_eq!(ids(&t.history(EARLIEST).await.unwrap()), vec!["kept", "new"]);
+        assert_eq!(
+            ids(&t.history(EARLIEST).await.unwrap()),
+            vec!["kept", "new"]
+        );
         assert!(t.history("old").await.unwrap().anchor.is_none());
     }
 
@@ -765,6 +771,9 @@ mod tests {
         );
         // Its old class is gone, and with it b1.
         assert!(within(&t, "b1", topics(&[BUSY])).await.anchor.is_none());
-        assert_eq!(ids(&t.history(EARLIEST).await.unwrap()), vec!["d1", "d2", "b2"]);
+        assert_eq!(
+            ids(&t.history(EARLIEST).await.unwrap()),
+            vec!["d1", "d2", "b2"]
+        );
     }
 }

@@ -349,7 +349,9 @@ mod tests {
         // Default, documents, notifications (shared with `other`), telemetry, users/7 (unused).
         assert_eq!(r.classes().len(), 5);
         assert!(r.has_rules() && !Retention::global(window(1, None)).has_rules());
-        assert!(!r.class_of("https://example.com/telemetry/x").keeps_history());
+        assert!(!r
+            .class_of("https://example.com/telemetry/x")
+            .keeps_history());
     }
 
     #[test]
@@ -374,7 +376,9 @@ mod tests {
     #[test]
     fn subscribers_read_the_classes_they_may_match() {
         let r = example();
-        let exact = r.classes_for(&Scope::Topics(vec!["https://example.com/documents/1".into()]));
+        let exact = r.classes_for(&Scope::Topics(vec![
+            "https://example.com/documents/1".into()
+        ]));
         assert_eq!(exact, ClassSet::Tags(vec!["n1000a3600000".into()]));
         // A template over documents: the documents class and the default, not telemetry.
         let template = r.classes_for(&Scope::Matching {

@@ -50,7 +50,9 @@ pub(crate) struct ClassCache {
 impl ClassCache {
     /// Whether a read of `classes` covers this history.
     pub(crate) fn read_by(&self, classes: &ClassSet) -> bool {
-        self.class.as_deref().is_none_or(|tag| classes.contains(tag))
+        self.class
+            .as_deref()
+            .is_none_or(|tag| classes.contains(tag))
     }
 
     /// Whether an entry stored for `tags` (its `r` field) belongs here.
@@ -141,36 +143,40 @@ impl StreamHistory {
                 .position(|c| c.class.as_ref() == class)
                 .map(|i| old.swap_remove(i))
         };
-        let wanted: Vec<(Option<Arc<str>>, String, usize, Option<std::time::Duration>)> =
-            if retention.has_rules() {
-                retention
-                    .classes()
-                    .iter()
-                    .map(|c| {
-                        let w = c.window();
-                        (Some(c.tag().clone()), class_key(c.tag()), w.length, w.max_age)
-                    })
-                    .collect()
-            } else {
-                let w = retention.default_class().window();
-                vec![(None, stream.to_string(), w.length, w.max_age)]
-            };
-        for (class, key, length, max_age) in wanted {
-            let cache = match take(class.as_ref()) {
+        // What each wanted cache is: its class, stream, length and age (a cache with no class
+        // yet, not filled).
+        let spec = |class: Option<Arc<str>>, key: String, window: crate::Window| ClassCache {
+            class,
+            key,
+            retention: window.length,
+            max_age: window.max_age,
+            cache: TailCache::new(0, 0),
+        };
+        let wanted: Vec<ClassCache> = if retention.has_rules() {
+            retention
+                .classes()
+                .iter()
+                .map(|c| spec(Some(c.tag().clone()), class_key(c.tag()), c.window()))
+                .collect()
+        } else {
+            vec![spec(
+                None,
+                stream.to_string(),
+                retention.default_class().window(),
+            )]
+        };
+        for mut want in wanted {
+            let cache = match take(want.class.as_ref()) {
                 // The same window (the same class, or the stream itself with unchanged settings).
-                Some(kept) if kept.retention == length && kept.max_age == max_age => kept,
+                Some(kept) if kept.retention == want.retention && kept.max_age == want.max_age => {
+                    kept
+                }
                 _ => {
-                    let mut cache = TailCache::new(capacity(length), max_bytes);
+                    want.cache = TailCache::new(capacity(want.retention), max_bytes);
                     if let Some(read) = self.read {
-                        cache.start_after(read);
+                        want.cache.start_after(read);
                     }
-                    ClassCache {
-                        class,
-                        key,
-                        retention: length,
-                        max_age,
-                        cache,
-                    }
+                    want
                 }
             };
             self.caches.push(cache);

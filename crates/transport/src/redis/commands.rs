@@ -144,7 +144,9 @@ pub(crate) fn xadd_retained(
     classes: &[ClassStream<'_>],
 ) -> Cmd {
     let mut cmd = redis::cmd("EVAL");
-    cmd.arg(XADD_RETAINED_SCRIPT).arg(1 + classes.len()).arg(stream);
+    cmd.arg(XADD_RETAINED_SCRIPT)
+        .arg(1 + classes.len())
+        .arg(stream);
     for class in classes {
         cmd.arg(class.key);
     }

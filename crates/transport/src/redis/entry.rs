@@ -370,7 +370,11 @@ mod tests {
             0,
             &entry(
                 "9-2",
-                &[("v", b"1".to_vec()), ("r", b"n0,n100".to_vec()), ("u", plain)],
+                &[
+                    ("v", b"1".to_vec()),
+                    ("r", b"n0,n100".to_vec()),
+                    ("u", plain),
+                ],
             ),
         )
         .unwrap();

@@ -130,11 +130,7 @@ impl Reach<'_> {
         };
         let classes = match self.classes {
             ClassSet::All => "*".to_string(),
-            ClassSet::Tags(tags) => tags
-                .iter()
-                .map(|t| &**t)
-                .collect::<Vec<_>>()
-                .join(","),
+            ClassSet::Tags(tags) => tags.iter().map(|t| &**t).collect::<Vec<_>>().join(","),
         };
         format!("{streams}\u{0}{classes}")
     }
@@ -603,9 +599,15 @@ async fn load_window(
         .settings
         .history_max_bytes
         .saturating_sub(cached.entries.iter().map(|e| approx_bytes(e)).sum());
-    let older =
-        commands::read_tail_within(&mut via, &key, end, need, shared.settings.read_count, budget)
-            .await?;
+    let older = commands::read_tail_within(
+        &mut via,
+        &key,
+        end,
+        need,
+        shared.settings.read_count,
+        budget,
+    )
+    .await?;
     // A publish retried after it had been stored left a second entry with the same nonce: readers
     // skip it (so the cache never holds it), and so does history, keeping the first.
     let mut seen = std::collections::HashSet::new();

@@ -211,7 +211,11 @@ mod tests {
                 let slot = hash_slot(&k.stream);
                 assert_eq!(slot, hash_slot(&k.epoch), "epoch shares the stream's slot");
                 assert_eq!(slot, hash_slot(&k.events), "events share the stream's slot");
-                assert_eq!(slot, hash_slot(&k.class("n100")), "classes share the stream's slot");
+                assert_eq!(
+                    slot,
+                    hash_slot(&k.class("n100")),
+                    "classes share the stream's slot"
+                );
                 assert!(seen.insert(slot), "two partitions on slot {slot}");
                 // Each partition sits inside its own slice of the slot space, so any even assignment
                 // of slots to masters gives each master the same number of partitions (±1).
