@@ -227,6 +227,19 @@ pub struct TransportStats {
     pub partitions_read: u64,
 }
 
+/// What a transport holds for one retention class (see [`retention`]), for the metrics endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassStats {
+    /// The class ([`Window::tag`]).
+    pub class: Arc<str>,
+    /// Updates this node published in the class since the class came into force here (an update
+    /// stored in several partitions counts once per copy; a class of length 0 counts what it did
+    /// not keep).
+    pub stored: u64,
+    /// Updates of the class this node holds in memory (its history, or its tail caches).
+    pub held: u64,
+}
+
 /// A place updates are stored, ordered and read back.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -288,6 +301,11 @@ pub trait Transport: Send + Sync + 'static {
     /// Counters for the metrics endpoint.
     fn stats(&self) -> TransportStats {
         TransportStats::default()
+    }
+
+    /// Per retention class in force, what it stored and holds (for the metrics endpoint).
+    fn retention_stats(&self) -> Vec<ClassStats> {
+        Vec::new()
     }
 
     /// A short name for logs and metrics (`memory`, `redis`).

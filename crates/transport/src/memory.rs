@@ -26,7 +26,8 @@ use tracing::Instrument;
 
 use crate::retention::{ClassSet, Retention, Window};
 use crate::{
-    now_micros, HistoryReply, Interest, Transport, TransportError, TransportStats, UpdateSink,
+    now_micros, ClassStats, HistoryReply, Interest, Transport, TransportError, TransportStats,
+    UpdateSink,
 };
 
 /// Capacity of the queue between publishers and the reader.
@@ -41,6 +42,8 @@ pub struct MemoryTransport {
     closed: AtomicBool,
     /// Rules given by [`Transport::set_retention`], not yet applied to the store.
     pending: parking_lot::Mutex<Option<Arc<Retention>>>,
+    /// The counters of the class rings in force, readable without the store's lock.
+    class_counters: parking_lot::Mutex<Vec<(Arc<str>, Arc<RingCounters>)>>,
     /// History requests answered (the id was retained, or `earliest`) and not (unknown id).
     history_hits: AtomicU64,
     history_misses: AtomicU64,
@@ -61,6 +64,13 @@ struct Store {
     events: Ring,
 }
 
+/// What a ring stored and holds, for metrics.
+#[derive(Debug, Default)]
+struct RingCounters {
+    stored: AtomicU64,
+    held: AtomicU64,
+}
+
 /// The retained entries of one kind, oldest first (their sequence numbers increase but may skip
 /// the other rings').
 struct Ring {
@@ -75,6 +85,7 @@ struct Ring {
     /// created after updates were numbered, the last sequence numbered then (what came before is
     /// not known to it).
     evicted: u64,
+    counters: Arc<RingCounters>,
 }
 
 impl MemoryTransport {
@@ -92,14 +103,20 @@ impl MemoryTransport {
             length: history_size,
             max_age: None,
         }));
+        let classes: Vec<Ring> = retention
+            .classes()
+            .iter()
+            .map(|c| Ring::new(Some(c.tag().clone()), c.window(), 0))
+            .collect();
+        let class_counters = classes
+            .iter()
+            .filter_map(|r| Some((r.tag.clone()?, r.counters.clone())))
+            .collect();
         Self {
+            class_counters: parking_lot::Mutex::new(class_counters),
             store: Mutex::new(Store {
                 next_seq: 1,
-                classes: retention
-                    .classes()
-                    .iter()
-                    .map(|c| Ring::new(Some(c.tag().clone()), c.window(), 0))
-                    .collect(),
+                classes,
                 retention,
                 events: Ring::new(
                     None,
@@ -124,6 +141,7 @@ impl MemoryTransport {
         let mut store = self.store.lock().await;
         if let Some(retention) = self.pending.lock().take() {
             store.set_retention(retention);
+            *self.class_counters.lock() = store.counters();
         }
         store
     }
@@ -131,17 +149,6 @@ impl MemoryTransport {
     /// Stops accepting publishes (shutdown).
     pub fn close(&self) {
         self.closed.store(true, Ordering::Relaxed);
-    }
-
-    /// The updates each retention class holds now, by class tag (for metrics and tests).
-    pub async fn retained(&self) -> Vec<(Arc<str>, usize)> {
-        let mut store = self.locked().await;
-        store.prune();
-        store
-            .classes
-            .iter()
-            .filter_map(|r| Some((r.tag.clone()?, r.entries.len())))
-            .collect()
     }
 }
 
@@ -155,10 +162,12 @@ impl Ring {
             entries: VecDeque::with_capacity(window.length.min(65_536)),
             ids: HashMap::new(),
             evicted: numbered,
+            counters: Arc::default(),
         }
     }
 
     fn push(&mut self, envelope: Arc<Envelope>) {
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
         if self.capacity == 0 {
             self.evicted = envelope.position.seq;
             return;
@@ -172,6 +181,9 @@ impl Ring {
         while self.entries.len() > self.capacity {
             self.evict_oldest();
         }
+        self.counters
+            .held
+            .store(self.entries.len() as u64, Ordering::Relaxed);
     }
 
     fn evict_oldest(&mut self) {
@@ -179,6 +191,9 @@ impl Ring {
             self.evicted = old.position.seq;
             self.forget(&old);
         }
+        self.counters
+            .held
+            .store(self.entries.len() as u64, Ordering::Relaxed);
     }
 
     /// Evicts what is older than the ring's maximum age, by the time it was accepted.
@@ -253,6 +268,14 @@ impl Store {
     /// Whether every ring covering `classes` still holds all it was given after `seq`.
     fn complete_after(&self, seq: u64, classes: &ClassSet) -> bool {
         self.rings(classes).all(|r| r.evicted < seq)
+    }
+
+    /// The counters of the class rings.
+    fn counters(&self) -> Vec<(Arc<str>, Arc<RingCounters>)> {
+        self.classes
+            .iter()
+            .filter_map(|r| Some((r.tag.clone()?, r.counters.clone())))
+            .collect()
     }
 
     /// Evicts what is past its ring's maximum age.
@@ -412,6 +435,18 @@ impl Transport for MemoryTransport {
     fn set_retention(&self, retention: Arc<Retention>) {
         // Applied by the next one to take the store's (async) lock, which this (sync) call cannot.
         *self.pending.lock() = Some(retention);
+    }
+
+    fn retention_stats(&self) -> Vec<ClassStats> {
+        self.class_counters
+            .lock()
+            .iter()
+            .map(|(class, counters)| ClassStats {
+                class: class.clone(),
+                stored: counters.stored.load(Ordering::Relaxed),
+                held: counters.held.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     fn stats(&self) -> TransportStats {
@@ -659,15 +694,19 @@ mod tests {
         // Out of its class's window: unknown.
         let gone = within(&t, "b50", topics(&[BUSY])).await;
         assert!(gone.anchor.is_none() && gone.entries.is_empty());
-        let mut retained = t.retained().await;
-        retained.sort();
+        let mut stats: Vec<(String, u64, u64)> = t
+            .retention_stats()
+            .into_iter()
+            .map(|s| (s.class.to_string(), s.stored, s.held))
+            .collect();
+        stats.sort();
         assert_eq!(
-            retained,
+            stats,
             vec![
-                ("n0".into(), 0),
-                ("n1000".into(), 2),
-                ("n2".into(), 2),
-                ("n3".into(), 3)
+                ("n0".into(), 0, 0),
+                ("n1000".into(), 2, 2),
+                ("n2".into(), 100, 2),
+                ("n3".into(), 100, 3)
             ]
         );
     }

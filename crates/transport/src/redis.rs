@@ -112,7 +112,7 @@ mod reader;
 mod singleflight;
 mod status;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,6 +184,8 @@ pub(crate) struct Shared {
     caches: Vec<RwLock<StreamHistory>>,
     /// The retention rules publishes follow (see `crate::retention`); replaced on reload.
     retention: RwLock<Arc<Retention>>,
+    /// Per retention class in force, the updates this node published in it (for metrics).
+    published: RwLock<Vec<(Arc<str>, Arc<AtomicU64>)>>,
     /// Index = partition: entries stored but not yet read by that partition's reader, as last
     /// measured (0 whenever a read returned less than a full batch: the reader is caught up).
     lags: Vec<std::sync::atomic::AtomicU64>,
@@ -295,6 +297,15 @@ impl RedisTransport {
                 length: settings.history_size,
                 max_age: settings.max_age,
             }))),
+            published: RwLock::new(vec![(
+                Window {
+                    length: settings.history_size,
+                    max_age: settings.max_age,
+                }
+                .tag()
+                .into(),
+                Arc::default(),
+            )]),
             health: Health::new(settings.partitions),
             counters: Counters::default(),
             flights: SingleFlight::new(),
@@ -393,8 +404,20 @@ impl RedisTransport {
                 &tags.join(","),
                 &streams,
             );
-            let stored = shared.pool.query(&cmd).await;
-            return self.stored(partition, stored);
+            let stored = self.stored(partition, shared.pool.query(&cmd).await);
+            if stored.is_ok() {
+                let published = shared.published.read();
+                for (class, count) in published.iter() {
+                    if tags.contains(&&**class) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            return stored;
+        }
+        if let Some((_, count)) = shared.published.read().first() {
+            // Without rules, the default class.
+            count.fetch_add(1, Ordering::Relaxed);
         }
         let xadd = commands::xadd(key, settings.stream_len, payload);
         let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
@@ -625,7 +648,53 @@ impl Transport for RedisTransport {
                 shared.settings.history_max_bytes,
             );
         }
+        {
+            let mut published = shared.published.write();
+            let kept = std::mem::take(&mut *published);
+            *published = retention
+                .classes()
+                .iter()
+                .map(|class| {
+                    let count = kept
+                        .iter()
+                        .find(|(tag, _)| tag == class.tag())
+                        .map_or_else(Arc::default, |(_, count)| count.clone());
+                    (class.tag().clone(), count)
+                })
+                .collect();
+        }
         *shared.retention.write() = retention;
+    }
+
+    fn retention_stats(&self) -> Vec<crate::ClassStats> {
+        let shared = &self.shared;
+        let rules = shared.retention().has_rules();
+        let published = shared.published.read().clone();
+        published
+            .into_iter()
+            .map(|(class, count)| {
+                let held: usize = shared.caches[..usize::from(shared.settings.partitions)]
+                    .iter()
+                    .map(|history| {
+                        history
+                            .read()
+                            .caches
+                            .iter()
+                            .filter(|c| match &c.class {
+                                Some(tag) => *tag == class,
+                                None => !rules,
+                            })
+                            .map(|c| c.cache.len())
+                            .sum::<usize>()
+                    })
+                    .sum();
+                crate::ClassStats {
+                    class,
+                    stored: count.load(Ordering::Relaxed),
+                    held: held as u64,
+                }
+            })
+            .collect()
     }
 
     async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {

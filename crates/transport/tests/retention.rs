@@ -175,6 +175,17 @@ async fn a_busy_short_window_never_trims_a_long_one_on_any_node() {
             .query(&["XLEN", "{quicksilver:updates}:retain:n5"])
             .unwrap();
         assert!(busy_len < 200, "{busy_len}");
+        // What each node published per class, and holds in its caches.
+        let stats = |t: &RedisTransport, class: &str| {
+            t.retention_stats()
+                .into_iter()
+                .find(|s| &*s.class == class)
+                .map(|s| (s.stored, s.held))
+        };
+        assert_eq!(stats(&a, "n500"), Some((10, 10)));
+        assert_eq!(stats(&b, "n500"), Some((0, 10)));
+        assert_eq!(stats(&b, "n5"), Some((busy as u64, 5)));
+        assert_eq!(stats(&a, "n0"), Some((0, 0)));
     })
     .await;
 }

@@ -260,6 +260,11 @@ impl TailCache {
         }
     }
 
+    /// How many entries it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     /// How many entries it keeps at most.
     pub(crate) fn capacity(&self) -> usize {
         self.capacity
