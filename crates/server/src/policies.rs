@@ -21,6 +21,8 @@
 //! [`Subject`] is the key a per-subject policy counts by: the token's `sub`, else its `jti`, else
 //! the client's address (as `--trusted-proxies` lets the hub see it).
 
+pub mod retention;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,7 +60,11 @@ pub enum PolicyError {
 /// The policy tables of the configuration file, as written. Every table is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyFile {}
+pub struct PolicyFile {
+    /// `[[retention]]`: history windows per topic (see [`retention`]).
+    #[serde(default)]
+    pub retention: Vec<retention::RetentionTable>,
+}
 
 impl PolicyFile {
     /// Reads the policy tables of the TOML file at `path` (its other keys are flags, read by
@@ -84,13 +90,18 @@ impl PolicyFile {
 
 /// The policies in force, compiled for request paths.
 #[derive(Debug, Default)]
-pub struct Policies {}
+pub struct Policies {
+    /// History windows per topic (see [`retention`]).
+    pub retention: retention::RetentionRules,
+}
 
 impl Policies {
     /// Checks and compiles what the file says.
     pub fn compile(file: PolicyFile) -> Result<Self, String> {
-        let PolicyFile {} = file;
-        Ok(Self {})
+        let PolicyFile { retention } = file;
+        Ok(Self {
+            retention: retention::RetentionRules::compile(retention)?,
+        })
     }
 }
 
@@ -271,7 +282,8 @@ mod tests {
     #[test]
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
-        let PolicyFile {} = file;
+        let PolicyFile { retention } = file;
+        assert!(retention.is_empty());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 
