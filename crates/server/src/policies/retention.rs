@@ -72,7 +72,8 @@ impl RetentionRules {
         let mut rules = Vec::with_capacity(tables.len());
         let mut selector_count = 0;
         for (index, table) in tables.into_iter().enumerate() {
-            let at = |key: &str, reason: String| format!("[[retention]] #{} {key}: {reason}", index + 1);
+            let at =
+                |key: &str, reason: String| format!("[[retention]] #{} {key}: {reason}", index + 1);
             selector_count += table.topics.len() + table.url_patterns.len();
             if selector_count > MAX_SELECTORS {
                 return Err(format!(
@@ -81,7 +82,10 @@ impl RetentionRules {
             }
             let mut selectors = Vec::with_capacity(table.topics.len() + table.url_patterns.len());
             for topic in &table.topics {
-                selectors.push(Selector::compile(topic).map_err(|e| at("topics", format!("{topic:?}: {e}")))?);
+                selectors.push(
+                    Selector::compile(topic)
+                        .map_err(|e| at("topics", format!("{topic:?}: {e}")))?,
+                );
             }
             for pattern in &table.url_patterns {
                 // Subscribers' relative patterns resolve against the hub's URL as they reach it,
@@ -206,8 +210,14 @@ mod tests {
                 "[[retention]]\ntopics = [\"a\"]\n[[retention]]\ntopics = [\"{bad\"]\n",
                 "#2 topics",
             ),
-            ("[[retention]]\ntopics = [\"a\"]\nmax_age = \"soon\"\n", "#1 max_age"),
-            ("[[retention]]\nurl_patterns = [\"/relative\"]\n", "#1 url_patterns"),
+            (
+                "[[retention]]\ntopics = [\"a\"]\nmax_age = \"soon\"\n",
+                "#1 max_age",
+            ),
+            (
+                "[[retention]]\nurl_patterns = [\"/relative\"]\n",
+                "#1 url_patterns",
+            ),
         ] {
             let error = RetentionRules::compile(tables(toml)).expect_err(toml);
             assert!(error.contains(expected), "{error}");
