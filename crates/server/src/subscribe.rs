@@ -186,7 +186,7 @@ async fn open(
     } else if let Some(last_event_id) = &last_event_id {
         let history = hub
             .transport()
-            .history_within(last_event_id, &interest)
+            .history_within(last_event_id, &interest, &scope)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
         resume = Some(

@@ -12,6 +12,8 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`retention`]: retention per topic, rules giving topics history windows of their own
+//!   (classes), which both transports keep apart.
 //! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
 //!   with a lease per node and reaping of dead nodes' subscriptions).
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
@@ -148,9 +150,6 @@ pub struct Interest {
     /// The history streams (partitions, and the subscription events' index) it covers; `None`:
     /// every stream.
     streams: Option<Arc<[u16]>>,
-    /// What its subscriber may match, which bounds the retention classes history reads (`None`:
-    /// anything).
-    scope: Option<Arc<Scope>>,
     /// Whatever the transport releases when the hold is dropped.
     _hold: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
@@ -159,7 +158,6 @@ impl std::fmt::Debug for Interest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Interest")
             .field("streams", &self.streams)
-            .field("scope", &self.scope)
             .finish_non_exhaustive()
     }
 }
@@ -169,7 +167,6 @@ impl Interest {
     pub fn everything() -> Self {
         Self {
             streams: None,
-            scope: None,
             _hold: None,
         }
     }
@@ -181,25 +178,13 @@ impl Interest {
     ) -> Self {
         Self {
             streams: streams.map(Into::into),
-            scope: None,
             _hold: hold,
         }
-    }
-
-    /// The same hold, for a subscriber of `scope`.
-    pub fn with_scope(mut self, scope: Scope) -> Self {
-        self.scope = Some(Arc::new(scope));
-        self
     }
 
     /// The history streams it covers; `None` for all of them.
     pub fn streams(&self) -> Option<&[u16]> {
         self.streams.as_deref()
-    }
-
-    /// What its subscriber may match; `None`: anything.
-    pub fn scope(&self) -> Option<&Scope> {
-        self.scope.as_deref()
     }
 }
 
@@ -261,16 +246,18 @@ pub trait Transport: Send + Sync + 'static {
     /// entries and no anchor: the client is told `earliest` rather than left silently behind.
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError>;
 
-    /// The retained updates after `last_event_id` in the streams `interest` covers: what a
-    /// subscriber holding `interest` may match (the caller filters by topic and access). Cheaper
-    /// than [`Transport::history`] on a partitioned transport, and sound while only the streams
-    /// the node holds an interest in are read.
+    /// The retained updates after `last_event_id` in the streams `interest` covers and the
+    /// retention classes a subscriber of `scope` may match (see [`retention`]): what a subscriber
+    /// holding `interest` may match (the caller filters by topic and access). Cheaper than
+    /// [`Transport::history`] on a partitioned transport, and sound while only the streams the
+    /// node holds an interest in are read.
     async fn history_within(
         &self,
         last_event_id: &str,
         interest: &Interest,
+        scope: &Scope,
     ) -> Result<HistoryReply, TransportError> {
-        let _ = interest;
+        let _ = (interest, scope);
         self.history(last_event_id).await
     }
 
@@ -279,7 +266,8 @@ pub trait Transport: Send + Sync + 'static {
     /// reaches the sink; what was stored before is history. A transport that reads everything
     /// anyway answers at once.
     async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {
-        Ok(Interest::everything().with_scope(scope.clone()))
+        let _ = scope;
+        Ok(Interest::everything())
     }
 
     /// Applies retention rules (see [`retention`]) to the updates published from now on, and to

@@ -26,8 +26,8 @@ use tracing::Instrument;
 
 use crate::retention::{ClassSet, Retention, Window};
 use crate::{
-    now_micros, ClassStats, HistoryReply, Interest, Transport, TransportError, TransportStats,
-    UpdateSink,
+    now_micros, ClassStats, HistoryReply, Interest, Scope, Transport, TransportError,
+    TransportStats, UpdateSink,
 };
 
 /// Capacity of the queue between publishers and the reader.
@@ -424,11 +424,10 @@ impl Transport for MemoryTransport {
         &self,
         last_event_id: &str,
         interest: &Interest,
+        scope: &Scope,
     ) -> Result<HistoryReply, TransportError> {
-        let classes = match interest.scope() {
-            Some(scope) => self.locked().await.retention.classes_for(scope),
-            None => ClassSet::All,
-        };
+        let _ = interest;
+        let classes = self.locked().await.retention.classes_for(scope);
         self.history_of(last_event_id, &classes).await
     }
 
@@ -657,7 +656,7 @@ mod tests {
 
     async fn within(t: &MemoryTransport, id: &str, scope: crate::Scope) -> HistoryReply {
         let interest = t.interest(&scope).await.unwrap();
-        t.history_within(id, &interest).await.unwrap()
+        t.history_within(id, &interest, &scope).await.unwrap()
     }
 
     fn topics(list: &[&str]) -> crate::Scope {

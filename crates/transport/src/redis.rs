@@ -71,6 +71,21 @@
 //! [`HistoryReply::high_water`] lists, per partition read, the newest position the read covered, so
 //! the server's replay-then-live filter also drops live updates the read covered but did not return.
 //!
+//! # Retention per topic
+//! With retention rules (see [`crate::retention`]) a partition's stream only carries updates to
+//! the readers: it is trimmed to `MIN_STREAM_LEN` (1000) entries, what a reader that fell behind
+//! needs. History lives beside it, in one stream per retention class and partition,
+//! `<stream>:retain:<class>` in the partition's hash slot. One script stores an update in the
+//! partition's stream (with an `r` field naming its classes) and in the stream of each class of
+//! its topics that keeps history, under the same stream id, each trimmed to its own length
+//! (`MAXLEN ~`) and age (`MINID ~`, and a `PEXPIRE` of the age plus a minute, so a class left alone
+//! does not outlive its window); a class of length 0 costs nothing. A busy class trims only
+//! itself. Positions are the partition stream's in every class, so replay-then-live, the
+//! high-water marks and the resume rules above hold unchanged. Readers fill one tail cache per
+//! class from the `r` field (warmed from the class streams), and history reads the classes a
+//! subscriber may match (see `history`). Without rules nothing of this exists: the partition's
+//! stream is the history, as before.
+//!
 //! # Stream epochs: knowing when history was lost
 //! Beside each stream lives a marker, `<stream>:epoch` (in the stream's hash slot), holding a random
 //! value set with `SET NX` when the stream is first used. If Redis restarts without persistence, or
@@ -95,7 +110,8 @@
 //! - `connection` and `pool`: plain or cluster connections, timeouts, the shared connections.
 //! - `commands`: the Redis commands sent and their replies.
 //! - `interest`: which partitions this node reads; starting and stopping their readers.
-//! - `reader`: one partition's reader task. `cache`: the tail cache it fills.
+//! - `reader`: one partition's reader task. `cache`: the tail caches it fills (one per retention
+//!   class with rules).
 //! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
 //! - `status`: readiness flags and [`RedisStats`].
 
@@ -139,7 +155,7 @@ use pool::ConnectionPool;
 use singleflight::SingleFlight;
 use status::{Counters, Health, ReaderState};
 
-use crate::retention::{Class, ClassSet, Retention, Window};
+use crate::retention::{Class, Retention, Window};
 use crate::{
     now_micros, HistoryReply, Interest, Scope, Transport, TransportError, TransportStats,
     UpdateSink,
@@ -617,18 +633,17 @@ impl Transport for RedisTransport {
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
         // Every stream: sound only while every reader runs, so hold them all meanwhile.
         let interest = self.interest(&Scope::All).await?;
-        self.history_within(last_event_id, &interest).await
+        self.history_within(last_event_id, &interest, &Scope::All)
+            .await
     }
 
     async fn history_within(
         &self,
         last_event_id: &str,
         interest: &Interest,
+        scope: &Scope,
     ) -> Result<HistoryReply, TransportError> {
-        let classes = match interest.scope() {
-            Some(scope) => self.shared.retention().classes_for(scope),
-            None => ClassSet::All,
-        };
+        let classes = self.shared.retention().classes_for(scope);
         let reach = history::Reach {
             streams: interest.streams(),
             classes: &classes,
@@ -702,7 +717,7 @@ impl Transport for RedisTransport {
             return Err(TransportError::Closed);
         }
         if !self.shared.settings.read_on_interest {
-            return Ok(Interest::everything().with_scope(scope.clone()));
+            return Ok(Interest::everything());
         }
         let partitions = self.partitions_for(scope);
         let streams: Vec<u16> = partitions
@@ -712,7 +727,7 @@ impl Transport for RedisTransport {
             .collect();
         let wait = self.shared.settings.command_timeout * POSITION_WAIT_TIMEOUTS;
         let hold = self.readers.acquire(partitions, wait).await?;
-        Ok(Interest::new(Some(streams), Some(Box::new(hold))).with_scope(scope.clone()))
+        Ok(Interest::new(Some(streams), Some(Box::new(hold))))
     }
 
     fn start_reader(&self, sink: Arc<dyn UpdateSink>) {

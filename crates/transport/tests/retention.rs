@@ -104,7 +104,9 @@ async fn publish(t: &RedisTransport, id: &str, topics: &[&str]) {
 async fn resume(t: &RedisTransport, id: &str, topics: &[&str]) -> HistoryReply {
     let scope = Scope::Topics(topics.iter().map(|t| t.to_string()).collect());
     let interest = t.interest(&scope).await.expect("interest");
-    t.history_within(id, &interest).await.expect("history")
+    t.history_within(id, &interest, &scope)
+        .await
+        .expect("history")
 }
 
 fn ids(reply: &HistoryReply) -> Vec<&str> {
