@@ -413,14 +413,16 @@ impl RedisTransport {
                     }
                 })
                 .collect();
-            let cmd = commands::xadd_retained(
+            let stored = commands::xadd_retained(
+                &shared.pool,
                 key,
                 config::MIN_STREAM_LEN,
                 payload,
                 &tags.join(","),
                 &streams,
-            );
-            let stored = self.stored(partition, shared.pool.query(&cmd).await);
+            )
+            .await;
+            let stored = self.stored(partition, stored);
             if stored.is_ok() {
                 let published = shared.published.read();
                 for (class, count) in published.iter() {

@@ -218,6 +218,18 @@ async fn a_window_of_length_zero_keeps_nothing_and_alternate_topics_keep_their_o
             // A subscriber that may match notifications missed n2.
             assert!(resume(t, "both", &[DOC, NOTE]).await.anchor.is_none());
         }
+        // The storing script is sent by its SHA1 once known; a Redis that lost it (restarted,
+        // failed over, flushed) is sent it again.
+        publish(&a, "doc-before-flush", &[DOC]).await;
+        let _: String = redis.query(&["SCRIPT", "FLUSH"]).unwrap();
+        publish(&a, "doc-after-flush", &[DOC]).await;
+        receive(&mut rx_b, 2).await;
+        assert_eq!(
+            ids(&resume(&b, "earliest", &[DOC]).await),
+            vec!["both", "doc-before-flush", "doc-after-flush"]
+        );
+        let stats: String = redis.query(&["INFO", "commandstats"]).unwrap();
+        assert!(stats.contains("cmdstat_evalsha:"), "{stats}");
     })
     .await;
 }
