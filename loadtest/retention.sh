@@ -195,7 +195,7 @@ mkdir -p "$(dirname "$OUT")"
     echo "in one rule of length 0; \`split\`: t/1* length 2000, t/2* length 500 and max_age 1h, t/3* length 0"
     echo "(11 topics each), the other 67 topics in the global history. Global history: --history-size 1000."
     echo
-    echo "Command: \`DURATION=$DURATION PUBLISHERS=$PUBLISHERS RATE=$RATE loadtest/retention.sh\`"
+    echo "Command: \`CONFIGS=\"$CONFIGS\" DURATION=$DURATION PUBLISHERS=$PUBLISHERS RATE=$RATE loadtest/retention.sh\`"
     echo
     echo "## Publishing"
     echo
