@@ -12,11 +12,14 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`limits`]: the counters behind rate limits and connection caps (in process, or in Redis
+//!   with a lease per node).
 //! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
 //!   with a lease per node and reaping of dead nodes' subscriptions).
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
 //!   context stored with it so other nodes' readers continue the publisher's trace.
 
+pub mod limits;
 pub mod memory;
 pub mod redis;
 pub mod subscriptions;
@@ -29,6 +32,10 @@ use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position, Update};
 use thiserror::Error;
 
+pub use limits::{
+    Admission, CapExceeded, ConnectionCap, ConnectionSlot, Limiter, LimiterStats, MemoryLimiter,
+    Rate, RateDecision, RedisLimiter,
+};
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
 pub use subscriptions::{

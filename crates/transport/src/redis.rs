@@ -98,6 +98,7 @@
 //! - `reader`: one partition's reader task. `cache`: the tail cache it fills.
 //! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
 //! - `status`: readiness flags and [`RedisStats`].
+//! - `script`: Lua scripts sent by digest (`EVALSHA`), for the limiter.
 
 mod cache;
 mod commands;
@@ -109,6 +110,7 @@ mod interest;
 mod keys;
 pub(crate) mod pool;
 mod reader;
+pub(crate) mod script;
 mod singleflight;
 mod status;
 
@@ -365,6 +367,20 @@ impl RedisTransport {
         options: crate::subscriptions::RegistryOptions,
     ) -> Arc<crate::subscriptions::RedisSubscriptionRegistry> {
         Arc::new(crate::subscriptions::RedisSubscriptionRegistry::new(
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
+            options,
+        ))
+    }
+
+    /// The cluster-wide limiter of rates and connection caps, on this transport's shared
+    /// connections and key prefix (see [`crate::limits::redis`]). Starts its background task on the
+    /// current Tokio runtime.
+    pub fn limiter(
+        &self,
+        options: crate::limits::redis::LimiterOptions,
+    ) -> Arc<crate::RedisLimiter> {
+        Arc::new(crate::RedisLimiter::start(
             self.shared.pool.clone(),
             &self.shared.settings.prefix,
             options,
