@@ -374,13 +374,12 @@ impl RedisTransport {
     }
 
     /// The cluster-wide limiter of rates and connection caps, on this transport's shared
-    /// connections and key prefix (see [`crate::limits::redis`]). Starts its background task on the
-    /// current Tokio runtime.
+    /// connections and key prefix (see [`crate::limits::redis`]).
     pub fn limiter(
         &self,
         options: crate::limits::redis::LimiterOptions,
     ) -> Arc<crate::RedisLimiter> {
-        Arc::new(crate::RedisLimiter::start(
+        Arc::new(crate::RedisLimiter::new(
             self.shared.pool.clone(),
             &self.shared.settings.prefix,
             options,

@@ -234,9 +234,10 @@ fn scripts() -> &'static [Script; 4] {
 }
 
 impl RedisLimiter {
-    /// A limiter on `pool`; starts its background task (renewal, sweep, release batches) on the
-    /// current Tokio runtime.
-    pub(crate) fn start(pool: Arc<ConnectionPool>, prefix: &str, options: LimiterOptions) -> Self {
+    /// A limiter on `pool`. Its background task (renewal, sweep, release batches) starts with the
+    /// first admission, on the Tokio runtime of that call: a node that never counts a connection
+    /// writes no lease.
+    pub(crate) fn new(pool: Arc<ConnectionPool>, prefix: &str, options: LimiterOptions) -> Self {
         let inner = Arc::new(Inner {
             pool,
             keys: Keys::new(prefix, &options.node_id),
@@ -250,12 +251,21 @@ impl RedisLimiter {
             reregistrations: AtomicU64::new(0),
             errors: AtomicU64::new(0),
         });
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(background(inner.clone(), shutdown.clone()));
         Self {
             inner,
-            shutdown,
-            task: Mutex::new(Some(task)),
+            shutdown: CancellationToken::new(),
+            task: Mutex::new(None),
+        }
+    }
+
+    /// Starts the background task unless it runs (or the limiter is closed).
+    fn ensure_started(&self) {
+        let mut task = self.task.lock();
+        if task.is_none() && !self.shutdown.is_cancelled() {
+            *task = Some(tokio::spawn(background(
+                self.inner.clone(),
+                self.shutdown.clone(),
+            )));
         }
     }
 
@@ -593,6 +603,7 @@ impl Limiter for RedisLimiter {
         matchers: u32,
         cap: ConnectionCap,
     ) -> Result<Admission, TransportError> {
+        self.ensure_started();
         self.inner.acquire(key, matchers, cap).await
     }
 
