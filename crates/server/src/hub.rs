@@ -16,15 +16,17 @@ use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
 use quicksilver_transport::Gap;
+use quicksilver_transport::limits::redis::LimiterOptions;
 use quicksilver_transport::{
-    MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport, RegistryOptions,
-    SubscriptionRegistry, Transport, UpdateSink,
+    Limiter, MemoryLimiter, MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport,
+    RegistryOptions, SubscriptionRegistry, Transport, UpdateSink,
 };
 
 use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
+use crate::policies::limits::Limits;
 use crate::subscriptions::Subscriptions;
 
 /// The longest a new subscription waits for its events' turn (`--subscription-event-rate`)
@@ -105,6 +107,8 @@ struct HubInner {
     /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
     compiling: Arc<tokio::sync::Semaphore>,
     playground: Option<PlaygroundSigner>,
+    /// The limiter behind rate limits and connection caps, and its decision counters.
+    limits: Limits,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -186,14 +190,18 @@ impl Hub {
             lease_ttl: config.subscription_lease,
             ..RegistryOptions::default()
         };
-        let (transport, registry): (Arc<dyn Transport>, Arc<dyn SubscriptionRegistry>) =
-            match config.transport {
+        let (transport, registry, limiter): (
+            Arc<dyn Transport>,
+            Arc<dyn SubscriptionRegistry>,
+            Arc<dyn Limiter>,
+        ) = match config.transport {
                 TransportKind::Memory => (
                     Arc::new(MemoryTransport::with_event_history(
                         config.history_size,
                         config.subscription_event_history,
                     )),
                     Arc::new(MemoryRegistry::new()),
+                    Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
                 ),
                 TransportKind::Redis => {
                     let redis = RedisTransport::new(RedisConfig {
@@ -223,7 +231,13 @@ impl Hub {
                     })
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
                     let registry = redis.subscription_registry(registry_options);
-                    (Arc::new(redis), registry)
+                    // Connection counts share the subscription lease's length: a dead node's
+                    // connections stop counting when its subscriptions are reaped.
+                    let limiter = redis.limiter(LimiterOptions {
+                        lease_ttl: config.subscription_lease,
+                        ..LimiterOptions::default()
+                    });
+                    (Arc::new(redis), registry, limiter)
                 }
             };
         let last_event = Arc::new(LastEvent::default());
@@ -278,7 +292,8 @@ impl Hub {
             http2_keep_alive: non_zero(config.http2_keep_alive),
         };
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
-        let metrics = Metrics::new(
+        let limits = Limits::new(limiter);
+        let mut metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
             subscriptions.as_ref().map(|s| s.registry_handle()),
@@ -286,6 +301,7 @@ impl Hub {
             selectors.clone(),
             auth.token_caches(),
         );
+        limits.register_metrics(metrics.registry_mut());
         Ok(Self {
             inner: Arc::new(HubInner {
                 metrics,
@@ -304,8 +320,14 @@ impl Hub {
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
                 playground: PlaygroundSigner::from_config(config),
+                limits,
             }),
         })
+    }
+
+    /// The limiter behind rate limits and connection caps.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// The transport.
@@ -427,11 +449,13 @@ impl Hub {
         fanout.close_all();
     }
 
-    /// After the drain: publishes the last subscription events and leaves the registry.
+    /// After the drain: publishes the last subscription events and leaves the registry, and
+    /// takes this node's connections out of the cluster's connection counts.
     pub async fn close(&self) {
         if let Some(subscriptions) = &self.inner.subscriptions {
             subscriptions.close().await;
         }
+        self.inner.limits.limiter().close().await;
     }
 }
 

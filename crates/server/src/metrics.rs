@@ -208,6 +208,11 @@ impl Metrics {
         }
     }
 
+    /// The registry, for parts of the hub that register their own metrics when the hub is built.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
         let mut out = String::with_capacity(8 * 1024);

@@ -17,6 +17,7 @@
 //! [`SubscriberStream`], whose headers go out with the preamble comment immediately (see
 //! [`crate::sse`] for how it reaches the socket).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
@@ -32,6 +33,7 @@ use quicksilver_transport::Scope;
 use crate::client::{client_ip, Peer};
 use crate::error::HubError;
 use crate::hub::Hub;
+use crate::policies::limits::RequestKind;
 use crate::sse::{EndReason, SubscriberStream};
 use crate::subscriptions::SubscriptionInfo;
 
@@ -150,6 +152,21 @@ async fn open(
         }
     };
 
+    // The policies' rate and connection limits (see `crate::policies::limits`), before the
+    // selectors cost anything to compile. The slot is held for the stream's life.
+    let claims = grants.map(|g| &**g.identity());
+    let client = client_ip(peer, &headers, &settings.trusted_proxies)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let policies = hub.policies();
+    hub.limits()
+        .check_rate(&policies.limits, RequestKind::Subscribe, claims, client)
+        .await?;
+    let limit_slot = hub
+        .limits()
+        .admit(&policies.limits, claims, client, query.matchers.len())
+        .await?;
+    drop(policies);
+
     let selectors = compile_selectors(&hub, &query.matchers, &identity.hub_url).await?;
     let scope = scope_of(&selectors);
     let spec = SubscriberSpec { selectors, access };
@@ -232,10 +249,12 @@ async fn open(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
-            // Ends the subscriptions (events, registry), frees the client's slot and lets the
-            // transport stop reading what no other subscriber needs.
+            // Ends the subscriptions (events, registry), frees the client's slot and its subject's
+            // connection count, and lets the transport stop reading what no other subscriber
+            // needs.
             drop(held);
             drop(client_slot);
+            drop(limit_slot);
             drop(interest);
         },
     )
