@@ -15,8 +15,8 @@ use crate::auth::Authenticator;
 use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
-use quicksilver_transport::Gap;
 use quicksilver_transport::limits::redis::LimiterOptions;
+use quicksilver_transport::Gap;
 use quicksilver_transport::{
     Limiter, MemoryLimiter, MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport,
     RegistryOptions, SubscriptionRegistry, Transport, UpdateSink,
@@ -27,6 +27,7 @@ use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
 use crate::policies::limits::Limits;
+use crate::policies::{Policies, PolicyCell};
 use crate::subscriptions::Subscriptions;
 
 /// The longest a new subscription waits for its events' turn (`--subscription-event-rate`)
@@ -109,6 +110,8 @@ struct HubInner {
     playground: Option<PlaygroundSigner>,
     /// The limiter behind rate limits and connection caps, and its decision counters.
     limits: Limits,
+    /// Rate limits, caps, revocation and retention rules in force (reloaded on `SIGHUP`).
+    policies: Arc<PolicyCell>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -195,51 +198,51 @@ impl Hub {
             Arc<dyn SubscriptionRegistry>,
             Arc<dyn Limiter>,
         ) = match config.transport {
-                TransportKind::Memory => (
-                    Arc::new(MemoryTransport::with_event_history(
-                        config.history_size,
-                        config.subscription_event_history,
-                    )),
-                    Arc::new(MemoryRegistry::new()),
-                    Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
-                ),
-                TransportKind::Redis => {
-                    let redis = RedisTransport::new(RedisConfig {
-                        urls: config.redis_url.clone(),
-                        cluster: config.redis_cluster,
-                        stream_key_prefix: config.redis_key_prefix.clone(),
-                        partitions: config.redis_partitions,
-                        history_size: config.history_size,
-                        event_history: config.subscription_event_history,
-                        history_max_age: (!config.history_max_age.is_zero())
-                            .then_some(config.history_max_age),
-                        tail_cache_size: config.history_cache_size,
-                        pool_size: config.redis_pool_size,
-                        command_timeout: config.redis_timeout,
-                        resume_margin: config.redis_resume_margin,
-                        batch_window: config.redis_batch_window,
-                        // A stored update is its decoded form plus a little framing; the form's
-                        // encoded body bounds the decoded one.
-                        max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
-                        read_budget: config.redis_read_budget,
-                        history_max_bytes: config.history_max_bytes,
-                        max_history_scans: config.redis_max_history_scans,
-                        tls_ca_file: config.redis_tls_ca.clone(),
-                        // A node reads only the partitions its subscribers may match.
-                        read_on_interest: true,
-                        ..RedisConfig::default()
-                    })
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let registry = redis.subscription_registry(registry_options);
-                    // Connection counts share the subscription lease's length: a dead node's
-                    // connections stop counting when its subscriptions are reaped.
-                    let limiter = redis.limiter(LimiterOptions {
-                        lease_ttl: config.subscription_lease,
-                        ..LimiterOptions::default()
-                    });
-                    (Arc::new(redis), registry, limiter)
-                }
-            };
+            TransportKind::Memory => (
+                Arc::new(MemoryTransport::with_event_history(
+                    config.history_size,
+                    config.subscription_event_history,
+                )),
+                Arc::new(MemoryRegistry::new()),
+                Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
+            ),
+            TransportKind::Redis => {
+                let redis = RedisTransport::new(RedisConfig {
+                    urls: config.redis_url.clone(),
+                    cluster: config.redis_cluster,
+                    stream_key_prefix: config.redis_key_prefix.clone(),
+                    partitions: config.redis_partitions,
+                    history_size: config.history_size,
+                    event_history: config.subscription_event_history,
+                    history_max_age: (!config.history_max_age.is_zero())
+                        .then_some(config.history_max_age),
+                    tail_cache_size: config.history_cache_size,
+                    pool_size: config.redis_pool_size,
+                    command_timeout: config.redis_timeout,
+                    resume_margin: config.redis_resume_margin,
+                    batch_window: config.redis_batch_window,
+                    // A stored update is its decoded form plus a little framing; the form's
+                    // encoded body bounds the decoded one.
+                    max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
+                    read_budget: config.redis_read_budget,
+                    history_max_bytes: config.history_max_bytes,
+                    max_history_scans: config.redis_max_history_scans,
+                    tls_ca_file: config.redis_tls_ca.clone(),
+                    // A node reads only the partitions its subscribers may match.
+                    read_on_interest: true,
+                    ..RedisConfig::default()
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let registry = redis.subscription_registry(registry_options);
+                // Connection counts share the subscription lease's length: a dead node's
+                // connections stop counting when its subscriptions are reaped.
+                let limiter = redis.limiter(LimiterOptions {
+                    lease_ttl: config.subscription_lease,
+                    ..LimiterOptions::default()
+                });
+                (Arc::new(redis), registry, limiter)
+            }
+        };
         let last_event = Arc::new(LastEvent::default());
         transport.start_reader(Arc::new(FanoutSink {
             fanout: fanout.clone(),
@@ -293,6 +296,7 @@ impl Hub {
         };
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
         let limits = Limits::new(limiter);
+        let policies = Arc::new(PolicyCell::load(config.config.as_deref())?);
         let mut metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
@@ -300,6 +304,7 @@ impl Hub {
             replay_budget.clone(),
             selectors.clone(),
             auth.token_caches(),
+            &policies,
         );
         limits.register_metrics(metrics.registry_mut());
         Ok(Self {
@@ -321,6 +326,7 @@ impl Hub {
                 )),
                 playground: PlaygroundSigner::from_config(config),
                 limits,
+                policies,
             }),
         })
     }
@@ -328,6 +334,16 @@ impl Hub {
     /// The limiter behind rate limits and connection caps.
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
+    }
+
+    /// The policies in force now (take once per request and keep).
+    pub fn policies(&self) -> Arc<Policies> {
+        self.inner.policies.current()
+    }
+
+    /// The cell holding the policies: reload, watch changes.
+    pub fn policy_cell(&self) -> &Arc<PolicyCell> {
+        &self.inner.policies
     }
 
     /// The transport.

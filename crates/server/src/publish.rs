@@ -26,9 +26,9 @@ use quicksilver_protocol::{parse_publish_form, publish::PublishError};
 use tracing::Instrument;
 
 use crate::client::{client_ip, Peer};
-use crate::policies::limits::RequestKind;
 use crate::error::HubError;
 use crate::hub::Hub;
+use crate::policies::limits::RequestKind;
 
 /// Time a publish request's body has to arrive, once its head was read: ample for the 1 MiB default
 /// body limit over a slow link, short enough that slow-body clients cannot pile up.

