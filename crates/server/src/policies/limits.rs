@@ -17,8 +17,9 @@
 //! their /64 network (a client usually holds a whole /64). The limiter sees a digest of it
 //! (SHA-256, 128 bits in hex), never the value: Redis keys and map keys have one size whatever
 //! the token says, and hold no user ids or addresses. A rate rule's counter is the rule's own
-//! (`<rule name>:<digest>`); connection counts are the subject's, whichever rule admitted them,
-//! so a reload that changes a rule's caps applies them to the connections already open.
+//! and its rate's (`<rule name>:<interval µs>x<burst>:<digest>`): a reload that changes a rule's
+//! rate starts its counters afresh. Connection counts are the subject's, whichever rule admitted
+//! them, so a reload that changes a rule's caps applies them to the connections already open.
 //!
 //! # Decisions
 //! [`Limits`] holds the node's [`Limiter`] (in process with the memory transport, in Redis with
@@ -555,7 +556,16 @@ impl Limits {
         let Some(rule) = rules.rate_rule(request, identity) else {
             return Ok(());
         };
-        let key = format!("{}:{}", rule.name, counted_as(rule.per, identity, client));
+        // The rate is part of the key: a rule whose rate a reload changed starts afresh rather
+        // than reading times stored on the old rate's scale (which could refuse for as long as
+        // the old period after a raise).
+        let key = format!(
+            "{}:{}x{}:{}",
+            rule.name,
+            rule.rate.interval_micros(),
+            rule.rate.burst(),
+            counted_as(rule.per, identity, client)
+        );
         match self.limiter.check_rate(&key, rule.rate).await {
             Ok(RateDecision::Allowed) => Ok(()),
             Ok(RateDecision::Limited { retry_after }) => {
@@ -823,10 +833,7 @@ mod tests {
         let name =
             |kind, id: Option<&Identity>| r.rate_rule(kind, id).map(|r| r.name().to_string());
         // The anonymous rule only counts subscription requests: the default comes next.
-        assert_eq!(
-            name(RequestKind::Publish, None).as_deref(),
-            Some("default")
-        );
+        assert_eq!(name(RequestKind::Publish, None).as_deref(), Some("default"));
         assert_eq!(
             name(RequestKind::Subscribe, None).as_deref(),
             Some("anonymous")
