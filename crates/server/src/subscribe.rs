@@ -6,10 +6,12 @@
 //! header winning over both. Its body is bounded like a publish body (`413` beyond). A token is
 //! never read from the body. Any other method than `GET`, `HEAD`, `POST` and `QUERY` is `405`.
 //!
-//! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
-//! subscriber is then registered in the fan-out *before* history is read, so every update stored
-//! after the history read arrives live; a [`Resume`] built from the read tells the stream which
-//! live updates the history already covered. Between the two, the subscriber's interest is given to
+//! The request is parsed (selectors, cursor, token), authenticated, held to the policies' rate and
+//! connection limits (see [`crate::policies::limits`]; `429` over them, and an admitted
+//! subscriber holds its place in its subject's connection count until its stream ends), and its
+//! selectors compiled. The subscriber is then registered in the fan-out *before* history is read,
+//! so every update stored after the history read arrives live; a [`Resume`] built from the read
+//! tells the stream which live updates the history already covered. Between the two, the subscriber's interest is given to
 //! the transport ([`Scope`]: its exact topics, or everything when a selector is a `*`, a template
 //! or a URL pattern): a partitioned transport then reads what it may match, and answers once that
 //! reading has found its place, so the history read and the live queue still meet without a gap.

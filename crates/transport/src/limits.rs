@@ -180,6 +180,9 @@ pub struct LimiterStats {
     pub reregistrations: u64,
     /// Failed calls to the backing store (checks, releases, renewals).
     pub errors: u64,
+    /// Rate checks refused by the node itself, without a round trip, because the backing store
+    /// had refused the key and its wait was not over.
+    pub local_refusals: u64,
 }
 
 /// Counts events against rates and connections against caps (see the module docs).

@@ -120,6 +120,22 @@ async fn a_burst_used_on_one_node_is_refused_on_another_and_refills() {
             panic!("the burst used on a is used up on b");
         };
         assert!(retry_after > Duration::ZERO && retry_after <= Duration::from_millis(400));
+        // Asked again before the wait is over, b answers by itself: no round trip.
+        let calls = |server: &RedisServer| -> u64 {
+            let info: String = server.query(&["INFO", "commandstats"]).unwrap();
+            info.lines()
+                .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+                .and_then(|l| l.split(',').next())
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(0)
+        };
+        let before = calls(&server);
+        assert!(matches!(
+            b.check_rate("r:s:alice", rate).await.unwrap(),
+            RateDecision::Limited { .. }
+        ));
+        assert_eq!(calls(&server), before);
+        assert_eq!(b.stats().local_refusals, 1);
         // Another key, its own burst.
         assert_eq!(
             b.check_rate("r:s:bob", rate).await.unwrap(),

@@ -736,6 +736,11 @@ impl prometheus_client::collector::Collector for LimiterCollector {
                 s.reregistrations,
             ),
             (
+                "rate_limit_local_refusals",
+                "Requests refused by the node itself, without asking Redis, because Redis had refused their key and its Retry-After was not over",
+                s.local_refusals,
+            ),
+            (
                 "limiter_errors",
                 "Failed limiter calls to Redis (checks, admissions, releases, renewals)",
                 s.errors,

@@ -6,7 +6,8 @@
 //! new time with a `PX` expiry at which the key would be idle anyway: an idle key costs Redis
 //! nothing, and the number of keys is bounded by the keys used within one burst's span. One
 //! `EVALSHA` per check; each script touches one key, so on Redis Cluster the keys spread over the
-//! masters like any other.
+//! masters like any other. A key Redis refused is answered by the node itself until its wait is
+//! over (see [`Refusals`]): a client flooding over its rate costs Redis one call per wait.
 //!
 //! # Connections
 //! All connection keys share one hash tag, `{<prefix>:limits}`, so one script reaches them all (on
@@ -200,6 +201,53 @@ struct Inner {
     closed: AtomicBool,
     reregistrations: AtomicU64,
     errors: AtomicU64,
+    /// Keys Redis refused lately, answered here until their wait is over.
+    refusals: Refusals,
+    local_refusals: AtomicU64,
+}
+
+/// Keys Redis refused, with the time until which they stay refused, so a client that keeps
+/// sending over its rate costs Redis one call per wait rather than one per request. Exact, not
+/// an estimate: a refusal does not change the key's time in Redis and other nodes can only push
+/// it later, so every request before the wait is over would be refused there too. Bounded: at
+/// [`MAX_REFUSALS`] the expired entries are dropped (at most once a second); while it stays full
+/// new refusals are not remembered (they just cost their round trip).
+#[derive(Default)]
+struct Refusals(Mutex<RefusalMap>);
+
+#[derive(Default)]
+struct RefusalMap {
+    until: HashMap<Box<str>, tokio::time::Instant>,
+    swept: Option<tokio::time::Instant>,
+}
+
+/// Refused keys remembered per node (about 100 bytes each).
+const MAX_REFUSALS: usize = 10_000;
+
+impl Refusals {
+    /// How long `key` stays refused, if Redis refused it and the wait is not over.
+    fn until(&self, key: &str) -> Option<Duration> {
+        let map = self.0.lock();
+        let until = *map.until.get(key)?;
+        let now = tokio::time::Instant::now();
+        (until > now).then(|| until - now)
+    }
+
+    fn remember(&self, key: &str, wait: Duration) {
+        let now = tokio::time::Instant::now();
+        let mut map = self.0.lock();
+        if map.until.len() >= MAX_REFUSALS
+            && map
+                .swept
+                .is_none_or(|at| now >= at + Duration::from_secs(1))
+        {
+            map.until.retain(|_, until| *until > now);
+            map.swept = Some(now);
+        }
+        if map.until.len() < MAX_REFUSALS || map.until.contains_key(key) {
+            map.until.insert(key.into(), now + wait);
+        }
+    }
 }
 
 /// The Redis-backed limiter (see the module docs). Dropping it stops its background task without
@@ -250,6 +298,8 @@ impl RedisLimiter {
             closed: AtomicBool::new(false),
             reregistrations: AtomicU64::new(0),
             errors: AtomicU64::new(0),
+            refusals: Refusals::default(),
+            local_refusals: AtomicU64::new(0),
         });
         Self {
             inner,
@@ -579,6 +629,10 @@ impl SlotOwner for Inner {
 impl Limiter for RedisLimiter {
     async fn check_rate(&self, key: &str, rate: Rate) -> Result<RateDecision, TransportError> {
         let inner = &self.inner;
+        if let Some(retry_after) = inner.refusals.until(key) {
+            inner.local_refusals.fetch_add(1, Ordering::Relaxed);
+            return Ok(RateDecision::Limited { retry_after });
+        }
         let (allowed, wait): (i64, i64) = inner
             .pool
             .eval(
@@ -588,13 +642,12 @@ impl Limiter for RedisLimiter {
             )
             .await
             .map_err(|e| inner.failed("checking a rate", e))?;
-        Ok(if allowed == 1 {
-            RateDecision::Allowed
-        } else {
-            RateDecision::Limited {
-                retry_after: Duration::from_micros(u64::try_from(wait).unwrap_or(0)),
-            }
-        })
+        if allowed == 1 {
+            return Ok(RateDecision::Allowed);
+        }
+        let retry_after = Duration::from_micros(u64::try_from(wait).unwrap_or(0));
+        inner.refusals.remember(key, retry_after);
+        Ok(RateDecision::Limited { retry_after })
     }
 
     async fn acquire(
@@ -630,6 +683,7 @@ impl Limiter for RedisLimiter {
             connections,
             reregistrations: self.inner.reregistrations.load(Ordering::Relaxed),
             errors: self.inner.errors.load(Ordering::Relaxed),
+            local_refusals: self.inner.local_refusals.load(Ordering::Relaxed),
             ..LimiterStats::default()
         }
     }
