@@ -6,7 +6,7 @@
 # - publish: `broadcast` to SUBSCRIBERS subscribers at RATE updates/s for DURATION seconds
 #   (LANES publishing lanes), with and without a `[[rate_limit]]` rule; per acknowledged
 #   publish: hub CPU, Redis CPU, the publish round trip (p50, p99), and Redis' own time per
-#   EVALSHA (INFO commandstats).
+#   EVALSHA and XADD (INFO commandstats).
 # - connect: `connect-storm` of CONNECTIONS subscribers (closed when it ends), with and without a
 #   `[[connection_limit]]` rule; per connection: hub CPU and Redis CPU (from before the storm to
 #   a second after its connections closed, so the releases count), EVALSHA calls.
@@ -105,24 +105,25 @@ publish_case() {
     "$BIN/quicksilver-loadtest" broadcast --sub-url "http://127.0.0.1:$PORT/.well-known/mercure" \
         --jwt-key "$KEY" --subscribers "$SUBSCRIBERS" --rate "$RATE" --publishers "$LANES" \
         --duration "$DURATION" --json-out "$WORK/run.json" -q >/dev/null 2>&1 || true
-    local hub1 acked p50 p99 evalsha_calls=0 evalsha_usec=0
+    local hub1 acked p50 p99 evalsha_calls=0 evalsha_usec=0 xadd_usec=0
     hub1=$(cpu_ticks "$HUB_PID")
     if [[ -n $REDIS_PID ]]; then
         redis1=$(cpu_ticks "$REDIS_PID")
         evalsha_calls=$(cmdstat "$REDIS_PORT" evalsha calls)
         evalsha_usec=$(cmdstat "$REDIS_PORT" evalsha usec_per_call)
+        xadd_usec=$(cmdstat "$REDIS_PORT" xadd usec_per_call)
     fi
     acked=$(jq '.publish.acked' "$WORK/run.json")
     p50=$(jq '.publish.latency.p50_ms' "$WORK/run.json")
     p99=$(jq '.publish.latency.p99_ms' "$WORK/run.json")
     stop
     python3 - "$hub0" "$hub1" "$redis0" "$redis1" "$acked" "$p50" "$p99" "$evalsha_calls" \
-        "$evalsha_usec" "$TICKS" <<'EOF'
+        "$evalsha_usec" "$xadd_usec" "$TICKS" <<'EOF'
 import sys
-h0, h1, r0, r1, acked, p50, p99, calls, usec, ticks = sys.argv[1:]
+h0, h1, r0, r1, acked, p50, p99, calls, usec, xadd, ticks = sys.argv[1:]
 acked = max(int(acked), 1)
 us = lambda a, b: (int(b) - int(a)) / int(ticks) / acked * 1e6
-print(f"{acked} {us(h0, h1):.1f} {us(r0, r1):.1f} {float(p50):.3f} {float(p99):.2f} {calls} {usec}")
+print(f"{acked} {us(h0, h1):.1f} {us(r0, r1):.1f} {float(p50):.3f} {float(p99):.2f} {calls} {usec} {xadd}")
 EOF
 }
 
@@ -165,15 +166,15 @@ EOF
     echo
     echo "## Publish ($SUBSCRIBERS subscribers, $RATE updates/s, ${DURATION}s, $LANES lanes)"
     echo
-    echo "| transport | rule | acked | hub CPU µs/publish | Redis CPU µs/publish | round trip p50 ms | p99 ms | EVALSHA calls | EVALSHA µs/call |"
-    echo "|---|---|---|---|---|---|---|---|---|"
+    echo "| transport | rule | acked | hub CPU µs/publish | Redis CPU µs/publish | round trip p50 ms | p99 ms | EVALSHA calls | EVALSHA µs/call | XADD µs/call |"
+    echo "|---|---|---|---|---|---|---|---|---|---|"
 } >"$OUT"
 for transport in $TRANSPORTS; do
     for i in $(seq "$REPEAT"); do
         for rules in none rate; do
             echo "== publish $transport $rules #$i" >&2
-            read -r acked hub redis p50 p99 calls usec < <(publish_case "$transport" "$rules")
-            echo "| $transport | $rules | $acked | $hub | $redis | $p50 | $p99 | $calls | $usec |" >>"$OUT"
+            read -r acked hub redis p50 p99 calls usec xadd < <(publish_case "$transport" "$rules")
+            echo "| $transport | $rules | $acked | $hub | $redis | $p50 | $p99 | $calls | $usec | $xadd |" >>"$OUT"
         done
     done
 done
