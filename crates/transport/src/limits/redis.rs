@@ -32,8 +32,9 @@
 //! batches take a shared lock and that rewrite an exclusive one, so a rewrite never misses an
 //! admission in flight nor replays a release it already reflects.
 //!
-//! The background task renews the lease every third of it (`EXISTS`, `SET … PX`, `SADD`,
-//! `PEXPIRE` in one transaction) and sweeps: [`SWEEP`] drops the hash and set entry of every node
+//! The background task, started by the first admission (a node that never counts a connection
+//! writes nothing), renews the lease every third of it (`EXISTS`, `SET … PX`, `SADD`, `PEXPIRE`
+//! in one transaction) and sweeps: [`SWEEP`] drops the hash and set entry of every node
 //! without a lease. [`Limiter::close`] deletes this node's lease and counts (its connections stop
 //! counting at once).
 //!
