@@ -2,12 +2,12 @@
 //!
 //! # Rates
 //! One string per key, `<prefix>:rate:<key>`, holding the key's GCRA time in microseconds of
-//! Redis' clock (`TIME`, so node clocks do not matter). [`RATE`] reads it, decides, and stores the
+//! Redis' clock (`TIME`, so node clocks do not matter). `RATE` reads it, decides, and stores the
 //! new time with a `PX` expiry at which the key would be idle anyway: an idle key costs Redis
 //! nothing, and the number of keys is bounded by the keys used within one burst's span. One
 //! `EVALSHA` per check; each script touches one key, so on Redis Cluster the keys spread over the
 //! masters like any other. A key Redis refused is answered by the node itself until its wait is
-//! over (see [`Refusals`]): a client flooding over its rate costs Redis one call per wait.
+//! over (see `Refusals`): a client flooding over its rate costs Redis one call per wait.
 //!
 //! # Connections
 //! All connection keys share one hash tag, `{<prefix>:limits}`, so one script reaches them all (on
@@ -19,11 +19,11 @@
 //!   expiry (three leases) is pushed back at every renewal and every admission, so the counts of a
 //!   node that died with no one left to sweep vanish by themselves.
 //!
-//! [`ACQUIRE`] sums a key's counts over the nodes whose lease exists and, if the caps allow,
+//! `ACQUIRE` sums a key's counts over the nodes whose lease exists and, if the caps allow,
 //! increments this node's fields, atomically: two nodes admitting at the same time cannot both
 //! take the last place. A dead node's connections stop counting the moment its lease expires.
 //! Releases (a [`ConnectionSlot`] dropped) update the node's local copy at once and are sent in
-//! batches by the background task as decrements ([`RELEASE`]), so a shutdown that closes thousands
+//! batches by the background task as decrements (`RELEASE`), so a shutdown that closes thousands
 //! of connections costs a few round trips, not thousands.
 //!
 //! The local copy (key → counts) is this node's truth: when a write fails, or the lease was found
@@ -34,7 +34,7 @@
 //!
 //! The background task, started by the first admission (a node that never counts a connection
 //! writes nothing), renews the lease every third of it (`EXISTS`, `SET … PX`, `SADD`, `PEXPIRE`
-//! in one transaction) and sweeps: [`SWEEP`] drops the hash and set entry of every node
+//! in one transaction) and sweeps: `SWEEP` drops the hash and set entry of every node
 //! without a lease. [`Limiter::close`] deletes this node's lease and counts (its connections stop
 //! counting at once).
 //!
