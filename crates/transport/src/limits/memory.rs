@@ -4,7 +4,7 @@
 //! A GCRA table (key → theoretical arrival time, microseconds on Tokio's clock) split into
 //! `SHARDS` shards, each an `IndexMap` behind its own lock, so concurrent publishes rarely meet
 //! and an entry can be sampled by index in O(1). An entry whose time has passed is as good as
-//! absent (see [`gcra`](super::gcra)), so idle entries are dropped as the table is used: every
+//! absent (see [`gcra`]), so idle entries are dropped as the table is used: every
 //! new key looks at `SWEEP_PROBES` random entries of its shard and drops those that went idle.
 //! A full shard first drops idle entries among `EVICTION_SAMPLE` random ones; if none is idle it
 //! evicts the sampled entry nearest to idle (giving that key a fresh burst early) and counts it
