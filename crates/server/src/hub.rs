@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
 use quicksilver_transport::limits::redis::LimiterOptions;
-use quicksilver_transport::Gap;
+use quicksilver_transport::{Gap, Window};
 use quicksilver_transport::{
     Limiter, MemoryLimiter, MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport,
     RegistryOptions, SubscriptionRegistry, Transport, UpdateSink,
@@ -171,6 +171,32 @@ impl UpdateSink for FanoutSink {
     }
 }
 
+/// Puts the retention rules of the policies in force on `transport` now (before any publish), and
+/// again after every change of the policies (a reload), until the policies are dropped. `default`
+/// is the global history, which rules leave open fields to.
+fn keep_retention_in_force(
+    policies: &Arc<PolicyCell>,
+    transport: Arc<dyn Transport>,
+    default: Window,
+) {
+    transport.set_retention(policies.current().retention.resolve(default));
+    let mut changes = policies.changes();
+    let policies = Arc::downgrade(policies);
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(cell) = policies.upgrade() else {
+                break;
+            };
+            let retention = cell.current().retention.resolve(default);
+            tracing::info!(
+                classes = retention.classes().len(),
+                "retention rules in force for updates published from now on"
+            );
+            transport.set_retention(retention);
+        }
+    });
+}
+
 impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
@@ -297,6 +323,14 @@ impl Hub {
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
         let limits = Limits::new(limiter);
         let policies = Arc::new(PolicyCell::load(config.config.as_deref())?);
+        keep_retention_in_force(
+            &policies,
+            transport.clone(),
+            Window {
+                length: config.history_size,
+                max_age: non_zero(config.history_max_age),
+            },
+        );
         let mut metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),

@@ -434,6 +434,37 @@ impl Collector for HubCollector {
             "Updates lost before this node's reader read them, as far as they could be counted",
             t.missed_entries,
         )?;
+        let classes = self.transport.retention_stats();
+        gauge(
+            &mut encoder,
+            "retention_classes",
+            "Retention classes in force: the global history and each distinct window of the [[retention]] rules",
+            classes.len() as i64,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "retention_published",
+                "Updates this node published per retention class (each class an update's topics belong to; per partition copy)",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for stats in &classes {
+                let labels = [("class", &*stats.class)];
+                ConstCounter::new(stats.stored).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "retention_held",
+                "Updates per retention class this node holds in memory (in-memory history, or tail caches of the Redis history)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for stats in &classes {
+                let labels = [("class", &*stats.class)];
+                ConstGauge::new(stats.held as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
         if let Some(registry) = &self.subscriptions {
             let r = registry.stats();
             gauge(

@@ -21,6 +21,8 @@
 //! [`Subject`] is the key a per-subject policy counts by: the token's `sub`, else its `jti`, else
 //! the client's address (as `--trusted-proxies` lets the hub see it).
 
+pub mod retention;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -67,6 +69,9 @@ pub struct PolicyFile {
     /// `[[connection_limit]]`: connections and matchers per subject (see [`limits`]).
     #[serde(default)]
     pub connection_limit: Vec<limits::ConnectionLimitRule>,
+    /// `[[retention]]`: history windows per topic (see [`retention`]).
+    #[serde(default)]
+    pub retention: Vec<retention::RetentionTable>,
 }
 
 impl PolicyFile {
@@ -96,6 +101,8 @@ impl PolicyFile {
 pub struct Policies {
     /// Rate limits and connection caps.
     pub limits: limits::LimitRules,
+    /// History windows per topic (see [`retention`]).
+    pub retention: retention::RetentionRules,
 }
 
 impl Policies {
@@ -104,9 +111,11 @@ impl Policies {
         let PolicyFile {
             rate_limit,
             connection_limit,
+            retention,
         } = file;
         Ok(Self {
             limits: limits::LimitRules::compile(rate_limit, connection_limit)?,
+            retention: retention::RetentionRules::compile(retention)?,
         })
     }
 }
@@ -289,6 +298,7 @@ mod tests {
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
         assert!(file.rate_limit.is_empty() && file.connection_limit.is_empty());
+        assert!(file.retention.is_empty());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 

@@ -205,7 +205,7 @@ async fn open(
     } else if let Some(last_event_id) = &last_event_id {
         let history = hub
             .transport()
-            .history_within(last_event_id, &interest)
+            .history_within(last_event_id, &interest, &scope)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
         resume = Some(
@@ -275,19 +275,27 @@ async fn open(
     Ok(response)
 }
 
-/// What a subscriber with `selectors` may match, for the transport: its exact topics, or
-/// everything when one selector may match any topic.
+/// What a subscriber with `selectors` may match, for the transport: its exact topics and the
+/// literal starts of its URI templates (which bound the retention classes its history is read
+/// from), or everything when one selector may match any topic.
 fn scope_of(selectors: &[Selector]) -> Scope {
     let mut topics = Vec::with_capacity(selectors.len());
+    let mut prefixes = Vec::new();
     for selector in selectors {
         match selector.kind() {
             SelectorKind::Exact => topics.push(selector.raw().to_string()),
-            SelectorKind::Wildcard | SelectorKind::Template | SelectorKind::UrlPattern => {
-                return Scope::All
-            }
+            SelectorKind::Template => match selector.literal_prefix() {
+                Some(prefix) if !prefix.is_empty() => prefixes.push(prefix.to_string()),
+                _ => return Scope::All,
+            },
+            SelectorKind::Wildcard | SelectorKind::UrlPattern => return Scope::All,
         }
     }
-    Scope::Topics(topics)
+    if prefixes.is_empty() {
+        Scope::Topics(topics)
+    } else {
+        Scope::Matching { topics, prefixes }
+    }
 }
 
 /// Compiles a subscription's selectors through the node's selector store, sharing what is already
