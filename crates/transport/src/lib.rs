@@ -12,6 +12,8 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`revocations`]: the revoked tokens every node enforces (in memory, or in Redis with a log of
+//!   changes that nodes follow).
 //! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
 //!   with a lease per node and reaping of dead nodes' subscriptions).
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
@@ -19,6 +21,7 @@
 
 pub mod memory;
 pub mod redis;
+pub mod revocations;
 pub mod subscriptions;
 pub mod trace_context;
 
@@ -31,6 +34,9 @@ use thiserror::Error;
 
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
+pub use revocations::{
+    MemoryRevocations, PutOutcome, RedisRevocations, RevocationRecord, RevocationStore,
+};
 pub use subscriptions::{
     MemoryRegistry, OrphanHandler, RedisSubscriptionRegistry, RegistryOptions, RegistryStats,
     SubscriptionRecord, SubscriptionRegistry,
