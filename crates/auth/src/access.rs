@@ -33,6 +33,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -44,6 +45,7 @@ use serde_json::Value;
 use crate::details::{self, DetailLimits};
 use crate::error::{AuthError, TokenRejection};
 use crate::grants::Grants;
+use crate::identity::{self, Identity};
 use crate::issuer::{IssuerError, IssuerKeys, TrustedIssuer};
 use crate::jwks::SharedKeySet;
 use crate::jws;
@@ -113,11 +115,17 @@ struct AccessClaims {
     exp: Option<f64>,
     #[serde(default)]
     nbf: Option<f64>,
-    /// Read only so that a non-numeric `iat` makes the token malformed.
-    #[serde(default, rename = "iat")]
-    _iat: Option<f64>,
+    /// A non-numeric `iat` makes the token malformed.
+    #[serde(default)]
+    iat: Option<f64>,
     #[serde(default)]
     sub: Option<String>,
+    /// Read for the hub's policies (revocation by token id); not required.
+    #[serde(default, deserialize_with = "crate::identity::lenient_string")]
+    jti: Option<String>,
+    /// The token's plan, for the hub's policies.
+    #[serde(default, deserialize_with = "crate::identity::lenient_string")]
+    quota: Option<String>,
     #[serde(default)]
     authorization_details: Option<Value>,
 }
@@ -274,13 +282,23 @@ impl AccessTokenVerifier {
             return Err(TokenRejection::Audience.into());
         }
 
+        let expires_at = to_system_time(exp);
+        let identity = Identity {
+            issuer: Some(Arc::from(issuer.identifier())),
+            subject: claims.sub.as_deref().and_then(identity::kept_str),
+            token_id: claims.jti.as_deref().and_then(identity::kept_str),
+            issued_at: claims.iat.and_then(to_system_time),
+            expires_at,
+            quota: claims.quota.as_deref().and_then(identity::kept_str),
+        };
         let grants = details::into_grants(
             claims.authorization_details.as_ref(),
             store,
             hub.hub_url,
             &self.options.details,
         )?
-        .with_expires_at(to_system_time(exp));
+        .with_expires_at(expires_at)
+        .with_identity(identity);
         let verified = VerifiedAccessToken {
             grants,
             issuer: issuer.identifier().to_string(),

@@ -7,7 +7,8 @@
 //!
 //! The same object is also accepted under the namespaced claim `https://mercure.rocks/`; when that
 //! one is present (and not `null`) it wins over `mercure`, as on the reference hub. Every part is
-//! optional: a token without the claim is valid and grants nothing.
+//! optional: a token without the claim is valid and grants nothing. The registered claims and the
+//! plan (`quota`, top level or inside the claim) become the grants' [`crate::Identity`].
 //!
 //! Claims enter as the JSON payload already authenticated by [`crate::TokenVerifier`] and leave as
 //! [`Grants`]. The standardized generation (`authorization_details`, `at+jwt`) will get its own
@@ -18,9 +19,11 @@ use serde::Deserialize;
 
 use crate::error::AuthError;
 use crate::grants::Grants;
+use crate::identity::IdentityClaims;
+use crate::verifier::to_system_time;
 
-/// The pre-standardization token payload. Registered claims other than `exp` and `nbf` are
-/// ignored (no audience or issuer checks in this generation).
+/// The pre-standardization token payload. `exp` and `nbf` are checked; `iss`, `sub`, `jti`, `iat`
+/// are only read into the [`crate::Identity`] (no audience or issuer checks in this generation).
 #[derive(Debug, Deserialize)]
 pub(crate) struct MercureClaims {
     /// Expiry, seconds since the epoch (integer or fractional, as JWT `NumericDate` allows).
@@ -33,6 +36,9 @@ pub(crate) struct MercureClaims {
     mercure: Option<MercureClaim>,
     #[serde(default, rename = "https://mercure.rocks/")]
     namespaced: Option<MercureClaim>,
+    /// `iss`, `sub`, `jti`, `iat` and `quota`, for the hub's policies.
+    #[serde(flatten)]
+    identity: IdentityClaims,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -43,6 +49,9 @@ struct MercureClaim {
     subscribe: Option<Vec<String>>,
     #[serde(default)]
     payload: Option<serde_json::Value>,
+    /// The token's plan, when it is given inside the claim rather than at the top level.
+    #[serde(default, deserialize_with = "crate::identity::lenient_string")]
+    quota: Option<String>,
 }
 
 impl MercureClaims {
@@ -61,7 +70,11 @@ impl MercureClaims {
         let claim = self.namespaced.or(self.mercure).unwrap_or_default();
         let publish = compile(store, claim.publish, "mercure.publish", max_selectors)?;
         let subscribe = compile(store, claim.subscribe, "mercure.subscribe", max_selectors)?;
-        Ok(Grants::new(publish, subscribe, claim.payload))
+        let expires_at = self.exp.and_then(to_system_time);
+        let identity = self.identity.into_identity(expires_at, claim.quota);
+        Ok(Grants::new(publish, subscribe, claim.payload)
+            .with_expires_at(expires_at)
+            .with_identity(identity))
     }
 }
 
@@ -90,6 +103,26 @@ mod tests {
 
     fn raws(s: &[quicksilver_protocol::Selector]) -> Vec<&str> {
         s.iter().map(|s| s.raw()).collect()
+    }
+
+    #[test]
+    fn identity_comes_from_the_registered_claims_and_the_plan() {
+        let g = grants(json!({
+            "sub": "alice", "jti": "t-1", "iat": 1_700_000_000, "exp": 4_000_000_000u64,
+            "mercure": {"subscribe": ["*"], "quota": "gold"}
+        }))
+        .unwrap();
+        let id = g.identity();
+        assert_eq!(id.subject.as_deref(), Some("alice"));
+        assert_eq!(id.token_id.as_deref(), Some("t-1"));
+        assert_eq!(id.quota.as_deref(), Some("gold"));
+        assert!(id.issued_at.is_some() && id.expires_at.is_some());
+        assert_eq!(id.expires_at, g.expires_at());
+
+        // The eXeLearning token: no registered claims at all.
+        let g = grants(json!({"mercure": {"subscribe": ["*"], "publish": ["*"]}})).unwrap();
+        assert!(g.identity().is_anonymous());
+        assert_eq!(g.identity().quota, None);
     }
 
     #[test]

@@ -28,6 +28,8 @@ use std::time::SystemTime;
 
 use quicksilver_protocol::{Selector, SelectorStore};
 
+use crate::identity::Identity;
+
 /// The rights a verified token carries. The default value allows nothing.
 #[derive(Clone, Debug, Default)]
 pub struct Grants {
@@ -37,6 +39,7 @@ pub struct Grants {
     payload: Option<serde_json::Value>,
     subscribe_payloads: Vec<SubscribePayload>,
     expires_at: Option<SystemTime>,
+    identity: Arc<Identity>,
 }
 
 /// One `subscribe` authorization detail, kept for payload selection: its topic matchers and its
@@ -61,6 +64,7 @@ impl Grants {
             payload,
             subscribe_payloads: Vec::new(),
             expires_at: None,
+            identity: Arc::default(),
         }
     }
 
@@ -81,6 +85,18 @@ impl Grants {
     pub fn with_expires_at(mut self, expires_at: Option<SystemTime>) -> Self {
         self.expires_at = expires_at;
         self
+    }
+
+    /// Sets whom the token names (its registered claims).
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = Arc::new(identity);
+        self
+    }
+
+    /// Whom the token names: shared by every clone of these grants (a cached verification and
+    /// the subscribers it authenticated hold one copy).
+    pub fn identity(&self) -> &Arc<Identity> {
+        &self.identity
     }
 
     /// The publish selectors.

@@ -81,6 +81,7 @@ pub mod error;
 pub mod extract;
 pub mod generation;
 pub mod grants;
+pub mod identity;
 pub mod issuer;
 pub mod jwks;
 mod jws;
@@ -100,6 +101,7 @@ pub use extract::{
 };
 pub use generation::{token_generation, Generation, Verifier};
 pub use grants::{can_publish, Access, Grants};
+pub use identity::{Identity, MAX_CLAIM_BYTES};
 pub use issuer::{IssuerError, IssuerKeys, TrustedIssuer, DEFAULT_ASYMMETRIC_ALGORITHMS};
 pub use jwks::{JwksError, KeyKind, KeySet, SharedKeySet, SkippedKey};
 pub use jws::{is_access_token_type, ACCESS_TOKEN_TYPE};

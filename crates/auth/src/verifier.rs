@@ -240,10 +240,7 @@ impl TokenVerifier {
             leeway: self.options.leeway,
         };
         validity.check(now)?;
-        let expires_at = claims.exp.and_then(to_system_time);
-        let grants = claims
-            .into_grants(store, self.options.max_selectors_per_claim)?
-            .with_expires_at(expires_at);
+        let grants = claims.into_grants(store, self.options.max_selectors_per_claim)?;
         Ok((grants, validity))
     }
 

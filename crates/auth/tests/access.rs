@@ -171,6 +171,15 @@ fn valid_token_with_exact_details() {
         Some("urn:uuid:bb3de268-05b0-4c65-b44e-8f9acefc29d6")
     );
     assert_eq!(v.grants.expires_at(), Some(at(NOW + 300)));
+    let id = v.grants.identity();
+    assert_eq!(id.subject.as_deref(), v.subject.as_deref());
+    assert_eq!(
+        id.token_id.as_deref(),
+        Some("urn:uuid:e70ff8d7-59d5-4a92-b0b7-505e8f6d09fa")
+    );
+    assert_eq!(id.issuer.as_deref(), Some(ISSUER));
+    assert_eq!(id.issued_at, Some(at(NOW - 10)));
+    assert_eq!(id.expires_at, Some(at(NOW + 300)));
     let g = &v.grants;
     assert!(can_publish(
         &store,

@@ -25,6 +25,7 @@ use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
+use crate::policies::{Policies, PolicyCell};
 use crate::subscriptions::Subscriptions;
 
 /// The longest a new subscription waits for its events' turn (`--subscription-event-rate`)
@@ -105,6 +106,8 @@ struct HubInner {
     /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
     compiling: Arc<tokio::sync::Semaphore>,
     playground: Option<PlaygroundSigner>,
+    /// Rate limits, caps, revocation and retention rules in force (reloaded on `SIGHUP`).
+    policies: Arc<PolicyCell>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -278,6 +281,7 @@ impl Hub {
             http2_keep_alive: non_zero(config.http2_keep_alive),
         };
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
+        let policies = Arc::new(PolicyCell::load(config.config.as_deref())?);
         let metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
@@ -285,6 +289,7 @@ impl Hub {
             replay_budget.clone(),
             selectors.clone(),
             auth.token_caches(),
+            &policies,
         );
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -304,8 +309,19 @@ impl Hub {
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
                 playground: PlaygroundSigner::from_config(config),
+                policies,
             }),
         })
+    }
+
+    /// The policies in force now (take once per request and keep).
+    pub fn policies(&self) -> Arc<Policies> {
+        self.inner.policies.current()
+    }
+
+    /// The cell holding the policies: reload, watch changes.
+    pub fn policy_cell(&self) -> &Arc<PolicyCell> {
+        &self.inner.policies
     }
 
     /// The transport.

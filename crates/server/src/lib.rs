@@ -24,6 +24,8 @@
 //! - [`subscriptions`]: subscription events and the subscription API, cluster-wide.
 //! - [`client`]: who a request comes from (the peer, or behind `--trusted-proxies` the forwarded
 //!   address) and how many connections each client address holds.
+//! - [`policies`]: rate limits, per-subject caps, revocation and retention rules from the
+//!   configuration file's policy tables, reloaded on `SIGHUP`.
 //! - [`cors`]: cross-origin rules for browser publishers and subscribers.
 //! - [`metrics`]: the Prometheus metrics and `GET /metrics`.
 //! - [`telemetry`]: the log subscriber and OpenTelemetry trace export (off unless configured).
@@ -46,6 +48,7 @@ pub mod ids;
 pub mod jwks;
 pub mod metrics;
 pub mod playground;
+pub mod policies;
 pub mod publish;
 pub mod sse;
 pub mod subscribe;
@@ -230,6 +233,7 @@ impl Server {
         } = self;
         // Reads the certificate files again while the server runs.
         let reloading = tls.clone().map(|tls| tokio::spawn(tls.watch()));
+        let policy_reloads = tokio::spawn(hub.policy_cell().clone().reload_on_hangup());
         let connection_metrics = hub.metrics().connection.clone();
         let settings = hub.settings();
         let options = sse::accept::ServeOptions {
@@ -253,6 +257,7 @@ impl Server {
         if let Some(reloading) = reloading {
             reloading.abort();
         }
+        policy_reloads.abort();
         closing.close().await;
         tracing::info!("hub stopped");
         Ok(())

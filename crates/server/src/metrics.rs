@@ -26,6 +26,7 @@ use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::auth::TokenCaches;
 use crate::hub::Hub;
+use crate::policies::PolicyCell;
 use crate::sse::accept::ConnectionMetrics;
 
 /// Labels of the HTTP responses counter. Every value comes from a closed set, so nothing a client
@@ -91,8 +92,10 @@ impl Metrics {
         replay_budget: Arc<ReplayBudget>,
         selectors: Arc<SelectorStore>,
         token_caches: TokenCaches,
+        policies: &PolicyCell,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
+        policies.register_metrics(&mut registry);
         let published = Counter::default();
         let replayed = Counter::default();
         let publish_duration = Histogram::new(latency_buckets());

@@ -28,6 +28,10 @@ pub(super) fn args(
     let mut out = Vec::new();
     let mut ids = Vec::new();
     for (key, value) in table {
+        // Policy tables are read by `crate::policies` (and again on each reload).
+        if crate::policies::TABLES.contains(&key.as_str()) {
+            continue;
+        }
         let id = key.replace('-', "_");
         let arg = command
             .get_arguments()
