@@ -60,13 +60,10 @@ impl AdminVerifier {
                 max: DEFAULT_MAX_TOKEN_BYTES,
             });
         }
-        let claims = jsonwebtoken::decode::<AdminClaims>(
-            token,
-            self.key.decoding_key(),
-            &self.validation,
-        )
-        .map_err(|e| rejection(e.kind()))?
-        .claims;
+        let claims =
+            jsonwebtoken::decode::<AdminClaims>(token, self.key.decoding_key(), &self.validation)
+                .map_err(|e| rejection(e.kind()))?
+                .claims;
         let Some(exp) = claims.exp else {
             return Err(TokenRejection::MissingExpiry.into());
         };
@@ -103,11 +100,7 @@ mod tests {
 
     fn verify(token: &str) -> Result<(), AuthError> {
         let verifier = AdminVerifier::new(KeySpec::new(KEY, "HS256").unwrap());
-        verifier.verify(
-            token,
-            "revocations",
-            UNIX_EPOCH + Duration::from_secs(NOW),
-        )
+        verifier.verify(token, "revocations", UNIX_EPOCH + Duration::from_secs(NOW))
     }
 
     #[test]
@@ -121,7 +114,10 @@ mod tests {
             Ok(())
         );
         assert_eq!(
-            verify(&token("another key", json!({"scope": "revocations", "exp": exp}))),
+            verify(&token(
+                "another key",
+                json!({"scope": "revocations", "exp": exp})
+            )),
             Err(AuthError::InvalidToken(TokenRejection::Signature))
         );
         assert_eq!(
@@ -129,7 +125,10 @@ mod tests {
             Err(AuthError::InvalidToken(TokenRejection::MissingExpiry))
         );
         assert_eq!(
-            verify(&token(KEY, json!({"scope": "revocations", "exp": NOW - 60}))),
+            verify(&token(
+                KEY,
+                json!({"scope": "revocations", "exp": NOW - 60})
+            )),
             Err(AuthError::InvalidToken(TokenRejection::Expired))
         );
         // A Mercure token signed with the same key still grants no administration.

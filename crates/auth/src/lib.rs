@@ -90,8 +90,8 @@ pub mod metadata;
 pub mod origin;
 pub mod verifier;
 
-pub use admin::AdminVerifier;
 pub use access::{AccessTokenOptions, AccessTokenVerifier, HubIdentity, VerifiedAccessToken};
+pub use admin::AdminVerifier;
 pub use cache::{TokenCacheStats, MAX_CACHED_TOKEN_BYTES};
 pub use details::{DetailLimits, AUTHORIZATION_DETAIL_TYPE};
 pub use error::{AuthError, AuthFailure, TokenRejection};

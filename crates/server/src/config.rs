@@ -275,19 +275,20 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_ADMIN_JWT_KEY", hide_env_values = true)]
     pub admin_jwt_key: Option<String>,
 
-    /// Algorithm of the admin tokens.
-    #[arg(long, env = "QUICKSILVER_ADMIN_JWT_ALG", default_value = "HS256")]
-    pub admin_jwt_alg: String,
+    /// Algorithm of the admin tokens [default: HS256].
+    #[arg(long, env = "QUICKSILVER_ADMIN_JWT_ALG")]
+    pub admin_jwt_alg: Option<String>,
 
     /// Revocations the cluster holds at most (those not yet expired); beyond it a new one is
-    /// refused with 507 until some are lifted or expire.
-    #[arg(long, env = "QUICKSILVER_MAX_REVOCATIONS", default_value_t = 10_000)]
-    pub max_revocations: usize,
+    /// refused with 507 until some are lifted or expire [default: 10000].
+    #[arg(long, env = "QUICKSILVER_MAX_REVOCATIONS")]
+    pub max_revocations: Option<usize>,
 
     /// The longest a token lives: a revocation given no `exp` is kept this long (a subject's:
-    /// this long after its `before` time), by when every token it covers has expired.
-    #[arg(long, env = "QUICKSILVER_MAX_TOKEN_LIFETIME", default_value = "24h", value_parser = parse_duration)]
-    pub max_token_lifetime: Duration,
+    /// this long after its `before` time), by when every token it covers has expired
+    /// [default: 24h].
+    #[arg(long, env = "QUICKSILVER_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
+    pub max_token_lifetime: Option<Duration>,
 
     /// Publish subscription events (private updates on
     /// `/.well-known/mercure/subscriptions/...`) and serve the subscription API, for the whole

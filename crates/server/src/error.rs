@@ -71,6 +71,9 @@ pub enum HubError {
     /// The client holds its share of a limit (429 with `Retry-After`).
     #[error("{0}")]
     TooManyRequests(String),
+    /// The hub holds as much of something as it may (507): revocations at `--max-revocations`.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl IntoResponse for HubError {
@@ -85,6 +88,7 @@ impl IntoResponse for HubError {
             HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             HubError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
             HubError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            HubError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();

@@ -17,14 +17,15 @@ use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
 use quicksilver_transport::Gap;
 use quicksilver_transport::{
-    MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport, RegistryOptions,
-    SubscriptionRegistry, Transport, UpdateSink,
+    MemoryRegistry, MemoryRevocations, MemoryTransport, RedisConfig, RedisTransport,
+    RegistryOptions, RevocationStore, SubscriptionRegistry, Transport, UpdateSink,
 };
 
 use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
+use crate::policies::revocation::{RevocationSet, Revocations};
 use crate::policies::{Policies, PolicyCell};
 use crate::subscriptions::Subscriptions;
 
@@ -108,6 +109,8 @@ struct HubInner {
     playground: Option<PlaygroundSigner>,
     /// Rate limits, caps, revocation and retention rules in force (reloaded on `SIGHUP`).
     policies: Arc<PolicyCell>,
+    /// Revoked tokens: the node's copy, its syncer and the admin endpoint's settings.
+    revocations: Arc<Revocations>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -171,7 +174,10 @@ impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
         let selectors = Arc::new(SelectorStore::default().with_budget(config.max_selector_memory));
-        let auth = crate::auth::authenticator(config, selectors.clone())?;
+        // Checked on every authenticated request; kept current by the revocation syncer.
+        let revoked = Arc::new(RevocationSet::default());
+        let auth = crate::auth::authenticator(config, selectors.clone())?
+            .with_revocations(revoked.clone());
         let fanout = Fanout::start(
             &FanoutConfig {
                 shards: config
@@ -189,46 +195,51 @@ impl Hub {
             lease_ttl: config.subscription_lease,
             ..RegistryOptions::default()
         };
-        let (transport, registry): (Arc<dyn Transport>, Arc<dyn SubscriptionRegistry>) =
-            match config.transport {
-                TransportKind::Memory => (
-                    Arc::new(MemoryTransport::with_event_history(
-                        config.history_size,
-                        config.subscription_event_history,
-                    )),
-                    Arc::new(MemoryRegistry::new()),
-                ),
-                TransportKind::Redis => {
-                    let redis = RedisTransport::new(RedisConfig {
-                        urls: config.redis_url.clone(),
-                        cluster: config.redis_cluster,
-                        stream_key_prefix: config.redis_key_prefix.clone(),
-                        partitions: config.redis_partitions,
-                        history_size: config.history_size,
-                        event_history: config.subscription_event_history,
-                        history_max_age: (!config.history_max_age.is_zero())
-                            .then_some(config.history_max_age),
-                        tail_cache_size: config.history_cache_size,
-                        pool_size: config.redis_pool_size,
-                        command_timeout: config.redis_timeout,
-                        resume_margin: config.redis_resume_margin,
-                        batch_window: config.redis_batch_window,
-                        // A stored update is its decoded form plus a little framing; the form's
-                        // encoded body bounds the decoded one.
-                        max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
-                        read_budget: config.redis_read_budget,
-                        history_max_bytes: config.history_max_bytes,
-                        max_history_scans: config.redis_max_history_scans,
-                        tls_ca_file: config.redis_tls_ca.clone(),
-                        // A node reads only the partitions its subscribers may match.
-                        read_on_interest: true,
-                        ..RedisConfig::default()
-                    })
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let registry = redis.subscription_registry(registry_options);
-                    (Arc::new(redis), registry)
-                }
-            };
+        let (transport, registry, revocation_store): (
+            Arc<dyn Transport>,
+            Arc<dyn SubscriptionRegistry>,
+            Arc<dyn RevocationStore>,
+        ) = match config.transport {
+            TransportKind::Memory => (
+                Arc::new(MemoryTransport::with_event_history(
+                    config.history_size,
+                    config.subscription_event_history,
+                )),
+                Arc::new(MemoryRegistry::new()),
+                Arc::new(MemoryRevocations::new()),
+            ),
+            TransportKind::Redis => {
+                let redis = RedisTransport::new(RedisConfig {
+                    urls: config.redis_url.clone(),
+                    cluster: config.redis_cluster,
+                    stream_key_prefix: config.redis_key_prefix.clone(),
+                    partitions: config.redis_partitions,
+                    history_size: config.history_size,
+                    event_history: config.subscription_event_history,
+                    history_max_age: (!config.history_max_age.is_zero())
+                        .then_some(config.history_max_age),
+                    tail_cache_size: config.history_cache_size,
+                    pool_size: config.redis_pool_size,
+                    command_timeout: config.redis_timeout,
+                    resume_margin: config.redis_resume_margin,
+                    batch_window: config.redis_batch_window,
+                    // A stored update is its decoded form plus a little framing; the form's
+                    // encoded body bounds the decoded one.
+                    max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
+                    read_budget: config.redis_read_budget,
+                    history_max_bytes: config.history_max_bytes,
+                    max_history_scans: config.redis_max_history_scans,
+                    tls_ca_file: config.redis_tls_ca.clone(),
+                    // A node reads only the partitions its subscribers may match.
+                    read_on_interest: true,
+                    ..RedisConfig::default()
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let registry = redis.subscription_registry(registry_options);
+                let revocations = redis.revocation_store();
+                (Arc::new(redis), registry, revocations)
+            }
+        };
         let last_event = Arc::new(LastEvent::default());
         transport.start_reader(Arc::new(FanoutSink {
             fanout: fanout.clone(),
@@ -282,6 +293,14 @@ impl Hub {
         };
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
         let policies = Arc::new(PolicyCell::load(config.config.as_deref())?);
+        let revocations = Revocations::start(
+            config,
+            &policies.current().revocation,
+            revoked,
+            revocation_store,
+            fanout.clone(),
+        )?;
+        revocations.follow_reloads(&policies);
         let metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
@@ -290,6 +309,7 @@ impl Hub {
             selectors.clone(),
             auth.token_caches(),
             &policies,
+            &revocations,
         );
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -310,6 +330,7 @@ impl Hub {
                 )),
                 playground: PlaygroundSigner::from_config(config),
                 policies,
+                revocations,
             }),
         })
     }
@@ -317,6 +338,21 @@ impl Hub {
     /// The policies in force now (take once per request and keep).
     pub fn policies(&self) -> Arc<Policies> {
         self.inner.policies.current()
+    }
+
+    /// The revocation machinery, when revocation is on (an admin key is configured).
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        let revocations = &self.inner.revocations;
+        revocations
+            .settings()
+            .admin
+            .is_some()
+            .then_some(revocations)
+    }
+
+    /// The revocation machinery, on or off.
+    pub fn revocation(&self) -> &Arc<Revocations> {
+        &self.inner.revocations
     }
 
     /// The cell holding the policies: reload, watch changes.

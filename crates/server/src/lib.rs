@@ -92,6 +92,13 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
         .route(
             "/.well-known/mercure/subscriptions/{*rest}",
             get(subscriptions::api::subscriptions),
+        )
+        // Answers 404 while revocation is off (no admin key), like any path the hub does not serve.
+        .route(
+            policies::revocation::admin::PATH,
+            get(policies::revocation::admin::list)
+                .post(policies::revocation::admin::revoke)
+                .delete(policies::revocation::admin::lift),
         );
     if config.debug_page {
         router = router

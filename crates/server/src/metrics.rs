@@ -26,6 +26,7 @@ use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::auth::TokenCaches;
 use crate::hub::Hub;
+use crate::policies::revocation::Revocations;
 use crate::policies::PolicyCell;
 use crate::sse::accept::ConnectionMetrics;
 
@@ -43,7 +44,7 @@ pub struct ResponseLabels {
 }
 
 /// The methods counted under their own name; any other is counted as `other`.
-pub const METHODS: [&str; 5] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY"];
+pub const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY", "DELETE"];
 
 /// The label of `method`: its name if the hub serves it, else `other`.
 fn method_label(method: &http::Method) -> &'static str {
@@ -93,9 +94,11 @@ impl Metrics {
         selectors: Arc<SelectorStore>,
         token_caches: TokenCaches,
         policies: &PolicyCell,
+        revocations: &Revocations,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         policies.register_metrics(&mut registry);
+        revocations.register_metrics(&mut registry);
         let published = Counter::default();
         let replayed = Counter::default();
         let publish_duration = Histogram::new(latency_buckets());

@@ -25,6 +25,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod revocation;
+
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use quicksilver_auth::Identity;
@@ -58,7 +60,11 @@ pub enum PolicyError {
 /// The policy tables of the configuration file, as written. Every table is optional.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PolicyFile {}
+pub struct PolicyFile {
+    /// `[revocation]`: the admin key and the bounds of revocation ([`revocation`]).
+    #[serde(default)]
+    pub revocation: Option<revocation::RevocationTable>,
+}
 
 impl PolicyFile {
     /// Reads the policy tables of the TOML file at `path` (its other keys are flags, read by
@@ -84,13 +90,18 @@ impl PolicyFile {
 
 /// The policies in force, compiled for request paths.
 #[derive(Debug, Default)]
-pub struct Policies {}
+pub struct Policies {
+    /// The `[revocation]` table, checked.
+    pub revocation: revocation::RevocationRules,
+}
 
 impl Policies {
     /// Checks and compiles what the file says.
     pub fn compile(file: PolicyFile) -> Result<Self, String> {
-        let PolicyFile {} = file;
-        Ok(Self {})
+        let PolicyFile { revocation } = file;
+        Ok(Self {
+            revocation: revocation::RevocationRules::compile(revocation)?,
+        })
     }
 }
 
@@ -271,7 +282,7 @@ mod tests {
     #[test]
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
-        let PolicyFile {} = file;
+        assert!(file.revocation.is_none());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 
