@@ -183,7 +183,7 @@ pub async fn list(
         StatusCode::OK,
         &Page {
             revocations: page,
-            total: listed.len(),
+            total: listed.values().filter(|r| r.exp > now).count(),
             next,
         },
     )
