@@ -301,7 +301,7 @@ impl Hub {
             fanout.clone(),
         )?;
         revocations.follow_reloads(&policies);
-        let metrics = Metrics::new(
+        let mut metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
             subscriptions.as_ref().map(|s| s.registry_handle()),
@@ -309,8 +309,8 @@ impl Hub {
             selectors.clone(),
             auth.token_caches(),
             &policies,
-            &revocations,
         );
+        revocations.register_metrics(metrics.registry_mut());
         Ok(Self {
             inner: Arc::new(HubInner {
                 metrics,

@@ -26,7 +26,6 @@ use quicksilver_transport::{SubscriptionRegistry, Transport};
 
 use crate::auth::TokenCaches;
 use crate::hub::Hub;
-use crate::policies::revocation::Revocations;
 use crate::policies::PolicyCell;
 use crate::sse::accept::ConnectionMetrics;
 
@@ -94,11 +93,9 @@ impl Metrics {
         selectors: Arc<SelectorStore>,
         token_caches: TokenCaches,
         policies: &PolicyCell,
-        revocations: &Revocations,
     ) -> Self {
         let mut registry = Registry::with_prefix("quicksilver");
         policies.register_metrics(&mut registry);
-        revocations.register_metrics(&mut registry);
         let published = Counter::default();
         let replayed = Counter::default();
         let publish_duration = Histogram::new(latency_buckets());
@@ -212,6 +209,12 @@ impl Metrics {
             connection,
             selectors_refused,
         }
+    }
+
+    /// The registry, for parts of the hub that register metrics of their own once built (they
+    /// are served with the rest).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// The Prometheus text exposition of every metric.
