@@ -172,9 +172,10 @@ async fn open(
 
     // Registered first: from here on every update the reader hands over is queued for it, so the
     // history read below and the live queue overlap instead of leaving a gap. With the token's
-    // identity (shared with the verified token, not copied) when a revocation could name it, so
-    // that revoking the token ends the stream.
+    // identity (shared with the verified token, not copied) when revocation is on and could name
+    // it, so that revoking the token ends the stream.
     let token_identity = grants
+        .filter(|_| hub.revocations().is_some())
         .map(|g| g.identity())
         .filter(|id| !id.is_anonymous())
         .cloned();

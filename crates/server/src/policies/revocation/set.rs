@@ -240,7 +240,7 @@ impl RevocationSet {
     }
 
     /// Puts `revocations` in force (the syncer's whole copy).
-    pub(crate) fn replace(&self, revocations: BTreeMap<String, Revocation>) {
+    pub fn replace(&self, revocations: BTreeMap<String, Revocation>) {
         self.index
             .store(Arc::new(RevocationIndex::new(revocations.values())));
         self.listed.store(Arc::new(revocations));
