@@ -13,6 +13,7 @@
 //! The task holds the [`Revocations`](super::Revocations) weakly and ends once the hub is gone.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quicksilver_transport::revocations::{Change, Changes, Cursor};
@@ -30,7 +31,9 @@ pub const POLL: Duration = Duration::from_millis(250);
 #[derive(Debug)]
 pub(crate) struct SyncControl {
     nudge: Notify,
-    /// The number of passes completed.
+    /// The number of passes started.
+    started: AtomicU64,
+    /// The number of passes completed (pass `n` is started as `started` becomes `n`).
     passes: watch::Sender<u64>,
 }
 
@@ -38,6 +41,7 @@ impl Default for SyncControl {
     fn default() -> Self {
         Self {
             nudge: Notify::new(),
+            started: AtomicU64::new(0),
             passes: watch::Sender::new(0),
         }
     }
@@ -47,11 +51,11 @@ impl SyncControl {
     /// Wakes the syncer and waits (up to `max`) for a pass that started after this call.
     pub(crate) async fn sync_now(&self, max: Duration) {
         let mut passes = self.passes.subscribe();
-        let start = *passes.borrow_and_update();
+        // A pass running now may have read the store before the caller's write: the one wanted
+        // is the next to start.
+        let wanted = self.started.load(Ordering::Acquire) + 1;
         self.nudge.notify_one();
-        // The pass running now may have read the store before the caller's write: wait for the
-        // one after it.
-        let _ = tokio::time::timeout(max, passes.wait_for(|n| *n >= start + 2)).await;
+        let _ = tokio::time::timeout(max, passes.wait_for(|n| *n >= wanted)).await;
     }
 }
 
@@ -70,6 +74,7 @@ pub(crate) async fn run(revocations: WeakRevocations) {
         let Some(r) = revocations.upgrade() else {
             return;
         };
+        r.sync.started.fetch_add(1, Ordering::AcqRel);
         match follower.pass(&r).await {
             Ok(()) => {
                 if follower.failing {
