@@ -491,3 +491,48 @@ async fn the_revocation_table_is_read_again_on_sighup() {
     let token = user_token(json!({"jti": "a"}));
     assert_eq!(subscribe_status(hub.url(), &token).await, 401);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_are_revoked_by_id_within_their_issuer() {
+    use quicksilver_testkit::token::{access_claims, access_token, authorization_detail};
+    const ISSUER: &str = "https://issuer.example";
+    const RESOURCE: &str = "https://hub.example/.well-known/mercure";
+    let hub = spawn_hub(&[
+        "--issuer",
+        ISSUER,
+        "--resource-identifier",
+        RESOURCE,
+        "--admin-jwt-key",
+        ADMIN_KEY,
+    ])
+    .await;
+    let token = |jti: &str| {
+        let mut claims = access_claims(
+            ISSUER,
+            RESOURCE,
+            json!([authorization_detail(
+                &["subscribe"],
+                json!([{"match": "*"}])
+            )]),
+        );
+        claims["jti"] = json!(jti);
+        claims["sub"] = json!("dave");
+        claims["iat"] = json!(now() - 5);
+        access_token(TEST_JWT_KEY, None, &claims)
+    };
+    let (revoked, kept) = (token("at-1"), token("at-2"));
+    let mut stream = open_stream(hub.url(), &revoked).await;
+    // Another issuer's token id of the same value is not this one.
+    let (status, _) = revoke(
+        hub.url(),
+        json!({"jti": "at-1", "iss": "https://other.example"}),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(subscribe_status(hub.url(), &revoked).await, 200);
+    let (status, _) = revoke(hub.url(), json!({"jti": "at-1", "iss": ISSUER})).await;
+    assert_eq!(status, 201);
+    assert_eq!(subscribe_status(hub.url(), &revoked).await, 401);
+    assert!(stream.closed_within(WAIT).await);
+    assert_eq!(subscribe_status(hub.url(), &kept).await, 200);
+}
