@@ -12,6 +12,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
+use quicksilver_auth::Identity;
 use quicksilver_protocol::selector::SelectorKind;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
@@ -36,6 +37,9 @@ struct Entry {
     /// several selectors or topics gets it once.
     last_stamp: u64,
     state: Arc<SubscriberState>,
+    /// Whom the token that authenticated the subscriber names, when revocation could match it
+    /// (shared with the verified token: one pointer per subscriber).
+    identity: Option<Arc<Identity>>,
 }
 
 impl Drop for Entry {
@@ -99,6 +103,7 @@ impl ShardIndex {
     pub(crate) fn insert(
         &mut self,
         spec: SubscriberSpec,
+        identity: Option<Arc<Identity>>,
         queue_capacity: usize,
     ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
@@ -146,6 +151,7 @@ impl ShardIndex {
             spec,
             last_stamp: 0,
             state: state.clone(),
+            identity,
         });
         self.stats.subscribers.fetch_add(1, Ordering::Relaxed);
         (SubscriberKey { slot, id }, state)
@@ -230,6 +236,29 @@ impl ShardIndex {
         }
         self.stats
             .gap_disconnects
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
+        slots.len()
+    }
+
+    /// Ends the stream of every subscriber whose identity `revoked` says is revoked, after what
+    /// it already holds, marked as revoked; returns how many.
+    pub(crate) fn revoke(&mut self, revoked: &dyn Fn(&Identity) -> bool) -> usize {
+        let slots: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.identity.as_deref().is_some_and(revoked))
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &slots {
+            // Flagged before the entry goes: dropping it closes the queue, which wakes the stream.
+            self.entries[slot]
+                .state
+                .revoked
+                .store(true, Ordering::Relaxed);
+            self.remove_slot(slot);
+        }
+        self.stats
+            .revoked_disconnects
             .fetch_add(slots.len() as u64, Ordering::Relaxed);
         slots.len()
     }
@@ -433,7 +462,7 @@ mod tests {
                 selectors,
                 access: Access::None,
             };
-            index.insert(spec, 16).1
+            index.insert(spec, None, 16).1
         };
         let mut canonical = subscribe(vec![Selector::exact_topic("/a")]);
         let mut alternate = subscribe(vec![Selector::exact_topic("/b")]);
@@ -473,7 +502,7 @@ mod tests {
                 selectors,
                 access: Access::None,
             };
-            index.insert(spec, 16)
+            index.insert(spec, None, 16)
         };
         let (a, mut rx_a) = subscribe(vec![pattern("/books/:id", HUB)]);
         let (_, mut rx_b) = subscribe(vec![pattern("/books/:id", HUB)]);

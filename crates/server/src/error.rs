@@ -80,6 +80,9 @@ pub enum HubError {
         /// How long until the request would be allowed (as far as the hub can tell).
         retry_after: std::time::Duration,
     },
+    /// The hub holds as much of something as it may (507): revocations at `--max-revocations`.
+    #[error("{0}")]
+    InsufficientStorage(String),
 }
 
 impl IntoResponse for HubError {
@@ -96,6 +99,7 @@ impl IntoResponse for HubError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             HubError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            HubError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
         let mut response = (status, format!("{self}\n")).into_response();
         let headers = response.headers_mut();

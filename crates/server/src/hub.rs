@@ -18,8 +18,8 @@ use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimi
 use quicksilver_transport::limits::redis::LimiterOptions;
 use quicksilver_transport::{Gap, Window};
 use quicksilver_transport::{
-    Limiter, MemoryLimiter, MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport,
-    RegistryOptions, SubscriptionRegistry, Transport, UpdateSink,
+    Limiter, MemoryLimiter, MemoryRegistry, MemoryRevocations, MemoryTransport, RedisConfig,
+    RedisTransport, RegistryOptions, RevocationStore, SubscriptionRegistry, Transport, UpdateSink,
 };
 
 use crate::client::{ClientCounts, TrustedProxies};
@@ -27,6 +27,7 @@ use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
 use crate::policies::limits::Limits;
+use crate::policies::revocation::{RevocationSet, Revocations};
 use crate::policies::{Policies, PolicyCell};
 use crate::subscriptions::Subscriptions;
 
@@ -83,6 +84,15 @@ pub struct HubSettings {
     pub http2_keep_alive: Option<Duration>,
 }
 
+/// What the transport kind provides: the transport, and beside it the subscription registry, the
+/// limiter and the revocation store on the same backing store.
+type Backends = (
+    Arc<dyn Transport>,
+    Arc<dyn SubscriptionRegistry>,
+    Arc<dyn Limiter>,
+    Arc<dyn RevocationStore>,
+);
+
 /// Handle to the hub's shared state.
 #[derive(Clone)]
 pub struct Hub {
@@ -112,6 +122,8 @@ struct HubInner {
     limits: Limits,
     /// Rate limits, caps, revocation and retention rules in force (reloaded on `SIGHUP`).
     policies: Arc<PolicyCell>,
+    /// Revoked tokens: the node's copy, its syncer and the admin endpoint's settings.
+    revocations: Arc<Revocations>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -201,7 +213,10 @@ impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
         let selectors = Arc::new(SelectorStore::default().with_budget(config.max_selector_memory));
-        let auth = crate::auth::authenticator(config, selectors.clone())?;
+        // Checked on every authenticated request; kept current by the revocation syncer.
+        let revoked = Arc::new(RevocationSet::default());
+        let auth = crate::auth::authenticator(config, selectors.clone())?
+            .with_revocations(revoked.clone());
         let fanout = Fanout::start(
             &FanoutConfig {
                 shards: config
@@ -219,11 +234,7 @@ impl Hub {
             lease_ttl: config.subscription_lease,
             ..RegistryOptions::default()
         };
-        let (transport, registry, limiter): (
-            Arc<dyn Transport>,
-            Arc<dyn SubscriptionRegistry>,
-            Arc<dyn Limiter>,
-        ) = match config.transport {
+        let (transport, registry, limiter, revocation_store): Backends = match config.transport {
             TransportKind::Memory => (
                 Arc::new(MemoryTransport::with_event_history(
                     config.history_size,
@@ -231,6 +242,7 @@ impl Hub {
                 )),
                 Arc::new(MemoryRegistry::new()),
                 Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
+                Arc::new(MemoryRevocations::new()),
             ),
             TransportKind::Redis => {
                 let redis = RedisTransport::new(RedisConfig {
@@ -266,7 +278,8 @@ impl Hub {
                     lease_ttl: config.subscription_lease,
                     ..LimiterOptions::default()
                 });
-                (Arc::new(redis), registry, limiter)
+                let revocations = redis.revocation_store();
+                (Arc::new(redis), registry, limiter, revocations)
             }
         };
         let last_event = Arc::new(LastEvent::default());
@@ -331,6 +344,14 @@ impl Hub {
                 max_age: non_zero(config.history_max_age),
             },
         );
+        let revocations = Revocations::start(
+            config,
+            &policies.current().revocation,
+            revoked,
+            revocation_store,
+            fanout.clone(),
+        )?;
+        revocations.follow_reloads(&policies);
         let mut metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
@@ -341,6 +362,7 @@ impl Hub {
             &policies,
         );
         limits.register_metrics(metrics.registry_mut());
+        revocations.register_metrics(metrics.registry_mut());
         Ok(Self {
             inner: Arc::new(HubInner {
                 metrics,
@@ -361,6 +383,7 @@ impl Hub {
                 playground: PlaygroundSigner::from_config(config),
                 limits,
                 policies,
+                revocations,
             }),
         })
     }
@@ -373,6 +396,21 @@ impl Hub {
     /// The policies in force now (take once per request and keep).
     pub fn policies(&self) -> Arc<Policies> {
         self.inner.policies.current()
+    }
+
+    /// The revocation machinery, when revocation is on (an admin key is configured).
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        let revocations = &self.inner.revocations;
+        revocations
+            .settings()
+            .admin
+            .is_some()
+            .then_some(revocations)
+    }
+
+    /// The revocation machinery, on or off.
+    pub fn revocation(&self) -> &Arc<Revocations> {
+        &self.inner.revocations
     }
 
     /// The cell holding the policies: reload, watch changes.

@@ -47,7 +47,7 @@ pub struct ResponseLabels {
 }
 
 /// The methods counted under their own name; any other is counted as `other`.
-pub const METHODS: [&str; 5] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY"];
+pub const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY", "DELETE"];
 
 /// The label of `method`: its name if the hub serves it, else `other`.
 fn method_label(method: &http::Method) -> &'static str {
@@ -215,7 +215,8 @@ impl Metrics {
         }
     }
 
-    /// The registry, for parts of the hub that register their own metrics when the hub is built.
+    /// The registry, for parts of the hub that register metrics of their own once built (they
+    /// are served with the rest).
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }

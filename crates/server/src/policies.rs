@@ -27,6 +27,8 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod revocation;
+
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use quicksilver_auth::Identity;
@@ -72,6 +74,9 @@ pub struct PolicyFile {
     /// `[[retention]]`: history windows per topic (see [`retention`]).
     #[serde(default)]
     pub retention: Vec<retention::RetentionTable>,
+    /// `[revocation]`: the admin key and the bounds of revocation ([`revocation`]).
+    #[serde(default)]
+    pub revocation: Option<revocation::RevocationTable>,
 }
 
 impl PolicyFile {
@@ -103,6 +108,8 @@ pub struct Policies {
     pub limits: limits::LimitRules,
     /// History windows per topic (see [`retention`]).
     pub retention: retention::RetentionRules,
+    /// The `[revocation]` table, checked.
+    pub revocation: revocation::RevocationRules,
 }
 
 impl Policies {
@@ -112,10 +119,12 @@ impl Policies {
             rate_limit,
             connection_limit,
             retention,
+            revocation,
         } = file;
         Ok(Self {
             limits: limits::LimitRules::compile(rate_limit, connection_limit)?,
             retention: retention::RetentionRules::compile(retention)?,
+            revocation: revocation::RevocationRules::compile(revocation)?,
         })
     }
 }
@@ -299,6 +308,7 @@ mod tests {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
         assert!(file.rate_limit.is_empty() && file.connection_limit.is_empty());
         assert!(file.retention.is_empty());
+        assert!(file.revocation.is_none());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 

@@ -138,6 +138,7 @@ async fn open(
         .auth()
         .subscriber(&method, &headers, raw_query.as_deref(), &identity)?;
     let grants = subscriber.as_ref().map(|s| &s.grants);
+    let subscriber_generation = subscriber.as_ref().map(|s| s.generation);
     // A token's expiry ends the connection, as on the reference hub: the client reconnects with a
     // fresh token (or is refused), so an expired token never keeps reading private updates.
     let token_life = grants.as_ref().and_then(|g| g.expires_at()).map(|at| {
@@ -189,8 +190,22 @@ async fn open(
     };
 
     // Registered first: from here on every update the reader hands over is queued for it, so the
-    // history read below and the live queue overlap instead of leaving a gap.
-    let subscriber = hub.fanout().subscribe(spec.clone());
+    // history read below and the live queue overlap instead of leaving a gap. With the token's
+    // identity (shared with the verified token, not copied) when revocation is on and could name
+    // it, so that revoking the token ends the stream.
+    let token_identity = grants
+        .filter(|_| hub.revocations().is_some())
+        .map(|g| g.identity())
+        .filter(|id| !id.is_anonymous())
+        .cloned();
+    let subscriber = hub
+        .fanout()
+        .subscribe_as(spec.clone(), token_identity.clone());
+    // A revocation that reached this node after the token was checked but before the stream was
+    // registered found nothing to end: check again now that the stream can be found.
+    if token_identity.is_some_and(|id| hub.auth().is_revoked(&id)) {
+        return Err(hub.auth().revoked(&identity, subscriber_generation));
+    }
     // Then the transport reads what it may match (see the module docs), before history is read.
     let interest = hub
         .transport()

@@ -16,6 +16,8 @@
 //!   with a lease per node).
 //! - [`retention`]: retention per topic, rules giving topics history windows of their own
 //!   (classes), which both transports keep apart.
+//! - [`revocations`]: the revoked tokens every node enforces (in memory, or in Redis with a log of
+//!   changes that nodes follow).
 //! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
 //!   with a lease per node and reaping of dead nodes' subscriptions).
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
@@ -25,6 +27,7 @@ pub mod limits;
 pub mod memory;
 pub mod redis;
 pub mod retention;
+pub mod revocations;
 pub mod subscriptions;
 pub mod trace_context;
 
@@ -42,6 +45,9 @@ pub use limits::{
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
 pub use retention::{ClassSet, Retention, RetentionError, Window};
+pub use revocations::{
+    MemoryRevocations, PutOutcome, RedisRevocations, RevocationRecord, RevocationStore,
+};
 pub use subscriptions::{
     MemoryRegistry, OrphanHandler, RedisSubscriptionRegistry, RegistryOptions, RegistryStats,
     SubscriptionRecord, SubscriptionRegistry,

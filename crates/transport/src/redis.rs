@@ -505,6 +505,14 @@ impl RedisTransport {
         ))
     }
 
+    /// The cluster's revocations, kept beside the streams (see [`crate::revocations::redis`]).
+    pub fn revocation_store(&self) -> Arc<crate::revocations::RedisRevocations> {
+        Arc::new(crate::revocations::RedisRevocations::new(
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
+        ))
+    }
+
     /// The partition updates whose canonical topic is `topic` are stored in.
     pub fn partition_of(&self, topic: &str) -> u16 {
         keys::partition_of(topic, self.shared.settings.partitions)

@@ -50,6 +50,9 @@ pub enum EndReason {
     /// Updates the subscriber may have matched were lost before this node read them: it must
     /// reconnect with its last event id to be told (see `Fanout::interrupt_all`).
     Interrupted,
+    /// The token that authenticated the stream was revoked (see `Fanout::revoke`): the client
+    /// reconnecting with it is refused.
+    Revoked,
 }
 
 /// The body of a subscription response.
@@ -218,6 +221,8 @@ impl Drop for SubscriberStream {
             // A stream dropped before it ended was given up by its writer (or the client left).
             let reason = self.ended.unwrap_or(if self.subscriber.was_cut_off() {
                 EndReason::TooSlow
+            } else if self.subscriber.was_revoked() {
+                EndReason::Revoked
             } else if self.subscriber.deadline().is_some_and(|at| now_ms() >= at) {
                 EndReason::WriteTimeout
             } else {
@@ -274,6 +279,10 @@ impl Body for SubscriberStream {
                 Poll::Ready(None) => {
                     if this.subscriber.was_cut_off() {
                         return this.end(EndReason::TooSlow);
+                    }
+                    // No reconnection hint: the token is refused from now on.
+                    if this.subscriber.was_revoked() {
+                        return this.end(EndReason::Revoked);
                     }
                     let retry = std::mem::replace(&mut this.closing_retry, u32::MAX);
                     if retry != u32::MAX {
