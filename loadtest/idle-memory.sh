@@ -7,6 +7,9 @@
 #   loadtest/idle-memory.sh [N=19000] [HUB_BINARY=target/release/quicksilver]
 #   NODES=5 CONNECT_RATE=2000 loadtest/idle-memory.sh 95000   # 5 nodes holding 95,000 together
 #   (CONNECT_RATE: subscribers opened per second, all processes; default 5000)
+#   AUTH=own HUB_ARGS='--admin-jwt-key k' loadtest/idle-memory.sh 10000   # each its own token
+#   (AUTH: none (default: anonymous subscribers), shared (one token for all) or own (a token per
+#   subscriber, with sub, jti and iat); HUB_ARGS: more flags for every node)
 #
 # A process may hold at most 20,000 open files here, so the load generator runs one worker process
 # per 10,000 subscribers (at least 2), each on its own source address (127.0.0.x). The hubs run on
@@ -47,8 +50,10 @@ HUB_PIDS=()
 SUB_URLS=()
 for i in $(seq 1 "$NODES"); do
     port=$(free_port)
+    # shellcheck disable=SC2086 # HUB_ARGS is a list of flags
     taskset -c 0 "$HUB" --listen "127.0.0.1:$port" --jwt-key "$KEY" --anonymous --log warn \
-        --max-connections 0 --header-read-timeout 60s "${transport[@]}" >"$OUT/hub-$i.log" 2>&1 &
+        --max-connections 0 --header-read-timeout 60s "${transport[@]}" ${HUB_ARGS:-} \
+        >"$OUT/hub-$i.log" 2>&1 &
     HUB_PIDS+=($!)
     PIDS+=($!)
     SUB_URLS+=(--sub-url "http://127.0.0.1:$port/.well-known/mercure")
@@ -72,16 +77,22 @@ for p in "${HUB_PIDS[@]}"; do BASES+=("$(rss "$p")"); done
 ) &
 SAMPLER=$!
 
+case "${AUTH:-none}" in
+    none) auth=(--auth none) ;;
+    shared) auth=(--auth header) ;;
+    own) auth=(--auth header --token-per-subscriber) ;;
+    *) echo "AUTH must be none, shared or own" >&2; exit 2 ;;
+esac
 PROCS=$(( (N + 9999) / 10000 )); [ "$PROCS" -lt 2 ] && PROCS=2
 IPS=$(seq 1 "$PROCS" | sed 's/^/127.0.0./' | paste -sd,)
 taskset -c 1 "$LOADGEN" connect-storm --subscribers "$N" --duration 10 --rate 1 \
-    "${SUB_URLS[@]}" --jwt-key "$KEY" --auth none \
+    "${SUB_URLS[@]}" --jwt-key "$KEY" "${auth[@]}" \
     --processes "$PROCS" --source-ips "$IPS" --connect-rate "${CONNECT_RATE:-5000}" --connect-timeout 30s \
     --quiet --json-out "$OUT/report.json" >"$OUT/loadtest.txt" 2>&1 || true
 kill "$SAMPLER" 2>/dev/null || true
 CONNECTED=$(jq -r '.connect.connected // .connect.subscribers_connected // empty' "$OUT/report.json" 2>/dev/null || true)
 case "${CONNECTED:-}" in ''|*[!0-9]*|0) CONNECTED=$N ;; esac
-echo "hub $HUB, $NODES node(s)"
+echo "hub $HUB, $NODES node(s), tokens: ${AUTH:-none}, flags: ${HUB_ARGS:-none}"
 echo "subscribers requested $N, connected $CONNECTED over $PROCS load-generator processes (report: $OUT)"
 # Each node held CONNECTED / NODES subscribers (round robin).
 per_node=$(( CONNECTED / NODES ))

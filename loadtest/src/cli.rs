@@ -147,6 +147,11 @@ pub(crate) struct CommonArgs {
     #[arg(long, value_enum, default_value = "header")]
     pub(crate) auth: AuthMode,
 
+    /// Give each subscriber a token of its own (with `sub`, `jti` and `iat`), as browsers of
+    /// different users have, instead of one token shared by all (minted tokens only).
+    #[arg(long)]
+    pub(crate) token_per_subscriber: bool,
+
     /// Publish private updates (subscribers then need a token with a matching subscribe claim).
     #[arg(long)]
     pub(crate) private: bool,

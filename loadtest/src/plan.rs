@@ -119,7 +119,8 @@ impl Plan {
         let token = match self.auth {
             AuthMode::None => None,
             _ if self.tokens.is_empty() => None,
-            _ => Some(0),
+            // One token for all, or one each (`--token-per-subscriber`).
+            _ => Some(i % self.tokens.len()),
         };
         let slow = is_slow(i, self.slow_fraction);
         let base = SubscriberPlan {

@@ -129,6 +129,11 @@ pub(crate) fn build(command: Command) -> Result<RunSetup, SetupError> {
         request_timeout: PUBLISH_TIMEOUT,
         hub: common.hub_kind,
     };
+    if common.token_per_subscriber {
+        plan.tokens = (0..subscribers)
+            .map(|i| tokens.token_of(&[], &["*"], Some(&format!("user-{i}"))))
+            .collect::<Result<_, _>>()?;
+    }
     let mut resume = None;
     let mut parameters = json!({});
     match command {

@@ -86,13 +86,30 @@ impl TokenSource {
 
     /// A token allowing `publish` and `subscribe` topic selectors.
     pub(crate) fn token(&self, publish: &[&str], subscribe: &[&str]) -> Result<String, TokenError> {
+        self.token_of(publish, subscribe, None)
+    }
+
+    /// [`TokenSource::token`] of user `subject`, with its own `jti` and an `iat` (a fixed token
+    /// is returned as it is).
+    pub(crate) fn token_of(
+        &self,
+        publish: &[&str],
+        subscribe: &[&str],
+        subject: Option<&str>,
+    ) -> Result<String, TokenError> {
         match self {
             Self::Fixed(jwt) => Ok(jwt.clone()),
             Self::Mint { key, algorithm } => {
-                let claims = json!({
+                let now = unix_micros() / 1_000_000;
+                let mut claims = json!({
                     "mercure": { "publish": publish, "subscribe": subscribe },
-                    "exp": unix_micros() / 1_000_000 + 24 * 3600,
+                    "exp": now + 24 * 3600,
                 });
+                if let Some(subject) = subject {
+                    claims["sub"] = json!(subject);
+                    claims["jti"] = json!(format!("{subject}-token"));
+                    claims["iat"] = json!(now);
+                }
                 jsonwebtoken::encode(&Header::new(*algorithm), &claims, key)
                     .map_err(TokenError::Sign)
             }

@@ -138,6 +138,10 @@ pub enum TokenRejection {
     /// so RFC 7515 requires refusing it.
     #[error("unsupported critical header parameters")]
     CriticalHeader,
+    /// The token is valid but was revoked (by its `jti`, or by its subject and issue time): the
+    /// server's revocation list, checked after verification, says so.
+    #[error("token revoked")]
+    Revoked,
 }
 
 impl From<TokenRejection> for AuthError {

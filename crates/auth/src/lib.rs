@@ -58,6 +58,7 @@
 //!   one order for both generations.
 //! - [`origin`]: [`PublishOrigins`], the CSRF check for publishing with a cookie.
 //! - [`access`]: [`AccessTokenVerifier`], the current generation's token validation.
+//! - [`admin`]: [`AdminVerifier`], the tokens of the hub's administration endpoints.
 //! - [`issuer`]: [`TrustedIssuer`], an issuer identifier bound to its keys and allowed algorithms.
 //! - [`jwks`]: [`KeySet`] (read from JWK Set bytes or built from configured keys) and
 //!   [`SharedKeySet`], through which the server rotates an issuer's keys.
@@ -72,6 +73,7 @@
 //! - [`error`]: [`AuthError`], why a request was refused, and [`AuthFailure`].
 
 pub mod access;
+pub mod admin;
 pub mod cache;
 pub mod claims;
 pub mod details;
@@ -89,6 +91,7 @@ pub mod origin;
 pub mod verifier;
 
 pub use access::{AccessTokenOptions, AccessTokenVerifier, HubIdentity, VerifiedAccessToken};
+pub use admin::AdminVerifier;
 pub use cache::{TokenCacheStats, MAX_CACHED_TOKEN_BYTES};
 pub use details::{DetailLimits, AUTHORIZATION_DETAIL_TYPE};
 pub use error::{AuthError, AuthFailure, TokenRejection};

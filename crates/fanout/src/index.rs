@@ -12,12 +12,13 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use indexmap::IndexSet;
+use quicksilver_auth::Identity;
 use quicksilver_protocol::selector::SelectorKind;
 use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
 
 use crate::clock::now_ms;
-use crate::queue::{PushError, Pushed};
+use crate::queue::{PushError, Pushed, Stall};
 use crate::stats::FanoutStats;
 use crate::subscriber::{SubscriberSpec, SubscriberState};
 
@@ -36,6 +37,9 @@ struct Entry {
     /// several selectors or topics gets it once.
     last_stamp: u64,
     state: Arc<SubscriberState>,
+    /// Whom the token that authenticated the subscriber names, when revocation could match it
+    /// (shared with the verified token: one pointer per subscriber).
+    identity: Option<Arc<Identity>>,
 }
 
 impl Drop for Entry {
@@ -99,6 +103,7 @@ impl ShardIndex {
     pub(crate) fn insert(
         &mut self,
         spec: SubscriberSpec,
+        identity: Option<Arc<Identity>>,
         queue_capacity: usize,
     ) -> (SubscriberKey, Arc<SubscriberState>) {
         self.next_id += 1;
@@ -146,6 +151,7 @@ impl ShardIndex {
             spec,
             last_stamp: 0,
             state: state.clone(),
+            identity,
         });
         self.stats.subscribers.fetch_add(1, Ordering::Relaxed);
         (SubscriberKey { slot, id }, state)
@@ -230,6 +236,29 @@ impl ShardIndex {
         }
         self.stats
             .gap_disconnects
+            .fetch_add(slots.len() as u64, Ordering::Relaxed);
+        slots.len()
+    }
+
+    /// Ends the stream of every subscriber whose identity `revoked` says is revoked, after what
+    /// it already holds, marked as revoked; returns how many.
+    pub(crate) fn revoke(&mut self, revoked: &dyn Fn(&Identity) -> bool) -> usize {
+        let slots: Vec<usize> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.identity.as_deref().is_some_and(revoked))
+            .map(|(slot, _)| slot)
+            .collect();
+        for &slot in &slots {
+            // Flagged before the entry goes: dropping it closes the queue, which wakes the stream.
+            self.entries[slot]
+                .state
+                .revoked
+                .store(true, Ordering::Relaxed);
+            self.remove_slot(slot);
+        }
+        self.stats
+            .revoked_disconnects
             .fetch_add(slots.len() as u64, Ordering::Relaxed);
         slots.len()
     }
@@ -370,29 +399,24 @@ impl Offer<'_> {
         if update.private && !entry.spec.access.allows(self.store, &update.topics) {
             return;
         }
-        if let Some(timeout) = self.dispatch_timeout_ms {
-            // Updates have waited in this queue longer than the dispatch timeout: the connection is
-            // stalled (its socket stopped draining) even if the queue is not full yet.
-            let since = entry.state.waiting_since_ms.load(Ordering::Relaxed);
-            let queued = entry.state.queue.has_queued();
-            if queued && since != 0 && self.now_ms.saturating_sub(since) > timeout {
-                self.dropped.push((slot, true));
-                return;
-            }
-            if !queued || since == 0 {
-                entry
-                    .state
-                    .waiting_since_ms
-                    .store(self.now_ms, Ordering::Relaxed);
-            }
-        }
-        match entry.state.queue.push(self.envelope, self.direct) {
+        // Updates that waited in this queue longer than the dispatch timeout mean the connection
+        // is stalled (its socket stopped draining) even if the queue is not full yet.
+        let stall = self.dispatch_timeout_ms.map(|timeout_ms| Stall {
+            now_ms: self.now_ms,
+            timeout_ms,
+            waiting_since_ms: &entry.state.waiting_since_ms,
+        });
+        match entry
+            .state
+            .queue
+            .push_within(self.envelope, self.direct, stall)
+        {
             Ok(Pushed::Queued) => self.delivered += 1,
             Ok(Pushed::Written) => {
                 self.delivered += 1;
                 self.written_directly += 1;
             }
-            Err(PushError::Full) => self.dropped.push((slot, true)),
+            Err(PushError::Full | PushError::Stalled) => self.dropped.push((slot, true)),
             Err(PushError::Closed) => self.dropped.push((slot, false)),
         }
     }
@@ -438,7 +462,7 @@ mod tests {
                 selectors,
                 access: Access::None,
             };
-            index.insert(spec, 16).1
+            index.insert(spec, None, 16).1
         };
         let mut canonical = subscribe(vec![Selector::exact_topic("/a")]);
         let mut alternate = subscribe(vec![Selector::exact_topic("/b")]);
@@ -478,7 +502,7 @@ mod tests {
                 selectors,
                 access: Access::None,
             };
-            index.insert(spec, 16)
+            index.insert(spec, None, 16)
         };
         let (a, mut rx_a) = subscribe(vec![pattern("/books/:id", HUB)]);
         let (_, mut rx_b) = subscribe(vec![pattern("/books/:id", HUB)]);

@@ -49,6 +49,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
+use quicksilver_auth::Identity;
 use quicksilver_protocol::{Envelope, SelectorStore};
 use tokio::sync::mpsc;
 
@@ -155,9 +156,23 @@ impl Fanout {
     /// Registers a subscriber; live updates are queued from this moment on. Shards are chosen round
     /// robin so subscribers spread evenly over dispatch tasks.
     pub fn subscribe(&self, spec: SubscriberSpec) -> Subscriber {
+        self.subscribe_as(spec, None)
+    }
+
+    /// Registers a subscriber authenticated by a token naming `identity`, so that revoking the
+    /// token ends its stream ([`Fanout::revoke`]). The identity is the verified token's own
+    /// (`Grants::identity`), shared, not copied.
+    pub fn subscribe_as(
+        &self,
+        spec: SubscriberSpec,
+        identity: Option<Arc<Identity>>,
+    ) -> Subscriber {
         let i = self.inner.next_shard.fetch_add(1, Ordering::Relaxed) % self.inner.shards.len();
         let shard = &self.inner.shards[i];
-        let key = shard.index.lock().insert(spec, self.inner.queue_capacity);
+        let key = shard
+            .index
+            .lock()
+            .insert(spec, identity, self.inner.queue_capacity);
         Subscriber::new(key, shard.index.clone(), self.inner.stats.clone())
     }
 
@@ -187,6 +202,18 @@ impl Fanout {
                 .send(ShardInput::Interrupt(registered_up_to))
                 .await;
         }
+    }
+
+    /// Ends the stream of every local subscriber registered with an identity that `revoked`
+    /// says is revoked ([`Subscriber::was_revoked`]), after what it already holds; returns how
+    /// many. Each shard is scanned once under its lock: revocations are rare, and a check is a
+    /// couple of hash lookups, so even a large shard is held for milliseconds.
+    pub fn revoke(&self, revoked: impl Fn(&Identity) -> bool) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| shard.index.lock().revoke(&revoked))
+            .sum()
     }
 
     /// Counters and gauges.

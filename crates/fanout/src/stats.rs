@@ -17,6 +17,8 @@ pub struct FanoutStats {
     pub stalled_disconnects: AtomicU64,
     /// Subscribers whose stream was ended because updates were lost before this node read them.
     pub gap_disconnects: AtomicU64,
+    /// Subscribers whose stream was ended because the token that authenticated it was revoked.
+    pub revoked_disconnects: AtomicU64,
     /// Subscribers currently registered.
     pub subscribers: AtomicI64,
     /// Registered matchers by kind: exact, wildcard, template, URL pattern.

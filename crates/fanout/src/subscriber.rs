@@ -68,6 +68,9 @@ pub(crate) struct SubscriberState {
     /// Set when the fan-out ended the subscriber's stream because updates it may have matched
     /// were lost before this node read them ([`crate::Fanout::interrupt_all`]).
     pub(crate) interrupted: AtomicBool,
+    /// Set when the fan-out ended the subscriber's stream because its token was revoked
+    /// ([`crate::Fanout::revoke`]).
+    pub(crate) revoked: AtomicBool,
     /// When the oldest update still waiting in the queue was queued ([`crate::now_ms`]); 0 when
     /// the queue was last seen empty. The dispatch timeout compares against it.
     pub(crate) waiting_since_ms: AtomicU64,
@@ -88,6 +91,7 @@ impl SubscriberState {
             queue: Queue::new(capacity),
             lagged: AtomicBool::new(false),
             interrupted: AtomicBool::new(false),
+            revoked: AtomicBool::new(false),
             waiting_since_ms: AtomicU64::new(0),
             alarm_ms: AtomicU64::new(0),
             deadline_ms: AtomicU64::new(0),
@@ -205,6 +209,12 @@ impl Subscriber {
     /// node read them: the client must reconnect with its last event id to be told.
     pub fn was_interrupted(&self) -> bool {
         self.state.interrupted.load(Ordering::Relaxed)
+    }
+
+    /// Whether the fan-out ended this subscriber's stream because the token that authenticated
+    /// it was revoked: the client reconnecting with it will be refused.
+    pub fn was_revoked(&self) -> bool {
+        self.state.revoked.load(Ordering::Relaxed)
     }
 
     /// Tells the fan-out that the stream sends no more history, so live updates need no filtering

@@ -341,3 +341,57 @@ async fn an_interruption_ends_the_streams_registered_before_it_and_not_those_aft
     assert_eq!(next(&mut after).await, Some(2));
     assert!(!after.was_interrupted());
 }
+
+#[tokio::test]
+async fn revoking_ends_only_the_streams_of_the_revoked_identities() {
+    use quicksilver_auth::Identity;
+    let (f, store) = fanout(2, 16);
+    let identity = |sub: &str, jti: &str| {
+        Some(Arc::new(Identity {
+            subject: Some(sub.into()),
+            token_id: Some(jti.into()),
+            ..Identity::default()
+        }))
+    };
+    let mut alice = f.subscribe_as(spec(&store, &["t"], Access::None), identity("alice", "t1"));
+    let alice_token = identity("alice", "t1");
+    // Another stream of the same token, and one of another token of the same subject.
+    let mut alice_again = f.subscribe_as(spec(&store, &["t"], Access::None), alice_token);
+    let mut alice_other =
+        f.subscribe_as(spec(&store, &["t"], Access::None), identity("alice", "t2"));
+    let mut bob = f.subscribe_as(spec(&store, &["t"], Access::None), identity("bob", "t3"));
+    let mut anonymous = f.subscribe(spec(&store, &["t"], Access::None));
+    f.dispatch(envelope(1, &["t"], false)).await;
+    for stream in [
+        &mut alice,
+        &mut alice_again,
+        &mut alice_other,
+        &mut bob,
+        &mut anonymous,
+    ] {
+        assert_eq!(next(stream).await, Some(1));
+    }
+    // Unlike an interruption, a revocation is not ordered with the updates: it acts at once.
+    assert_eq!(
+        f.revoke(|id| id.token_id.as_deref() == Some("t1")),
+        2,
+        "both streams of the revoked token"
+    );
+    assert_eq!(
+        f.stats()
+            .revoked_disconnects
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    f.dispatch(envelope(2, &["t"], false)).await;
+    for revoked in [&mut alice, &mut alice_again] {
+        assert_eq!(next(revoked).await, None);
+        assert!(revoked.was_revoked());
+        assert!(!revoked.was_interrupted());
+    }
+    for kept in [&mut alice_other, &mut bob, &mut anonymous] {
+        assert_eq!(next(kept).await, Some(2));
+        assert!(!kept.was_revoked());
+    }
+    assert_eq!(f.subscriber_count(), 3);
+}

@@ -28,7 +28,8 @@ use http::{HeaderMap, Method};
 use quicksilver_auth::{
     protected_resource_metadata_url, AccessTokenOptions, AccessTokenVerifier, AuthError,
     Authenticated, CredentialConfig, Generation, HubIdentity, KeySpec, PublishOrigins,
-    RequestParts, TokenCacheStats, TokenVerifier, TrustedIssuer, Verifier, VerifierOptions,
+    RequestParts, TokenCacheStats, TokenRejection, TokenVerifier, TrustedIssuer, Verifier,
+    VerifierOptions,
 };
 use quicksilver_protocol::SelectorStore;
 
@@ -36,6 +37,7 @@ use crate::client::{Peer, TrustedProxies};
 use crate::config::{Config, IssuerSpec, RoleKeys};
 use crate::error::{AuthRefusal, HubError};
 use crate::jwks::JwksSource;
+use crate::policies::revocation::RevocationSet;
 use crate::HUB_PATH;
 
 /// Token verifiers, extraction rules and the hub's identity settings.
@@ -52,6 +54,8 @@ pub struct Authenticator {
     authorization_servers: Vec<String>,
     access_token_cookie: String,
     jwks: Vec<JwksSource>,
+    /// Revoked tokens, refused after verification (see [`crate::policies::revocation`]).
+    revocations: Option<Arc<RevocationSet>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -279,6 +283,7 @@ pub fn authenticator(config: &Config, store: Arc<SelectorStore>) -> anyhow::Resu
             .collect(),
         access_token_cookie: config.access_token_cookie.clone(),
         jwks,
+        revocations: None,
     })
 }
 
@@ -289,6 +294,12 @@ fn unverifiable_key() -> anyhow::Result<KeySpec> {
 }
 
 impl Authenticator {
+    /// Refuses the tokens `revocations` holds, on every request, after verification.
+    pub fn with_revocations(mut self, revocations: Arc<RevocationSet>) -> Self {
+        self.revocations = Some(revocations);
+        self
+    }
+
     /// The hub's identity for a request with these headers, from `peer`; `421` when the request
     /// names an origin outside `--public-url`.
     pub fn identity(
@@ -385,7 +396,7 @@ impl Authenticator {
         request: &RequestParts<'_>,
         identity: &RequestIdentity,
     ) -> Result<Option<Authenticated>, HubError> {
-        verifier
+        let authenticated = verifier
             .authenticate(&self.store, request, &identity.as_hub(), SystemTime::now())
             .map_err(|failure| {
                 if failure.unknown_key() {
@@ -393,7 +404,22 @@ impl Authenticator {
                     self.jwks.iter().for_each(JwksSource::nudge);
                 }
                 HubError::Auth(self.refusal(failure.error, failure.generation, identity))
-            })
+            })?;
+        // Checked on every request, cached verifications included: a revoked token is refused
+        // like any invalid one (the reason is not disclosed).
+        if let (Some(revocations), Some(found)) = (&self.revocations, &authenticated) {
+            if revocations.covers(found.grants.identity()) {
+                return Err(self.revoked(identity, Some(found.generation)));
+            }
+        }
+        Ok(authenticated)
+    }
+
+    /// Whether a token naming `identity` is revoked now.
+    pub fn is_revoked(&self, identity: &quicksilver_auth::Identity) -> bool {
+        self.revocations
+            .as_ref()
+            .is_some_and(|r| r.covers(identity))
     }
 
     /// A request's token is valid but its grants do not allow what it asks for.
@@ -402,6 +428,18 @@ impl Authenticator {
             self.refusal(AuthError::NotAllowed, None, identity)
                 .with_reason(reason),
         )
+    }
+
+    /// A request whose token was revoked (refused like any invalid token), counted.
+    pub fn revoked(&self, identity: &RequestIdentity, generation: Option<Generation>) -> HubError {
+        if let Some(revocations) = &self.revocations {
+            revocations.refused.inc();
+        }
+        HubError::Auth(self.refusal(
+            AuthError::InvalidToken(TokenRejection::Revoked),
+            generation,
+            identity,
+        ))
     }
 
     /// A request without a token where one is required.

@@ -268,6 +268,28 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_JWKS_REFRESH", default_value = "5m", value_parser = parse_duration)]
     pub jwks_refresh: Duration,
 
+    /// Key of the admin tokens that may revoke tokens (`/.well-known/mercure/admin/revocations`,
+    /// `quicksilver revoke`): an HMAC secret, or a PEM public key with `--admin-jwt-alg`. Never
+    /// the publisher or subscriber key (refused at start). Unset: revocation is off and the
+    /// endpoint answers 404.
+    #[arg(long, env = "QUICKSILVER_ADMIN_JWT_KEY", hide_env_values = true)]
+    pub admin_jwt_key: Option<String>,
+
+    /// Algorithm of the admin tokens [default: HS256].
+    #[arg(long, env = "QUICKSILVER_ADMIN_JWT_ALG")]
+    pub admin_jwt_alg: Option<String>,
+
+    /// Revocations the cluster holds at most (those not yet expired); beyond it a new one is
+    /// refused with 507 until some are lifted or expire [default: 10000].
+    #[arg(long, env = "QUICKSILVER_MAX_REVOCATIONS")]
+    pub max_revocations: Option<usize>,
+
+    /// The longest a token lives: a revocation given no `exp` is kept this long (a subject's:
+    /// this long after its `before` time), by when every token it covers has expired
+    /// [default: 24h].
+    #[arg(long, env = "QUICKSILVER_MAX_TOKEN_LIFETIME", value_parser = parse_duration)]
+    pub max_token_lifetime: Option<Duration>,
+
     /// Publish subscription events (private updates on
     /// `/.well-known/mercure/subscriptions/...`) and serve the subscription API, for the whole
     /// cluster.
@@ -364,6 +386,12 @@ pub struct Config {
         default_value_t = 0
     )]
     pub max_connections_per_client: usize,
+
+    /// Rate-limit keys (a subject or address with a recent request, per `[[rate_limit]]` rule)
+    /// the memory transport keeps; past it the key nearest to idle is evicted and counted
+    /// (`quicksilver_rate_limit_evictions_total`). With Redis, keys live there and expire when idle.
+    #[arg(long, env = "QUICKSILVER_RATE_LIMIT_ENTRIES", default_value_t = quicksilver_transport::limits::memory::DEFAULT_RATE_ENTRIES)]
+    pub rate_limit_entries: usize,
 
     /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For`, `-Host` and
     /// `-Proto` headers are believed; from any other peer they are ignored.

@@ -15,16 +15,19 @@ use crate::auth::Authenticator;
 use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
+use quicksilver_transport::limits::redis::LimiterOptions;
 use quicksilver_transport::{Gap, Window};
 use quicksilver_transport::{
-    MemoryRegistry, MemoryTransport, RedisConfig, RedisTransport, RegistryOptions,
-    SubscriptionRegistry, Transport, UpdateSink,
+    Limiter, MemoryLimiter, MemoryRegistry, MemoryRevocations, MemoryTransport, RedisConfig,
+    RedisTransport, RegistryOptions, RevocationStore, SubscriptionRegistry, Transport, UpdateSink,
 };
 
 use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
+use crate::policies::limits::Limits;
+use crate::policies::revocation::{RevocationSet, Revocations};
 use crate::policies::{Policies, PolicyCell};
 use crate::subscriptions::Subscriptions;
 
@@ -81,6 +84,15 @@ pub struct HubSettings {
     pub http2_keep_alive: Option<Duration>,
 }
 
+/// What the transport kind provides: the transport, and beside it the subscription registry, the
+/// limiter and the revocation store on the same backing store.
+type Backends = (
+    Arc<dyn Transport>,
+    Arc<dyn SubscriptionRegistry>,
+    Arc<dyn Limiter>,
+    Arc<dyn RevocationStore>,
+);
+
 /// Handle to the hub's shared state.
 #[derive(Clone)]
 pub struct Hub {
@@ -106,8 +118,12 @@ struct HubInner {
     /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
     compiling: Arc<tokio::sync::Semaphore>,
     playground: Option<PlaygroundSigner>,
+    /// The limiter behind rate limits and connection caps, and its decision counters.
+    limits: Limits,
     /// Rate limits, caps, revocation and retention rules in force (reloaded on `SIGHUP`).
     policies: Arc<PolicyCell>,
+    /// Revoked tokens: the node's copy, its syncer and the admin endpoint's settings.
+    revocations: Arc<Revocations>,
 }
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
@@ -197,7 +213,10 @@ impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
         let selectors = Arc::new(SelectorStore::default().with_budget(config.max_selector_memory));
-        let auth = crate::auth::authenticator(config, selectors.clone())?;
+        // Checked on every authenticated request; kept current by the revocation syncer.
+        let revoked = Arc::new(RevocationSet::default());
+        let auth = crate::auth::authenticator(config, selectors.clone())?
+            .with_revocations(revoked.clone());
         let fanout = Fanout::start(
             &FanoutConfig {
                 shards: config
@@ -215,46 +234,54 @@ impl Hub {
             lease_ttl: config.subscription_lease,
             ..RegistryOptions::default()
         };
-        let (transport, registry): (Arc<dyn Transport>, Arc<dyn SubscriptionRegistry>) =
-            match config.transport {
-                TransportKind::Memory => (
-                    Arc::new(MemoryTransport::with_event_history(
-                        config.history_size,
-                        config.subscription_event_history,
-                    )),
-                    Arc::new(MemoryRegistry::new()),
-                ),
-                TransportKind::Redis => {
-                    let redis = RedisTransport::new(RedisConfig {
-                        urls: config.redis_url.clone(),
-                        cluster: config.redis_cluster,
-                        stream_key_prefix: config.redis_key_prefix.clone(),
-                        partitions: config.redis_partitions,
-                        history_size: config.history_size,
-                        event_history: config.subscription_event_history,
-                        history_max_age: (!config.history_max_age.is_zero())
-                            .then_some(config.history_max_age),
-                        tail_cache_size: config.history_cache_size,
-                        pool_size: config.redis_pool_size,
-                        command_timeout: config.redis_timeout,
-                        resume_margin: config.redis_resume_margin,
-                        batch_window: config.redis_batch_window,
-                        // A stored update is its decoded form plus a little framing; the form's
-                        // encoded body bounds the decoded one.
-                        max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
-                        read_budget: config.redis_read_budget,
-                        history_max_bytes: config.history_max_bytes,
-                        max_history_scans: config.redis_max_history_scans,
-                        tls_ca_file: config.redis_tls_ca.clone(),
-                        // A node reads only the partitions its subscribers may match.
-                        read_on_interest: true,
-                        ..RedisConfig::default()
-                    })
-                    .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    let registry = redis.subscription_registry(registry_options);
-                    (Arc::new(redis), registry)
-                }
-            };
+        let (transport, registry, limiter, revocation_store): Backends = match config.transport {
+            TransportKind::Memory => (
+                Arc::new(MemoryTransport::with_event_history(
+                    config.history_size,
+                    config.subscription_event_history,
+                )),
+                Arc::new(MemoryRegistry::new()),
+                Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
+                Arc::new(MemoryRevocations::new()),
+            ),
+            TransportKind::Redis => {
+                let redis = RedisTransport::new(RedisConfig {
+                    urls: config.redis_url.clone(),
+                    cluster: config.redis_cluster,
+                    stream_key_prefix: config.redis_key_prefix.clone(),
+                    partitions: config.redis_partitions,
+                    history_size: config.history_size,
+                    event_history: config.subscription_event_history,
+                    history_max_age: (!config.history_max_age.is_zero())
+                        .then_some(config.history_max_age),
+                    tail_cache_size: config.history_cache_size,
+                    pool_size: config.redis_pool_size,
+                    command_timeout: config.redis_timeout,
+                    resume_margin: config.redis_resume_margin,
+                    batch_window: config.redis_batch_window,
+                    // A stored update is its decoded form plus a little framing; the form's
+                    // encoded body bounds the decoded one.
+                    max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
+                    read_budget: config.redis_read_budget,
+                    history_max_bytes: config.history_max_bytes,
+                    max_history_scans: config.redis_max_history_scans,
+                    tls_ca_file: config.redis_tls_ca.clone(),
+                    // A node reads only the partitions its subscribers may match.
+                    read_on_interest: true,
+                    ..RedisConfig::default()
+                })
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+                let registry = redis.subscription_registry(registry_options);
+                // Connection counts share the subscription lease's length: a dead node's
+                // connections stop counting when its subscriptions are reaped.
+                let limiter = redis.limiter(LimiterOptions {
+                    lease_ttl: config.subscription_lease,
+                    ..LimiterOptions::default()
+                });
+                let revocations = redis.revocation_store();
+                (Arc::new(redis), registry, limiter, revocations)
+            }
+        };
         let last_event = Arc::new(LastEvent::default());
         transport.start_reader(Arc::new(FanoutSink {
             fanout: fanout.clone(),
@@ -307,6 +334,7 @@ impl Hub {
             http2_keep_alive: non_zero(config.http2_keep_alive),
         };
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
+        let limits = Limits::new(limiter);
         let policies = Arc::new(PolicyCell::load(config.config.as_deref())?);
         keep_retention_in_force(
             &policies,
@@ -316,7 +344,15 @@ impl Hub {
                 max_age: non_zero(config.history_max_age),
             },
         );
-        let metrics = Metrics::new(
+        let revocations = Revocations::start(
+            config,
+            &policies.current().revocation,
+            revoked,
+            revocation_store,
+            fanout.clone(),
+        )?;
+        revocations.follow_reloads(&policies);
+        let mut metrics = Metrics::new(
             fanout.clone(),
             transport.clone(),
             subscriptions.as_ref().map(|s| s.registry_handle()),
@@ -325,6 +361,8 @@ impl Hub {
             auth.token_caches(),
             &policies,
         );
+        limits.register_metrics(metrics.registry_mut());
+        revocations.register_metrics(metrics.registry_mut());
         Ok(Self {
             inner: Arc::new(HubInner {
                 metrics,
@@ -343,14 +381,36 @@ impl Hub {
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
                 playground: PlaygroundSigner::from_config(config),
+                limits,
                 policies,
+                revocations,
             }),
         })
+    }
+
+    /// The limiter behind rate limits and connection caps.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// The policies in force now (take once per request and keep).
     pub fn policies(&self) -> Arc<Policies> {
         self.inner.policies.current()
+    }
+
+    /// The revocation machinery, when revocation is on (an admin key is configured).
+    pub fn revocations(&self) -> Option<&Arc<Revocations>> {
+        let revocations = &self.inner.revocations;
+        revocations
+            .settings()
+            .admin
+            .is_some()
+            .then_some(revocations)
+    }
+
+    /// The revocation machinery, on or off.
+    pub fn revocation(&self) -> &Arc<Revocations> {
+        &self.inner.revocations
     }
 
     /// The cell holding the policies: reload, watch changes.
@@ -477,11 +537,13 @@ impl Hub {
         fanout.close_all();
     }
 
-    /// After the drain: publishes the last subscription events and leaves the registry.
+    /// After the drain: publishes the last subscription events and leaves the registry, and
+    /// takes this node's connections out of the cluster's connection counts.
     pub async fn close(&self) {
         if let Some(subscriptions) = &self.inner.subscriptions {
             subscriptions.close().await;
         }
+        self.inner.limits.limiter().close().await;
     }
 }
 

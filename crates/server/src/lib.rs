@@ -33,6 +33,8 @@
 //!   `WWW-Authenticate` challenge of every authentication failure.
 //! - [`healthcheck`]: `quicksilver healthcheck`, the container runtime's probe of a running hub.
 //! - [`token`]: `quicksilver token`, which mints tokens in either generation.
+//! - [`revoke`]: `quicksilver revoke`, which revokes tokens on a running hub (or lists or lifts
+//!   revocations) through its admin endpoint.
 //! - [`serve`] (this file): the router, the listener and graceful shutdown.
 
 pub mod auth;
@@ -50,6 +52,7 @@ pub mod metrics;
 pub mod playground;
 pub mod policies;
 pub mod publish;
+pub mod revoke;
 pub mod sse;
 pub mod subscribe;
 pub mod subscriptions;
@@ -92,6 +95,13 @@ pub fn router(hub: Hub, config: &Config) -> anyhow::Result<Router> {
         .route(
             "/.well-known/mercure/subscriptions/{*rest}",
             get(subscriptions::api::subscriptions),
+        )
+        // Answers 404 while revocation is off (no admin key), like any path the hub does not serve.
+        .route(
+            policies::revocation::admin::PATH,
+            get(policies::revocation::admin::list)
+                .post(policies::revocation::admin::revoke)
+                .delete(policies::revocation::admin::lift),
         );
     if config.debug_page {
         router = router

@@ -1,15 +1,17 @@
 //! The `quicksilver` binary: reads the configuration, sets up logging (and tracing, when the
 //! OpenTelemetry variables ask for it), serves until SIGTERM/SIGINT.
 //!
-//! Two subcommands are picked before the hub's configuration is read, and never start the async
+//! Subcommands are picked before the hub's configuration is read. Two never start the async
 //! runtime: `quicksilver healthcheck [--url URL] [--ready]` probes a running hub (see
 //! [`quicksilver_server::healthcheck`]), and `quicksilver token …` (or `mercure-token …`, the
 //! reference hub's name) mints a token for one (see [`quicksilver_server::token`]).
+//! `quicksilver revoke …` revokes tokens on a running hub (see [`quicksilver_server::revoke`]),
+//! on a single-threaded runtime of its own for its one HTTP request.
 
 use std::process::ExitCode;
 
 use quicksilver_server::config::{reference_command, Config};
-use quicksilver_server::{healthcheck, token};
+use quicksilver_server::{healthcheck, revoke, token};
 
 fn main() -> ExitCode {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
@@ -21,6 +23,9 @@ fn main() -> ExitCode {
         .is_some_and(|a| a == token::SUBCOMMAND || a == token::REFERENCE_SUBCOMMAND)
     {
         return token::run(args.into_iter().skip(1));
+    }
+    if args.get(1).is_some_and(|a| a == revoke::SUBCOMMAND) {
+        return revoke::run(args.into_iter().skip(1));
     }
     // A compose file written for the reference hub's image passes its command line
     // (`caddy run --config /etc/caddy/Caddyfile`) as arguments.

@@ -24,6 +24,10 @@ use quicksilver_fanout::{Fanout, ReplayBudget};
 use quicksilver_protocol::SelectorStore;
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
+mod latency;
+
+pub use latency::LatencyHistogram;
+
 use crate::auth::TokenCaches;
 use crate::hub::Hub;
 use crate::policies::PolicyCell;
@@ -43,7 +47,7 @@ pub struct ResponseLabels {
 }
 
 /// The methods counted under their own name; any other is counted as `other`.
-pub const METHODS: [&str; 5] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY"];
+pub const METHODS: [&str; 6] = ["GET", "HEAD", "POST", "OPTIONS", "QUERY", "DELETE"];
 
 /// The label of `method`: its name if the hub serves it, else `other`.
 fn method_label(method: &http::Method) -> &'static str {
@@ -63,7 +67,7 @@ pub struct Metrics {
     /// Time to store an update (the transport's publish), in seconds.
     pub publish_duration: Histogram,
     /// From acceptance by the publishing node to the write to a subscriber's connection, in seconds.
-    pub delivery_latency: Histogram,
+    pub delivery_latency: LatencyHistogram,
     /// HTTP responses by route, method and status.
     pub responses: Family<ResponseLabels, Counter>,
     /// Subscriptions refused because their selectors were over a memory budget.
@@ -99,7 +103,7 @@ impl Metrics {
         let published = Counter::default();
         let replayed = Counter::default();
         let publish_duration = Histogram::new(latency_buckets());
-        let delivery_latency = Histogram::new(latency_buckets());
+        let delivery_latency = LatencyHistogram::default();
         let responses = Family::<ResponseLabels, Counter>::default();
         let connection = ConnectionMetrics {
             delivery_latency: Some(delivery_latency.clone()),
@@ -209,6 +213,12 @@ impl Metrics {
             connection,
             selectors_refused,
         }
+    }
+
+    /// The registry, for parts of the hub that register metrics of their own once built (they
+    /// are served with the rest).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
     }
 
     /// The Prometheus text exposition of every metric.

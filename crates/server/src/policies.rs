@@ -27,11 +27,15 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+pub mod revocation;
+
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use quicksilver_auth::Identity;
 use serde::Deserialize;
 use thiserror::Error;
+
+pub mod limits;
 
 /// The configuration file's keys that are policy tables rather than flags.
 pub const TABLES: [&str; 4] = ["rate_limit", "connection_limit", "revocation", "retention"];
@@ -61,9 +65,18 @@ pub enum PolicyError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
+    /// `[[rate_limit]]`: publish (and subscription request) rates (see [`limits`]).
+    #[serde(default)]
+    pub rate_limit: Vec<limits::RateLimitRule>,
+    /// `[[connection_limit]]`: connections and matchers per subject (see [`limits`]).
+    #[serde(default)]
+    pub connection_limit: Vec<limits::ConnectionLimitRule>,
     /// `[[retention]]`: history windows per topic (see [`retention`]).
     #[serde(default)]
     pub retention: Vec<retention::RetentionTable>,
+    /// `[revocation]`: the admin key and the bounds of revocation ([`revocation`]).
+    #[serde(default)]
+    pub revocation: Option<revocation::RevocationTable>,
 }
 
 impl PolicyFile {
@@ -91,16 +104,27 @@ impl PolicyFile {
 /// The policies in force, compiled for request paths.
 #[derive(Debug, Default)]
 pub struct Policies {
+    /// Rate limits and connection caps.
+    pub limits: limits::LimitRules,
     /// History windows per topic (see [`retention`]).
     pub retention: retention::RetentionRules,
+    /// The `[revocation]` table, checked.
+    pub revocation: revocation::RevocationRules,
 }
 
 impl Policies {
     /// Checks and compiles what the file says.
     pub fn compile(file: PolicyFile) -> Result<Self, String> {
-        let PolicyFile { retention } = file;
+        let PolicyFile {
+            rate_limit,
+            connection_limit,
+            retention,
+            revocation,
+        } = file;
         Ok(Self {
+            limits: limits::LimitRules::compile(rate_limit, connection_limit)?,
             retention: retention::RetentionRules::compile(retention)?,
+            revocation: revocation::RevocationRules::compile(revocation)?,
         })
     }
 }
@@ -282,8 +306,9 @@ mod tests {
     #[test]
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
-        let PolicyFile { retention } = file;
-        assert!(retention.is_empty());
+        assert!(file.rate_limit.is_empty() && file.connection_limit.is_empty());
+        assert!(file.retention.is_empty());
+        assert!(file.revocation.is_none());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 

@@ -6,10 +6,12 @@
 //! header winning over both. Its body is bounded like a publish body (`413` beyond). A token is
 //! never read from the body. Any other method than `GET`, `HEAD`, `POST` and `QUERY` is `405`.
 //!
-//! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
-//! subscriber is then registered in the fan-out *before* history is read, so every update stored
-//! after the history read arrives live; a [`Resume`] built from the read tells the stream which
-//! live updates the history already covered. Between the two, the subscriber's interest is given to
+//! The request is parsed (selectors, cursor, token), authenticated, held to the policies' rate and
+//! connection limits (see [`crate::policies::limits`]; `429` over them, and an admitted
+//! subscriber holds its place in its subject's connection count until its stream ends), and its
+//! selectors compiled. The subscriber is then registered in the fan-out *before* history is read,
+//! so every update stored after the history read arrives live; a [`Resume`] built from the read
+//! tells the stream which live updates the history already covered. Between the two, the subscriber's interest is given to
 //! the transport ([`Scope`]: its exact topics, or everything when a selector is a `*`, a template
 //! or a URL pattern): a partitioned transport then reads what it may match, and answers once that
 //! reading has found its place, so the history read and the live queue still meet without a gap.
@@ -17,6 +19,7 @@
 //! [`SubscriberStream`], whose headers go out with the preamble comment immediately (see
 //! [`crate::sse`] for how it reaches the socket).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
@@ -32,6 +35,7 @@ use quicksilver_transport::Scope;
 use crate::client::{client_ip, Peer};
 use crate::error::HubError;
 use crate::hub::Hub;
+use crate::policies::limits::RequestKind;
 use crate::sse::{EndReason, SubscriberStream};
 use crate::subscriptions::SubscriptionInfo;
 
@@ -134,6 +138,7 @@ async fn open(
         .auth()
         .subscriber(&method, &headers, raw_query.as_deref(), &identity)?;
     let grants = subscriber.as_ref().map(|s| &s.grants);
+    let subscriber_generation = subscriber.as_ref().map(|s| s.generation);
     // A token's expiry ends the connection, as on the reference hub: the client reconnects with a
     // fresh token (or is refused), so an expired token never keeps reading private updates.
     let token_life = grants.as_ref().and_then(|g| g.expires_at()).map(|at| {
@@ -149,6 +154,21 @@ async fn open(
                 .token_required(&identity, "a subscriber token is required"))
         }
     };
+
+    // The policies' rate and connection limits (see `crate::policies::limits`), before the
+    // selectors cost anything to compile. The slot is held for the stream's life.
+    let claims = grants.map(|g| &**g.identity());
+    let client = client_ip(peer, &headers, &settings.trusted_proxies)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let policies = hub.policies();
+    hub.limits()
+        .check_rate(&policies.limits, RequestKind::Subscribe, claims, client)
+        .await?;
+    let limit_slot = hub
+        .limits()
+        .admit(&policies.limits, claims, client, query.matchers.len())
+        .await?;
+    drop(policies);
 
     let selectors = compile_selectors(&hub, &query.matchers, &identity.hub_url).await?;
     let scope = scope_of(&selectors);
@@ -170,8 +190,22 @@ async fn open(
     };
 
     // Registered first: from here on every update the reader hands over is queued for it, so the
-    // history read below and the live queue overlap instead of leaving a gap.
-    let subscriber = hub.fanout().subscribe(spec.clone());
+    // history read below and the live queue overlap instead of leaving a gap. With the token's
+    // identity (shared with the verified token, not copied) when revocation is on and could name
+    // it, so that revoking the token ends the stream.
+    let token_identity = grants
+        .filter(|_| hub.revocations().is_some())
+        .map(|g| g.identity())
+        .filter(|id| !id.is_anonymous())
+        .cloned();
+    let subscriber = hub
+        .fanout()
+        .subscribe_as(spec.clone(), token_identity.clone());
+    // A revocation that reached this node after the token was checked but before the stream was
+    // registered found nothing to end: check again now that the stream can be found.
+    if token_identity.is_some_and(|id| hub.auth().is_revoked(&id)) {
+        return Err(hub.auth().revoked(&identity, subscriber_generation));
+    }
     // Then the transport reads what it may match (see the module docs), before history is read.
     let interest = hub
         .transport()
@@ -232,10 +266,12 @@ async fn open(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
-            // Ends the subscriptions (events, registry), frees the client's slot and lets the
-            // transport stop reading what no other subscriber needs.
+            // Ends the subscriptions (events, registry), frees the client's slot and its subject's
+            // connection count, and lets the transport stop reading what no other subscriber
+            // needs.
             drop(held);
             drop(client_slot);
+            drop(limit_slot);
             drop(interest);
         },
     )

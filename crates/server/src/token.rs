@@ -314,7 +314,10 @@ pub fn mint(args: &TokenArgs, key: &[u8], now: SystemTime) -> Result<Minted, Tok
 
 /// The algorithm and key to sign with: a PEM key needs an explicit, asymmetric algorithm; a
 /// secret defaults to HS256 and takes only HMAC ones.
-fn signing_key(key: &[u8], alg: Option<&str>) -> Result<(Algorithm, EncodingKey), TokenError> {
+pub(crate) fn signing_key(
+    key: &[u8],
+    alg: Option<&str>,
+) -> Result<(Algorithm, EncodingKey), TokenError> {
     let pem = String::from_utf8_lossy(key)
         .trim_start()
         .starts_with("-----BEGIN");

@@ -12,16 +12,22 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`limits`]: the counters behind rate limits and connection caps (in process, or in Redis
+//!   with a lease per node).
 //! - [`retention`]: retention per topic, rules giving topics history windows of their own
 //!   (classes), which both transports keep apart.
+//! - [`revocations`]: the revoked tokens every node enforces (in memory, or in Redis with a log of
+//!   changes that nodes follow).
 //! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
 //!   with a lease per node and reaping of dead nodes' subscriptions).
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
 //!   context stored with it so other nodes' readers continue the publisher's trace.
 
+pub mod limits;
 pub mod memory;
 pub mod redis;
 pub mod retention;
+pub mod revocations;
 pub mod subscriptions;
 pub mod trace_context;
 
@@ -32,9 +38,16 @@ use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position, Update};
 use thiserror::Error;
 
+pub use limits::{
+    Admission, CapExceeded, ConnectionCap, ConnectionSlot, Limiter, LimiterStats, MemoryLimiter,
+    Rate, RateDecision, RedisLimiter,
+};
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
 pub use retention::{ClassSet, Retention, RetentionError, Window};
+pub use revocations::{
+    MemoryRevocations, PutOutcome, RedisRevocations, RevocationRecord, RevocationStore,
+};
 pub use subscriptions::{
     MemoryRegistry, OrphanHandler, RedisSubscriptionRegistry, RegistryOptions, RegistryStats,
     SubscriptionRecord, SubscriptionRegistry,

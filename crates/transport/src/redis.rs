@@ -114,6 +114,7 @@
 //!   class with rules).
 //! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
 //! - `status`: readiness flags and [`RedisStats`].
+//! - `script`: Lua scripts sent by digest (`EVALSHA`), for the limiter.
 
 mod cache;
 mod commands;
@@ -125,6 +126,7 @@ mod interest;
 mod keys;
 pub(crate) mod pool;
 mod reader;
+pub(crate) mod script;
 mod singleflight;
 mod status;
 
@@ -487,6 +489,27 @@ impl RedisTransport {
             self.shared.pool.clone(),
             &self.shared.settings.prefix,
             options,
+        ))
+    }
+
+    /// The cluster-wide limiter of rates and connection caps, on this transport's shared
+    /// connections and key prefix (see [`crate::limits::redis`]).
+    pub fn limiter(
+        &self,
+        options: crate::limits::redis::LimiterOptions,
+    ) -> Arc<crate::RedisLimiter> {
+        Arc::new(crate::RedisLimiter::new(
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
+            options,
+        ))
+    }
+
+    /// The cluster's revocations, kept beside the streams (see [`crate::revocations::redis`]).
+    pub fn revocation_store(&self) -> Arc<crate::revocations::RedisRevocations> {
+        Arc::new(crate::revocations::RedisRevocations::new(
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
         ))
     }
 

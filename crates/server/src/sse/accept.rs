@@ -66,6 +66,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::metrics::LatencyHistogram;
 use axum::Router;
 use bytes::{Buf, Bytes};
 use http_body::Body as _;
@@ -75,7 +76,6 @@ use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use quicksilver_fanout::{now_ms, CutOff};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -124,7 +124,7 @@ pub struct ConnectionMetrics {
     /// Connections closed after `--idle-timeout` without a request in progress.
     pub idle_closed: Counter,
     /// Accept-to-write latency of live updates the fan-out writes to lean sockets directly.
-    pub delivery_latency: Option<Histogram>,
+    pub delivery_latency: Option<LatencyHistogram>,
     /// The TLS listener's handshakes and certificate reloads.
     pub tls: crate::tls::TlsMetrics,
 }
