@@ -18,7 +18,7 @@ use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
 
 use crate::clock::now_ms;
-use crate::queue::{PushError, Pushed};
+use crate::queue::{PushError, Pushed, Stall};
 use crate::stats::FanoutStats;
 use crate::subscriber::{SubscriberSpec, SubscriberState};
 
@@ -399,29 +399,24 @@ impl Offer<'_> {
         if update.private && !entry.spec.access.allows(self.store, &update.topics) {
             return;
         }
-        if let Some(timeout) = self.dispatch_timeout_ms {
-            // Updates have waited in this queue longer than the dispatch timeout: the connection is
-            // stalled (its socket stopped draining) even if the queue is not full yet.
-            let since = entry.state.waiting_since_ms.load(Ordering::Relaxed);
-            let queued = entry.state.queue.has_queued();
-            if queued && since != 0 && self.now_ms.saturating_sub(since) > timeout {
-                self.dropped.push((slot, true));
-                return;
-            }
-            if !queued || since == 0 {
-                entry
-                    .state
-                    .waiting_since_ms
-                    .store(self.now_ms, Ordering::Relaxed);
-            }
-        }
-        match entry.state.queue.push(self.envelope, self.direct) {
+        // Updates that waited in this queue longer than the dispatch timeout mean the connection
+        // is stalled (its socket stopped draining) even if the queue is not full yet.
+        let stall = self.dispatch_timeout_ms.map(|timeout_ms| Stall {
+            now_ms: self.now_ms,
+            timeout_ms,
+            waiting_since_ms: &entry.state.waiting_since_ms,
+        });
+        match entry
+            .state
+            .queue
+            .push_within(self.envelope, self.direct, stall)
+        {
             Ok(Pushed::Queued) => self.delivered += 1,
             Ok(Pushed::Written) => {
                 self.delivered += 1;
                 self.written_directly += 1;
             }
-            Err(PushError::Full) => self.dropped.push((slot, true)),
+            Err(PushError::Full | PushError::Stalled) => self.dropped.push((slot, true)),
             Err(PushError::Closed) => self.dropped.push((slot, false)),
         }
     }

@@ -17,6 +17,7 @@
 //! before it writes anything else.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
@@ -36,6 +37,19 @@ pub(crate) enum PushError {
     Full,
     /// The receiving side is gone.
     Closed,
+    /// Updates have waited in the queue longer than the dispatch timeout: the connection is
+    /// stalled (its socket stopped draining) even if the queue is not full yet.
+    Stalled,
+}
+
+/// The dispatch-timeout check a push makes under the queue's lock (see [`Queue::push_within`]).
+pub(crate) struct Stall<'a> {
+    /// Now, in the fan-out's milliseconds.
+    pub(crate) now_ms: u64,
+    /// The dispatch timeout.
+    pub(crate) timeout_ms: u64,
+    /// Since when the oldest queued update waits (0: unknown), kept in the subscriber's state.
+    pub(crate) waiting_since_ms: &'a AtomicU64,
 }
 
 /// The queue. Both sides hold it through the subscriber's shared state.
@@ -88,11 +102,36 @@ impl Queue {
 
     /// Appends `envelope` (or, with `direct` and the direct way open, writes it to the socket),
     /// waking the stream if it waits and has something to do.
+    #[cfg(test)]
     pub(crate) fn push(&self, envelope: &Arc<Envelope>, direct: bool) -> Result<Pushed, PushError> {
+        self.push_within(envelope, direct, None)
+    }
+
+    /// [`Queue::push`], refusing with [`PushError::Stalled`] when `stall` says the queued updates
+    /// have waited too long. The check is made under the same lock as the push (one lock per
+    /// delivery): a queue that is empty now restarts the wait from `now_ms`.
+    pub(crate) fn push_within(
+        &self,
+        envelope: &Arc<Envelope>,
+        direct: bool,
+        stall: Option<Stall<'_>>,
+    ) -> Result<Pushed, PushError> {
         let (waker, pushed) = {
             let mut inner = self.inner.lock();
             if inner.receiver_gone || inner.closed {
                 return Err(PushError::Closed);
+            }
+            if let Some(stall) = stall {
+                let since = stall.waiting_since_ms.load(Ordering::Relaxed);
+                let queued = !inner.items.is_empty();
+                if queued && since != 0 && stall.now_ms.saturating_sub(since) > stall.timeout_ms {
+                    return Err(PushError::Stalled);
+                }
+                if !queued || since == 0 {
+                    stall
+                        .waiting_since_ms
+                        .store(stall.now_ms, Ordering::Relaxed);
+                }
             }
             if inner.direct_open && direct {
                 match inner.sink.as_ref().map(|sink| sink.try_send(envelope)) {
@@ -179,11 +218,6 @@ impl Queue {
             Some(w) if w.will_wake(cx.waker()) => {}
             _ => inner.waker = Some(cx.waker().clone()),
         }
-    }
-
-    /// Whether updates are waiting.
-    pub(crate) fn has_queued(&self) -> bool {
-        !self.inner.lock().items.is_empty()
     }
 
     /// Ends the queue: the stream gets what is queued, then `None`.
@@ -291,6 +325,35 @@ mod tests {
     }
 
     #[test]
+    fn a_push_finds_a_stalled_queue_under_its_own_lock() {
+        let q = Queue::new(10);
+        let since = AtomicU64::new(0);
+        let stall = |now_ms| {
+            Some(Stall {
+                now_ms,
+                timeout_ms: 100,
+                waiting_since_ms: &since,
+            })
+        };
+        // An empty queue starts the wait at each push.
+        q.push_within(&envelope(1), false, stall(1_000)).unwrap();
+        assert_eq!(since.load(Ordering::Relaxed), 1_000);
+        // Queued, within the timeout: the wait keeps its start.
+        q.push_within(&envelope(2), false, stall(1_100)).unwrap();
+        assert_eq!(since.load(Ordering::Relaxed), 1_000);
+        // Past it with updates still queued: stalled, nothing added.
+        assert_eq!(
+            q.push_within(&envelope(3), false, stall(1_101)),
+            Err(PushError::Stalled)
+        );
+        let mut out = Vec::new();
+        assert_eq!(q.pop_many(&mut out, 10), 2);
+        // Drained: the next push starts a new wait.
+        q.push_within(&envelope(4), false, stall(5_000)).unwrap();
+        assert_eq!(since.load(Ordering::Relaxed), 5_000);
+    }
+
+    #[test]
     fn bounded_fifo_that_wakes_once_per_wait() {
         let q = Queue::new(2);
         let count = Arc::new(Count::default());
@@ -302,7 +365,7 @@ mod tests {
         assert_eq!(q.push(&envelope(3), false), Err(PushError::Full));
         // Two pushes while waiting: one wakeup.
         assert_eq!(count.0.load(Ordering::Relaxed), 1);
-        assert!(q.has_queued());
+        assert!(!q.inner.lock().items.is_empty());
         let mut out = Vec::new();
         assert_eq!(q.pop_many(&mut out, 10), 2);
         assert_eq!(

@@ -217,6 +217,19 @@ impl Selector {
         std::mem::size_of::<Inner>() + self.0.raw.len() + compiled
     }
 
+    /// Text every topic this selector matches starts with: the topic of an exact selector, the
+    /// literal start of a URI template (up to its first expression); `None` for `*` and URL
+    /// patterns, which may match topics of any spelling (a URL pattern matches the parsed URL, so
+    /// equivalent spellings of one URL match alike). Two selectors whose prefixes are not a prefix
+    /// of one another match no topic in common.
+    pub fn literal_prefix(&self) -> Option<&str> {
+        match &self.0.matcher {
+            Compiled::Exact => Some(&self.0.raw),
+            Compiled::Template(t) => Some(t.prefix()),
+            Compiled::Wildcard | Compiled::UrlPattern(_) => None,
+        }
+    }
+
     /// Whether this is `*`.
     pub fn is_wildcard(&self) -> bool {
         matches!(self.0.matcher, Compiled::Wildcard)
@@ -294,6 +307,12 @@ mod tests {
             "https://example.com/books/{id}"
         );
         assert_eq!(SelectorKind::Template.as_str(), "template");
+        assert_eq!(
+            sel("https://example.com/books/{id}/x").literal_prefix(),
+            Some("https://example.com/books/")
+        );
+        assert_eq!(sel("https://e/b").literal_prefix(), Some("https://e/b"));
+        assert_eq!(sel("*").literal_prefix(), None);
     }
 
     #[test]
@@ -606,6 +625,22 @@ mod tests {
                     let s = store.compile(&raw).map_err(|e| TestCaseError::fail(e.to_string()))?;
                     prop_assert_eq!(s.kind(), SelectorKind::Exact);
                     prop_assert_eq!(store.matches(&s, &topic), raw == topic);
+                }
+            }
+
+            /// Every topic a selector matches starts with its literal prefix (what retention rules
+            /// rely on to tell that a subscriber cannot match a rule's topics).
+            #[test]
+            fn matched_topics_start_with_the_literal_prefix(
+                raw in "(https://e/|)[a-z/]{0,6}(\\{[+#./;?&]?[a-z]{1,3}\\*?\\}|)[a-z/.]{0,6}",
+                topic in "(https://e/|)[a-z/.,=?#&;]{0,16}",
+            ) {
+                let Ok(s) = Selector::compile(&raw) else { return Ok(()); };
+                if let Some(prefix) = s.literal_prefix() {
+                    prop_assert!(raw.starts_with(prefix));
+                    if s.matches(&topic) {
+                        prop_assert!(topic.starts_with(prefix), "{} matched {}", raw, topic);
+                    }
                 }
             }
 

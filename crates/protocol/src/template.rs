@@ -234,6 +234,11 @@ impl UriTemplate {
             && self.regex.is_match(topic)
     }
 
+    /// The literal text before the first expression: every topic it matches starts with it.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     /// The generated regular expression, for logs and debugging.
     pub fn pattern(&self) -> &str {
         self.regex.as_str()

@@ -387,6 +387,12 @@ pub struct Config {
     )]
     pub max_connections_per_client: usize,
 
+    /// Rate-limit keys (a subject or address with a recent request, per `[[rate_limit]]` rule)
+    /// the memory transport keeps; past it the key nearest to idle is evicted and counted
+    /// (`quicksilver_rate_limit_evictions_total`). With Redis, keys live there and expire when idle.
+    #[arg(long, env = "QUICKSILVER_RATE_LIMIT_ENTRIES", default_value_t = quicksilver_transport::limits::memory::DEFAULT_RATE_ENTRIES)]
+    pub rate_limit_entries: usize,
+
     /// Proxies (addresses or networks, e.g. `10.0.0.0/8`) whose `X-Forwarded-For`, `-Host` and
     /// `-Proto` headers are believed; from any other peer they are ignored.
     #[arg(long, env = "QUICKSILVER_TRUSTED_PROXIES", value_delimiter = ',', num_args = 0.., value_parser = crate::client::parse_network)]

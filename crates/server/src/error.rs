@@ -74,6 +74,15 @@ pub enum HubError {
     /// The hub holds as much of something as it may (507): revocations at `--max-revocations`.
     #[error("{0}")]
     InsufficientStorage(String),
+    /// Over a rate limit or a connection cap of the policies (429 with `Retry-After`: the wait in
+    /// whole seconds, rounded up).
+    #[error("{message}")]
+    Limited {
+        /// What the client is told.
+        message: String,
+        /// How long until the request would be allowed (as far as the hub can tell).
+        retry_after: std::time::Duration,
+    },
 }
 
 impl IntoResponse for HubError {
@@ -86,7 +95,9 @@ impl IntoResponse for HubError {
             HubError::Timeout(_) => StatusCode::REQUEST_TIMEOUT,
             HubError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            HubError::TooManyRequests(_) => StatusCode::TOO_MANY_REQUESTS,
+            HubError::TooManyRequests(_) | HubError::Limited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             HubError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             HubError::InsufficientStorage(_) => StatusCode::INSUFFICIENT_STORAGE,
         };
@@ -99,7 +110,12 @@ impl IntoResponse for HubError {
         if let HubError::Auth(refusal) = &self {
             headers.insert(header::WWW_AUTHENTICATE, refusal.challenge());
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE || status == StatusCode::TOO_MANY_REQUESTS {
+        if let HubError::Limited { retry_after, .. } = &self {
+            let seconds = crate::policies::limits::retry_after_seconds(*retry_after);
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        } else if status == StatusCode::SERVICE_UNAVAILABLE
+            || status == StatusCode::TOO_MANY_REQUESTS
+        {
             headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response

@@ -15,16 +15,18 @@ use crate::auth::Authenticator;
 use async_trait::async_trait;
 use quicksilver_fanout::{Fanout, FanoutConfig, ReplayBudget};
 use quicksilver_protocol::{Envelope, PublishLimits, SelectorStore, SubscribeLimits};
-use quicksilver_transport::Gap;
+use quicksilver_transport::limits::redis::LimiterOptions;
+use quicksilver_transport::{Gap, Window};
 use quicksilver_transport::{
-    MemoryRegistry, MemoryRevocations, MemoryTransport, RedisConfig, RedisTransport,
-    RegistryOptions, RevocationStore, SubscriptionRegistry, Transport, UpdateSink,
+    Limiter, MemoryLimiter, MemoryRegistry, MemoryRevocations, MemoryTransport, RedisConfig,
+    RedisTransport, RegistryOptions, RevocationStore, SubscriptionRegistry, Transport, UpdateSink,
 };
 
 use crate::client::{ClientCounts, TrustedProxies};
 use crate::config::{Config, TransportKind};
 use crate::metrics::Metrics;
 use crate::playground::PlaygroundSigner;
+use crate::policies::limits::Limits;
 use crate::policies::revocation::{RevocationSet, Revocations};
 use crate::policies::{Policies, PolicyCell};
 use crate::subscriptions::Subscriptions;
@@ -36,6 +38,15 @@ const SUBSCRIPTION_EVENT_PATIENCE: Duration = Duration::from_secs(10);
 /// Bytes a Redis stream entry may take beyond the update's own fields (format, timestamps, trace
 /// context).
 const ENTRY_FRAMING: usize = 4 * 1024;
+
+/// The transport and the cluster-wide state kept beside it: the subscription registry, the
+/// limiter's counters and the revocations.
+type TransportParts = (
+    Arc<dyn Transport>,
+    Arc<dyn SubscriptionRegistry>,
+    Arc<dyn Limiter>,
+    Arc<dyn RevocationStore>,
+);
 
 /// Settings the handlers read on every request, resolved once from the [`Config`].
 #[derive(Debug, Clone)]
@@ -107,6 +118,8 @@ struct HubInner {
     /// Subscriptions compiling selectors off the reactor at once, one per core: the rest wait.
     compiling: Arc<tokio::sync::Semaphore>,
     playground: Option<PlaygroundSigner>,
+    /// The limiter behind rate limits and connection caps, and its decision counters.
+    limits: Limits,
     /// Rate limits, caps, revocation and retention rules in force (reloaded on `SIGHUP`).
     policies: Arc<PolicyCell>,
     /// Revoked tokens: the node's copy, its syncer and the admin endpoint's settings.
@@ -170,6 +183,32 @@ impl UpdateSink for FanoutSink {
     }
 }
 
+/// Puts the retention rules of the policies in force on `transport` now (before any publish), and
+/// again after every change of the policies (a reload), until the policies are dropped. `default`
+/// is the global history, which rules leave open fields to.
+fn keep_retention_in_force(
+    policies: &Arc<PolicyCell>,
+    transport: Arc<dyn Transport>,
+    default: Window,
+) {
+    transport.set_retention(policies.current().retention.resolve(default));
+    let mut changes = policies.changes();
+    let policies = Arc::downgrade(policies);
+    tokio::spawn(async move {
+        while changes.changed().await.is_ok() {
+            let Some(cell) = policies.upgrade() else {
+                break;
+            };
+            let retention = cell.current().retention.resolve(default);
+            tracing::info!(
+                classes = retention.classes().len(),
+                "retention rules in force for updates published from now on"
+            );
+            transport.set_retention(retention);
+        }
+    });
+}
+
 impl Hub {
     /// Builds the hub from its configuration and starts its background tasks on the current runtime.
     pub fn start(config: &Config) -> anyhow::Result<Self> {
@@ -195,51 +234,55 @@ impl Hub {
             lease_ttl: config.subscription_lease,
             ..RegistryOptions::default()
         };
-        let (transport, registry, revocation_store): (
-            Arc<dyn Transport>,
-            Arc<dyn SubscriptionRegistry>,
-            Arc<dyn RevocationStore>,
-        ) = match config.transport {
-            TransportKind::Memory => (
-                Arc::new(MemoryTransport::with_event_history(
-                    config.history_size,
-                    config.subscription_event_history,
-                )),
-                Arc::new(MemoryRegistry::new()),
-                Arc::new(MemoryRevocations::new()),
-            ),
-            TransportKind::Redis => {
-                let redis = RedisTransport::new(RedisConfig {
-                    urls: config.redis_url.clone(),
-                    cluster: config.redis_cluster,
-                    stream_key_prefix: config.redis_key_prefix.clone(),
-                    partitions: config.redis_partitions,
-                    history_size: config.history_size,
-                    event_history: config.subscription_event_history,
-                    history_max_age: (!config.history_max_age.is_zero())
-                        .then_some(config.history_max_age),
-                    tail_cache_size: config.history_cache_size,
-                    pool_size: config.redis_pool_size,
-                    command_timeout: config.redis_timeout,
-                    resume_margin: config.redis_resume_margin,
-                    batch_window: config.redis_batch_window,
-                    // A stored update is its decoded form plus a little framing; the form's
-                    // encoded body bounds the decoded one.
-                    max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
-                    read_budget: config.redis_read_budget,
-                    history_max_bytes: config.history_max_bytes,
-                    max_history_scans: config.redis_max_history_scans,
-                    tls_ca_file: config.redis_tls_ca.clone(),
-                    // A node reads only the partitions its subscribers may match.
-                    read_on_interest: true,
-                    ..RedisConfig::default()
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let registry = redis.subscription_registry(registry_options);
-                let revocations = redis.revocation_store();
-                (Arc::new(redis), registry, revocations)
-            }
-        };
+        let (transport, registry, limiter, revocation_store): TransportParts =
+            match config.transport {
+                TransportKind::Memory => (
+                    Arc::new(MemoryTransport::with_event_history(
+                        config.history_size,
+                        config.subscription_event_history,
+                    )),
+                    Arc::new(MemoryRegistry::new()),
+                    Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
+                    Arc::new(MemoryRevocations::new()),
+                ),
+                TransportKind::Redis => {
+                    let redis = RedisTransport::new(RedisConfig {
+                        urls: config.redis_url.clone(),
+                        cluster: config.redis_cluster,
+                        stream_key_prefix: config.redis_key_prefix.clone(),
+                        partitions: config.redis_partitions,
+                        history_size: config.history_size,
+                        event_history: config.subscription_event_history,
+                        history_max_age: (!config.history_max_age.is_zero())
+                            .then_some(config.history_max_age),
+                        tail_cache_size: config.history_cache_size,
+                        pool_size: config.redis_pool_size,
+                        command_timeout: config.redis_timeout,
+                        resume_margin: config.redis_resume_margin,
+                        batch_window: config.redis_batch_window,
+                        // A stored update is its decoded form plus a little framing; the form's
+                        // encoded body bounds the decoded one.
+                        max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
+                        read_budget: config.redis_read_budget,
+                        history_max_bytes: config.history_max_bytes,
+                        max_history_scans: config.redis_max_history_scans,
+                        tls_ca_file: config.redis_tls_ca.clone(),
+                        // A node reads only the partitions its subscribers may match.
+                        read_on_interest: true,
+                        ..RedisConfig::default()
+                    })
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let registry = redis.subscription_registry(registry_options);
+                    // Connection counts share the subscription lease's length: a dead node's
+                    // connections stop counting when its subscriptions are reaped.
+                    let limiter = redis.limiter(LimiterOptions {
+                        lease_ttl: config.subscription_lease,
+                        ..LimiterOptions::default()
+                    });
+                    let revocations = redis.revocation_store();
+                    (Arc::new(redis), registry, limiter, revocations)
+                }
+            };
         let last_event = Arc::new(LastEvent::default());
         transport.start_reader(Arc::new(FanoutSink {
             fanout: fanout.clone(),
@@ -292,7 +335,16 @@ impl Hub {
             http2_keep_alive: non_zero(config.http2_keep_alive),
         };
         let replay_budget = ReplayBudget::new(config.max_replay_buffer);
+        let limits = Limits::new(limiter);
         let policies = Arc::new(PolicyCell::load(config.config.as_deref())?);
+        keep_retention_in_force(
+            &policies,
+            transport.clone(),
+            Window {
+                length: config.history_size,
+                max_age: non_zero(config.history_max_age),
+            },
+        );
         let revocations = Revocations::start(
             config,
             &policies.current().revocation,
@@ -310,6 +362,7 @@ impl Hub {
             auth.token_caches(),
             &policies,
         );
+        limits.register_metrics(metrics.registry_mut());
         revocations.register_metrics(metrics.registry_mut());
         Ok(Self {
             inner: Arc::new(HubInner {
@@ -329,10 +382,16 @@ impl Hub {
                     std::thread::available_parallelism().map_or(2, |n| n.get()),
                 )),
                 playground: PlaygroundSigner::from_config(config),
+                limits,
                 policies,
                 revocations,
             }),
         })
+    }
+
+    /// The limiter behind rate limits and connection caps.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
     }
 
     /// The policies in force now (take once per request and keep).
@@ -479,11 +538,13 @@ impl Hub {
         fanout.close_all();
     }
 
-    /// After the drain: publishes the last subscription events and leaves the registry.
+    /// After the drain: publishes the last subscription events and leaves the registry, and
+    /// takes this node's connections out of the cluster's connection counts.
     pub async fn close(&self) {
         if let Some(subscriptions) = &self.inner.subscriptions {
             subscriptions.close().await;
         }
+        self.inner.limits.limiter().close().await;
     }
 }
 

@@ -24,6 +24,10 @@ use quicksilver_fanout::{Fanout, ReplayBudget};
 use quicksilver_protocol::SelectorStore;
 use quicksilver_transport::{SubscriptionRegistry, Transport};
 
+mod latency;
+
+pub use latency::LatencyHistogram;
+
 use crate::auth::TokenCaches;
 use crate::hub::Hub;
 use crate::policies::PolicyCell;
@@ -63,7 +67,7 @@ pub struct Metrics {
     /// Time to store an update (the transport's publish), in seconds.
     pub publish_duration: Histogram,
     /// From acceptance by the publishing node to the write to a subscriber's connection, in seconds.
-    pub delivery_latency: Histogram,
+    pub delivery_latency: LatencyHistogram,
     /// HTTP responses by route, method and status.
     pub responses: Family<ResponseLabels, Counter>,
     /// Subscriptions refused because their selectors were over a memory budget.
@@ -99,7 +103,7 @@ impl Metrics {
         let published = Counter::default();
         let replayed = Counter::default();
         let publish_duration = Histogram::new(latency_buckets());
-        let delivery_latency = Histogram::new(latency_buckets());
+        let delivery_latency = LatencyHistogram::default();
         let responses = Family::<ResponseLabels, Counter>::default();
         let connection = ConnectionMetrics {
             delivery_latency: Some(delivery_latency.clone()),
@@ -211,8 +215,7 @@ impl Metrics {
         }
     }
 
-    /// The registry, for parts of the hub that register metrics of their own once built (they
-    /// are served with the rest).
+    /// The registry, for parts of the hub that register their own metrics when the hub is built.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }
@@ -431,6 +434,37 @@ impl Collector for HubCollector {
             "Updates lost before this node's reader read them, as far as they could be counted",
             t.missed_entries,
         )?;
+        let classes = self.transport.retention_stats();
+        gauge(
+            &mut encoder,
+            "retention_classes",
+            "Retention classes in force: the global history and each distinct window of the [[retention]] rules",
+            classes.len() as i64,
+        )?;
+        {
+            let mut family = encoder.encode_descriptor(
+                "retention_published",
+                "Updates this node published per retention class (each class an update's topics belong to; per partition copy)",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for stats in &classes {
+                let labels = [("class", &*stats.class)];
+                ConstCounter::new(stats.stored).encode(family.encode_family(&labels)?)?;
+            }
+        }
+        {
+            let mut family = encoder.encode_descriptor(
+                "retention_held",
+                "Updates per retention class this node holds in memory (in-memory history, or tail caches of the Redis history)",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for stats in &classes {
+                let labels = [("class", &*stats.class)];
+                ConstGauge::new(stats.held as i64).encode(family.encode_family(&labels)?)?;
+            }
+        }
         if let Some(registry) = &self.subscriptions {
             let r = registry.stats();
             gauge(

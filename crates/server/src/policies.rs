@@ -21,11 +21,13 @@
 //! [`Subject`] is the key a per-subject policy counts by: the token's `sub`, else its `jti`, else
 //! the client's address (as `--trusted-proxies` lets the hub see it).
 
+pub mod limits;
+pub mod retention;
+pub mod revocation;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-pub mod revocation;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
@@ -61,9 +63,18 @@ pub enum PolicyError {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyFile {
-    /// `[revocation]`: the admin key and the bounds of revocation ([`revocation`]).
+    /// `[[rate_limit]]`: publish (and subscription request) rates (see [`limits`]).
+    #[serde(default)]
+    pub rate_limit: Vec<limits::RateLimitRule>,
+    /// `[[connection_limit]]`: connections and matchers per subject (see [`limits`]).
+    #[serde(default)]
+    pub connection_limit: Vec<limits::ConnectionLimitRule>,
+    /// `[revocation]`: the admin key and the bounds of revocation (see [`revocation`]).
     #[serde(default)]
     pub revocation: Option<revocation::RevocationTable>,
+    /// `[[retention]]`: history windows per topic (see [`retention`]).
+    #[serde(default)]
+    pub retention: Vec<retention::RetentionTable>,
 }
 
 impl PolicyFile {
@@ -91,16 +102,27 @@ impl PolicyFile {
 /// The policies in force, compiled for request paths.
 #[derive(Debug, Default)]
 pub struct Policies {
-    /// The `[revocation]` table, checked.
+    /// Rate limits and connection caps.
+    pub limits: limits::LimitRules,
+    /// The `[revocation]` table, checked (see [`revocation`]).
     pub revocation: revocation::RevocationRules,
+    /// History windows per topic (see [`retention`]).
+    pub retention: retention::RetentionRules,
 }
 
 impl Policies {
     /// Checks and compiles what the file says.
     pub fn compile(file: PolicyFile) -> Result<Self, String> {
-        let PolicyFile { revocation } = file;
+        let PolicyFile {
+            rate_limit,
+            connection_limit,
+            revocation,
+            retention,
+        } = file;
         Ok(Self {
+            limits: limits::LimitRules::compile(rate_limit, connection_limit)?,
             revocation: revocation::RevocationRules::compile(revocation)?,
+            retention: retention::RetentionRules::compile(retention)?,
         })
     }
 }
@@ -282,7 +304,9 @@ mod tests {
     #[test]
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
+        assert!(file.rate_limit.is_empty() && file.connection_limit.is_empty());
         assert!(file.revocation.is_none());
+        assert!(file.retention.is_empty());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 

@@ -1,7 +1,8 @@
 //! `POST /.well-known/mercure`: accept an update from a publisher.
 //!
 //! Order of checks, as on the reference hub: the token first (401 without a valid one), then the
-//! content type and the form (400/413/415), then the publish grant for every topic (403). The
+//! rate limit of the policies (429, see [`crate::policies::limits`]), then the content type and
+//! the form (400/413/415), then the publish grant for every topic (403). The
 //! update is acknowledged with its id only once the transport has stored it; a transport that
 //! cannot store answers 503, never 200.
 //!
@@ -13,6 +14,7 @@
 //!
 //! The whole request runs in the `mercure.publish` trace span (see [`crate::telemetry`]).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -23,9 +25,10 @@ use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use quicksilver_protocol::{parse_publish_form, publish::PublishError};
 use tracing::Instrument;
 
-use crate::client::Peer;
+use crate::client::{client_ip, Peer};
 use crate::error::HubError;
 use crate::hub::Hub;
+use crate::policies::limits::RequestKind;
 
 /// Time a publish request's body has to arrive, once its head was read: ample for the 1 MiB default
 /// body limit over a slow link, short enough that slow-body clients cannot pile up.
@@ -61,6 +64,17 @@ async fn authorize_and_store(
     let publisher = hub
         .auth()
         .publisher(&method, &headers, query.as_deref(), &identity)?;
+    // Counted before the body is read: a publisher over its rate costs the hub no more than this.
+    let client = client_ip(peer, &headers, &hub.settings().trusted_proxies)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    hub.limits()
+        .check_rate(
+            &hub.policies().limits,
+            RequestKind::Publish,
+            Some(publisher.grants.identity()),
+            client,
+        )
+        .await?;
 
     let content_type = headers
         .get(header::CONTENT_TYPE)

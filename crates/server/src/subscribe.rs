@@ -6,10 +6,12 @@
 //! header winning over both. Its body is bounded like a publish body (`413` beyond). A token is
 //! never read from the body. Any other method than `GET`, `HEAD`, `POST` and `QUERY` is `405`.
 //!
-//! The request is parsed (selectors, cursor, token), authenticated, and its selectors compiled. The
-//! subscriber is then registered in the fan-out *before* history is read, so every update stored
-//! after the history read arrives live; a [`Resume`] built from the read tells the stream which
-//! live updates the history already covered. Between the two, the subscriber's interest is given to
+//! The request is parsed (selectors, cursor, token), authenticated, held to the policies' rate and
+//! connection limits (see [`crate::policies::limits`]; `429` over them, and an admitted
+//! subscriber holds its place in its subject's connection count until its stream ends), and its
+//! selectors compiled. The subscriber is then registered in the fan-out *before* history is read,
+//! so every update stored after the history read arrives live; a [`Resume`] built from the read
+//! tells the stream which live updates the history already covered. Between the two, the subscriber's interest is given to
 //! the transport ([`Scope`]: its exact topics, or everything when a selector is a `*`, a template
 //! or a URL pattern): a partitioned transport then reads what it may match, and answers once that
 //! reading has found its place, so the history read and the live queue still meet without a gap.
@@ -17,6 +19,7 @@
 //! [`SubscriberStream`], whose headers go out with the preamble comment immediately (see
 //! [`crate::sse`] for how it reaches the socket).
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
@@ -32,6 +35,7 @@ use quicksilver_transport::Scope;
 use crate::client::{client_ip, Peer};
 use crate::error::HubError;
 use crate::hub::Hub;
+use crate::policies::limits::RequestKind;
 use crate::sse::{EndReason, SubscriberStream};
 use crate::subscriptions::SubscriptionInfo;
 
@@ -151,6 +155,21 @@ async fn open(
         }
     };
 
+    // The policies' rate and connection limits (see `crate::policies::limits`), before the
+    // selectors cost anything to compile. The slot is held for the stream's life.
+    let claims = grants.map(|g| &**g.identity());
+    let client = client_ip(peer, &headers, &settings.trusted_proxies)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let policies = hub.policies();
+    hub.limits()
+        .check_rate(&policies.limits, RequestKind::Subscribe, claims, client)
+        .await?;
+    let limit_slot = hub
+        .limits()
+        .admit(&policies.limits, claims, client, query.matchers.len())
+        .await?;
+    drop(policies);
+
     let selectors = compile_selectors(&hub, &query.matchers, &identity.hub_url).await?;
     let scope = scope_of(&selectors);
     let spec = SubscriberSpec { selectors, access };
@@ -201,7 +220,7 @@ async fn open(
     } else if let Some(last_event_id) = &last_event_id {
         let history = hub
             .transport()
-            .history_within(last_event_id, &interest)
+            .history_within(last_event_id, &interest, &scope)
             .await
             .map_err(|e| HubError::Unavailable(e.to_string()))?;
         resume = Some(
@@ -247,10 +266,12 @@ async fn open(
         },
         move |reason: EndReason| {
             tracing::info!(topics = ?topics, reason = ?reason, "subscriber disconnected");
-            // Ends the subscriptions (events, registry), frees the client's slot and lets the
-            // transport stop reading what no other subscriber needs.
+            // Ends the subscriptions (events, registry), frees the client's slot and its subject's
+            // connection count, and lets the transport stop reading what no other subscriber
+            // needs.
             drop(held);
             drop(client_slot);
+            drop(limit_slot);
             drop(interest);
         },
     )
@@ -269,19 +290,27 @@ async fn open(
     Ok(response)
 }
 
-/// What a subscriber with `selectors` may match, for the transport: its exact topics, or
-/// everything when one selector may match any topic.
+/// What a subscriber with `selectors` may match, for the transport: its exact topics and the
+/// literal starts of its URI templates (which bound the retention classes its history is read
+/// from), or everything when one selector may match any topic.
 fn scope_of(selectors: &[Selector]) -> Scope {
     let mut topics = Vec::with_capacity(selectors.len());
+    let mut prefixes = Vec::new();
     for selector in selectors {
         match selector.kind() {
             SelectorKind::Exact => topics.push(selector.raw().to_string()),
-            SelectorKind::Wildcard | SelectorKind::Template | SelectorKind::UrlPattern => {
-                return Scope::All
-            }
+            SelectorKind::Template => match selector.literal_prefix() {
+                Some(prefix) if !prefix.is_empty() => prefixes.push(prefix.to_string()),
+                _ => return Scope::All,
+            },
+            SelectorKind::Wildcard | SelectorKind::UrlPattern => return Scope::All,
         }
     }
-    Scope::Topics(topics)
+    if prefixes.is_empty() {
+        Scope::Topics(topics)
+    } else {
+        Scope::Matching { topics, prefixes }
+    }
 }
 
 /// Compiles a subscription's selectors through the node's selector store, sharing what is already

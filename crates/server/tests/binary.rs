@@ -83,6 +83,60 @@ async fn sigterm_drains_streams_with_a_retry_hint_and_exits_cleanly() {
     assert!(status.success(), "exit status {status:?}");
 }
 
+#[tokio::test]
+async fn sighup_reloads_the_policies_and_keeps_connections_a_bad_file_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.toml");
+    let good = format!("jwt_key = \"{TEST_JWT_KEY}\"\nanonymous = true\n");
+    std::fs::write(&path, &good).unwrap();
+    let mut hub = HubProcess::spawn(BIN, &["--config", path.to_str().unwrap()]);
+    let c = http_client();
+    let mut stream = SseClient::new()
+        .open(&format!("{}?topic=t", hub.mercure_url()), &[])
+        .await
+        .unwrap();
+    let url = hub.url().to_string();
+    let count = async |c: &reqwest::Client, name: &str| {
+        quicksilver_testkit::hub::metric(c, &url, name)
+            .await
+            .unwrap_or(-1.0)
+    };
+
+    // A file that does not parse: refused, counted, the hub goes on as it was.
+    std::fs::write(&path, "[[rate_limit\n").unwrap();
+    hub.sighup();
+    assert!(
+        poll_until(WAIT, async || {
+            count(&c, "quicksilver_policy_reload_failures_total").await == 1.0
+        })
+        .await,
+        "the refused reload is counted"
+    );
+    assert_eq!(count(&c, "quicksilver_policy_reloads_total").await, 0.0);
+
+    // A good one is put in force; neither reload touched the open stream.
+    std::fs::write(&path, &good).unwrap();
+    hub.sighup();
+    assert!(
+        poll_until(WAIT, async || {
+            count(&c, "quicksilver_policy_reloads_total").await == 1.0
+        })
+        .await,
+        "the reload is counted"
+    );
+    assert!(hub.is_running(), "SIGHUP does not end the process");
+    let (status, _) = quicksilver_testkit::hub::publish(
+        &c,
+        hub.url(),
+        &publisher_token(),
+        &[("topic", "t"), ("id", "after-reloads")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let event = stream.next_event(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(event.id.as_deref(), Some("after-reloads"));
+}
+
 #[test]
 fn refuses_to_start_with_a_pem_key_and_an_hmac_algorithm() {
     let pem = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE\n-----END PUBLIC KEY-----\n";

@@ -204,9 +204,18 @@ impl HubProcess {
     /// Sends SIGTERM without waiting (to watch what clients see during a graceful shutdown; follow with
     /// [`HubProcess::wait_exit`]).
     pub fn sigterm(&mut self) {
+        self.signal(Signal::TERM);
+    }
+
+    /// Sends SIGHUP (the hub reloads its configuration file's policies).
+    pub fn sighup(&mut self) {
+        self.signal(Signal::HUP);
+    }
+
+    fn signal(&mut self, signal: Signal) {
         if self.is_running() {
             if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
-                let _ = kill_process(pid, Signal::TERM);
+                let _ = kill_process(pid, signal);
             }
         }
     }

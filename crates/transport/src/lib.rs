@@ -12,6 +12,10 @@
 //! - [`memory`]: the embedded single-node transport, a bounded ring buffer with O(1) id lookup.
 //! - [`redis`]: Redis Streams shared by every node (optionally partitioned over Redis Cluster), with a
 //!   per-node tail cache answering history.
+//! - [`limits`]: the counters behind rate limits and connection caps (in process, or in Redis
+//!   with a lease per node).
+//! - [`retention`]: retention per topic, rules giving topics history windows of their own
+//!   (classes), which both transports keep apart.
 //! - [`revocations`]: the revoked tokens every node enforces (in memory, or in Redis with a log of
 //!   changes that nodes follow).
 //! - [`subscriptions`]: the cluster-wide registry of active subscriptions (in memory, or in Redis
@@ -19,8 +23,10 @@
 //! - [`trace_context`]: the spans around storing and dispatching an update, and the W3C trace
 //!   context stored with it so other nodes' readers continue the publisher's trace.
 
+pub mod limits;
 pub mod memory;
 pub mod redis;
+pub mod retention;
 pub mod revocations;
 pub mod subscriptions;
 pub mod trace_context;
@@ -32,8 +38,13 @@ use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position, Update};
 use thiserror::Error;
 
+pub use limits::{
+    Admission, CapExceeded, ConnectionCap, ConnectionSlot, Limiter, LimiterStats, MemoryLimiter,
+    Rate, RateDecision, RedisLimiter,
+};
 pub use memory::MemoryTransport;
 pub use redis::{RedisConfig, RedisTransport};
+pub use retention::{ClassSet, Retention, RetentionError, Window};
 pub use revocations::{
     MemoryRevocations, PutOutcome, RedisRevocations, RevocationRecord, RevocationStore,
 };
@@ -132,6 +143,16 @@ pub enum Scope {
     All,
     /// Only updates with at least one of these exact topics (canonical or alternate).
     Topics(Vec<String>),
+    /// Updates with one of these exact topics, or with a topic starting with one of these
+    /// prefixes (the literal starts of a subscriber's URI templates). Reads every partition, as
+    /// [`Scope::All`] does; history reads only the retention classes such topics may belong to
+    /// (see [`retention`]).
+    Matching {
+        /// Exact topics.
+        topics: Vec<String>,
+        /// Literal starts of URI templates.
+        prefixes: Vec<String>,
+    },
 }
 
 /// A subscriber's hold on the reading it needs: while it lives, its node's reader(s) deliver every
@@ -204,6 +225,19 @@ pub struct TransportStats {
     pub partitions_read: u64,
 }
 
+/// What a transport holds for one retention class (see [`retention`]), for the metrics endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClassStats {
+    /// The class ([`Window::tag`]).
+    pub class: Arc<str>,
+    /// Updates this node published in the class since the class came into force here (an update
+    /// stored in several partitions counts once per copy; a class of length 0 counts what it did
+    /// not keep).
+    pub stored: u64,
+    /// Updates of the class this node holds in memory (its history, or its tail caches).
+    pub held: u64,
+}
+
 /// A place updates are stored, ordered and read back.
 #[async_trait]
 pub trait Transport: Send + Sync + 'static {
@@ -225,16 +259,18 @@ pub trait Transport: Send + Sync + 'static {
     /// entries and no anchor: the client is told `earliest` rather than left silently behind.
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError>;
 
-    /// The retained updates after `last_event_id` in the streams `interest` covers: what a
-    /// subscriber holding `interest` may match (the caller filters by topic and access). Cheaper
-    /// than [`Transport::history`] on a partitioned transport, and sound while only the streams
-    /// the node holds an interest in are read.
+    /// The retained updates after `last_event_id` in the streams `interest` covers and the
+    /// retention classes a subscriber of `scope` may match (see [`retention`]): what a subscriber
+    /// holding `interest` may match (the caller filters by topic and access). Cheaper than
+    /// [`Transport::history`] on a partitioned transport, and sound while only the streams the
+    /// node holds an interest in are read.
     async fn history_within(
         &self,
         last_event_id: &str,
         interest: &Interest,
+        scope: &Scope,
     ) -> Result<HistoryReply, TransportError> {
-        let _ = interest;
+        let _ = (interest, scope);
         self.history(last_event_id).await
     }
 
@@ -245,6 +281,14 @@ pub trait Transport: Send + Sync + 'static {
     async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {
         let _ = scope;
         Ok(Interest::everything())
+    }
+
+    /// Applies retention rules (see [`retention`]) to the updates published from now on, and to
+    /// history reads. Classes whose window is still named keep their history; the history of a
+    /// class no rule names any more is no longer read. A transport without per-topic retention
+    /// ignores it.
+    fn set_retention(&self, retention: Arc<Retention>) {
+        let _ = retention;
     }
 
     /// Starts this node's reader(s), which hand stored updates to `sink` in transport order until
@@ -258,6 +302,11 @@ pub trait Transport: Send + Sync + 'static {
     /// Counters for the metrics endpoint.
     fn stats(&self) -> TransportStats {
         TransportStats::default()
+    }
+
+    /// Per retention class in force, what it stored and holds (for the metrics endpoint).
+    fn retention_stats(&self) -> Vec<ClassStats> {
+        Vec::new()
     }
 
     /// A short name for logs and metrics (`memory`, `redis`).

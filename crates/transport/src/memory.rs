@@ -7,31 +7,43 @@
 //! growing. Event ids are indexed to their sequence number, so finding where a reconnecting
 //! subscriber left off is O(1).
 //!
-//! Subscription events ([`Transport::publish_event`]) are numbered in the same sequence but kept in
-//! a ring of their own, so a flood of them never pushes real updates out of history; history
-//! merges the two rings back into sequence order.
+//! Updates are kept in one ring per retention class (see [`crate::retention`]): an update goes into
+//! the ring of the class of each of its topics (the same shared `Arc` in each), so a busy class
+//! never pushes another class's updates out. Subscription events ([`Transport::publish_event`]) are
+//! numbered in the same sequence but kept in a ring of their own, so a flood of them never pushes
+//! real updates out of history. History merges the rings a subscriber may match back into sequence
+//! order. Without retention rules there is one update ring, of `history_size`.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position, Update, EARLIEST};
 use tokio::sync::{mpsc, Mutex};
 use tracing::Instrument;
 
-use crate::{now_micros, HistoryReply, Transport, TransportError, TransportStats, UpdateSink};
+use crate::retention::{ClassSet, Retention, Window};
+use crate::{
+    now_micros, ClassStats, HistoryReply, Interest, Scope, Transport, TransportError,
+    TransportStats, UpdateSink,
+};
 
 /// Capacity of the queue between publishers and the reader.
 const READER_QUEUE: usize = 4096;
 
 /// The in-memory transport. History holds the last `history_size` updates (and the last
-/// `event_history` subscription events).
+/// `event_history` subscription events), or what the retention rules say per class.
 pub struct MemoryTransport {
     store: Mutex<Store>,
     reader_tx: mpsc::Sender<Arc<Envelope>>,
     reader_rx: std::sync::Mutex<Option<mpsc::Receiver<Arc<Envelope>>>>,
     closed: AtomicBool,
+    /// Rules given by [`Transport::set_retention`], not yet applied to the store.
+    pending: parking_lot::Mutex<Option<Arc<Retention>>>,
+    /// The counters of the class rings in force, readable without the store's lock.
+    class_counters: parking_lot::Mutex<Vec<(Arc<str>, Arc<RingCounters>)>>,
     /// History requests answered (the id was retained, or `earliest`) and not (unknown id).
     history_hits: AtomicU64,
     history_misses: AtomicU64,
@@ -46,19 +58,34 @@ impl std::fmt::Debug for MemoryTransport {
 /// What is numbered and retained, under the transport's one lock.
 struct Store {
     next_seq: u64,
-    updates: Ring,
+    retention: Arc<Retention>,
+    /// One ring per retention class, index as `retention.classes()`.
+    classes: Vec<Ring>,
     events: Ring,
 }
 
+/// What a ring stored and holds, for metrics.
+#[derive(Debug, Default)]
+struct RingCounters {
+    stored: AtomicU64,
+    held: AtomicU64,
+}
+
 /// The retained entries of one kind, oldest first (their sequence numbers increase but may skip
-/// the other kind's).
+/// the other rings').
 struct Ring {
+    /// The retention class (`None`: the subscription events).
+    tag: Option<Arc<str>>,
     capacity: usize,
+    max_age: Option<Duration>,
     entries: VecDeque<Arc<Envelope>>,
     /// Event id → (sequence of its earliest retained occurrence, number of retained occurrences).
     ids: HashMap<Arc<str>, (u64, u32)>,
-    /// The sequence of the newest entry evicted (or never kept, with a capacity of 0).
+    /// The sequence of the newest entry evicted (or never kept, with a capacity of 0); for a ring
+    /// created after updates were numbered, the last sequence numbered then (what came before is
+    /// not known to it).
     evicted: u64,
+    counters: Arc<RingCounters>,
 }
 
 impl MemoryTransport {
@@ -72,18 +99,51 @@ impl MemoryTransport {
     /// subscription events.
     pub fn with_event_history(history_size: usize, event_history: usize) -> Self {
         let (reader_tx, reader_rx) = mpsc::channel(READER_QUEUE);
+        let retention = Arc::new(Retention::global(Window {
+            length: history_size,
+            max_age: None,
+        }));
+        let classes: Vec<Ring> = retention
+            .classes()
+            .iter()
+            .map(|c| Ring::new(Some(c.tag().clone()), c.window(), 0))
+            .collect();
+        let class_counters = classes
+            .iter()
+            .filter_map(|r| Some((r.tag.clone()?, r.counters.clone())))
+            .collect();
         Self {
+            class_counters: parking_lot::Mutex::new(class_counters),
             store: Mutex::new(Store {
                 next_seq: 1,
-                updates: Ring::new(history_size),
-                events: Ring::new(event_history),
+                classes,
+                retention,
+                events: Ring::new(
+                    None,
+                    Window {
+                        length: event_history,
+                        max_age: None,
+                    },
+                    0,
+                ),
             }),
             reader_tx,
             reader_rx: std::sync::Mutex::new(Some(reader_rx)),
             closed: AtomicBool::new(false),
+            pending: parking_lot::Mutex::new(None),
             history_hits: AtomicU64::new(0),
             history_misses: AtomicU64::new(0),
         }
+    }
+
+    /// The store, under its lock, with the latest rules applied.
+    async fn locked(&self) -> tokio::sync::MutexGuard<'_, Store> {
+        let mut store = self.store.lock().await;
+        if let Some(retention) = self.pending.lock().take() {
+            store.set_retention(retention);
+            *self.class_counters.lock() = store.counters();
+        }
+        store
     }
 
     /// Stops accepting publishes (shutdown).
@@ -93,16 +153,21 @@ impl MemoryTransport {
 }
 
 impl Ring {
-    fn new(capacity: usize) -> Self {
+    /// An empty ring for `window`; `numbered`: the last sequence numbered before it existed.
+    fn new(tag: Option<Arc<str>>, window: Window, numbered: u64) -> Self {
         Self {
-            capacity,
-            entries: VecDeque::with_capacity(capacity.min(65_536)),
+            tag,
+            capacity: window.length,
+            max_age: window.max_age,
+            entries: VecDeque::with_capacity(window.length.min(65_536)),
             ids: HashMap::new(),
-            evicted: 0,
+            evicted: numbered,
+            counters: Arc::default(),
         }
     }
 
     fn push(&mut self, envelope: Arc<Envelope>) {
+        self.counters.stored.fetch_add(1, Ordering::Relaxed);
         if self.capacity == 0 {
             self.evicted = envelope.position.seq;
             return;
@@ -114,10 +179,35 @@ impl Ring {
             .or_insert((envelope.position.seq, 1));
         self.entries.push_back(envelope);
         while self.entries.len() > self.capacity {
-            if let Some(old) = self.entries.pop_front() {
-                self.evicted = old.position.seq;
-                self.forget(&old);
-            }
+            self.evict_oldest();
+        }
+        self.counters
+            .held
+            .store(self.entries.len() as u64, Ordering::Relaxed);
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.entries.pop_front() {
+            self.evicted = old.position.seq;
+            self.forget(&old);
+        }
+        self.counters
+            .held
+            .store(self.entries.len() as u64, Ordering::Relaxed);
+    }
+
+    /// Evicts what is older than the ring's maximum age, by the time it was accepted.
+    fn prune(&mut self, now_micros: u64) {
+        let Some(age) = self.max_age else {
+            return;
+        };
+        let cutoff = now_micros.saturating_sub(age.as_micros() as u64);
+        while self
+            .entries
+            .front()
+            .is_some_and(|e| e.accepted_at_micros < cutoff)
+        {
+            self.evict_oldest();
         }
     }
 
@@ -148,49 +238,150 @@ impl Ring {
 }
 
 impl Store {
-    /// Both rings' entries after `seq`, in sequence order.
-    fn after(&self, seq: Option<u64>) -> Vec<Arc<Envelope>> {
-        let mut updates = self.updates.after(seq).peekable();
-        let mut events = self.events.after(seq).peekable();
-        let mut out = Vec::new();
-        loop {
-            let next = match (updates.peek(), events.peek()) {
-                (Some(u), Some(e)) if e.position.seq < u.position.seq => events.next(),
-                (Some(_), _) => updates.next(),
-                (None, Some(_)) => events.next(),
-                (None, None) => break,
-            };
-            out.extend(next.cloned());
-        }
+    /// The rings a read of `classes` covers: those classes' and the events'.
+    fn rings<'a>(&'a self, classes: &'a ClassSet) -> impl Iterator<Item = &'a Ring> + 'a {
+        self.classes
+            .iter()
+            .filter(|r| r.tag.as_deref().is_some_and(|t| classes.contains(t)))
+            .chain(std::iter::once(&self.events))
+    }
+
+    /// The entries of the rings covering `classes` numbered after `seq`, in sequence order, each
+    /// once (an update kept in several classes' rings is the same entry).
+    fn after(&self, seq: Option<u64>, classes: &ClassSet) -> Vec<Arc<Envelope>> {
+        let mut out: Vec<Arc<Envelope>> = self
+            .rings(classes)
+            .flat_map(|r| r.after(seq).cloned())
+            .collect();
+        out.sort_by_key(|e| e.position.seq);
+        out.dedup_by_key(|e| e.position.seq);
         out
     }
 
-    /// The sequence of the earliest retained occurrence of `id`, in either ring.
-    fn find(&self, id: &str) -> Option<u64> {
-        let update = self.updates.ids.get(id).map(|(seq, _)| *seq);
-        let event = self.events.ids.get(id).map(|(seq, _)| *seq);
-        match (update, event) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+    /// The sequence of the earliest retained occurrence of `id` in the rings covering `classes`.
+    fn find(&self, id: &str, classes: &ClassSet) -> Option<u64> {
+        self.rings(classes)
+            .filter_map(|r| r.ids.get(id).map(|(seq, _)| *seq))
+            .min()
+    }
+
+    /// Whether every ring covering `classes` still holds all it was given after `seq`.
+    fn complete_after(&self, seq: u64, classes: &ClassSet) -> bool {
+        self.rings(classes).all(|r| r.evicted < seq)
+    }
+
+    /// The counters of the class rings.
+    fn counters(&self) -> Vec<(Arc<str>, Arc<RingCounters>)> {
+        self.classes
+            .iter()
+            .filter_map(|r| Some((r.tag.clone()?, r.counters.clone())))
+            .collect()
+    }
+
+    /// Evicts what is past its ring's maximum age.
+    fn prune(&mut self) {
+        let now = now_micros();
+        for ring in &mut self.classes {
+            ring.prune(now);
         }
     }
 
-    /// Numbers `envelope`, keeps it in `ring` and returns it shared.
+    /// Numbers `envelope`, keeps it in the rings it belongs to and returns it shared.
     fn number(&mut self, mut envelope: Envelope, event: bool) -> Arc<Envelope> {
         envelope.position = Position::new(0, 0, self.next_seq);
         self.next_seq += 1;
         let envelope = Arc::new(envelope);
-        let ring = if event {
-            &mut self.events
-        } else {
-            &mut self.updates
-        };
-        ring.push(envelope.clone());
+        if event {
+            self.events.push(envelope.clone());
+            return envelope;
+        }
+        let now = envelope.accepted_at_micros;
+        for class in self.retention.classes_of(&envelope.update) {
+            if let Some(ring) = self
+                .classes
+                .iter_mut()
+                .find(|r| r.tag.as_ref() == Some(class.tag()))
+            {
+                ring.push(envelope.clone());
+                ring.prune(now);
+            }
+        }
         envelope
+    }
+
+    /// Applies new rules: rings of classes still named keep their updates, new classes start
+    /// empty (knowing nothing of what was numbered before), the others are dropped.
+    fn set_retention(&mut self, retention: Arc<Retention>) {
+        let numbered = self.next_seq - 1;
+        let mut old: Vec<Ring> = std::mem::take(&mut self.classes);
+        self.classes = retention
+            .classes()
+            .iter()
+            .map(
+                |class| match old.iter().position(|r| r.tag.as_ref() == Some(class.tag())) {
+                    Some(index) => old.swap_remove(index),
+                    None => Ring::new(Some(class.tag().clone()), class.window(), numbered),
+                },
+            )
+            .collect();
+        self.retention = retention;
     }
 }
 
 impl MemoryTransport {
+    /// The history of the rings covering `classes` after `last_event_id` (see the module docs).
+    async fn history_of(
+        &self,
+        last_event_id: &str,
+        classes: &ClassSet,
+    ) -> Result<HistoryReply, TransportError> {
+        let mut store = self.locked().await;
+        store.prune();
+        // Everything numbered so far was covered by this read, even what the reader has not handed
+        // to the fan-out yet: the caller (registered before asking) would otherwise receive it live
+        // too, the anchor itself included.
+        let high_water = store
+            .next_seq
+            .checked_sub(1)
+            .filter(|&seq| seq > 0)
+            .map(|seq| vec![Position::new(0, 0, seq)])
+            .unwrap_or_default();
+        if last_event_id == EARLIEST {
+            self.history_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(HistoryReply {
+                anchor: None,
+                entries: store.after(None, classes),
+                high_water,
+            });
+        }
+        let (counter, reply) = match store.find(last_event_id, classes) {
+            Some(seq) => (
+                &self.history_hits,
+                HistoryReply {
+                    // Something numbered after it was evicted (a shorter window of another class
+                    // the subscriber may match, or of the events): replay what is left, but tell
+                    // the subscriber it may have missed updates.
+                    anchor: store
+                        .complete_after(seq, classes)
+                        .then(|| last_event_id.to_string()),
+                    entries: store.after(Some(seq), classes),
+                    high_water,
+                },
+            ),
+            // Unknown: nothing is replayed, and what was published before the call is history the
+            // caller is told (`earliest`) it may have missed, not live updates.
+            None => (
+                &self.history_misses,
+                HistoryReply {
+                    high_water,
+                    ..HistoryReply::default()
+                },
+            ),
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        Ok(reply)
+    }
+
     async fn store(&self, update: Update, event: bool) -> Result<Position, TransportError> {
         if self.closed.load(Ordering::Relaxed) {
             return Err(TransportError::Closed);
@@ -198,7 +389,7 @@ impl MemoryTransport {
         // Encode the frame before taking the lock; only numbering happens under it.
         let mut envelope = Envelope::new(Position::default(), update, now_micros());
         envelope.trace_context = crate::trace_context::current();
-        let mut store = self.store.lock().await;
+        let mut store = self.locked().await;
         let envelope = store.number(envelope, event);
         let position = envelope.position;
         // Still under the lock, so the reader receives updates in sequence order.
@@ -226,48 +417,35 @@ impl Transport for MemoryTransport {
     }
 
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
-        let store = self.store.lock().await;
-        // Everything numbered so far was covered by this read, even what the reader has not handed
-        // to the fan-out yet: the caller (registered before asking) would otherwise receive it live
-        // too, the anchor itself included.
-        let high_water = store
-            .next_seq
-            .checked_sub(1)
-            .filter(|&seq| seq > 0)
-            .map(|seq| vec![Position::new(0, 0, seq)])
-            .unwrap_or_default();
-        if last_event_id == EARLIEST {
-            self.history_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(HistoryReply {
-                anchor: None,
-                entries: store.after(None),
-                high_water,
-            });
-        }
-        let (counter, reply) = match store.find(last_event_id) {
-            Some(seq) => (
-                &self.history_hits,
-                HistoryReply {
-                    // Something numbered after it was evicted (the other kind's shorter history):
-                    // replay what is left, but tell the subscriber it may have missed updates.
-                    anchor: (store.updates.evicted < seq && store.events.evicted < seq)
-                        .then(|| last_event_id.to_string()),
-                    entries: store.after(Some(seq)),
-                    high_water,
-                },
-            ),
-            // Unknown: nothing is replayed, and what was published before the call is history the
-            // caller is told (`earliest`) it may have missed, not live updates.
-            None => (
-                &self.history_misses,
-                HistoryReply {
-                    high_water,
-                    ..HistoryReply::default()
-                },
-            ),
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        Ok(reply)
+        self.history_of(last_event_id, &ClassSet::All).await
+    }
+
+    async fn history_within(
+        &self,
+        last_event_id: &str,
+        interest: &Interest,
+        scope: &Scope,
+    ) -> Result<HistoryReply, TransportError> {
+        let _ = interest;
+        let classes = self.locked().await.retention.classes_for(scope);
+        self.history_of(last_event_id, &classes).await
+    }
+
+    fn set_retention(&self, retention: Arc<Retention>) {
+        // Applied by the next one to take the store's (async) lock, which this (sync) call cannot.
+        *self.pending.lock() = Some(retention);
+    }
+
+    fn retention_stats(&self) -> Vec<ClassStats> {
+        self.class_counters
+            .lock()
+            .iter()
+            .map(|(class, counters)| ClassStats {
+                class: class.clone(),
+                stored: counters.stored.load(Ordering::Relaxed),
+                held: counters.held.load(Ordering::Relaxed),
+            })
+            .collect()
     }
 
     fn stats(&self) -> TransportStats {
@@ -438,5 +616,202 @@ mod tests {
         t.publish(update("b")).await.unwrap();
         assert!(t.history("a").await.unwrap().entries.is_empty());
         assert!(t.history("earliest").await.unwrap().entries.is_empty());
+    }
+
+    fn on(id: &str, topics: &[&str]) -> Update {
+        Update {
+            topics: topics.iter().map(|t| t.to_string()).collect(),
+            ..update(id)
+        }
+    }
+
+    const DOC: &str = "https://example.com/documents/1";
+    const BUSY: &str = "https://example.com/telemetry/1";
+    const NOTE: &str = "https://example.com/users/1/notifications";
+
+    /// Documents keep 1000, telemetry 3, notifications none; the rest 2.
+    fn rules(t: &MemoryTransport) {
+        let rule = |topic: &str, length: usize| crate::retention::Rule {
+            selectors: vec![quicksilver_protocol::Selector::compile(topic).unwrap()],
+            window: Window {
+                length,
+                max_age: None,
+            },
+        };
+        t.set_retention(Arc::new(
+            Retention::new(
+                Window {
+                    length: 2,
+                    max_age: None,
+                },
+                vec![
+                    rule("https://example.com/documents/{id}", 1000),
+                    rule("https://example.com/telemetry/{id}", 3),
+                    rule("https://example.com/users/{id}/notifications", 0),
+                ],
+            )
+            .unwrap(),
+        ));
+    }
+
+    async fn within(t: &MemoryTransport, id: &str, scope: crate::Scope) -> HistoryReply {
+        let interest = t.interest(&scope).await.unwrap();
+        t.history_within(id, &interest, &scope).await.unwrap()
+    }
+
+    fn topics(list: &[&str]) -> crate::Scope {
+        crate::Scope::Topics(list.iter().map(|t| t.to_string()).collect())
+    }
+
+    #[tokio::test]
+    async fn a_busy_short_class_never_pushes_a_long_one_out() {
+        let t = MemoryTransport::new(2);
+        rules(&t);
+        t.publish(on("d1", &[DOC])).await.unwrap();
+        t.publish(on("d2", &[DOC])).await.unwrap();
+        for i in 0..100 {
+            t.publish(on(&format!("b{i}"), &[BUSY])).await.unwrap();
+            t.publish(on(&format!("o{i}"), &["https://example.com/other"]))
+                .await
+                .unwrap();
+        }
+        let doc = within(&t, "d1", topics(&[DOC])).await;
+        assert_eq!(ids(&doc), vec!["d2"]);
+        assert_eq!(doc.anchor.as_deref(), Some("d1"));
+        // Its window is its own: the busy class kept its last 3, the default its last 2.
+        assert_eq!(
+            ids(&within(&t, EARLIEST, topics(&[BUSY])).await),
+            vec!["b97", "b98", "b99"]
+        );
+        assert_eq!(
+            ids(&t.history("d2").await.unwrap()),
+            vec!["b97", "b98", "o98", "b99", "o99"],
+            "every class, in publication order"
+        );
+        // A subscriber that may match the busy topic too missed some of it: told so.
+        assert_eq!(within(&t, "d1", topics(&[DOC, BUSY])).await.anchor, None);
+        // Out of its class's window: unknown.
+        let gone = within(&t, "b50", topics(&[BUSY])).await;
+        assert!(gone.anchor.is_none() && gone.entries.is_empty());
+        let mut stats: Vec<(String, u64, u64)> = t
+            .retention_stats()
+            .into_iter()
+            .map(|s| (s.class.to_string(), s.stored, s.held))
+            .collect();
+        stats.sort();
+        assert_eq!(
+            stats,
+            vec![
+                ("n0".into(), 0, 0),
+                ("n1000".into(), 2, 2),
+                ("n2".into(), 100, 2),
+                ("n3".into(), 100, 3)
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_class_of_length_zero_replays_nothing_and_an_update_lives_in_each_topics_class() {
+        let t = MemoryTransport::new(10);
+        rules(&t);
+        t.publish(on("n1", &[NOTE])).await.unwrap();
+        t.publish(on("both", &[NOTE, DOC])).await.unwrap();
+        t.publish(on("n2", &[NOTE])).await.unwrap();
+        let notes = within(&t, EARLIEST, topics(&[NOTE])).await;
+        assert!(notes.entries.is_empty());
+        assert!(within(&t, "n1", topics(&[NOTE])).await.anchor.is_none());
+        // Kept for its alternate topic's class, and replayed once to whoever reads both.
+        assert_eq!(
+            ids(&within(&t, EARLIEST, topics(&[DOC])).await),
+            vec!["both"]
+        );
+        assert_eq!(ids(&t.history(EARLIEST).await.unwrap()), vec!["both"]);
+        // A document subscriber that may match notifications missed n2: told so.
+        let mixed = within(&t, "both", topics(&[DOC, NOTE])).await;
+        assert!(mixed.anchor.is_none() && mixed.entries.is_empty());
+        let doc = within(&t, "both", topics(&[DOC])).await;
+        assert_eq!(doc.anchor.as_deref(), Some("both"));
+        // A template over documents does not read the notifications class.
+        let template = crate::Scope::Matching {
+            topics: vec![],
+            prefixes: vec!["https://example.com/documents/".into()],
+        };
+        assert_eq!(
+            within(&t, "both", template).await.anchor.as_deref(),
+            Some("both")
+        );
+    }
+
+    #[tokio::test]
+    async fn a_maximum_age_drops_old_updates() {
+        let t = MemoryTransport::new(10);
+        t.set_retention(Arc::new(
+            Retention::new(
+                Window {
+                    length: 10,
+                    max_age: None,
+                },
+                vec![crate::retention::Rule {
+                    selectors: vec![quicksilver_protocol::Selector::compile(DOC).unwrap()],
+                    window: Window {
+                        length: 10,
+                        max_age: Some(std::time::Duration::from_millis(50)),
+                    },
+                }],
+            )
+            .unwrap(),
+        ));
+        t.publish(on("old", &[DOC])).await.unwrap();
+        t.publish(on("kept", &["t"])).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        t.publish(on("new", &[DOC])).await.unwrap();
+        assert_eq!(
+            ids(&t.history(EARLIEST).await.unwrap()),
+            vec!["kept", "new"]
+        );
+        assert!(t.history("old").await.unwrap().anchor.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reload_keeps_the_classes_whose_window_stays() {
+        let t = MemoryTransport::new(10);
+        rules(&t);
+        t.publish(on("d1", &[DOC])).await.unwrap();
+        t.publish(on("b1", &[BUSY])).await.unwrap();
+        // Documents keep their window under another rule; telemetry gets a new one.
+        let rule = |topic: &str, length: usize| crate::retention::Rule {
+            selectors: vec![quicksilver_protocol::Selector::compile(topic).unwrap()],
+            window: Window {
+                length,
+                max_age: None,
+            },
+        };
+        t.set_retention(Arc::new(
+            Retention::new(
+                Window {
+                    length: 10,
+                    max_age: None,
+                },
+                vec![
+                    rule("https://example.com/{kind}/1", 1000),
+                    rule("https://example.com/telemetry/{id}", 7),
+                ],
+            )
+            .unwrap(),
+        ));
+        t.publish(on("d2", &[DOC])).await.unwrap();
+        t.publish(on("b2", &[BUSY])).await.unwrap();
+        let doc = within(&t, "d1", topics(&[DOC])).await;
+        // (Not filtered by topic: BUSY is a documents-class topic now, `{kind}/1`.)
+        assert_eq!(
+            (ids(&doc), doc.anchor.as_deref()),
+            (vec!["d2", "b2"], Some("d1"))
+        );
+        // Its old class is gone, and with it b1.
+        assert!(within(&t, "b1", topics(&[BUSY])).await.anchor.is_none());
+        assert_eq!(
+            ids(&t.history(EARLIEST).await.unwrap()),
+            vec!["d1", "d2", "b2"]
+        );
     }
 }

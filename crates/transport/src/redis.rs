@@ -71,6 +71,21 @@
 //! [`HistoryReply::high_water`] lists, per partition read, the newest position the read covered, so
 //! the server's replay-then-live filter also drops live updates the read covered but did not return.
 //!
+//! # Retention per topic
+//! With retention rules (see [`crate::retention`]) a partition's stream only carries updates to
+//! the readers: it is trimmed to `MIN_STREAM_LEN` (1000) entries, what a reader that fell behind
+//! needs. History lives beside it, in one stream per retention class and partition,
+//! `<stream>:retain:<class>` in the partition's hash slot. One script stores an update in the
+//! partition's stream (with an `r` field naming its classes) and in the stream of each class of
+//! its topics that keeps history, under the same stream id, each trimmed to its own length
+//! (`MAXLEN ~`) and age (`MINID ~`, and a `PEXPIRE` of the age plus a minute, so a class left alone
+//! does not outlive its window); a class of length 0 costs nothing. A busy class trims only
+//! itself. Positions are the partition stream's in every class, so replay-then-live, the
+//! high-water marks and the resume rules above hold unchanged. Readers fill one tail cache per
+//! class from the `r` field (warmed from the class streams), and history reads the classes a
+//! subscriber may match (see `history`). Without rules nothing of this exists: the partition's
+//! stream is the history, as before.
+//!
 //! # Stream epochs: knowing when history was lost
 //! Beside each stream lives a marker, `<stream>:epoch` (in the stream's hash slot), holding a random
 //! value set with `SET NX` when the stream is first used. If Redis restarts without persistence, or
@@ -95,9 +110,11 @@
 //! - `connection` and `pool`: plain or cluster connections, timeouts, the shared connections.
 //! - `commands`: the Redis commands sent and their replies.
 //! - `interest`: which partitions this node reads; starting and stopping their readers.
-//! - `reader`: one partition's reader task. `cache`: the tail cache it fills.
+//! - `reader`: one partition's reader task. `cache`: the tail caches it fills (one per retention
+//!   class with rules).
 //! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
 //! - `status`: readiness flags and [`RedisStats`].
+//! - `script`: Lua scripts sent by digest (`EVALSHA`), for the limiter.
 
 mod cache;
 mod commands;
@@ -109,10 +126,11 @@ mod interest;
 mod keys;
 pub(crate) mod pool;
 mod reader;
+pub(crate) mod script;
 mod singleflight;
 mod status;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -130,7 +148,7 @@ pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryErr
 pub use keys::{crc16, hash_slot};
 pub use status::RedisStats;
 
-use cache::TailCache;
+use cache::StreamHistory;
 use config::Settings;
 use connection::{CallError, Connector};
 use interest::{Hold, Readers};
@@ -139,10 +157,14 @@ use pool::ConnectionPool;
 use singleflight::SingleFlight;
 use status::{Counters, Health, ReaderState};
 
+use crate::retention::{Class, Retention, Window};
 use crate::{
     now_micros, HistoryReply, Interest, Scope, Transport, TransportError, TransportStats,
     UpdateSink,
 };
+
+/// How much longer than its maximum age a retention class's stream lives after its last write.
+const CLASS_EXPIRY_SLACK_MS: u64 = 60_000;
 
 /// How often the shared connections are checked with `PING` for readiness.
 const PING_EVERY: Duration = Duration::from_secs(1);
@@ -174,10 +196,14 @@ pub(crate) struct Shared {
     pub(crate) pool: Arc<ConnectionPool>,
     /// Opens readers' own connections, whose response timeout covers a blocking read.
     reader_connector: Connector,
-    /// Index = partition, then one more for the subscription events (index `partitions`). A
-    /// blocking lock: only the reader writes, history reads copy a slice; no `.await` happens while
-    /// it is held.
-    caches: Vec<RwLock<TailCache>>,
+    /// Index = partition, then one more for the subscription events (index `partitions`): the
+    /// tail caches each reader fills (one per retention class with rules). A blocking lock: only
+    /// the reader writes, history reads copy slices; no `.await` happens while it is held.
+    caches: Vec<RwLock<StreamHistory>>,
+    /// The retention rules publishes follow (see `crate::retention`); replaced on reload.
+    retention: RwLock<Arc<Retention>>,
+    /// Per retention class in force, the updates this node published in it (for metrics).
+    published: RwLock<Vec<(Arc<str>, Arc<AtomicU64>)>>,
     /// Index = partition: entries stored but not yet read by that partition's reader, as last
     /// measured (0 whenever a read returned less than a full batch: the reader is caught up).
     lags: Vec<std::sync::atomic::AtomicU64>,
@@ -193,6 +219,19 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
+    /// The retention rules in force.
+    pub(crate) fn retention(&self) -> Arc<Retention> {
+        self.retention.read().clone()
+    }
+
+    /// The tail cache capacity of a history that retains `length` entries.
+    pub(crate) fn cache_capacity(&self, length: usize) -> usize {
+        self.settings
+            .tail_cache_size
+            .unwrap_or(length.min(DEFAULT_TAIL_CACHE_CAP))
+            .min(length)
+    }
+
     /// The partition index of subscription events' positions (one past the update partitions).
     pub(crate) fn events_partition(&self) -> u16 {
         self.settings.partitions
@@ -209,8 +248,10 @@ impl Shared {
     /// Redis), its position and lag cleared.
     pub(crate) fn forget(&self, partition: u16) {
         for index in self.streams_of(partition) {
-            if let Some(cache) = self.caches.get(index) {
-                cache.write().reset(Vec::new(), false);
+            if let Some(history) = self.caches.get(index) {
+                let mut history = history.write();
+                history.read = None;
+                history.reset(false);
             }
             if let Some(progress) = self.progress.get(index) {
                 progress.send_replace(None);
@@ -240,8 +281,8 @@ impl RedisTransport {
         let pool_connector = Connector::new(&settings, settings.command_timeout)?;
         let reader_connector =
             Connector::new(&settings, settings.block + settings.command_timeout)?;
+        let stream_keys = keys::stream_keys(&settings.prefix, settings.partitions);
         let shared = Shared {
-            keys: keys::stream_keys(&settings.prefix, settings.partitions),
             pool: Arc::new(ConnectionPool::new(
                 pool_connector,
                 settings.pool_size,
@@ -251,18 +292,38 @@ impl RedisTransport {
             lags: (0..settings.partitions)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
                 .collect(),
-            caches: (0..settings.partitions)
-                .map(|_| {
-                    RwLock::new(TailCache::new(
+            caches: stream_keys
+                .iter()
+                .map(|k| {
+                    RwLock::new(StreamHistory::single(
+                        k.stream.clone(),
+                        settings.history_size,
+                        settings.max_age,
                         settings.cache_capacity,
                         settings.history_max_bytes,
                     ))
                 })
-                .chain(std::iter::once(RwLock::new(TailCache::new(
+                .chain(std::iter::once(RwLock::new(StreamHistory::single(
+                    stream_keys[0].events.clone(),
+                    settings.event_history,
+                    settings.max_age,
                     settings.event_cache_capacity,
                     settings.history_max_bytes,
                 ))))
                 .collect(),
+            retention: RwLock::new(Arc::new(Retention::global(Window {
+                length: settings.history_size,
+                max_age: settings.max_age,
+            }))),
+            published: RwLock::new(vec![(
+                Window {
+                    length: settings.history_size,
+                    max_age: settings.max_age,
+                }
+                .tag()
+                .into(),
+                Arc::default(),
+            )]),
             health: Health::new(settings.partitions),
             counters: Counters::default(),
             flights: SingleFlight::new(),
@@ -270,6 +331,7 @@ impl RedisTransport {
                 .map(|_| tokio::sync::watch::channel(None).0)
                 .collect(),
             scans: tokio::sync::Semaphore::new(settings.max_history_scans),
+            keys: stream_keys,
             settings,
         };
         let shared = Arc::new(shared);
@@ -294,7 +356,7 @@ impl RedisTransport {
     pub fn partitions_for(&self, scope: &Scope) -> Vec<u16> {
         let partitions = self.shared.settings.partitions;
         match scope {
-            Scope::All => (0..partitions).collect(),
+            Scope::All | Scope::Matching { .. } => (0..partitions).collect(),
             Scope::Topics(topics) => {
                 let mut out: Vec<u16> = topics
                     .iter()
@@ -313,11 +375,70 @@ impl RedisTransport {
         self.readers.reading()
     }
 
-    /// Stores `payload` in `partition`; the position, or why not.
-    async fn store(&self, partition: u16, payload: &[u8]) -> Result<Position, TransportError> {
+    /// Stores `payload` in `partition` and in the history streams there of `classes` (the
+    /// retention classes of the update's topics in this partition; empty without rules); the
+    /// position, or why not.
+    async fn store(
+        &self,
+        partition: u16,
+        payload: &[u8],
+        classes: &[&Class],
+    ) -> Result<Position, TransportError> {
         let shared = &self.shared;
         let settings = &shared.settings;
-        let key = &shared.keys[usize::from(partition)].stream;
+        let keys = &shared.keys[usize::from(partition)];
+        let key = &keys.stream;
+        if !classes.is_empty() {
+            // The partition's stream only has to cover its readers' lag: history is in the classes'
+            // streams, each trimmed to its own window in the same script.
+            let tags: Vec<&str> = classes.iter().map(|c| &**c.tag()).collect();
+            let names: Vec<String> = classes
+                .iter()
+                .filter(|c| c.keeps_history())
+                .map(|c| keys.class(c.tag()))
+                .collect();
+            let now_ms = now_micros() / 1_000;
+            let streams: Vec<commands::ClassStream<'_>> = classes
+                .iter()
+                .filter(|c| c.keeps_history())
+                .zip(&names)
+                .map(|(class, name)| {
+                    let window = class.window();
+                    let age_ms = window.max_age.map(|a| a.as_millis() as u64);
+                    commands::ClassStream {
+                        key: name,
+                        max_len: window.length,
+                        min_ms: age_ms.map(|a| now_ms.saturating_sub(a)),
+                        // Everything in it is past its age by then: let Redis drop it if no
+                        // publish comes to trim it.
+                        expire_ms: age_ms.map(|a| a + CLASS_EXPIRY_SLACK_MS),
+                    }
+                })
+                .collect();
+            let stored = commands::xadd_retained(
+                &shared.pool,
+                key,
+                config::MIN_STREAM_LEN,
+                payload,
+                &tags.join(","),
+                &streams,
+            )
+            .await;
+            let stored = self.stored(partition, stored);
+            if stored.is_ok() {
+                let published = shared.published.read();
+                for (class, count) in published.iter() {
+                    if tags.contains(&&**class) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            return stored;
+        }
+        if let Some((_, count)) = shared.published.read().first() {
+            // Without rules, the default class.
+            count.fetch_add(1, Ordering::Relaxed);
+        }
         let xadd = commands::xadd(key, settings.stream_len, payload);
         let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
             None => shared.pool.query(&xadd).await,
@@ -376,6 +497,19 @@ impl RedisTransport {
         Arc::new(crate::revocations::RedisRevocations::new(
             self.shared.pool.clone(),
             &self.shared.settings.prefix,
+        ))
+    }
+
+    /// The cluster-wide limiter of rates and connection caps, on this transport's shared
+    /// connections and key prefix (see [`crate::limits::redis`]).
+    pub fn limiter(
+        &self,
+        options: crate::limits::redis::LimiterOptions,
+    ) -> Arc<crate::RedisLimiter> {
+        Arc::new(crate::RedisLimiter::new(
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
+            options,
         ))
     }
 
@@ -456,9 +590,24 @@ impl Transport for RedisTransport {
             .iter()
             .map(|t| keys::partition_of(t, partitions))
             .collect();
+        let retention = self.shared.retention();
+        // The retention classes of the topics stored in `partition` (none without rules).
+        let classes_in = |partition: u16| -> Vec<&Class> {
+            if !retention.has_rules() {
+                return Vec::new();
+            }
+            retention.classes_of_topics(
+                update
+                    .topics
+                    .iter()
+                    .zip(&copies)
+                    .filter(|(_, &p)| p == partition)
+                    .map(|(t, _)| t.as_str()),
+            )
+        };
         if copies.iter().all(|&p| p == home) {
             let payload = self.encode(&update, None)?;
-            return self.store(home, &payload).await;
+            return self.store(home, &payload, &classes_in(home)).await;
         }
         // Stored once per partition of its topics (see "Alternate topics"), all copies at once;
         // acknowledged when every copy is stored, its position the canonical topic's copy's.
@@ -466,8 +615,14 @@ impl Transport for RedisTransport {
         let mut targets = copies.clone();
         targets.sort_unstable();
         targets.dedup();
-        let stored =
-            futures_util::future::join_all(targets.iter().map(|&p| self.store(p, &payload))).await;
+        let classes: Vec<Vec<&Class>> = targets.iter().map(|&p| classes_in(p)).collect();
+        let stored = futures_util::future::join_all(
+            targets
+                .iter()
+                .zip(&classes)
+                .map(|(&p, classes)| self.store(p, &payload, classes)),
+        )
+        .await;
         let mut home_position = None;
         for (partition, result) in targets.iter().zip(stored) {
             let position = result?;
@@ -503,15 +658,83 @@ impl Transport for RedisTransport {
     async fn history(&self, last_event_id: &str) -> Result<HistoryReply, TransportError> {
         // Every stream: sound only while every reader runs, so hold them all meanwhile.
         let interest = self.interest(&Scope::All).await?;
-        self.history_within(last_event_id, &interest).await
+        self.history_within(last_event_id, &interest, &Scope::All)
+            .await
     }
 
     async fn history_within(
         &self,
         last_event_id: &str,
         interest: &Interest,
+        scope: &Scope,
     ) -> Result<HistoryReply, TransportError> {
-        history::history(&self.shared, last_event_id, interest.streams()).await
+        let classes = self.shared.retention().classes_for(scope);
+        let reach = history::Reach {
+            streams: interest.streams(),
+            classes: &classes,
+        };
+        history::history(&self.shared, last_event_id, reach).await
+    }
+
+    fn set_retention(&self, retention: Arc<Retention>) {
+        let shared = &self.shared;
+        // Caches first: an update stored under the new rules then finds its class's cache.
+        for (keys, history) in shared.keys.iter().zip(&shared.caches) {
+            history.write().set_retention(
+                &retention,
+                &keys.stream,
+                |tag| keys.class(tag),
+                |length| shared.cache_capacity(length),
+                shared.settings.history_max_bytes,
+            );
+        }
+        {
+            let mut published = shared.published.write();
+            let kept = std::mem::take(&mut *published);
+            *published = retention
+                .classes()
+                .iter()
+                .map(|class| {
+                    let count = kept
+                        .iter()
+                        .find(|(tag, _)| tag == class.tag())
+                        .map_or_else(Arc::default, |(_, count)| count.clone());
+                    (class.tag().clone(), count)
+                })
+                .collect();
+        }
+        *shared.retention.write() = retention;
+    }
+
+    fn retention_stats(&self) -> Vec<crate::ClassStats> {
+        let shared = &self.shared;
+        let rules = shared.retention().has_rules();
+        let published = shared.published.read().clone();
+        published
+            .into_iter()
+            .map(|(class, count)| {
+                let held: usize = shared.caches[..usize::from(shared.settings.partitions)]
+                    .iter()
+                    .map(|history| {
+                        history
+                            .read()
+                            .caches
+                            .iter()
+                            .filter(|c| match &c.class {
+                                Some(tag) => *tag == class,
+                                None => !rules,
+                            })
+                            .map(|c| c.cache.len())
+                            .sum::<usize>()
+                    })
+                    .sum();
+                crate::ClassStats {
+                    class,
+                    stored: count.load(Ordering::Relaxed),
+                    held: held as u64,
+                }
+            })
+            .collect()
     }
 
     async fn interest(&self, scope: &Scope) -> Result<Interest, TransportError> {

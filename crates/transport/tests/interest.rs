@@ -146,7 +146,7 @@ async fn a_reader_started_late_misses_nothing_for_the_subscriber_that_started_it
         // As the server does: registered (the channel), then interest, then history.
         let interest = t.interest(&exact(&[&topic])).await.expect("interest");
         let history = t
-            .history_within("before", &interest)
+            .history_within("before", &interest, &exact(&[&topic]))
             .await
             .expect("history");
         assert_eq!(history.anchor.as_deref(), Some("before"));
@@ -201,7 +201,10 @@ async fn an_idle_reader_stops_after_its_linger_and_starts_again_afresh() {
         assert!(drain(&mut rx, Duration::from_millis(300)).await.is_empty());
         // Started again: "b" is history, what follows is live.
         let interest = t.interest(&exact(&[&topic])).await.expect("interest");
-        let history = t.history_within("a", &interest).await.expect("history");
+        let history = t
+            .history_within("a", &interest, &exact(&[&topic]))
+            .await
+            .expect("history");
         let replayed: Vec<&str> = history
             .entries
             .iter()
@@ -287,7 +290,7 @@ async fn alternate_topics_reach_each_subscriber_once_from_its_own_partition() {
             .await
             .expect("interest");
         let history = alternate_node
-            .history_within("both", &interest)
+            .history_within("both", &interest, &exact(&[&alternate]))
             .await
             .expect("history");
         let replayed: BTreeSet<&str> = history
@@ -297,7 +300,7 @@ async fn alternate_topics_reach_each_subscriber_once_from_its_own_partition() {
             .collect();
         assert_eq!(replayed, BTreeSet::from(["last"]));
         let from_first = alternate_node
-            .history_within("first", &interest)
+            .history_within("first", &interest, &exact(&[&alternate]))
             .await
             .expect("history");
         let replayed: Vec<&str> = from_first

@@ -66,6 +66,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use crate::metrics::LatencyHistogram;
 use axum::Router;
 use bytes::{Buf, Bytes};
 use http_body::Body as _;
@@ -75,7 +76,6 @@ use hyper_util::server::conn::auto;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use quicksilver_fanout::{now_ms, CutOff};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -124,7 +124,7 @@ pub struct ConnectionMetrics {
     /// Connections closed after `--idle-timeout` without a request in progress.
     pub idle_closed: Counter,
     /// Accept-to-write latency of live updates the fan-out writes to lean sockets directly.
-    pub delivery_latency: Option<Histogram>,
+    pub delivery_latency: Option<LatencyHistogram>,
     /// The TLS listener's handshakes and certificate reloads.
     pub tls: crate::tls::TlsMetrics,
 }
@@ -264,24 +264,24 @@ pub async fn serve(
         };
         // Updates are small and latency matters more than packet count: no Nagle delay.
         let _ = stream.set_nodelay(true);
-        let open = open.clone();
         open.inc();
+        // Released however the task ends.
+        let held = Held {
+            open: open.clone(),
+            _slot: slot,
+        };
         let shared = shared.clone();
-        tracker.spawn(async move {
-            match &shared.options.tls {
-                None => {
-                    let first_head = shared.options.header_read_timeout;
-                    // Shared with the shard of whichever subscriber it carries (direct writes).
-                    let latency = shared.metrics.delivery_latency.clone();
-                    let socket = SharedSocket(LeanSocket::new(stream, latency));
-                    connection(socket, Peer(peer), &shared, first_head).await;
-                }
-                // Boxed: a plain connection's task keeps no room for a TLS session.
-                Some(tls) => Box::pin(tls_connection(stream, Peer(peer), &shared, tls)).await,
-            }
-            drop::<Option<ClientSlot>>(slot);
-            open.dec();
-        });
+        // Two kinds of task, so a plain connection's task keeps no room for a TLS session.
+        if shared.options.tls.is_none() {
+            let first_head = shared.options.header_read_timeout;
+            // Shared with the shard of whichever subscriber it carries (direct writes).
+            let latency = shared.metrics.delivery_latency.clone();
+            let socket = SharedSocket(LeanSocket::new(stream, latency));
+            tracker.spawn(connection(socket, Peer(peer), shared, first_head, held));
+        } else {
+            // Boxed: the handshake's state.
+            tracker.spawn(Box::pin(tls_connection(stream, Peer(peer), shared, held)));
+        }
     }
     drop(listener);
     shared.shutdown.cancel();
@@ -291,6 +291,19 @@ pub async fn serve(
         () = tokio::time::sleep(grace) => {
             tracing::warn!("connections still open after the shutdown grace period");
         }
+    }
+}
+
+/// What an open connection holds until its task ends: its place in the open-connection count and,
+/// when counted per client address, its client's slot.
+struct Held {
+    open: Gauge,
+    _slot: Option<ClientSlot>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.open.dec();
     }
 }
 
@@ -454,7 +467,10 @@ async fn handshake(stream: TcpStream, tls: &Tls) -> Handshake {
 /// The handshake counts against the header read timeout: a client that opens a connection and
 /// never finishes its handshake holds a socket and a task exactly like one that never sends its
 /// head, so the handshake and the first request head share one deadline.
-async fn tls_connection(stream: TcpStream, peer: Peer, shared: &ServeContext, tls: &Tls) {
+async fn tls_connection(stream: TcpStream, peer: Peer, shared: Arc<ServeContext>, held: Held) {
+    let Some(tls) = &shared.options.tls else {
+        return;
+    };
     let limit = shared.options.header_read_timeout;
     let started = tokio::time::Instant::now();
     // Boxed: the handshake's state is freed once it is done.
@@ -481,9 +497,9 @@ async fn tls_connection(stream: TcpStream, peer: Peer, shared: &ServeContext, tl
     let first_head = limit.map(|limit| limit.saturating_sub(started.elapsed()));
     if socket.alpn_protocol() == Some(crate::tls::ALPN_H2) {
         let io = Rewind::new(socket, Bytes::new());
-        Box::pin(serve_hyper(io, peer, shared, first_head)).await;
+        Box::pin(serve_hyper(io, peer, &shared, first_head)).await;
     } else {
-        connection(socket, peer, shared, first_head).await;
+        connection(socket, peer, shared.clone(), first_head, held).await;
     }
 }
 
@@ -499,83 +515,149 @@ impl<S: Socket + AsyncRead + Send + 'static> ClientSocket for S {}
 /// in (reading the head under its timeout, routing, encoding the response head) runs in boxed
 /// futures freed before the stream starts, and the stream itself is written by [`StreamWriter`], a
 /// hand-written future of a few words.
-async fn connection<S: ClientSocket>(
+#[allow(clippy::manual_async_fn)] // On purpose: see the first comment.
+fn connection<S: ClientSocket>(
     mut stream: S,
     peer: Peer,
-    shared: &ServeContext,
+    shared: Arc<ServeContext>,
     first_head: Option<Duration>,
-) {
-    let mut read = Vec::new();
-    let mut kept_alive = false;
-    loop {
-        // The first head within `first_head` (the header read timeout, less the TLS handshake);
-        // a kept-alive connection's next one within the header read timeout, and within the idle
-        // timeout too, when that is shorter.
-        let options = &shared.options;
-        let head_timeout = match (
-            kept_alive,
-            options.header_read_timeout,
-            options.idle_timeout,
-        ) {
-            (true, Some(a), Some(b)) => Some(a.min(b)),
-            (true, a, b) => a.or(b),
-            (false, _, _) => first_head,
-        };
-        let next = Box::pin(next_head(
-            &mut stream,
-            std::mem::take(&mut read),
-            head_timeout,
-        ))
-        .await;
-        let mut request = match next {
-            None => return,
-            Some(NextRequest::Lean { request, rest }) => {
-                read = rest;
-                request
-            }
-            Some(NextRequest::Hyper(read)) => {
-                // Boxed so that a lean stream's task does not carry room for hyper's state.
-                let io = Rewind::new(stream, read);
-                Box::pin(serve_hyper(io, peer, shared, head_timeout)).await;
+    held: Held,
+) -> impl Future<Output = ()> + Send {
+    // Not an `async fn`: its arguments would be moved into locals and kept twice in the task's
+    // state (once where the call left them); an `async move` block keeps what it captures once.
+    async move {
+        let _held = held;
+        let shared = &*shared;
+        let mut read = Vec::new();
+        let mut kept_alive = false;
+        loop {
+            // Everything up to the stream runs in one boxed future, freed before the stream
+            // starts: only the writer and this loop's few locals stay while it lasts.
+            let next = Box::pin(next_stream(
+                &mut stream,
+                peer,
+                shared,
+                std::mem::take(&mut read),
+                if kept_alive {
+                    head_timeout(shared)
+                } else {
+                    first_head
+                },
+            ))
+            .await;
+            let keep_alive = match next {
+                Next::Close => return,
+                Next::Hyper(prefix, request_within) => {
+                    // Boxed so that a lean stream's task does not carry room for hyper's state.
+                    let io = Rewind::new(stream, prefix);
+                    Box::pin(serve_hyper(io, peer, shared, request_within)).await;
+                    return;
+                }
+                Next::Answered { keep_alive, rest } => {
+                    read = rest;
+                    keep_alive
+                }
+                Next::Stream(mut stream_out) => {
+                    let keep_alive = stream_out.keep_alive;
+                    read = std::mem::take(&mut stream_out.rest);
+                    (*stream_out).writer(&mut stream).await.is_ok() && keep_alive
+                }
+            };
+            if !keep_alive || shared.shutdown.is_cancelled() {
+                let _ = stream.shutdown().await;
                 return;
             }
-        };
-        request.extensions_mut().insert(peer);
-        // Built in a block of its own, so nothing of the answer but the writer stays in this
-        // task's state while the stream lasts (what every idle subscriber costs).
-        let (writer, keep_alive) = match Box::pin(respond(&mut stream, shared, request)).await {
-            Ok(Answer::Done { keep_alive }) => (None, keep_alive),
-            Ok(Answer::Stream {
-                head,
-                body,
-                cut_off,
-                keep_alive,
-            }) => (Some((head, body, cut_off)), keep_alive),
-            Err(_) => (None, false),
-        };
-        let keep_alive = match writer {
-            Some((head, body, cut_off)) => {
-                // A socket the fan-out can write to is lent to the subscriber's shard while the
-                // stream lasts; the subscriber's end (with the writer's) takes it back.
-                let direct = match (&cut_off, stream.direct_sink()) {
-                    (Some(cut_off), Some(sink)) => {
-                        cut_off.direct_writes().attach(sink);
-                        true
-                    }
-                    _ => false,
-                };
-                StreamWriter::new(&mut stream, head, body, cut_off, direct)
-                    .await
-                    .is_ok()
-                    && keep_alive
-            }
-            None => keep_alive,
-        };
-        if !keep_alive || shared.shutdown.is_cancelled() {
-            let _ = stream.shutdown().await;
-            return;
+            kept_alive = true;
         }
-        kept_alive = true;
+    }
+}
+
+/// A kept-alive connection's next head is due within the header read timeout, and within the
+/// idle timeout too, when that is shorter.
+fn head_timeout(shared: &ServeContext) -> Option<Duration> {
+    match (
+        shared.options.header_read_timeout,
+        shared.options.idle_timeout,
+    ) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// What a lean connection does after its next request head (see [`next_stream`]).
+enum Next {
+    /// The client left, took too long, or the connection cannot go on.
+    Close,
+    /// A request for hyper, with the bytes read so far and the time hyper has for its head.
+    Hyper(Bytes, Option<Duration>),
+    /// The request was answered in full; what the client sent after it.
+    Answered { keep_alive: bool, rest: Vec<u8> },
+    /// A streamed response to write.
+    Stream(Box<StreamOut>),
+}
+
+/// A streamed response ready for [`StreamWriter`], and what the client sent after its request.
+struct StreamOut {
+    head: Vec<u8>,
+    body: axum::body::Body,
+    cut_off: Option<CutOff>,
+    keep_alive: bool,
+    rest: Vec<u8>,
+}
+
+impl StreamOut {
+    /// The writer of this response to `stream`. A socket the fan-out can write to is lent to the
+    /// subscriber's shard while the stream lasts; the subscriber's end (with the writer's) takes
+    /// it back.
+    fn writer<S: ClientSocket>(self, stream: &mut S) -> StreamWriter<'_, S> {
+        let Self {
+            head,
+            body,
+            cut_off,
+            ..
+        } = self;
+        let direct = match (&cut_off, stream.direct_sink()) {
+            (Some(cut_off), Some(sink)) => {
+                cut_off.direct_writes().attach(sink);
+                true
+            }
+            _ => false,
+        };
+        StreamWriter::new(stream, head, body, cut_off, direct)
+    }
+}
+
+/// Reads the next request head within `timeout` (`read` holds bytes of it read earlier, pipelined
+/// after the previous request) and answers it: in full, or up to the stream [`StreamWriter`]
+/// writes.
+async fn next_stream<S: ClientSocket>(
+    stream: &mut S,
+    peer: Peer,
+    shared: &ServeContext,
+    read: Vec<u8>,
+    timeout: Option<Duration>,
+) -> Next {
+    let (mut request, rest) = match next_head(stream, read, timeout).await {
+        None => return Next::Close,
+        Some(NextRequest::Lean { request, rest }) => (request, rest),
+        Some(NextRequest::Hyper(read)) => return Next::Hyper(read, timeout),
+    };
+    request.extensions_mut().insert(peer);
+    match respond(stream, shared, request).await {
+        Ok(Answer::Done { keep_alive }) => Next::Answered { keep_alive, rest },
+        Ok(Answer::Stream {
+            head,
+            body,
+            cut_off,
+            keep_alive,
+        }) => Next::Stream(Box::new(StreamOut {
+            head,
+            body,
+            cut_off,
+            keep_alive,
+            rest,
+        })),
+        Err(_) => Next::Close,
     }
 }
 

@@ -27,10 +27,11 @@ use axum::response::{IntoResponse, Response};
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderValue, StatusCode};
 use http_body::{Body, Frame, SizeHint};
-use prometheus_client::metrics::histogram::Histogram;
 use quicksilver_fanout::clock::{millis, now_ms};
 use quicksilver_fanout::{CutOff, Resume, Subscriber};
 use quicksilver_protocol::{sse, Envelope};
+
+use crate::metrics::LatencyHistogram;
 
 /// At most this many bytes are gathered into one write.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
@@ -76,7 +77,7 @@ pub struct SubscriberStream {
     resume: Option<Box<Resume>>,
     subscriber: Subscriber,
     /// Accept-to-write latency of live updates, when measured.
-    latency: Option<Histogram>,
+    latency: Option<LatencyHistogram>,
     on_end: Option<Box<dyn FnOnce(EndReason) + Send>>,
 }
 
@@ -118,7 +119,7 @@ impl SubscriberStream {
     }
 
     /// Records, for every live update written, the time since its publishing node accepted it.
-    pub fn with_latency(mut self, histogram: Histogram) -> Self {
+    pub fn with_latency(mut self, histogram: LatencyHistogram) -> Self {
         self.latency = Some(histogram);
         self
     }
@@ -208,10 +209,9 @@ impl SubscriberStream {
 /// Records in `histogram` how long `envelope` took from its acceptance by the publishing node to
 /// `now_micros`, when its acceptance time is known. Both ways out (this body, and the fan-out's
 /// direct writes) measure the same way.
-pub(super) fn observe_latency(histogram: &Histogram, envelope: &Envelope, now_micros: u64) {
+pub(super) fn observe_latency(histogram: &LatencyHistogram, envelope: &Envelope, now_micros: u64) {
     if envelope.accepted_at_micros > 0 {
-        let micros = now_micros.saturating_sub(envelope.accepted_at_micros);
-        histogram.observe(micros as f64 / 1e6);
+        histogram.observe_micros(now_micros.saturating_sub(envelope.accepted_at_micros));
     }
 }
 

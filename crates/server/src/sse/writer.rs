@@ -35,13 +35,13 @@ use std::sync::Arc;
 
 use bytes::{Buf, Bytes};
 use http_body::Body as _;
-use prometheus_client::metrics::histogram::Histogram;
 use quicksilver_fanout::{CutOff, CutOffReason, DirectSink, Sent};
 use quicksilver_protocol::Envelope;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::head;
+use crate::metrics::LatencyHistogram;
 
 /// The socket a [`StreamWriter`] writes to: writable, and able to look at incoming bytes without
 /// taking them.
@@ -69,12 +69,12 @@ pub struct LeanSocket {
     socket: TcpStream,
     /// Accept-to-write latency of live updates written directly, when measured (the body measures
     /// the others).
-    latency: Option<Histogram>,
+    latency: Option<LatencyHistogram>,
 }
 
 impl LeanSocket {
     /// Shares `socket`.
-    pub fn new(socket: TcpStream, latency: Option<Histogram>) -> Arc<Self> {
+    pub fn new(socket: TcpStream, latency: Option<LatencyHistogram>) -> Arc<Self> {
         Arc::new(Self { socket, latency })
     }
 }

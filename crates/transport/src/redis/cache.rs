@@ -8,6 +8,12 @@
 //! X" is a slice of it as soon as X is in it. Event ids are indexed to a running ordinal, so finding
 //! where a subscriber left off is O(1) (a reused id resolves to its earliest retained occurrence, as in
 //! the in-memory transport).
+//!
+//! A reader fills one [`StreamHistory`] per stream it reads: without retention rules one cache, of
+//! the stream itself; with rules one per retention class, each a contiguous run of that class's
+//! history stream (see `crate::retention`), filled from the entries of the reader's stream that
+//! name the class. The caches of one stream sit under one lock with the reader's position, so a
+//! history read takes all of them, and the position they reach together, at one instant.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -15,6 +21,168 @@ use std::sync::Arc;
 use quicksilver_protocol::{Envelope, Position};
 
 use super::history::{before, holds_all_after, Start};
+use crate::retention::{ClassSet, Retention};
+
+/// What a reader fills for one stream it reads (see the module docs), under one lock.
+#[derive(Debug)]
+pub(crate) struct StreamHistory {
+    /// The newest position the reader has read in its stream and cached (`None` before its first
+    /// warm-up, or once it stopped).
+    pub(crate) read: Option<Position>,
+    /// One per history the reader fills.
+    pub(crate) caches: Vec<ClassCache>,
+}
+
+/// The cache of one history stream.
+#[derive(Debug)]
+pub(crate) struct ClassCache {
+    /// The retention class (`None`: the reader's stream is itself the history).
+    pub(crate) class: Option<Arc<str>>,
+    /// The Redis stream holding this history.
+    pub(crate) key: String,
+    /// Entries the stream retains (its history length).
+    pub(crate) retention: usize,
+    /// Entries older than this are dropped (`None`: no age limit).
+    pub(crate) max_age: Option<std::time::Duration>,
+    pub(crate) cache: TailCache,
+}
+
+impl ClassCache {
+    /// Whether a read of `classes` covers this history.
+    pub(crate) fn read_by(&self, classes: &ClassSet) -> bool {
+        self.class
+            .as_deref()
+            .is_none_or(|tag| classes.contains(tag))
+    }
+
+    /// Whether an entry stored for `tags` (its `r` field) belongs here.
+    pub(crate) fn holds(&self, tags: Option<&str>) -> bool {
+        match (&self.class, tags) {
+            (None, _) => true,
+            (Some(class), Some(tags)) => tags.split(',').any(|t| t == &**class),
+            (Some(_), None) => false,
+        }
+    }
+
+    /// Entries older than this are past the maximum age (`None`: no age limit).
+    pub(crate) fn age_cutoff_ms(&self) -> Option<u64> {
+        let age = self.max_age?;
+        Some((crate::now_micros() / 1_000).saturating_sub(age.as_millis() as u64))
+    }
+}
+
+impl StreamHistory {
+    /// A history whose one cache is of the stream `key` itself.
+    pub(crate) fn single(
+        key: String,
+        retention: usize,
+        max_age: Option<std::time::Duration>,
+        capacity: usize,
+        max_bytes: usize,
+    ) -> Self {
+        Self {
+            read: None,
+            caches: vec![ClassCache {
+                class: None,
+                key,
+                retention,
+                max_age,
+                cache: TailCache::new(capacity, max_bytes),
+            }],
+        }
+    }
+
+    /// Where the reader is, once it has read something (an empty stream's zero position says
+    /// nothing a history read could cover).
+    pub(crate) fn reached(&self) -> Option<Position> {
+        self.read.filter(|p| p.ms != 0 || p.seq != 0)
+    }
+
+    /// The caches a read of `classes` covers.
+    pub(crate) fn read_by<'a>(
+        &'a self,
+        classes: &'a ClassSet,
+    ) -> impl Iterator<Item = &'a ClassCache> + 'a {
+        self.caches.iter().filter(move |c| c.read_by(classes))
+    }
+
+    /// Appends an entry the reader read, to every cache it belongs to (`tags`: its `r` field).
+    pub(crate) fn push(&mut self, entry: &Arc<Envelope>, tags: Option<&str>) {
+        for cache in &mut self.caches {
+            if cache.holds(tags) {
+                cache.cache.push(entry.clone());
+                if let Some(cutoff) = cache.age_cutoff_ms() {
+                    cache.cache.prune_older_than(cutoff);
+                }
+            }
+        }
+    }
+
+    /// Empties every cache; `complete`: the streams hold nothing older than what comes next.
+    pub(crate) fn reset(&mut self, complete: bool) {
+        for cache in &mut self.caches {
+            cache.cache.reset(Vec::new(), complete);
+        }
+    }
+
+    /// Makes the caches those of `retention` (for a reader's updates stream whose key is
+    /// `stream`, whose classes' streams are named by `class_key`): without rules one cache of the
+    /// stream itself, with rules one per class. Caches of classes still named are kept; new ones
+    /// start empty, holding whatever the reader reads from now on.
+    pub(crate) fn set_retention(
+        &mut self,
+        retention: &Retention,
+        stream: &str,
+        class_key: impl Fn(&str) -> String,
+        capacity: impl Fn(usize) -> usize,
+        max_bytes: usize,
+    ) {
+        let mut old = std::mem::take(&mut self.caches);
+        let mut take = |class: Option<&Arc<str>>| {
+            old.iter()
+                .position(|c| c.class.as_ref() == class)
+                .map(|i| old.swap_remove(i))
+        };
+        // What each wanted cache is: its class, stream, length and age (a cache with no class
+        // yet, not filled).
+        let spec = |class: Option<Arc<str>>, key: String, window: crate::Window| ClassCache {
+            class,
+            key,
+            retention: window.length,
+            max_age: window.max_age,
+            cache: TailCache::new(0, 0),
+        };
+        let wanted: Vec<ClassCache> = if retention.has_rules() {
+            retention
+                .classes()
+                .iter()
+                .map(|c| spec(Some(c.tag().clone()), class_key(c.tag()), c.window()))
+                .collect()
+        } else {
+            vec![spec(
+                None,
+                stream.to_string(),
+                retention.default_class().window(),
+            )]
+        };
+        for mut want in wanted {
+            let cache = match take(want.class.as_ref()) {
+                // The same window (the same class, or the stream itself with unchanged settings).
+                Some(kept) if kept.retention == want.retention && kept.max_age == want.max_age => {
+                    kept
+                }
+                _ => {
+                    want.cache = TailCache::new(capacity(want.retention), max_bytes);
+                    if let Some(read) = self.read {
+                        want.cache.start_after(read);
+                    }
+                    want
+                }
+            };
+            self.caches.push(cache);
+        }
+    }
+}
 
 /// The newest entries of one partition (see the module docs).
 #[derive(Debug)]
@@ -31,6 +199,10 @@ pub(crate) struct TailCache {
     /// The most bytes it holds (see [`approx_bytes`]): large updates evict sooner.
     max_bytes: usize,
     bytes: usize,
+    /// It holds every entry of its stream after this position (an entry it evicted, or where it
+    /// started), whether or not it holds that position itself: `None` when only its first entry
+    /// on is known to be contiguous.
+    since: Option<Position>,
 }
 
 /// What an entry costs in memory, about: its SSE frame, its data and a little bookkeeping.
@@ -49,6 +221,26 @@ pub(crate) struct CacheSlice {
     pub(crate) incomplete: bool,
     /// The run reached the byte budget: what precedes it counts as gone.
     pub(crate) full: bool,
+    /// Whether the cache held every entry of its stream after a position (see
+    /// [`TailCache::holds_after`]), when the copy was taken.
+    pub(crate) holds: Holds,
+}
+
+/// From where on a cache held every entry of its stream, when a copy of it was taken.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Holds {
+    since: Option<Position>,
+    first: Option<Position>,
+}
+
+impl Holds {
+    /// Whether every entry of the stream after `position` (up to where the reader was) was held.
+    /// (Holding all the stream holds is not enough: it may have trimmed entries after `position`
+    /// before the cache was filled.)
+    pub(crate) fn after(&self, position: Position) -> bool {
+        self.since.is_some_and(|s| !s.is_after(&position))
+            || self.first.is_some_and(|f| !f.is_after(&position))
+    }
 }
 
 impl TailCache {
@@ -64,7 +256,13 @@ impl TailCache {
             complete: false,
             max_bytes,
             bytes: 0,
+            since: None,
         }
+    }
+
+    /// How many entries it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.entries.len()
     }
 
     /// How many entries it keeps at most.
@@ -80,6 +278,7 @@ impl TailCache {
         self.first_ordinal = 0;
         self.bytes = 0;
         self.complete = complete;
+        self.since = None;
         for entry in entries {
             self.push(entry);
         }
@@ -89,6 +288,7 @@ impl TailCache {
     pub(crate) fn push(&mut self, entry: Arc<Envelope>) {
         if self.capacity == 0 {
             self.complete = false;
+            self.since = Some(entry.position);
             return;
         }
         let ordinal = self.first_ordinal + self.entries.len() as u64;
@@ -119,6 +319,7 @@ impl TailCache {
         let Some(old) = self.entries.pop_front() else {
             return;
         };
+        self.since = Some(old.position);
         self.bytes = self.bytes.saturating_sub(approx_bytes(&old));
         let evicted = self.first_ordinal;
         self.first_ordinal += 1;
@@ -135,6 +336,27 @@ impl TailCache {
                 *ordinal = self.first_ordinal + offset as u64;
             }
         }
+    }
+
+    /// Notes that the cache holds every entry of its stream after `position` (where its reader
+    /// is when it starts filling it), unless it knows more already.
+    pub(crate) fn start_after(&mut self, position: Position) {
+        if self.since.is_none() && self.entries.is_empty() {
+            self.since = Some(position);
+        }
+    }
+
+    /// From where on it holds every entry of its stream (see [`Holds`]).
+    pub(crate) fn holds(&self) -> Holds {
+        Holds {
+            since: self.since,
+            first: self.first(),
+        }
+    }
+
+    /// Whether it holds every entry of its stream after `position` (up to where its reader is).
+    pub(crate) fn holds_after(&self, position: Position) -> bool {
+        self.holds().after(position)
     }
 
     /// Whether the cache holds all of the partition's retained history (the newest `history_size`
@@ -162,8 +384,8 @@ impl TailCache {
         let covered = self.covers_history(history_size);
         let reaches = match start {
             Start::All => covered,
-            // The cache must hold the position itself (or be all there is).
-            Start::After(p) => covered || self.first().is_some_and(|f| !f.is_after(&p)),
+            // Everything after the position must be here (or be all there is).
+            Start::After(p) => covered || self.holds_after(p),
             Start::SinceMs(ms) => self.covers_from_ms(ms, history_size),
             // The first cached event must follow an earlier update (or be all there is).
             Start::Following(p) => {
@@ -179,12 +401,23 @@ impl TailCache {
             return None;
         }
         let mut slice = self.slice_from(self.entries.partition_point(before(start)));
-        slice.incomplete = !holds_all_after(
-            self.entries.front(),
-            self.entries.len(),
-            history_size,
-            start,
-        );
+        slice.incomplete = match start {
+            // Whatever the cache holds its stream holds too (it keeps no more than the stream's
+            // newest entries), so holding everything after the start proves nothing was lost, and
+            // so does holding all of a stream shorter than its retention (it never trimmed).
+            // Otherwise the cache reached the start only by holding the stream's whole retained
+            // history, which lost something after it. (A history of no length holds nothing:
+            // whether something was lost is whether its reader saw something after the start.)
+            Start::After(p) => {
+                !(self.holds_after(p) || (self.complete && self.entries.len() < history_size))
+            }
+            _ => !holds_all_after(
+                self.entries.front(),
+                self.entries.len(),
+                history_size,
+                start,
+            ),
+        };
         Some(slice)
     }
 
@@ -207,6 +440,7 @@ impl TailCache {
             last: self.last(),
             incomplete: false,
             full: false,
+            holds: self.holds(),
         }
     }
 

@@ -14,7 +14,7 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadReply};
 use redis::{Cmd, FromRedisValue, Value};
 
 use super::connection::{timed, CallError, Conn};
-use super::entry::{self, EntryError, FIELD_UPDATE, FIELD_VERSION, FORMAT_V1};
+use super::entry::{self, EntryError, FIELD_CLASSES, FIELD_UPDATE, FIELD_VERSION, FORMAT_V1};
 use super::pool::ConnectionPool;
 
 /// Where a command is sent.
@@ -98,6 +98,134 @@ pub(crate) fn xadd_event(events: &str, updates: &str, max_len: usize, payload: &
         .arg(FORMAT_V1)
         .arg(payload);
     cmd
+}
+
+/// Stores an update in a partition's stream (`KEYS[1]`) and in the history streams of its
+/// retention classes there (`KEYS[2..]`, same hash slot), each copy under the partition stream's
+/// new id, so a position means the same entry in all of them (see `crate::retention`).
+/// `ARGV[1]`: the partition stream's `MAXLEN ~`; `ARGV[2]`: the format version; `ARGV[3]`: the
+/// payload; `ARGV[4]`: the classes' tags (the `r` field, every class of the update's topics here,
+/// those keeping no history included); then, per class stream, its `MAXLEN ~`, its `MINID ~` (`0`:
+/// no age limit) and the expiry it is given (milliseconds, `0`: none). A class stream that already
+/// holds a later id belongs to a partition stream since recreated (its positions mean nothing
+/// now): it is emptied first. Returns the new id.
+const XADD_RETAINED_SCRIPT: &str = "\
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'v', ARGV[2], 'r', ARGV[4], 'u', ARGV[3])
+for k = 2, #KEYS do
+  local a = 5 + (k - 2) * 3
+  local ok = redis.pcall('XADD', KEYS[k], 'MAXLEN', '~', ARGV[a], id, 'v', ARGV[2], 'u', ARGV[3])
+  if type(ok) == 'table' and ok.err then
+    redis.call('DEL', KEYS[k])
+    redis.call('XADD', KEYS[k], 'MAXLEN', '~', ARGV[a], id, 'v', ARGV[2], 'u', ARGV[3])
+  end
+  if ARGV[a + 1] ~= '0' then redis.call('XTRIM', KEYS[k], 'MINID', '~', ARGV[a + 1]) end
+  if ARGV[a + 2] ~= '0' then redis.call('PEXPIRE', KEYS[k], ARGV[a + 2]) end
+end
+return id";
+
+/// One retention class's history stream, as a publish writes it.
+pub(crate) struct ClassStream<'a> {
+    pub(crate) key: &'a str,
+    /// `MAXLEN ~`.
+    pub(crate) max_len: usize,
+    /// `MINID ~`: entries older than this are dropped (`None`: no age limit).
+    pub(crate) min_ms: Option<u64>,
+    /// The stream expires this long after its last write (`None`: never).
+    pub(crate) expire_ms: Option<u64>,
+}
+
+/// A Lua script sent by its SHA1 once Redis is known to hold it (`EVALSHA`), else in full (`EVAL`,
+/// which also caches it there): Redis then does not hash the script's text on every call, about
+/// 2 µs of its time per call for the scripts here.
+pub(crate) struct Script {
+    text: &'static str,
+    /// Learnt from `SCRIPT LOAD` after the first `EVAL` that succeeded.
+    sha: std::sync::OnceLock<String>,
+}
+
+impl Script {
+    pub(crate) const fn new(text: &'static str) -> Self {
+        Self {
+            text,
+            sha: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Runs the script with what `args` appends (the key count, keys and arguments).
+    pub(crate) async fn run<T: FromRedisValue>(
+        &self,
+        pool: &ConnectionPool,
+        args: impl Fn(&mut Cmd),
+    ) -> Result<T, CallError> {
+        if let Some(sha) = self.sha.get() {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha);
+            args(&mut cmd);
+            match pool.query(&cmd).await {
+                // A Redis that does not hold it (restarted, failed over, flushed): nothing ran;
+                // sent in full below.
+                Err(CallError::Redis(e)) if e.code() == Some("NOSCRIPT") => {}
+                other => return other,
+            }
+        }
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(self.text);
+        args(&mut cmd);
+        let result = pool.query(&cmd).await;
+        if result.is_ok() && self.sha.get().is_none() {
+            let mut load = redis::cmd("SCRIPT");
+            load.arg("LOAD").arg(self.text);
+            if let Ok(sha) = pool.query::<String>(&load).await {
+                let _ = self.sha.set(sha);
+            }
+        }
+        result
+    }
+}
+
+/// [`XADD_RETAINED_SCRIPT`], sent by its SHA1.
+static XADD_RETAINED: Script = Script::new(XADD_RETAINED_SCRIPT);
+
+/// Stores an update in `stream` (trimmed to `max_len`), tagged with the retention classes `tags`,
+/// and in each of `classes` (see [`XADD_RETAINED_SCRIPT`]); the new stream id. Without a class
+/// stream to write (every class of the update keeps no history), a plain `XADD`.
+pub(crate) async fn xadd_retained(
+    pool: &ConnectionPool,
+    stream: &str,
+    max_len: usize,
+    payload: &[u8],
+    tags: &str,
+    classes: &[ClassStream<'_>],
+) -> Result<String, CallError> {
+    if classes.is_empty() {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(max_len)
+            .arg("*")
+            .arg(FIELD_VERSION)
+            .arg(FORMAT_V1)
+            .arg(FIELD_CLASSES)
+            .arg(tags)
+            .arg(FIELD_UPDATE)
+            .arg(payload);
+        return pool.query(&cmd).await;
+    }
+    XADD_RETAINED
+        .run(pool, |cmd| {
+            cmd.arg(1 + classes.len()).arg(stream);
+            for class in classes {
+                cmd.arg(class.key);
+            }
+            cmd.arg(max_len).arg(FORMAT_V1).arg(payload).arg(tags);
+            for class in classes {
+                cmd.arg(class.max_len)
+                    .arg(class.min_ms.unwrap_or(0))
+                    .arg(class.expire_ms.unwrap_or(0));
+            }
+        })
+        .await
 }
 
 /// `XTRIM <key> MINID ~ <ms>`: drops entries older than `min_ms`.
@@ -358,16 +486,28 @@ pub(crate) async fn read_checked(
         .collect())
 }
 
-/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`; each
-/// comes with the nonce of the publish that wrote it (0: none).
+/// A decoded entry, shared.
+pub(crate) struct ReadEntry {
+    pub(crate) envelope: Arc<Envelope>,
+    /// The nonce of the publish that wrote it (0: none).
+    pub(crate) nonce: u64,
+    /// The retention classes it was stored for (comma-separated tags), when it says.
+    pub(crate) classes: Option<Box<str>>,
+}
+
+/// Decodes raw entries of `partition`, handing each one that cannot be read to `on_skip`.
 pub(crate) fn decode_all(
     partition: u16,
     raw: Vec<StreamId>,
     mut on_skip: impl FnMut(&StreamId, EntryError),
-) -> Vec<(Arc<Envelope>, u64)> {
+) -> Vec<ReadEntry> {
     raw.into_iter()
         .filter_map(|id| match entry::decode(partition, &id) {
-            Ok(decoded) => Some((Arc::new(decoded.envelope), decoded.nonce)),
+            Ok(decoded) => Some(ReadEntry {
+                envelope: Arc::new(decoded.envelope),
+                nonce: decoded.nonce,
+                classes: decoded.classes,
+            }),
             Err(e) => {
                 on_skip(&id, e);
                 None

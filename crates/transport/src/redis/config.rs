@@ -180,6 +180,9 @@ pub(crate) struct Settings {
     pub(crate) history_size: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) cache_capacity: usize,
+    /// See [`RedisConfig::tail_cache_size`] (the capacity of retention classes' caches derives
+    /// from it as `cache_capacity` does from `history_size`).
+    pub(crate) tail_cache_size: Option<usize>,
     /// Subscription events each node keeps in memory.
     pub(crate) event_cache_capacity: usize,
     /// `MAXLEN ~` of every stream.
@@ -256,6 +259,7 @@ impl Settings {
             history_size: config.history_size,
             max_age: config.history_max_age,
             cache_capacity,
+            tail_cache_size: config.tail_cache_size,
             event_cache_capacity: config
                 .tail_cache_size
                 .unwrap_or(config.event_history.min(DEFAULT_TAIL_CACHE_CAP))

@@ -8,6 +8,11 @@
 //! decodes each entry once into an [`Envelope`], whose SSE frame is then shared by all of that node's
 //! subscribers.
 //!
+//! With retention rules, an update's entry in its partition's stream has a third field, `r`: the
+//! retention classes (their tags, comma-separated) whose history streams the same script stored it
+//! in (see `crate::retention`); the copies there have the same stream id and the same `v` and `u`.
+//! A reader fills its per-class tail caches from it.
+//!
 //! A subscription event, kept in its own stream, has a third field, `a`: the stream id, in the
 //! updates stream of partition 0, of the update it comes right after (see `reader`). An update's
 //! payload may carry a `nonce`, a random number drawn once per publish, so that an `XADD` that a
@@ -36,6 +41,8 @@ pub(crate) const FIELD_VERSION: &str = "v";
 pub(crate) const FIELD_UPDATE: &str = "u";
 /// Field of a subscription event holding the update it follows.
 pub(crate) const FIELD_FOLLOWS: &str = "a";
+/// Field of an update holding the retention classes it was stored for.
+pub(crate) const FIELD_CLASSES: &str = "r";
 /// The format this version writes.
 pub(crate) const FORMAT_V1: &str = "1";
 
@@ -98,6 +105,8 @@ struct EntryV1 {
 pub(crate) struct Decoded {
     pub(crate) envelope: Envelope,
     pub(crate) nonce: u64,
+    /// The retention classes it was stored for (comma-separated tags), when it says.
+    pub(crate) classes: Option<Box<str>>,
 }
 
 /// The `u` field of a new entry for `update`; `nonce` identifies the publish (0: none).
@@ -154,6 +163,12 @@ pub(crate) fn decode(partition: u16, entry: &StreamId) -> Result<Decoded, EntryE
         .and_then(bytes_of)
         .and_then(|id| std::str::from_utf8(id).ok())
         .and_then(|id| Position::parse_stream_id(0, id));
+    decoded.classes = entry
+        .map
+        .get(FIELD_CLASSES)
+        .and_then(bytes_of)
+        .and_then(|tags| std::str::from_utf8(tags).ok())
+        .map(Into::into);
     Ok(decoded)
 }
 
@@ -175,6 +190,7 @@ fn decode_v1(position: Position, payload: &[u8]) -> Result<Decoded, EntryError> 
     Ok(Decoded {
         envelope,
         nonce: stored.nonce,
+        classes: None,
     })
 }
 
@@ -344,8 +360,25 @@ mod tests {
         assert_eq!(d.nonce, 77);
         assert_eq!(d.envelope.follows, Some(Position::new(0, 8, 4)));
         let plain = encode(&update(), 1, None, 0).unwrap();
-        let d = decode(0, &entry("9-1", &[("v", b"1".to_vec()), ("u", plain)])).unwrap();
-        assert_eq!((d.nonce, d.envelope.follows), (0, None));
+        let d = decode(
+            0,
+            &entry("9-1", &[("v", b"1".to_vec()), ("u", plain.clone())]),
+        )
+        .unwrap();
+        assert_eq!((d.nonce, d.envelope.follows, d.classes), (0, None, None));
+        let d = decode(
+            0,
+            &entry(
+                "9-2",
+                &[
+                    ("v", b"1".to_vec()),
+                    ("r", b"n0,n100".to_vec()),
+                    ("u", plain),
+                ],
+            ),
+        )
+        .unwrap();
+        assert_eq!(d.classes.as_deref(), Some("n0,n100"));
     }
 
     #[test]

@@ -12,6 +12,15 @@
 //! match, see `interest`; every stream for a caller without one), which are exactly the streams
 //! this node's running readers fill.
 //!
+//! With retention rules (see `crate::retention`), a partition's history is not its stream but the
+//! history streams of its retention classes, each with its own length and age, and a lookup reads
+//! those of the classes its subscriber may match. Their entries carry the positions of the
+//! partition's stream, so everything below holds per class stream as it does per stream; an
+//! update kept in several classes is one entry, replayed once. The high-water mark of a partition
+//! is where its reader was when its class caches were copied (one lock covers them all), and a
+//! scan of a class stream in Redis stops there: what a class read returns beyond it would claim,
+//! for the whole partition, entries of other classes the read did not cover.
+//!
 //! Replies are assembled the same way on both paths, stream by stream:
 //! - the stream holding the anchor (the earliest retained occurrence of the id): the entries after
 //!   it;
@@ -60,6 +69,7 @@ use super::connection::CallError;
 use super::singleflight::Joined;
 use super::status::Counters;
 use super::Shared;
+use crate::retention::ClassSet;
 use crate::{HistoryReply, TransportError};
 
 /// A history answer, shared by the callers of one single-flight.
@@ -91,60 +101,85 @@ impl Resolution {
     }
 }
 
-/// The retained updates after `last_event_id` (see the module docs).
-///
-/// `scope` lists the streams read (cache indexes: partitions, and the events' index); `None`
-/// reads every stream.
+/// What a lookup reads: which of the node's streams, and which retention classes.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Reach<'a> {
+    /// The streams read (cache indexes: partitions, and the events' index); `None`: every stream.
+    pub(crate) streams: Option<&'a [u16]>,
+    /// The retention classes read.
+    pub(crate) classes: &'a ClassSet,
+}
+
+impl Reach<'_> {
+    /// Whether stream `index` is among those read.
+    fn reads(&self, index: usize) -> bool {
+        self.streams
+            .is_none_or(|s| s.iter().any(|&i| usize::from(i) == index))
+    }
+
+    /// What identifies the lookup besides the id: callers reading different streams or classes
+    /// share a scan only with their own.
+    fn key(&self) -> String {
+        let streams = match self.streams {
+            None => "*".to_string(),
+            Some(streams) => streams
+                .iter()
+                .map(u16::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        };
+        let classes = match self.classes {
+            ClassSet::All => "*".to_string(),
+            ClassSet::Tags(tags) => tags.iter().map(|t| &**t).collect::<Vec<_>>().join(","),
+        };
+        format!("{streams}\u{0}{classes}")
+    }
+}
+
+/// The retained updates after `last_event_id` (see the module docs), in what `reach` covers.
 pub(crate) async fn history(
     shared: &Arc<Shared>,
     last_event_id: &str,
-    scope: Option<&[u16]>,
+    reach: Reach<'_>,
 ) -> Result<HistoryReply, TransportError> {
-    if shared.settings.history_size == 0 {
+    if shared.settings.history_size == 0 && !shared.retention().has_rules() {
         return Ok(HistoryReply::default());
     }
-    let reply = lookup(shared, last_event_id, scope).await?;
+    let reply = lookup(shared, last_event_id, reach).await?;
     if reply.anchor.is_some() || last_event_id == EARLIEST {
         return Ok(reply);
     }
     // Unknown so far: perhaps only because this node has not read it yet.
-    if catch_up(shared, scope).await {
-        return lookup(shared, last_event_id, scope).await;
+    if catch_up(shared, reach).await {
+        return lookup(shared, last_event_id, reach).await;
     }
     Ok(reply)
-}
-
-/// Whether stream `index` is among those `scope` reads.
-fn in_scope(scope: Option<&[u16]>, index: usize) -> bool {
-    scope.is_none_or(|s| s.iter().any(|&i| usize::from(i) == index))
 }
 
 /// One lookup: the caches, else a (shared) scan of Redis.
 async fn lookup(
     shared: &Arc<Shared>,
     last_event_id: &str,
-    scope: Option<&[u16]>,
+    reach: Reach<'_>,
 ) -> Result<HistoryReply, TransportError> {
-    if let Some(resolution) = from_cache(shared, last_event_id, scope) {
+    if let Some(resolution) = from_cache(shared, last_event_id, reach) {
         Counters::bump(&shared.counters.history_cache_hits);
         return Ok(resolution.into_reply());
     }
     let slow = shared.clone();
     let id = last_event_id.to_string();
-    let owned_scope: Option<Vec<u16>> = scope.map(<[u16]>::to_vec);
-    // Callers of different scopes read different streams: they share a scan only with their own.
-    let key = match scope {
-        None => last_event_id.to_string(),
-        Some(streams) => {
-            let streams: Vec<String> = streams.iter().map(u16::to_string).collect();
-            format!("{last_event_id}\u{0}{}", streams.join(","))
-        }
-    };
+    let owned_streams: Option<Vec<u16>> = reach.streams.map(<[u16]>::to_vec);
+    let owned_classes = reach.classes.clone();
+    let key = format!("{last_event_id}\u{0}{}", reach.key());
     let (flight, joined) = shared
         .flights
         .run_or_join(&key, move || async move {
             let _turn = scan_turn(&slow).await?;
-            from_redis(&slow, &id, owned_scope.as_deref())
+            let reach = Reach {
+                streams: owned_streams.as_deref(),
+                classes: &owned_classes,
+            };
+            from_redis(&slow, &id, reach)
                 .await
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
@@ -152,7 +187,7 @@ async fn lookup(
         .await;
     match flight {
         Some(Ok(resolution)) if joined == Joined(false) => Ok(resolution.to_reply()),
-        Some(Ok(resolution)) => match top_up(shared, &resolution, scope) {
+        Some(Ok(resolution)) => match top_up(shared, &resolution, reach) {
             Some(reply) => Ok(reply),
             None => {
                 // The cache moved on past the shared snapshot: this caller reads alone.
@@ -160,7 +195,7 @@ async fn lookup(
                 let _turn = scan_turn(shared)
                     .await
                     .map_err(TransportError::Unavailable)?;
-                from_redis(shared, last_event_id, scope)
+                from_redis(shared, last_event_id, reach)
                     .await
                     .map(Resolution::into_reply)
                     .map_err(TransportError::from)
@@ -172,8 +207,8 @@ async fn lookup(
 }
 
 /// A shared snapshot, completed with everything the readers cached after its high-water marks;
-/// `None` when a cache no longer holds a mark (evicted or reset since).
-fn top_up(shared: &Shared, resolution: &Resolution, scope: Option<&[u16]>) -> Option<HistoryReply> {
+/// `None` when a cache no longer holds everything after a mark (evicted or reset since).
+fn top_up(shared: &Shared, resolution: &Resolution, reach: Reach<'_>) -> Option<HistoryReply> {
     let mut reply = resolution.to_reply();
     if reply.anchor.is_none() {
         // Unknown id (or `earliest` answered from a snapshot): nothing was promised after it.
@@ -182,53 +217,46 @@ fn top_up(shared: &Shared, resolution: &Resolution, scope: Option<&[u16]>) -> Op
         }
     }
     let mut high_water = Vec::with_capacity(shared.caches.len());
-    for (q, cache) in shared.caches.iter().enumerate() {
-        if !in_scope(scope, q) {
+    for (q, history) in shared.caches.iter().enumerate() {
+        if !reach.reads(q) {
             continue;
         }
-        let cache = cache.read();
+        let history = history.read();
         let mark = resolution
             .high_water
             .iter()
             .find(|p| usize::from(p.partition) == q)
             .copied();
-        let newer = match mark {
-            // The cache must still hold the mark itself for what follows to be contiguous with it.
-            Some(mark) if cache.first().is_some_and(|first| !first.is_after(&mark)) => {
-                cache.after(mark)
-            }
-            Some(mark) if cache.last() == Some(mark) => CacheSlice {
-                entries: Vec::new(),
-                last: Some(mark),
-                incomplete: false,
-                full: false,
-            },
-            Some(_) => return None,
-            // The snapshot saw nothing of this partition: all it holds now is newer, if it holds
-            // everything the stream has.
-            None if cache.covers_history(retained(shared, q)) => cache.all(),
-            None => return None,
-        };
-        high_water.extend(newer.last.or(mark));
-        reply.entries.extend(newer.entries);
+        for class in history.read_by(reach.classes) {
+            let newer = match mark {
+                // The cache must still hold everything after the mark for what follows to be
+                // contiguous with it.
+                Some(mark) if class.cache.holds_after(mark) => class.cache.after(mark),
+                Some(_) => return None,
+                // The snapshot saw nothing of this stream: all it holds now is newer, if it holds
+                // everything the stream has.
+                None if class.cache.covers_history(class.retention) => class.cache.all(),
+                None => return None,
+            };
+            reply.entries.extend(newer.entries);
+        }
+        high_water.extend(history.reached().or(mark));
     }
-    reply
-        .entries
-        .sort_by_key(|e| entry_key(shared.settings.partitions, e));
+    sort_and_dedup(shared.settings.partitions, &mut reply.entries);
     reply.high_water = high_water;
     Some(reply)
 }
 
 /// Waits (at most the command timeout) for every reader to reach where its stream ended when
 /// called; `true` when one had to catch up (a new lookup may then find more).
-async fn catch_up(shared: &Shared, scope: Option<&[u16]>) -> bool {
+async fn catch_up(shared: &Shared, reach: Reach<'_>) -> bool {
     let deadline = tokio::time::Instant::now() + shared.settings.command_timeout;
     let Ok(_turn) = scan_turn(shared).await else {
         return false;
     };
     let mut waited = false;
     for partition in 0..=shared.settings.partitions {
-        if !in_scope(scope, usize::from(partition)) {
+        if !reach.reads(usize::from(partition)) {
             continue;
         }
         let key = if partition == shared.events_partition() {
@@ -312,15 +340,6 @@ fn start_for(shared: &Shared, index: usize, anchor: Option<Anchor>, copies: &[Po
     }
 }
 
-/// The history size of stream `index`.
-fn retained(shared: &Shared, index: usize) -> usize {
-    if index == usize::from(shared.events_partition()) {
-        shared.settings.event_history
-    } else {
-        shared.settings.history_size
-    }
-}
-
 /// The copies of the anchor's update among `occurrences` (the first occurrence of the anchor's id in
 /// each stream read): entries stored by the same publish in other partitions, which carry a copies
 /// list and are within the resume margin of the anchor (an id reused later is not a copy).
@@ -341,86 +360,134 @@ fn copies_of(
         .collect()
 }
 
+/// Whether an entry of stream `index` found in a history of maximum age `cutoff` is past it (as
+/// good as trimmed). Subscription events are not dropped by age.
+fn too_old(shared: &Shared, index: usize, cutoff: Option<u64>, entry: &Envelope) -> bool {
+    index != usize::from(shared.events_partition())
+        && entry.follows.is_none()
+        && cutoff.is_some_and(|c| entry.position.ms < c)
+}
+
 /// The fast path: `None` when the caches cannot answer alone.
-fn from_cache(shared: &Shared, last_event_id: &str, scope: Option<&[u16]>) -> Option<Resolution> {
-    let cutoff = shared.settings.age_cutoff_ms();
+fn from_cache(shared: &Shared, last_event_id: &str, reach: Reach<'_>) -> Option<Resolution> {
+    let partitions = shared.settings.partitions;
     let mut occurrences = Vec::new();
     let anchor = if last_event_id == EARLIEST {
         None
     } else {
         let mut found: Option<Anchor> = None;
         let mut all_covered = true;
-        for (index, cache) in shared.caches.iter().enumerate() {
-            if !in_scope(scope, index) {
+        let mut aged = false;
+        for (index, history) in shared.caches.iter().enumerate() {
+            if !reach.reads(index) {
                 continue;
             }
-            let cache = cache.read();
-            if let Some(entry) = cache.find(last_event_id) {
-                occurrences.push(entry.clone());
-                let candidate = Anchor {
-                    position: entry.position,
-                    follows: entry.follows,
-                };
-                if found.is_none_or(|a| {
-                    order_key(shared.settings.partitions, &candidate)
-                        < order_key(shared.settings.partitions, &a)
-                }) {
-                    found = Some(candidate);
+            let history = history.read();
+            for class in history.read_by(reach.classes) {
+                if let Some(entry) = class.cache.find(last_event_id) {
+                    if too_old(shared, index, class.age_cutoff_ms(), entry) {
+                        // Past its maximum age: as good as trimmed.
+                        aged = true;
+                    } else {
+                        occurrences.push(entry.clone());
+                        let candidate = Anchor {
+                            position: entry.position,
+                            follows: entry.follows,
+                        };
+                        if found.is_none_or(|a| {
+                            order_key(partitions, &candidate) < order_key(partitions, &a)
+                        }) {
+                            found = Some(candidate);
+                        }
+                    }
                 }
+                all_covered &= class.cache.covers_history(class.retention);
             }
-            all_covered &= cache.covers_history(retained(shared, index));
         }
         let Some(anchor) = found else {
             // Unknown here; known unknown only if the caches hold all the retained history.
-            return all_covered.then(Resolution::default);
+            return (aged || all_covered).then(Resolution::default);
         };
-        if cutoff.is_some_and(|c| anchor.position.ms < c && anchor.follows.is_none()) {
-            // Past the maximum age: as good as trimmed.
-            return Some(Resolution::default());
-        }
         Some(anchor)
     };
     let copies = copies_of(shared, anchor, &occurrences);
     let mut parts = Vec::with_capacity(shared.caches.len());
-    for (index, cache) in shared.caches.iter().enumerate() {
-        if !in_scope(scope, index) {
+    for (index, history) in shared.caches.iter().enumerate() {
+        if !reach.reads(index) {
             continue;
         }
         let start = start_for(shared, index, anchor, &copies);
-        // `None` when the cache does not reach back far enough (the anchor may also have been
-        // evicted since it was found): the slow path answers then.
-        parts.push(cache.read().select(start, retained(shared, index))?);
+        // One lock for all of the stream's caches: the position they reach together is the
+        // reader's, at this instant.
+        let history = history.read();
+        for class in history.read_by(reach.classes) {
+            // `None` when the cache does not reach back far enough (the anchor may also have been
+            // evicted since it was found): the slow path answers then.
+            let mut part = class.cache.select(start, class.retention)?;
+            if let Some(cutoff) = class.age_cutoff_ms() {
+                part.entries
+                    .retain(|e| !too_old(shared, index, Some(cutoff), e));
+            }
+            part.last = history.reached().or(part.last);
+            parts.push(part);
+        }
     }
     let anchor_id = anchor.map(|_| last_event_id.to_string());
-    Some(assemble(
-        shared.settings.partitions,
-        anchor_id,
-        parts,
-        cutoff,
-    ))
+    Some(assemble(partitions, anchor_id, parts))
+}
+
+/// What a scan needs of one cache, copied under the lock.
+struct Cached {
+    key: String,
+    retention: usize,
+    cutoff: Option<u64>,
+    slice: CacheSlice,
+    covered: bool,
+    first: Option<Position>,
 }
 
 /// The slow path: each stream's retained history, from its cache and Redis.
 async fn from_redis(
     shared: &Shared,
     last_event_id: &str,
-    scope: Option<&[u16]>,
+    reach: Reach<'_>,
 ) -> Result<Resolution, CallError> {
     Counters::bump(&shared.counters.history_redis_scans);
-    let cutoff = shared.settings.age_cutoff_ms();
     let mut windows = Vec::with_capacity(shared.caches.len());
-    for index in (0..shared.caches.len()).filter(|&i| in_scope(scope, i)) {
-        let mut window = load_window(shared, index).await?;
-        if let Some(cutoff) = cutoff {
-            if index != usize::from(shared.events_partition()) {
-                window.entries.retain(|e| e.position.ms >= cutoff);
+    for index in (0..shared.caches.len()).filter(|&i| reach.reads(i)) {
+        let (read, cached): (Option<Position>, Vec<Cached>) = {
+            let history = shared.caches[index].read();
+            let cached = history
+                .read_by(reach.classes)
+                .map(|class| Cached {
+                    key: class.key.clone(),
+                    retention: class.retention,
+                    cutoff: class.age_cutoff_ms(),
+                    slice: class.cache.all(),
+                    covered: class.cache.covers_history(class.retention),
+                    first: class.cache.first(),
+                })
+                .collect();
+            (history.reached(), cached)
+        };
+        for cached in cached {
+            let retention = cached.retention;
+            let cutoff = cached.cutoff;
+            let mut window = load_window(shared, index, cached, read).await?;
+            window
+                .entries
+                .retain(|e| !too_old(shared, index, cutoff, e));
+            if let Some(read) = read {
+                // Beyond the reader's position: live updates, not history (see the module docs).
+                window.entries.retain(|e| !e.position.is_after(&read));
+                window.last = Some(read);
             }
+            windows.push((index, retention, window));
         }
-        windows.push((index, window));
     }
     let occurrences: Vec<Arc<Envelope>> = windows
         .iter()
-        .filter_map(|(_, w)| w.entries.iter().find(|e| e.update.id == last_event_id))
+        .filter_map(|(_, _, w)| w.entries.iter().find(|e| e.update.id == last_event_id))
         .cloned()
         .collect();
     let anchor = if last_event_id == EARLIEST {
@@ -441,22 +508,26 @@ async fn from_redis(
     let copies = copies_of(shared, anchor, &occurrences);
     let parts = windows
         .into_iter()
-        .map(|(index, mut window)| {
+        .map(|(index, retention, mut window)| {
             let start = start_for(shared, index, anchor, &copies);
             let len = if window.full {
                 usize::MAX
             } else {
                 window.entries.len()
             };
+            let held = match start {
+                Start::After(p) => window.holds.after(p),
+                _ => false,
+            };
             window.incomplete =
-                !holds_all_after(window.entries.first(), len, retained(shared, index), start);
+                !(held || holds_all_after(window.entries.first(), len, retention, start));
             let begin = window.entries.partition_point(before(start));
             window.entries.drain(..begin);
             window
         })
         .collect();
     let anchor_id = anchor.map(|_| last_event_id.to_string());
-    Ok(assemble(shared.settings.partitions, anchor_id, parts, None))
+    Ok(assemble(shared.settings.partitions, anchor_id, parts))
 }
 
 /// Whether the retained run of a stream that begins with `first` and holds `len` entries (a stream
@@ -493,37 +564,50 @@ pub(crate) fn before(start: Start) -> impl Fn(&Arc<Envelope>) -> bool {
     }
 }
 
-/// Stream `index`'s retained history: its newest entries (as many as it retains), oldest first.
-async fn load_window(shared: &Shared, index: usize) -> Result<CacheSlice, CallError> {
-    let history_size = retained(shared, index);
-    let (cached, covered, first) = {
-        let cache = shared.caches[index].read();
-        (
-            cache.all(),
-            cache.covers_history(history_size),
-            cache.first(),
-        )
-    };
-    if covered {
+/// A history stream's retained history: its newest entries (as many as it retains), oldest
+/// first, from its cache and, for what the cache does not hold, from Redis (up to `read`, the
+/// reader's position, when the cache holds nothing).
+async fn load_window(
+    shared: &Shared,
+    index: usize,
+    cached: Cached,
+    read: Option<Position>,
+) -> Result<CacheSlice, CallError> {
+    let Cached {
+        key,
+        retention,
+        slice: cached,
+        covered,
+        first,
+        ..
+    } = cached;
+    if covered || retention == 0 {
         return Ok(cached);
     }
-    let events = index == usize::from(shared.events_partition());
-    let keys = &shared.keys[if events { 0 } else { index }];
-    let key = if events { &keys.events } else { &keys.stream };
     let partition = index as u16;
     let mut via = Via::Pool {
         pool: &shared.pool,
         sent: &shared.counters.history_redis_commands,
     };
-    let need = history_size.saturating_sub(cached.entries.len());
-    let end = first.map_or(TailEnd::Newest, TailEnd::Before);
+    let need = retention.saturating_sub(cached.entries.len());
+    let end = match (first, read) {
+        (Some(first), _) => TailEnd::Before(first),
+        (None, Some(read)) => TailEnd::At(read),
+        (None, None) => TailEnd::Newest,
+    };
     let budget = shared
         .settings
         .history_max_bytes
         .saturating_sub(cached.entries.iter().map(|e| approx_bytes(e)).sum());
-    let older =
-        commands::read_tail_within(&mut via, key, end, need, shared.settings.read_count, budget)
-            .await?;
+    let older = commands::read_tail_within(
+        &mut via,
+        &key,
+        end,
+        need,
+        shared.settings.read_count,
+        budget,
+    )
+    .await?;
     // A publish retried after it had been stored left a second entry with the same nonce: readers
     // skip it (so the cache never holds it), and so does history, keeping the first.
     let mut seen = std::collections::HashSet::new();
@@ -533,8 +617,8 @@ async fn load_window(shared: &Shared, index: usize) -> Result<CacheSlice, CallEr
             tracing::debug!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
         })
         .into_iter()
-        .filter(|(_, nonce)| *nonce == 0 || seen.insert(*nonce))
-        .map(|(envelope, _)| envelope)
+        .filter(|read| read.nonce == 0 || seen.insert(read.nonce))
+        .map(|read| read.envelope)
         .collect();
     let last = cached.last.or(entries.last().map(|e| e.position));
     entries.extend(cached.entries);
@@ -544,6 +628,7 @@ async fn load_window(shared: &Shared, index: usize) -> Result<CacheSlice, CallEr
         incomplete: false,
         // Stopped by the byte budget: the window counts as full (what precedes it as gone).
         full: older.over_budget,
+        holds: cached.holds,
     })
 }
 
@@ -576,25 +661,23 @@ fn entry_key(partitions: u16, e: &Envelope) -> (u64, u64, u64, u64, u64) {
     )
 }
 
-/// Builds a reply from one slice per stream read, with `partitions` update partitions (the
-/// events' positions are in partition `partitions`).
-fn assemble(
-    partitions: u16,
-    anchor: Option<String>,
-    parts: Vec<CacheSlice>,
-    cutoff: Option<u64>,
-) -> Resolution {
+/// Sorts entries of several streams into the order nodes hand them over, each once (an update
+/// kept in several retention classes is one entry, at one position).
+fn sort_and_dedup(partitions: u16, entries: &mut Vec<Arc<Envelope>>) {
+    // Stable, and each stream's entries are already in order.
+    entries.sort_by_key(|e| entry_key(partitions, e));
+    entries.dedup_by(|a, b| a.position == b.position);
+}
+
+/// Builds a reply from one slice per history stream read, with `partitions` update partitions
+/// (the events' positions are in partition `partitions`).
+fn assemble(partitions: u16, anchor: Option<String>, parts: Vec<CacheSlice>) -> Resolution {
     let high_water = parts.iter().filter_map(|part| part.last).collect();
     // Something after the anchor is gone: replay what is left after it, but tell the subscriber
     // (`earliest`) that it may have missed updates.
     let anchor = anchor.filter(|_| !parts.iter().any(|p| p.incomplete));
-    let events = partitions;
     let mut entries: Vec<Arc<Envelope>> = parts.into_iter().flat_map(|p| p.entries).collect();
-    if let Some(cutoff) = cutoff {
-        entries.retain(|e| e.position.partition == events || e.position.ms >= cutoff);
-    }
-    // Stable, and each stream's entries are already in order.
-    entries.sort_by_key(|e| entry_key(partitions, e));
+    sort_and_dedup(partitions, &mut entries);
     Resolution {
         anchor,
         entries,
@@ -632,12 +715,22 @@ mod tests {
             ..CacheSlice::default()
         };
         let empty = CacheSlice::default();
-        let r = assemble(3, Some("x".into()), vec![p0, p1, empty], Some(15));
+        // The same entry in two classes' streams is replayed once.
+        let p0_class = CacheSlice {
+            entries: vec![env("c", 0, 30)],
+            last: Some(Position::new(0, 30, 0)),
+            ..CacheSlice::default()
+        };
+        let r = assemble(3, Some("x".into()), vec![p0, p1, empty, p0_class]);
         let ids: Vec<&str> = r.entries.iter().map(|e| e.update.id.as_str()).collect();
-        assert_eq!(ids, vec!["b", "c", "d"]);
+        assert_eq!(ids, vec!["a", "b", "c", "d"]);
         assert_eq!(
             r.high_water,
-            vec![Position::new(0, 30, 0), Position::new(1, 40, 0)]
+            vec![
+                Position::new(0, 30, 0),
+                Position::new(1, 40, 0),
+                Position::new(0, 30, 0)
+            ]
         );
     }
 }

@@ -16,6 +16,10 @@
 //!   marker too and the change is seen.
 //! - Subscription events have a stream of their own beside partition 0's (`<stream>:events`, or
 //!   `{<stream>}:events`), in the same hash slot, so one read (and one script) reaches both.
+//! - With retention rules, each retention class keeps its history in a stream of its own beside
+//!   each partition's (`<stream>:retain:<class>`, or `{<stream>}:retain:<class>`, the class named
+//!   by its window, e.g. `n100`), in the same hash slot, so the script that stores an update
+//!   reaches them all.
 
 /// Number of hash slots in Redis Cluster.
 pub(crate) const SLOTS: u16 = 16384;
@@ -39,6 +43,15 @@ pub(crate) struct StreamKeys {
     pub(crate) epoch: String,
     /// The stream of subscription events, beside partition 0's updates.
     pub(crate) events: String,
+    /// What the history stream of a retention class is named after (`<retain><class tag>`).
+    pub(crate) retain: String,
+}
+
+impl StreamKeys {
+    /// The history stream of the retention class tagged `tag`, in this partition.
+    pub(crate) fn class(&self, tag: &str) -> String {
+        format!("{}{tag}", self.retain)
+    }
 }
 
 /// CRC16-XMODEM (polynomial 0x1021, initial value 0), the checksum Redis Cluster hashes keys with.
@@ -94,10 +107,12 @@ pub(crate) fn stream_keys(prefix: &str, partitions: u16) -> Vec<StreamKeys> {
         let stream = format!("{prefix}:updates");
         let epoch = format!("{{{stream}}}:epoch");
         let events = format!("{{{stream}}}:events");
+        let retain = format!("{{{stream}}}:retain:");
         return vec![StreamKeys {
             stream,
             epoch,
             events,
+            retain,
         }];
     }
     partition_tags(partitions)
@@ -106,10 +121,12 @@ pub(crate) fn stream_keys(prefix: &str, partitions: u16) -> Vec<StreamKeys> {
             let stream = format!("{prefix}:{{{tag}}}");
             let epoch = format!("{stream}:epoch");
             let events = format!("{stream}:events");
+            let retain = format!("{stream}:retain:");
             StreamKeys {
                 stream,
                 epoch,
                 events,
+                retain,
             }
         })
         .collect()
@@ -194,6 +211,11 @@ mod tests {
                 let slot = hash_slot(&k.stream);
                 assert_eq!(slot, hash_slot(&k.epoch), "epoch shares the stream's slot");
                 assert_eq!(slot, hash_slot(&k.events), "events share the stream's slot");
+                assert_eq!(
+                    slot,
+                    hash_slot(&k.class("n100")),
+                    "classes share the stream's slot"
+                );
                 assert!(seen.insert(slot), "two partitions on slot {slot}");
                 // Each partition sits inside its own slice of the slot space, so any even assignment
                 // of slots to masters gives each master the same number of partitions (±1).
@@ -240,6 +262,8 @@ mod tests {
         assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].epoch));
         assert_eq!(keys[0].events, "{qs:updates}:events");
         assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].events));
+        assert_eq!(keys[0].class("n100"), "{qs:updates}:retain:n100");
+        assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].class("n0")));
     }
 
     #[test]

@@ -423,7 +423,10 @@ impl StreamReader {
              resume and are told (raise history_size, or find why the reader fell behind)"
         );
         for slot in self.slots() {
-            shared.caches[slot].write().reset(Vec::new(), false);
+            let mut history = shared.caches[slot].write();
+            history.reset(false);
+            // Where the reader goes on from is set by what it reads next.
+            history.read = None;
         }
         self.sink
             .gap(Gap {
@@ -440,6 +443,11 @@ impl StreamReader {
     }
 
     /// Fills the caches from the ends of the streams and starts after their newest entries.
+    ///
+    /// Each cache is filled from the stream it mirrors: the reader's own stream, or with retention
+    /// rules each class's history stream, up to the reader's stream's newest entry (every copy in a
+    /// class stream was stored with its entry there, so the class caches then hold exactly what
+    /// came before the reader's starting point, and the reader adds what comes after).
     async fn warm(&mut self, conn: &mut Conn) -> Result<(), CallError> {
         let shared = self.shared.clone();
         let settings = &shared.settings;
@@ -449,39 +457,70 @@ impl StreamReader {
                 let c = self.cursor_mut(index);
                 (c.key.clone(), c.partition)
             };
+            let slot = usize::from(partition);
             // The counters first, then the tail up to the newest entry they name: the ordinal of
             // that entry is then known exactly, whatever is published meanwhile (read live after).
             let info = commands::stream_info(&mut via(conn, timeout), &key, partition).await?;
             let newest = info.last_generated;
-            let limit = shared.caches[usize::from(partition)]
+            let wanted: Vec<(Option<Arc<str>>, String, usize, usize)> = shared.caches[slot]
                 .read()
-                .capacity()
-                .max(1);
-            let tail = commands::read_tail(
-                &mut via(conn, timeout),
-                &key,
-                TailEnd::At(newest),
-                limit,
-                settings.read_count,
-            )
-            .await?;
-            let entries: Vec<Arc<Envelope>> =
-                commands::decode_all(partition, tail.entries, |id, e| {
-                    Counters::bump(&shared.counters.skipped_entries);
-                    tracing::warn!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
-                })
-                .into_iter()
-                .map(|(envelope, nonce)| {
-                    self.recent.insert(nonce);
-                    envelope
+                .caches
+                .iter()
+                .map(|c| {
+                    (
+                        c.class.clone(),
+                        c.key.clone(),
+                        c.retention,
+                        c.cache.capacity(),
+                    )
                 })
                 .collect();
-            {
-                let mut cache = shared.caches[usize::from(partition)].write();
-                cache.reset(entries, tail.exhausted);
-                if let Some(cutoff) = settings.age_cutoff_ms() {
-                    cache.prune_older_than(cutoff);
+            let mut filled = Vec::with_capacity(wanted.len());
+            for (class, history_key, retention, capacity) in wanted {
+                if retention == 0 || capacity == 0 {
+                    filled.push((class, history_key, Vec::new(), false));
+                    continue;
                 }
+                let tail = commands::read_tail(
+                    &mut via(conn, timeout),
+                    &history_key,
+                    TailEnd::At(newest),
+                    capacity,
+                    settings.read_count,
+                )
+                .await?;
+                let entries: Vec<Arc<Envelope>> =
+                    commands::decode_all(partition, tail.entries, |id, e| {
+                        Counters::bump(&shared.counters.skipped_entries);
+                        tracing::warn!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
+                    })
+                    .into_iter()
+                    .map(|read| {
+                        self.recent.insert(read.nonce);
+                        read.envelope
+                    })
+                    .collect();
+                filled.push((class, history_key, entries, tail.exhausted));
+            }
+            {
+                let mut history = shared.caches[slot].write();
+                for (class, history_key, entries, exhausted) in filled {
+                    // The rules may have changed meanwhile: a cache no longer there is skipped, a
+                    // new one fills from now on.
+                    let Some(cache) = history
+                        .caches
+                        .iter_mut()
+                        .find(|c| c.class == class && c.key == history_key)
+                    else {
+                        continue;
+                    };
+                    cache.cache.reset(entries, exhausted);
+                    cache.cache.start_after(newest);
+                    if let Some(cutoff) = cache.age_cutoff_ms() {
+                        cache.cache.prune_older_than(cutoff);
+                    }
+                }
+                history.read = Some(newest);
             }
             let cursor = self.cursor_mut(index);
             cursor.last = Some(newest);
@@ -512,26 +551,28 @@ impl StreamReader {
                 self.cursor_mut(index).last = Some(last);
             }
             let mut entries = Vec::with_capacity(raw.len());
-            for (envelope, nonce) in commands::decode_all(partition, raw, |id, e| {
+            let mut tags = Vec::with_capacity(raw.len());
+            for read in commands::decode_all(partition, raw, |id, e| {
                 Counters::bump(&shared.counters.skipped_entries);
                 tracing::warn!(partition, entry = %id.id, error = %e, "skipping unreadable stream entry");
             }) {
-                if !self.recent.insert(nonce) {
+                if !self.recent.insert(read.nonce) {
                     // A publish retried after it had been stored: the update is already here.
                     Counters::bump(&shared.counters.duplicates_suppressed);
-                    tracing::debug!(partition, id = %envelope.update.id, "skipping a retried publish's second entry");
+                    tracing::debug!(partition, id = %read.envelope.update.id, "skipping a retried publish's second entry");
                     continue;
                 }
-                entries.push(envelope);
+                entries.push(read.envelope);
+                tags.push(read.classes);
             }
             {
-                let mut cache = shared.caches[usize::from(partition)].write();
-                for entry in &entries {
-                    cache.push(entry.clone());
+                // The entries and the position they bring the reader to, under one lock (see
+                // `cache`).
+                let mut history = shared.caches[usize::from(partition)].write();
+                for (entry, tags) in entries.iter().zip(&tags) {
+                    history.push(entry, tags.as_deref());
                 }
-                if let Some(cutoff) = shared.settings.age_cutoff_ms() {
-                    cache.prune_older_than(cutoff);
-                }
+                history.read = self.cursor_mut(index).last;
             }
             if index == 0 {
                 self.pending_updates.extend(entries);
@@ -666,7 +707,14 @@ impl StreamReader {
         self.flush_pending().await;
         // Empty and complete: the new streams hold nothing older than what is read from now on.
         for slot in self.slots() {
-            shared.caches[slot].write().reset(Vec::new(), true);
+            let mut history = shared.caches[slot].write();
+            history.reset(true);
+            // The new streams hold nothing from before: every cache holds all of them.
+            let start = Position::new(slot as u16, 0, 0);
+            for cache in &mut history.caches {
+                cache.cache.start_after(start);
+            }
+            history.read = Some(start);
         }
         for index in 0..self.cursors().count() {
             let cursor = self.cursor_mut(index);
