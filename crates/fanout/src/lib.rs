@@ -13,6 +13,13 @@
 //! queue meet in [`Resume`]. A subscriber that keeps up is written to by the shard itself, without
 //! a queue entry or a wakeup of its stream's task ([`direct`]).
 //!
+//! # Streams ended from outside
+//! Besides a cut-off, the hub ends streams for three reasons, each flagged on the subscriber so its
+//! stream can say why: a drain or shutdown ([`Fanout::close_all`], [`Fanout::close_some`]), updates
+//! lost before the node read them ([`Fanout::interrupt_all`], ordered with the updates), and a
+//! revoked token ([`Fanout::revoke`], at once, for subscribers registered with their token's
+//! identity by [`Fanout::subscribe_as`]).
+//!
 //! # Timers without timers
 //! An idle stream still has deadlines: a heartbeat to send, a maximum connection life, a token's
 //! expiry. Rather than one Tokio timer per stream (two boxed `Sleep`s, about 220 bytes, per idle

@@ -71,6 +71,9 @@ pub enum HubError {
     /// The client holds its share of a limit (429 with `Retry-After`).
     #[error("{0}")]
     TooManyRequests(String),
+    /// The hub holds as much of something as it may (507): revocations at `--max-revocations`.
+    #[error("{0}")]
+    InsufficientStorage(String),
     /// Over a rate limit or a connection cap of the policies (429 with `Retry-After`: the wait in
     /// whole seconds, rounded up).
     #[error("{message}")]
@@ -80,9 +83,6 @@ pub enum HubError {
         /// How long until the request would be allowed (as far as the hub can tell).
         retry_after: std::time::Duration,
     },
-    /// The hub holds as much of something as it may (507): revocations at `--max-revocations`.
-    #[error("{0}")]
-    InsufficientStorage(String),
 }
 
 impl IntoResponse for HubError {

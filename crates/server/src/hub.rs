@@ -39,6 +39,15 @@ const SUBSCRIPTION_EVENT_PATIENCE: Duration = Duration::from_secs(10);
 /// context).
 const ENTRY_FRAMING: usize = 4 * 1024;
 
+/// The transport and the cluster-wide state kept beside it: the subscription registry, the
+/// limiter's counters and the revocations.
+type TransportParts = (
+    Arc<dyn Transport>,
+    Arc<dyn SubscriptionRegistry>,
+    Arc<dyn Limiter>,
+    Arc<dyn RevocationStore>,
+);
+
 /// Settings the handlers read on every request, resolved once from the [`Config`].
 #[derive(Debug, Clone)]
 pub struct HubSettings {
@@ -83,15 +92,6 @@ pub struct HubSettings {
     /// HTTP/2 ping interval and timeout (`None`: no pings).
     pub http2_keep_alive: Option<Duration>,
 }
-
-/// What the transport kind provides: the transport, and beside it the subscription registry, the
-/// limiter and the revocation store on the same backing store.
-type Backends = (
-    Arc<dyn Transport>,
-    Arc<dyn SubscriptionRegistry>,
-    Arc<dyn Limiter>,
-    Arc<dyn RevocationStore>,
-);
 
 /// Handle to the hub's shared state.
 #[derive(Clone)]
@@ -234,54 +234,55 @@ impl Hub {
             lease_ttl: config.subscription_lease,
             ..RegistryOptions::default()
         };
-        let (transport, registry, limiter, revocation_store): Backends = match config.transport {
-            TransportKind::Memory => (
-                Arc::new(MemoryTransport::with_event_history(
-                    config.history_size,
-                    config.subscription_event_history,
-                )),
-                Arc::new(MemoryRegistry::new()),
-                Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
-                Arc::new(MemoryRevocations::new()),
-            ),
-            TransportKind::Redis => {
-                let redis = RedisTransport::new(RedisConfig {
-                    urls: config.redis_url.clone(),
-                    cluster: config.redis_cluster,
-                    stream_key_prefix: config.redis_key_prefix.clone(),
-                    partitions: config.redis_partitions,
-                    history_size: config.history_size,
-                    event_history: config.subscription_event_history,
-                    history_max_age: (!config.history_max_age.is_zero())
-                        .then_some(config.history_max_age),
-                    tail_cache_size: config.history_cache_size,
-                    pool_size: config.redis_pool_size,
-                    command_timeout: config.redis_timeout,
-                    resume_margin: config.redis_resume_margin,
-                    batch_window: config.redis_batch_window,
-                    // A stored update is its decoded form plus a little framing; the form's
-                    // encoded body bounds the decoded one.
-                    max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
-                    read_budget: config.redis_read_budget,
-                    history_max_bytes: config.history_max_bytes,
-                    max_history_scans: config.redis_max_history_scans,
-                    tls_ca_file: config.redis_tls_ca.clone(),
-                    // A node reads only the partitions its subscribers may match.
-                    read_on_interest: true,
-                    ..RedisConfig::default()
-                })
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-                let registry = redis.subscription_registry(registry_options);
-                // Connection counts share the subscription lease's length: a dead node's
-                // connections stop counting when its subscriptions are reaped.
-                let limiter = redis.limiter(LimiterOptions {
-                    lease_ttl: config.subscription_lease,
-                    ..LimiterOptions::default()
-                });
-                let revocations = redis.revocation_store();
-                (Arc::new(redis), registry, limiter, revocations)
-            }
-        };
+        let (transport, registry, limiter, revocation_store): TransportParts =
+            match config.transport {
+                TransportKind::Memory => (
+                    Arc::new(MemoryTransport::with_event_history(
+                        config.history_size,
+                        config.subscription_event_history,
+                    )),
+                    Arc::new(MemoryRegistry::new()),
+                    Arc::new(MemoryLimiter::new(config.rate_limit_entries)),
+                    Arc::new(MemoryRevocations::new()),
+                ),
+                TransportKind::Redis => {
+                    let redis = RedisTransport::new(RedisConfig {
+                        urls: config.redis_url.clone(),
+                        cluster: config.redis_cluster,
+                        stream_key_prefix: config.redis_key_prefix.clone(),
+                        partitions: config.redis_partitions,
+                        history_size: config.history_size,
+                        event_history: config.subscription_event_history,
+                        history_max_age: (!config.history_max_age.is_zero())
+                            .then_some(config.history_max_age),
+                        tail_cache_size: config.history_cache_size,
+                        pool_size: config.redis_pool_size,
+                        command_timeout: config.redis_timeout,
+                        resume_margin: config.redis_resume_margin,
+                        batch_window: config.redis_batch_window,
+                        // A stored update is its decoded form plus a little framing; the form's
+                        // encoded body bounds the decoded one.
+                        max_entry_bytes: config.max_body_size.saturating_add(ENTRY_FRAMING),
+                        read_budget: config.redis_read_budget,
+                        history_max_bytes: config.history_max_bytes,
+                        max_history_scans: config.redis_max_history_scans,
+                        tls_ca_file: config.redis_tls_ca.clone(),
+                        // A node reads only the partitions its subscribers may match.
+                        read_on_interest: true,
+                        ..RedisConfig::default()
+                    })
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let registry = redis.subscription_registry(registry_options);
+                    // Connection counts share the subscription lease's length: a dead node's
+                    // connections stop counting when its subscriptions are reaped.
+                    let limiter = redis.limiter(LimiterOptions {
+                        lease_ttl: config.subscription_lease,
+                        ..LimiterOptions::default()
+                    });
+                    let revocations = redis.revocation_store();
+                    (Arc::new(redis), registry, limiter, revocations)
+                }
+            };
         let last_event = Arc::new(LastEvent::default());
         transport.start_reader(Arc::new(FanoutSink {
             fanout: fanout.clone(),

@@ -215,8 +215,7 @@ impl Metrics {
         }
     }
 
-    /// The registry, for parts of the hub that register metrics of their own once built (they
-    /// are served with the rest).
+    /// The registry, for parts of the hub that register their own metrics when the hub is built.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }

@@ -21,21 +21,19 @@
 //! [`Subject`] is the key a per-subject policy counts by: the token's `sub`, else its `jti`, else
 //! the client's address (as `--trusted-proxies` lets the hub see it).
 
+pub mod limits;
 pub mod retention;
+pub mod revocation;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-pub mod revocation;
 
 use arc_swap::ArcSwap;
 use prometheus_client::metrics::counter::Counter;
 use quicksilver_auth::Identity;
 use serde::Deserialize;
 use thiserror::Error;
-
-pub mod limits;
 
 /// The configuration file's keys that are policy tables rather than flags.
 pub const TABLES: [&str; 4] = ["rate_limit", "connection_limit", "revocation", "retention"];
@@ -71,12 +69,12 @@ pub struct PolicyFile {
     /// `[[connection_limit]]`: connections and matchers per subject (see [`limits`]).
     #[serde(default)]
     pub connection_limit: Vec<limits::ConnectionLimitRule>,
+    /// `[revocation]`: the admin key and the bounds of revocation (see [`revocation`]).
+    #[serde(default)]
+    pub revocation: Option<revocation::RevocationTable>,
     /// `[[retention]]`: history windows per topic (see [`retention`]).
     #[serde(default)]
     pub retention: Vec<retention::RetentionTable>,
-    /// `[revocation]`: the admin key and the bounds of revocation ([`revocation`]).
-    #[serde(default)]
-    pub revocation: Option<revocation::RevocationTable>,
 }
 
 impl PolicyFile {
@@ -106,10 +104,10 @@ impl PolicyFile {
 pub struct Policies {
     /// Rate limits and connection caps.
     pub limits: limits::LimitRules,
+    /// The `[revocation]` table, checked (see [`revocation`]).
+    pub revocation: revocation::RevocationRules,
     /// History windows per topic (see [`retention`]).
     pub retention: retention::RetentionRules,
-    /// The `[revocation]` table, checked.
-    pub revocation: revocation::RevocationRules,
 }
 
 impl Policies {
@@ -118,13 +116,13 @@ impl Policies {
         let PolicyFile {
             rate_limit,
             connection_limit,
-            retention,
             revocation,
+            retention,
         } = file;
         Ok(Self {
             limits: limits::LimitRules::compile(rate_limit, connection_limit)?,
-            retention: retention::RetentionRules::compile(retention)?,
             revocation: revocation::RevocationRules::compile(revocation)?,
+            retention: retention::RetentionRules::compile(retention)?,
         })
     }
 }
@@ -307,8 +305,8 @@ mod tests {
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
         assert!(file.rate_limit.is_empty() && file.connection_limit.is_empty());
-        assert!(file.retention.is_empty());
         assert!(file.revocation.is_none());
+        assert!(file.retention.is_empty());
         assert!(PolicyFile::parse("this is not toml").is_err());
     }
 

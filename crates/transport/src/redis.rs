@@ -492,6 +492,14 @@ impl RedisTransport {
         ))
     }
 
+    /// The cluster's revocations, kept beside the streams (see [`crate::revocations::redis`]).
+    pub fn revocation_store(&self) -> Arc<crate::revocations::RedisRevocations> {
+        Arc::new(crate::revocations::RedisRevocations::new(
+            self.shared.pool.clone(),
+            &self.shared.settings.prefix,
+        ))
+    }
+
     /// The cluster-wide limiter of rates and connection caps, on this transport's shared
     /// connections and key prefix (see [`crate::limits::redis`]).
     pub fn limiter(
@@ -502,14 +510,6 @@ impl RedisTransport {
             self.shared.pool.clone(),
             &self.shared.settings.prefix,
             options,
-        ))
-    }
-
-    /// The cluster's revocations, kept beside the streams (see [`crate::revocations::redis`]).
-    pub fn revocation_store(&self) -> Arc<crate::revocations::RedisRevocations> {
-        Arc::new(crate::revocations::RedisRevocations::new(
-            self.shared.pool.clone(),
-            &self.shared.settings.prefix,
         ))
     }
 
