@@ -301,6 +301,28 @@ impl Subject {
 mod tests {
     use super::*;
 
+    /// The README's worked example is a file the hub takes as it is (its key file put aside).
+    #[test]
+    fn the_readme_example_compiles() {
+        let readme = include_str!("../../../README.md");
+        let example = readme
+            .split("**A worked example**")
+            .nth(1)
+            .and_then(|rest| rest.split("```toml\n").nth(1))
+            .and_then(|rest| rest.split("```").next())
+            .expect("the README has its worked example");
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("admin-key");
+        std::fs::write(&key, "a-secret-for-admin-tokens-only-0123456789\n").unwrap();
+        let example = example.replace("/run/secrets/quicksilver-admin-key", key.to_str().unwrap());
+        let file = PolicyFile::parse(&example).unwrap();
+        assert_eq!(file.rate_limit.len(), 3);
+        assert_eq!(file.connection_limit.len(), 2);
+        assert_eq!(file.retention.len(), 2);
+        assert!(file.revocation.is_some());
+        Policies::compile(file).unwrap();
+    }
+
     #[test]
     fn flag_keys_are_not_policies_and_unknown_tables_are_not_read_here() {
         let file = PolicyFile::parse("transport = \"memory\"\nanonymous = true\n").unwrap();
