@@ -67,7 +67,11 @@ SDK_VARIABLES = {"OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_SERVICE_NAME"}
 # Settings of the binary the chart has no value for, on purpose (step 7): the chart always sets
 # the publisher's and the subscriber's key separately, and the listen address from hub.port
 # (SERVER_NAME is the reference hub's image's way of setting it).
-NOT_IN_CHART = {"MERCURE_JWT_KEY", "MERCURE_JWT_ALG", "SERVER_NAME"}
+# The admin key (and its algorithm) that turns revocation on is kept out of the chart's Secret on
+# purpose: it must never sit beside the publisher and subscriber keys; the README says to give it
+# from a Secret of its own through hub.extraEnvFrom.
+NOT_IN_CHART = {"MERCURE_JWT_KEY", "MERCURE_JWT_ALG", "SERVER_NAME",
+                "QUICKSILVER_ADMIN_JWT_KEY", "QUICKSILVER_ADMIN_JWT_ALG"}
 
 # The hub's own grace after its drain (crates/server: SHUTDOWN_GRACE), for the stopping rules.
 SHUTDOWN_GRACE = policy.hub_shutdown_grace(ROOT)
