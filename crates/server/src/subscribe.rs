@@ -122,7 +122,8 @@ async fn open(
     }
     // Connections through a trusted proxy are shared by many clients: each client's streams are
     // counted under its forwarded address instead (direct connections are counted on accept).
-    let client_slot = match client_ip(peer, &headers, &settings.trusted_proxies) {
+    let client_addr = client_ip(peer, &headers, &settings.trusted_proxies);
+    let client_slot = match client_addr {
         Some(ip) if hub.clients().is_limited() && settings.trusted_proxies.trusts(peer) => {
             Some(hub.clients().acquire(ip).ok_or_else(|| {
                 HubError::TooManyRequests("too many connections from this client address".into())
@@ -158,8 +159,7 @@ async fn open(
     // The policies' rate and connection limits (see `crate::policies::limits`), before the
     // selectors cost anything to compile. The slot is held for the stream's life.
     let claims = grants.map(|g| &**g.identity());
-    let client = client_ip(peer, &headers, &settings.trusted_proxies)
-        .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+    let client = client_addr.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let policies = hub.policies();
     hub.limits()
         .check_rate(&policies.limits, RequestKind::Subscribe, claims, client)
