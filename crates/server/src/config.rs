@@ -81,6 +81,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_PARTITIONS", default_value_t = 1)]
     pub redis_partitions: u16,
 
+    /// Redis Cluster hash slots the partitions share (0: one slot per partition). With G, the
+    /// partitions of one slot are read over one connection, so a node holds at most G reader
+    /// connections. Changing it renames the streams: do it with an empty history.
+    #[arg(long, env = "QUICKSILVER_REDIS_PARTITION_SLOTS", default_value_t = 0)]
+    pub redis_partition_slots: u16,
+
     /// Prefix of every Redis key the hub writes.
     #[arg(
         long,

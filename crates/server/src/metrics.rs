@@ -392,6 +392,12 @@ impl Collector for HubCollector {
             "Partitions (streams of updates) this node reads now: those its subscribers may match",
             t.partitions_read as i64,
         )?;
+        gauge(
+            &mut encoder,
+            "transport_reader_connections",
+            "Connections this node's readers hold to the transport (one per group of partitions read together)",
+            t.reader_connections as i64,
+        )?;
         counter(
             &mut encoder,
             "transport_reader_reconnects",

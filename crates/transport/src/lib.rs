@@ -223,6 +223,9 @@ pub struct TransportStats {
     pub missed_entries: u64,
     /// Partitions this node reads now (a transport that reads everything: all of them).
     pub partitions_read: u64,
+    /// Connections this node's readers hold open now (one per reader group it reads: a
+    /// transport without separate reader connections reports 0).
+    pub reader_connections: u64,
 }
 
 /// What a transport holds for one retention class (see [`retention`]), for the metrics endpoint.

@@ -216,6 +216,8 @@ pub(crate) struct Shared {
     progress: Vec<tokio::sync::watch::Sender<Option<Position>>>,
     /// History lookups talking to Redis at once (`max_history_scans`).
     scans: tokio::sync::Semaphore,
+    /// Reader connections open now (one per reader group being read).
+    reader_connections: AtomicU64,
 }
 
 impl Shared {
@@ -281,7 +283,11 @@ impl RedisTransport {
         let pool_connector = Connector::new(&settings, settings.command_timeout)?;
         let reader_connector =
             Connector::new(&settings, settings.block + settings.command_timeout)?;
-        let stream_keys = keys::stream_keys(&settings.prefix, settings.partitions);
+        let stream_keys = keys::stream_keys(
+            &settings.prefix,
+            settings.partitions,
+            settings.partition_slots,
+        );
         let shared = Shared {
             pool: Arc::new(ConnectionPool::new(
                 pool_connector,
@@ -331,6 +337,7 @@ impl RedisTransport {
                 .map(|_| tokio::sync::watch::channel(None).0)
                 .collect(),
             scans: tokio::sync::Semaphore::new(settings.max_history_scans),
+            reader_connections: AtomicU64::new(0),
             keys: stream_keys,
             settings,
         };
@@ -373,6 +380,11 @@ impl RedisTransport {
     /// How many partitions this node reads now.
     pub fn partitions_read(&self) -> usize {
         self.readers.reading()
+    }
+
+    /// How many connections this node's readers hold open now (one per reader group read).
+    pub fn reader_connections(&self) -> u64 {
+        self.shared.reader_connections.load(Ordering::Relaxed)
     }
 
     /// Stores `payload` in `partition` and in the history streams there of `classes` (the
@@ -791,6 +803,7 @@ impl Transport for RedisTransport {
             gaps: s.trimmed_gaps + s.rollbacks + s.recreations,
             missed_entries: s.missed_entries,
             partitions_read: self.readers.reading() as u64,
+            reader_connections: self.shared.reader_connections.load(Ordering::Relaxed),
         }
     }
 

@@ -312,3 +312,184 @@ async fn alternate_topics_reach_each_subscriber_once_from_its_own_partition() {
     })
     .await;
 }
+
+/// A block long enough that a read nobody wakes would outlast the test's waits.
+const LONG_BLOCK_MS: u64 = 30_000;
+
+/// How many of the Redis server's clients are blocked in (or last sent) an `XREAD`.
+fn xread_clients(redis: &RedisServer) -> usize {
+    let list: String = redis.query(&["CLIENT", "LIST"]).expect("CLIENT LIST");
+    list.lines().filter(|l| l.contains("cmd=xread")).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_partitions_are_read_over_one_connection_in_order() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let config = RedisConfig {
+            partitions: 64,
+            block_ms: LONG_BLOCK_MS,
+            ..config(redis.url(), Duration::from_secs(60))
+        };
+        let (publisher, _) = node(config.clone()).await;
+        let (t, mut rx) = node(config).await;
+        // One topic in each of 40 partitions, each joining the group's read while it is blocked
+        // (a join that did not wake it would not be positioned within the interest's wait).
+        let topics: Vec<String> = (0..40u16).map(|p| topic_in(&t, p, 0)).collect();
+        let mut holds = Vec::new();
+        for topic in &topics {
+            holds.push(t.interest(&exact(&[topic])).await.expect("interest"));
+        }
+        assert_eq!(t.partitions_read(), 40);
+        assert_eq!(t.reader_connections(), 1, "one reader connection for 40 partitions");
+        wait_until("one blocked reader", WAIT, async || xread_clients(&redis) == 1).await;
+        for round in 0..10 {
+            for (i, topic) in topics.iter().enumerate() {
+                publisher
+                    .publish(update(&format!("{i}-{round}"), &[topic], "x"))
+                    .await
+                    .expect("publish");
+            }
+        }
+        let mut by_topic: Vec<Vec<String>> = vec![Vec::new(); topics.len()];
+        let mut received = 0;
+        while received < topics.len() * 10 {
+            let e = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("every update arrives")
+                .expect("open");
+            let i = topics
+                .iter()
+                .position(|t| *t == e.update.topics[0])
+                .expect("a subscribed topic");
+            by_topic[i].push(e.update.id.clone());
+            received += 1;
+        }
+        for (i, ids) in by_topic.iter().enumerate() {
+            let expected: Vec<String> = (0..10).map(|round| format!("{i}-{round}")).collect();
+            assert_eq!(ids, &expected, "topic {i}: every update once, in order");
+        }
+        assert_eq!(xread_clients(&redis), 1, "still one reader connection");
+        drop(holds);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_joining_a_blocked_read_gets_its_updates_live() {
+    bounded(async {
+        let redis = RedisServer::start();
+        let config = RedisConfig {
+            block_ms: LONG_BLOCK_MS,
+            ..config(redis.url(), Duration::from_secs(60))
+        };
+        let (publisher, _) = node(config.clone()).await;
+        let (t, mut rx) = node(config).await;
+        let first = topic_in(&t, 1, 0);
+        let later = topic_in(&t, 6, 0);
+        let _first = t.interest(&exact(&[&first])).await.expect("interest");
+        // The group's read is now blocked for up to 30 s.
+        wait_until("the reader blocks", WAIT, async || xread_clients(&redis) == 1).await;
+        let _later = t.interest(&exact(&[&later])).await.expect("interest");
+        publisher
+            .publish(update("live", &[&later], "x"))
+            .await
+            .expect("publish");
+        let e = tokio::time::timeout(WAIT, rx.recv())
+            .await
+            .expect("the newcomer's update arrives without waiting for the block to end")
+            .expect("open");
+        assert_eq!(e.update.id, "live");
+        assert_eq!(t.reader_connections(), 1);
+    })
+    .await;
+}
+
+/// Delivers once let through; records losses.
+struct GatedCollect {
+    tx: mpsc::UnboundedSender<Arc<Envelope>>,
+    gate: Arc<tokio::sync::Semaphore>,
+    gaps: Arc<parking_lot::Mutex<Vec<Gap>>>,
+}
+
+#[async_trait]
+impl UpdateSink for GatedCollect {
+    async fn deliver(&self, envelope: Arc<Envelope>) {
+        if let Ok(permit) = self.gate.acquire().await {
+            permit.forget();
+        }
+        let _ = self.tx.send(envelope);
+    }
+
+    async fn gap(&self, gap: Gap) {
+        self.gaps.lock().push(gap);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gap_in_one_partition_of_a_group_is_reported_for_that_partition_only() {
+    bounded(async {
+        let redis = RedisServer::start();
+        // history_size 10 still keeps ~1000 entries in each stream (the floor for readers).
+        let config = RedisConfig {
+            history_size: 10,
+            ..config(redis.url(), Duration::from_secs(60))
+        };
+        let t = RedisTransport::new(config).expect("valid config");
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let gaps = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        t.start_reader(Arc::new(GatedCollect {
+            tx,
+            gate: gate.clone(),
+            gaps: gaps.clone(),
+        }));
+        wait_until("transport ready", WAIT, async || t.is_ready()).await;
+        let trimmed = topic_in(&t, 2, 0);
+        let kept = topic_in(&t, 5, 0);
+        let _hold = t
+            .interest(&exact(&[&trimmed, &kept]))
+            .await
+            .expect("interest");
+        assert_eq!(t.reader_connections(), 1, "both partitions in one group");
+        // The reader stops at the first hand-over (the gate is shut) while partition 2's stream
+        // is trimmed far past it; partition 5 keeps everything.
+        t.publish(update("first", &[&trimmed], "x"))
+            .await
+            .expect("publish");
+        for i in 0..3_000 {
+            t.publish(update(&format!("t{i}"), &[&trimmed], "x"))
+                .await
+                .expect("publish");
+            if i % 300 == 0 {
+                t.publish(update(&format!("k{}", i / 300), &[&kept], "x"))
+                    .await
+                    .expect("publish");
+            }
+        }
+        gate.add_permits(1_000_000);
+        let mut kept_seen = Vec::new();
+        loop {
+            let e = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("updates arrive")
+                .expect("open");
+            if e.update.id.starts_with('k') {
+                kept_seen.push(e.update.id.clone());
+            }
+            if e.update.id == "t2999" && kept_seen.len() == 10 {
+                break;
+            }
+            assert!(kept_seen.len() <= 10);
+        }
+        let expected: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+        assert_eq!(kept_seen, expected, "the other partition: everything, in order");
+        let gaps = gaps.lock().clone();
+        assert!(!gaps.is_empty(), "the loss is reported");
+        assert!(
+            gaps.iter().all(|g| g.partition == 2),
+            "only the trimmed partition: {gaps:?}"
+        );
+    })
+    .await;
+}

@@ -53,6 +53,14 @@ pub struct RedisConfig {
     /// on Redis Cluster, where each stream can live on another master. Order is kept per partition.
     /// Changing it reshuffles topics over streams: do it with an empty history.
     pub partitions: u16,
+    /// Redis Cluster hash slots the partitions share (0: one slot per partition). With `G > 0`,
+    /// partition `p`'s keys carry the slot tag of group `p mod G`, so the partitions of a group can
+    /// be read by one blocking `XREAD` on one connection (a multi-key command needs one slot): a node
+    /// then reads at most `G` groups, i.e. holds at most `G` reader connections, whatever the number
+    /// of partitions. Fewer slots spread the streams over fewer masters. At most `partitions`;
+    /// `partitions` itself is the same as 0. Changing it renames the streams: do it with an empty
+    /// history. On a plain Redis every partition is read by one connection whatever this says.
+    pub partition_slots: u16,
     /// Updates retained per partition for reconnecting subscribers (`XADD MAXLEN ~`); 0 disables
     /// history.
     pub history_size: usize,
@@ -130,6 +138,7 @@ impl Default for RedisConfig {
             cluster: false,
             stream_key_prefix: "quicksilver".into(),
             partitions: 1,
+            partition_slots: 0,
             history_size: 1_000,
             event_history: 1_000,
             history_max_age: None,
@@ -177,6 +186,9 @@ pub(crate) struct Settings {
     pub(crate) cluster: bool,
     pub(crate) prefix: String,
     pub(crate) partitions: u16,
+    /// Slot groups (see [`RedisConfig::partition_slots`]), normalized: 0 when every partition has
+    /// a slot of its own.
+    pub(crate) partition_slots: u16,
     pub(crate) history_size: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) cache_capacity: usize,
@@ -222,6 +234,11 @@ impl Settings {
         if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
             return invalid("partitions must be between 1 and 1024");
         }
+        if config.partition_slots > config.partitions {
+            return invalid(
+                "partition_slots must be at most partitions (0: one slot per partition)",
+            );
+        }
         if config.pool_size == 0 {
             return invalid("pool_size must be at least 1");
         }
@@ -256,6 +273,11 @@ impl Settings {
             cluster: config.is_cluster(),
             prefix: config.stream_key_prefix.clone(),
             partitions: config.partitions,
+            partition_slots: if config.partition_slots == config.partitions {
+                0
+            } else {
+                config.partition_slots
+            },
             history_size: config.history_size,
             max_age: config.history_max_age,
             cache_capacity,
@@ -352,6 +374,11 @@ mod tests {
             },
             RedisConfig {
                 partitions: 2000,
+                ..base.clone()
+            },
+            RedisConfig {
+                partitions: 4,
+                partition_slots: 5,
                 ..base.clone()
             },
             RedisConfig {

@@ -99,6 +99,29 @@ impl ConnectionLike for Conn {
     }
 }
 
+impl Conn {
+    /// Sends `cmd` to the server that holds `slot` (a plain server holds every slot): for commands
+    /// about a connection rather than a key (`CLIENT ID`, `CLIENT UNBLOCK`), which a cluster
+    /// connection would otherwise send to any node.
+    pub(crate) async fn query_at<T: redis::FromRedisValue>(
+        &mut self,
+        cmd: &Cmd,
+        slot: u16,
+    ) -> Result<T, RedisError> {
+        match self {
+            Conn::Plain(c) => cmd.query_async(c).await,
+            Conn::Cluster(c) => {
+                use redis::cluster_routing::{Route, RoutingInfo, SingleNodeRoutingInfo, SlotAddr};
+                let route = RoutingInfo::SingleNode(SingleNodeRoutingInfo::SpecificNode(
+                    Route::new(slot, SlotAddr::Master),
+                ));
+                let value = c.route_command(cmd.clone(), route).await?;
+                Ok(T::from_redis_value(value)?)
+            }
+        }
+    }
+}
+
 /// Opens connections with one response timeout (commands of pooled connections, or the longer
 /// blocking reads of a reader).
 pub(crate) enum Connector {

@@ -1,11 +1,18 @@
 //! Reading on interest: which partitions this node reads, and the reader tasks that come and go
 //! with the subscribers that need them.
 //!
+//! Partitions are read in groups: those whose streams one command can read together, on one
+//! connection, with one blocking `XREAD` (see `reader`). On a plain Redis that is every partition;
+//! on Redis Cluster a multi-key command needs one hash slot, so a group is a slot: one partition
+//! each, or `P / G` of them with `partition_slots = G` (see `keys`). A node therefore holds one
+//! reader connection per group it reads, not one per partition.
+//!
 //! A subscriber's [`Scope`](crate::Scope) names the partitions it may match (see the `redis`
-//! module docs); [`Readers::acquire`] counts it as a holder of each and starts the partition's
-//! reader if none runs, then waits until every one of those readers has found its place in its
-//! stream (its first connection warmed the tail cache and took the newest entry as its starting
-//! point). The subscriber registered in the fan-out before asking, so from then on:
+//! module docs); [`Readers::acquire`] counts it as a holder of each and adds the partition to its
+//! group's membership (starting the group's reader if none runs, and waking its blocked read so
+//! the newcomer does not wait for the block to end), then waits until every one of those
+//! partitions has found its place in its stream (the group's reader warmed the tail cache and took
+//! the newest entry as its starting point). The subscriber registered in the fan-out before asking, so from then on:
 //! - every update stored after the reader's starting point reaches the subscriber live;
 //! - everything up to it is in the tail cache (or in Redis), where its history lookup, made after
 //!   the acquisition, finds it, and the lookup's high-water marks reach at least that point.
@@ -13,15 +20,18 @@
 //! Replay-then-live therefore holds exactly as for a reader that always ran: no gap, no duplicate.
 //!
 //! Dropping the [`Hold`] releases the partitions. A partition whose last holder left keeps its
-//! reader for `idle_reader_linger` (a reconnecting subscriber finds it still running), then the
-//! reader is stopped, its tail cache emptied (memory goes with the interest) and its position
-//! forgotten. The next reader of that partition waits until the stopped one has finished, so two
-//! readers never fill one cache, and starts afresh. Nobody on the node held the partition in
-//! between, so nobody can have missed what it did not read.
+//! reading for `idle_reader_linger` (a reconnecting subscriber finds it still read), then it
+//! leaves its group: the group's reader drops its stream from its reads, empties its tail cache
+//! (memory goes with the interest) and forgets its position; a group with no partition left ends
+//! its task and closes its connection. The group's one task does all of this in order, so a
+//! partition that joins again starts afresh after it was forgotten; a group's next task waits
+//! until the previous one has finished, so two tasks never fill one cache. Nobody on the node held
+//! the partition in between, so nobody can have missed what it did not read.
 //!
 //! With `read_on_interest` off, the transport holds every partition from the start for the life of
 //! the node, and this is only where the readers are started.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -29,7 +39,8 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use super::reader::StreamReader;
+use super::keys::{hash_slot, reader_group};
+use super::reader::GroupReader;
 use super::status::ReaderState;
 use super::Shared;
 use crate::{TransportError, UpdateSink};
@@ -43,7 +54,9 @@ pub(crate) struct Readers {
     shutdown: CancellationToken,
     /// Index = partition.
     slots: Vec<Mutex<Slot>>,
-    /// The readiness state a reader starts in (see [`ReaderState`]).
+    /// Index = reader group (see [`reader_group`]).
+    groups: Vec<Arc<Group>>,
+    /// The readiness state a partition starts in (see [`ReaderState`]).
     starting_state: ReaderState,
 }
 
@@ -54,7 +67,7 @@ enum SinkState {
     Closed,
 }
 
-/// One partition's reading.
+/// One partition's interest.
 #[derive(Default)]
 struct Slot {
     /// Subscribers (holds) that need the partition.
@@ -62,17 +75,64 @@ struct Slot {
     /// Counts the times the partition was taken or left idle, so that a lingering stop acts only if
     /// nothing happened since the release that scheduled it.
     idle_epoch: u64,
-    running: Option<Run>,
-    /// Whether the last stopped reader has ended; the next one waits for it (they share the
-    /// partition's tail cache).
-    ended: Option<watch::Receiver<bool>>,
+    /// While the partition is a member of its group: turns `true` once it is positioned.
+    positioned: Option<watch::Receiver<bool>>,
 }
 
-/// A running reader task.
-struct Run {
-    stop: CancellationToken,
-    positioned: watch::Receiver<bool>,
-    ended: watch::Receiver<bool>,
+/// The partitions read together on one connection, and the task that reads them.
+pub(crate) struct Group {
+    pub(crate) index: u16,
+    /// The hash slot of the group's streams: connection commands go to its server on Redis
+    /// Cluster.
+    pub(crate) slot: u16,
+    wanted: Mutex<Wanted>,
+    /// Bumped (under the `wanted` lock) on every membership change: wakes the group's read.
+    pub(crate) changes: watch::Sender<u64>,
+}
+
+/// A group's membership and task.
+#[derive(Default)]
+struct Wanted {
+    members: BTreeMap<u16, Member>,
+    /// Turns `true` when the running task has ended; `None` when no task runs.
+    running: Option<watch::Receiver<bool>>,
+    /// The last task that stopped: the next one waits until it has ended.
+    ended: Option<watch::Receiver<bool>>,
+    generations: u64,
+}
+
+/// A partition's membership of its group.
+#[derive(Clone)]
+pub(crate) struct Member {
+    /// Which membership this is: a partition that left and joined again starts afresh.
+    pub(crate) generation: u64,
+    pub(crate) positioned: Arc<watch::Sender<bool>>,
+}
+
+impl Group {
+    /// The members the task should read; `None` when there are none, and the task then counts as
+    /// stopped (the next member starts another).
+    pub(crate) fn take_members(&self) -> Option<BTreeMap<u16, Member>> {
+        let mut wanted = self.wanted.lock();
+        if wanted.members.is_empty() {
+            wanted.ended = wanted.running.take();
+            return None;
+        }
+        Some(wanted.members.clone())
+    }
+
+    /// The transport closed under the task: subscribers waiting for a position are told so.
+    pub(crate) fn closed(&self) {
+        let mut wanted = self.wanted.lock();
+        wanted.members.clear();
+        if let Some(running) = wanted.running.take() {
+            wanted.ended = Some(running);
+        }
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
 }
 
 /// A hold on some partitions' readers; dropping it releases them.
@@ -93,7 +153,23 @@ impl Readers {
         shutdown: CancellationToken,
         starting_state: ReaderState,
     ) -> Arc<Self> {
-        let partitions = usize::from(shared.settings.partitions);
+        let settings = &shared.settings;
+        let partitions = settings.partitions;
+        let groups = (0..partitions)
+            .map(|p| reader_group(p, settings.cluster, settings.partition_slots))
+            .max()
+            .map_or(0, |g| g + 1);
+        let groups = (0..groups)
+            .map(|index| {
+                Arc::new(Group {
+                    index,
+                    // Partition `index` is in group `index`.
+                    slot: hash_slot(&shared.keys[usize::from(index)].stream),
+                    wanted: Mutex::new(Wanted::default()),
+                    changes: watch::channel(0).0,
+                })
+            })
+            .collect();
         Arc::new(Self {
             shared,
             sink: Mutex::new(SinkState::Unset),
@@ -101,6 +177,7 @@ impl Readers {
             slots: (0..partitions)
                 .map(|_| Mutex::new(Slot::default()))
                 .collect(),
+            groups,
             starting_state,
         })
     }
@@ -143,13 +220,15 @@ impl Readers {
             let mut slot = slot.lock();
             slot.holders += 1;
             slot.idle_epoch += 1;
-            if slot.running.is_none() {
-                let after = slot.ended.take();
-                slot.running = Some(self.spawn(partition, sink.clone(), after));
-            }
-            if let Some(run) = &slot.running {
-                positioned.push(run.positioned.clone());
-            }
+            let joined = match &slot.positioned {
+                Some(joined) => joined.clone(),
+                None => {
+                    let joined = self.join(partition, &sink);
+                    slot.positioned = Some(joined.clone());
+                    joined
+                }
+            };
+            positioned.push(joined);
         }
         let hold = Hold {
             readers: self.clone(),
@@ -185,7 +264,7 @@ impl Readers {
     pub(crate) fn reading(&self) -> usize {
         self.slots
             .iter()
-            .filter(|s| s.lock().running.is_some())
+            .filter(|s| s.lock().positioned.is_some())
             .count()
     }
 
@@ -220,8 +299,8 @@ impl Readers {
         }
     }
 
-    /// Stops the partition's reader if nobody took or left the partition since the release that
-    /// made it idle at `epoch`.
+    /// Takes the partition out of its group if nobody took or left the partition since the release
+    /// that made it idle at `epoch`.
     fn stop_if_idle(&self, partition: u16, epoch: u64) {
         let Some(slot) = self.slots.get(usize::from(partition)) else {
             return;
@@ -230,45 +309,69 @@ impl Readers {
         if slot.holders > 0 || slot.idle_epoch != epoch {
             return;
         }
-        if let Some(running) = slot.running.take() {
-            running.stop.cancel();
-            slot.ended = Some(running.ended);
-            tracing::debug!(
-                partition,
-                "no subscriber needs this partition: reader stopped"
-            );
+        if slot.positioned.take().is_some() {
+            if let Some(group) = self.group_of(partition) {
+                let mut wanted = group.wanted.lock();
+                wanted.members.remove(&partition);
+                group.changed();
+            }
         }
+    }
+
+    fn group_of(&self, partition: u16) -> Option<&Arc<Group>> {
+        let settings = &self.shared.settings;
+        let index = reader_group(partition, settings.cluster, settings.partition_slots);
+        self.groups.get(usize::from(index))
+    }
+
+    /// Adds `partition` to its group (starting the group's task if none runs); the receiver turns
+    /// `true` once the partition is positioned.
+    fn join(&self, partition: u16, sink: &Arc<dyn UpdateSink>) -> watch::Receiver<bool> {
+        let (positioned_tx, positioned) = watch::channel(false);
+        let Some(group) = self.group_of(partition) else {
+            // Unreachable (every partition has a group); the subscriber's wait times out.
+            return positioned;
+        };
+        let mut wanted = group.wanted.lock();
+        wanted.generations += 1;
+        let generation = wanted.generations;
+        wanted.members.insert(
+            partition,
+            Member {
+                generation,
+                positioned: Arc::new(positioned_tx),
+            },
+        );
+        if wanted.running.is_none() {
+            let after = wanted.ended.take();
+            wanted.running = Some(self.spawn(group.clone(), sink.clone(), after));
+        }
+        group.changed();
+        positioned
     }
 
     fn spawn(
         &self,
-        partition: u16,
+        group: Arc<Group>,
         sink: Arc<dyn UpdateSink>,
         after: Option<watch::Receiver<bool>>,
-    ) -> Run {
-        let stop = self.shutdown.child_token();
-        let (positioned_tx, positioned) = watch::channel(false);
+    ) -> watch::Receiver<bool> {
         let (ended_tx, ended) = watch::channel(false);
         let shared = self.shared.clone();
         let starting_state = self.starting_state;
-        let token = stop.clone();
+        let token = self.shutdown.child_token();
         tokio::spawn(async move {
             if let Some(mut before) = after {
-                // Ended, or its task is gone: either way it no longer touches the cache.
+                // Ended, or its task is gone: either way it no longer touches the caches.
                 let _ = before.wait_for(|ended| *ended).await;
             }
-            shared.health.set_reader(partition, starting_state);
-            tracing::debug!(partition, "reader started");
-            StreamReader::new(shared.clone(), partition, sink, positioned_tx)
+            tracing::debug!(group = group.index, "reader group started");
+            GroupReader::new(shared, group.clone(), sink, starting_state)
                 .run(token)
                 .await;
-            shared.forget(partition);
+            tracing::debug!(group = group.index, "reader group stopped");
             ended_tx.send_replace(true);
         });
-        Run {
-            stop,
-            positioned,
-            ended,
-        }
+        ended
     }
 }

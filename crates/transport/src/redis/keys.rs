@@ -11,6 +11,10 @@
 //!   cluster unevenly under CRC16 (many partitions can land on one master while others idle), so each
 //!   tag is the first short string whose slot is nearest to the centre of the `i`-th of `P` equal
 //!   slices of the 16384 slots, which spreads the streams evenly over any even slot assignment.
+//! - With `G` shared slots (`partition_slots`, `0 < G < P`), stream `i` is
+//!   `<prefix>:{<tag_(i mod G)>}:<i>`: the tag of group `i mod G` among `G` (spread as above), so
+//!   the partitions of a group share one slot and one command can read them all; the name stays
+//!   unique per partition.
 //! - Each stream's epoch marker shares its stream's hash slot (`<stream>:epoch` with the same tag, or
 //!   `{<stream>}:epoch` for the untagged single stream), so a master that lost the stream lost the
 //!   marker too and the change is seen.
@@ -101,8 +105,9 @@ pub(crate) fn partition_of(topic: &str, partitions: u16) -> u16 {
     (hash % u64::from(partitions)) as u16
 }
 
-/// The keys of every partition, index = partition.
-pub(crate) fn stream_keys(prefix: &str, partitions: u16) -> Vec<StreamKeys> {
+/// The keys of every partition, index = partition; `slots` shared slot groups (0: one slot per
+/// partition, see the module docs).
+pub(crate) fn stream_keys(prefix: &str, partitions: u16, slots: u16) -> Vec<StreamKeys> {
     if partitions <= 1 {
         let stream = format!("{prefix}:updates");
         let epoch = format!("{{{stream}}}:epoch");
@@ -115,10 +120,20 @@ pub(crate) fn stream_keys(prefix: &str, partitions: u16) -> Vec<StreamKeys> {
             retain,
         }];
     }
-    partition_tags(partitions)
+    let streams: Vec<String> = if slots == 0 || slots >= partitions {
+        partition_tags(partitions)
+            .into_iter()
+            .map(|tag| format!("{prefix}:{{{tag}}}"))
+            .collect()
+    } else {
+        let tags = partition_tags(slots);
+        (0..partitions)
+            .map(|i| format!("{prefix}:{{{}}}:{i}", tags[usize::from(i % slots)]))
+            .collect()
+    };
+    streams
         .into_iter()
-        .map(|tag| {
-            let stream = format!("{prefix}:{{{tag}}}");
+        .map(|stream| {
             let epoch = format!("{stream}:epoch");
             let events = format!("{stream}:events");
             let retain = format!("{stream}:retain:");
@@ -130,6 +145,17 @@ pub(crate) fn stream_keys(prefix: &str, partitions: u16) -> Vec<StreamKeys> {
             }
         })
         .collect()
+}
+
+/// The reader group of `partition` (see the `interest` module docs): partitions of one group are
+/// read by one command. On a plain server every partition is in group 0; on Redis Cluster a group
+/// is a hash slot: partition `p` alone without shared slots, `p mod slots` with them.
+pub(crate) fn reader_group(partition: u16, cluster: bool, slots: u16) -> u16 {
+    match (cluster, slots) {
+        (false, _) => 0,
+        (true, 0) => partition,
+        (true, slots) => partition % slots,
+    }
 }
 
 /// One hash tag per partition, each hashing to the slot nearest the centre of its slice of the slot
@@ -204,7 +230,7 @@ mod tests {
     #[test]
     fn partition_slots_are_spread_evenly() {
         for partitions in [2u16, 3, 4, 6, 8, 16, 32, 64, 128, 1024] {
-            let keys = stream_keys("quicksilver", partitions);
+            let keys = stream_keys("quicksilver", partitions, 0);
             let slice = f64::from(SLOTS) / f64::from(partitions);
             let mut seen = std::collections::HashSet::new();
             for (i, k) in keys.iter().enumerate() {
@@ -231,7 +257,7 @@ mod tests {
     #[test]
     fn three_partitions_land_on_three_default_masters() {
         // `redis-cli --cluster create` with 3 masters assigns 0-5460, 5461-10922, 10923-16383.
-        let slots: Vec<u16> = stream_keys("quicksilver", 3)
+        let slots: Vec<u16> = stream_keys("quicksilver", 3, 0)
             .iter()
             .map(|k| hash_slot(&k.stream))
             .collect();
@@ -256,7 +282,7 @@ mod tests {
 
     #[test]
     fn single_partition_keys() {
-        let keys = stream_keys("qs", 1);
+        let keys = stream_keys("qs", 1, 0);
         assert_eq!(keys[0].stream, "qs:updates");
         assert_eq!(keys[0].epoch, "{qs:updates}:epoch");
         assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].epoch));
@@ -264,6 +290,30 @@ mod tests {
         assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].events));
         assert_eq!(keys[0].class("n100"), "{qs:updates}:retain:n100");
         assert_eq!(hash_slot(&keys[0].stream), hash_slot(&keys[0].class("n0")));
+    }
+
+    #[test]
+    fn shared_slots_group_partitions_by_slot() {
+        let keys = stream_keys("qs", 8, 2);
+        let tags = partition_tags(2);
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(k.stream, format!("qs:{{{}}}:{i}", tags[i % 2]));
+            assert_eq!(hash_slot(&k.stream), hash_slot(&keys[i % 2].stream));
+            assert_eq!(hash_slot(&k.epoch), hash_slot(&k.stream));
+            assert_eq!(hash_slot(&k.events), hash_slot(&k.stream));
+            assert_eq!(hash_slot(&k.class("n1")), hash_slot(&k.stream));
+            assert_eq!(reader_group(i as u16, true, 2), (i % 2) as u16);
+        }
+        assert_ne!(hash_slot(&keys[0].stream), hash_slot(&keys[1].stream));
+        let names: std::collections::HashSet<_> = keys.iter().map(|k| &k.stream).collect();
+        assert_eq!(names.len(), 8, "one stream per partition");
+        assert_eq!(
+            stream_keys("qs", 8, 8),
+            stream_keys("qs", 8, 0),
+            "P slots: as without"
+        );
+        assert_eq!(reader_group(5, false, 0), 0, "plain redis: one group");
+        assert_eq!(reader_group(5, true, 0), 5, "cluster: one slot each");
     }
 
     #[test]

@@ -55,6 +55,18 @@ impl ConnectionPool {
         result
     }
 
+    /// Sends one command to the server that holds `slot` (see [`Conn::query_at`]).
+    pub(crate) async fn query_at<T: FromRedisValue>(
+        &self,
+        cmd: &Cmd,
+        slot: u16,
+    ) -> Result<T, CallError> {
+        let (index, generation, mut conn) = self.checkout().await?;
+        let result = timed(self.timeout, conn.query_at(cmd, slot)).await;
+        self.after(index, generation, &result).await;
+        result
+    }
+
     /// Sends a pipeline (one round trip).
     pub(crate) async fn query_pipeline<T: FromRedisValue>(
         &self,

@@ -1,23 +1,34 @@
-//! A partition's reader: the task that reads one stream, in order, on its own connection, and hands
-//! every update to the node's fan-out.
+//! A reader group's task: one connection, one blocking read over the streams of every partition of
+//! the group that this node reads, and the hand-over of every update to the node's fan-out.
 //!
-//! On its first connection it warms the tail cache from the end of the stream and starts reading
-//! after the newest entry (what was there before is history, not live). Then it loops on
-//! `XREAD BLOCK`: each batch is decoded, appended to the tail cache, and only then delivered to the
-//! sink in order, so a subscriber that registered before reading history finds every update either
-//! in the cache or in its live queue.
+//! Which partitions form a group, and which of them are read, is `interest`'s business; the task
+//! takes the group's membership before each read. A partition that joins is positioned on the
+//! group's connection: on its first connection it warms the tail cache from the end of its stream
+//! and starts reading after the newest entry (what was there before is history, not live). A
+//! partition that leaves is dropped from the reads, its cache emptied; a group with no partition
+//! left ends its task and closes its connection. Joining and leaving wake a read blocked in `XREAD
+//! BLOCK` (`CLIENT UNBLOCK` of the reader's connection, sent on a pooled connection to the same
+//! server), so a newcomer's updates do not wait for the block to end.
 //!
-//! After any failure the reader marks itself not ready, backs off (100 ms doubling to 5 s, with
-//! jitter), reconnects and resumes after the last entry it read, so nothing still in the stream is
-//! skipped. On every (re)connection and every few seconds it compares the stream's epoch (see the
-//! `redis` module docs): a new epoch whose stream no longer holds the last entry read means the
-//! stream was recreated, so the cache is emptied and reading restarts at the new stream's beginning.
+//! The task then loops on `XREAD BLOCK` over the group's streams: each stream's batch is decoded,
+//! appended to its partition's tail cache, and only then delivered to the sink in order, so a
+//! subscriber that registered before reading history finds every update either in the cache or in
+//! its live queue. Everything below holds per partition (each has its own cursors, epoch, checks,
+//! pacing and nonces); only the connection is shared.
+//!
+//! After a connection failure the group's partitions are marked not ready, the task backs off (100
+//! ms doubling to 5 s, with jitter), reconnects and resumes each stream after the last entry it
+//! read, so nothing still in the streams is skipped. On every (re)connection and every few seconds
+//! it compares the stream's epoch (see the `redis` module docs): a new epoch whose stream no longer
+//! holds the last entry read means the stream was recreated, so the cache is emptied and reading
+//! restarts at the new stream's beginning.
 //!
 //! A busy topic's reads are paced by the batch window (`RedisConfig::batch_window`). When the
 //! updates just handed over repeat a topic (two in one batch, or the batch's first repeating the
-//! previous batch's last within the window), the reader waits until the window since that hand-over
-//! has passed before it reads again. What arrived meanwhile is then read and handed over together,
-//! so a subscriber of that topic gets several updates in one write instead of one write each: on
+//! previous batch's last within the window), its partition is left out of the group's reads until
+//! the window since that hand-over has passed (the others are read meanwhile, the block shortened
+//! to the window's end). What arrived meanwhile is then read and handed over together, so a
+//! subscriber of that topic gets several updates in one write instead of one write each: on
 //! loopback or a fast network the kernel's cost per write is most of a delivery's cost. Updates on
 //! changing topics (many documents edited at once) gain nothing from that and are not delayed, nor
 //! is an update after a quiet spell: the blocking `XREAD` already waiting reads it at once.
@@ -27,28 +38,30 @@
 //! reconnection) would find the entries it had not read trimmed away, and its subscribers would
 //! silently miss them. So whenever that is possible the reader reads *checked*: one script reads
 //! the stream's counters and the entries after its position in the same instant, and the counters
-//! say exactly whether anything after that position was removed. Trimming leaves no trace of what it
-//! removed, so the check counts: the reader tracks the ordinal of its last entry (Redis 7's
+//! say exactly whether anything after that position was removed. Trimming leaves no trace of what
+//! it removed, so the check counts: the reader tracks the ordinal of its last entry (Redis 7's
 //! `entries-added` when it read the newest entry, plus one per entry since), and entries after it
 //! were trimmed when `entries-added - length` (entries ever removed, all from the front unless
 //! `XDEL`ed) exceeds it; `XDEL`s past it show in `max-deleted-entry-id`; a stream whose newest id
 //! or count went backwards rolled back (a replica without the newest entries took over).
 //!
-//! Reads are checked after a (re)connection, periodically, and while the reader is behind. A plain
+//! Reads are checked after a (re)connection, periodically, and while the partition is behind (one
+//! script over the streams of the partitions due, a few dozen at most, without blocking). A plain
 //! `XREAD` is safe otherwise: the stream keeps at least `stream_len` entries, so if entries after
-//! the reader's position had been trimmed, the read would return a full batch of what is left;
-//! a read that returns less cannot have skipped anything (with an age limit, also unless the
-//! reader's position is about as old as the limit). A full batch, or one that old, is not handed
-//! over: it is read again checked.
+//! the reader's position had been trimmed, the read would return a full batch of what is left; a
+//! read that returns less cannot have skipped anything (with an age limit, also unless the reader's
+//! position is about as old as the limit). A full batch, or one that old, is not handed over: its
+//! partition is read again checked.
 //!
-//! A loss found is handed to the sink as a [`Gap`] before anything read after it, counted, and
-//! logged with the number of entries missed (when Redis 7 can count them); the node then ends its
-//! subscribers' streams so they resume with their last event id and are told. The same happens
-//! when the stream was recreated under a live reader (its epoch changed and its entries are gone).
-//! On Redis before 7 trimming cannot be counted and is not detected.
+//! A loss found is handed to the sink as a [`Gap`] of its partition only, before anything of that
+//! partition read after it, counted, and logged with the number of entries missed (when Redis 7 can
+//! count them); the node then ends its subscribers' streams so they resume with their last event id
+//! and are told. The same happens when the stream was recreated under a live reader (its epoch
+//! changed and its entries are gone). On Redis before 7 trimming cannot be counted and is not
+//! detected.
 
-use std::collections::VecDeque;
-use std::convert::Infallible;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,7 +72,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::commands::{self, StreamInfo, TailEnd, Via};
-use super::connection::{CallError, Conn};
+use super::connection::{timed, CallError, Conn};
+use super::interest::Group;
 use super::status::{Counters, ReaderState};
 use super::Shared;
 use crate::{Gap, GapCause, UpdateSink};
@@ -82,11 +96,330 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// moments of the original, far fewer entries apart than this.
 const RECENT_NONCES: usize = 4_096;
 
-/// The reader of one partition (see the module docs).
+/// How many partitions one checked read covers at most: after a reconnection every partition of a
+/// group reads checked, a few scripts of bounded size rather than one huge one.
+const CHECKED_READ_PARTITIONS: usize = 32;
+
+/// How soon a wake-up of a blocked read is sent again when it found nothing to wake (it reached
+/// Redis before the read did).
+const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
+
+/// The reader of one group of partitions: one task, one connection, one blocking `XREAD` over the
+/// streams of every partition of the group the node reads (see the module docs).
+pub(crate) struct GroupReader {
+    shared: Arc<Shared>,
+    group: Arc<Group>,
+    sink: Arc<dyn UpdateSink>,
+    /// The partitions read, as last taken from the group's membership.
+    members: BTreeMap<u16, StreamReader>,
+    /// Sees the membership change (see [`GroupReader::read`]).
+    changes: tokio::sync::watch::Receiver<u64>,
+    /// The readiness state of a partition whose reader has not connected yet.
+    starting_state: ReaderState,
+}
+
+/// Counts an open reader connection for as long as it lives.
+struct OpenConnection<'a>(&'a AtomicU64);
+
+impl<'a> OpenConnection<'a> {
+    fn new(count: &'a AtomicU64) -> Self {
+        count.fetch_add(1, Ordering::Relaxed);
+        Self(count)
+    }
+}
+
+impl Drop for OpenConnection<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl GroupReader {
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        group: Arc<Group>,
+        sink: Arc<dyn UpdateSink>,
+        starting_state: ReaderState,
+    ) -> Self {
+        let changes = group.changes.subscribe();
+        Self {
+            shared,
+            group,
+            sink,
+            changes,
+            members: BTreeMap::new(),
+            starting_state,
+        }
+    }
+
+    /// Reads until `shutdown` is cancelled or the group has no partition left.
+    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::new();
+        loop {
+            let failure = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                outcome = self.session(&mut backoff) => match outcome {
+                    Ok(()) => break,
+                    Err(e) => e,
+                },
+            };
+            for &partition in self.members.keys() {
+                self.shared
+                    .health
+                    .set_reader(partition, ReaderState::Failing);
+            }
+            Counters::bump(&self.shared.counters.reader_errors);
+            let delay = backoff.next();
+            tracing::warn!(
+                group = self.group.index,
+                partitions = self.members.len(),
+                error = %failure,
+                retry_in = ?delay,
+                "redis reader failed; reconnecting"
+            );
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(delay) => {}
+            }
+        }
+        for &partition in self.members.keys() {
+            self.shared.forget(partition);
+            self.shared.health.set_reader(partition, ReaderState::Idle);
+        }
+        if shutdown.is_cancelled() {
+            // Subscribers still waiting for a position are told the transport closed.
+            self.group.closed();
+        }
+    }
+
+    /// Takes the group's membership: partitions no longer wanted (or wanted anew since) are
+    /// forgotten, new ones added unpositioned. `false` when the group has no partition left (the
+    /// group then counts this task as ended: a partition added later starts another).
+    fn sync(&mut self) -> bool {
+        // Seen before the membership is taken: a change after this wakes the next read.
+        self.changes.borrow_and_update();
+        let Some(wanted) = self.group.take_members() else {
+            return false;
+        };
+        let gone: Vec<u16> = self
+            .members
+            .iter()
+            .filter(|(p, r)| wanted.get(p).map(|m| m.generation) != Some(r.generation))
+            .map(|(p, _)| *p)
+            .collect();
+        for partition in gone {
+            self.members.remove(&partition);
+            // Its caches emptied (memory goes with the interest) and its position forgotten.
+            self.shared.forget(partition);
+            self.shared.health.set_reader(partition, ReaderState::Idle);
+            tracing::debug!(
+                partition,
+                "no subscriber needs this partition: no longer read"
+            );
+        }
+        for (partition, member) in wanted {
+            if self.members.contains_key(&partition) {
+                continue;
+            }
+            self.shared
+                .health
+                .set_reader(partition, self.starting_state);
+            tracing::debug!(
+                partition,
+                group = self.group.index,
+                "partition joins its reader group"
+            );
+            self.members.insert(
+                partition,
+                StreamReader::new(
+                    self.shared.clone(),
+                    partition,
+                    self.sink.clone(),
+                    member.generation,
+                    member.positioned,
+                ),
+            );
+        }
+        true
+    }
+
+    /// One connection's life: `Ok` when the group has no partition left, or the error that ended it.
+    async fn session(&mut self, backoff: &mut Backoff) -> Result<(), CallError> {
+        if !self.sync() {
+            return Ok(());
+        }
+        let shared = self.shared.clone();
+        let timeout = shared.settings.command_timeout;
+        let mut conn = shared.reader_connector.connect(timeout).await?;
+        let _open = OpenConnection::new(&shared.reader_connections);
+        // The connection's id, to wake its blocking read when a partition joins (see `read`).
+        let mut id_cmd = redis::cmd("CLIENT");
+        id_cmd.arg("ID");
+        let client_id: Option<u64> = match timed(timeout, conn.query_at(&id_cmd, self.group.slot))
+            .await
+        {
+            Ok(id) => Some(id),
+            Err(e) if e.breaks_connection() => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, "CLIENT ID refused: a partition joining a blocked read waits for the read to end");
+                None
+            }
+        };
+        for reader in self.members.values_mut() {
+            reader.position(&mut conn).await?;
+        }
+        backoff.reset();
+        tracing::debug!(
+            group = self.group.index,
+            partitions = self.members.len(),
+            "redis reader connected"
+        );
+        loop {
+            if !self.sync() {
+                return Ok(());
+            }
+            for reader in self.members.values_mut() {
+                if !reader.is_positioned() {
+                    reader.position(&mut conn).await?;
+                }
+            }
+            self.read(&mut conn, client_id).await?;
+            for reader in self.members.values_mut() {
+                reader.maintain(&mut conn).await?;
+            }
+        }
+    }
+
+    /// One read: checked for the partitions that must be (a few at a time), otherwise a blocking
+    /// `XREAD` over every partition not held back by pacing, woken when the membership changes.
+    async fn read(&mut self, conn: &mut Conn, client_id: Option<u64>) -> Result<(), CallError> {
+        let shared = self.shared.clone();
+        let settings = &shared.settings;
+        let timeout = settings.command_timeout;
+        let count = settings.read_count;
+        let checked: Vec<u16> = self
+            .members
+            .iter()
+            .filter(|(_, r)| r.checked)
+            .map(|(p, _)| *p)
+            .take(CHECKED_READ_PARTITIONS)
+            .collect();
+        if !checked.is_empty() {
+            let (spans, streams) = self.streams_of(&checked);
+            let refs: Vec<(&str, Position)> =
+                streams.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+            let read = commands::read_checked(&mut via(conn, timeout), &refs, count).await?;
+            let mut read = read.into_iter();
+            for (partition, n) in spans {
+                let part: Vec<_> = read.by_ref().take(n).collect();
+                if let Some(reader) = self.members.get_mut(&partition) {
+                    reader.take_checked(part).await;
+                }
+            }
+            return Ok(());
+        }
+        let now = Instant::now();
+        let readable: Vec<u16> = self
+            .members
+            .iter()
+            .filter(|(_, r)| r.paced_until.is_none_or(|at| at <= now))
+            .map(|(p, _)| *p)
+            .collect();
+        let next_paced = self
+            .members
+            .values()
+            .filter_map(|r| r.paced_until)
+            .filter(|at| *at > now)
+            .min();
+        if readable.is_empty() {
+            // Every partition waits for its pacing window: sleep until the first one ends.
+            if let Some(at) = next_paced {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(at) => {}
+                    _ = self.changes.changed() => {}
+                }
+            }
+            return Ok(());
+        }
+        let block = next_paced.map_or(settings.block, |at| {
+            settings.block.min(at - now).max(Duration::from_millis(1))
+        });
+        let (spans, streams) = self.streams_of(&readable);
+        let refs: Vec<(&str, Position)> = streams.iter().map(|(k, p)| (k.as_str(), *p)).collect();
+        let (shared, slot) = (&self.shared, self.group.slot);
+        let changes = &mut self.changes;
+        let read = commands::read_after(conn, &refs, count, block, timeout);
+        tokio::pin!(read);
+        // A partition that joins (or leaves) is taken in by the next read: wake this one if it is
+        // blocked, by `CLIENT UNBLOCK` from another connection to the same server (the read then
+        // returns as if its block had run out). Sent again while it found nothing to wake: it may
+        // have reached Redis before the read itself.
+        let mut unblock_at: Option<Instant> = None;
+        let batches = loop {
+            tokio::select! {
+                read = &mut read => break read?,
+                _ = changes.changed(), if unblock_at.is_none() && client_id.is_some() => {
+                    unblock_at = Some(Instant::now());
+                }
+                _ = tokio::time::sleep_until(unblock_at.unwrap_or(now)), if unblock_at.is_some() => {
+                    let woke = match client_id {
+                        Some(id) => unblock(shared, slot, id).await,
+                        None => true,
+                    };
+                    unblock_at = (!woke).then(|| Instant::now() + UNBLOCK_RETRY);
+                }
+            }
+        };
+        let mut batches = batches.into_iter();
+        for (partition, n) in spans {
+            let part: Vec<_> = batches.by_ref().take(n).collect();
+            if let Some(reader) = self.members.get_mut(&partition) {
+                reader.take_read(part).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The streams (key, position to read after) of `partitions`, and how many each has.
+    fn streams_of(&self, partitions: &[u16]) -> (Vec<(u16, usize)>, Streams) {
+        let mut spans = Vec::with_capacity(partitions.len());
+        let mut streams = Vec::with_capacity(partitions.len() + 1);
+        for partition in partitions {
+            if let Some(reader) = self.members.get(partition) {
+                let before = streams.len();
+                streams.extend(reader.cursors().map(|c| (c.key.clone(), c.after())));
+                spans.push((*partition, streams.len() - before));
+            }
+        }
+        (spans, streams)
+    }
+}
+
+/// Streams to read: each key, and the position to read after.
+type Streams = Vec<(String, Position)>;
+
+/// Wakes the blocked read of connection `client_id` on the server of `slot` (`CLIENT UNBLOCK`);
+/// whether it found it blocked.
+async fn unblock(shared: &Shared, slot: u16, client_id: u64) -> bool {
+    let mut cmd = redis::cmd("CLIENT");
+    cmd.arg("UNBLOCK").arg(client_id);
+    match shared.pool.query_at::<i64>(&cmd, slot).await {
+        Ok(n) => n > 0,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not wake a blocked reader; it wakes when its block ends");
+            true
+        }
+    }
+}
+
+/// The reading of one partition within its group (see the module docs).
 pub(crate) struct StreamReader {
     shared: Arc<Shared>,
     partition: u16,
     sink: Arc<dyn UpdateSink>,
+    /// Which membership of the partition in its group this is (a partition that left and joined
+    /// again starts afresh).
+    generation: u64,
     /// The partition's updates stream.
     updates: Cursor,
     /// The subscription events stream, read with partition 0's updates (`None` elsewhere).
@@ -98,6 +431,13 @@ pub(crate) struct StreamReader {
     /// The last update handed over, whose first topic the next is compared with (for pacing, see
     /// the module docs).
     last_handed: Option<Arc<Envelope>>,
+    /// When the last updates were handed over.
+    handed_over: Option<Instant>,
+    /// Pacing (see the module docs): the partition is left out of reads until then.
+    paced_until: Option<Instant>,
+    /// When the epoch was last compared, and when a lost ordinal was last looked for.
+    epoch_checked: Instant,
+    resync_tried: Instant,
     /// Updates read and cached but not handed over yet: an event that comes before one of them
     /// may not have been read yet (see [`StreamReader::hand_over_pending`]).
     pending_updates: VecDeque<Arc<Envelope>>,
@@ -111,8 +451,8 @@ pub(crate) struct StreamReader {
     /// Publish nonces of the entries read lately (see [`RECENT_NONCES`]).
     recent: RecentNonces,
     /// Set once the reader has found its place in its streams (its first connection warmed the
-    /// caches): subscribers waiting for this reader to start are then served.
-    positioned: tokio::sync::watch::Sender<bool>,
+    /// caches): subscribers waiting for this partition are then served.
+    positioned: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// Where a reader is in one stream.
@@ -150,11 +490,12 @@ struct Repeats {
 }
 
 impl StreamReader {
-    pub(crate) fn new(
+    fn new(
         shared: Arc<Shared>,
         partition: u16,
         sink: Arc<dyn UpdateSink>,
-        positioned: tokio::sync::watch::Sender<bool>,
+        generation: u64,
+        positioned: Arc<tokio::sync::watch::Sender<bool>>,
     ) -> Self {
         let keys = &shared.keys[usize::from(partition)];
         let updates = Cursor::new(&keys.stream, partition);
@@ -163,11 +504,16 @@ impl StreamReader {
             shared,
             partition,
             sink,
+            generation,
             updates,
             events,
             epoch: None,
             checked: false,
             last_handed: None,
+            handed_over: None,
+            paced_until: None,
+            epoch_checked: Instant::now(),
+            resync_tried: Instant::now(),
             pending_updates: VecDeque::new(),
             pending_events: VecDeque::new(),
             events_floor: None,
@@ -175,38 +521,6 @@ impl StreamReader {
             recent: RecentNonces::default(),
             positioned,
         }
-    }
-
-    /// Reads until `shutdown` is cancelled.
-    pub(crate) async fn run(mut self, shutdown: CancellationToken) {
-        let mut backoff = Backoff::new();
-        loop {
-            let failure = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                outcome = self.session(&mut backoff) => match outcome {
-                    Err(e) => e,
-                    Ok(never) => match never {},
-                },
-            };
-            self.shared
-                .health
-                .set_reader(self.partition, ReaderState::Failing);
-            Counters::bump(&self.shared.counters.reader_errors);
-            let delay = backoff.next();
-            tracing::warn!(
-                partition = self.partition,
-                error = %failure,
-                retry_in = ?delay,
-                "redis reader failed; reconnecting"
-            );
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(delay) => {}
-            }
-        }
-        self.shared
-            .health
-            .set_reader(self.partition, ReaderState::Idle);
     }
 
     /// The cursors, updates first.
@@ -221,104 +535,112 @@ impl StreamReader {
         }
     }
 
-    /// One connection's life: returns only with the error that ended it.
-    async fn session(&mut self, backoff: &mut Backoff) -> Result<Infallible, CallError> {
+    /// Whether the partition was positioned on the group's current connection.
+    fn is_positioned(&self) -> bool {
+        self.epoch.is_some()
+    }
+
+    /// Finds the partition's place on a new connection: warms the caches on the first one,
+    /// otherwise compares the epoch and reads checked next (whatever happened while disconnected
+    /// shows in that read). Then subscribers waiting for the partition are served.
+    async fn position(&mut self, conn: &mut Conn) -> Result<(), CallError> {
         let shared = self.shared.clone();
-        let settings = &shared.settings;
         let keys = &shared.keys[usize::from(self.partition)];
-        let timeout = settings.command_timeout;
-        let mut conn = shared.reader_connector.connect(timeout).await?;
-        let epoch = commands::epoch(&mut via(&mut conn, timeout), &keys.epoch).await?;
+        let timeout = shared.settings.command_timeout;
+        let epoch = commands::epoch(&mut via(conn, timeout), &keys.epoch).await?;
         match self.updates.last {
-            None => self.warm(&mut conn).await?,
+            None => self.warm(conn).await?,
             Some(last) if self.epoch.as_deref() != Some(epoch.as_str()) => {
-                self.epoch_changed(&mut conn, last).await?
+                self.epoch_changed(conn, last).await?
             }
-            // Whatever happened while disconnected shows in the first (checked) read.
             Some(_) => self.checked = true,
         }
         self.epoch = Some(epoch);
+        self.epoch_checked = Instant::now();
+        self.resync_tried = Instant::now();
         shared
             .health
             .set_reader(self.partition, ReaderState::Connected);
         // Positioned: what is stored from now on is read live (see `interest`).
         self.positioned.send_replace(true);
-        backoff.reset();
-        tracing::debug!(partition = self.partition, stream = %keys.stream, "redis reader connected");
+        tracing::debug!(partition = self.partition, stream = %keys.stream, "partition positioned");
+        Ok(())
+    }
 
-        let mut epoch_checked = Instant::now();
-        let mut resync_tried = Instant::now();
-        let window = settings.batch_window;
-        let count = settings.read_count;
-        let mut handed_over: Option<Instant> = None;
-        let mut pace = false;
-        loop {
-            if let Some(at) = handed_over.filter(|_| pace) {
-                // Pacing (see the module docs): what arrives meanwhile goes in the next batch.
-                tokio::time::sleep_until(at + window).await;
-            }
-            let streams: Vec<(String, Position)> =
-                self.cursors().map(|c| (c.key.clone(), c.after())).collect();
-            let streams: Vec<(&str, Position)> =
-                streams.iter().map(|(k, p)| (k.as_str(), *p)).collect();
-            let batches = if self.checked {
-                let read =
-                    commands::read_checked(&mut via(&mut conn, timeout), &streams, count).await?;
-                let mut batches = Vec::with_capacity(read.len());
-                for (index, (info, raw)) in read.into_iter().enumerate() {
-                    self.account(index, &info, raw.len()).await;
-                    batches.push(raw);
+    /// The periodic checks after a read: the epoch every few seconds (and one checked read,
+    /// which finds a rollback the connection did not notice), a lost ordinal every second.
+    async fn maintain(&mut self, conn: &mut Conn) -> Result<(), CallError> {
+        if self.epoch_checked.elapsed() >= EPOCH_CHECK_EVERY {
+            let shared = self.shared.clone();
+            let keys = &shared.keys[usize::from(self.partition)];
+            let timeout = shared.settings.command_timeout;
+            self.epoch_checked = Instant::now();
+            let epoch = commands::epoch(&mut via(conn, timeout), &keys.epoch).await?;
+            if self.epoch.as_deref() != Some(epoch.as_str()) {
+                if let Some(last) = self.updates.last {
+                    self.epoch_changed(conn, last).await?;
                 }
-                self.checked = batches.iter().any(|b| b.len() >= count);
-                batches
-            } else {
-                let batches =
-                    commands::read_after(&mut conn, &streams, count, settings.block, timeout)
-                        .await?;
-                if batches.iter().any(|b| b.len() >= count) || self.older_than_age_limit() {
-                    // It may have skipped trimmed entries: read it again, checked.
-                    self.checked = true;
-                    continue;
-                }
-                for (index, batch) in batches.iter().enumerate() {
-                    let cursor = self.cursor_mut(index);
-                    cursor.ordinal = cursor.ordinal.map(|k| k + batch.len() as u64);
-                }
-                batches
-            };
-            let full = batches.iter().any(|b| b.len() >= count);
-            let updates_caught_up = batches.first().is_none_or(|b| b.len() < count);
-            self.events_caught_up = batches.get(1).is_none_or(|b| b.len() < count);
-            if batches.iter().any(|b| !b.is_empty()) {
-                let recent = handed_over.is_some_and(|at| at.elapsed() < window);
-                let repeats = self.take(batches).await;
-                // A full batch means falling behind: read on at once.
-                pace = !window.is_zero() && !full && (repeats.within || (repeats.across && recent));
-                handed_over = Some(Instant::now());
+                self.epoch = Some(epoch);
             }
-            if updates_caught_up {
-                // A read that returned less than a batch reached the newest entry: no lag.
-                self.shared.lags[usize::from(self.partition)]
-                    .store(0, std::sync::atomic::Ordering::Relaxed);
-            }
-            if epoch_checked.elapsed() >= EPOCH_CHECK_EVERY {
-                epoch_checked = Instant::now();
-                let epoch = commands::epoch(&mut via(&mut conn, timeout), &keys.epoch).await?;
-                if self.epoch.as_deref() != Some(epoch.as_str()) {
-                    if let Some(last) = self.updates.last {
-                        self.epoch_changed(&mut conn, last).await?;
-                    }
-                    self.epoch = Some(epoch);
-                }
-                self.checked = true;
-            }
-            if self.cursors().any(|c| c.ordinal.is_none()) && resync_tried.elapsed() >= RESYNC_EVERY
-            {
-                // Redis 7 counts entries, but an ordinal was lost: the next checked read re-learns
-                // it when it reaches the newest entry.
-                resync_tried = Instant::now();
-                self.checked = true;
-            }
+            self.checked = true;
+        }
+        if self.cursors().any(|c| c.ordinal.is_none())
+            && self.resync_tried.elapsed() >= RESYNC_EVERY
+        {
+            // Redis 7 counts entries, but an ordinal was lost: the next checked read re-learns
+            // it when it reaches the newest entry.
+            self.resync_tried = Instant::now();
+            self.checked = true;
+        }
+        Ok(())
+    }
+
+    /// Takes a plain `XREAD`'s batches (one per cursor). One that may have skipped trimmed
+    /// entries (full, or old) is not handed over: the partition is read again, checked.
+    async fn take_read(&mut self, batches: Vec<Vec<StreamId>>) {
+        let count = self.shared.settings.read_count;
+        if batches.iter().any(|b| b.len() >= count) || self.older_than_age_limit() {
+            self.checked = true;
+            return;
+        }
+        for (index, batch) in batches.iter().enumerate() {
+            let cursor = self.cursor_mut(index);
+            cursor.ordinal = cursor.ordinal.map(|k| k + batch.len() as u64);
+        }
+        self.process(batches).await;
+    }
+
+    /// Takes a checked read's streams: losses are reported first (see [`StreamReader::account`]).
+    async fn take_checked(&mut self, read: Vec<(StreamInfo, Vec<StreamId>)>) {
+        let count = self.shared.settings.read_count;
+        let mut batches = Vec::with_capacity(read.len());
+        for (index, (info, raw)) in read.into_iter().enumerate() {
+            self.account(index, &info, raw.len()).await;
+            batches.push(raw);
+        }
+        self.checked = batches.iter().any(|b| b.len() >= count);
+        self.process(batches).await;
+    }
+
+    /// Caches and hands over a read's batches; decides the pacing and the lag.
+    async fn process(&mut self, batches: Vec<Vec<StreamId>>) {
+        let window = self.shared.settings.batch_window;
+        let count = self.shared.settings.read_count;
+        let full = batches.iter().any(|b| b.len() >= count);
+        let updates_caught_up = batches.first().is_none_or(|b| b.len() < count);
+        self.events_caught_up = batches.get(1).is_none_or(|b| b.len() < count);
+        if batches.iter().any(|b| !b.is_empty()) {
+            let recent = self.handed_over.is_some_and(|at| at.elapsed() < window);
+            let repeats = self.take(batches).await;
+            // A full batch means falling behind: read on at once.
+            let pace = !window.is_zero() && !full && (repeats.within || (repeats.across && recent));
+            let now = Instant::now();
+            self.handed_over = Some(now);
+            self.paced_until = pace.then(|| now + window);
+        }
+        if updates_caught_up {
+            // A read that returned less than a batch reached the newest entry: no lag.
+            self.shared.lags[usize::from(self.partition)].store(0, Ordering::Relaxed);
         }
     }
 
@@ -392,8 +714,7 @@ impl StreamReader {
                 _ if read >= self.shared.settings.read_count as u64 => read,
                 _ => 0,
             };
-            self.shared.lags[usize::from(self.partition)]
-                .store(lag, std::sync::atomic::Ordering::Relaxed);
+            self.shared.lags[usize::from(self.partition)].store(lag, Ordering::Relaxed);
         }
     }
 
