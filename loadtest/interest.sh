@@ -3,7 +3,7 @@
 # over one redis-server pinned to core 0, nginx routing round-robin or by topic, the nodes, nginx
 # and the load generator on core 1. For each scenario, routing and node count, it measures Redis's
 # CPU time (utime + stime from /proc) per stored update (XADD calls from INFO commandstats), the
-# XREAD calls per update, and the load tester's loss verdict. Writes
+# XREAD calls per update, Redis's connected clients at the end, and the load tester's loss verdict. Writes
 # loadtest/results/interest-<date>.md.
 #
 #   loadtest/interest.sh          # NODES="1 3 6 12" ROUTINGS="round-robin topic"
@@ -88,6 +88,8 @@ for scenario in $SCENARIOS; do
             lost=$(jq -r '(.delivery.lost + .delivery.duplicated + .delivery.out_of_order) | tostring' \
                 "$WORK/$name.json" 2>/dev/null || echo "run failed")
             deliveries=$(jq -r '.delivery.deliveries | tostring' "$WORK/$name.json" 2>/dev/null || echo "-")
+            clients=$(redis-cli -p "$REDIS_PORT" info clients | tr -d '\r' |
+                sed -n 's/^connected_clients://p')
             read_partitions=0
             for port in $NODE_PORTS; do
                 p=$(curl -s "http://127.0.0.1:$port/metrics" |
@@ -96,11 +98,11 @@ for scenario in $SCENARIOS; do
             done
             rows+=("$(awk -v s="$scenario" -v r="$ROUTING" -v n="$n" -v cpu="$cpu" -v t="$TICKS" \
                 -v xadd="$xadd" -v xread="$xread" -v xus="$xread_usec" -v lost="$lost" \
-                -v d="$deliveries" -v rp="$read_partitions" 'BEGIN {
+                -v d="$deliveries" -v rp="$read_partitions" -v cl="${clients:-0}" 'BEGIN {
                     per = 0; calls = 0; usec = 0;
                     if (xadd > 0) { per = cpu / t * 1e6 / xadd; calls = xread / xadd; usec = xus / xadd }
-                    printf "| %s | %s | %d | %d | %.0f | %.2f | %.1f | %d | %s | %s |",
-                        s, r, n, xadd, per, calls, usec, rp, d, lost }')")
+                    printf "| %s | %s | %d | %d | %.0f | %.2f | %.1f | %d | %d | %s | %s |",
+                        s, r, n, xadd, per, calls, usec, rp, cl, d, lost }')")
             "$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true
         done
     done
@@ -118,8 +120,8 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "Command: \`NODES=\"$NODES\" DURATION=$DURATION PARTITIONS=$PARTITIONS loadtest/interest.sh\`"
     echo
-    echo "| scenario | routing | nodes | updates | Redis CPU µs / update | XREAD calls / update | XREAD µs / update | partitions read (sum over nodes) | deliveries | lost + dup + out of order |"
-    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+    echo "| scenario | routing | nodes | updates | Redis CPU µs / update | XREAD calls / update | XREAD µs / update | partitions read (sum over nodes) | Redis connected clients | deliveries | lost + dup + out of order |"
+    echo "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
     printf '%s\n' "${rows[@]}"
 } >"$OUT"
 cat "$OUT"
