@@ -452,17 +452,25 @@ async fn subscription_events_are_paced_and_a_subscription_past_the_patience_is_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_failing_over_under_load_loses_nothing_silently() {
+    failover_under_load(&["--redis-partitions", "3"]).await;
+}
+
+/// The same with partitions sharing hash slots: each node reads two partitions per slot over one
+/// connection, through the failover and the crash.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_failing_over_under_load_with_shared_slots_loses_nothing_silently() {
+    failover_under_load(&["--redis-partitions", "6", "--redis-partition-slots", "3"]).await;
+}
+
+/// Two nodes over a 3-master cluster with replicas, `partitioning` on top of the common flags:
+/// a graceful failover, then a master killed, under publishing; every acknowledged update reaches
+/// every follower, or it was told.
+async fn failover_under_load(partitioning: &[&str]) {
     let mut cluster = quicksilver_testkit::RedisCluster::start_with_replicas(3, 1);
     let seeds = cluster.urls().join(",");
-    let extra = [
-        "--redis-cluster",
-        "--redis-partitions",
-        "3",
-        "--redis-timeout",
-        "2s",
-        "--history-size",
-        "100000",
-    ];
+    let mut extra = vec!["--redis-cluster"];
+    extra.extend_from_slice(partitioning);
+    extra.extend_from_slice(&["--redis-timeout", "2s", "--history-size", "100000"]);
     let hubs: Vec<HubProcess> = (0..2).map(|_| node(&seeds, &extra)).collect();
     let c = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))

@@ -1,7 +1,9 @@
 //! Reading on interest against a real `redis-server`: a node reads only the partitions its
 //! subscribers need, a reader started late misses nothing for the subscriber that started it, idle
 //! readers stop and start again afresh, and an update with alternate topics in other partitions
-//! reaches each subscriber once, from the partition of the topic it subscribed to.
+//! reaches each subscriber once, from the partition of the topic it subscribed to. Many partitions
+//! are read over one connection (one per hash slot on Redis Cluster), a partition joining a blocked
+//! read is read at once, and a loss in one partition of a group is reported for that one only.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -9,7 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use quicksilver_protocol::{Envelope, Position};
-use quicksilver_testkit::{update, wait_until, RedisServer};
+use quicksilver_testkit::{update, wait_until, RedisCluster, RedisServer};
+use quicksilver_transport::redis::hash_slot;
 use quicksilver_transport::redis::{RedisConfig, RedisTransport};
 use quicksilver_transport::{Gap, Scope, Transport, UpdateSink};
 use tokio::sync::mpsc;
@@ -341,8 +344,15 @@ async fn many_partitions_are_read_over_one_connection_in_order() {
             holds.push(t.interest(&exact(&[topic])).await.expect("interest"));
         }
         assert_eq!(t.partitions_read(), 40);
-        assert_eq!(t.reader_connections(), 1, "one reader connection for 40 partitions");
-        wait_until("one blocked reader", WAIT, async || xread_clients(&redis) == 1).await;
+        assert_eq!(
+            t.reader_connections(),
+            1,
+            "one reader connection for 40 partitions"
+        );
+        wait_until("one blocked reader", WAIT, async || {
+            xread_clients(&redis) == 1
+        })
+        .await;
         for round in 0..10 {
             for (i, topic) in topics.iter().enumerate() {
                 publisher
@@ -389,7 +399,10 @@ async fn a_partition_joining_a_blocked_read_gets_its_updates_live() {
         let later = topic_in(&t, 6, 0);
         let _first = t.interest(&exact(&[&first])).await.expect("interest");
         // The group's read is now blocked for up to 30 s.
-        wait_until("the reader blocks", WAIT, async || xread_clients(&redis) == 1).await;
+        wait_until("the reader blocks", WAIT, async || {
+            xread_clients(&redis) == 1
+        })
+        .await;
         let _later = t.interest(&exact(&[&later])).await.expect("interest");
         publisher
             .publish(update("live", &[&later], "x"))
@@ -483,13 +496,75 @@ async fn a_gap_in_one_partition_of_a_group_is_reported_for_that_partition_only()
             assert!(kept_seen.len() <= 10);
         }
         let expected: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
-        assert_eq!(kept_seen, expected, "the other partition: everything, in order");
+        assert_eq!(
+            kept_seen, expected,
+            "the other partition: everything, in order"
+        );
         let gaps = gaps.lock().clone();
         assert!(!gaps.is_empty(), "the loss is reported");
         assert!(
             gaps.iter().all(|g| g.partition == 2),
             "only the trimmed partition: {gaps:?}"
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_redis_cluster_partitions_sharing_a_slot_are_read_over_one_connection() {
+    let cluster = RedisCluster::start(3);
+    bounded(async {
+        let config = RedisConfig {
+            urls: cluster.urls(),
+            partitions: 12,
+            partition_slots: 3,
+            block_ms: LONG_BLOCK_MS,
+            ..config(cluster.url(), Duration::from_secs(60))
+        };
+        let (publisher, _) = node(config.clone()).await;
+        let (t, mut rx) = node(config).await;
+        // 12 streams over 3 slots, one per master: partition p shares p mod 3's slot.
+        let keys = t.stream_keys();
+        assert_eq!(keys.len(), 12);
+        for (p, key) in keys.iter().enumerate() {
+            let slot: i64 = cluster.nodes()[0]
+                .query(&["CLUSTER", "KEYSLOT", key])
+                .expect("KEYSLOT");
+            assert_eq!(slot, i64::from(hash_slot(&keys[p % 3])), "{key}");
+        }
+        // Every partition joins its group one after the other, each while the group's read is
+        // blocked (on the master of its slot).
+        let topics: Vec<String> = (0..12u16).map(|p| topic_in(&t, p, 0)).collect();
+        let mut holds = Vec::new();
+        for topic in &topics {
+            holds.push(t.interest(&exact(&[topic])).await.expect("interest"));
+        }
+        assert_eq!(t.reader_connections(), 3, "one reader connection per slot");
+        for round in 0..5 {
+            for (i, topic) in topics.iter().enumerate() {
+                publisher
+                    .publish(update(&format!("{i}-{round}"), &[topic], "x"))
+                    .await
+                    .expect("publish");
+            }
+        }
+        let mut by_topic: Vec<Vec<String>> = vec![Vec::new(); topics.len()];
+        for _ in 0..topics.len() * 5 {
+            let e = tokio::time::timeout(WAIT, rx.recv())
+                .await
+                .expect("every update arrives")
+                .expect("open");
+            let i = topics
+                .iter()
+                .position(|t| *t == e.update.topics[0])
+                .expect("a subscribed topic");
+            by_topic[i].push(e.update.id.clone());
+        }
+        for (i, ids) in by_topic.iter().enumerate() {
+            let expected: Vec<String> = (0..5).map(|round| format!("{i}-{round}")).collect();
+            assert_eq!(ids, &expected, "topic {i}: every update once, in order");
+        }
+        drop(holds);
     })
     .await;
 }

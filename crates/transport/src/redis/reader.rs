@@ -65,6 +65,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::try_join_all;
 use quicksilver_protocol::{Envelope, Position};
 use redis::streams::StreamId;
 use tokio::time::Instant;
@@ -114,6 +115,8 @@ pub(crate) struct GroupReader {
     members: BTreeMap<u16, StreamReader>,
     /// Sees the membership change (see [`GroupReader::read`]).
     changes: tokio::sync::watch::Receiver<u64>,
+    /// The membership's change number when last taken.
+    synced: Option<u64>,
     /// The readiness state of a partition whose reader has not connected yet.
     starting_state: ReaderState,
 }
@@ -147,6 +150,7 @@ impl GroupReader {
             group,
             sink,
             changes,
+            synced: None,
             members: BTreeMap::new(),
             starting_state,
         }
@@ -196,8 +200,14 @@ impl GroupReader {
     /// forgotten, new ones added unpositioned. `false` when the group has no partition left (the
     /// group then counts this task as ended: a partition added later starts another).
     fn sync(&mut self) -> bool {
-        // Seen before the membership is taken: a change after this wakes the next read.
-        self.changes.borrow_and_update();
+        // Read before the membership is taken: a change after this wakes the next read and shows
+        // in the next sync. (The read's wait marks changes seen too, hence a number of our own.)
+        let version = *self.changes.borrow_and_update();
+        if !self.members.is_empty() && self.synced == Some(version) {
+            // Unchanged since last taken (every change bumps the number).
+            return true;
+        }
+        self.synced = Some(version);
         let Some(wanted) = self.group.take_members() else {
             return false;
         };
@@ -265,9 +275,7 @@ impl GroupReader {
                 None
             }
         };
-        for reader in self.members.values_mut() {
-            reader.position(&mut conn).await?;
-        }
+        self.position(&conn, true).await?;
         backoff.reset();
         tracing::debug!(
             group = self.group.index,
@@ -278,16 +286,32 @@ impl GroupReader {
             if !self.sync() {
                 return Ok(());
             }
-            for reader in self.members.values_mut() {
-                if !reader.is_positioned() {
-                    reader.position(&mut conn).await?;
-                }
-            }
+            self.position(&conn, false).await?;
             self.read(&mut conn, client_id).await?;
-            for reader in self.members.values_mut() {
-                reader.maintain(&mut conn).await?;
-            }
+            // The periodic checks, side by side on the connection (it pipelines them).
+            try_join_all(self.members.values_mut().map(|reader| {
+                let mut conn = conn.clone();
+                async move { reader.maintain(&mut conn).await }
+            }))
+            .await?;
         }
+    }
+
+    /// Positions every partition (`all`, on a new connection) or those that just joined, side by
+    /// side on the connection: a node that starts reading hundreds of partitions at once positions
+    /// them in a few round trips' time, not one after the other.
+    async fn position(&mut self, conn: &Conn, all: bool) -> Result<(), CallError> {
+        try_join_all(
+            self.members
+                .values_mut()
+                .filter(|reader| all || !reader.is_positioned())
+                .map(|reader| {
+                    let mut conn = conn.clone();
+                    async move { reader.position(&mut conn).await }
+                }),
+        )
+        .await?;
+        Ok(())
     }
 
     /// One read: checked for the partitions that must be (a few at a time), otherwise a blocking
