@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_REDIS_PARTITION_SLOTS", default_value_t = 0)]
     pub redis_partition_slots: u16,
 
+    /// Partitions one reader connection reads at most (one blocking XREAD over their streams):
+    /// fewer connections with more, but Redis's work per wake-up of a read grows with its streams.
+    #[arg(long, env = "QUICKSILVER_REDIS_READER_PARTITIONS", default_value_t = quicksilver_transport::redis::DEFAULT_READER_PARTITIONS)]
+    pub redis_reader_partitions: u16,
+
     /// Prefix of every Redis key the hub writes.
     #[arg(
         long,

@@ -252,6 +252,7 @@ impl Hub {
                         stream_key_prefix: config.redis_key_prefix.clone(),
                         partitions: config.redis_partitions,
                         partition_slots: config.redis_partition_slots,
+                        reader_partitions: config.redis_reader_partitions,
                         history_size: config.history_size,
                         event_history: config.subscription_event_history,
                         history_max_age: (!config.history_max_age.is_zero())

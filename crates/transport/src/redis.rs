@@ -141,7 +141,8 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{
     RedisConfig, RedisConfigError, DEFAULT_BATCH_WINDOW, DEFAULT_HISTORY_MAX_BYTES,
-    DEFAULT_IDLE_READER_LINGER, DEFAULT_READ_BUDGET, DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
+    DEFAULT_IDLE_READER_LINGER, DEFAULT_READER_PARTITIONS, DEFAULT_READ_BUDGET,
+    DEFAULT_TAIL_CACHE_CAP, MAX_BATCH_WINDOW,
 };
 /// The stream entry codec, public for the codec benchmark.
 pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryError};

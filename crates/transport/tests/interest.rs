@@ -331,6 +331,7 @@ async fn many_partitions_are_read_over_one_connection_in_order() {
         let redis = RedisServer::start();
         let config = RedisConfig {
             partitions: 64,
+            reader_partitions: 64,
             block_ms: LONG_BLOCK_MS,
             ..config(redis.url(), Duration::from_secs(60))
         };

@@ -27,6 +27,10 @@ pub const DEFAULT_HISTORY_MAX_BYTES: usize = 64 * 1024 * 1024;
 /// Default [`RedisConfig::read_budget`].
 pub const DEFAULT_READ_BUDGET: usize = 16 * 1024 * 1024;
 
+/// Default [`RedisConfig::reader_partitions`]: 16 connections per node at most for 256 partitions,
+/// while a wake-up of a read costs Redis little more than one over a single stream.
+pub const DEFAULT_READER_PARTITIONS: u16 = 16;
+
 /// Default [`RedisConfig::idle_reader_linger`].
 pub const DEFAULT_IDLE_READER_LINGER: Duration = Duration::from_secs(10);
 
@@ -61,6 +65,11 @@ pub struct RedisConfig {
     /// `partitions` itself is the same as 0. Changing it renames the streams: do it with an empty
     /// history. On a plain Redis every partition is read by one connection whatever this says.
     pub partition_slots: u16,
+    /// Partitions one reader connection reads at most (1..=1024). A node reads its partitions in
+    /// groups, one blocking `XREAD` over the group's streams per connection (see `interest`);
+    /// Redis's work for such a read grows with the streams it names, at every wake-up, so large
+    /// groups save connections at the cost of Redis CPU.
+    pub reader_partitions: u16,
     /// Updates retained per partition for reconnecting subscribers (`XADD MAXLEN ~`); 0 disables
     /// history.
     pub history_size: usize,
@@ -139,6 +148,7 @@ impl Default for RedisConfig {
             stream_key_prefix: "quicksilver".into(),
             partitions: 1,
             partition_slots: 0,
+            reader_partitions: DEFAULT_READER_PARTITIONS,
             history_size: 1_000,
             event_history: 1_000,
             history_max_age: None,
@@ -189,6 +199,8 @@ pub(crate) struct Settings {
     /// Slot groups (see [`RedisConfig::partition_slots`]), normalized: 0 when every partition has
     /// a slot of its own.
     pub(crate) partition_slots: u16,
+    /// See [`RedisConfig::reader_partitions`].
+    pub(crate) reader_partitions: u16,
     pub(crate) history_size: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) cache_capacity: usize,
@@ -234,6 +246,9 @@ impl Settings {
         if config.partitions == 0 || config.partitions > MAX_PARTITIONS {
             return invalid("partitions must be between 1 and 1024");
         }
+        if config.reader_partitions == 0 || config.reader_partitions > MAX_PARTITIONS {
+            return invalid("reader_partitions must be between 1 and 1024");
+        }
         if config.partition_slots > config.partitions {
             return invalid(
                 "partition_slots must be at most partitions (0: one slot per partition)",
@@ -278,6 +293,7 @@ impl Settings {
             } else {
                 config.partition_slots
             },
+            reader_partitions: config.reader_partitions,
             history_size: config.history_size,
             max_age: config.history_max_age,
             cache_capacity,
@@ -379,6 +395,10 @@ mod tests {
             RedisConfig {
                 partitions: 4,
                 partition_slots: 5,
+                ..base.clone()
+            },
+            RedisConfig {
+                reader_partitions: 0,
                 ..base.clone()
             },
             RedisConfig {

@@ -156,15 +156,31 @@ impl Readers {
         let settings = &shared.settings;
         let partitions = settings.partitions;
         let groups = (0..partitions)
-            .map(|p| reader_group(p, settings.cluster, settings.partition_slots))
+            .map(|p| {
+                reader_group(
+                    p,
+                    settings.cluster,
+                    settings.partition_slots,
+                    settings.reader_partitions,
+                )
+            })
             .max()
             .map_or(0, |g| g + 1);
+        let group_of = |p: u16| {
+            reader_group(
+                p,
+                settings.cluster,
+                settings.partition_slots,
+                settings.reader_partitions,
+            )
+        };
         let groups = (0..groups)
             .map(|index| {
+                // Every partition of a group shares its first one's slot.
+                let first = (0..partitions).find(|&p| group_of(p) == index).unwrap_or(0);
                 Arc::new(Group {
                     index,
-                    // Partition `index` is in group `index`.
-                    slot: hash_slot(&shared.keys[usize::from(index)].stream),
+                    slot: hash_slot(&shared.keys[usize::from(first)].stream),
                     wanted: Mutex::new(Wanted::default()),
                     changes: watch::channel(0).0,
                 })
@@ -320,7 +336,12 @@ impl Readers {
 
     fn group_of(&self, partition: u16) -> Option<&Arc<Group>> {
         let settings = &self.shared.settings;
-        let index = reader_group(partition, settings.cluster, settings.partition_slots);
+        let index = reader_group(
+            partition,
+            settings.cluster,
+            settings.partition_slots,
+            settings.reader_partitions,
+        );
         self.groups.get(usize::from(index))
     }
 

@@ -148,13 +148,17 @@ pub(crate) fn stream_keys(prefix: &str, partitions: u16, slots: u16) -> Vec<Stre
 }
 
 /// The reader group of `partition` (see the `interest` module docs): partitions of one group are
-/// read by one command. On a plain server every partition is in group 0; on Redis Cluster a group
-/// is a hash slot: partition `p` alone without shared slots, `p mod slots` with them.
-pub(crate) fn reader_group(partition: u16, cluster: bool, slots: u16) -> u16 {
+/// read by one command, at most `per_reader` of them. On a plain server the partitions are cut
+/// into runs of `per_reader` (`p / per_reader`); on Redis Cluster a group also shares a hash slot:
+/// partition `p` alone without shared slots; with `slots` shared slots, the partitions of slot
+/// `p mod slots` cut into runs of `per_reader` (group `p mod slots` holds the first run, so
+/// partition `g < slots` is in group `g`).
+pub(crate) fn reader_group(partition: u16, cluster: bool, slots: u16, per_reader: u16) -> u16 {
+    let per_reader = per_reader.max(1);
     match (cluster, slots) {
-        (false, _) => 0,
+        (false, _) => partition / per_reader,
         (true, 0) => partition,
-        (true, slots) => partition % slots,
+        (true, slots) => (partition / slots / per_reader) * slots + partition % slots,
     }
 }
 
@@ -302,7 +306,7 @@ mod tests {
             assert_eq!(hash_slot(&k.epoch), hash_slot(&k.stream));
             assert_eq!(hash_slot(&k.events), hash_slot(&k.stream));
             assert_eq!(hash_slot(&k.class("n1")), hash_slot(&k.stream));
-            assert_eq!(reader_group(i as u16, true, 2), (i % 2) as u16);
+            assert_eq!(reader_group(i as u16, true, 2, 1024), (i % 2) as u16);
         }
         assert_ne!(hash_slot(&keys[0].stream), hash_slot(&keys[1].stream));
         let names: std::collections::HashSet<_> = keys.iter().map(|k| &k.stream).collect();
@@ -312,8 +316,21 @@ mod tests {
             stream_keys("qs", 8, 0),
             "P slots: as without"
         );
-        assert_eq!(reader_group(5, false, 0), 0, "plain redis: one group");
-        assert_eq!(reader_group(5, true, 0), 5, "cluster: one slot each");
+        assert_eq!(reader_group(5, false, 0, 1024), 0, "plain redis: one group");
+        assert_eq!(reader_group(5, true, 0, 1024), 5, "cluster: one slot each");
+        // At most `per_reader` partitions a group, each group within one slot.
+        assert_eq!(reader_group(15, false, 0, 16), 0);
+        assert_eq!(reader_group(16, false, 0, 16), 1);
+        for p in 0..64u16 {
+            let g = reader_group(p, true, 4, 4);
+            assert_eq!(g % 4, p % 4, "same slot");
+            assert_eq!(
+                (0..64u16)
+                    .filter(|&q| reader_group(q, true, 4, 4) == g)
+                    .count(),
+                4
+            );
+        }
     }
 
     #[test]
