@@ -1,11 +1,13 @@
 //! Reading on interest: which partitions this node reads, and the reader tasks that come and go
 //! with the subscribers that need them.
 //!
-//! Partitions are read in groups: those whose streams one command can read together, on one
-//! connection, with one blocking `XREAD` (see `reader`). On a plain Redis that is every partition;
-//! on Redis Cluster a multi-key command needs one hash slot, so a group is a slot: one partition
-//! each, or `P / G` of them with `partition_slots = G` (see `keys`). A node therefore holds one
-//! reader connection per group it reads, not one per partition.
+//! Partitions are read in groups: partitions whose streams one command can read together, on one
+//! connection, with one blocking `XREAD` (see `reader`), at most `reader_partitions` of them (a
+//! wake-up of a blocking read costs Redis work per stream it names). On a plain Redis a group is a
+//! run of partitions; on Redis Cluster a multi-key command needs one hash slot, so a group is also
+//! within a slot: one partition each, or runs of the `P / G` partitions of a slot with
+//! `partition_slots = G` (see `keys::reader_group`). A node therefore holds one reader connection
+//! per group it reads, not one per partition.
 //!
 //! A subscriber's [`Scope`](crate::Scope) names the partitions it may match (see the `redis`
 //! module docs); [`Readers::acquire`] counts it as a holder of each and adds the partition to its
