@@ -251,6 +251,7 @@ impl Hub {
                         cluster: config.redis_cluster,
                         stream_key_prefix: config.redis_key_prefix.clone(),
                         partitions: config.redis_partitions,
+                        partition_hash: config.redis_partition_hash.into(),
                         history_size: config.history_size,
                         event_history: config.subscription_event_history,
                         history_max_age: (!config.history_max_age.is_zero())

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::keys::MAX_PARTITIONS;
+use super::keys::{PartitionHash, MAX_PARTITIONS};
 
 /// Default cap on the per-partition tail cache when it is derived from `history_size`.
 pub const DEFAULT_TAIL_CACHE_CAP: usize = 100_000;
@@ -53,6 +53,8 @@ pub struct RedisConfig {
     /// on Redis Cluster, where each stream can live on another master. Order is kept per partition.
     /// Changing it reshuffles topics over streams: do it with an empty history.
     pub partitions: u16,
+    /// How a topic is mapped to its partition; the same on every node (see [`PartitionHash`]).
+    pub partition_hash: PartitionHash,
     /// Updates retained per partition for reconnecting subscribers (`XADD MAXLEN ~`); 0 disables
     /// history.
     pub history_size: usize,
@@ -130,6 +132,7 @@ impl Default for RedisConfig {
             cluster: false,
             stream_key_prefix: "quicksilver".into(),
             partitions: 1,
+            partition_hash: PartitionHash::Fnv1a,
             history_size: 1_000,
             event_history: 1_000,
             history_max_age: None,
@@ -177,6 +180,7 @@ pub(crate) struct Settings {
     pub(crate) cluster: bool,
     pub(crate) prefix: String,
     pub(crate) partitions: u16,
+    pub(crate) partition_hash: PartitionHash,
     pub(crate) history_size: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) cache_capacity: usize,
@@ -256,6 +260,7 @@ impl Settings {
             cluster: config.is_cluster(),
             prefix: config.stream_key_prefix.clone(),
             partitions: config.partitions,
+            partition_hash: config.partition_hash,
             history_size: config.history_size,
             max_age: config.history_max_age,
             cache_capacity,
