@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Redis work per update as nodes are added: N Quicksilver nodes (processes, scripts/cluster.sh)
-# over one redis-server pinned to core 0, nginx routing round-robin or by topic, the nodes, nginx
+# over one redis-server pinned to core 0, nginx routing round-robin, by topic or by partition
+# (scripts/cluster.sh ROUTING=partition: nodes hash topics as nginx does), the nodes, nginx
 # and the load generator on core 1. For each scenario, routing and node count, it measures Redis's
 # CPU time (utime + stime from /proc) per stored update (XADD calls from INFO commandstats), the
 # XREAD calls per update, Redis's connected clients at the end, and the load tester's loss verdict. Writes
 # loadtest/results/interest-<date>.md.
 #
 #   loadtest/interest.sh          # NODES="1 3 6 12" ROUTINGS="round-robin topic"
+#                                 # (or partition: PARTITIONS a multiple of every node count)
 #                                 # SCENARIOS="collab broadcast" DURATION=15 PARTITIONS=256
 #                                 # DOCUMENTS=60 EDITORS=4 EDITOR_RATE=2 (collab: 480 updates/s)
 #                                 # SUBSCRIBERS=240 RATE=200 (broadcast: one topic)
@@ -48,8 +50,7 @@ cmdstat() { # cmdstat <port> <command> <field>: calls or usec of a command since
 }
 
 export CLUSTER_DIR QUICKSILVER_BIN="$BIN/quicksilver" MERCURE_JWT_KEY="$KEY" NGINX_WORKERS=1
-export NGINX_PORT REDIS_PORT NODE_PORTS ROUTING QUICKSILVER_EXTRA_ARGS
-QUICKSILVER_EXTRA_ARGS="--redis-partitions $PARTITIONS"
+export NGINX_PORT REDIS_PORT NODE_PORTS ROUTING PARTITIONS
 trap '"$ROOT/scripts/cluster.sh" down >/dev/null 2>&1 || true' EXIT
 
 rows=()

@@ -15,7 +15,12 @@
 # worker's file descriptors, so more than ~9,000 subscribers through nginx need several.
 # ROUTING (default topic): `topic` routes each subscription by its first topic (consistent hash of
 # the `topic` query parameter; requests without one spread at random), so a topic's subscribers
-# gather on one node and each node reads few Redis partitions; `round-robin` spreads every request.
+# gather on one node and each node reads few Redis partitions; `partition` routes by the same
+# parameter with nginx's plain `hash` and starts the nodes with `--redis-partition-hash nginx`, so
+# every topic of a partition goes to one node and each partition is read by one node (PARTITIONS
+# must then be a multiple of the nodes); `round-robin` spreads every request.
+# PARTITIONS: --redis-partitions of the nodes (default 1; 6 with --redis-cluster; 4 per node with
+# ROUTING=partition).
 set -euo pipefail
 
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -64,11 +69,30 @@ up() {
         wait_for "redis cluster" bash -c "redis-cli -p $redis_port cluster info | grep -q cluster_state:ok"
         local urls
         urls=$(printf 'redis://127.0.0.1:%s,' "${ports[@]}")
-        redis_args+=(--redis-cluster --redis-url "${urls%,}" --redis-partitions 6)
+        redis_args+=(--redis-cluster --redis-url "${urls%,}")
     else
         start_redis "$redis_port"
         redis_args+=(--redis-url "redis://127.0.0.1:$redis_port")
     fi
+
+    local balance partitions=1
+    $cluster && partitions=6
+    case "${ROUTING:-topic}" in
+        topic) balance='hash $mercure_route consistent;' ;;
+        partition)
+            balance='hash $mercure_route;'
+            $cluster || partitions=$((4 * ${#node_ports[@]}))
+            redis_args+=(--redis-partition-hash nginx)
+            ;;
+        round-robin) balance='# round-robin' ;;
+        *) echo "cluster: ROUTING must be topic, partition or round-robin" >&2; exit 2 ;;
+    esac
+    partitions="${PARTITIONS:-$partitions}"
+    if [[ "${ROUTING:-topic}" == partition ]] && ((partitions % ${#node_ports[@]} != 0)); then
+        echo "cluster: with ROUTING=partition, PARTITIONS must be a multiple of the nodes" >&2
+        exit 2
+    fi
+    redis_args+=(--redis-partitions "$partitions")
 
     for port in "${node_ports[@]}"; do
         # nginx on this machine is the proxy whose X-Forwarded-* headers the nodes believe.
@@ -81,12 +105,6 @@ up() {
     done
     write_upstream "${node_ports[@]}"
 
-    local balance
-    case "${ROUTING:-topic}" in
-        topic) balance='hash $mercure_route consistent;' ;;
-        round-robin) balance='# round-robin' ;;
-        *) echo "cluster: ROUTING must be topic or round-robin" >&2; exit 2 ;;
-    esac
     cat >"$dir/nginx.conf" <<CONF
 worker_processes ${NGINX_WORKERS:-1};
 worker_rlimit_nofile 20000;
@@ -97,7 +115,8 @@ http {
     access_log off;
     client_body_temp_path $dir/nginx-tmp;
     proxy_temp_path $dir/nginx-tmp;
-    # Topic-affine routing (ROUTING=topic): see deploy/nginx/compose.conf.
+    # Topic-affine routing (ROUTING=topic), routing by partition (ROUTING=partition): see
+    # deploy/nginx/compose.conf.
     map \$arg_topic \$mercure_route {
         ""      \$request_id;
         default \$arg_topic;

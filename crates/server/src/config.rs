@@ -91,6 +91,12 @@ pub struct Config {
     /// fewer connections with more, but Redis's work per wake-up of a read grows with its streams.
     #[arg(long, env = "QUICKSILVER_REDIS_READER_PARTITIONS", default_value_t = quicksilver_transport::redis::DEFAULT_READER_PARTITIONS)]
     pub redis_reader_partitions: u16,
+    /// How a topic is mapped to its partition, the same on every node: `fnv1a`, or `nginx` (the
+    /// hash of nginx's `hash $arg_topic;`, so that with partitions a multiple of the nodes nginx
+    /// routes every topic of a partition to one node; see the README, "Routing by partition").
+    /// Changing it moves topics between streams: do it with an empty history.
+    #[arg(long, env = "QUICKSILVER_REDIS_PARTITION_HASH", value_enum, default_value = "fnv1a")]
+    pub redis_partition_hash: PartitionHashKind,
 
     /// Prefix of every Redis key the hub writes.
     #[arg(
@@ -518,6 +524,24 @@ pub enum TransportKind {
     Memory,
     /// Redis Streams, shared by every node.
     Redis,
+}
+
+/// How topics map to Redis partitions (see [`quicksilver_transport::redis::PartitionHash`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum PartitionHashKind {
+    /// FNV-1a of the topic.
+    Fnv1a,
+    /// nginx's `hash $arg_topic;` of the query-encoded topic.
+    Nginx,
+}
+
+impl From<PartitionHashKind> for quicksilver_transport::redis::PartitionHash {
+    fn from(kind: PartitionHashKind) -> Self {
+        match kind {
+            PartitionHashKind::Fnv1a => Self::Fnv1a,
+            PartitionHashKind::Nginx => Self::Nginx,
+        }
+    }
 }
 
 /// Log output format.

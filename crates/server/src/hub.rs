@@ -253,6 +253,7 @@ impl Hub {
                         partitions: config.redis_partitions,
                         partition_slots: config.redis_partition_slots,
                         reader_partitions: config.redis_reader_partitions,
+                        partition_hash: config.redis_partition_hash.into(),
                         history_size: config.history_size,
                         event_history: config.subscription_event_history,
                         history_max_age: (!config.history_max_age.is_zero())

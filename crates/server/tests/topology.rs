@@ -126,6 +126,93 @@ async fn cluster_script_runs_three_nodes_behind_nginx() {
     assert_eq!(text.matches("readyz: 200").count(), 3, "{text}");
 }
 
+/// `ROUTING=partition`: nginx's plain `hash $arg_topic` and the nodes' `--redis-partition-hash
+/// nginx` agree, so every topic of a partition reaches one node, and each node reads only its own
+/// share of the partitions (12 partitions over 3 nodes: at most 4 each). With topics routed by
+/// nginx's consistent hash instead, 24 topics over 3 nodes make each node read 5 to 7 of them.
+#[tokio::test]
+async fn routing_by_partition_gives_each_node_its_own_partitions() {
+    let dir = tempfile::tempdir().unwrap();
+    let nginx = free_port();
+    let nodes = [free_port(), free_port(), free_port()];
+    let guard = ClusterGuard {
+        env: vec![
+            ("CLUSTER_DIR".into(), dir.path().display().to_string()),
+            ("NGINX_PORT".into(), nginx.to_string()),
+            (
+                "NODE_PORTS".into(),
+                format!("{} {} {}", nodes[0], nodes[1], nodes[2]),
+            ),
+            ("REDIS_PORT".into(), free_port().to_string()),
+            (
+                "QUICKSILVER_BIN".into(),
+                env!("CARGO_BIN_EXE_quicksilver").into(),
+            ),
+            ("QUICKSILVER_EXTRA_ARGS".into(), "--anonymous".into()),
+            ("MERCURE_JWT_KEY".into(), TEST_JWT_KEY.into()),
+            ("ROUTING".into(), "partition".into()),
+        ],
+    };
+    let up = guard.run(&["up"]);
+    assert!(
+        up.status.success(),
+        "cluster.sh up failed:\n{}\n{}",
+        String::from_utf8_lossy(&up.stdout),
+        String::from_utf8_lossy(&up.stderr)
+    );
+    let hub = format!("http://127.0.0.1:{nginx}");
+    let topic = |i: usize| format!("https://example.com/docs/{i}");
+    let sse = SseClient::new();
+    let mut subs = Vec::new();
+    for i in 0..24 {
+        // Encoded as browsers' URLSearchParams encode it, which is what the nodes hash.
+        let query: String = url::form_urlencoded::Serializer::new(String::new())
+            .append_pair("topic", &topic(i))
+            .finish();
+        let s = sse
+            .open(&format!("{hub}/.well-known/mercure?{query}"), &[])
+            .await
+            .unwrap();
+        assert_eq!(s.status(), 200);
+        subs.push(s);
+    }
+    let c = reqwest::Client::new();
+    let token = publisher_token();
+    for i in 0..24 {
+        let (status, _) = quicksilver_testkit::hub::publish(
+            &c,
+            &hub,
+            &token,
+            &[("topic", &topic(i)), ("id", &format!("u{i}"))],
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    for (i, s) in subs.iter_mut().enumerate() {
+        let events = s.events(1, Duration::from_secs(10)).await.unwrap();
+        assert_eq!(events[0].id.as_deref(), Some(format!("u{i}").as_str()));
+    }
+    let mut total = 0;
+    for port in nodes {
+        let metrics = c
+            .get(format!("http://127.0.0.1:{port}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let read: u32 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("quicksilver_transport_partitions_read "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no partitions gauge on {port}:\n{metrics}"));
+        assert!(read <= 4, "node {port} reads {read} of 12 partitions");
+        total += read;
+    }
+    assert!(total > 0);
+}
+
 #[test]
 fn compose_file_is_valid_and_a_broken_one_is_not() {
     // The file has no fallback key: compose refuses to start without both.

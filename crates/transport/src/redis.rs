@@ -146,7 +146,7 @@ pub use config::{
 };
 /// The stream entry codec, public for the codec benchmark.
 pub use entry::{decode_payload as decode_entry, encode as encode_entry, EntryError};
-pub use keys::{crc16, hash_slot};
+pub use keys::{crc16, hash_slot, PartitionHash};
 pub use status::RedisStats;
 
 use cache::StreamHistory;
@@ -363,12 +363,13 @@ impl RedisTransport {
     /// The partitions a subscriber of `scope` may match (see "Reading on interest").
     pub fn partitions_for(&self, scope: &Scope) -> Vec<u16> {
         let partitions = self.shared.settings.partitions;
+        let hash = self.shared.settings.partition_hash;
         match scope {
             Scope::All | Scope::Matching { .. } => (0..partitions).collect(),
             Scope::Topics(topics) => {
                 let mut out: Vec<u16> = topics
                     .iter()
-                    .map(|t| keys::partition_of(t, partitions))
+                    .map(|t| keys::partition_of(t, partitions, hash))
                     .chain(topics.iter().any(|t| is_subscription_topic(t)).then_some(0))
                     .collect();
                 out.sort_unstable();
@@ -528,7 +529,8 @@ impl RedisTransport {
 
     /// The partition updates whose canonical topic is `topic` are stored in.
     pub fn partition_of(&self, topic: &str) -> u16 {
-        keys::partition_of(topic, self.shared.settings.partitions)
+        let settings = &self.shared.settings;
+        keys::partition_of(topic, settings.partitions, settings.partition_hash)
     }
 
     /// An entry's payload for `update`, with a fresh nonce: a retried `XADD` of it is recognised.
@@ -597,11 +599,12 @@ impl Transport for RedisTransport {
             return Err(TransportError::Closed);
         }
         let partitions = self.shared.settings.partitions;
-        let home = keys::partition_of(update.canonical_topic(), partitions);
+        let hash = self.shared.settings.partition_hash;
+        let home = keys::partition_of(update.canonical_topic(), partitions, hash);
         let copies: Vec<u16> = update
             .topics
             .iter()
-            .map(|t| keys::partition_of(t, partitions))
+            .map(|t| keys::partition_of(t, partitions, hash))
             .collect();
         let retention = self.shared.retention();
         // The retention classes of the topics stored in `partition` (none without rules).

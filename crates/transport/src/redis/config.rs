@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use thiserror::Error;
 
-use super::keys::MAX_PARTITIONS;
+use super::keys::{PartitionHash, MAX_PARTITIONS};
 
 /// Default cap on the per-partition tail cache when it is derived from `history_size`.
 pub const DEFAULT_TAIL_CACHE_CAP: usize = 100_000;
@@ -70,6 +70,8 @@ pub struct RedisConfig {
     /// Redis's work for such a read grows with the streams it names, at every wake-up, so large
     /// groups save connections at the cost of Redis CPU.
     pub reader_partitions: u16,
+    /// How a topic is mapped to its partition; the same on every node (see [`PartitionHash`]).
+    pub partition_hash: PartitionHash,
     /// Updates retained per partition for reconnecting subscribers (`XADD MAXLEN ~`); 0 disables
     /// history.
     pub history_size: usize,
@@ -149,6 +151,7 @@ impl Default for RedisConfig {
             partitions: 1,
             partition_slots: 0,
             reader_partitions: DEFAULT_READER_PARTITIONS,
+            partition_hash: PartitionHash::Fnv1a,
             history_size: 1_000,
             event_history: 1_000,
             history_max_age: None,
@@ -201,6 +204,7 @@ pub(crate) struct Settings {
     pub(crate) partition_slots: u16,
     /// See [`RedisConfig::reader_partitions`].
     pub(crate) reader_partitions: u16,
+    pub(crate) partition_hash: PartitionHash,
     pub(crate) history_size: usize,
     pub(crate) max_age: Option<Duration>,
     pub(crate) cache_capacity: usize,
@@ -294,6 +298,7 @@ impl Settings {
                 config.partition_slots
             },
             reader_partitions: config.reader_partitions,
+            partition_hash: config.partition_hash,
             history_size: config.history_size,
             max_age: config.history_max_age,
             cache_capacity,

@@ -3,8 +3,10 @@
 //!
 //! Everything here is a pure function of the configuration, computed the same way on every node and
 //! by every version: a node that named or partitioned differently would read the wrong streams or
-//! split one topic over two streams. The tag search and the topic hash must therefore never change;
-//! the unit tests pin their output.
+//! split one topic over two streams. The tag search and the topic hashes must therefore never
+//! change; the unit tests pin their output. There are two topic hashes ([`PartitionHash`]): FNV-1a,
+//! and the one nginx routes requests by, so that a load balancer can send every topic of a
+//! partition to the same node.
 //!
 //! - One partition: the stream is `<prefix>:updates`.
 //! - `P` partitions: stream `i` is `<prefix>:{<tag_i>}`. Bare tags `{0}`, `{1}`, … hash to slots that
@@ -90,19 +92,54 @@ pub fn hash_slot(key: &str) -> u16 {
     crc16(hashed) % SLOTS
 }
 
-/// The partition of an update whose canonical topic is `topic`: FNV-1a (64 bit) of the topic modulo
-/// `partitions`. Fixed (not std's randomized hasher) so every node and version agrees, which keeps
-/// each topic in one stream and so in one order.
-pub(crate) fn partition_of(topic: &str, partitions: u16) -> u16 {
+/// How a topic is mapped to its partition. Every node of a cluster must use the same one (like the
+/// number of partitions): a node that hashed differently would store and look for a topic in
+/// another stream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PartitionHash {
+    /// FNV-1a (64 bit) of the topic, modulo the partitions.
+    #[default]
+    Fnv1a,
+    /// The hash nginx's `hash $arg_topic;` (without `consistent`) routes a request by: CRC-32 of
+    /// the topic as a query string carries it (`application/x-www-form-urlencoded`, the encoding of
+    /// browsers' `URLSearchParams`), bits 16 to 30, modulo the partitions. nginx sends that request
+    /// to upstream server `h mod N`; with `P` a multiple of `N`, `(h mod P) mod N = h mod N`, so
+    /// every topic of partition `p` is routed to server `p mod N` and each partition is read by one
+    /// node (see the README, "Routing by partition").
+    Nginx,
+}
+
+/// The partition of an update whose canonical topic is `topic` (see [`PartitionHash`]). Fixed
+/// functions (not std's randomized hasher) so every node and version agrees, which keeps each topic
+/// in one stream and so in one order.
+pub(crate) fn partition_of(topic: &str, partitions: u16, hash: PartitionHash) -> u16 {
     if partitions <= 1 {
         return 0;
     }
+    let hash = match hash {
+        PartitionHash::Fnv1a => fnv1a(topic),
+        PartitionHash::Nginx => u64::from(nginx_hash(topic)),
+    };
+    (hash % u64::from(partitions)) as u16
+}
+
+fn fnv1a(topic: &str) -> u64 {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for &byte in topic.as_bytes() {
         hash ^= u64::from(byte);
         hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
     }
-    (hash % u64::from(partitions)) as u16
+    hash
+}
+
+/// nginx's first-try upstream hash of `topic` as the value of a query parameter (see
+/// [`PartitionHash::Nginx`]): the encoding is streamed into the checksum, nothing is allocated.
+fn nginx_hash(topic: &str) -> u32 {
+    let mut crc = crc32fast::Hasher::new();
+    for piece in form_urlencoded::byte_serialize(topic.as_bytes()) {
+        crc.update(piece.as_bytes());
+    }
+    (crc.finalize() >> 16) & 0x7fff
 }
 
 /// The keys of every partition, index = partition; `slots` shared slot groups (0: one slot per
@@ -335,15 +372,42 @@ mod tests {
 
     #[test]
     fn topics_map_to_stable_partitions() {
-        assert_eq!(partition_of("anything", 1), 0);
-        let p = partition_of("https://example.com/books/1", 8);
-        assert_eq!(p, partition_of("https://example.com/books/1", 8));
+        let fnv = PartitionHash::Fnv1a;
+        assert_eq!(partition_of("anything", 1, fnv), 0);
+        let p = partition_of("https://example.com/books/1", 8, fnv);
+        assert_eq!(p, partition_of("https://example.com/books/1", 8, fnv));
         assert!(p < 8);
         // Pinned: FNV-1a is fixed across versions.
-        assert_eq!(partition_of("", 7), (0xcbf2_9ce4_8422_2325u64 % 7) as u16);
+        assert_eq!(partition_of("", 7, fnv), (0xcbf2_9ce4_8422_2325u64 % 7) as u16);
         let mut counts = [0u32; 8];
         for i in 0..8000 {
-            counts[usize::from(partition_of(&format!("/topic/{i}"), 8))] += 1;
+            counts[usize::from(partition_of(&format!("/topic/{i}"), 8, fnv))] += 1;
+        }
+        assert!(
+            counts.iter().all(|&c| (800..1200).contains(&c)),
+            "{counts:?}"
+        );
+    }
+    #[test]
+    fn the_nginx_hash_is_the_crc_of_the_query_encoded_topic() {
+        // Pinned against zlib's CRC-32 of the encoded strings: nginx hashes the raw query value.
+        assert_eq!(nginx_hash("https://example.com/books/1"), 24_513); // https%3A%2F%2Fexample.com%2Fbooks%2F1
+        assert_eq!(nginx_hash("session-42"), 15_191);
+        assert_eq!(nginx_hash("a b*~!"), 20_106); // a+b*%7E%21
+        let nginx = PartitionHash::Nginx;
+        assert_eq!(partition_of("https://example.com/books/1", 12, nginx), 9);
+        // With P a multiple of N, a topic's partition names its upstream server: p mod N.
+        for topic in ["https://example.com/books/1", "session-42", "a b*~!"] {
+            let h = nginx_hash(topic);
+            assert_eq!(
+                partition_of(topic, 240, nginx) % 6,
+                (h % 6) as u16,
+                "{topic}"
+            );
+        }
+        let mut counts = [0u32; 8];
+        for i in 0..8000 {
+            counts[usize::from(partition_of(&format!("/topic/{i}"), 8, nginx))] += 1;
         }
         assert!(
             counts.iter().all(|&c| (800..1200).contains(&c)),
