@@ -9,9 +9,9 @@
 //! [`TransportError::Unavailable`] (the server answers 503 with `Retry-After`). A publish that timed out
 //! may still have been stored: a publisher retrying it can produce a duplicate.
 //!
-//! A node runs one reader task per partition it reads, each on its own connection (`XREAD BLOCK`),
-//! that appends what it reads to the node's tail cache and then hands it to the fan-out, in stream
-//! order. The publishing node receives its own updates the same way, so every node delivers the
+//! A node reads the partitions it needs in reader groups (see `interest`): one task per group, on
+//! its own connection, one `XREAD BLOCK` over the group's streams, that appends what it reads to
+//! the node's tail caches and then hands it to the fan-out, in stream order per partition. The publishing node receives its own updates the same way, so every node delivers the
 //! same order.
 //!
 //! # Partitions
@@ -109,8 +109,9 @@
 //! - `entry`: the versioned stream entry format.
 //! - `connection` and `pool`: plain or cluster connections, timeouts, the shared connections.
 //! - `commands`: the Redis commands sent and their replies.
-//! - `interest`: which partitions this node reads; starting and stopping their readers.
-//! - `reader`: one partition's reader task. `cache`: the tail caches it fills (one per retention
+//! - `interest`: which partitions this node reads, the reader groups they form, starting and
+//!   stopping their tasks.
+//! - `reader`: a reader group's task, and each partition's reading within it. `cache`: the tail caches it fills (one per retention
 //!   class with rules).
 //! - `history`: cache and Redis history lookups; `singleflight`: merging identical scans.
 //! - `status`: readiness flags and [`RedisStats`].
