@@ -82,20 +82,30 @@ pub struct Config {
     pub redis_partitions: u16,
 
     /// Redis Cluster hash slots the partitions share (0: one slot per partition). With G, the
-    /// partitions of one slot are read over one connection, so a node holds at most G reader
-    /// connections. Changing it renames the streams: do it with an empty history.
+    /// partitions of one slot are read together (in groups of --redis-reader-partitions), over one
+    /// connection per group. Changing it renames the streams: do it with an empty history.
     #[arg(long, env = "QUICKSILVER_REDIS_PARTITION_SLOTS", default_value_t = 0)]
     pub redis_partition_slots: u16,
 
     /// Partitions one reader connection reads at most (one blocking XREAD over their streams):
     /// fewer connections with more, but Redis's work per wake-up of a read grows with its streams.
-    #[arg(long, env = "QUICKSILVER_REDIS_READER_PARTITIONS", default_value_t = quicksilver_transport::redis::DEFAULT_READER_PARTITIONS)]
+    #[arg(
+        long,
+        env = "QUICKSILVER_REDIS_READER_PARTITIONS",
+        default_value_t = quicksilver_transport::redis::DEFAULT_READER_PARTITIONS
+    )]
     pub redis_reader_partitions: u16,
+
     /// How a topic is mapped to its partition, the same on every node: `fnv1a`, or `nginx` (the
     /// hash of nginx's `hash $arg_topic;`, so that with partitions a multiple of the nodes nginx
     /// routes every topic of a partition to one node; see the README, "Routing by partition").
     /// Changing it moves topics between streams: do it with an empty history.
-    #[arg(long, env = "QUICKSILVER_REDIS_PARTITION_HASH", value_enum, default_value = "fnv1a")]
+    #[arg(
+        long,
+        env = "QUICKSILVER_REDIS_PARTITION_HASH",
+        value_enum,
+        default_value = "fnv1a"
+    )]
     pub redis_partition_hash: PartitionHashKind,
 
     /// Prefix of every Redis key the hub writes.

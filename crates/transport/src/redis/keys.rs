@@ -378,7 +378,10 @@ mod tests {
         assert_eq!(p, partition_of("https://example.com/books/1", 8, fnv));
         assert!(p < 8);
         // Pinned: FNV-1a is fixed across versions.
-        assert_eq!(partition_of("", 7, fnv), (0xcbf2_9ce4_8422_2325u64 % 7) as u16);
+        assert_eq!(
+            partition_of("", 7, fnv),
+            (0xcbf2_9ce4_8422_2325u64 % 7) as u16
+        );
         let mut counts = [0u32; 8];
         for i in 0..8000 {
             counts[usize::from(partition_of(&format!("/topic/{i}"), 8, fnv))] += 1;
