@@ -105,6 +105,11 @@ const CHECKED_READ_PARTITIONS: usize = 32;
 /// Redis before the read did).
 const UNBLOCK_RETRY: Duration = Duration::from_millis(20);
 
+/// How many times one read is looked for to be woken: a read that was never found blocked (its
+/// connection's id changed under a cluster connection that reconnected by itself) ends with its
+/// block instead.
+const UNBLOCK_ATTEMPTS: u32 = 25;
+
 /// The reader of one group of partitions: one task, one connection, one blocking `XREAD` over the
 /// streams of every partition of the group the node reads (see the module docs).
 pub(crate) struct GroupReader {
@@ -377,20 +382,24 @@ impl GroupReader {
         // A partition that joins (or leaves) is taken in by the next read: wake this one if it is
         // blocked, by `CLIENT UNBLOCK` from another connection to the same server (the read then
         // returns as if its block had run out). Sent again while it found nothing to wake: it may
-        // have reached Redis before the read itself.
+        // have reached Redis before the read itself (at most `UNBLOCK_ATTEMPTS` times).
         let mut unblock_at: Option<Instant> = None;
+        let mut attempts = 0;
         let batches = loop {
+            let may_wake = client_id.is_some() && attempts < UNBLOCK_ATTEMPTS;
             tokio::select! {
                 read = &mut read => break read?,
-                _ = changes.changed(), if unblock_at.is_none() && client_id.is_some() => {
+                _ = changes.changed(), if unblock_at.is_none() && may_wake => {
                     unblock_at = Some(Instant::now());
                 }
                 _ = tokio::time::sleep_until(unblock_at.unwrap_or(now)), if unblock_at.is_some() => {
+                    attempts += 1;
                     let woke = match client_id {
                         Some(id) => unblock(shared, slot, id).await,
                         None => true,
                     };
-                    unblock_at = (!woke).then(|| Instant::now() + UNBLOCK_RETRY);
+                    unblock_at = (!woke && attempts < UNBLOCK_ATTEMPTS)
+                        .then(|| Instant::now() + UNBLOCK_RETRY);
                 }
             }
         };
