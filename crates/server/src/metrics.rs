@@ -513,15 +513,21 @@ pub async fn count_responses(State(hub): State<Hub>, request: Request, next: Nex
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
-    let method = method_label(request.method());
+    let method = request.method().clone();
     let response = next.run(request).await;
+    count_response(&hub, route, &method, response.status());
+    response
+}
+
+/// Counts one response to `method` on `route`: by [`count_responses`] for the router, and by the
+/// lean publish path (see [`crate::publish`]) for the requests it answers outside it.
+pub fn count_response(hub: &Hub, route: String, method: &http::Method, status: StatusCode) {
     hub.metrics()
         .responses
         .get_or_create(&ResponseLabels {
             route,
-            method,
-            status: response.status().as_u16(),
+            method: method_label(method),
+            status: status.as_u16(),
         })
         .inc();
-    response
 }

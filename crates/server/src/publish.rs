@@ -26,6 +26,7 @@ use quicksilver_protocol::{parse_publish_form, publish::PublishError};
 use tracing::Instrument;
 
 use crate::client::{client_ip, Peer};
+use crate::cors::CorsHeaders;
 use crate::error::HubError;
 use crate::hub::Hub;
 use crate::policies::limits::RequestKind;
@@ -34,7 +35,7 @@ use crate::policies::limits::RequestKind;
 /// body limit over a slow link, short enough that slow-body clients cannot pile up.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Handles a publish request.
+/// Handles a publish request that came through the router.
 pub async fn publish(
     State(hub): State<Hub>,
     peer: Option<Extension<Peer>>,
@@ -42,30 +43,110 @@ pub async fn publish(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     body: Body,
-) -> Result<Response, HubError> {
-    let span = crate::telemetry::publish_span(&headers);
+) -> Response {
     let peer = peer.map(|Extension(peer)| peer);
+    answer(&hub, peer, &method, &headers, query.as_deref(), body).await
+}
+
+/// Where a publish request's body comes from: hyper's body, or the lean path's socket. Read only
+/// once the publisher is authorized and within its rate.
+pub(crate) trait PublishBody {
+    /// Reads the whole body, at most `limit` bytes: 413 over it (declared or actual), 400 if it
+    /// breaks off, 408 if it does not arrive within [`BODY_READ_TIMEOUT`].
+    async fn read(self, headers: &HeaderMap, limit: usize) -> Result<Bytes, HubError>;
+}
+
+impl PublishBody for Body {
+    async fn read(self, headers: &HeaderMap, limit: usize) -> Result<Bytes, HubError> {
+        read_body(headers, self, limit).await
+    }
+}
+
+/// The publish itself, on either path, in its trace span: the answer before what the router's
+/// layers add (CORS headers, the response count; see [`LeanPublish`] for the lean path's).
+pub(crate) async fn answer(
+    hub: &Hub,
+    peer: Option<Peer>,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: impl PublishBody,
+) -> Response {
+    let span = crate::telemetry::publish_span(headers);
     let outcome = authorize_and_store(hub, peer, method, headers, query, body)
         .instrument(span.clone())
         .await;
     crate::telemetry::record_outcome(&span, &outcome);
-    outcome
+    outcome.into_response()
+}
+
+/// What the lean HTTP/1.1 path ([`crate::sse::accept`]) needs to publish outside the router: the
+/// hub, and the CORS headers the router's layer would add. The response count is kept here as the
+/// router's middleware keeps it.
+#[derive(Debug)]
+pub struct LeanPublish {
+    hub: Hub,
+    cors: CorsHeaders,
+}
+
+impl LeanPublish {
+    /// Publishing to `hub`, with the router's CORS layer `cors`.
+    pub fn new(hub: Hub, cors: &tower_http::cors::CorsLayer) -> Self {
+        Self {
+            hub,
+            cors: CorsHeaders::new(cors),
+        }
+    }
+
+    /// The largest body the lean path reads: a publish declaring more goes to the router.
+    pub fn max_body(&self) -> u64 {
+        self.hub.settings().max_body_size as u64
+    }
+
+    /// Answers a `POST` of the hub path as the router would: [`answer`], then the CORS headers and
+    /// the response count of the router's layers.
+    pub(crate) async fn answer(
+        &self,
+        peer: Peer,
+        request: &http::Request<()>,
+        body: impl PublishBody,
+    ) -> Response {
+        let headers = request.headers();
+        let method = request.method();
+        let mut response = answer(
+            &self.hub,
+            Some(peer),
+            method,
+            headers,
+            request.uri().query(),
+            body,
+        )
+        .await;
+        crate::metrics::count_response(
+            &self.hub,
+            crate::HUB_PATH.to_string(),
+            method,
+            response.status(),
+        );
+        self.cors.apply(headers, response.headers_mut());
+        response
+    }
 }
 
 async fn authorize_and_store(
-    hub: Hub,
+    hub: &Hub,
     peer: Option<Peer>,
-    method: Method,
-    headers: HeaderMap,
-    query: Option<String>,
-    body: Body,
+    method: &Method,
+    headers: &HeaderMap,
+    query: Option<&str>,
+    body: impl PublishBody,
 ) -> Result<Response, HubError> {
-    let identity = hub.auth().identity(&headers, peer)?;
+    let identity = hub.auth().identity(headers, peer)?;
     let publisher = hub
         .auth()
-        .publisher(&method, &headers, query.as_deref(), &identity)?;
+        .publisher(method, headers, query, &identity)?;
     // Counted before the body is read: a publisher over its rate costs the hub no more than this.
-    let client = client_ip(peer, &headers, &hub.settings().trusted_proxies)
+    let client = client_ip(peer, headers, &hub.settings().trusted_proxies)
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     hub.limits()
         .check_rate(
@@ -88,7 +169,7 @@ async fn authorize_and_store(
     }
 
     let settings = hub.settings();
-    let body = read_body(&headers, body, settings.max_body_size).await?;
+    let body = body.read(headers, settings.max_body_size).await?;
     let update = parse_publish_form(&body, &settings.publish_limits, crate::ids::random_urn)
         .map_err(|e: PublishError| {
             if e.is_size_limit() {
