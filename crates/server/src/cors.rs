@@ -85,7 +85,10 @@ impl CorsHeaders {
         }
     }
 
-    fn ask(cors: &mut tower_http::cors::Cors<EmptyAnswer>, origin: Option<&HeaderValue>) -> HeaderMap {
+    fn ask(
+        cors: &mut tower_http::cors::Cors<EmptyAnswer>,
+        origin: Option<&HeaderValue>,
+    ) -> HeaderMap {
         let mut request = http::Request::new(());
         *request.method_mut() = Method::POST;
         if let Some(origin) = origin {

@@ -142,9 +142,7 @@ async fn authorize_and_store(
     body: impl PublishBody,
 ) -> Result<Response, HubError> {
     let identity = hub.auth().identity(headers, peer)?;
-    let publisher = hub
-        .auth()
-        .publisher(method, headers, query, &identity)?;
+    let publisher = hub.auth().publisher(method, headers, query, &identity)?;
     // Counted before the body is read: a publisher over its rate costs the hub no more than this.
     let client = client_ip(peer, headers, &hub.settings().trusted_proxies)
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
@@ -216,13 +214,12 @@ pub(crate) async fn read_body(
     body: Body,
     limit: usize,
 ) -> Result<Bytes, HubError> {
-    let too_large = || HubError::TooLarge(format!("the body exceeds {limit} bytes"));
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
+        return Err(too_large(limit));
     }
     match tokio::time::timeout(BODY_READ_TIMEOUT, axum::body::to_bytes(body, limit)).await {
         Ok(Ok(bytes)) => Ok(bytes),
@@ -231,16 +228,78 @@ pub(crate) async fn read_body(
             let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&e);
             while let Some(err) = source {
                 if err.is::<http_body_util::LengthLimitError>() {
-                    return Err(too_large());
+                    return Err(too_large(limit));
                 }
                 source = err.source();
             }
-            Err(HubError::BadRequest(
-                "the request body could not be read".into(),
-            ))
+            Err(broken_body())
         }
-        Err(_) => Err(HubError::Timeout(
-            "the request body did not arrive in time".into(),
-        )),
+        Err(_) => Err(late_body()),
+    }
+}
+
+fn too_large(limit: usize) -> HubError {
+    HubError::TooLarge(format!("the body exceeds {limit} bytes"))
+}
+
+fn broken_body() -> HubError {
+    HubError::BadRequest("the request body could not be read".into())
+}
+
+fn late_body() -> HubError {
+    HubError::Timeout("the request body did not arrive in time".into())
+}
+
+/// A body of `len` bytes (its `Content-Length`) read from a connection's socket by the lean path:
+/// first from `buffered`, what was read with the head, then from `socket`. What follows the body
+/// (a pipelined request) stays in `buffered`.
+pub(crate) struct SocketBody<'a, S> {
+    pub(crate) socket: &'a mut S,
+    pub(crate) buffered: &'a mut Vec<u8>,
+    pub(crate) len: usize,
+    /// How far the read went: the connection can serve another request only after a whole body.
+    pub(crate) state: BodyState,
+}
+
+/// How far a [`SocketBody`] was read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BodyState {
+    /// Not at all (the request was refused first).
+    Unread,
+    /// In full, and taken out of the buffer.
+    Read,
+    /// It broke off or came too late: the connection cannot go on.
+    Broken,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> PublishBody for &mut SocketBody<'_, S> {
+    async fn read(self, _: &HeaderMap, limit: usize) -> Result<Bytes, HubError> {
+        // Never on the lean path, which leaves larger bodies to hyper; checked all the same.
+        if self.len > limit {
+            return Err(too_large(limit));
+        }
+        self.state = BodyState::Broken;
+        let len = self.len;
+        let socket = &mut *self.socket;
+        let buffered = &mut *self.buffered;
+        let fill = async {
+            buffered.reserve(len.saturating_sub(buffered.len()));
+            while buffered.len() < len {
+                match tokio::io::AsyncReadExt::read_buf(socket, buffered).await {
+                    Ok(0) | Err(_) => return Err(broken_body()),
+                    Ok(_) => {}
+                }
+            }
+            Ok(())
+        };
+        match tokio::time::timeout(BODY_READ_TIMEOUT, fill).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(_) => return Err(late_body()),
+        }
+        let body = Bytes::copy_from_slice(buffered.get(..len).unwrap_or_default());
+        buffered.drain(..len);
+        self.state = BodyState::Read;
+        Ok(body)
     }
 }

@@ -88,6 +88,7 @@ use super::head::{self, Framing, Head};
 use super::tls::TlsSocket;
 use super::writer::{LeanSocket, SharedSocket, Socket, StreamWriter};
 use crate::client::{ClientCounts, ClientSlot, Peer, TrustedProxies};
+use crate::publish::{BodyState, LeanPublish, SocketBody};
 use crate::tls::Tls;
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
@@ -152,6 +153,8 @@ pub struct ServeOptions {
     pub http2_keep_alive: Option<Duration>,
     /// Serve TLS only, with this certificate (`None`: plain HTTP).
     pub tls: Option<Tls>,
+    /// Publish on the lean path too, to this hub (`None`: publishes go to hyper and the router).
+    pub publish: Option<Arc<LeanPublish>>,
 }
 
 impl Default for ServeOptions {
@@ -167,6 +170,7 @@ impl Default for ServeOptions {
             http2_max_streams: 100,
             http2_keep_alive: None,
             tls: None,
+            publish: None,
         }
     }
 }
@@ -637,11 +641,23 @@ async fn next_stream<S: ClientSocket>(
     read: Vec<u8>,
     timeout: Option<Duration>,
 ) -> Next {
-    let (mut request, rest) = match next_head(stream, read, timeout).await {
+    let max_publish = shared.options.publish.as_ref().map(|p| p.max_body());
+    let (mut request, rest, body_len) = match next_head(stream, read, timeout, max_publish).await {
         None => return Next::Close,
-        Some(NextRequest::Lean { request, rest }) => (request, rest),
+        Some(NextRequest::Lean {
+            request,
+            rest,
+            body_len,
+        }) => (request, rest, body_len),
         Some(NextRequest::Hyper(read)) => return Next::Hyper(read, timeout),
     };
+    if let (&http::Method::POST, Some(publish)) = (request.method(), &shared.options.publish) {
+        shared.metrics.lean_requests.inc();
+        return match answer_publish(stream, peer, publish, &request, body_len, rest).await {
+            Ok((keep_alive, rest)) => Next::Answered { keep_alive, rest },
+            Err(_) => Next::Close,
+        };
+    }
     request.extensions_mut().insert(peer);
     match respond(stream, shared, request).await {
         Ok(Answer::Done { keep_alive }) => Next::Answered { keep_alive, rest },
@@ -667,33 +683,42 @@ async fn next_head<S: ClientSocket>(
     stream: &mut S,
     read: Vec<u8>,
     timeout: Option<Duration>,
+    max_publish: Option<u64>,
 ) -> Option<NextRequest> {
     match timeout {
-        Some(limit) => match tokio::time::timeout(limit, read_head(stream, read)).await {
-            Ok(head) => head,
-            Err(_) => {
-                tracing::debug!("closing a connection that sent no complete request in time");
-                None
+        Some(limit) => {
+            match tokio::time::timeout(limit, read_head(stream, read, max_publish)).await {
+                Ok(head) => head,
+                Err(_) => {
+                    tracing::debug!("closing a connection that sent no complete request in time");
+                    None
+                }
             }
-        },
-        None => read_head(stream, read).await,
+        }
+        None => read_head(stream, read, max_publish).await,
     }
 }
 
 /// A request head, as read by [`read_head`].
 enum NextRequest {
-    /// A request for the lean path, and whatever the client sent after its head.
+    /// A request for the lean path, the length of its body, and whatever the client sent after
+    /// its head (the body first).
     Lean {
         request: Box<http::Request<()>>,
         rest: Vec<u8>,
+        body_len: u64,
     },
     /// For hyper, with every byte read so far.
     Hyper(Bytes),
 }
 
 /// Reads until a request head is complete (or shown to be one for hyper), starting with the bytes
-/// in `buf`. `None` when the client left first.
-async fn read_head<S: ClientSocket>(stream: &mut S, mut buf: Vec<u8>) -> Option<NextRequest> {
+/// in `buf`; a publish of at most `max_publish` bytes is lean too. `None` when the client left first.
+async fn read_head<S: ClientSocket>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+    max_publish: Option<u64>,
+) -> Option<NextRequest> {
     if buf.is_empty() {
         // A client that connected (or kept its connection) but sends nothing yet costs no buffer.
         let mut probe = [0u8; 1];
@@ -702,11 +727,27 @@ async fn read_head<S: ClientSocket>(stream: &mut S, mut buf: Vec<u8>) -> Option<
             .ok()?;
     }
     loop {
-        match head::classify(&buf, crate::HUB_PATH) {
+        match head::classify(&buf, crate::HUB_PATH, max_publish) {
             Head::Partial => {}
-            Head::Lean { request, consumed } => {
-                let rest = buf.get(consumed..).unwrap_or_default().to_vec();
-                return Some(NextRequest::Lean { request, rest });
+            Head::Lean {
+                request,
+                consumed,
+                body_len,
+            } => {
+                let rest = if request.method() == http::Method::POST {
+                    // The buffer goes on, for the body and what follows it: no copy.
+                    buf.drain(..consumed);
+                    buf
+                } else {
+                    // A subscription keeps what follows while its stream lasts: only that (most
+                    // often nothing, so no allocation), not the head's buffer.
+                    buf.get(consumed..).unwrap_or_default().to_vec()
+                };
+                return Some(NextRequest::Lean {
+                    request,
+                    rest,
+                    body_len,
+                });
             }
             Head::Hyper => return Some(NextRequest::Hyper(buf.into())),
         }
@@ -753,6 +794,15 @@ async fn respond<S: AsyncWrite + Unpin>(
         Ok(response) => response,
         Err(infallible) => match infallible {},
     };
+    write_response(stream, response).await
+}
+
+/// Writes a response of known length (an error, a redirect, a publish's answer) in full, or only
+/// its head for a streamed one, whose body is handed back to be written by [`StreamWriter`].
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: axum::response::Response,
+) -> std::io::Result<Answer> {
     let EncodedResponse {
         mut head,
         framing,
@@ -793,6 +843,45 @@ async fn respond<S: AsyncWrite + Unpin>(
     }
     stream.flush().await?;
     Ok(Answer::Done { keep_alive })
+}
+
+/// Publishes on the lean path: reads the body (once the publisher is let through, see
+/// [`crate::publish`]) from `rest`, then the socket, and writes the answer. Returns whether the
+/// connection can serve another request and what the client sent after this one.
+async fn answer_publish<S: ClientSocket>(
+    stream: &mut S,
+    peer: Peer,
+    publish: &LeanPublish,
+    request: &http::Request<()>,
+    body_len: u64,
+    mut rest: Vec<u8>,
+) -> std::io::Result<(bool, Vec<u8>)> {
+    // Within the body limit (a usize) by the head's classification.
+    let len = usize::try_from(body_len).map_err(std::io::Error::other)?;
+    let mut body = SocketBody {
+        socket: &mut *stream,
+        buffered: &mut rest,
+        len,
+        state: BodyState::Unread,
+    };
+    // Boxed: the publish's future is only needed until the answer exists.
+    let response = Box::pin(publish.answer(peer, request, &mut body)).await;
+    let mut keep_alive = match body.state {
+        BodyState::Read => true,
+        // Refused before its body was read: the connection goes on only past a body already
+        // here; one still on its way would have to be read for nothing.
+        BodyState::Unread if rest.len() >= len => {
+            rest.drain(..len);
+            true
+        }
+        BodyState::Unread | BodyState::Broken => false,
+    };
+    match write_response(stream, response).await? {
+        Answer::Done { keep_alive: go_on } => keep_alive &= go_on,
+        // A publish's answer always has a length: never streamed.
+        Answer::Stream { .. } => keep_alive = false,
+    }
+    Ok((keep_alive, rest))
 }
 
 /// A response split into its encoded head and its body.
