@@ -13,6 +13,19 @@
 //! it a byte at a time (or never) would hold its connection and task for as long as it liked.
 //!
 //! The whole request runs in the `mercure.publish` trace span (see [`crate::telemetry`]).
+//!
+//! # Two ways in, one publish
+//! A publish arrives through the router ([`publish`], the handler) or, for a plain HTTP/1.1
+//! request with a `Content-Length` body, on the lean path of [`crate::sse::accept`], which reads
+//! its head and body itself and never builds a hyper connection or goes through the router (a
+//! publisher on a kept-alive connection pays for neither, request after request). Both call
+//! [`answer`] (the token, the limits, the form, the transport, the trace span, the answer);
+//! the body is a [`PublishBody`], read only when [`answer`] asks for it: hyper's body, or
+//! [`SocketBody`], the connection's buffer and socket, under the same limit, deadline and
+//! answers. What the router's layers add to an answer, [`LeanPublish`] adds on the lean path: the
+//! CORS headers, computed by the same CORS layer ([`crate::cors::CorsHeaders`]), and the
+//! response count of [`crate::metrics::count_response`]. So a publish is answered byte for byte
+//! alike on both paths (the `lean_publish` tests compare them).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;

@@ -8,9 +8,11 @@
 //! hub path over HTTP/1.1 that the lean path can answer. Such a request is still answered by the
 //! same axum router (CORS, metrics, authentication, headers are all unchanged); only the response
 //! is written by [`super::writer`], with the head from [`encode_head`] and the body as chunks
-//! framed by [`chunk_header`], holding no buffer between writes. Everything else (other paths and
-//! methods, request bodies, HTTP/1.0, upgrades, HTTP/2, malformed heads) is handed to hyper together
-//! with the bytes already read, so hyper sees the connection as if it had read it from the start.
+//! framed by [`chunk_header`], holding no buffer between writes. A publish (`POST`) with one plain
+//! `Content-Length` within the body limit is lean too, when the caller publishes on the lean path.
+//! Everything else (other paths and methods, other request bodies, HTTP/1.0, upgrades, HTTP/2,
+//! malformed heads) is handed to hyper together with the bytes already read, so hyper sees the
+//! connection as if it had read it from the start.
 
 use std::io::Write as _;
 
