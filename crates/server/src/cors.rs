@@ -110,11 +110,26 @@ impl CorsHeaders {
             None => self.without_origin.clone(),
             origin => Self::ask(&mut self.cors.lock(), origin),
         };
-        // As the layer merges them: `Vary` joins the handler's, the others replace theirs.
-        if let Some(vary) = added.remove(header::VARY) {
-            response.append(header::VARY, vary);
+        // As the layer merges them, in its order (the empty answer holds them in it): `Vary`
+        // joins the handler's, the others replace theirs.
+        let mut current = None;
+        for (name, value) in added.drain() {
+            match name {
+                Some(name) if name == header::VARY => {
+                    response.append(&name, value);
+                    current = Some(name);
+                }
+                Some(name) => {
+                    response.insert(&name, value);
+                    current = Some(name);
+                }
+                None => {
+                    if let Some(name) = &current {
+                        response.append(name, value);
+                    }
+                }
+            }
         }
-        response.extend(added);
     }
 }
 

@@ -31,7 +31,9 @@ fn request(headers: &[(&str, &str)], body: &str, chunked: bool) -> String {
         } else {
             format!("{:x}\r\n{body}\r\n", body.len())
         };
-        text.push_str(&format!("Transfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"));
+        text.push_str(&format!(
+            "Transfer-Encoding: chunked\r\n\r\n{chunk}0\r\n\r\n"
+        ));
     } else {
         text.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
     }
@@ -49,7 +51,11 @@ async fn read_response(
             let head = String::from_utf8_lossy(&pending[..end + 4]).to_string();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             while pending.len() < end + 4 + len {
                 let mut buf = [0u8; 4096];
@@ -121,6 +127,8 @@ async fn lean_and_hyper_answer_every_publish_alike() {
     let hub = spawn_hub(&[
         "--cors-origins",
         "https://app.example",
+        "--publish-origins",
+        "https://app.example",
         "--max-body-size",
         "300",
         "--max-topics-per-update",
@@ -137,24 +145,105 @@ async fn lean_and_hyper_answer_every_publish_alike() {
     // The slow publisher's one publish an hour, spent.
     let spent = exchange(
         hub.addr(),
-        &request(&[("Authorization", &slow), ("Content-Type", FORM)], "topic=a", false),
+        &request(
+            &[("Authorization", &slow), ("Content-Type", FORM)],
+            "topic=a",
+            false,
+        ),
     )
     .await;
     assert!(spent.starts_with("HTTP/1.1 200 "), "{spent}");
     let form = format!("topic=a&id={ID}&data=x");
+    let cookie = format!("mercureAuthorization={}", &publisher[7..]);
     let cases: &[(&str, u16, Vec<(&str, &str)>, &str)] = &[
-        ("stored", 200, vec![("Authorization", &publisher), ("Content-Type", FORM)], &form),
-        ("stored, from an allowed origin", 200, vec![("Authorization", &publisher), ("Content-Type", FORM), ("Origin", "https://app.example")], &form),
-        ("stored, from another origin", 200, vec![("Authorization", &publisher), ("Content-Type", FORM), ("Origin", "https://evil.example")], &form),
-        ("the token in the cookie", 200, vec![("Cookie", &format!("mercureAuthorization={}", &publisher[7..])), ("Content-Type", FORM)], &form),
+        (
+            "stored",
+            200,
+            vec![("Authorization", &publisher), ("Content-Type", FORM)],
+            &form,
+        ),
+        (
+            "stored, from an allowed origin",
+            200,
+            vec![
+                ("Authorization", &publisher),
+                ("Content-Type", FORM),
+                ("Origin", "https://app.example"),
+            ],
+            &form,
+        ),
+        (
+            "stored, from another origin",
+            200,
+            vec![
+                ("Authorization", &publisher),
+                ("Content-Type", FORM),
+                ("Origin", "https://evil.example"),
+            ],
+            &form,
+        ),
+        (
+            "the token in the cookie, from an allowed origin",
+            200,
+            vec![
+                ("Cookie", &cookie),
+                ("Content-Type", FORM),
+                ("Origin", "https://app.example"),
+            ],
+            &form,
+        ),
+        (
+            "the token in the cookie, without an origin",
+            401,
+            vec![("Cookie", &cookie), ("Content-Type", FORM)],
+            &form,
+        ),
         ("no token", 401, vec![("Content-Type", FORM)], "topic=a"),
-        ("no token, cross-origin", 401, vec![("Content-Type", FORM), ("Origin", "https://app.example")], "topic=a"),
-        ("a bad token", 401, vec![("Authorization", "Bearer nope"), ("Content-Type", FORM)], "topic=a"),
-        ("a topic not granted", 403, vec![("Authorization", &books), ("Content-Type", FORM)], "topic=other"),
-        ("no topic", 400, vec![("Authorization", &publisher), ("Content-Type", FORM)], "data=x"),
-        ("not a form", 415, vec![("Authorization", &publisher), ("Content-Type", "application/json")], "{}"),
-        ("too many topics", 413, vec![("Authorization", &publisher), ("Content-Type", FORM)], "topic=a&topic=b&topic=c"),
-        ("over the rate", 429, vec![("Authorization", &slow), ("Content-Type", FORM)], "topic=a"),
+        (
+            "no token, cross-origin",
+            401,
+            vec![("Content-Type", FORM), ("Origin", "https://app.example")],
+            "topic=a",
+        ),
+        (
+            "a bad token",
+            401,
+            vec![("Authorization", "Bearer nope"), ("Content-Type", FORM)],
+            "topic=a",
+        ),
+        (
+            "a topic not granted",
+            403,
+            vec![("Authorization", &books), ("Content-Type", FORM)],
+            "topic=other",
+        ),
+        (
+            "no topic",
+            400,
+            vec![("Authorization", &publisher), ("Content-Type", FORM)],
+            "data=x",
+        ),
+        (
+            "not a form",
+            415,
+            vec![
+                ("Authorization", &publisher),
+                ("Content-Type", "application/json"),
+            ],
+            "{}",
+        ),
+        (
+            "too many topics",
+            413,
+            vec![("Authorization", &publisher), ("Content-Type", FORM)],
+            "topic=a&topic=b&topic=c",
+        ),
+        (
+            "over the rate",
+            429,
+            vec![("Authorization", &slow), ("Content-Type", FORM)],
+            "topic=a",
+        ),
     ];
     for (what, status, headers, body) in cases {
         let route = format!(
@@ -162,14 +251,33 @@ async fn lean_and_hyper_answer_every_publish_alike() {
         );
         let (lean_before, count_before) = (counter(&url, LEAN).await, counter(&url, &route).await);
         let lean = exchange(hub.addr(), &request(headers, body, false)).await;
+        assert!(
+            lean.starts_with(&format!("HTTP/1.1 {status} ")),
+            "{what}: {lean}"
+        );
         let lean_after = counter(&url, LEAN).await;
         let count_lean = counter(&url, &route).await;
         let hyper = exchange(hub.addr(), &request(headers, body, true)).await;
-        assert_eq!(counter(&url, LEAN).await, lean_after, "{what}: the chunked publish is hyper's");
-        assert_eq!(lean_after, lean_before + 1.0, "{what}: the publish was lean");
-        assert_eq!(count_lean, count_before + 1.0, "{what}: the lean answer is counted");
-        assert_eq!(counter(&url, &route).await, count_lean + 1.0, "{what}: hyper's is counted");
-        assert!(lean.starts_with(&format!("HTTP/1.1 {status} ")), "{what}: {lean}");
+        assert_eq!(
+            counter(&url, LEAN).await,
+            lean_after,
+            "{what}: the chunked publish is hyper's"
+        );
+        assert_eq!(
+            lean_after,
+            lean_before + 1.0,
+            "{what}: the publish was lean"
+        );
+        assert_eq!(
+            count_lean,
+            count_before + 1.0,
+            "{what}: the lean answer is counted"
+        );
+        assert_eq!(
+            counter(&url, &route).await,
+            count_lean + 1.0,
+            "{what}: hyper's is counted"
+        );
         assert!(lean.contains("\r\ndate: "), "{what}: {lean}");
         assert_eq!(without_clocks(&lean), without_clocks(&hyper), "{what}");
     }
@@ -178,7 +286,11 @@ async fn lean_and_hyper_answer_every_publish_alike() {
     let before = counter(&url, LEAN).await;
     let answer = exchange(
         hub.addr(),
-        &request(&[("Authorization", &publisher), ("Content-Type", FORM)], &big, false),
+        &request(
+            &[("Authorization", &publisher), ("Content-Type", FORM)],
+            &big,
+            false,
+        ),
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
@@ -201,15 +313,22 @@ async fn one_connection_carries_publishes_a_subscription_and_pipelined_requests(
     let mut pending = Vec::new();
     // Kept alive, one after the other.
     for n in 0..3 {
-        socket.write_all(publish(n).as_bytes()).await.expect("write");
-        let answer = read_response(&mut socket, &mut pending).await.expect("answer");
+        socket
+            .write_all(publish(n).as_bytes())
+            .await
+            .expect("write");
+        let answer = read_response(&mut socket, &mut pending)
+            .await
+            .expect("answer");
         assert!(answer.ends_with(&format!("\r\n\r\nm{n}")), "{answer}");
     }
     // Pipelined: three in one write, answered in order.
     let three: String = (3..6).map(publish).collect();
     socket.write_all(three.as_bytes()).await.expect("write");
     for n in 3..6 {
-        let answer = read_response(&mut socket, &mut pending).await.expect("answer");
+        let answer = read_response(&mut socket, &mut pending)
+            .await
+            .expect("answer");
         assert!(answer.ends_with(&format!("\r\n\r\nm{n}")), "{answer}");
     }
     // A publish whose body arrives in pieces, then a subscription on the same connection that
@@ -220,7 +339,9 @@ async fn one_connection_carries_publishes_a_subscription_and_pipelined_requests(
     socket.flush().await.expect("flush");
     tokio::time::sleep(Duration::from_millis(50)).await;
     socket.write_all(tail.as_bytes()).await.expect("write");
-    let answer = read_response(&mut socket, &mut pending).await.expect("answer");
+    let answer = read_response(&mut socket, &mut pending)
+        .await
+        .expect("answer");
     assert!(answer.ends_with("\r\n\r\nm6"), "{answer}");
     let subscriber = mercure_token(TEST_JWT_KEY, &[], &["*"], None);
     socket
@@ -258,7 +379,11 @@ async fn stored(hub: SocketAddr, id: &str) -> bool {
     let publisher = format!("Bearer {}", mercure_token(TEST_JWT_KEY, &["*"], &[], None));
     let marker = exchange(
         hub,
-        &request(&[("Authorization", &publisher), ("Content-Type", FORM)], "topic=a&id=marker", false),
+        &request(
+            &[("Authorization", &publisher), ("Content-Type", FORM)],
+            "topic=a&id=marker",
+            false,
+        ),
     )
     .await;
     assert!(marker.ends_with("marker"), "{marker}");
@@ -307,7 +432,11 @@ async fn a_body_that_never_arrives_in_full_publishes_nothing() {
     // The hub goes on.
     let answer = exchange(
         hub.addr(),
-        &request(&[("Authorization", &publisher), ("Content-Type", FORM)], "topic=a&id=after", false),
+        &request(
+            &[("Authorization", &publisher), ("Content-Type", FORM)],
+            "topic=a&id=after",
+            false,
+        ),
     )
     .await;
     assert!(answer.ends_with("after"), "{answer}");

@@ -658,7 +658,7 @@ async fn next_stream<S: ClientSocket>(
     };
     if let (&http::Method::POST, Some(publish)) = (request.method(), &shared.options.publish) {
         shared.metrics.lean_requests.inc();
-        return match answer_publish(stream, peer, publish, &request, body_len, rest).await {
+        return match answer_publish(stream, peer, shared, publish, &request, body_len, rest).await {
             Ok((keep_alive, rest)) => Next::Answered { keep_alive, rest },
             Err(_) => Next::Close,
         };
@@ -856,6 +856,7 @@ async fn write_response<S: AsyncWrite + Unpin>(
 async fn answer_publish<S: ClientSocket>(
     stream: &mut S,
     peer: Peer,
+    shared: &ServeContext,
     publish: &LeanPublish,
     request: &http::Request<()>,
     body_len: u64,
@@ -881,7 +882,19 @@ async fn answer_publish<S: ClientSocket>(
         }
         BodyState::Unread | BodyState::Broken => false,
     };
-    match write_response(stream, response).await? {
+    // A client that sends requests and reads no answers blocks this write: bounded as hyper's are.
+    let written = match shared.options.write_stall_timeout {
+        Some(limit) => match tokio::time::timeout(limit, write_response(stream, response)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                shared.metrics.write_stalls.inc();
+                tracing::debug!("closing a connection whose writes stayed blocked");
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        },
+        None => write_response(stream, response).await?,
+    };
+    match written {
         Answer::Done { keep_alive: go_on } => keep_alive &= go_on,
         // A publish's answer always has a length: never streamed.
         Answer::Stream { .. } => keep_alive = false,
