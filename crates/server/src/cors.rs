@@ -106,29 +106,26 @@ impl CorsHeaders {
 
     /// Adds to `response` what the layer adds to the answer of a `POST` with `request_headers`.
     pub fn apply(&self, request_headers: &HeaderMap, response: &mut HeaderMap) {
-        let mut added = match request_headers.get(header::ORIGIN) {
-            None => self.without_origin.clone(),
-            origin => Self::ask(&mut self.cors.lock(), origin),
-        };
-        // As the layer merges them, in its order (the empty answer holds them in it): `Vary`
-        // joins the handler's, the others replace theirs.
-        let mut current = None;
-        for (name, value) in added.drain() {
-            match name {
-                Some(name) if name == header::VARY => {
-                    response.append(&name, value);
-                    current = Some(name);
-                }
-                Some(name) => {
-                    response.insert(&name, value);
-                    current = Some(name);
-                }
-                None => {
-                    if let Some(name) = &current {
-                        response.append(name, value);
-                    }
-                }
-            }
+        match request_headers.get(header::ORIGIN) {
+            None => merge(&self.without_origin, response),
+            origin => merge(&Self::ask(&mut self.cors.lock(), origin), response),
+        }
+    }
+}
+
+/// Merges `added` into `response` as the CORS layer merges its headers, in its order (the empty
+/// answer holds them in it): `Vary` joins the handler's, the others replace theirs.
+fn merge(added: &HeaderMap, response: &mut HeaderMap) {
+    for name in added.keys() {
+        let mut values = added.get_all(name).iter();
+        if name != header::VARY {
+            let Some(first) = values.next() else {
+                continue;
+            };
+            response.insert(name, first.clone());
+        }
+        for value in values {
+            response.append(name, value.clone());
         }
     }
 }

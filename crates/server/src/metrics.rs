@@ -522,6 +522,17 @@ pub async fn count_responses(State(hub): State<Hub>, request: Request, next: Nex
 /// Counts one response to `method` on `route`: by [`count_responses`] for the router, and by the
 /// lean publish path (see [`crate::publish`]) for the requests it answers outside it.
 pub fn count_response(hub: &Hub, route: String, method: &http::Method, status: StatusCode) {
+    response_counter(hub, route, method, status).inc();
+}
+
+/// The counter of responses to `method` on `route` with `status` (created at its first use), for
+/// a caller that keeps it rather than looking it up for every response.
+pub fn response_counter(
+    hub: &Hub,
+    route: String,
+    method: &http::Method,
+    status: StatusCode,
+) -> Counter {
     hub.metrics()
         .responses
         .get_or_create(&ResponseLabels {
@@ -529,5 +540,5 @@ pub fn count_response(hub: &Hub, route: String, method: &http::Method, status: S
             method: method_label(method),
             status: status.as_u16(),
         })
-        .inc();
+        .clone()
 }

@@ -100,6 +100,8 @@ pub(crate) async fn answer(
 pub struct LeanPublish {
     hub: Hub,
     cors: CorsHeaders,
+    /// The count of `200` answers, looked up once (the others are rare enough to look up).
+    stored: std::sync::OnceLock<prometheus_client::metrics::counter::Counter>,
 }
 
 impl LeanPublish {
@@ -108,6 +110,7 @@ impl LeanPublish {
         Self {
             hub,
             cors: CorsHeaders::new(cors),
+            stored: std::sync::OnceLock::new(),
         }
     }
 
@@ -135,12 +138,18 @@ impl LeanPublish {
             body,
         )
         .await;
-        crate::metrics::count_response(
-            &self.hub,
-            crate::HUB_PATH.to_string(),
-            method,
-            response.status(),
-        );
+        let status = response.status();
+        if status == StatusCode::OK {
+            self.stored
+                .get_or_init(|| {
+                    let route = crate::HUB_PATH.to_string();
+                    crate::metrics::response_counter(&self.hub, route, method, status)
+                })
+                .inc();
+        } else {
+            let route = crate::HUB_PATH.to_string();
+            crate::metrics::count_response(&self.hub, route, method, status);
+        }
         self.cors.apply(headers, response.headers_mut());
         response
     }
