@@ -104,6 +104,9 @@ fn without_clocks(answer: &str) -> String {
         .join("\r\n")
 }
 
+/// A publish to send both ways: what it is, the status it gets, its headers and its body.
+type Case<'a> = (&'a str, u16, Vec<(&'a str, &'a str)>, &'a str);
+
 fn token(sub: &str, publish: &[&str]) -> String {
     let mut claims = mercure_claims(publish, &[], None);
     claims["sub"] = sub.into();
@@ -155,7 +158,7 @@ async fn lean_and_hyper_answer_every_publish_alike() {
     assert!(spent.starts_with("HTTP/1.1 200 "), "{spent}");
     let form = format!("topic=a&id={ID}&data=x");
     let cookie = format!("mercureAuthorization={}", &publisher[7..]);
-    let cases: &[(&str, u16, Vec<(&str, &str)>, &str)] = &[
+    let cases: &[Case] = &[
         (
             "stored",
             200,
