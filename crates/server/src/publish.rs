@@ -24,8 +24,9 @@
 //! [`SocketBody`], the connection's buffer and socket, under the same limit, deadline and
 //! answers. What the router's layers add to an answer, [`LeanPublish`] adds on the lean path: the
 //! CORS headers, computed by the same CORS layer ([`crate::cors::CorsHeaders`]), and the
-//! response count of [`crate::metrics::count_response`]. So a publish is answered byte for byte
-//! alike on both paths (the `lean_publish` tests compare them).
+//! response count of [`crate::metrics::count_response`]. The trace span is [`answer`]'s own, so
+//! it is exported alike from both paths when OpenTelemetry is on. So a publish is answered byte
+//! for byte alike on both paths (the `lean_publish` tests compare them).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
