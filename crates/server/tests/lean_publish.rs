@@ -334,6 +334,25 @@ async fn one_connection_carries_publishes_a_subscription_and_pipelined_requests(
             .expect("answer");
         assert!(answer.ends_with(&format!("\r\n\r\nm{n}")), "{answer}");
     }
+    // A refused publish (its body not read) pipelined before a good one: the refused one's body
+    // is skipped, not taken for the next request.
+    let refused = request(
+        &[("Content-Type", FORM)],
+        "topic=a&id=refused&data=x",
+        false,
+    );
+    socket
+        .write_all(format!("{refused}{}", publish(99)).as_bytes())
+        .await
+        .expect("write");
+    let answer = read_response(&mut socket, &mut pending)
+        .await
+        .expect("answer");
+    assert!(answer.starts_with("HTTP/1.1 401 "), "{answer}");
+    let answer = read_response(&mut socket, &mut pending)
+        .await
+        .expect("answer");
+    assert!(answer.ends_with("\r\n\r\nm99"), "{answer}");
     // A publish whose body arrives in pieces, then a subscription on the same connection that
     // replays everything published on it.
     let split = publish(6);
@@ -368,9 +387,10 @@ async fn one_connection_carries_publishes_a_subscription_and_pipelined_requests(
     .await
     .expect("the replay in time");
     seen.insert_str(0, &String::from_utf8_lossy(&pending));
-    for n in 0..7 {
+    for n in (0..7).chain([99]) {
         assert!(seen.contains(&format!("id: m{n}\n")), "m{n} in {seen}");
     }
+    assert!(!seen.contains("id: refused\n"), "{seen}");
     assert!(counter(hub.url(), LEAN).await >= 8.0);
     hub.shutdown().await;
 }
