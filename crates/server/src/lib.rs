@@ -158,6 +158,7 @@ async fn readyz(State(hub): State<Hub>) -> (StatusCode, &'static str) {
 pub struct Server {
     hub: Hub,
     app: Router,
+    publish: std::sync::Arc<publish::LeanPublish>,
     listener: TcpListener,
     tls: Option<tls::Tls>,
 }
@@ -197,6 +198,8 @@ impl Server {
             });
         }
         let app = router(hub.clone(), config)?;
+        // The router's CORS rules, for the publishes answered outside it.
+        let publish = publish::LeanPublish::new(hub.clone(), &cors::layer(&config.cors_origins)?);
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => {
                 let metrics = hub.metrics().connection.tls.clone();
@@ -209,6 +212,7 @@ impl Server {
         Ok(Self {
             hub,
             app,
+            publish: std::sync::Arc::new(publish),
             listener,
             tls,
         })
@@ -238,6 +242,7 @@ impl Server {
         let Server {
             hub,
             app,
+            publish,
             listener,
             tls,
         } = self;
@@ -257,6 +262,7 @@ impl Server {
             http2_max_streams: settings.http2_max_streams,
             http2_keep_alive: settings.http2_keep_alive,
             tls,
+            publish: Some(publish),
         };
         let closing = hub.clone();
         let stop = async move {

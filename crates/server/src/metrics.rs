@@ -519,15 +519,32 @@ pub async fn count_responses(State(hub): State<Hub>, request: Request, next: Nex
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "other".to_string(), |p| p.as_str().to_string());
-    let method = method_label(request.method());
+    let method = request.method().clone();
     let response = next.run(request).await;
+    count_response(&hub, route, &method, response.status());
+    response
+}
+
+/// Counts one response to `method` on `route`: by [`count_responses`] for the router, and by the
+/// lean publish path (see [`crate::publish`]) for the requests it answers outside it.
+pub fn count_response(hub: &Hub, route: String, method: &http::Method, status: StatusCode) {
+    response_counter(hub, route, method, status).inc();
+}
+
+/// The counter of responses to `method` on `route` with `status` (created at its first use), for
+/// a caller that keeps it rather than looking it up for every response.
+pub fn response_counter(
+    hub: &Hub,
+    route: String,
+    method: &http::Method,
+    status: StatusCode,
+) -> Counter {
     hub.metrics()
         .responses
         .get_or_create(&ResponseLabels {
             route,
-            method,
-            status: response.status().as_u16(),
+            method: method_label(method),
+            status: status.as_u16(),
         })
-        .inc();
-    response
+        .clone()
 }

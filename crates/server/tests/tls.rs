@@ -86,14 +86,22 @@ async fn a_subscriber_and_a_publisher_over_https_1_1_are_served_on_the_lean_path
         "the subscriptions were not served on the lean path: {lean:?}"
     );
 
+    // A connection of its own (one a hyper-served request used before stays with hyper).
     let (status, id) = publish(
-        &client,
+        &ca.http1_client(),
         hub.url(),
         &publisher_token(),
         &[("topic", "t"), ("data", "over TLS")],
     )
     .await;
     assert_eq!(status, 200, "{id}");
+    let after = metric(&client, hub.url(), "quicksilver_lean_requests_total").await;
+    assert!(
+        after
+            .zip(lean)
+            .is_some_and(|(after, before)| after > before),
+        "the publish was not served on the lean path: {lean:?} then {after:?}"
+    );
     let event = stream
         .next_event(WAIT)
         .await

@@ -6,7 +6,12 @@
 //! per-connection buffers, which would otherwise stay allocated for the whole life of an idle
 //! stream. When that response ends and the connection is kept alive, the next request head is read
 //! the same way, so a load balancer that reuses its upstream connections gets every subscription
-//! lean, not only the first. The first request that is not a lean subscription hands the
+//! lean, not only the first. A plain HTTP/1.1 publish (a `POST` of the hub path with a
+//! `Content-Length` body within `--max-body-size`) is lean too: its body is read here, from what
+//! came with the head and then the socket, and it is answered by [`crate::publish::LeanPublish`]
+//! without hyper or the router, alike to the router's answer; the connection then goes on with its
+//! next request, pipelined bytes included. The first request that is neither (chunked bodies,
+//! `Expect`, `Connection: close`, upgrades, HTTP/1.0 and HTTP/2, other paths) hands the
 //! connection to hyper for the rest of its life, replaying the bytes already read through
 //! [`Rewind`].
 //!
@@ -88,6 +93,7 @@ use super::head::{self, Framing, Head};
 use super::tls::TlsSocket;
 use super::writer::{LeanSocket, SharedSocket, Socket, StreamWriter};
 use crate::client::{ClientCounts, ClientSlot, Peer, TrustedProxies};
+use crate::publish::{BodyState, LeanPublish, SocketBody};
 use crate::tls::Tls;
 
 /// Pending connections the kernel may queue for `accept` (capped by `net.core.somaxconn`).
@@ -96,6 +102,10 @@ const LISTEN_BACKLOG: u32 = 65_535;
 /// First size of the buffer a request head is read into; it doubles up to
 /// [`head::MAX_HEAD_BYTES`]. Most subscription heads fit.
 const HEAD_BUFFER: usize = 1024;
+
+/// Room a kept-alive connection keeps for its next head after a publish (a publisher's heads and
+/// small bodies fit; hyper would keep 16 KiB).
+const KEPT_READ_BUFFER: usize = 4 * HEAD_BUFFER;
 
 /// Binds `addr` with a large accept backlog.
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -152,6 +162,8 @@ pub struct ServeOptions {
     pub http2_keep_alive: Option<Duration>,
     /// Serve TLS only, with this certificate (`None`: plain HTTP).
     pub tls: Option<Tls>,
+    /// Publish on the lean path too, to this hub (`None`: publishes go to hyper and the router).
+    pub publish: Option<Arc<LeanPublish>>,
 }
 
 impl Default for ServeOptions {
@@ -167,6 +179,7 @@ impl Default for ServeOptions {
             http2_max_streams: 100,
             http2_keep_alive: None,
             tls: None,
+            publish: None,
         }
     }
 }
@@ -637,11 +650,23 @@ async fn next_stream<S: ClientSocket>(
     read: Vec<u8>,
     timeout: Option<Duration>,
 ) -> Next {
-    let (mut request, rest) = match next_head(stream, read, timeout).await {
+    let max_publish = shared.options.publish.as_ref().map(|p| p.max_body());
+    let (mut request, rest, body_len) = match next_head(stream, read, timeout, max_publish).await {
         None => return Next::Close,
-        Some(NextRequest::Lean { request, rest }) => (request, rest),
+        Some(NextRequest::Lean {
+            request,
+            rest,
+            body_len,
+        }) => (request, rest, body_len),
         Some(NextRequest::Hyper(read)) => return Next::Hyper(read, timeout),
     };
+    if let (&http::Method::POST, Some(publish)) = (request.method(), &shared.options.publish) {
+        shared.metrics.lean_requests.inc();
+        return match answer_publish(stream, peer, shared, publish, &request, body_len, rest).await {
+            Ok((keep_alive, rest)) => Next::Answered { keep_alive, rest },
+            Err(_) => Next::Close,
+        };
+    }
     request.extensions_mut().insert(peer);
     match respond(stream, shared, request).await {
         Ok(Answer::Done { keep_alive }) => Next::Answered { keep_alive, rest },
@@ -667,46 +692,73 @@ async fn next_head<S: ClientSocket>(
     stream: &mut S,
     read: Vec<u8>,
     timeout: Option<Duration>,
+    max_publish: Option<u64>,
 ) -> Option<NextRequest> {
     match timeout {
-        Some(limit) => match tokio::time::timeout(limit, read_head(stream, read)).await {
-            Ok(head) => head,
-            Err(_) => {
-                tracing::debug!("closing a connection that sent no complete request in time");
-                None
+        Some(limit) => {
+            match tokio::time::timeout(limit, read_head(stream, read, max_publish)).await {
+                Ok(head) => head,
+                Err(_) => {
+                    tracing::debug!("closing a connection that sent no complete request in time");
+                    None
+                }
             }
-        },
-        None => read_head(stream, read).await,
+        }
+        None => read_head(stream, read, max_publish).await,
     }
 }
 
 /// A request head, as read by [`read_head`].
 enum NextRequest {
-    /// A request for the lean path, and whatever the client sent after its head.
+    /// A request for the lean path, the length of its body, and whatever the client sent after
+    /// its head (the body first).
     Lean {
         request: Box<http::Request<()>>,
         rest: Vec<u8>,
+        body_len: u64,
     },
     /// For hyper, with every byte read so far.
     Hyper(Bytes),
 }
 
 /// Reads until a request head is complete (or shown to be one for hyper), starting with the bytes
-/// in `buf`. `None` when the client left first.
-async fn read_head<S: ClientSocket>(stream: &mut S, mut buf: Vec<u8>) -> Option<NextRequest> {
-    if buf.is_empty() {
+/// in `buf`; a publish of at most `max_publish` bytes is lean too. `None` when the client left first.
+async fn read_head<S: ClientSocket>(
+    stream: &mut S,
+    mut buf: Vec<u8>,
+    max_publish: Option<u64>,
+) -> Option<NextRequest> {
+    if buf.capacity() == 0 {
         // A client that connected (or kept its connection) but sends nothing yet costs no buffer.
+        // (After a publish, the buffer is kept for the next one: a publisher sends one after
+        // another, and reading at once saves a system call per publish.)
         let mut probe = [0u8; 1];
         std::future::poll_fn(|cx| stream.poll_peek(cx, &mut ReadBuf::new(&mut probe)))
             .await
             .ok()?;
     }
     loop {
-        match head::classify(&buf, crate::HUB_PATH) {
+        match head::classify(&buf, crate::HUB_PATH, max_publish) {
             Head::Partial => {}
-            Head::Lean { request, consumed } => {
-                let rest = buf.get(consumed..).unwrap_or_default().to_vec();
-                return Some(NextRequest::Lean { request, rest });
+            Head::Lean {
+                request,
+                consumed,
+                body_len,
+            } => {
+                let rest = if request.method() == http::Method::POST {
+                    // The buffer goes on, for the body and what follows it: no copy.
+                    buf.drain(..consumed);
+                    buf
+                } else {
+                    // A subscription keeps what follows while its stream lasts: only that (most
+                    // often nothing, so no allocation), not the head's buffer.
+                    buf.get(consumed..).unwrap_or_default().to_vec()
+                };
+                return Some(NextRequest::Lean {
+                    request,
+                    rest,
+                    body_len,
+                });
             }
             Head::Hyper => return Some(NextRequest::Hyper(buf.into())),
         }
@@ -753,6 +805,15 @@ async fn respond<S: AsyncWrite + Unpin>(
         Ok(response) => response,
         Err(infallible) => match infallible {},
     };
+    write_response(stream, response).await
+}
+
+/// Writes a response of known length (an error, a redirect, a publish's answer) in full, or only
+/// its head for a streamed one, whose body is handed back to be written by [`StreamWriter`].
+async fn write_response<S: AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: axum::response::Response,
+) -> std::io::Result<Answer> {
     let EncodedResponse {
         mut head,
         framing,
@@ -793,6 +854,63 @@ async fn respond<S: AsyncWrite + Unpin>(
     }
     stream.flush().await?;
     Ok(Answer::Done { keep_alive })
+}
+
+/// Publishes on the lean path: reads the body (once the publisher is let through, see
+/// [`crate::publish`]) from `rest`, then the socket, and writes the answer. Returns whether the
+/// connection can serve another request and what the client sent after this one.
+async fn answer_publish<S: ClientSocket>(
+    stream: &mut S,
+    peer: Peer,
+    shared: &ServeContext,
+    publish: &LeanPublish,
+    request: &http::Request<()>,
+    body_len: u64,
+    mut rest: Vec<u8>,
+) -> std::io::Result<(bool, Vec<u8>)> {
+    // Within the body limit (a usize) by the head's classification.
+    let len = usize::try_from(body_len).map_err(std::io::Error::other)?;
+    let mut body = SocketBody {
+        socket: &mut *stream,
+        buffered: &mut rest,
+        len,
+        state: BodyState::Unread,
+    };
+    // Boxed: the publish's future is only needed until the answer exists.
+    let response = Box::pin(publish.answer(peer, request, &mut body)).await;
+    let mut keep_alive = match body.state {
+        BodyState::Read => true,
+        // Refused before its body was read: the connection goes on only past a body already
+        // here; one still on its way would have to be read for nothing.
+        BodyState::Unread if rest.len() >= len => {
+            rest.drain(..len);
+            true
+        }
+        BodyState::Unread | BodyState::Broken => false,
+    };
+    // Kept for the next head (a publisher sends one after another), unless a large body grew it:
+    // an idle kept-alive connection holds no more than a head's room.
+    if rest.capacity() > KEPT_READ_BUFFER {
+        rest.shrink_to(KEPT_READ_BUFFER.max(rest.len()));
+    }
+    // A client that sends requests and reads no answers blocks this write: bounded as hyper's are.
+    let written = match shared.options.write_stall_timeout {
+        Some(limit) => match tokio::time::timeout(limit, write_response(stream, response)).await {
+            Ok(written) => written?,
+            Err(_) => {
+                shared.metrics.write_stalls.inc();
+                tracing::debug!("closing a connection whose writes stayed blocked");
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+        },
+        None => write_response(stream, response).await?,
+    };
+    match written {
+        Answer::Done { keep_alive: go_on } => keep_alive &= go_on,
+        // A publish's answer always has a length: never streamed.
+        Answer::Stream { .. } => keep_alive = false,
+    }
+    Ok((keep_alive, rest))
 }
 
 /// A response split into its encoded head and its body.

@@ -8,9 +8,11 @@
 //! hub path over HTTP/1.1 that the lean path can answer. Such a request is still answered by the
 //! same axum router (CORS, metrics, authentication, headers are all unchanged); only the response
 //! is written by [`super::writer`], with the head from [`encode_head`] and the body as chunks
-//! framed by [`chunk_header`], holding no buffer between writes. Everything else (other paths and
-//! methods, request bodies, HTTP/1.0, upgrades, HTTP/2, malformed heads) is handed to hyper together
-//! with the bytes already read, so hyper sees the connection as if it had read it from the start.
+//! framed by [`chunk_header`], holding no buffer between writes. A publish (`POST`) with one plain
+//! `Content-Length` within the body limit is lean too, when the caller publishes on the lean path.
+//! Everything else (other paths and methods, other request bodies, HTTP/1.0, upgrades, HTTP/2,
+//! malformed heads) is handed to hyper together with the bytes already read, so hyper sees the
+//! connection as if it had read it from the start.
 
 use std::io::Write as _;
 
@@ -36,13 +38,16 @@ pub enum Head {
         request: Box<Request<()>>,
         /// Length of the head in the input.
         consumed: usize,
+        /// Length of the request's body (a publish's), which follows the head.
+        body_len: u64,
     },
     /// Anything else: hand the connection and every byte read to hyper.
     Hyper,
 }
 
-/// Classifies the start of a connection's input for the hub path `hub_path`.
-pub fn classify(input: &[u8], hub_path: &str) -> Head {
+/// Classifies the start of a connection's input for the hub path `hub_path`. With `max_publish`, a
+/// publish (`POST`) whose `Content-Length` is at most that is lean too.
+pub fn classify(input: &[u8], hub_path: &str, max_publish: Option<u64>) -> Head {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let consumed = match parsed.parse(input) {
@@ -51,7 +56,12 @@ pub fn classify(input: &[u8], hub_path: &str) -> Head {
         // Malformed, or more header lines than the lean path takes: hyper answers it.
         Err(_) => return Head::Hyper,
     };
-    if parsed.method != Some("GET") || parsed.version != Some(1) {
+    let method = match parsed.method {
+        Some("GET") => Method::GET,
+        Some("POST") if max_publish.is_some() => Method::POST,
+        _ => return Head::Hyper,
+    };
+    if parsed.version != Some(1) {
         return Head::Hyper;
     }
     let Some(target) = parsed.path else {
@@ -62,7 +72,7 @@ pub fn classify(input: &[u8], hub_path: &str) -> Head {
         return Head::Hyper;
     }
     let mut builder = Request::builder()
-        .method(Method::GET)
+        .method(method.clone())
         .uri(target)
         .version(Version::HTTP_11);
     let Some(map) = builder.headers_mut() else {
@@ -77,13 +87,19 @@ pub fn classify(input: &[u8], hub_path: &str) -> Head {
         };
         map.append(name, value);
     }
-    if !plain_request(map) {
-        return Head::Hyper;
-    }
+    let body_len = match method {
+        Method::GET if plain_request(map) => 0,
+        Method::POST => match publish_body(map) {
+            Some(len) if max_publish.is_some_and(|max| len <= max) => len,
+            _ => return Head::Hyper,
+        },
+        _ => return Head::Hyper,
+    };
     match builder.body(()) {
         Ok(request) => Head::Lean {
             request: Box::new(request),
             consumed,
+            body_len,
         },
         Err(_) => Head::Hyper,
     }
@@ -102,13 +118,40 @@ fn plain_request(headers: &HeaderMap) -> bool {
         .get_all(CONTENT_LENGTH)
         .iter()
         .all(|v| v.as_bytes() == b"0");
-    let keep_alive_only = headers.get_all(CONNECTION).iter().all(|v| {
+    no_body && keep_alive_only(headers)
+}
+
+/// The body length of a publish the lean path reads: one `Content-Length` of digits only, and
+/// otherwise what [`plain_request`] asks (no `Expect`, no chunks, no upgrade, kept alive). `None`
+/// for anything else, which hyper reads (and answers) as it always did.
+fn publish_body(headers: &HeaderMap) -> Option<u64> {
+    if headers.contains_key(TRANSFER_ENCODING)
+        || headers.contains_key(http::header::EXPECT)
+        || headers.contains_key(http::header::UPGRADE)
+        || !keep_alive_only(headers)
+    {
+        return None;
+    }
+    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
+    let (Some(length), None) = (lengths.next(), lengths.next()) else {
+        return None;
+    };
+    let digits = length.as_bytes();
+    // At most 19 digits: always a u64.
+    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+/// Whether every `Connection` option is `keep-alive` (or there is none).
+fn keep_alive_only(headers: &HeaderMap) -> bool {
+    headers.get_all(CONNECTION).iter().all(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
                 .all(|token| token.trim().eq_ignore_ascii_case("keep-alive"))
         })
-    });
-    no_body && keep_alive_only
+    })
 }
 
 /// How a response body is framed.
@@ -231,8 +274,10 @@ mod tests {
     const HUB: &str = "/.well-known/mercure";
 
     fn lean(input: &str) -> Option<(Request<()>, usize)> {
-        match classify(input.as_bytes(), HUB) {
-            Head::Lean { request, consumed } => Some((*request, consumed)),
+        match classify(input.as_bytes(), HUB, None) {
+            Head::Lean {
+                request, consumed, ..
+            } => Some((*request, consumed)),
             _ => None,
         }
     }
@@ -275,7 +320,52 @@ mod tests {
             "\x16\x03\x01 tls",
         ] {
             assert!(
-                matches!(classify(input.as_bytes(), HUB), Head::Hyper),
+                matches!(classify(input.as_bytes(), HUB, None), Head::Hyper),
+                "{input:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_plain_publish_is_lean_when_publishing_is() {
+        let input = "POST /.well-known/mercure?authorization=t HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 7\r\n\r\ntopic=aPOST";
+        match classify(input.as_bytes(), HUB, Some(7)) {
+            Head::Lean {
+                request,
+                consumed,
+                body_len,
+            } => {
+                assert_eq!(request.method(), Method::POST);
+                assert_eq!(request.uri().query(), Some("authorization=t"));
+                assert_eq!(consumed, input.len() - 11);
+                assert_eq!(body_len, 7);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Not without a lean publish path, nor over its limit.
+        assert!(matches!(classify(input.as_bytes(), HUB, None), Head::Hyper));
+        assert!(matches!(
+            classify(input.as_bytes(), HUB, Some(6)),
+            Head::Hyper
+        ));
+    }
+
+    #[test]
+    fn unusual_publishes_go_to_hyper() {
+        for input in [
+            "POST /.well-known/mercure HTTP/1.1\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.1\r\nContent-Length: 3\r\nUpgrade: h2c\r\n\r\n",
+            "POST /.well-known/mercure HTTP/1.0\r\nContent-Length: 3\r\n\r\n",
+            "POST /.well-known/mercure/subscriptions HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+            "PUT /.well-known/mercure HTTP/1.1\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            assert!(
+                matches!(classify(input.as_bytes(), HUB, Some(1024)), Head::Hyper),
                 "{input:?}"
             );
         }
@@ -284,10 +374,10 @@ mod tests {
     #[test]
     fn an_incomplete_head_asks_for_more() {
         assert!(matches!(
-            classify(b"GET /.well-known/mercure HTTP/1.1\r\nHost:", HUB),
+            classify(b"GET /.well-known/mercure HTTP/1.1\r\nHost:", HUB, None),
             Head::Partial
         ));
-        assert!(matches!(classify(b"", HUB), Head::Partial));
+        assert!(matches!(classify(b"", HUB, None), Head::Partial));
     }
 
     #[test]

@@ -110,14 +110,28 @@ impl AsyncRead for SharedSocket {
         let socket = &self.0.socket;
         loop {
             std::task::ready!(socket.poll_read_ready(cx))?;
-            match socket.try_read(buf.initialize_unfilled()) {
-                Ok(n) => {
-                    buf.advance(n);
-                    return Poll::Ready(Ok(()));
+            let unfilled = buf.initialize_unfilled();
+            let room = unfilled.len();
+            let mut read = 0;
+            // A short read drained the socket: its readiness is cleared (as Tokio's own reads do),
+            // so the next read waits for new bytes instead of first trying in vain, a system call
+            // saved per request of a kept-alive connection. `try_io` clears only the readiness it
+            // saw before the read, never that of bytes arriving after it.
+            let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
+                read = socket.try_read(unfilled)?;
+                if read > 0 && read < room {
+                    return Err(std::io::ErrorKind::WouldBlock.into());
                 }
+                Ok(())
+            });
+            match outcome {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && read > 0 => {}
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             }
+            buf.advance(read);
+            return Poll::Ready(Ok(()));
         }
     }
 }
