@@ -127,16 +127,51 @@ async fn a_node_paused_past_the_trim_point_ends_its_streams_and_the_client_is_to
         Some("earliest"),
         "a resume past a loss must be told"
     );
-    let mut replayed = Vec::new();
-    while let Ok(e) = resumed.next_event(WAIT).await {
-        let id = e.id.unwrap_or_default();
-        let done = id == "u3000";
-        replayed.push(id);
-        if done {
-            break;
+    // From there on, nothing may be missing: the replay runs on to the newest update. If it does
+    // not, the failure says whether B ended the stream (told) or it went quiet (a hole), with B's
+    // counters and log.
+    let mut replayed: Vec<String> = Vec::new();
+    loop {
+        match resumed.next_event(WAIT).await {
+            Ok(e) => {
+                let id = e.id.unwrap_or_default();
+                let done = id == "u3000";
+                replayed.push(id);
+                if done {
+                    break;
+                }
+            }
+            Err(stopped) => {
+                let mut seen = Vec::new();
+                for name in [
+                    "quicksilver_gap_disconnections_total",
+                    "quicksilver_transport_gaps_total",
+                    "quicksilver_transport_missed_entries_total",
+                    "quicksilver_transport_reader_reconnects_total",
+                ] {
+                    seen.push(format!("{name} = {:?}", metric(&c, b.url(), name).await));
+                }
+                panic!(
+                    "the resume on B stopped after {:?} ({} replayed from {:?}): {stopped}\n{}\nB's log:\n{}",
+                    replayed.last(),
+                    replayed.len(),
+                    replayed.first(),
+                    seen.join("\n"),
+                    b.output().join("\n")
+                );
+            }
         }
     }
-    assert_eq!(replayed.last().map(String::as_str), Some("u3000"));
+    // What was replayed is one run of consecutive updates up to the newest.
+    let first: usize = replayed[0]
+        .strip_prefix('u')
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("unexpected id {:?}", replayed[0]));
+    let expected: Vec<String> = (first..=3_000).map(|i| format!("u{i}")).collect();
+    assert_eq!(
+        replayed, expected,
+        "the replay after the loss has a hole or a repeat"
+    );
     for name in [
         "quicksilver_gap_disconnections_total",
         "quicksilver_transport_gaps_total",
