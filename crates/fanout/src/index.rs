@@ -416,6 +416,8 @@ impl Offer<'_> {
                 self.delivered += 1;
                 self.written_directly += 1;
             }
+            // The subscriber's replay holds it: delivered as history.
+            Ok(Pushed::Covered) => {}
             Err(PushError::Full | PushError::Stalled) => self.dropped.push((slot, true)),
             Err(PushError::Closed) => self.dropped.push((slot, false)),
         }

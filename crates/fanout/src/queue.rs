@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use parking_lot::Mutex;
-use quicksilver_protocol::Envelope;
+use quicksilver_protocol::{Envelope, Position};
 
 use crate::direct::{DirectSink, Sent};
 
@@ -79,6 +79,28 @@ struct Inner {
     /// Bytes of the update at the head of `items` that a direct write sent (the socket took only
     /// part of it); 0 when none. The writer sends the rest before anything else.
     partial: u32,
+    /// While the stream replays history: per partition, the last position that history covers.
+    /// A push it covers is dropped instead of queued (see [`Queue::skip_covered`]). Boxed: idle
+    /// subscribers, the many, pay one pointer for it instead of a `Vec`'s three words.
+    #[allow(clippy::box_collection)]
+    covered: Option<Box<Vec<Position>>>,
+}
+
+/// Whether `covered` (per partition, the last position a replay covers) covers `position`; the
+/// first position past a partition's mark takes the mark away, as the stream's own check does
+/// ([`crate::Resume::covers`]): updates of one partition come in order.
+fn take_covered(covered: &mut Vec<Position>, position: Position) -> bool {
+    let Some(i) = covered
+        .iter()
+        .position(|p| p.partition == position.partition)
+    else {
+        return false;
+    };
+    if position.is_after(&covered[i]) {
+        covered.swap_remove(i);
+        return false;
+    }
+    true
 }
 
 /// What became of a pushed update.
@@ -89,6 +111,8 @@ pub(crate) enum Pushed {
     /// Written to the socket directly (all of it, or what the socket did not take left for the
     /// writer).
     Written,
+    /// Dropped: the history the stream is replaying holds it already.
+    Covered,
 }
 
 impl Queue {
@@ -120,6 +144,15 @@ impl Queue {
             let mut inner = self.inner.lock();
             if inner.receiver_gone || inner.closed {
                 return Err(PushError::Closed);
+            }
+            if let Some(covered) = inner.covered.as_mut() {
+                let skip = take_covered(covered, envelope.position);
+                if covered.is_empty() {
+                    inner.covered = None;
+                }
+                if skip {
+                    return Ok(Pushed::Covered);
+                }
             }
             if let Some(stall) = stall {
                 let since = stall.waiting_since_ms.load(Ordering::Relaxed);
@@ -170,6 +203,28 @@ impl Queue {
     /// Attaches the socket direct writes go to (see the module documentation).
     pub(crate) fn attach(&self, sink: Arc<dyn DirectSink>) {
         self.inner.lock().sink = Some(sink);
+    }
+
+    /// Tells the queue which live updates the history the stream replays already holds: per
+    /// partition, the last position it covers. Those are dropped, from the queue now and from
+    /// pushes to come, instead of waiting in the queue until the stream skips them: a subscriber
+    /// resuming while this node's reader catches up on a backlog would otherwise see its queue fill
+    /// with updates it is being sent as history, and be cut off as too slow.
+    pub(crate) fn skip_covered(&self, covered: &[Position]) {
+        if covered.is_empty() {
+            return;
+        }
+        let mut inner = self.inner.lock();
+        let mut covered = covered.to_vec();
+        // Never the head of a partly written update (only direct writes leave one, and a replaying
+        // stream takes none).
+        let keep_head = usize::from(inner.partial != 0);
+        let mut index = 0;
+        inner.items.retain(|envelope| {
+            index += 1;
+            index <= keep_head || !take_covered(&mut covered, envelope.position)
+        });
+        inner.covered = (!covered.is_empty()).then(|| Box::new(covered));
     }
 
     /// Marks the stream as sending no more history: live updates may be written directly.
@@ -351,6 +406,43 @@ mod tests {
         // Drained: the next push starts a new wait.
         q.push_within(&envelope(4), false, stall(5_000)).unwrap();
         assert_eq!(since.load(Ordering::Relaxed), 5_000);
+    }
+
+    #[test]
+    fn updates_the_replay_holds_never_take_a_place_in_the_queue() {
+        // A queue of 2 while the node's reader hands over a backlog of 5 updates the resuming
+        // stream is also replaying (up to seq 5): none of them may fill it.
+        let q = Queue::new(2);
+        q.push(&envelope(1), false).unwrap();
+        q.push(&envelope(2), false).unwrap();
+        assert_eq!(q.push(&envelope(3), false), Err(PushError::Full));
+        q.skip_covered(&[Position::new(0, 0, 5)]);
+        // What was queued and is covered is gone; what comes and is covered is dropped.
+        assert!(q.inner.lock().items.is_empty());
+        for seq in 3..=5 {
+            assert_eq!(q.push(&envelope(seq), false), Ok(Pushed::Covered));
+        }
+        // Past the mark: queued, and the mark is gone.
+        assert_eq!(q.push(&envelope(6), false), Ok(Pushed::Queued));
+        assert!(q.inner.lock().covered.is_none());
+        assert_eq!(q.push(&envelope(7), false), Ok(Pushed::Queued));
+        assert_eq!(q.push(&envelope(8), false), Err(PushError::Full));
+        let mut out = Vec::new();
+        assert_eq!(q.pop_many(&mut out, 10), 2);
+        assert_eq!(
+            out.iter().map(|e| e.position.seq).collect::<Vec<_>>(),
+            [6, 7]
+        );
+        // A queued update past the mark takes the mark away at once: later ones are kept.
+        let q = Queue::new(10);
+        q.push(&envelope(9), false).unwrap();
+        q.skip_covered(&[Position::new(0, 0, 8)]);
+        assert!(q.inner.lock().covered.is_none());
+        assert_eq!(q.push(&envelope(3), false), Ok(Pushed::Queued));
+        // Another partition's updates are not its business.
+        let q = Queue::new(10);
+        q.skip_covered(&[Position::new(1, 0, 8)]);
+        assert_eq!(q.push(&envelope(3), false), Ok(Pushed::Queued));
     }
 
     #[test]

@@ -212,6 +212,12 @@ impl Resume {
         true
     }
 
+    /// Per partition, the last position the history read covered, until a live update past it
+    /// was seen.
+    pub fn covered(&self) -> &[Position] {
+        &self.covered
+    }
+
     /// Whether nothing is left to send or skip: the owner may drop the resume.
     pub fn is_done(&self) -> bool {
         self.pending.is_empty() && self.covered.is_empty()

@@ -18,7 +18,7 @@ use crate::index::{ShardIndex, SubscriberKey};
 use crate::queue::Queue;
 use crate::stats::FanoutStats;
 use parking_lot::Mutex;
-use quicksilver_protocol::{Envelope, Selector, SelectorStore};
+use quicksilver_protocol::{Envelope, Position, Selector, SelectorStore};
 
 /// Which private updates a subscriber may receive. The type, and the one implementation of
 /// "private stays private", belong to the auth crate, next to the grants they are derived from
@@ -215,6 +215,13 @@ impl Subscriber {
     /// it was revoked: the client reconnecting with it will be refused.
     pub fn was_revoked(&self) -> bool {
         self.state.revoked.load(Ordering::Relaxed)
+    }
+
+    /// Tells the fan-out which live updates the history this stream replays holds already (per
+    /// partition, the last position it covers; [`crate::Resume::covered`]): they are dropped
+    /// instead of queued, so they never count against the queue's capacity.
+    pub fn skip_covered(&self, covered: &[Position]) {
+        self.state.queue.skip_covered(covered);
     }
 
     /// Tells the fan-out that the stream sends no more history, so live updates need no filtering

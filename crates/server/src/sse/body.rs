@@ -96,6 +96,9 @@ impl SubscriberStream {
         // Kept in the subscriber's shared state, so a writer blocked on a full socket ends then too.
         subscriber.set_deadline(deadline_ms.unwrap_or(0));
         let resume = resume.filter(|r| !r.is_done()).map(Box::new);
+        if let Some(resume) = &resume {
+            subscriber.skip_covered(resume.covered());
+        }
         if resume.is_none() {
             subscriber.set_live_only();
         }
