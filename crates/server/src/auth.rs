@@ -319,7 +319,8 @@ impl Authenticator {
                 "this hub does not serve {origin}"
             )));
         }
-        let derived = format!("{origin}{HUB_PATH}");
+        let mut derived = origin;
+        derived.push_str(HUB_PATH);
         Ok(match &self.resource_identifier {
             Some(resource) => RequestIdentity {
                 resource: resource.clone(),
@@ -516,7 +517,13 @@ pub fn request_origin(headers: &HeaderMap, forwarded: bool, listener_scheme: &st
         .filter(valid)
         .or_else(|| first("host").filter(valid))
         .unwrap_or("localhost");
-    format!("{scheme}://{}", host.to_ascii_lowercase())
+    // One allocation, with room for the hub path the identity appends (see
+    // [`Authenticator::identity`]): this runs for every request.
+    let mut origin = String::with_capacity(scheme.len() + 3 + host.len() + HUB_PATH.len());
+    origin.push_str(scheme);
+    origin.push_str("://");
+    origin.extend(host.chars().map(|c| c.to_ascii_lowercase()));
+    origin
 }
 
 /// Parses a `--public-url` entry into the origin it names (`scheme://host[:port]`, lowercase,

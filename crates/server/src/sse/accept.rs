@@ -546,7 +546,7 @@ fn connection<S: ClientSocket>(
         loop {
             // Everything up to the stream runs in one boxed future, freed before the stream
             // starts: only the writer and this loop's few locals stay while it lasts.
-            let next = Box::pin(next_stream(
+            let next = Box::pin(next_streams(
                 &mut stream,
                 peer,
                 shared,
@@ -637,6 +637,30 @@ impl StreamOut {
             _ => false,
         };
         StreamWriter::new(stream, head, body, cut_off, direct)
+    }
+}
+
+/// Answers requests one after another as [`next_stream`] does, for as long as each is answered in
+/// full and the connection is kept alive (a publisher's requests, mostly), in one future: a
+/// kept-alive publisher's connection allocates it once, not once per request.
+async fn next_streams<S: ClientSocket>(
+    stream: &mut S,
+    peer: Peer,
+    shared: &ServeContext,
+    mut read: Vec<u8>,
+    mut timeout: Option<Duration>,
+) -> Next {
+    loop {
+        match next_stream(stream, peer, shared, read, timeout).await {
+            Next::Answered {
+                keep_alive: true,
+                rest,
+            } if !shared.shutdown.is_cancelled() => {
+                read = rest;
+                timeout = head_timeout(shared);
+            }
+            next => return next,
+        }
     }
 }
 
@@ -876,8 +900,9 @@ async fn answer_publish<S: ClientSocket>(
         len,
         state: BodyState::Unread,
     };
-    // Boxed: the publish's future is only needed until the answer exists.
-    let response = Box::pin(publish.answer(peer, request, &mut body)).await;
+    // Not boxed: this runs in the connection's boxed future (see [`next_streams`]), which a
+    // stream's task does not keep.
+    let response = publish.answer(peer, request, &mut body).await;
     let mut keep_alive = match body.state {
         BodyState::Read => true,
         // Refused before its body was read: the connection goes on only past a body already
@@ -929,8 +954,9 @@ fn head_of(response: axum::response::Response) -> EncodedResponse {
     let exact = body.size_hint().exact();
     let framing = head::framing(parts.status, &parts.headers, exact);
     let mut encoded = Vec::with_capacity(256);
-    let date = httpdate::fmt_http_date(std::time::SystemTime::now());
-    head::encode_head(&mut encoded, parts.status, &parts.headers, framing, &date);
+    head::with_date(|date| {
+        head::encode_head(&mut encoded, parts.status, &parts.headers, framing, date);
+    });
     EncodedResponse {
         head: encoded,
         framing,

@@ -71,18 +71,33 @@ pub fn classify(input: &[u8], hub_path: &str, max_publish: Option<u64>) -> Head 
     if path != hub_path {
         return Head::Hyper;
     }
+    // A publish's head is copied once, and its target and header values are slices of that copy
+    // rather than an allocation each: a publisher sends head after head. (A subscription's are
+    // copied one by one: its stream may outlive its request, and should keep nothing of its head.)
+    let shared = (method == Method::POST).then(|| SharedHead::new(input, consumed));
+    let uri = match shared
+        .as_ref()
+        .and_then(|head| head.slice(target.as_bytes()))
+    {
+        Some(bytes) => http::Uri::from_maybe_shared(bytes),
+        None => http::Uri::try_from(target),
+    };
+    let Ok(uri) = uri else {
+        return Head::Hyper;
+    };
     let mut builder = Request::builder()
         .method(method.clone())
-        .uri(target)
+        .uri(uri)
         .version(Version::HTTP_11);
     let Some(map) = builder.headers_mut() else {
         return Head::Hyper;
     };
     for h in parsed.headers.iter() {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(h.name.as_bytes()),
-            HeaderValue::from_bytes(h.value),
-        ) else {
+        let value = match shared.as_ref().and_then(|head| head.slice(h.value)) {
+            Some(bytes) => HeaderValue::from_maybe_shared(bytes),
+            None => HeaderValue::from_bytes(h.value),
+        };
+        let (Ok(name), Ok(value)) = (HeaderName::from_bytes(h.name.as_bytes()), value) else {
             return Head::Hyper;
         };
         map.append(name, value);
@@ -102,6 +117,30 @@ pub fn classify(input: &[u8], hub_path: &str, max_publish: Option<u64>) -> Head 
             body_len,
         },
         Err(_) => Head::Hyper,
+    }
+}
+
+/// A copy of a request head that the parts of the request are cut from.
+struct SharedHead {
+    bytes: bytes::Bytes,
+    /// Where the head started in the input it was parsed from.
+    origin: usize,
+}
+
+impl SharedHead {
+    /// Copies the first `len` bytes of `input`.
+    fn new(input: &[u8], len: usize) -> Self {
+        Self {
+            bytes: bytes::Bytes::copy_from_slice(input.get(..len).unwrap_or_default()),
+            origin: input.as_ptr() as usize,
+        }
+    }
+
+    /// The copy of `part`, a slice of the input's head; `None` if it is not one.
+    fn slice(&self, part: &[u8]) -> Option<bytes::Bytes> {
+        let start = (part.as_ptr() as usize).checked_sub(self.origin)?;
+        let end = start.checked_add(part.len())?;
+        (end <= self.bytes.len()).then(|| self.bytes.slice(start..end))
     }
 }
 
@@ -237,6 +276,37 @@ pub fn encode_head(
     dst.extend_from_slice(b"\r\n");
 }
 
+/// Length of an IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`).
+const DATE_LEN: usize = 29;
+
+thread_local! {
+    /// The `date` of this second, formatted once per second and thread (as hyper caches its own):
+    /// the unix second it is for, and its text.
+    static CACHED_DATE: std::cell::Cell<(u64, [u8; DATE_LEN])> = const { std::cell::Cell::new((u64::MAX, [0; DATE_LEN])) };
+}
+
+/// Calls `f` with the current time as an IMF-fixdate, for a response's `date`.
+pub fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs());
+    let (cached, mut text) = CACHED_DATE.get();
+    if cached != second {
+        let mut cursor = std::io::Cursor::new(&mut text[..]);
+        let written = write!(cursor, "{}", httpdate::HttpDate::from(now));
+        if written.is_err() || cursor.position() as usize != DATE_LEN {
+            // Never for a time after 1970 and before 10000; formatted afresh all the same.
+            return f(&httpdate::fmt_http_date(now));
+        }
+        CACHED_DATE.set((second, text));
+    }
+    match std::str::from_utf8(&text) {
+        Ok(date) => f(date),
+        Err(_) => f(&httpdate::fmt_http_date(now)),
+    }
+}
+
 /// The line that starts a chunk of `len` bytes (`len` in hex, CRLF); at most 18 bytes.
 pub fn chunk_header(len: usize) -> ChunkHeader {
     let mut buf = [0u8; 18];
@@ -337,6 +407,14 @@ mod tests {
             } => {
                 assert_eq!(request.method(), Method::POST);
                 assert_eq!(request.uri().query(), Some("authorization=t"));
+                assert_eq!(request.uri().path(), HUB);
+                assert_eq!(request.headers()["host"], "x");
+                assert_eq!(
+                    request.headers()["content-type"],
+                    "application/x-www-form-urlencoded"
+                );
+                assert_eq!(request.headers()["content-length"], "7");
+                assert_eq!(request.headers().len(), 3);
                 assert_eq!(consumed, input.len() - 11);
                 assert_eq!(body_len, 7);
             }
@@ -426,6 +504,21 @@ mod tests {
         let mut cl = HeaderMap::new();
         cl.insert(CONTENT_LENGTH, HeaderValue::from_static("5"));
         assert_eq!(framing(StatusCode::OK, &cl, None), Framing::Length(5));
+    }
+
+    #[test]
+    fn the_date_is_an_imf_fixdate_of_now() {
+        let before = httpdate::fmt_http_date(std::time::SystemTime::now());
+        let date = with_date(str::to_owned);
+        let again = with_date(str::to_owned);
+        let after = httpdate::fmt_http_date(std::time::SystemTime::now());
+        assert_eq!(date.len(), DATE_LEN);
+        assert!(
+            date == before || date == after,
+            "{date} not {before} or {after}"
+        );
+        assert!(again == date || again == after);
+        assert!(httpdate::parse_http_date(&date).is_ok());
     }
 
     #[test]
