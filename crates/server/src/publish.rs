@@ -49,6 +49,9 @@ use crate::policies::limits::RequestKind;
 /// body limit over a slow link, short enough that slow-body clients cannot pile up.
 pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How much more room the lean path's body read makes at a time (see [`SocketBody`]).
+const BODY_READ_CHUNK: usize = 64 * 1024;
+
 /// Handles a publish request that came through the router.
 pub async fn publish(
     State(hub): State<Hub>,
@@ -306,8 +309,12 @@ impl<S: tokio::io::AsyncRead + Unpin> PublishBody for &mut SocketBody<'_, S> {
         let socket = &mut *self.socket;
         let buffered = &mut *self.buffered;
         let fill = async {
-            buffered.reserve(len.saturating_sub(buffered.len()));
             while buffered.len() < len {
+                if buffered.capacity() == buffered.len() {
+                    // Grown as the body arrives, not to its declared length up front: a client
+                    // that declares a large body and sends it slowly holds about what it sent.
+                    buffered.reserve((len - buffered.len()).min(BODY_READ_CHUNK));
+                }
                 match tokio::io::AsyncReadExt::read_buf(socket, buffered).await {
                     Ok(0) | Err(_) => return Err(broken_body()),
                     Ok(_) => {}
