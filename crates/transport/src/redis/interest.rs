@@ -355,6 +355,13 @@ impl Readers {
             // Unreachable (every partition has a group); the subscriber's wait times out.
             return positioned;
         };
+        // Its readiness state from now on, not when the group's task gets to it: a node whose
+        // readers must all be positioned (`read_on_interest` off) is otherwise ready for the
+        // instant between the spawn and the task's first step, and what is published then is
+        // taken for history by the warm-up instead of read live.
+        self.shared
+            .health
+            .set_reader(partition, self.starting_state);
         let mut wanted = group.wanted.lock();
         wanted.generations += 1;
         let generation = wanted.generations;
