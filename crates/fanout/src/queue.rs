@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use quicksilver_protocol::{Envelope, Position};
 
 use crate::direct::{DirectSink, Sent};
+use crate::resume::take_covered;
 
 /// A queue that held more than this and then drained gives its memory back, so one burst does not
 /// leave every subscriber of a busy topic holding a large buffer forever.
@@ -84,23 +85,6 @@ struct Inner {
     /// subscribers, the many, pay one pointer for it instead of a `Vec`'s three words.
     #[allow(clippy::box_collection)]
     covered: Option<Box<Vec<Position>>>,
-}
-
-/// Whether `covered` (per partition, the last position a replay covers) covers `position`; the
-/// first position past a partition's mark takes the mark away, as the stream's own check does
-/// ([`crate::Resume::covers`]): updates of one partition come in order.
-fn take_covered(covered: &mut Vec<Position>, position: Position) -> bool {
-    let Some(i) = covered
-        .iter()
-        .position(|p| p.partition == position.partition)
-    else {
-        return false;
-    };
-    if position.is_after(&covered[i]) {
-        covered.swap_remove(i);
-        return false;
-    }
-    true
 }
 
 /// What became of a pushed update.

@@ -196,20 +196,7 @@ impl Resume {
     /// Whether the live update `envelope` was already part of the history read (skip it). Call it
     /// for every live update in the order they arrive.
     pub fn covers(&mut self, envelope: &Envelope) -> bool {
-        let position = envelope.position;
-        let Some(i) = self
-            .covered
-            .iter()
-            .position(|p| p.partition == position.partition)
-        else {
-            return false;
-        };
-        if position.is_after(&self.covered[i]) {
-            // Past the read in this partition: so is everything after it.
-            self.covered.swap_remove(i);
-            return false;
-        }
-        true
+        take_covered(&mut self.covered, envelope.position)
     }
 
     /// Per partition, the last position the history read covered, until a live update past it
@@ -222,6 +209,25 @@ impl Resume {
     pub fn is_done(&self) -> bool {
         self.pending.is_empty() && self.covered.is_empty()
     }
+}
+
+/// Whether `covered` (per partition, the last position a history read covered) covers
+/// `position`. The first position past a partition's mark takes the mark away: updates of one
+/// partition come in order, so everything after it is past the read too. Used by the stream
+/// ([`Resume::covers`]) and by its queue, which drops what the replay holds (see
+/// `Queue::skip_covered`).
+pub(crate) fn take_covered(covered: &mut Vec<Position>, position: Position) -> bool {
+    let Some(i) = covered
+        .iter()
+        .position(|p| p.partition == position.partition)
+    else {
+        return false;
+    };
+    if position.is_after(&covered[i]) {
+        covered.swap_remove(i);
+        return false;
+    }
+    true
 }
 
 #[cfg(test)]

@@ -4,6 +4,8 @@
 //! data. Mercure requires UTF-8 field names and values, so this parser percent-decodes each pair and
 //! reports the first invalid one. Both publish bodies and subscription query strings go through it.
 
+use percent_encoding::percent_decode;
+
 /// A pair whose name or value is not valid UTF-8 once decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InvalidUtf8;
@@ -25,39 +27,19 @@ pub fn parse_pairs(input: &[u8]) -> Result<Vec<(String, String)>, InvalidUtf8> {
     Ok(out)
 }
 
-/// Decodes one name or value: `+` to a space, `%XX` to its byte (a `%` not followed by two hex
-/// digits stays as it is), in one pass into one allocation of the raw length (decoding never grows
-/// it): a publish's 200-byte `data` costs one allocation, not a growing buffer.
+/// Decodes one name or value: `+` to a space, then percent-decoding, into one allocation of the
+/// raw length (decoding never grows it): a publish's 200-byte `data` costs one allocation, not a
+/// growing buffer. A literal `+` is never a hex digit, so no escape spans one, and decoding the
+/// pieces between them is decoding the whole with `+` as a space (a `%2B` stays a `+`).
 fn decode(raw: &[u8]) -> Result<String, InvalidUtf8> {
     let mut out = Vec::with_capacity(raw.len());
-    let mut bytes = raw.iter();
-    while let Some(&byte) = bytes.next() {
-        match byte {
-            b'+' => out.push(b' '),
-            b'%' => {
-                let next = bytes.as_slice();
-                match (
-                    next.first().and_then(hex_value),
-                    next.get(1).and_then(hex_value),
-                ) {
-                    (Some(high), Some(low)) => {
-                        out.push(high << 4 | low);
-                        bytes.nth(1);
-                    }
-                    _ => out.push(b'%'),
-                }
-            }
-            other => out.push(other),
+    for (i, piece) in raw.split(|&b| b == b'+').enumerate() {
+        if i > 0 {
+            out.push(b' ');
         }
+        out.extend(percent_decode(piece));
     }
     String::from_utf8(out).map_err(|_| InvalidUtf8)
-}
-
-/// The value of a hex digit.
-fn hex_value(digit: &u8) -> Option<u8> {
-    char::from(*digit)
-        .to_digit(16)
-        .and_then(|v| u8::try_from(v).ok())
 }
 
 #[cfg(test)]
