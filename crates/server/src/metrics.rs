@@ -400,6 +400,18 @@ impl Collector for HubCollector {
         )?;
         counter(
             &mut encoder,
+            "transport_append_round_trips",
+            "Round trips that carried publishes to the transport's store (concurrent publishes to one partition share one)",
+            t.append_round_trips,
+        )?;
+        counter(
+            &mut encoder,
+            "transport_appends",
+            "Publishes' appends carried by those round trips",
+            t.appends,
+        )?;
+        counter(
+            &mut encoder,
             "transport_reader_reconnects",
             "Reader reconnections to the transport",
             t.reader_reconnects,

@@ -226,6 +226,12 @@ pub struct TransportStats {
     /// Connections this node's readers hold open now (one per reader group it reads: a
     /// transport without separate reader connections reports 0).
     pub reader_connections: u64,
+    /// Round trips that carried publishes' appends to the backing store (a transport without one
+    /// reports 0).
+    pub append_round_trips: u64,
+    /// Appends those round trips carried: over `append_round_trips`, how many publishes shared a
+    /// round trip on average.
+    pub appends: u64,
 }
 
 /// What a transport holds for one retention class (see [`retention`]), for the metrics endpoint.

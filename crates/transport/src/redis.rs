@@ -4,7 +4,8 @@
 //! # How an update travels
 //! A publish encodes the update once (see `entry`) and appends it with
 //! `XADD <stream> MAXLEN ~ <history_size> * v 1 u <bytes>` through a small set of shared multiplexed
-//! connections; the position (partition and stream entry id) is returned only after Redis replied,
+//! connections, publishes to one partition that arrive during an append's round trip going together
+//! in the next (see `appends`); the position (partition and stream entry id) is returned only after Redis replied,
 //! so `Ok` means stored. Any failure, including no answer within `command_timeout`, is
 //! [`TransportError::Unavailable`] (the server answers 503 with `Retry-After`). A publish that timed out
 //! may still have been stored: a publisher retrying it can produce a duplicate.
@@ -117,6 +118,7 @@
 //! - `status`: readiness flags and [`RedisStats`].
 //! - `script`: Lua scripts sent by digest (`EVALSHA`), for the limiter.
 
+mod appends;
 mod cache;
 mod commands;
 mod config;
@@ -196,6 +198,8 @@ pub(crate) struct Shared {
     /// Index = partition.
     keys: Vec<StreamKeys>,
     pub(crate) pool: Arc<ConnectionPool>,
+    /// Publishes' appends, sent a batch per partition per round trip (see `appends`).
+    appends: Arc<appends::Appends>,
     /// Opens readers' own connections, whose response timeout covers a blocking read.
     reader_connector: Connector,
     /// Index = partition, then one more for the subscription events (index `partitions`): the
@@ -290,12 +294,17 @@ impl RedisTransport {
             settings.partitions,
             settings.partition_slots,
         );
+        let pool = Arc::new(ConnectionPool::new(
+            pool_connector,
+            settings.pool_size,
+            settings.command_timeout,
+        ));
         let shared = Shared {
-            pool: Arc::new(ConnectionPool::new(
-                pool_connector,
-                settings.pool_size,
-                settings.command_timeout,
+            appends: Arc::new(appends::Appends::new(
+                pool.clone(),
+                usize::from(settings.partitions),
             )),
+            pool,
             reader_connector,
             lags: (0..settings.partitions)
                 .map(|_| std::sync::atomic::AtomicU64::new(0))
@@ -456,7 +465,12 @@ impl RedisTransport {
         }
         let xadd = commands::xadd(key, settings.stream_len, payload);
         let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
-            None => shared.pool.query(&xadd).await,
+            None => {
+                shared
+                    .appends
+                    .append(partition, xadd, payload.len())
+                    .await
+            }
             Some(min_ms) => {
                 // XADD takes one trim strategy; the age limit is a second command in the same
                 // round trip.
@@ -809,6 +823,8 @@ impl Transport for RedisTransport {
             missed_entries: s.missed_entries,
             partitions_read: self.readers.reading() as u64,
             reader_connections: self.shared.reader_connections.load(Ordering::Relaxed),
+            append_round_trips: self.shared.appends.counts().0,
+            appends: self.shared.appends.counts().1,
         }
     }
 

@@ -1052,3 +1052,106 @@ async fn a_publish_stored_twice_by_a_retry_is_delivered_and_replayed_once() {
     })
     .await;
 }
+
+/// Publishes `count` updates at once (ids `<prefix><i>`, topics round-robin over `topics`) and
+/// checks that each was acknowledged with the position its update was read back at, in every
+/// partition in stream order.
+async fn publish_concurrently_and_check(
+    t: &RedisTransport,
+    rx: &mut mpsc::UnboundedReceiver<Arc<Envelope>>,
+    prefix: &str,
+    topics: &[&str],
+    count: usize,
+) {
+    let sent = names(prefix, count);
+    let positions: Vec<Position> = futures_util::future::join_all(
+        sent.iter()
+            .enumerate()
+            .map(|(i, id)| t.publish(update(id, &[topics[i % topics.len()]], "data"))),
+    )
+    .await
+    .into_iter()
+    .map(|r| r.expect("publish"))
+    .collect();
+    let got = receive(rx, count).await;
+    for envelope in &got {
+        let i = sent
+            .iter()
+            .position(|id| *id == envelope.update.id)
+            .expect("an update that was published");
+        // The reply a publish got is its own update's entry, not another of its batch.
+        assert_eq!(positions[i], envelope.position, "{}", envelope.update.id);
+    }
+    for partition in got.iter().map(|e| e.position.partition) {
+        let order: Vec<Position> = got
+            .iter()
+            .filter(|e| e.position.partition == partition)
+            .map(|e| e.position)
+            .collect();
+        assert!(order.windows(2).all(|w| w[1].is_after(&w[0])), "{order:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_share_round_trips_and_each_gets_its_own_reply() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, mut rx) = node(config(redis.url())).await;
+        publish_concurrently_and_check(&t, &mut rx, "c", &["/books/1"], 300).await;
+        let stats = Transport::stats(&t);
+        assert_eq!(stats.appends, 300);
+        assert!(
+            stats.append_round_trips < 300 / 2,
+            "{} round trips for 300 concurrent publishes",
+            stats.append_round_trips
+        );
+        // One at a time: a round trip each, nothing waits for company.
+        publish_all(&t, &names("s", 5), "/books/1").await;
+        assert_eq!(Transport::stats(&t).append_round_trips, stats.append_round_trips + 5);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_publishes_over_a_cluster_go_to_each_partitions_master() {
+    let cluster = RedisCluster::start(3);
+    bounded(async {
+        let cfg = RedisConfig {
+            urls: cluster.urls(),
+            partitions: 3,
+            ..config(cluster.url())
+        };
+        let (t, mut rx) = node(cfg).await;
+        let topics: Vec<String> = (0..12).map(|i| format!("/topic/{i}")).collect();
+        let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+        publish_concurrently_and_check(&t, &mut rx, "k", &topics, 240).await;
+        assert!(Transport::stats(&t).append_round_trips < 240 / 2);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_refused_by_redis_fails_each_publish_of_its_batch_and_nothing_hangs() {
+    let redis = RedisServer::start();
+    bounded(async {
+        let (t, _rx) = node(config(redis.url())).await;
+        t.publish(update("before", &["/t"], "data")).await.unwrap();
+        // The stream's key now holds a string: every XADD to it is refused (WRONGTYPE).
+        let key = t.stream_keys()[0].clone();
+        assert!(redis.query::<String>(&["SET", &key, "not a stream"]).is_ok());
+        let refused = futures_util::future::join_all(
+            (0..50).map(|i| t.publish(update(&format!("r{i}"), &["/t"], "data"))),
+        )
+        .await;
+        for result in refused {
+            let err = result.unwrap_err();
+            assert!(
+                matches!(&err, TransportError::Unavailable(m) if m.contains("WRONGTYPE")),
+                "{err:?}"
+            );
+        }
+        assert!(redis.query::<i64>(&["DEL", &key]).is_ok());
+        publish_retrying(&t, update("after", &["/t"], "data")).await;
+    })
+    .await;
+}

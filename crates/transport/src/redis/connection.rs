@@ -20,7 +20,7 @@ use super::config::{RedisConfigError, Settings};
 use crate::TransportError;
 
 /// Why a Redis command failed.
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub(crate) enum CallError {
     /// No answer in time.
     #[error("redis did not answer within {0:?}")]
@@ -28,6 +28,13 @@ pub(crate) enum CallError {
     /// The client or the server reported an error.
     #[error("redis error: {0}")]
     Redis(#[from] RedisError),
+    /// The reply did not have the shape the command has (e.g. a pipeline answered with fewer
+    /// replies than it had commands).
+    #[error("unexpected reply from redis: {0}")]
+    Malformed(String),
+    /// The task sending the command ended without an answer (the runtime is shutting down).
+    #[error("the redis command was abandoned")]
+    Abandoned,
 }
 
 impl CallError {
@@ -35,7 +42,8 @@ impl CallError {
     /// after which the connection is still fine).
     pub(crate) fn breaks_connection(&self) -> bool {
         match self {
-            CallError::Timeout(_) => true,
+            CallError::Timeout(_) | CallError::Malformed(_) => true,
+            CallError::Abandoned => false,
             CallError::Redis(e) => {
                 e.is_io_error()
                     || e.is_connection_dropped()
