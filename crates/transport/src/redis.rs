@@ -465,12 +465,7 @@ impl RedisTransport {
         }
         let xadd = commands::xadd(key, settings.stream_len, payload);
         let stored: Result<String, CallError> = match settings.age_cutoff_ms() {
-            None => {
-                shared
-                    .appends
-                    .append(partition, xadd, payload.len())
-                    .await
-            }
+            None => shared.appends.append(partition, xadd, payload.len()).await,
             Some(min_ms) => {
                 // XADD takes one trim strategy; the age limit is a second command in the same
                 // round trip.

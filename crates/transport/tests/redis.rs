@@ -1107,7 +1107,10 @@ async fn concurrent_publishes_share_round_trips_and_each_gets_its_own_reply() {
         );
         // One at a time: a round trip each, nothing waits for company.
         publish_all(&t, &names("s", 5), "/books/1").await;
-        assert_eq!(Transport::stats(&t).append_round_trips, stats.append_round_trips + 5);
+        assert_eq!(
+            Transport::stats(&t).append_round_trips,
+            stats.append_round_trips + 5
+        );
     })
     .await;
 }
@@ -1138,7 +1141,9 @@ async fn an_append_refused_by_redis_fails_each_publish_of_its_batch_and_nothing_
         t.publish(update("before", &["/t"], "data")).await.unwrap();
         // The stream's key now holds a string: every XADD to it is refused (WRONGTYPE).
         let key = t.stream_keys()[0].clone();
-        assert!(redis.query::<String>(&["SET", &key, "not a stream"]).is_ok());
+        assert!(redis
+            .query::<String>(&["SET", &key, "not a stream"])
+            .is_ok());
         let refused = futures_util::future::join_all(
             (0..50).map(|i| t.publish(update(&format!("r{i}"), &["/t"], "data"))),
         )

@@ -90,9 +90,7 @@ impl Appends {
             tokio::spawn(async move { appends.send_queued(index).await });
         }
         // The sender answers every append it takes; it can only vanish with the runtime.
-        answer
-            .await
-            .unwrap_or_else(|_| Err(CallError::Abandoned))
+        answer.await.unwrap_or_else(|_| Err(CallError::Abandoned))
     }
 
     /// Sends `index`'s queue, a batch per round trip, until it is empty.
@@ -131,8 +129,9 @@ impl Appends {
                     let reply = match value {
                         // The error this append got (e.g. the key holds something else).
                         Value::ServerError(error) => Err(CallError::Redis(error.into())),
-                        value => String::from_redis_value(value)
-                            .map_err(|e| CallError::Redis(e.into())),
+                        value => {
+                            String::from_redis_value(value).map_err(|e| CallError::Redis(e.into()))
+                        }
                     };
                     let _ = waiting.reply.send(reply);
                 }
@@ -209,7 +208,11 @@ mod tests {
         assert_eq!(take_batch(&mut queue).len(), 1);
 
         let mut queue = vec![waiting(MAX_BATCH_BYTES * 3).0, waiting(1).0];
-        assert_eq!(take_batch(&mut queue).len(), 1, "an oversized append goes alone");
+        assert_eq!(
+            take_batch(&mut queue).len(),
+            1,
+            "an oversized append goes alone"
+        );
         assert_eq!(take_batch(&mut queue).len(), 1);
     }
 }

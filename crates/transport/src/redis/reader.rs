@@ -61,6 +61,7 @@
 //! detected.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -383,21 +384,32 @@ impl GroupReader {
         // blocked, by `CLIENT UNBLOCK` from another connection to the same server (the read then
         // returns as if its block had run out). Sent again while it found nothing to wake: it may
         // have reached Redis before the read itself (at most `UNBLOCK_ATTEMPTS` times).
+        // The wake-up is sent beside the read, not in its place: a slow answer to it must not
+        // hold back what the read returns meanwhile.
         let mut unblock_at: Option<Instant> = None;
+        let mut waking: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
         let mut attempts = 0;
         let batches = loop {
             let may_wake = client_id.is_some() && attempts < UNBLOCK_ATTEMPTS;
             tokio::select! {
                 read = &mut read => break read?,
-                _ = changes.changed(), if unblock_at.is_none() && may_wake => {
+                _ = changes.changed(), if unblock_at.is_none() && waking.is_none() && may_wake => {
                     unblock_at = Some(Instant::now());
                 }
                 _ = tokio::time::sleep_until(unblock_at.unwrap_or(now)), if unblock_at.is_some() => {
                     attempts += 1;
-                    let woke = match client_id {
-                        Some(id) => unblock(shared, slot, id).await,
-                        None => true,
-                    };
+                    unblock_at = None;
+                    if let Some(id) = client_id {
+                        waking = Some(Box::pin(unblock(shared, slot, id)));
+                    }
+                }
+                woke = async {
+                    match waking.as_mut() {
+                        Some(waking) => waking.await,
+                        None => std::future::pending().await,
+                    }
+                }, if waking.is_some() => {
+                    waking = None;
                     unblock_at = (!woke && attempts < UNBLOCK_ATTEMPTS)
                         .then(|| Instant::now() + UNBLOCK_RETRY);
                 }
