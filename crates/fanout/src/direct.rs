@@ -29,6 +29,15 @@ use crate::subscriber::SubscriberState;
 pub trait DirectSink: Send + Sync + std::fmt::Debug {
     /// Writes `envelope`'s frame, framed for the connection, without blocking.
     fn try_send(&self, envelope: &Envelope) -> Sent;
+
+    /// The socket, if the fan-out may send `envelope.chunk` to it itself, batched with other
+    /// sends (`--io-uring`); it then calls [`DirectSink::written`] for what it sent.
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        None
+    }
+
+    /// Some of `envelope` was sent to [`DirectSink::socket`] by the fan-out.
+    fn written(&self, _envelope: &Envelope) {}
 }
 
 /// What became of a direct write.

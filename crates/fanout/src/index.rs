@@ -18,7 +18,7 @@ use quicksilver_protocol::{Envelope, Selector, SelectorStore};
 use slab::Slab;
 
 use crate::clock::now_ms;
-use crate::queue::{PushError, Pushed, Stall};
+use crate::queue::{push_batch, BatchPush, PushError, Pushed, Stall};
 use crate::stats::FanoutStats;
 use crate::subscriber::{SubscriberSpec, SubscriberState};
 
@@ -65,7 +65,13 @@ pub struct ShardIndex {
     /// Keyed by `(pattern, base URL)`: the same text resolved against another base selects other
     /// topics.
     url_patterns: HashMap<UrlPatternKey, (Selector, IndexSet<usize>)>,
+    /// Sends a fan-out's direct writes batched (`--io-uring`), when the kernel allows it.
+    ring: Option<quicksilver_uring::SendRing>,
 }
+
+/// The most subscribers whose queues one batched send holds locked (the ring's submission queue
+/// holds as many sends).
+pub(crate) const RING_BATCH: usize = 1024;
 
 /// A URL-pattern selector's index key: its text and the base URL it was resolved against.
 type UrlPatternKey = (Box<str>, Box<str>);
@@ -87,7 +93,13 @@ impl ShardIndex {
             wildcard: IndexSet::new(),
             templates: HashMap::new(),
             url_patterns: HashMap::new(),
+            ring: None,
         }
+    }
+
+    /// Sends this shard's direct writes through `ring`, batched per update.
+    pub(crate) fn use_ring(&mut self, ring: quicksilver_uring::SendRing) {
+        self.ring = Some(ring);
     }
 
     /// Number of registered subscribers.
@@ -313,6 +325,9 @@ impl ShardIndex {
             written_directly: 0,
             direct,
             dropped: Vec::new(),
+            batched: (direct && self.ring.is_some()).then(Vec::new),
+            ring_failed: false,
+            ring_sends: 0,
         };
         let topics = &envelope.update.topics;
         for topic in topics {
@@ -326,8 +341,23 @@ impl ShardIndex {
                 set.iter().for_each(|slot| offer.offer(*slot));
             }
         }
+        if let Some(slots) = offer.batched.take() {
+            offer.push_batched(&slots, self.ring.as_mut());
+        }
+        let ring_failed = offer.ring_failed;
+        self.stats
+            .ring_sends
+            .fetch_add(offer.ring_sends, Ordering::Relaxed);
         let (delivered, written_directly, dropped) =
             (offer.delivered, offer.written_directly, offer.dropped);
+        if ring_failed {
+            tracing::warn!(
+                "io_uring failed: this shard writes to sockets one at a time from now on"
+            );
+            self.ring = None;
+            self.stats.ring_shards.fetch_sub(1, Ordering::Relaxed);
+            self.stats.ring_fallbacks.fetch_add(1, Ordering::Relaxed);
+        }
         self.stats.delivered.fetch_add(delivered, Ordering::Relaxed);
         self.stats
             .written_directly
@@ -375,6 +405,12 @@ struct Offer<'a> {
     direct: bool,
     /// Slots to remove after the pass, with whether the subscriber lagged (else its handle is gone).
     dropped: Vec<(usize, bool)>,
+    /// With a ring: the slots matched, pushed together after the pass ([`Offer::push_batched`]).
+    batched: Option<Vec<usize>>,
+    /// The ring failed during this offer.
+    ring_failed: bool,
+    /// Sends made through the ring.
+    ring_sends: u64,
 }
 
 impl Offer<'_> {
@@ -399,6 +435,10 @@ impl Offer<'_> {
         if update.private && !entry.spec.access.allows(self.store, &update.topics) {
             return;
         }
+        if let Some(batched) = self.batched.as_mut() {
+            batched.push(slot);
+            return;
+        }
         // Updates that waited in this queue longer than the dispatch timeout mean the connection
         // is stalled (its socket stopped draining) even if the queue is not full yet.
         let stall = self.dispatch_timeout_ms.map(|timeout_ms| Stall {
@@ -406,11 +446,68 @@ impl Offer<'_> {
             timeout_ms,
             waiting_since_ms: &entry.state.waiting_since_ms,
         });
-        match entry
+        let pushed = entry
             .state
             .queue
-            .push_within(self.envelope, self.direct, stall)
-        {
+            .push_within(self.envelope, self.direct, stall);
+        self.count(slot, pushed);
+    }
+
+    /// Pushes to the subscribers of `slots` in batches whose direct writes go out through `ring`
+    /// in one submission each ([`crate::queue::push_batch`]).
+    fn push_batched(
+        &mut self,
+        slots: &[usize],
+        mut ring: Option<&mut quicksilver_uring::SendRing>,
+    ) {
+        let mut outcomes = Vec::new();
+        for chunk in slots.chunks(RING_BATCH) {
+            let Some(ring) = ring.as_deref_mut().filter(|_| !self.ring_failed) else {
+                // The ring failed: one write each, as without it.
+                for &slot in chunk {
+                    let Some(entry) = self.entries.get(slot) else {
+                        continue;
+                    };
+                    let stall = self.dispatch_timeout_ms.map(|timeout_ms| Stall {
+                        now_ms: self.now_ms,
+                        timeout_ms,
+                        waiting_since_ms: &entry.state.waiting_since_ms,
+                    });
+                    let pushed = entry.state.queue.push_within(self.envelope, true, stall);
+                    self.count(slot, pushed);
+                }
+                continue;
+            };
+            let pushes = chunk
+                .iter()
+                .filter_map(|&slot| self.entries.get(slot))
+                .map(|entry| BatchPush {
+                    queue: &entry.state.queue,
+                    stall: self.dispatch_timeout_ms.map(|timeout_ms| Stall {
+                        now_ms: self.now_ms,
+                        timeout_ms,
+                        waiting_since_ms: &entry.state.waiting_since_ms,
+                    }),
+                })
+                .collect();
+            match push_batch(pushes, self.envelope, ring, &mut outcomes) {
+                Ok(sends) => self.ring_sends += sends as u64,
+                Err(_) => self.ring_failed = true,
+            }
+            let present: Vec<usize> = chunk
+                .iter()
+                .copied()
+                .filter(|&slot| self.entries.contains(slot))
+                .collect();
+            for (slot, pushed) in present.into_iter().zip(outcomes.drain(..)) {
+                self.count(slot, pushed);
+            }
+        }
+    }
+
+    /// Counts what became of the push to `slot`'s subscriber.
+    fn count(&mut self, slot: usize, pushed: Result<Pushed, PushError>) {
+        match pushed {
             Ok(Pushed::Queued) => self.delivered += 1,
             Ok(Pushed::Written) => {
                 self.delivered += 1;

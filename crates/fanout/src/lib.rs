@@ -82,6 +82,10 @@ pub struct FanoutConfig {
     /// How often each shard wakes the streams whose alarm is due: the precision of heartbeats,
     /// maximum connection lives and token expiries.
     pub alarm_tick: std::time::Duration,
+    /// Send each update's direct writes with one io_uring submission per shard instead of a write
+    /// per subscriber ([`quicksilver_uring`]), where the kernel allows it (else, and if a ring
+    /// fails, one write each, said in the log and in [`FanoutStats::ring_fallbacks`]).
+    pub io_uring: bool,
 }
 
 impl Default for FanoutConfig {
@@ -92,6 +96,7 @@ impl Default for FanoutConfig {
             subscriber_queue: 1024,
             dispatch_timeout: None,
             alarm_tick: std::time::Duration::from_secs(1),
+            io_uring: false,
         }
     }
 }
@@ -140,11 +145,25 @@ impl Fanout {
         let stats = Arc::new(FanoutStats::default());
         let shards = (0..config.shards.max(1))
             .map(|_| {
-                let index = Arc::new(Mutex::new(ShardIndex::new(
-                    selectors.clone(),
-                    stats.clone(),
-                    config.dispatch_timeout,
-                )));
+                let mut shard_index =
+                    ShardIndex::new(selectors.clone(), stats.clone(), config.dispatch_timeout);
+                if config.io_uring {
+                    match quicksilver_uring::SendRing::new(index::RING_BATCH as u32) {
+                        Ok(ring) => {
+                            shard_index.use_ring(ring);
+                            stats.ring_shards.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(error) => {
+                            if stats.ring_fallbacks.fetch_add(1, Ordering::Relaxed) == 0 {
+                                tracing::warn!(
+                                    %error,
+                                    "io_uring is not available: direct writes go one at a time"
+                                );
+                            }
+                        }
+                    }
+                }
+                let index = Arc::new(Mutex::new(shard_index));
                 let (inbox, rx) = mpsc::channel(config.shard_channel.max(1));
                 tokio::spawn(run_shard(index.clone(), rx, config.alarm_tick));
                 Shard { index, inbox }

@@ -126,55 +126,16 @@ impl Queue {
     ) -> Result<Pushed, PushError> {
         let (waker, pushed) = {
             let mut inner = self.inner.lock();
-            if inner.receiver_gone || inner.closed {
-                return Err(PushError::Closed);
-            }
-            if let Some(covered) = inner.covered.as_mut() {
-                let skip = take_covered(covered, envelope.position);
-                if covered.is_empty() {
-                    inner.covered = None;
+            match admit(&mut inner, envelope, direct, stall)? {
+                Admitted::Covered => return Ok(Pushed::Covered),
+                Admitted::Direct => {
+                    let sent = inner
+                        .sink
+                        .as_ref()
+                        .map_or(Sent::Blocked, |sink| sink.try_send(envelope));
+                    settle(&mut inner, envelope, sent)
                 }
-                if skip {
-                    return Ok(Pushed::Covered);
-                }
-            }
-            if let Some(stall) = stall {
-                let since = stall.waiting_since_ms.load(Ordering::Relaxed);
-                let queued = !inner.items.is_empty();
-                if queued && since != 0 && stall.now_ms.saturating_sub(since) > stall.timeout_ms {
-                    return Err(PushError::Stalled);
-                }
-                if !queued || since == 0 {
-                    stall
-                        .waiting_since_ms
-                        .store(stall.now_ms, Ordering::Relaxed);
-                }
-            }
-            if inner.direct_open && direct {
-                match inner.sink.as_ref().map(|sink| sink.try_send(envelope)) {
-                    Some(Sent::All) => return Ok(Pushed::Written),
-                    Some(Sent::Part(written)) => {
-                        inner.direct_open = false;
-                        inner.items.push_back(envelope.clone());
-                        // An update is at most the publish body limit, far below 4 GiB.
-                        inner.partial = u32::try_from(written).unwrap_or(u32::MAX);
-                        (inner.waker.take(), Pushed::Written)
-                    }
-                    // The socket is full or failed: the writer takes over and finds out.
-                    Some(Sent::Blocked | Sent::Failed) | None => {
-                        inner.direct_open = false;
-                        inner.items.push_back(envelope.clone());
-                        (inner.waker.take(), Pushed::Queued)
-                    }
-                }
-            } else {
-                if inner.items.len() >= self.capacity {
-                    return Err(PushError::Full);
-                }
-                // Queued: the writer writes again, so the shard must not.
-                inner.direct_open = false;
-                inner.items.push_back(envelope.clone());
-                (inner.waker.take(), Pushed::Queued)
+                Admitted::Queue => self.enqueue(&mut inner, envelope)?,
             }
         };
         // Woken outside the lock, so the woken task does not find it held.
@@ -182,6 +143,21 @@ impl Queue {
             waker.wake();
         }
         Ok(pushed)
+    }
+
+    /// Queues `envelope` for the writer (not written directly).
+    fn enqueue(
+        &self,
+        inner: &mut Inner,
+        envelope: &Arc<Envelope>,
+    ) -> Result<(Option<Waker>, Pushed), PushError> {
+        if inner.items.len() >= self.capacity {
+            return Err(PushError::Full);
+        }
+        // Queued: the writer writes again, so the shard must not.
+        inner.direct_open = false;
+        inner.items.push_back(envelope.clone());
+        Ok((inner.waker.take(), Pushed::Queued))
     }
 
     /// Attaches the socket direct writes go to (see the module documentation).
@@ -316,6 +292,173 @@ impl Queue {
         n
     }
 }
+
+/// What a push may do, decided under the queue's lock before anything is written.
+enum Admitted {
+    /// Dropped: the stream's replay covers it.
+    Covered,
+    /// Written to the socket, the direct way being open.
+    Direct,
+    /// Queued for the writer.
+    Queue,
+}
+
+/// The checks of a push ([`Queue::push_within`]): the queue is open, the update not covered by a
+/// replay, the queue not stalled; then whether it may be written directly.
+fn admit(
+    inner: &mut Inner,
+    envelope: &Envelope,
+    direct: bool,
+    stall: Option<Stall<'_>>,
+) -> Result<Admitted, PushError> {
+    if inner.receiver_gone || inner.closed {
+        return Err(PushError::Closed);
+    }
+    if let Some(covered) = inner.covered.as_mut() {
+        let skip = take_covered(covered, envelope.position);
+        if covered.is_empty() {
+            inner.covered = None;
+        }
+        if skip {
+            return Ok(Admitted::Covered);
+        }
+    }
+    if let Some(stall) = stall {
+        let since = stall.waiting_since_ms.load(Ordering::Relaxed);
+        let queued = !inner.items.is_empty();
+        if queued && since != 0 && stall.now_ms.saturating_sub(since) > stall.timeout_ms {
+            return Err(PushError::Stalled);
+        }
+        if !queued || since == 0 {
+            stall
+                .waiting_since_ms
+                .store(stall.now_ms, Ordering::Relaxed);
+        }
+    }
+    Ok(if inner.direct_open && direct {
+        Admitted::Direct
+    } else {
+        Admitted::Queue
+    })
+}
+
+/// Records what a direct write of `envelope` did: whatever did not go out whole is left at the head
+/// of the queue for the writer, which is woken and closes the way.
+fn settle(inner: &mut Inner, envelope: &Arc<Envelope>, sent: Sent) -> (Option<Waker>, Pushed) {
+    match sent {
+        Sent::All => (None, Pushed::Written),
+        Sent::Part(written) => {
+            inner.direct_open = false;
+            inner.items.push_back(envelope.clone());
+            // An update is at most the publish body limit, far below 4 GiB.
+            inner.partial = u32::try_from(written).unwrap_or(u32::MAX);
+            (inner.waker.take(), Pushed::Written)
+        }
+        // The socket is full or failed: the writer takes over and finds out.
+        Sent::Blocked | Sent::Failed => {
+            inner.direct_open = false;
+            inner.items.push_back(envelope.clone());
+            (inner.waker.take(), Pushed::Queued)
+        }
+    }
+}
+
+/// One subscriber's part in [`push_batch`]: its queue and the dispatch-timeout check to make.
+pub(crate) struct BatchPush<'a> {
+    pub(crate) queue: &'a Queue,
+    pub(crate) stall: Option<Stall<'a>>,
+}
+
+/// Pushes `envelope` to every queue of `pushes`, writing it to the sockets of those whose direct
+/// way is open with one batched submission ([`quicksilver_uring`]) instead of a write each;
+/// `out[i]` is what became of `pushes[i]`. Every queue is locked from its checks until its outcome
+/// is recorded, so, as with [`Queue::push_within`], the socket has one writer at a time. Returns
+/// how many sends went through the ring, or the ring's error if it failed (the sends whose outcome
+/// it lost count as failed: the writer writes the update; if the kernel did send it, that
+/// subscriber may see it twice).
+pub(crate) fn push_batch(
+    pushes: Vec<BatchPush<'_>>,
+    envelope: &Arc<Envelope>,
+    ring: &mut quicksilver_uring::SendRing,
+    out: &mut Vec<Result<Pushed, PushError>>,
+) -> std::io::Result<usize> {
+    out.clear();
+    let mut guards = Vec::with_capacity(pushes.len());
+    let mut wakers = Vec::new();
+    // (index in `pushes`, its sink) of the direct writes.
+    let mut direct: Vec<(usize, Arc<dyn DirectSink>)> = Vec::new();
+    for (i, push) in pushes.into_iter().enumerate() {
+        let mut inner = push.queue.inner.lock();
+        let outcome = match admit(&mut inner, envelope, true, push.stall) {
+            Err(e) => Err(e),
+            Ok(Admitted::Covered) => Ok(Pushed::Covered),
+            Ok(Admitted::Direct) => match inner.sink.clone() {
+                Some(sink) if sink.socket().is_some() => {
+                    direct.push((i, sink));
+                    // Settled once the send's outcome is known.
+                    Ok(Pushed::Written)
+                }
+                sink => {
+                    let sent = sink.map_or(Sent::Blocked, |sink| sink.try_send(envelope));
+                    let (waker, pushed) = settle(&mut inner, envelope, sent);
+                    wakers.extend(waker);
+                    Ok(pushed)
+                }
+            },
+            Ok(Admitted::Queue) => {
+                push.queue
+                    .enqueue(&mut inner, envelope)
+                    .map(|(waker, pushed)| {
+                        wakers.extend(waker);
+                        pushed
+                    })
+            }
+        };
+        out.push(outcome);
+        guards.push(inner);
+    }
+    let mut failed = Ok(());
+    let sends = direct.len();
+    if !direct.is_empty() {
+        let sockets: Vec<_> = direct
+            .iter()
+            .filter_map(|(_, sink)| sink.socket())
+            .collect();
+        let mut results = Vec::with_capacity(sockets.len());
+        if sockets.len() == direct.len() {
+            failed = ring.send_all(&envelope.chunk, &sockets, &mut results);
+        } else {
+            // A sink stopped offering its socket: nothing was sent; the writers write it.
+            results.resize(direct.len(), quicksilver_uring::UNKNOWN);
+        }
+        drop(sockets);
+        let length = envelope.chunk.len();
+        for ((i, sink), result) in direct.iter().zip(results) {
+            let sent = match usize::try_from(result) {
+                Ok(n) if n == length => Sent::All,
+                Ok(0) => Sent::Failed,
+                Ok(n) => Sent::Part(n),
+                Err(_) if result == -EAGAIN => Sent::Blocked,
+                Err(_) => Sent::Failed,
+            };
+            if matches!(sent, Sent::All | Sent::Part(_)) {
+                sink.written(envelope);
+            }
+            let (waker, pushed) = settle(&mut guards[*i], envelope, sent);
+            wakers.extend(waker);
+            out[*i] = Ok(pushed);
+        }
+    }
+    drop(guards);
+    // Woken outside the locks, so the woken tasks do not find them held.
+    for waker in wakers {
+        waker.wake();
+    }
+    failed.map(|()| sends)
+}
+
+/// `EAGAIN`: the socket's buffer is full (Linux's number; io_uring exists only there).
+const EAGAIN: i32 = 11;
 
 fn pop(inner: &mut Inner) -> Option<Arc<Envelope>> {
     let next = inner.items.pop_front();

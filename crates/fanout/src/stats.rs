@@ -10,6 +10,14 @@ pub struct FanoutStats {
     pub delivered: AtomicU64,
     /// Of those, written to the subscriber's socket by the shard itself ([`crate::direct`]).
     pub written_directly: AtomicU64,
+    /// Shards sending their direct writes through io_uring (`--io-uring`) now.
+    pub ring_shards: AtomicI64,
+    /// Direct writes sent through a shard's io_uring (also counted in `written_directly` when
+    /// they went out).
+    pub ring_sends: AtomicU64,
+    /// Shards that asked for io_uring and could not have it (or lost it): they write one at a
+    /// time.
+    pub ring_fallbacks: AtomicU64,
     /// Subscribers cut off because their queue was full.
     pub lagged_disconnects: AtomicU64,
     /// Subscribers cut off because their writer stayed blocked on a full socket for longer than the

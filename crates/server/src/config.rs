@@ -365,6 +365,12 @@ pub struct Config {
     #[arg(long, env = "QUICKSILVER_DRAIN_RETRY", default_value = "1s", value_parser = parse_duration)]
     pub drain_retry: Duration,
 
+    /// Send each update's direct writes to subscribers' sockets with one io_uring submission per
+    /// fan-out shard instead of one `send` each (Linux; where io_uring is forbidden or missing, and
+    /// if a ring fails, the shard writes one at a time and says so in the log and the metrics).
+    #[arg(long, env = "QUICKSILVER_IO_URING", default_value_t = false)]
+    pub io_uring: bool,
+
     /// A subscriber whose queued updates have waited longer than this (its connection stopped
     /// draining) is disconnected; it reconnects with its last event id (`0` disables).
     #[arg(long, env = "QUICKSILVER_DISPATCH_TIMEOUT", default_value = "60s", value_parser = parse_duration)]

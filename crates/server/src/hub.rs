@@ -226,6 +226,7 @@ impl Hub {
                 dispatch_timeout: (!config.dispatch_timeout.is_zero())
                     .then_some(config.dispatch_timeout),
                 alarm_tick: alarm_tick(config),
+                io_uring: config.io_uring,
                 ..FanoutConfig::default()
             },
             selectors.clone(),

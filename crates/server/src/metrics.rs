@@ -337,6 +337,24 @@ impl Collector for HubCollector {
             "Of the updates delivered, those the fan-out wrote to the subscriber's socket itself, without waking its stream",
             s.written_directly.load(Ordering::Relaxed),
         )?;
+        gauge(
+            &mut encoder,
+            "io_uring_shards",
+            "Fan-out shards sending their direct writes through io_uring (--io-uring)",
+            s.ring_shards.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "io_uring_sends",
+            "Direct writes to subscriber sockets sent through a shard's io_uring submissions",
+            s.ring_sends.load(Ordering::Relaxed),
+        )?;
+        counter(
+            &mut encoder,
+            "io_uring_fallbacks",
+            "Fan-out shards that asked for io_uring and could not have it, or lost it: they write one at a time",
+            s.ring_fallbacks.load(Ordering::Relaxed),
+        )?;
         counter(
             &mut encoder,
             "slow_subscriber_disconnections",

@@ -90,10 +90,19 @@ impl DirectSink for LeanSocket {
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Sent::Blocked,
             Err(_) => return Sent::Failed,
         };
+        self.written(envelope);
+        sent
+    }
+
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        Some(self.socket.as_fd())
+    }
+
+    fn written(&self, envelope: &Envelope) {
         if let Some(h) = &self.latency {
             super::body::observe_latency(h, envelope, quicksilver_transport::now_micros());
         }
-        sent
     }
 }
 
