@@ -11,6 +11,8 @@
 #   CASES="b1000 pub8000" loadtest/compare.sh
 #   DURATION=20 REPEAT=3 loadtest/compare.sh                      # every case 3 times
 #   HUBS="quicksilver-memory floorhub" loadtest/compare.sh
+#   HUBS="floorhub quicksilver-memory quicksilver-uring" CASES=b1000 loadtest/compare.sh
+#                                       # quicksilver-uring: in-memory transport with --io-uring
 #   SERVER_CORE=0,1 LOAD_CORE=0,1 LOAD_PROCESSES=2 loadtest/compare.sh  # the hub on both cores
 #
 # floorhub is not part of this repository: it is looked for in $FLOORHUB (default
@@ -80,9 +82,11 @@ start_redis() {
     wait_port "$port"
 }
 
-start_quicksilver() { # start_quicksilver [memory]
+start_quicksilver() { # start_quicksilver [memory] [extra hub arguments...]
     local rport port transport
-    if [ "${1:-}" = memory ]; then
+    local kind=${1:-}
+    shift || true
+    if [ "$kind" = memory ]; then
         # No Redis at all; REDIS_PID stays empty and is not measured.
         REDIS_PID=
         transport=(--transport memory)
@@ -92,7 +96,7 @@ start_quicksilver() { # start_quicksilver [memory]
     fi
     port=$(free_port)
     taskset -c "$SERVER_CORE" "$BIN/quicksilver" --listen "127.0.0.1:$port" --jwt-key "$KEY" \
-        "${transport[@]}" --log warn \
+        "${transport[@]}" --log warn "$@" \
         >"$WORK/quicksilver-$port.log" 2>&1 &
     HUB_PID=$!
     PIDS+=("$HUB_PID")
@@ -180,6 +184,7 @@ run_case() {
         floorhub) start_floorhub ;;
         quicksilver) start_quicksilver ;;
         quicksilver-memory) start_quicksilver memory ;;
+        quicksilver-uring) start_quicksilver memory --io-uring ;;
         *) start_nchan ;;
     esac
     local pids=(--hub-pid "$HUB_PID")

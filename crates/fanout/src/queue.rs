@@ -438,7 +438,7 @@ pub(crate) fn push_batch(
                 Ok(n) if n == length => Sent::All,
                 Ok(0) => Sent::Failed,
                 Ok(n) => Sent::Part(n),
-                Err(_) if result == -EAGAIN => Sent::Blocked,
+                Err(_) if result == -quicksilver_uring::EAGAIN => Sent::Blocked,
                 Err(_) => Sent::Failed,
             };
             if matches!(sent, Sent::All | Sent::Part(_)) {
@@ -456,9 +456,6 @@ pub(crate) fn push_batch(
     }
     failed.map(|()| sends)
 }
-
-/// `EAGAIN`: the socket's buffer is full (Linux's number; io_uring exists only there).
-const EAGAIN: i32 = 11;
 
 fn pop(inner: &mut Inner) -> Option<Arc<Envelope>> {
     let next = inner.items.pop_front();

@@ -37,6 +37,13 @@ const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
 /// been made.
 pub const UNKNOWN: i32 = i32::MIN;
 
+/// What a send to a full socket returns (negated): the socket's buffer had no room.
+#[cfg(target_os = "linux")]
+pub const EAGAIN: i32 = libc::EAGAIN;
+/// What a send to a full socket returns (negated); io_uring exists on Linux only.
+#[cfg(not(target_os = "linux"))]
+pub const EAGAIN: i32 = 11;
+
 /// A ring for batched sends (see the crate documentation). One per thread of work that fans out:
 /// it is used by one caller at a time (`&mut self`).
 pub struct SendRing {
