@@ -177,7 +177,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "values": {
             "hub": {"anonymous": True, "subscriptions": True, "debugPage": True, "heartbeat": "15s",
                     "writeTimeout": "300s", "dispatchTimeout": "5s", "maxBodySize": 2097152,
-                    "accessTokenCookie": "mercure_access_token"},
+                    "accessTokenCookie": "mercure_access_token", "ioUring": True},
             "dev": True,
             "existingSecret": "reference-style-secret",
         },
@@ -747,7 +747,8 @@ def expectations(name: str, docs: list[tuple[str, dict]]) -> list[str]:
                                 ("QUICKSILVER_DEBUG_PAGE", "true"), ("QUICKSILVER_HEARTBEAT", "15s"),
                                 ("QUICKSILVER_WRITE_TIMEOUT", "300s"), ("QUICKSILVER_DISPATCH_TIMEOUT", "5s"),
                                 ("QUICKSILVER_MAX_BODY_SIZE", "2097152"),
-                                ("QUICKSILVER_ACCESS_TOKEN_COOKIE", "mercure_access_token")):
+                                ("QUICKSILVER_ACCESS_TOKEN_COOKIE", "mercure_access_token"),
+                                ("QUICKSILVER_IO_URING", "true")):
             expect(cm.get(variable) == value, f"{variable}={value} expected, got {cm.get(variable)}")
         expect(env.get("QUICKSILVER_PLAYGROUND", {}).get("value") == "true", "dev turns the playground on")
         ref = (env.get("MERCURE_EXTRA_DIRECTIVES") or {}).get("valueFrom", {}).get("secretKeyRef")
