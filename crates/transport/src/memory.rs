@@ -464,9 +464,17 @@ impl Transport for MemoryTransport {
             return;
         };
         tokio::spawn(async move {
-            while let Some(envelope) = rx.recv().await {
-                let span = crate::trace_context::dispatch_span(&envelope);
-                sink.deliver(envelope).instrument(span).await;
+            while let Some(first) = rx.recv().await {
+                // Woken by the first update of a burst: the publishers that are ready to run
+                // publish first, then the whole burst goes to the fan-out in one go, so its writes
+                // to a subscriber leave back to back.
+                tokio::task::yield_now().await;
+                let mut next = Some(first);
+                while let Some(envelope) = next {
+                    let span = crate::trace_context::dispatch_span(&envelope);
+                    sink.deliver(envelope).instrument(span).await;
+                    next = rx.try_recv().ok();
+                }
             }
         });
     }

@@ -918,6 +918,10 @@ async fn answer_publish<S: ClientSocket>(
     if rest.capacity() > KEPT_READ_BUFFER {
         rest.shrink_to(KEPT_READ_BUFFER.max(rest.len()));
     }
+    // The answer waits until the other connections that are ready have published too: the
+    // answers (and the deliveries, see the memory transport's reader) of a burst of publishes
+    // then leave back to back, and the clients' threads wake once for them.
+    tokio::task::yield_now().await;
     // A client that sends requests and reads no answers blocks this write: bounded as hyper's are.
     let written = match shared.options.write_stall_timeout {
         Some(limit) => match tokio::time::timeout(limit, write_response(stream, response)).await {
