@@ -4,8 +4,10 @@
 //! lock, so the reader sees updates in exactly the order they were numbered and the ring always
 //! holds an update before any subscriber can receive it live (what replay-then-live relies on). The
 //! reader queue is bounded: when the fan-out is backed up, publishers wait instead of memory
-//! growing. Event ids are indexed to their sequence number, so finding where a reconnecting
-//! subscriber left off is O(1).
+//! growing. The reader, woken by an update, yields once before handing over what has arrived by
+//! then: publishers that are ready run first, and a burst of updates reaches the fan-out together
+//! (a subscriber's deliveries of it can then leave in one write). Event ids are indexed to their
+//! sequence number, so finding where a reconnecting subscriber left off is O(1).
 //!
 //! Updates are kept in one ring per retention class (see [`crate::retention`]): an update goes into
 //! the ring of the class of each of its topics (the same shared `Arc` in each), so a busy class
