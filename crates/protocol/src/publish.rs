@@ -238,8 +238,12 @@ fn cannot_name_hub_path(decoded: &str) -> bool {
             .any(|w| w.eq_ignore_ascii_case(b"well-known"))
 }
 
-fn decode_unreserved(s: &str) -> String {
+fn decode_unreserved(s: &str) -> std::borrow::Cow<'_, str> {
     let bytes = s.as_bytes();
+    // Most topics have no escape at all: no copy for them (this runs for every topic published).
+    if !bytes.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(s);
+    }
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
@@ -257,7 +261,7 @@ fn decode_unreserved(s: &str) -> String {
         i += 1;
     }
     // Only ASCII bytes were substituted for ASCII escapes, so the result stays valid UTF-8.
-    String::from_utf8(out).unwrap_or_else(|_| s.to_string())
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or_else(|_| s.to_string()))
 }
 
 fn hex(b: u8) -> Option<u8> {

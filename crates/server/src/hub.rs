@@ -128,18 +128,24 @@ struct HubInner {
 
 /// The id of the last update this node's reader handed to the fan-out: the reconciliation cursor
 /// of the subscription API.
+/// The update itself is kept (its id is read only when asked for), not a copy of its id: setting it
+/// is then a reference count, not an allocation, per update.
 #[derive(Default)]
-struct LastEvent(std::sync::Mutex<Option<Arc<str>>>);
+struct LastEvent(std::sync::Mutex<Option<Arc<Envelope>>>);
 
 impl LastEvent {
-    fn set(&self, id: &str) {
-        let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *last = Some(Arc::from(id));
+    fn set(&self, envelope: &Arc<Envelope>) {
+        let previous = {
+            let mut last = self.0.lock().unwrap_or_else(|e| e.into_inner());
+            last.replace(envelope.clone())
+        };
+        // The previous update may be the last reference to it: freed outside the lock.
+        drop(previous);
     }
 
     fn get(&self) -> Option<String> {
         let last = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        last.as_deref().map(str::to_string)
+        last.as_ref().map(|envelope| envelope.update.id.clone())
     }
 }
 
@@ -161,7 +167,7 @@ struct FanoutSink {
 #[async_trait]
 impl UpdateSink for FanoutSink {
     async fn deliver(&self, envelope: Arc<Envelope>) {
-        self.last_event.set(&envelope.update.id);
+        self.last_event.set(&envelope);
         self.fanout.dispatch(envelope).await;
     }
 

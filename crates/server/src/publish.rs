@@ -213,7 +213,9 @@ async fn authorize_and_store(
     crate::telemetry::record_update(&tracing::Span::current(), &update);
     let id = update.id.clone();
     let private = update.private;
-    let topic = update.canonical_topic().to_string();
+    // For the debug line only: not copied when it is off.
+    let topic =
+        tracing::enabled!(tracing::Level::DEBUG).then(|| update.canonical_topic().to_string());
     let started = std::time::Instant::now();
     let position = hub.transport().publish(update).await.map_err(|e| {
         tracing::warn!(error = %e, "publish refused: the transport could not store the update");
@@ -223,7 +225,9 @@ async fn authorize_and_store(
         .publish_duration
         .observe(started.elapsed().as_secs_f64());
     hub.metrics().published.inc();
-    tracing::debug!(id = %id, topic = %topic, private, position = %position, "update published");
+    if let Some(topic) = topic {
+        tracing::debug!(id = %id, topic = %topic, private, position = %position, "update published");
+    }
 
     let mut response = (StatusCode::OK, id).into_response();
     response.headers_mut().insert(

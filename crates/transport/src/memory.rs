@@ -4,8 +4,10 @@
 //! lock, so the reader sees updates in exactly the order they were numbered and the ring always
 //! holds an update before any subscriber can receive it live (what replay-then-live relies on). The
 //! reader queue is bounded: when the fan-out is backed up, publishers wait instead of memory
-//! growing. Event ids are indexed to their sequence number, so finding where a reconnecting
-//! subscriber left off is O(1).
+//! growing. The reader, woken by an update, yields once before handing over what has arrived by
+//! then: publishers that are ready run first, and a burst of updates reaches the fan-out together
+//! (a subscriber's deliveries of it can then leave in one write). Event ids are indexed to their
+//! sequence number, so finding where a reconnecting subscriber left off is O(1).
 //!
 //! Updates are kept in one ring per retention class (see [`crate::retention`]): an update goes into
 //! the ring of the class of each of its topics (the same shared `Arc` in each), so a busy class
@@ -80,13 +82,41 @@ struct Ring {
     max_age: Option<Duration>,
     entries: VecDeque<Arc<Envelope>>,
     /// Event id → (sequence of its earliest retained occurrence, number of retained occurrences).
-    ids: HashMap<Arc<str>, (u64, u32)>,
+    ids: HashMap<IdKey, (u64, u32)>,
     /// The sequence of the newest entry evicted (or never kept, with a capacity of 0); for a ring
     /// created after updates were numbered, the last sequence numbered then (what came before is
     /// not known to it).
     evicted: u64,
     counters: Arc<RingCounters>,
 }
+
+/// A key of a ring's id index: the earliest retained update with that id, hashed and compared by
+/// its id. The index shares the update rather than copying its id: one allocation less per update.
+/// Keyed by the earliest occurrence, which [`Ring::forget`] moves on, so a key never keeps an
+/// evicted update alive.
+#[derive(Clone)]
+struct IdKey(Arc<Envelope>);
+
+impl std::borrow::Borrow<str> for IdKey {
+    fn borrow(&self) -> &str {
+        &self.0.update.id
+    }
+}
+
+impl std::hash::Hash for IdKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        // As `str` hashes, which `Borrow<str>` requires.
+        self.0.update.id.as_str().hash(state);
+    }
+}
+
+impl PartialEq for IdKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.update.id == other.0.update.id
+    }
+}
+
+impl Eq for IdKey {}
 
 impl MemoryTransport {
     /// A transport retaining the last `history_size` updates (0 keeps none: no replay) and as many
@@ -172,9 +202,8 @@ impl Ring {
             self.evicted = envelope.position.seq;
             return;
         }
-        let id: Arc<str> = envelope.update.id.as_str().into();
         self.ids
-            .entry(id)
+            .entry(IdKey(envelope.clone()))
             .and_modify(|(_, count)| *count += 1)
             .or_insert((envelope.position.seq, 1));
         self.entries.push_back(envelope);
@@ -224,8 +253,13 @@ impl Ring {
             return;
         }
         if *seq == old.position.seq {
+            let count = *count;
             if let Some(next) = self.entries.iter().find(|e| e.update.id == id) {
-                *seq = next.position.seq;
+                // Keyed by the next occurrence now, not by the evicted update (see [`IdKey`]).
+                let next = next.clone();
+                self.ids.remove(id);
+                self.ids
+                    .insert(IdKey(next.clone()), (next.position.seq, count));
             }
         }
     }
@@ -296,6 +330,16 @@ impl Store {
             return envelope;
         }
         let now = envelope.accepted_at_micros;
+        if let ([ring], false) = (
+            self.classes.as_mut_slice(),
+            envelope.update.topics.is_empty(),
+        ) {
+            // One class (no retention rules): every update is kept in it, and finding it needs
+            // neither the topics' classes nor a list of them.
+            ring.push(envelope.clone());
+            ring.prune(now);
+            return envelope;
+        }
         for class in self.retention.classes_of(&envelope.update) {
             if let Some(ring) = self
                 .classes
@@ -464,9 +508,17 @@ impl Transport for MemoryTransport {
             return;
         };
         tokio::spawn(async move {
-            while let Some(envelope) = rx.recv().await {
-                let span = crate::trace_context::dispatch_span(&envelope);
-                sink.deliver(envelope).instrument(span).await;
+            while let Some(first) = rx.recv().await {
+                // Woken by the first update of a burst: the publishers that are ready to run
+                // publish first, then the whole burst goes to the fan-out in one go, so its writes
+                // to a subscriber leave back to back.
+                tokio::task::yield_now().await;
+                let mut next = Some(first);
+                while let Some(envelope) = next {
+                    let span = crate::trace_context::dispatch_span(&envelope);
+                    sink.deliver(envelope).instrument(span).await;
+                    next = rx.try_recv().ok();
+                }
             }
         });
     }

@@ -9,7 +9,8 @@
 //! lean, not only the first. A plain HTTP/1.1 publish (a `POST` of the hub path with a
 //! `Content-Length` body within `--max-body-size`) is lean too: its body is read here, from what
 //! came with the head and then the socket, and it is answered by [`crate::publish::LeanPublish`]
-//! without hyper or the router, alike to the router's answer; the connection then goes on with its
+//! without hyper or the router, alike to the router's answer (written after one yield, so the
+//! answers of a burst of publishes leave back to back); the connection then goes on with its
 //! next request, pipelined bytes included. The first request that is neither (chunked bodies,
 //! `Expect`, `Connection: close`, upgrades, HTTP/1.0 and HTTP/2, other paths) hands the
 //! connection to hyper for the rest of its life, replaying the bytes already read through
@@ -918,6 +919,10 @@ async fn answer_publish<S: ClientSocket>(
     if rest.capacity() > KEPT_READ_BUFFER {
         rest.shrink_to(KEPT_READ_BUFFER.max(rest.len()));
     }
+    // The answer waits until the other connections that are ready have published too: the
+    // answers (and the deliveries, see the memory transport's reader) of a burst of publishes
+    // then leave back to back, and the clients' threads wake once for them.
+    tokio::task::yield_now().await;
     // A client that sends requests and reads no answers blocks this write: bounded as hyper's are.
     let written = match shared.options.write_stall_timeout {
         Some(limit) => match tokio::time::timeout(limit, write_response(stream, response)).await {
