@@ -38,6 +38,11 @@ pub trait DirectSink: Send + Sync + std::fmt::Debug {
 
     /// Some of `envelope` was sent to [`DirectSink::socket`] by the fan-out.
     fn written(&self, _envelope: &Envelope) {}
+
+    /// Ends the connection at once: a send to [`DirectSink::socket`] may have put any part of an
+    /// update on the wire without the fan-out learning how much (its batch failed), so nothing
+    /// more may be written to it.
+    fn abort(&self) {}
 }
 
 /// What became of a direct write.

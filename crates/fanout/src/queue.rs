@@ -371,11 +371,12 @@ pub(crate) struct BatchPush<'a> {
 
 /// Pushes `envelope` to every queue of `pushes`, writing it to the sockets of those whose direct
 /// way is open with one batched submission ([`quicksilver_uring`]) instead of a write each;
-/// `out[i]` is what became of `pushes[i]`. Every queue is locked from its checks until its outcome
-/// is recorded, so, as with [`Queue::push_within`], the socket has one writer at a time. Returns
-/// how many sends went through the ring, or the ring's error if it failed (the sends whose outcome
-/// it lost count as failed: the writer writes the update; if the kernel did send it, that
-/// subscriber may see it twice).
+/// `out[i]` is what became of `pushes[i]`. A queue whose update is written this way stays locked
+/// from its checks until its outcome is recorded, so, as with [`Queue::push_within`], the socket
+/// has one writer at a time; the others are unlocked once checked. Returns how many sends went
+/// through the ring, or the ring's error if it failed: a send whose outcome it lost may have put
+/// any part of the update on the wire, so that connection is aborted (the client resumes with its
+/// last event id) rather than written to again.
 pub(crate) fn push_batch(
     pushes: Vec<BatchPush<'_>>,
     envelope: &Arc<Envelope>,
@@ -383,10 +384,9 @@ pub(crate) fn push_batch(
     out: &mut Vec<Result<Pushed, PushError>>,
 ) -> std::io::Result<usize> {
     out.clear();
-    let mut guards = Vec::with_capacity(pushes.len());
     let mut wakers = Vec::new();
-    // (index in `pushes`, its sink) of the direct writes.
-    let mut direct: Vec<(usize, Arc<dyn DirectSink>)> = Vec::new();
+    // The direct writes: index in `pushes`, the socket's sink, the queue held locked.
+    let mut direct = Vec::new();
     for (i, push) in pushes.into_iter().enumerate() {
         let mut inner = push.queue.inner.lock();
         let outcome = match admit(&mut inner, envelope, true, push.stall) {
@@ -394,9 +394,10 @@ pub(crate) fn push_batch(
             Ok(Admitted::Covered) => Ok(Pushed::Covered),
             Ok(Admitted::Direct) => match inner.sink.clone() {
                 Some(sink) if sink.socket().is_some() => {
-                    direct.push((i, sink));
+                    direct.push((i, sink, inner));
                     // Settled once the send's outcome is known.
-                    Ok(Pushed::Written)
+                    out.push(Ok(Pushed::Written));
+                    continue;
                 }
                 sink => {
                     let sent = sink.map_or(Sent::Blocked, |sink| sink.try_send(envelope));
@@ -415,41 +416,44 @@ pub(crate) fn push_batch(
             }
         };
         out.push(outcome);
-        guards.push(inner);
     }
-    let mut failed = Ok(());
     let sends = direct.len();
+    let mut failed = Ok(());
     if !direct.is_empty() {
         let sockets: Vec<_> = direct
             .iter()
-            .filter_map(|(_, sink)| sink.socket())
+            .filter_map(|(_, sink, _)| sink.socket())
             .collect();
         let mut results = Vec::with_capacity(sockets.len());
         if sockets.len() == direct.len() {
             failed = ring.send_all(&envelope.chunk, &sockets, &mut results);
-        } else {
-            // A sink stopped offering its socket: nothing was sent; the writers write it.
-            results.resize(direct.len(), quicksilver_uring::UNKNOWN);
         }
         drop(sockets);
+        // Whatever the ring did not say (a sink that stopped offering its socket: nothing was
+        // sent) is unknown.
+        results.resize(direct.len(), quicksilver_uring::UNKNOWN);
         let length = envelope.chunk.len();
-        for ((i, sink), result) in direct.iter().zip(results) {
+        for ((i, sink, mut inner), result) in direct.into_iter().zip(results) {
             let sent = match usize::try_from(result) {
                 Ok(n) if n == length => Sent::All,
                 Ok(0) => Sent::Failed,
                 Ok(n) => Sent::Part(n),
                 Err(_) if result == -quicksilver_uring::EAGAIN => Sent::Blocked,
+                Err(_) if result == quicksilver_uring::UNKNOWN => {
+                    sink.abort();
+                    Sent::Failed
+                }
                 Err(_) => Sent::Failed,
             };
             if matches!(sent, Sent::All | Sent::Part(_)) {
                 sink.written(envelope);
             }
-            let (waker, pushed) = settle(&mut guards[*i], envelope, sent);
+            let (waker, pushed) = settle(&mut inner, envelope, sent);
+            drop(inner);
             wakers.extend(waker);
-            out[*i] = Ok(pushed);
+            out[i] = Ok(pushed);
         }
     }
-    drop(guards);
     // Woken outside the locks, so the woken tasks do not find them held.
     for waker in wakers {
         waker.wake();
@@ -672,5 +676,127 @@ mod tests {
         // The stream gone, the socket is let go.
         q.drop_receiver();
         assert_eq!(Arc::strong_count(&sink), 1);
+    }
+
+    /// A sink over one end of a real socket pair, as the server's is over a TCP socket.
+    #[derive(Debug)]
+    struct SocketSink {
+        socket: std::os::unix::net::UnixStream,
+        written: Mutex<Vec<u64>>,
+        aborted: std::sync::atomic::AtomicBool,
+    }
+
+    impl DirectSink for SocketSink {
+        fn try_send(&self, envelope: &Envelope) -> Sent {
+            use std::io::Write;
+            match (&self.socket).write(&envelope.chunk) {
+                Ok(n) if n == envelope.chunk.len() => Sent::All,
+                Ok(n) => Sent::Part(n),
+                Err(_) => Sent::Blocked,
+            }
+        }
+
+        fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+            use std::os::fd::AsFd;
+            Some(self.socket.as_fd())
+        }
+
+        fn written(&self, envelope: &Envelope) {
+            self.written.lock().push(envelope.position.seq);
+        }
+
+        fn abort(&self) {
+            self.aborted.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// A live queue with its direct way open onto a fresh socket pair; the other end.
+    fn open_queue(count: &Arc<Count>) -> (Queue, Arc<SocketSink>, std::os::unix::net::UnixStream) {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+        ours.set_nonblocking(true).unwrap();
+        let sink = Arc::new(SocketSink {
+            socket: ours,
+            written: Mutex::default(),
+            aborted: Default::default(),
+        });
+        let q = Queue::new(4);
+        q.attach(sink.clone());
+        q.set_live_only();
+        let waker = Waker::from(count.clone());
+        assert!(q.poll_pop(&mut Context::from_waker(&waker)).is_pending());
+        assert!(q.open_direct());
+        (q, sink, theirs)
+    }
+
+    #[test]
+    fn a_batch_settles_each_queue_as_one_push_at_a_time_would() {
+        let Ok(mut ring) = quicksilver_uring::SendRing::new(8) else {
+            eprintln!("io_uring is not available here: nothing to test");
+            return;
+        };
+        let count = Arc::new(Count::default());
+        let (open, open_sink, mut open_peer) = open_queue(&count);
+        let (full, full_sink, _full_peer) = open_queue(&count);
+        // Fill `full`'s socket: the batch's send gets EAGAIN.
+        let filler = Envelope::new(
+            Position::new(0, 0, 99),
+            Update {
+                id: "f".into(),
+                topics: vec!["t".into()],
+                data: "x".repeat(1 << 16),
+                private: false,
+                event_type: None,
+                retry: None,
+            },
+            0,
+        );
+        while full_sink.try_send(&filler) != Sent::Blocked {}
+        let (closed, _, _closed_peer) = open_queue(&count);
+        closed.close();
+        let queued = Queue::new(4);
+        let mut out = Vec::new();
+        let update = envelope(1);
+        let pushes = [&open, &full, &closed, &queued]
+            .into_iter()
+            .map(|queue| BatchPush { queue, stall: None })
+            .collect();
+        let sends = push_batch(pushes, &update, &mut ring, &mut out).unwrap();
+        assert_eq!(sends, 2, "the two open ways go through the ring");
+        assert_eq!(
+            out,
+            [
+                Ok(Pushed::Written),
+                Ok(Pushed::Queued),
+                Err(PushError::Closed),
+                Ok(Pushed::Queued)
+            ]
+        );
+        // Written whole: on the wire, nothing queued, the way still open.
+        let mut got = vec![0; update.chunk.len()];
+        std::io::Read::read_exact(&mut open_peer, &mut got).unwrap();
+        assert_eq!(got, &update.chunk[..]);
+        assert_eq!(*open_sink.written.lock(), [1]);
+        assert!(open.try_pop().is_none());
+        assert_eq!(
+            push_batch(
+                vec![BatchPush {
+                    queue: &open,
+                    stall: None
+                }],
+                &envelope(2),
+                &mut ring,
+                &mut out,
+            )
+            .unwrap(),
+            1
+        );
+        // Blocked: queued for its writer, which was woken, the way closed; nothing aborted.
+        assert!(full_sink.written.lock().is_empty());
+        assert!(full.close_direct().is_none());
+        assert_eq!(full.try_pop().map(|e| e.position.seq), Some(1));
+        assert!(count.0.load(Ordering::Relaxed) >= 1);
+        assert!(!full_sink.aborted.load(Ordering::Relaxed));
+        // Not open: queued as a plain push is.
+        assert_eq!(queued.try_pop().map(|e| e.position.seq), Some(1));
     }
 }

@@ -29,6 +29,11 @@ use std::os::fd::BorrowedFd;
 
 use bytes::Bytes;
 
+/// The longest [`SendRing::send_all`] waits for the completions of sends it submitted (they are
+/// non-blocking, so they complete at once).
+#[cfg(target_os = "linux")]
+const COMPLETION_LIMIT_SECS: u64 = 1;
+
 /// The flags of every send: never wait for room, never raise `SIGPIPE`.
 #[cfg(target_os = "linux")]
 const SEND_FLAGS: i32 = libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL;
@@ -123,6 +128,8 @@ impl SendRing {
         sockets: &[BorrowedFd<'_>],
         results: &mut Vec<i32>,
     ) -> io::Result<()> {
+        results.clear();
+        results.resize(sockets.len(), UNKNOWN);
         let outcome = match self.ring.as_mut() {
             Some(ring) if !self.broken => {
                 send_chunks(ring, &mut self.enters, data, sockets, results)
@@ -142,9 +149,11 @@ impl SendRing {
     pub fn send_all(
         &mut self,
         _data: &Bytes,
-        _sockets: &[BorrowedFd<'_>],
-        _results: &mut Vec<i32>,
+        sockets: &[BorrowedFd<'_>],
+        results: &mut Vec<i32>,
     ) -> io::Result<()> {
+        results.clear();
+        results.resize(sockets.len(), UNKNOWN);
         Err(io::Error::new(
             io::ErrorKind::Unsupported,
             "io_uring exists on Linux only",
@@ -208,10 +217,21 @@ fn submit_and_reap(
     // Interruptions and momentary shortages are retried; a ring that keeps failing is given up
     // (after a bounded number of tries, not a hang).
     let mut tries = 0;
+    // A non-blocking send completes at once; the bound only keeps a kernel that made one wait
+    // from holding the caller (and what it has locked) for longer. A ring that times out is given
+    // up like any failed one: what it sent may still be in flight, so its buffers are kept.
+    let limit = io_uring::types::Timespec::new().sec(COMPLETION_LIMIT_SECS);
+    let args = io_uring::types::SubmitArgs::new().timespec(&limit);
     while reaped < count {
         *enters += 1;
-        match ring.submit_and_wait(count - reaped) {
+        match ring.submitter().submit_with_args(count - reaped, &args) {
             Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ETIME) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "sends did not complete in time",
+                ));
+            }
             Err(e)
                 if matches!(
                     e.raw_os_error(),

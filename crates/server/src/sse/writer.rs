@@ -99,6 +99,12 @@ impl DirectSink for LeanSocket {
         Some(self.socket.as_fd())
     }
 
+    fn abort(&self) {
+        // Both ways: the writer's next write fails and the connection task ends, so the client
+        // reconnects and resumes with its last event id.
+        let _ = socket2::SockRef::from(&self.socket).shutdown(std::net::Shutdown::Both);
+    }
+
     fn written(&self, envelope: &Envelope) {
         if let Some(h) = &self.latency {
             super::body::observe_latency(h, envelope, quicksilver_transport::now_micros());
