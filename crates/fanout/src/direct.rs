@@ -16,6 +16,11 @@
 //! happens under the subscriber's queue lock, so there is one
 //! writer of the socket at a time and updates keep their order.
 //!
+//! **Batched** (`--io-uring`): a shard with a ring ([`quicksilver_uring`]) checks every matched
+//! queue first and sends the update to all the sockets whose way is open with one submission, each
+//! of those queues locked until its send's outcome is recorded exactly as a single write's would be
+//! ([`crate::queue`]'s `push_batch`).
+//!
 //! What the socket is, and how an update is framed on it (an HTTP/1.1 chunk), is the server's
 //! business: it implements [`DirectSink`].
 
