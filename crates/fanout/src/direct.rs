@@ -19,7 +19,7 @@
 //! **Batched** (`--io-uring`): a shard with a ring ([`quicksilver_uring`]) checks every matched
 //! queue first and sends the update to all the sockets whose way is open with one submission, each
 //! of those queues locked until its send's outcome is recorded exactly as a single write's would be
-//! ([`crate::queue`]'s `push_batch`).
+//! (`queue::push_batch`).
 //!
 //! What the socket is, and how an update is framed on it (an HTTP/1.1 chunk), is the server's
 //! business: it implements [`DirectSink`].
