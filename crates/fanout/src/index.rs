@@ -345,9 +345,11 @@ impl ShardIndex {
             offer.push_batched(&slots, self.ring.as_mut());
         }
         let ring_failed = offer.ring_failed;
-        self.stats
-            .ring_sends
-            .fetch_add(offer.ring_sends, Ordering::Relaxed);
+        if offer.ring_sends > 0 {
+            self.stats
+                .ring_sends
+                .fetch_add(offer.ring_sends, Ordering::Relaxed);
+        }
         let (delivered, written_directly, dropped) =
             (offer.delivered, offer.written_directly, offer.dropped);
         if ring_failed {
@@ -439,17 +441,29 @@ impl Offer<'_> {
             batched.push(slot);
             return;
         }
-        // Updates that waited in this queue longer than the dispatch timeout mean the connection
-        // is stalled (its socket stopped draining) even if the queue is not full yet.
-        let stall = self.dispatch_timeout_ms.map(|timeout_ms| Stall {
+        self.push_one(slot, self.direct);
+    }
+
+    /// The dispatch-timeout check of a push to `state`'s queue: updates that waited in it longer
+    /// than the timeout mean the connection is stalled (its socket stopped draining) even if the
+    /// queue is not full yet.
+    fn stall<'s>(&self, state: &'s SubscriberState) -> Option<Stall<'s>> {
+        self.dispatch_timeout_ms.map(|timeout_ms| Stall {
             now_ms: self.now_ms,
             timeout_ms,
-            waiting_since_ms: &entry.state.waiting_since_ms,
-        });
+            waiting_since_ms: &state.waiting_since_ms,
+        })
+    }
+
+    /// Pushes the update to `slot`'s subscriber on its own (a write of its own, if `direct`).
+    fn push_one(&mut self, slot: usize, direct: bool) {
+        let Some(entry) = self.entries.get(slot) else {
+            return;
+        };
         let pushed = entry
             .state
             .queue
-            .push_within(self.envelope, self.direct, stall);
+            .push_within(self.envelope, direct, self.stall(&entry.state));
         self.count(slot, pushed);
     }
 
@@ -465,40 +479,25 @@ impl Offer<'_> {
             let Some(ring) = ring.as_deref_mut().filter(|_| !self.ring_failed) else {
                 // The ring failed: one write each, as without it.
                 for &slot in chunk {
-                    let Some(entry) = self.entries.get(slot) else {
-                        continue;
-                    };
-                    let stall = self.dispatch_timeout_ms.map(|timeout_ms| Stall {
-                        now_ms: self.now_ms,
-                        timeout_ms,
-                        waiting_since_ms: &entry.state.waiting_since_ms,
-                    });
-                    let pushed = entry.state.queue.push_within(self.envelope, true, stall);
-                    self.count(slot, pushed);
+                    self.push_one(slot, true);
                 }
                 continue;
             };
-            let pushes = chunk
+            let (present, pushes): (Vec<usize>, Vec<BatchPush<'_>>) = chunk
                 .iter()
-                .filter_map(|&slot| self.entries.get(slot))
-                .map(|entry| BatchPush {
-                    queue: &entry.state.queue,
-                    stall: self.dispatch_timeout_ms.map(|timeout_ms| Stall {
-                        now_ms: self.now_ms,
-                        timeout_ms,
-                        waiting_since_ms: &entry.state.waiting_since_ms,
-                    }),
+                .filter_map(|&slot| {
+                    let state = &self.entries.get(slot)?.state;
+                    let push = BatchPush {
+                        queue: &state.queue,
+                        stall: self.stall(state),
+                    };
+                    Some((slot, push))
                 })
-                .collect();
+                .unzip();
             match push_batch(pushes, self.envelope, ring, &mut outcomes) {
                 Ok(sends) => self.ring_sends += sends as u64,
                 Err(_) => self.ring_failed = true,
             }
-            let present: Vec<usize> = chunk
-                .iter()
-                .copied()
-                .filter(|&slot| self.entries.contains(slot))
-                .collect();
             for (slot, pushed) in present.into_iter().zip(outcomes.drain(..)) {
                 self.count(slot, pushed);
             }

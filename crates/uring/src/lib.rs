@@ -169,12 +169,10 @@ fn send_chunks(
     enters: &mut u64,
     data: &Bytes,
     sockets: &[BorrowedFd<'_>],
-    results: &mut Vec<i32>,
+    results: &mut [i32],
 ) -> Result<(), String> {
     use std::os::fd::AsRawFd;
 
-    results.clear();
-    results.resize(sockets.len(), UNKNOWN);
     let length = u32::try_from(data.len()).map_err(|_| "a buffer over 4 GiB".to_string())?;
     let capacity = ring.params().sq_entries() as usize;
     for (start, chunk) in (0..).step_by(capacity).zip(sockets.chunks(capacity)) {
